@@ -1,0 +1,155 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The single composition root: builds every component from the configuration, recovers crash
+/// leftovers before any service starts, and runs the services in one `ServiceGroup` (registered
+/// in dependency order so that shutdown stops ingest first and drains the workers last).
+public final class RelayApplication: Sendable {
+    public let configuration: RelayConfiguration
+    public let outbox: Outbox
+    public let metrics = RelayMetrics()
+    let lock: OutboxLock
+    let logger: Logger
+    let logSettings: LogSettings
+    let notifier: SystemdNotifier
+    let httpClient: HTTPClient
+    let stopFlag = StopFlag()
+    let doorbell = Doorbell()
+    let gate: PartnerGate
+    let pool: DeliveryWorkerPool
+    let handler: IngestHandler
+    let live: LiveSettings
+    let reloader: ConfigurationLoader?
+    let onReady: @Sendable (Int) -> Void
+    let environment: [String: String]
+    let group = Live<ServiceGroup?>(nil)
+
+    /// Opens the outbox (taking the one-daemon lock), migrates, recovers leases left by a crash
+    /// and wires every component. Throws before anything is listening when storage is unusable.
+    public init(configuration: RelayConfiguration, logSettings: LogSettings, output: LogOutput = .standardOutput,
+                environment: [String: String] = ProcessInfo.processInfo.environment,
+                reloader: ConfigurationLoader? = nil, partnerClient: (any PartnerClient)? = nil,
+                onReady: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+        self.configuration = configuration
+        self.logSettings = logSettings
+        self.reloader = reloader
+        self.onReady = onReady
+        self.environment = environment
+        var logger = Logger(label: "candidate-relay") { RelayLogHandler(label: $0, settings: logSettings, output: output) }
+        logger.logLevel = .trace
+        self.logger = logger
+        notifier = SystemdNotifier(environment: environment)
+
+        lock = try OutboxLock(outboxPath: configuration.storage.path)
+        outbox = try Outbox(path: configuration.storage.path)
+        let now = Date()
+        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now)
+        if recovered > 0 {
+            logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
+                         LogFields(extra: ["count": String(recovered)]))
+        }
+        let history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.partner.rateLimit.perSeconds))
+
+        httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10))))
+        live = LiveSettings(
+            configuration: configuration,
+            tokens: Self.tokenProvider(configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))
+        gate = PartnerGate(rateLimit: configuration.partner.rateLimit, breaker: configuration.delivery.circuitBreaker,
+                           history: history, logger: logger, metrics: metrics)
+        pool = DeliveryWorkerPool(
+            outbox: outbox, gate: gate,
+            client: partnerClient ?? HTTPPartnerClient(httpClient: httpClient, baseURL: configuration.partner.baseURL,
+                                                       timeoutSeconds: configuration.partner.timeoutSeconds),
+            tokens: live.tokens, settings: live.delivery, doorbell: doorbell, metrics: metrics, logger: logger)
+        handler = IngestHandler(
+            outbox: outbox, authenticator: live.authenticator, settings: live.ingest, doorbell: doorbell,
+            metrics: metrics, logger: logger, stopFlag: stopFlag, now: Date.init)
+    }
+
+    /// Builds the token provider of the configured auth mode.
+    static func tokenProvider(_ partner: PartnerConfiguration, httpClient: HTTPClient, logger: Logger, metrics: RelayMetrics) -> any TokenProvider {
+        switch partner.auth {
+        case .comeetJWT(let apiKey, let secret, let ttl):
+            return ComeetTokenProvider(apiKey: apiKey, secret: secret, ttlSeconds: ttl, logger: logger, metrics: metrics)
+        case .oauth2ClientCredentials(let oauth):
+            return OAuth2TokenProvider(
+                configuration: oauth, fetch: OAuth2TokenProvider.httpFetch(client: httpClient, timeoutSeconds: partner.timeoutSeconds),
+                logger: logger, metrics: metrics)
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT (or `shutdown()`), then drains and closes; returns normally.
+    public func run() async throws {
+        let config = configuration
+        let router = IngestRoutes.router(handler: handler)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: "candidate-relay"),
+            onServerRunning: { [self] channel in
+                let port = channel.localAddress?.port ?? config.listen.port
+                notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")
+                logger.event(.notice, "relay.started", "candidate-relay is ready",
+                             LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
+                                               "storage": config.storage.path, "workers": String(config.delivery.workers)]))
+                onReady(port)
+            },
+            logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: pool, serviceName: "delivery"),
+            .init(service: LeaseRescuer(outbox: outbox, logger: logger), serviceName: "lease-rescuer"),
+            .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
+            .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
+                                     watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger),
+                  serviceName: "heartbeat"),
+        ]
+        if let reloader {
+            services.append(.init(service: ReloadService(application: self, loader: reloader), serviceName: "reload"))
+        }
+        services.append(.init(service: app, serviceName: "ingest"))
+        services.append(.init(service: ShutdownAnnouncer(application: self), successTerminationBehavior: .gracefullyShutdownGroup,
+                              serviceName: "shutdown-announcer"))
+        var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = .seconds(config.delivery.shutdownGraceSeconds + 20)
+        let group = ServiceGroup(configuration: groupConfig)
+        self.group.set(group)
+        do {
+            try await group.run()
+        } catch {
+            logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error))))
+            await close()
+            throw error
+        }
+        await close()
+    }
+
+    /// Starts a graceful shutdown (as SIGTERM does).
+    public func shutdown() async {
+        await group.value?.triggerGracefulShutdown()
+    }
+
+    private func close() async {
+        try? await httpClient.shutdown()
+        do { try outbox.close() } catch {
+            logger.event(.error, "storage.failed", "outbox did not close cleanly", LogFields(error: "storage_error"))
+        }
+        logger.event(.notice, "relay.stopped", "candidate-relay stopped")
+    }
+}
+
+/// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, tells systemd.
+struct ShutdownAnnouncer: Service {
+    let application: RelayApplication
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        application.stopFlag.stop()
+        application.notifier.notify("STOPPING=1")
+        application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
+                                 LogFields(extra: ["grace_seconds": String(application.configuration.delivery.shutdownGraceSeconds)]))
+    }
+}

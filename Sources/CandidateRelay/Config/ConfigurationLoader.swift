@@ -1,0 +1,135 @@
+import Configuration
+import Foundation
+import Logging
+import SystemPackage
+import Yams
+
+/// One problem that makes a configuration unusable, said in one line for `check-config`.
+public struct ConfigurationProblem: Error, Sendable, Equatable, CustomStringConvertible {
+    public let key: String
+    public let message: String
+    public init(_ key: String, _ message: String) {
+        self.key = key
+        self.message = message
+    }
+    public var description: String { key.isEmpty ? message : "\(key): \(message)" }
+}
+
+/// All problems found at once (exit 78, one line each).
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public let problems: [ConfigurationProblem]
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}
+
+/// Assembles the providers (env > YAML file > defaults), reads secrets through their one door,
+/// and validates everything once. Used at start-up, by `check-config`, and on SIGHUP.
+public struct ConfigurationLoader: Sendable {
+    /// The default location when neither `--config` nor `$CANDIDATE_RELAY_CONFIG` names one.
+    public static let defaultPath = "/etc/candidate-relay/config.yaml"
+
+    public let configPath: String
+    /// Whether the path was named explicitly (then a missing file is an error).
+    public let pathIsExplicit: Bool
+    public let environment: [String: String]
+
+    public init(configPath: String?, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        if let configPath {
+            self.configPath = configPath
+            self.pathIsExplicit = true
+        } else if let fromEnv = environment["CANDIDATE_RELAY_CONFIG"], !fromEnv.isEmpty {
+            self.configPath = fromEnv
+            self.pathIsExplicit = true
+        } else {
+            self.configPath = Self.defaultPath
+            self.pathIsExplicit = false
+        }
+        self.environment = environment
+    }
+
+    /// Loads and validates; throws `ConfigurationError` listing every problem.
+    public func load() async throws -> RelayConfiguration {
+        var problems: [ConfigurationProblem] = []
+        var providers: [any ConfigProvider] = [
+            EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: "candidate_relay")
+        ]
+        let fileExists = FileManager.default.fileExists(atPath: configPath)
+        if fileExists {
+            do {
+                let text = try String(contentsOfFile: configPath, encoding: .utf8)
+                problems += Self.unknownKeys(inYAML: text)
+                providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(configPath)))
+            } catch let error as ConfigurationProblem {
+                problems.append(error)
+            } catch {
+                problems.append(.init("", "cannot read config file \(configPath): \(Self.oneLine(error))"))
+            }
+        } else if pathIsExplicit {
+            problems.append(.init("", "config file \(configPath) does not exist"))
+        }
+        problems += unknownEnvironmentKeys()
+        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
+
+        var reader = ConfigValues(reader: ConfigReader(providers: providers))
+        let secrets = SecretReader(
+            environment: environment,
+            credentialsDirectory: environment["CREDENTIALS_DIRECTORY"],
+            configDirectory: (configPath as NSString).deletingLastPathComponent
+        )
+        let config = Self.build(&reader, secrets: secrets)
+        problems = reader.problems + secrets.problems + Self.validate(config)
+        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
+        return config
+    }
+
+    private func unknownEnvironmentKeys() -> [ConfigurationProblem] {
+        let known = Set(ConfigurationKeys.all.map(ConfigurationKeys.environmentName))
+            .union(ConfigurationKeys.secretEnvironmentKeys.map(ConfigurationKeys.environmentName))
+            .union(ConfigurationKeys.reservedEnvironmentNames)
+        return environment.keys.filter { $0.hasPrefix("CANDIDATE_RELAY_") && !known.contains($0) }
+            .sorted()
+            .map { .init($0, "unknown environment variable (no such configuration key)") }
+    }
+
+    /// Walks the YAML document and reports keys that are not in `ConfigurationKeys.all`.
+    static func unknownKeys(inYAML text: String) throws -> [ConfigurationProblem] {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw ConfigurationProblem("", "config file is not valid YAML: \(oneLine(error))")
+        }
+        guard let root else { return [] }
+        guard case .mapping = root else { return [.init("", "config file must be a YAML mapping")] }
+        let known = Set(ConfigurationKeys.all)
+        let prefixes = Set(ConfigurationKeys.all.flatMap { key in
+            let parts = key.split(separator: ".")
+            return (1..<parts.count).map { parts[0..<$0].joined(separator: ".") }
+        })
+        var problems: [ConfigurationProblem] = []
+        func walk(_ node: Node, path: String) {
+            guard case .mapping(let mapping) = node else { return }
+            for (keyNode, value) in mapping {
+                let name = keyNode.string ?? "?"
+                let full = path.isEmpty ? name : "\(path).\(name)"
+                if known.contains(full) {
+                    if case .scalar = value { continue }
+                    problems.append(.init(full, "must be a single value, not a list or mapping"))
+                } else if prefixes.contains(full) {
+                    if case .mapping = value { walk(value, path: full) } else if case .scalar(let s) = value, s.string.isEmpty || s.string == "null" || s.string == "~" {
+                        continue
+                    } else {
+                        problems.append(.init(full, "must be a mapping"))
+                    }
+                } else {
+                    problems.append(.init(full, "unknown key"))
+                }
+            }
+        }
+        walk(root, path: "")
+        return problems
+    }
+
+    static func oneLine(_ error: any Error) -> String {
+        "\(error)".replacingOccurrences(of: "\n", with: " ")
+    }
+}

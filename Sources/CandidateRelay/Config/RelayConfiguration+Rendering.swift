@@ -1,0 +1,59 @@
+import Foundation
+
+extension RelayConfiguration {
+    /// The effective configuration as YAML, secrets shown only by their source, for
+    /// `check-config` and the start-up log.
+    public func renderedYAML() -> String {
+        func secret(_ s: Secret?) -> String { s.map { "\"<redacted: \($0.source)>\"" } ?? "null" }
+        var lines: [String] = []
+        lines.append("listen: { host: \(listen.host), port: \(listen.port) }")
+        lines.append("ingest:")
+        lines.append("  max_body_bytes: \(ingest.maxBodyBytes)")
+        let signing = ingest.signingSecrets.isEmpty
+            ? "null" : "\"<redacted: \(ingest.signingSecrets.count) secret(s) from \(ingest.signingSecrets[0].source)>\""
+        lines.append("  signing_secrets: \(signing)")
+        lines.append("  bearer_token: \(secret(ingest.bearerToken))")
+        lines.append("  allow_unauthenticated: \(ingest.allowUnauthenticated)")
+        lines.append("  max_backlog: \(ingest.maxBacklog)")
+        lines.append("storage:")
+        lines.append("  path: \(storage.path)")
+        lines.append("  payload_retention_days: \(Self.number(storage.payloadRetentionDays))")
+        lines.append("  record_retention_days: \(Self.number(storage.recordRetentionDays))")
+        lines.append("partner:")
+        lines.append("  base_url: \(partner.baseURL)")
+        lines.append("  timeout_seconds: \(Self.number(partner.timeoutSeconds))")
+        lines.append("  auth:")
+        lines.append("    mode: \(partner.auth.modeName)")
+        switch partner.auth {
+        case .comeetJWT(let apiKey, let key, let ttl):
+            lines.append("    api_key: \(secret(apiKey))")
+            lines.append("    secret: \(secret(key))")
+            lines.append("    token_ttl_seconds: \(Self.number(ttl))")
+        case .oauth2ClientCredentials(let oauth):
+            lines.append("    token_url: \(oauth.tokenURL)")
+            lines.append("    client_id: \(oauth.clientID)")
+            lines.append("    client_secret: \(secret(oauth.clientSecret))")
+            lines.append("    scope: \(oauth.scope ?? "null")")
+            lines.append("    client_auth: \(oauth.clientAuth.rawValue)")
+        }
+        lines.append("  rate_limit: { requests: \(partner.rateLimit.requests), per_seconds: \(Self.number(partner.rateLimit.perSeconds)) }")
+        lines.append("delivery:")
+        lines.append("  workers: \(delivery.workers)")
+        let b = delivery.backoff
+        lines.append("  backoff: { initial_seconds: \(Self.number(b.initialSeconds)), multiplier: \(Self.number(b.multiplier)), max_seconds: \(Self.number(b.maxSeconds)) }")
+        lines.append("  max_attempts: \(delivery.maxAttempts)")
+        lines.append("  max_age_seconds: \(Self.number(delivery.maxAgeSeconds))")
+        lines.append("  shutdown_grace_seconds: \(Self.number(delivery.shutdownGraceSeconds))")
+        let cb = delivery.circuitBreaker
+        lines.append("  circuit_breaker: { failures: \(cb.failures), cooldown_seconds: \(Self.number(cb.cooldownSeconds)) }")
+        lines.append("logging:")
+        lines.append("  level: \(logging.level.rawValue)")
+        lines.append("  format: \(logging.format.rawValue)")
+        lines.append("  heartbeat_seconds: \(Self.number(logging.heartbeatSeconds))")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func number(_ value: Double) -> String {
+        value.rounded() == value && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+
+extension ConfigurationLoader {
+    /// Range and consistency checks on an otherwise well-typed configuration.
+    static func validate(_ config: RelayConfiguration) -> [ConfigurationProblem] {
+        var problems: [ConfigurationProblem] = []
+        func check(_ ok: Bool, _ key: String, _ message: String) {
+            if !ok { problems.append(.init(key, message)) }
+        }
+        check((0...65535).contains(config.listen.port), "listen.port", "must be 0...65535")
+        check(!config.listen.host.isEmpty, "listen.host", "must not be empty")
+        check(config.ingest.maxBodyBytes >= 1024, "ingest.max_body_bytes", "must be at least 1024")
+        check(config.ingest.maxBacklog >= 1, "ingest.max_backlog", "must be at least 1")
+        for secret in config.ingest.signingSecrets where WebhookSecret(secret) == nil {
+            problems.append(.init("ingest.signing_secrets_file", "a secret from \(secret.source) is not whsec_<base64>"))
+        }
+        check(
+            config.ingest.allowUnauthenticated || !config.ingest.signingSecrets.isEmpty || config.ingest.bearerToken != nil,
+            "ingest", "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"
+        )
+        check(config.storage.payloadRetentionDays >= 0, "storage.payload_retention_days", "must be >= 0")
+        check(
+            config.storage.recordRetentionDays >= config.storage.payloadRetentionDays,
+            "storage.record_retention_days", "must be >= payload_retention_days"
+        )
+        problems += storagePathProblems(config.storage.path)
+        check(isHTTPURL(config.partner.baseURL), "partner.base_url", "must be an http(s) URL")
+        check(config.partner.timeoutSeconds > 0, "partner.timeout_seconds", "must be > 0")
+        check(config.partner.rateLimit.requests >= 0, "partner.rate_limit.requests", "must be >= 0 (0 = unlimited)")
+        check(config.partner.rateLimit.perSeconds > 0, "partner.rate_limit.per_seconds", "must be > 0")
+        switch config.partner.auth {
+        case .comeetJWT(_, _, let ttl):
+            check(ttl > 0 && ttl <= 600, "partner.auth.token_ttl_seconds", "must be in (0, 600]: the partner refuses longer-lived tokens")
+        case .oauth2ClientCredentials(let oauth):
+            check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL")
+            check(!oauth.clientID.isEmpty, "partner.auth.client_id", "required in oauth2_client_credentials mode")
+        }
+        let delivery = config.delivery
+        check((1...256).contains(delivery.workers), "delivery.workers", "must be 1...256")
+        check(delivery.backoff.initialSeconds > 0, "delivery.backoff.initial_seconds", "must be > 0")
+        check(delivery.backoff.multiplier >= 1, "delivery.backoff.multiplier", "must be >= 1")
+        check(delivery.backoff.maxSeconds >= delivery.backoff.initialSeconds, "delivery.backoff.max_seconds", "must be >= initial_seconds")
+        check(delivery.maxAttempts >= 1, "delivery.max_attempts", "must be >= 1")
+        check(delivery.maxAgeSeconds > 0, "delivery.max_age_seconds", "must be > 0")
+        check(delivery.shutdownGraceSeconds >= 0, "delivery.shutdown_grace_seconds", "must be >= 0")
+        check(delivery.circuitBreaker.failures >= 1, "delivery.circuit_breaker.failures", "must be >= 1")
+        check(delivery.circuitBreaker.cooldownSeconds > 0, "delivery.circuit_breaker.cooldown_seconds", "must be > 0")
+        check(config.logging.heartbeatSeconds > 0, "logging.heartbeat_seconds", "must be > 0")
+        return problems
+    }
+
+    static func isHTTPURL(_ text: String) -> Bool {
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
+            return false
+        }
+        return scheme == "http" || scheme == "https"
+    }
+
+    /// The outbox directory must exist and be writable, or be creatable under a writable ancestor.
+    static func storagePathProblems(_ path: String) -> [ConfigurationProblem] {
+        guard !path.isEmpty, !path.hasSuffix("/") else { return [.init("storage.path", "must name a file")] }
+        let fm = FileManager.default
+        var directory = (path as NSString).deletingLastPathComponent
+        if directory.isEmpty { directory = "." }
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            return [.init("storage.path", "\(path) is a directory, not a file")]
+        }
+        var probe = directory
+        while !fm.fileExists(atPath: probe) {
+            let parent = (probe as NSString).deletingLastPathComponent
+            if parent == probe || parent.isEmpty { break }
+            probe = parent
+        }
+        if fm.fileExists(atPath: probe, isDirectory: &isDir), !isDir.boolValue {
+            return [.init("storage.path", "\(probe) is not a directory")]
+        }
+        if !fm.isWritableFile(atPath: probe) {
+            return [.init("storage.path", "directory \(probe) is not writable")]
+        }
+        if fm.fileExists(atPath: path), !(fm.isReadableFile(atPath: path) && fm.isWritableFile(atPath: path)) {
+            return [.init("storage.path", "\(path) is not readable and writable")]
+        }
+        return []
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+
+/// The one door through which secrets enter the relay. A `*_file` key names a file (a relative
+/// name resolves in `$CREDENTIALS_DIRECTORY` when set, as systemd's `LoadCredential=` provides,
+/// else next to the config file); the env var of the key without `_file` overrides it. File
+/// content is trimmed. Problems name the key and the path, never the content.
+final class SecretReader: @unchecked Sendable {
+    let environment: [String: String]
+    let credentialsDirectory: String?
+    let configDirectory: String
+    private(set) var problems: [ConfigurationProblem] = []
+
+    init(environment: [String: String], credentialsDirectory: String?, configDirectory: String) {
+        self.environment = environment
+        self.credentialsDirectory = credentialsDirectory
+        self.configDirectory = configDirectory.isEmpty ? "." : configDirectory
+    }
+
+    /// Resolves a relative secret file name.
+    func resolve(_ name: String) -> String {
+        if name.hasPrefix("/") { return name }
+        if let credentialsDirectory, !credentialsDirectory.isEmpty {
+            return (credentialsDirectory as NSString).appendingPathComponent(name)
+        }
+        return (configDirectory as NSString).appendingPathComponent(name)
+    }
+
+    /// Reads the secret for `fileKey` (e.g. `partner.auth.secret_file`) whose configured file name
+    /// is `fileName`; `nil` when neither the env var nor a file name is given.
+    func read(fileKey: String, fileName: String?, required: Bool) -> Secret? {
+        let envName = ConfigurationKeys.environmentName(String(fileKey.dropLast("_file".count)))
+        if let value = environment[envName]?.trimmingCharacters(in: .whitespacesAndNewlines), !value.isEmpty {
+            return Secret(value, source: "env \(envName)")
+        }
+        guard let fileName else {
+            if required { problems.append(.init(fileKey, "required: set the file or \(envName)")) }
+            return nil
+        }
+        let path = resolve(fileName)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "is not readable" : "does not exist"
+            problems.append(.init(fileKey, "secret file \(path) \(reason)"))
+            return nil
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            problems.append(.init(fileKey, "secret file \(path) is not UTF-8 text"))
+            return nil
+        }
+        let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if value.isEmpty {
+            problems.append(.init(fileKey, "secret file \(path) is empty"))
+            return nil
+        }
+        return Secret(value, source: "file \(path)")
+    }
+
+    /// Several secrets, one per line (Standard Webhooks secret rotation); env: whitespace-separated.
+    func readList(fileKey: String, fileName: String?) -> [Secret] {
+        guard let combined = read(fileKey: fileKey, fileName: fileName, required: false) else { return [] }
+        return combined.value
+            .split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" || $0 == "\t" })
+            .map { Secret(String($0), source: combined.source) }
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Settings of the pool that SIGHUP may change while it runs.
+public struct DeliverySettings: Sendable {
+    public var workers: Int
+    public var policy: RetryPolicy
+    public var shutdownGraceSeconds: Double
+    public var leaseSeconds: Double
+    /// The idle fallback poll: how soon a change made by an admin command is noticed.
+    public var pollSeconds: Double
+
+    public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double) {
+        workers = configuration.workers
+        policy = RetryPolicy(backoff: configuration.backoff, maxAttempts: configuration.maxAttempts, maxAgeSeconds: configuration.maxAgeSeconds)
+        shutdownGraceSeconds = configuration.shutdownGraceSeconds
+        // Long enough for a request, a 401 resend and the outcome write; the rescuer only takes
+        // back leases older than this.
+        leaseSeconds = partnerTimeoutSeconds * 2 + 60
+        pollSeconds = 1
+    }
+}
+
+/// The workers (a `Service`): each claims the oldest due event with a lease, passes the partner
+/// gate, calls the partner outside any transaction and records the outcome with a
+/// compare-and-set. On shutdown it stops claiming, lets in-flight requests finish within the
+/// grace period, and hands the rest back without using an attempt.
+public final class DeliveryWorkerPool: Service, Sendable {
+    let outbox: Outbox
+    let gate: PartnerGate
+    let client: PartnerClient
+    let tokens: Live<any TokenProvider>
+    let settings: Live<DeliverySettings>
+    let doorbell: Doorbell
+    let metrics: RelayMetrics
+    let logger: Logger
+    let now: @Sendable () -> Date
+    private let draining = Atomic<Bool>(false)
+    private let running = Mutex<Set<Int>>([])
+
+    public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<any TokenProvider>,
+                settings: Live<DeliverySettings>, doorbell: Doorbell, metrics: RelayMetrics, logger: Logger,
+                now: @escaping @Sendable () -> Date = Date.init) {
+        self.outbox = outbox
+        self.gate = gate
+        self.client = client
+        self.tokens = tokens
+        self.settings = settings
+        self.doorbell = doorbell
+        self.metrics = metrics
+        self.logger = logger
+        self.now = now
+    }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.superviseWorkers()
+        } onGracefulShutdown: {
+            self.draining.store(true, ordering: .releasing)
+            self.doorbell.ring()
+        }
+        logger.event(.info, "delivery.drained", "delivery workers stopped")
+    }
+
+    /// Keeps `settings.workers` workers running (SIGHUP may change it) until draining.
+    private func superviseWorkers() async {
+        await withDiscardingTaskGroup { group in
+            while !draining.load(ordering: .acquiring) {
+                let target = settings.value.workers
+                let missing = running.withLock { running -> [Int] in
+                    let ids = (0..<target).filter { !running.contains($0) }
+                    running.formUnion(ids)
+                    return ids
+                }
+                for index in missing {
+                    group.addTask { await self.workerLoop(index: index) }
+                }
+                await doorbell.wait(upTo: 1)
+            }
+        }
+    }
+
+    var isDraining: Bool { draining.load(ordering: .acquiring) }
+
+    /// One worker: claim, deliver, repeat; idle waits on the doorbell or the next due time.
+    func workerLoop(index: Int) async {
+        defer { _ = running.withLock { $0.remove(index) } }
+        while !isDraining && index < settings.value.workers {
+            do {
+                if try await runOnce() == false {
+                    await idleWait()
+                }
+            } catch {
+                logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
+                             LogFields(error: Self.errorCode(error)))
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    private func idleWait() async {
+        let poll = settings.value.pollSeconds
+        var wait = poll
+        if let due = try? await outbox.nextDueAt() {
+            wait = min(poll, max(0.005, due.timeIntervalSince(now())))
+        }
+        await doorbell.wait(upTo: wait)
+    }
+
+    /// Delivers at most one event. Returns false when none was due.
+    public func runOnce() async throws -> Bool {
+        let permit = try await acquirePermit()
+        guard let permit else { return false }
+        let current = settings.value
+        guard let event = try await outbox.claimNext(now: now(), leaseSeconds: current.leaseSeconds, maxAgeSeconds: current.policy.maxAgeSeconds) else {
+            await gate.cancel(permit)
+            return false
+        }
+        await deliver(event, policy: current.policy, graceSeconds: current.shutdownGraceSeconds)
+        return true
+    }
+
+    /// Waits at the gate, giving up (nil) when draining starts.
+    private func acquirePermit() async throws -> PartnerGate.Permit? {
+        if isDraining { return nil }
+        let gate = self.gate
+        return try await withThrowingTaskGroup(of: PartnerGate.Permit?.self) { group in
+            group.addTask { try await gate.acquire() }
+            group.addTask {
+                while !self.isDraining { try await Task.sleep(for: .milliseconds(50)) }
+                return nil
+            }
+            let first = try await group.next() ?? nil
+            group.cancelAll()
+            if let first, self.isDraining {
+                await gate.cancel(first)
+                return nil
+            }
+            return first
+        }
+    }
+
+    static func errorCode(_ error: any Error) -> String {
+        if case OutboxError.storage = error { return "storage_error" }
+        return String(describing: type(of: error))
+    }
+}

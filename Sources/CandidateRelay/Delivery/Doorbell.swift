@@ -1,0 +1,59 @@
+import Foundation
+import Synchronization
+
+/// Wakes idle workers the moment ingest commits an event, so an idle relay has no polling delay;
+/// `wait(upTo:)` also returns after a timeout, the polling fallback that notices changes made by
+/// admin commands in another process.
+public final class Doorbell: Sendable {
+    private struct State {
+        var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+        var rung = false
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Wakes every waiter (and the next one to wait, if none is waiting now).
+    public func ring() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            if state.waiters.isEmpty {
+                state.rung = true
+                return []
+            }
+            let all = Array(state.waiters.values)
+            state.waiters.removeAll()
+            return all
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns when rung, after `seconds`, or when the task is cancelled.
+    public func wait(upTo seconds: Double) async {
+        let id = UUID()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let resumeNow = self.state.withLock { state -> Bool in
+                            if state.rung || Task.isCancelled {
+                                state.rung = false
+                                return true
+                            }
+                            state.waiters[id] = continuation
+                            return false
+                        }
+                        if resumeNow { continuation.resume() }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+                    waiter?.resume()
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(max(0, seconds)))
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}

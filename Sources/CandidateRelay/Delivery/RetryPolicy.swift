@@ -1,0 +1,54 @@
+import Foundation
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+public enum RetryAfter {
+    public static func parse(_ value: String, now: Date) -> Date? {
+        let trimmed = value.trimmingCharacters(in: .whitespaces)
+        if let seconds = Double(trimmed), seconds >= 0, seconds.isFinite {
+            return now.addingTimeInterval(seconds)
+        }
+        for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "EEEE, dd-MMM-yy HH:mm:ss zzz", "EEE MMM d HH:mm:ss yyyy"] {
+            let formatter = DateFormatter()
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.timeZone = TimeZone(identifier: "GMT")
+            formatter.dateFormat = format
+            if let date = formatter.date(from: trimmed) { return max(date, now) }
+        }
+        return nil
+    }
+}
+
+/// Pure retry arithmetic: exponential backoff with jitter, capped, and the attempt/age budget.
+public struct RetryPolicy: Sendable, Equatable {
+    public var backoff: BackoffConfiguration
+    public var maxAttempts: Int
+    public var maxAgeSeconds: Double
+
+    public init(backoff: BackoffConfiguration, maxAttempts: Int, maxAgeSeconds: Double) {
+        self.backoff = backoff
+        self.maxAttempts = maxAttempts
+        self.maxAgeSeconds = maxAgeSeconds
+    }
+
+    /// The un-jittered delay after failed attempt number `attempt` (1-based).
+    public func baseDelay(attempt: Int) -> Double {
+        let exponent = Double(max(0, attempt - 1))
+        let raw = backoff.initialSeconds * pow(backoff.multiplier, exponent)
+        return min(backoff.maxSeconds, raw.isFinite ? raw : backoff.maxSeconds)
+    }
+
+    /// "Equal jitter": half the delay fixed, half random, so retries of many events spread out
+    /// while each still waits at least half its backoff. `unit` is a random number in [0, 1).
+    public func delay(attempt: Int, unit: Double = Double.random(in: 0..<1)) -> Double {
+        let base = baseDelay(attempt: attempt)
+        return base / 2 + base / 2 * unit
+    }
+
+    /// When to try again, or `nil` when the budget is spent (the event goes dead).
+    public func nextAttempt(after attempt: Int, budgetStartedAt: Date, now: Date, retryAfter: Date?, unit: Double = Double.random(in: 0..<1)) -> Date? {
+        guard attempt < maxAttempts else { return nil }
+        let next = retryAfter ?? now.addingTimeInterval(delay(attempt: attempt, unit: unit))
+        guard next.timeIntervalSince(budgetStartedAt) < maxAgeSeconds else { return nil }
+        return next
+    }
+}

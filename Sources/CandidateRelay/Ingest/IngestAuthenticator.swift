@@ -1,0 +1,57 @@
+import Crypto
+import Foundation
+
+/// Decides whether an inbound request is authentic: Standard Webhooks signature, static bearer
+/// token, or explicitly nothing. Replaced as a whole on SIGHUP (secret rotation).
+public struct IngestAuthenticator: Sendable {
+    let verifier: WebhookVerifier?
+    let bearerDigest: SHA256Digest?
+    let allowUnauthenticated: Bool
+
+    public init(configuration: IngestConfiguration) {
+        let secrets = configuration.signingSecrets.compactMap(WebhookSecret.init)
+        verifier = secrets.isEmpty ? nil : WebhookVerifier(secrets: secrets)
+        bearerDigest = configuration.bearerToken.map { SHA256.hash(data: Data($0.value.utf8)) }
+        allowUnauthenticated = configuration.allowUnauthenticated
+    }
+
+    /// Whether reads (`GET /v1/candidates...`) need the bearer token.
+    var requiresBearerForReads: Bool { bearerDigest != nil }
+
+    /// Inbound headers the check needs.
+    public struct Headers: Sendable {
+        public var webhookID: String?
+        public var webhookTimestamp: String?
+        public var webhookSignature: String?
+        public var authorization: String?
+        public init(webhookID: String? = nil, webhookTimestamp: String? = nil, webhookSignature: String? = nil, authorization: String? = nil) {
+            self.webhookID = webhookID
+            self.webhookTimestamp = webhookTimestamp
+            self.webhookSignature = webhookSignature
+            self.authorization = authorization
+        }
+    }
+
+    /// True when any configured method accepts the request.
+    public func isAuthentic(_ headers: Headers, body: some DataProtocol, now: Date) -> Bool {
+        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
+        if let verifier, headers.webhookSignature != nil {
+            do {
+                try verifier.verify(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                    signatureHeader: headers.webhookSignature, body: body, now: now)
+                return true
+            } catch {}
+        }
+        if bearerMatches(headers.authorization) { return true }
+        return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
+    }
+
+    /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
+    func bearerMatches(_ authorization: String?) -> Bool {
+        guard let bearerDigest, let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }
+        let presented = SHA256.hash(data: Data(authorization.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8))
+        var difference: UInt8 = 0
+        for (a, b) in zip(presented, bearerDigest) { difference |= a ^ b }
+        return difference == 0
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// Every error ingest can answer, mapped in one place to the contract's status and JSON code.
+public enum IngestError: Error, Sendable {
+    case payloadTooLarge(limit: Int)
+    case unauthorized
+    case unsupportedMediaType
+    case malformedJSON
+    case validationFailed([ValidationProblem])
+    case idempotencyKeyReused
+    case unavailable(reason: String, retryAfterSeconds: Int)
+    case notFound
+
+    var status: HTTPResponse.Status {
+        switch self {
+        case .payloadTooLarge: .contentTooLarge
+        case .unauthorized: .unauthorized
+        case .unsupportedMediaType: .unsupportedMediaType
+        case .malformedJSON: .badRequest
+        case .validationFailed: .unprocessableContent
+        case .idempotencyKeyReused: .conflict
+        case .unavailable: .serviceUnavailable
+        case .notFound: .notFound
+        }
+    }
+
+    /// The contract's error code, also the `result` of the ingest metric and log line.
+    public var code: String {
+        switch self {
+        case .payloadTooLarge: "payload_too_large"
+        case .unauthorized: "unauthorized"
+        case .unsupportedMediaType: "unsupported_media_type"
+        case .malformedJSON: "malformed_json"
+        case .validationFailed: "validation_failed"
+        case .idempotencyKeyReused: "idempotency_key_reused"
+        case .unavailable: "unavailable"
+        case .notFound: "not_found"
+        }
+    }
+
+    var message: String {
+        switch self {
+        case .payloadTooLarge(let limit): "the body is larger than \(limit) bytes"
+        case .unauthorized: "missing or invalid webhook signature or bearer token"
+        case .unsupportedMediaType: "Content-Type must be application/json"
+        case .malformedJSON: "the body is not valid UTF-8 JSON"
+        case .validationFailed(let problems): "\(problems.count) field(s) would be rejected by the partner"
+        case .idempotencyKeyReused: "this idempotency key was already used with a different body"
+        case .unavailable(let reason, _): reason
+        case .notFound: "no such event"
+        }
+    }
+
+    /// The JSON response `{"error", "message", "details"}` (plus Retry-After for 503).
+    public var response: Response {
+        var details: [[String: String]] = []
+        if case .validationFailed(let problems) = self {
+            details = problems.map { ["field": $0.field, "problem": $0.problem] }
+        }
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
+        let body = ContractJSON.data(["error": code, "message": message, "details": details])
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+}
+
+extension Response {
+    /// A JSON response from a contract object.
+    static func json(_ status: HTTPResponse.Status, _ object: Any, headers extra: HTTPFields = [:]) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        headers.append(contentsOf: extra)
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: ContractJSON.data(object))))
+    }
+}

@@ -1,0 +1,137 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// The webhook's decision pipeline, in the contract's order (413, 401, 415, 400, 422), then
+/// idempotency and the durable write. Answers 202 only after the outbox commit returned.
+public struct IngestHandler: Sendable {
+    let outbox: Outbox
+    let authenticator: Live<IngestAuthenticator>
+    let settings: Live<IngestConfiguration>
+    let validator = CandidateValidator()
+    let doorbell: Doorbell
+    let metrics: RelayMetrics
+    let logger: Logger
+    let stopFlag: StopFlag
+    let now: @Sendable () -> Date
+
+    static let webhookID = HTTPField.Name("webhook-id")!
+    static let webhookTimestamp = HTTPField.Name("webhook-timestamp")!
+    static let webhookSignature = HTTPField.Name("webhook-signature")!
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+
+    /// Reads the body within the limit (413 without buffering more than `max_body_bytes`).
+    func readBody(_ request: Request) async throws(IngestError) -> ByteBuffer {
+        let limit = settings.value.maxBodyBytes
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > limit {
+            throw .payloadTooLarge(limit: limit)
+        }
+        var buffer = ByteBuffer()
+        do {
+            for try await chunk in request.body {
+                if buffer.readableBytes + chunk.readableBytes > limit { throw IngestError.payloadTooLarge(limit: limit) }
+                var chunk = chunk
+                buffer.writeBuffer(&chunk)
+            }
+        } catch let error as IngestError {
+            throw error
+        } catch {
+            throw .malformedJSON
+        }
+        return buffer
+    }
+
+    /// `POST /v1/candidates`.
+    public func accept(_ request: Request) async -> Response {
+        do {
+            let (response, fields) = try await process(request)
+            let message = response.status == .accepted ? "candidate accepted" : "replay of a known event"
+            logger.event(.info, "ingest.accepted", message, fields)
+            return response
+        } catch {
+            metrics.ingest(result: error.code)
+            logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected",
+                         "webhook rejected", LogFields(status: Int(error.status.code), error: error.code))
+            return error.response
+        }
+    }
+
+    private func process(_ request: Request) async throws(IngestError) -> (Response, LogFields) {
+        if stopFlag.isStopping { throw .unavailable(reason: "shutting down", retryAfterSeconds: 5) }
+        let body = Data(buffer: try await readBody(request))
+        let headers = request.headers
+        let auth = IngestAuthenticator.Headers(
+            webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
+            webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
+        let receivedAt = now()
+        guard authenticator.value.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
+        guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
+        let document: JSONValue
+        do { document = try JSONValue.parse(body) } catch { throw .malformedJSON }
+        let problems = validator.validate(document)
+        guard problems.isEmpty else { throw .validationFailed(problems) }
+
+        let key = headers[Self.webhookID] ?? headers[Self.idempotencyKey]
+        let id = EventID.generate(now: receivedAt)
+        var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
+        var payload = body
+        let generated = partnerCandidateID.isEmpty
+        if generated {
+            partnerCandidateID = id
+            payload = Self.inserting(partnerCandidateID: id, into: body)
+        }
+        let submission = Submission(
+            id: id, idempotencyKey: key, bodySHA256: SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined(),
+            positionUID: document["position_uid"]?.stringValue ?? "", partnerCandidateID: partnerCandidateID,
+            payload: payload, receivedAt: receivedAt)
+        let result: AcceptResult
+        do {
+            result = try await outbox.accept(submission, maxBacklog: settings.value.maxBacklog)
+        } catch OutboxError.idempotencyKeyReused {
+            throw .idempotencyKeyReused
+        } catch OutboxError.backlogFull(let limit) {
+            throw .unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30)
+        } catch {
+            logger.event(.error, "storage.failed", "outbox write failed", LogFields(error: Self.errorCode(error)))
+            throw .unavailable(reason: "storage unavailable; retry later", retryAfterSeconds: 5)
+        }
+        switch result {
+        case .created(let record):
+            doorbell.ring()
+            metrics.ingest(result: "accepted")
+            var object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID]
+            if generated { object["partner_candidate_id_generated"] = true }
+            let response = Response.json(.accepted, object, headers: [.location: "/v1/candidates/\(record.id)"])
+            return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID))
+        case .duplicate(let record):
+            metrics.ingest(result: "duplicate")
+            let object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID, "duplicate": true]
+            let response = Response.json(.ok, object, headers: [.location: "/v1/candidates/\(record.id)"])
+            return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"]))
+        }
+    }
+
+    /// `application/json` or any `application/*+json`, parameters (charset) allowed.
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let media = contentType.split(separator: ";")[0].trimmingCharacters(in: .whitespaces).lowercased()
+        return media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json"))
+    }
+
+    /// Adds `"partner_candidate_id"` right after the object's opening brace, keeping every byte the
+    /// sender sent (the body is a validated, non-empty JSON object).
+    static func inserting(partnerCandidateID id: String, into body: Data) -> Data {
+        guard let brace = body.firstIndex(of: UInt8(ascii: "{")) else { return body }
+        var result = Data(body[..<body.index(after: brace)])
+        result.append(Data("\"partner_candidate_id\":\"\(id)\",".utf8))
+        result.append(body[body.index(after: brace)...])
+        return result
+    }
+
+    static func errorCode(_ error: any Error) -> String {
+        if case OutboxError.storage = error { return "storage_error" }
+        return String(describing: type(of: error))
+    }
+}

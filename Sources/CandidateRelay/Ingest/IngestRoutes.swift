@@ -1,0 +1,66 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// The inbound HTTP API (CONTRACT section 4): the webhook, the read endpoints, health and metrics.
+public enum IngestRoutes {
+    public static func router(handler: IngestHandler) -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.post("/v1/candidates") { request, _ in
+            await handler.accept(request)
+        }
+        router.get("/v1/candidates/{id}") { request, context in
+            guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
+            guard let id = context.parameters.get("id") else { return IngestError.notFound.response }
+            do {
+                guard let record = try await handler.outbox.record(id: id) else { return IngestError.notFound.response }
+                return Response.json(.ok, record.jsonObject())
+            } catch {
+                return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
+            }
+        }
+        router.get("/v1/candidates") { request, _ in
+            guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
+            let query = request.uri.queryParameters
+            guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
+                return IngestError.validationFailed([
+                    ValidationProblem(field: "position_uid", problem: query["position_uid"] == nil ? "required" : "ok"),
+                    ValidationProblem(field: "partner_candidate_id", problem: query["partner_candidate_id"] == nil ? "required" : "ok"),
+                ].filter { $0.problem == "required" }).response
+            }
+            do {
+                let records = try await handler.outbox.records(positionUID: position, partnerCandidateID: partnerID)
+                return Response.json(.ok, ["events": records.map { $0.jsonObject() }])
+            } catch {
+                return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
+            }
+        }
+        router.get("/healthz") { _, _ in
+            Response.json(.ok, ["status": "ok"])
+        }
+        router.get("/readyz") { _, _ in
+            if handler.stopFlag.isStopping {
+                return Response.json(.serviceUnavailable, ["status": "stopping"], headers: [.retryAfter: "5"])
+            }
+            guard await handler.outbox.probeWritable() else {
+                return Response.json(.serviceUnavailable, ["status": "storage_unwritable"], headers: [.retryAfter: "5"])
+            }
+            return Response.json(.ok, ["status": "ready"])
+        }
+        router.get("/metrics") { _, _ in
+            if let status = try? await handler.outbox.status(now: handler.now()) { handler.metrics.update(from: status) }
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: handler.metrics.exposition())))
+        }
+        return router
+    }
+}
+
+extension IngestHandler {
+    /// Read endpoints need the bearer token when one is configured, and are open otherwise.
+    func readAllowed(_ request: Request) -> Bool {
+        let authenticator = authenticator.value
+        return !authenticator.requiresBearerForReads || authenticator.bearerMatches(request.headers[.authorization])
+    }
+}

@@ -1,0 +1,60 @@
+import Crypto
+import Foundation
+
+/// A Standard Webhooks signing secret: `whsec_` followed by the base64 of the HMAC key.
+public struct WebhookSecret: Sendable {
+    let key: SymmetricKey
+
+    public init?(_ secret: Secret) {
+        let text = secret.value.hasPrefix("whsec_") ? String(secret.value.dropFirst(6)) : secret.value
+        guard let bytes = Data(base64Encoded: text), !bytes.isEmpty else { return nil }
+        key = SymmetricKey(data: bytes)
+    }
+}
+
+/// Verifies Standard Webhooks signatures (https://www.standardwebhooks.com):
+/// `v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`, several space-separated signatures per
+/// header, any configured secret may match (rotation), ±`tolerance` seconds on the timestamp.
+/// Pure: the current time is an argument.
+public struct WebhookVerifier: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case missingHeaders, invalidTimestamp, timestampOutOfTolerance, noMatchingSignature
+    }
+
+    let secrets: [WebhookSecret]
+    let tolerance: TimeInterval
+
+    public init(secrets: [WebhookSecret], tolerance: TimeInterval = 300) {
+        self.secrets = secrets
+        self.tolerance = tolerance
+    }
+
+    public func verify(id: String?, timestamp: String?, signatureHeader: String?, body: some DataProtocol, now: Date) throws(Failure) {
+        guard let id, !id.isEmpty, let timestamp, let signatureHeader else { throw .missingHeaders }
+        guard let seconds = Int64(timestamp) else { throw .invalidTimestamp }
+        guard abs(now.timeIntervalSince1970 - Double(seconds)) <= tolerance else { throw .timestampOutOfTolerance }
+        var signed = Data("\(id).\(timestamp).".utf8)
+        signed.append(contentsOf: body)
+        let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
+            let parts = entry.split(separator: ",", maxSplits: 1)
+            guard parts.count == 2, parts[0] == "v1" else { return nil }
+            return Data(base64Encoded: String(parts[1]))
+        }
+        // Every pair is checked (no early exit on the first secret) and each comparison is constant-time.
+        var matched = false
+        for secret in secrets {
+            for signature in candidates where HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: signed, using: secret.key) {
+                matched = true
+            }
+        }
+        if !matched { throw .noMatchingSignature }
+    }
+
+    /// Signs like a Standard Webhooks sender does; used by tests, the demo's curl line and tools.
+    public static func sign(id: String, timestamp: Int64, body: some DataProtocol, secret: WebhookSecret) -> String {
+        var signed = Data("\(id).\(timestamp).".utf8)
+        signed.append(contentsOf: body)
+        let mac = HMAC<SHA256>.authenticationCode(for: signed, using: secret.key)
+        return "v1," + Data(mac).base64EncodedString()
+    }
+}

@@ -1,0 +1,46 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Returns expired leases to `pending` while the relay runs (a worker that hung or lost its
+/// database write). Crash leftovers are recovered at start-up, before any worker runs.
+public struct LeaseRescuer: Service {
+    let outbox: Outbox
+    let interval: Double
+    let logger: Logger
+    let now: @Sendable () -> Date
+
+    public init(outbox: Outbox, interval: Double = 5, logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+        self.outbox = outbox
+        self.interval = interval
+        self.logger = logger
+        self.now = now
+    }
+
+    /// One pass; returns how many leases were taken back.
+    @discardableResult
+    public func runOnce() async throws -> Int {
+        let current = now()
+        let count = try await outbox.recoverLeases(expiredBefore: current, now: current)
+        if count > 0 {
+            logger.event(.warning, "lease.recovered", "expired leases returned to pending", LogFields(extra: ["count": String(count)]))
+        }
+        return count
+    }
+
+    public func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do { try await runOnce() } catch {
+                logger.event(.error, "storage.failed", "lease rescue failed", LogFields(error: "storage_error"))
+            }
+            try? await gracefulSleep(seconds: interval)
+        }
+    }
+}
+
+/// Sleeps, returning early on graceful shutdown or cancellation.
+func gracefulSleep(seconds: Double) async throws {
+    try await cancelWhenGracefulShutdown {
+        try await Task.sleep(for: .seconds(seconds))
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+
+/// The admin CLI's behaviour (CONTRACT section 2), working on the SQLite file directly while the
+/// daemon runs. Each returns the text to print; `--json` output is for scripts.
+public struct AdminCommands: Sendable {
+    let outbox: Outbox
+    let now: @Sendable () -> Date
+
+    public init(outbox: Outbox, now: @escaping @Sendable () -> Date = Date.init) {
+        self.outbox = outbox
+        self.now = now
+    }
+
+    public func status(json: Bool) async throws -> String {
+        let status = try await outbox.status(now: now())
+        if json { return ContractJSON.string(status.jsonObject()) }
+        var lines = EventState.allCases.map { state in
+            "\(state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(status.counts[state] ?? 0)"
+        }
+        lines.append("oldest pending age: " + (status.oldestPendingAgeSeconds.map { String(format: "%.1f s", $0) } ?? "-"))
+        lines.append("last delivery:      " + (status.lastDeliveryAt.map(Timestamp.string) ?? "-"))
+        lines.append("dead:               \(status.counts[.dead] ?? 0)")
+        return lines.joined(separator: "\n")
+    }
+
+    public func list(state: EventState?, limit: Int, json: Bool) async throws -> String {
+        let records = try await outbox.list(state: state, limit: limit)
+        if json { return ContractJSON.string(records.map { $0.jsonObject() }) }
+        let header = ["ID", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
+        let rows = records.map { r in
+            [r.id, r.state.rawValue, String(r.attempts), r.positionUID, r.partnerCandidateID, r.candidateUID ?? "-",
+             Timestamp.string(r.receivedAt), r.lastError ?? "-"]
+        }
+        return Self.table(header: header, rows: rows)
+    }
+
+    /// `nil` when the id is unknown.
+    public func show(id: String, json: Bool) async throws -> String? {
+        guard let record = try await outbox.record(id: id) else { return nil }
+        let history = try await outbox.history(id: id)
+        if json {
+            var object = record.jsonObject()
+            object["history"] = history.map { $0.jsonObject() }
+            return ContractJSON.string(object)
+        }
+        var lines: [String] = []
+        let object = record.jsonObject()
+        for key in ["id", "state", "attempts", "position_uid", "partner_candidate_id", "candidate_uid", "received_at",
+                    "updated_at", "next_attempt_at", "last_status", "last_error"] {
+            let value = object[key].map { $0 is NSNull ? "-" : "\($0)" } ?? "-"
+            lines.append("\(key.padding(toLength: 21, withPad: " ", startingAt: 0)) \(value)")
+        }
+        lines.append("partner_response      \(record.partnerResponse ?? "-")")
+        lines.append("")
+        lines.append("history:")
+        lines.append(Self.table(
+            header: ["ATTEMPT", "AT", "OUTCOME", "STATUS", "ERROR", "LATENCY_MS"],
+            rows: history.map { [String($0.attempt), Timestamp.string($0.at), $0.outcome, $0.status.map(String.init) ?? "-",
+                                 $0.error ?? "-", $0.latencyMs.map(String.init) ?? "-"] }))
+        return lines.joined(separator: "\n")
+    }
+
+    public func retry(ids: [String]?) async throws -> (text: String, allFound: Bool) {
+        let result = try await outbox.retry(ids: ids, now: now())
+        var lines = result.retried.map { "retried \($0)" }
+        lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }
+        lines.append("\(result.retried.count) event(s) moved back to pending")
+        return (lines.joined(separator: "\n"), result.skipped.isEmpty)
+    }
+
+    public func purge(olderThanSeconds: Double, recordRetentionDays: Double) async throws -> String {
+        let current = now()
+        let result = try await outbox.prune(
+            payloadBefore: current.addingTimeInterval(-olderThanSeconds),
+            recordBefore: current.addingTimeInterval(-recordRetentionDays * 86_400),
+            includeDead: true, now: current)
+        return "erased the payload of \(result.erased) terminal event(s); deleted \(result.deleted) expired record(s)"
+    }
+
+    public func forget(partnerCandidateID: String) async throws -> String {
+        let report = try await outbox.forget(partnerCandidateID: partnerCandidateID, now: now())
+        if report.events.isEmpty { return "no event has partner_candidate_id \(partnerCandidateID)" }
+        var lines = ["erased the personal data (payload and partner answer) of \(report.events.count) event(s):"]
+        lines += report.events.map { "  \($0)" }
+        if report.pendingStopped > 0 { lines.append("\(report.pendingStopped) undelivered event(s) can no longer be sent and are now dead (last_error: erased)") }
+        return lines.joined(separator: "\n")
+    }
+
+    static func table(header: [String], rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+}
+
+/// Durations for `purge --older-than`: `30s`, `15m`, `12h`, `7d`, or plain seconds.
+public enum DurationParser {
+    public static func seconds(_ text: String) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800]
+        if let last = text.last, let unit = units[last], let value = Double(text.dropLast()), value >= 0 { return value * unit }
+        if let value = Double(text), value >= 0 { return value }
+        return nil
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Logs `relay.heartbeat` every `heartbeat_seconds` with counts per state, oldest pending age and
+/// the deliveries and failures since the last beat; refreshes the gauges and systemd's STATUS=;
+/// pets the systemd watchdog only while the event loop and the database answer.
+public struct Heartbeat: Service {
+    let outbox: Outbox
+    let interval: Live<Double>
+    let metrics: RelayMetrics
+    let notifier: SystemdNotifier
+    let watchdogInterval: Double?
+    let logger: Logger
+    let now: @Sendable () -> Date
+
+    public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
+                watchdogInterval: Double?, logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+        self.outbox = outbox
+        self.interval = interval
+        self.metrics = metrics
+        self.notifier = notifier
+        self.watchdogInterval = watchdogInterval
+        self.logger = logger
+        self.now = now
+    }
+
+    /// Logs one heartbeat; `since` are the delivery counters at the previous beat.
+    public func beat(previous: [String: Int]) async throws -> [String: Int] {
+        let status = try await outbox.status(now: now())
+        metrics.update(from: status)
+        let totals = DeliveryCounters.snapshot(metrics)
+        var extra: [String: String] = [:]
+        for state in EventState.allCases { extra["count_\(state.rawValue)"] = String(status.counts[state] ?? 0) }
+        extra["oldest_pending_age_seconds"] = status.oldestPendingAgeSeconds.map { String(format: "%.1f", $0) } ?? "null"
+        extra["delivered_since_last"] = String((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
+        extra["failures_since_last"] = String((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
+        logger.event(.info, "relay.heartbeat", "relay alive", LogFields(extra: extra))
+        notifier.notify("STATUS=" + Self.statusLine(status))
+        return totals
+    }
+
+    static func statusLine(_ status: OutboxStatus) -> String {
+        EventState.allCases.map { "\($0.rawValue) \(status.counts[$0] ?? 0)" }.joined(separator: ", ")
+    }
+
+    public func run() async throws {
+        var previous: [String: Int] = [:]
+        var nextBeat = Date.distantPast
+        let tick = min(watchdogInterval ?? 1, 1)
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let current = now()
+            if current >= nextBeat {
+                do { previous = try await beat(previous: previous) } catch {
+                    logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: "storage_error"))
+                }
+                nextBeat = current.addingTimeInterval(interval.value)
+            }
+            if watchdogInterval != nil, await outbox.probeWritable() {
+                notifier.notify("WATCHDOG=1")
+            }
+            try? await gracefulSleep(seconds: tick)
+        }
+    }
+}
+
+/// Delivery totals kept in memory for the heartbeat's "since last" figures.
+enum DeliveryCounters {
+    static func snapshot(_ metrics: RelayMetrics) -> [String: Int] { metrics.deliveryTotals() }
+}

@@ -1,0 +1,55 @@
+import Logging
+
+/// The only context a log line may carry (CONTRACT section 6). Typed, so a name, an email or a
+/// payload cannot be attached to a log line by accident: there is no field for them.
+public struct LogFields: Sendable {
+    public var eventID: String?
+    public var positionUID: String?
+    public var partnerCandidateID: String?
+    public var attempt: Int?
+    public var status: Int?
+    public var latencyMs: Int?
+    public var candidateUID: String?
+    /// A partner or relay error code (`position_not_found`, `timeout`...), never a body.
+    public var error: String?
+    /// Free-form operational detail chosen by the relay (counts, durations, reasons).
+    public var extra: [String: String] = [:]
+
+    public init(eventID: String? = nil, positionUID: String? = nil, partnerCandidateID: String? = nil,
+                attempt: Int? = nil, status: Int? = nil, latencyMs: Int? = nil, candidateUID: String? = nil,
+                error: String? = nil, extra: [String: String] = [:]) {
+        self.eventID = eventID
+        self.positionUID = positionUID
+        self.partnerCandidateID = partnerCandidateID
+        self.attempt = attempt
+        self.status = status
+        self.latencyMs = latencyMs
+        self.candidateUID = candidateUID
+        self.error = error
+        self.extra = extra
+    }
+
+    var metadata: Logger.Metadata {
+        var m: Logger.Metadata = [:]
+        if let eventID { m["event_id"] = .string(eventID) }
+        if let positionUID { m["position_uid"] = .string(positionUID) }
+        if let partnerCandidateID { m["partner_candidate_id"] = .string(partnerCandidateID) }
+        if let attempt { m["attempt"] = .stringConvertible(attempt) }
+        if let status { m["status"] = .stringConvertible(status) }
+        if let latencyMs { m["latency_ms"] = .stringConvertible(latencyMs) }
+        if let candidateUID { m["candidate_uid"] = .string(candidateUID) }
+        if let error { m["error"] = .string(error) }
+        for (key, value) in extra { m[key] = .string(value) }
+        return m
+    }
+}
+
+extension Logger {
+    /// Logs one catalogued event (`docs/operations.md`): `event` is a stable name such as
+    /// `delivery.succeeded`, `message` a short human sentence without personal data.
+    public func event(_ level: Logger.Level, _ event: String, _ message: String, _ fields: LogFields = LogFields()) {
+        var metadata = fields.metadata
+        metadata["event"] = .string(event)
+        log(level: level, "\(message)", metadata: metadata)
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Live logging settings, changed by SIGHUP without restarting.
+public final class LogSettings: Sendable {
+    private let state: Mutex<(Logger.Level, LoggingConfiguration.Format)>
+    public init(level: Logger.Level, format: LoggingConfiguration.Format) {
+        state = Mutex((level, format))
+    }
+    public var level: Logger.Level { state.withLock { $0.0 } }
+    public var format: LoggingConfiguration.Format { state.withLock { $0.1 } }
+    public func update(level: Logger.Level, format: LoggingConfiguration.Format) {
+        state.withLock { $0 = (level, format) }
+    }
+}
+
+/// Writes one line per log event to an output (stdout for journald): JSON or logfmt, with
+/// `ts level event msg` first and the context fields after.
+public struct RelayLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    let label: String
+    let settings: LogSettings
+    let output: LogOutput
+
+    public init(label: String, settings: LogSettings, output: LogOutput = .standardOutput) {
+        self.label = label
+        self.settings = settings
+        self.output = output
+    }
+
+    public var logLevel: Logger.Level {
+        get { settings.level }
+        set {}
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var fields = metadata
+        if let extra = event.metadata { fields.merge(extra) { $1 } }
+        let name = fields.removeValue(forKey: "event").map { "\($0)" } ?? label
+        let ts = Timestamp.string(Date())
+        let line: String
+        switch settings.format {
+        case .json:
+            var object: [String: Any] = ["ts": ts, "level": event.level.rawValue, "event": name, "msg": "\(event.message)"]
+            for (key, value) in fields { object[key] = Self.jsonValue(value) }
+            line = ContractJSON.string(object)
+        case .logfmt:
+            var parts = ["ts=\(ts)", "level=\(event.level.rawValue)", "event=\(name)", "msg=\(Self.quoted("\(event.message)"))"]
+            for key in fields.keys.sorted() { parts.append("\(key)=\(Self.quoted("\(fields[key]!)"))") }
+            line = parts.joined(separator: " ")
+        }
+        output.write(line + "\n")
+    }
+
+    static func jsonValue(_ value: Logger.Metadata.Value) -> Any {
+        switch value {
+        case .string(let s): return s
+        case .stringConvertible(let c):
+            if let i = c as? Int { return i }
+            if let d = c as? Double { return d }
+            return "\(c)"
+        case .array(let a): return a.map(jsonValue)
+        case .dictionary(let d): return d.mapValues(jsonValue)
+        }
+    }
+
+    static func quoted(_ text: String) -> String {
+        if !text.isEmpty, !text.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline }) { return text }
+        return "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n") + "\""
+    }
+}
+
+/// Where log lines go: stdout (line-buffered writes, safe across threads) or a capture for tests.
+public final class LogOutput: Sendable {
+    private let sink: @Sendable (String) -> Void
+    public init(_ sink: @escaping @Sendable (String) -> Void) { self.sink = sink }
+    public func write(_ line: String) { sink(line) }
+
+    private static let lock = Mutex(())
+    public static let standardOutput = LogOutput { line in
+        lock.withLock { _ in
+            FileHandle.standardOutput.write(Data(line.utf8))
+        }
+    }
+}

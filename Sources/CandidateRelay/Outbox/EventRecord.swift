@@ -1,0 +1,57 @@
+import Foundation
+import GRDB
+
+/// What the relay shows about an event (CONTRACT section 5): never the personal payload.
+public struct EventRecord: Sendable, Equatable {
+    public var id: String
+    public var state: EventState
+    public var attempts: Int
+    public var positionUID: String
+    public var partnerCandidateID: String
+    public var candidateUID: String?
+    public var receivedAt: Date
+    public var updatedAt: Date
+    public var nextAttemptAt: Date?
+    public var lastStatus: Int?
+    public var lastError: String?
+    /// The non-personal fields of the partner's Candidate, as JSON text.
+    public var partnerResponse: String?
+
+    /// The columns `init(row:)` needs, for SELECTs.
+    static let columns = """
+        id, state, attempts, position_uid, partner_candidate_id, candidate_uid, received_at, updated_at,
+        next_attempt_at, last_status, last_error, partner_response
+        """
+
+    init(row: Row) {
+        id = row["id"]
+        state = EventState(rawValue: row["state"]) ?? .pending
+        attempts = row["attempts"]
+        positionUID = row["position_uid"]
+        partnerCandidateID = row["partner_candidate_id"]
+        candidateUID = row["candidate_uid"]
+        receivedAt = Date(millis: row["received_at"])
+        updatedAt = Date(millis: row["updated_at"])
+        nextAttemptAt = (row["next_attempt_at"] as Millis?).map(Date.init(millis:))
+        lastStatus = row["last_status"]
+        lastError = row["last_error"]
+        partnerResponse = row["partner_response"]
+    }
+}
+
+/// One row of an event's history: one per attempt.
+public struct AttemptRecord: Sendable, Equatable {
+    public var attempt: Int
+    public var at: Date
+    public var outcome: String
+    public var status: Int?
+    public var error: String?
+    public var latencyMs: Int?
+}
+
+/// What `status` reports.
+public struct OutboxStatus: Sendable, Equatable {
+    public var counts: [EventState: Int]
+    public var oldestPendingAgeSeconds: Double?
+    public var lastDeliveryAt: Date?
+}

@@ -1,0 +1,132 @@
+import Foundation
+import GRDB
+
+/// What `forget` erased, reported to the operator.
+public struct ForgetReport: Sendable, Equatable {
+    public var events: [String]
+    public var pendingStopped: Int
+}
+
+extension Outbox {
+    /// Counts per state, oldest pending age, last delivery (for `status`, heartbeats, STATUS=).
+    public func status(now: Date) async throws -> OutboxStatus {
+        try await read { db in
+            var counts: [EventState: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM events GROUP BY state") {
+                if let state = EventState(rawValue: row["state"]) { counts[state] = row["n"] }
+            }
+            let oldest = try Millis.fetchOne(db, sql: "SELECT MIN(received_at) FROM events WHERE state IN ('pending', 'in_flight')")
+            let last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
+            self.backlog.withLock { $0 = ((counts[.pending] ?? 0) + (counts[.inFlight] ?? 0), now) }
+            return OutboxStatus(
+                counts: counts,
+                oldestPendingAgeSeconds: oldest.map { max(0, now.timeIntervalSince(Date(millis: $0))) },
+                lastDeliveryAt: last.map(Date.init(millis:)))
+        }
+    }
+
+    /// Newest first, optionally one state only.
+    public func list(state: EventState?, limit: Int) async throws -> [EventRecord] {
+        try await read { db in
+            if let state {
+                return try Row.fetchAll(
+                    db, sql: "SELECT \(EventRecord.columns) FROM events WHERE state = ? ORDER BY received_at DESC, id DESC LIMIT ?",
+                    arguments: [state.rawValue, limit]).map(EventRecord.init(row:))
+            }
+            return try Row.fetchAll(
+                db, sql: "SELECT \(EventRecord.columns) FROM events ORDER BY received_at DESC, id DESC LIMIT ?",
+                arguments: [limit]).map(EventRecord.init(row:))
+        }
+    }
+
+    /// Every attempt of one event, oldest first.
+    public func history(id: String) async throws -> [AttemptRecord] {
+        try await read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT attempt, at, outcome, status, error, latency_ms FROM attempts WHERE event_id = ? ORDER BY at, rowid",
+                arguments: [id]
+            ).map { row in
+                AttemptRecord(attempt: row["attempt"], at: Date(millis: row["at"]), outcome: row["outcome"],
+                              status: row["status"], error: row["error"], latencyMs: row["latency_ms"])
+            }
+        }
+    }
+
+    /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
+    /// An id that is not dead (or has no payload left to send) is returned as skipped.
+    public func retry(ids: [String]?, now: Date) async throws -> (retried: [String], skipped: [String]) {
+        try await write { db in
+            let targets: [String]
+            if let ids {
+                targets = ids
+            } else {
+                targets = try String.fetchAll(db, sql: "SELECT id FROM events WHERE state = 'dead' AND payload IS NOT NULL ORDER BY received_at")
+            }
+            var retried: [String] = []
+            var skipped: [String] = []
+            for id in targets {
+                try db.execute(
+                    sql: """
+                        UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
+                          budget_started_at = ?, last_error = NULL
+                        WHERE id = ? AND state = 'dead' AND payload IS NOT NULL
+                        """,
+                    arguments: [now.millis, now.millis, now.millis, id])
+                if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
+            }
+            return (retried, skipped)
+        }
+    }
+
+    /// Erases the personal payload (and the partner's full answer) of delivered/linked events
+    /// last updated before `payloadBefore` — and of dead ones too when `includeDead` — and
+    /// deletes whole records last updated before `recordBefore`. Returns (erased, deleted).
+    public func prune(payloadBefore: Date, recordBefore: Date, includeDead: Bool, now: Date) async throws -> (erased: Int, deleted: Int) {
+        try await write { db in
+            let states = includeDead ? "('delivered', 'linked', 'dead')" : "('delivered', 'linked')"
+            try db.execute(
+                sql: """
+                    UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ?
+                    WHERE state IN \(states) AND updated_at < ? AND (payload IS NOT NULL OR partner_response_full IS NOT NULL)
+                    """,
+                arguments: [now.millis, payloadBefore.millis])
+            let erased = db.changesCount
+            try db.execute(
+                sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ?",
+                arguments: [recordBefore.millis])
+            return (erased, db.changesCount)
+        }
+    }
+
+    /// GDPR erasure of one candidate: every payload and full partner answer for the
+    /// `partner_candidate_id` is erased; events not yet delivered can no longer be sent and
+    /// become dead with `last_error = "erased"`.
+    public func forget(partnerCandidateID: String, now: Date) async throws -> ForgetReport {
+        try await write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM events WHERE partner_candidate_id = ? ORDER BY received_at", arguments: [partnerCandidateID])
+            try db.execute(
+                sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE partner_candidate_id = ? AND state = 'pending'",
+                arguments: [now.millis, partnerCandidateID])
+            let stopped = db.changesCount
+            try db.execute(
+                sql: "UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ? WHERE partner_candidate_id = ?",
+                arguments: [now.millis, partnerCandidateID])
+            return ForgetReport(events: ids, pendingStopped: stopped)
+        }
+    }
+
+    /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.
+    public func backup(to destination: String) throws {
+        if FileManager.default.fileExists(atPath: destination) {
+            throw OutboxError.storage("\(destination) already exists")
+        }
+        FileManager.default.createFile(atPath: destination, contents: nil, attributes: [.posixPermissions: 0o600])
+        do {
+            let target = try DatabaseQueue(path: destination)
+            try pool.backup(to: target)
+            try target.close()
+        } catch {
+            throw OutboxError.storage("backup to \(destination) failed: \(error)")
+        }
+    }
+}

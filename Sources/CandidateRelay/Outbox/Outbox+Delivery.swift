@@ -1,0 +1,171 @@
+import Foundation
+import GRDB
+
+/// An event leased to one worker: its payload and the attempt number the lease is bound to.
+public struct ClaimedEvent: Sendable {
+    public var id: String
+    public var attempt: Int
+    public var positionUID: String
+    public var partnerCandidateID: String
+    public var payload: Data
+    public var receivedAt: Date
+    /// Start of the age budget (`max_age_seconds`): receipt, or the last `events retry`.
+    public var budgetStartedAt: Date
+}
+
+/// How one attempt ended, as the outbox records it.
+public enum RecordedOutcome: Sendable, Equatable {
+    case delivered(candidateUID: String, status: Int, summary: String?, fullResponse: Data?)
+    case linked(candidateUID: String, status: Int, error: String?)
+    case retry(at: Date, status: Int?, error: String)
+    case dead(status: Int?, error: String)
+    /// Handed back at shutdown: pending again now, the attempt not counted.
+    case interrupted
+
+    var state: EventState {
+        switch self {
+        case .delivered: .delivered
+        case .linked: .linked
+        case .retry, .interrupted: .pending
+        case .dead: .dead
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .delivered: "delivered"
+        case .linked: "linked"
+        case .retry: "retry"
+        case .dead: "dead"
+        case .interrupted: "interrupted"
+        }
+    }
+}
+
+extension Outbox {
+    /// Leases the oldest due pending event whose natural key has nothing in flight. Events past
+    /// `maxAge` are moved to `dead` instead of being sent.
+    public func claimNext(now: Date, leaseSeconds: Double, maxAgeSeconds: Double) async throws -> ClaimedEvent? {
+        try await write { db in
+            while true {
+                guard let row = try Row.fetchOne(
+                    db, sql: """
+                        SELECT id, attempts, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
+                        WHERE state = 'pending' AND next_attempt_at <= ?
+                          AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
+                              AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
+                        ORDER BY received_at, id LIMIT 1
+                        """,
+                    arguments: [now.millis]) else { return nil }
+                let id: String = row["id"]
+                let receivedAt = Date(millis: row["received_at"])
+                let budgetStartedAt = Date(millis: row["budget_started_at"])
+                let payload: Data? = row["payload"]
+                if now.timeIntervalSince(budgetStartedAt) >= maxAgeSeconds || payload == nil {
+                    let reason = payload == nil ? "payload_erased" : "max_age_exceeded"
+                    try db.execute(
+                        sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                        arguments: [reason, now.millis, id])
+                    continue
+                }
+                let attempt = (row["attempts"] as Int) + 1
+                try db.execute(
+                    sql: """
+                        UPDATE events SET state = 'in_flight', attempts = ?, lease_expires_at = ?, updated_at = ?
+                        WHERE id = ? AND state = 'pending'
+                        """,
+                    arguments: [attempt, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
+                return ClaimedEvent(
+                    id: id, attempt: attempt, positionUID: row["position_uid"],
+                    partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt)
+            }
+        }
+    }
+
+    /// Records an attempt's outcome with a compare-and-set on (id, in_flight, attempt): a late
+    /// answer for a lease that was rescued or retried meanwhile changes nothing. Returns whether
+    /// the row was updated.
+    @discardableResult
+    public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?) async throws -> Bool {
+        try await write { db in
+            var status: Int?
+            var error: String?
+            var sets = "state = ?, lease_expires_at = NULL, updated_at = ?"
+            var arguments: StatementArguments = [outcome.state.rawValue, now.millis]
+            switch outcome {
+            case .delivered(let uid, let code, let summary, let full):
+                status = code
+                sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?, partner_response_full = ?"
+                arguments += [uid, code, summary, full]
+            case .linked(let uid, let code, let message):
+                status = code
+                error = message
+                sets += ", candidate_uid = ?, last_status = ?, last_error = ?, next_attempt_at = NULL"
+                arguments += [uid, code, message]
+            case .retry(let at, let code, let message):
+                status = code
+                error = message
+                sets += ", next_attempt_at = ?, last_status = ?, last_error = ?"
+                arguments += [at.millis, code, message]
+            case .dead(let code, let message):
+                status = code
+                error = message
+                sets += ", next_attempt_at = NULL, last_status = ?, last_error = ?"
+                arguments += [code, message]
+            case .interrupted:
+                sets += ", next_attempt_at = ?, attempts = attempts - 1"
+                arguments += [now.millis]
+            }
+            arguments += [event.id, event.attempt]
+            try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND attempts = ?", arguments: arguments)
+            guard db.changesCount == 1 else { return false }
+            try db.execute(
+                sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
+            return true
+        }
+    }
+
+    /// Notes a request that used no attempt (the immediate retry after a 401), so that the
+    /// history and the rate limiter's memory of sent requests stay complete.
+    public func recordAuthRetry(_ event: ClaimedEvent, status: Int, now: Date, latencyMs: Int) async throws {
+        try await write { db in
+            try db.execute(
+                sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, 'auth_retry', ?, 'unauthorized', ?)",
+                arguments: [event.id, event.attempt, now.millis, status, latencyMs])
+        }
+    }
+
+    /// Puts leases back to pending: all of them at start-up (`expiredBefore == nil`; we hold the
+    /// file lock, so no other daemon owns them), or only expired ones while running.
+    @discardableResult
+    public func recoverLeases(expiredBefore: Date?, now: Date) async throws -> Int {
+        try await write { db in
+            if let expiredBefore {
+                try db.execute(
+                    sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight' AND lease_expires_at < ?",
+                    arguments: [now.millis, now.millis, expiredBefore.millis])
+            } else {
+                try db.execute(
+                    sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight'",
+                    arguments: [now.millis, now.millis])
+            }
+            return db.changesCount
+        }
+    }
+
+    /// When the next pending event becomes due, to sleep exactly that long when idle.
+    public func nextDueAt() async throws -> Date? {
+        try await read { db in
+            try (Millis.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM events WHERE state = 'pending'")).map(Date.init(millis:))
+        }
+    }
+
+    /// Times of partner requests sent since `since`, to seed the rate limiter after a restart.
+    public func requestTimes(since: Date) async throws -> [Date] {
+        try await read { db in
+            try Millis.fetchAll(db, sql: "SELECT at - COALESCE(latency_ms, 0) FROM attempts WHERE at >= ? AND outcome <> 'interrupted' ORDER BY 1", arguments: [since.millis])
+                .map(Date.init(millis:))
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import GRDB
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The durable outbox: the only type that speaks SQL. Every public method is one short
+/// transaction; no network call ever happens inside one.
+public final class Outbox: Sendable {
+    let pool: DatabasePool
+    public let path: String
+    /// Pending + in-flight count, refreshed from the file at most every second and bumped on
+    /// each accept, so ingest can enforce `max_backlog` without a COUNT per request.
+    let backlog = Mutex<(count: Int, refreshedAt: Date)>((0, .distantPast))
+
+    /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
+    public init(path: String) throws {
+        self.path = path
+        let directory = (path as NSString).deletingLastPathComponent
+        let fm = FileManager.default
+        if !directory.isEmpty, !fm.fileExists(atPath: directory) {
+            do {
+                try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw OutboxError.storage("cannot create directory \(directory): \(error.localizedDescription)")
+            }
+        }
+        if !fm.fileExists(atPath: path) {
+            // Create the file ourselves so it is 0600 from its first byte; SQLite gives the
+            // -wal and -shm files the same mode.
+            let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { close(fd) }
+        }
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            // GRDB sets synchronous=NORMAL on the WAL writer after prepareDatabase: set FULL again,
+            // so that a 202 really means fsync'd.
+            try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+            try OutboxSchema.migrator.migrate(pool)
+        } catch {
+            throw OutboxError.storage("cannot open \(path): \(error)")
+        }
+    }
+
+    /// `PRAGMA synchronous` as the writer connection sees it (2 = FULL).
+    public func writerSynchronousMode() throws -> Int {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
+    /// A cheap write that proves the file is writable (for `/readyz` and the watchdog).
+    public func probeWritable() async -> Bool {
+        do {
+            try await pool.write { db in try db.execute(sql: "PRAGMA user_version = 0") }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Runs `body` as one write transaction, mapping any database error to `OutboxError.storage`.
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.write(body)
+        } catch let error as OutboxError {
+            throw error
+        } catch {
+            throw OutboxError.storage("\(error)")
+        }
+    }
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.read(body)
+        } catch {
+            throw OutboxError.storage("\(error)")
+        }
+    }
+
+    /// Closes the database (checkpointing the WAL) at shutdown.
+    public func close() throws {
+        try pool.close()
+    }
+}

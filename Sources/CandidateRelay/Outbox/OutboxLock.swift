@@ -1,0 +1,37 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One daemon per outbox file: an exclusive `flock` on `<outbox>.lock`, held for the life of the
+/// process. The kernel drops it when the process dies, so a crash never leaves a stale lock
+/// (unlike a PID file). Admin commands do not take it: they share the database through SQLite.
+public final class OutboxLock: Sendable {
+    private let fd: Int32
+    public let path: String
+
+    public struct AlreadyLocked: Error, CustomStringConvertible {
+        public let path: String
+        public var description: String {
+            "another candidate-relay daemon is already serving this outbox (lock \(path) is held); stop it first"
+        }
+    }
+
+    public init(outboxPath: String) throws {
+        path = outboxPath + ".lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw OutboxError.storage("cannot open lock file \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let busy = errno == EWOULDBLOCK
+            close(fd)
+            if busy { throw AlreadyLocked(path: path) }
+            throw OutboxError.storage("cannot lock \(path)")
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        flock(fd, LOCK_UN)
+        close(fd)
+    }
+}

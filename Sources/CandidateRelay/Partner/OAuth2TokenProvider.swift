@@ -1,0 +1,111 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+
+/// RFC 6749 section 4.4 client credentials. One refresh is shared by every worker (single
+/// flight: N workers with an expired token cause one token request); a token is refreshed when
+/// less than min(60 s, expires_in / 10) of it is left, and dropped after a 401.
+public actor OAuth2TokenProvider: TokenProvider {
+    /// Performs the token request; injectable so single flight can be tested without a server.
+    public typealias Fetch = @Sendable (OAuth2Configuration) async throws -> (token: String, expiresIn: Double)
+
+    let configuration: OAuth2Configuration
+    let fetch: Fetch
+    let logger: Logger
+    let metrics: RelayMetrics?
+    let now: @Sendable () -> Date
+    private var cached: (token: String, expires: Date, margin: Double)?
+    private var inFlight: Task<(token: String, expiresIn: Double), any Error>?
+
+    public init(configuration: OAuth2Configuration, fetch: @escaping Fetch, logger: Logger, metrics: RelayMetrics? = nil,
+                now: @escaping @Sendable () -> Date = Date.init) {
+        self.configuration = configuration
+        self.fetch = fetch
+        self.logger = logger
+        self.metrics = metrics
+        self.now = now
+    }
+
+    public func token() async throws -> String {
+        if let cached, cached.expires.timeIntervalSince(now()) > cached.margin { return cached.token }
+        let task: Task<(token: String, expiresIn: Double), any Error>
+        if let inFlight {
+            task = inFlight
+        } else {
+            let fetch = self.fetch
+            let configuration = self.configuration
+            task = Task { try await fetch(configuration) }
+            inFlight = task
+        }
+        do {
+            let result = try await task.value
+            if inFlight == task {
+                inFlight = nil
+                let expires = now().addingTimeInterval(result.expiresIn)
+                cached = (result.token, expires, min(60, result.expiresIn / 10))
+                metrics?.tokenMinted(mode: "oauth2_client_credentials")
+                logger.event(.info, "auth.token_minted", "partner token obtained",
+                             LogFields(extra: ["mode": "oauth2_client_credentials", "expires_at": Timestamp.string(expires)]))
+            }
+            return result.token
+        } catch {
+            if inFlight == task { inFlight = nil }
+            logger.event(.warning, "auth.token_failed", "partner token endpoint failed",
+                         LogFields(error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
+            throw error is TokenUnavailable ? error : TokenUnavailable(reason: "token_request_failed")
+        }
+    }
+
+    public func invalidate(_ token: String) {
+        if cached?.token == token { cached = nil }
+    }
+
+    /// The real token request: form POST, client authentication by HTTP Basic (default,
+    /// RFC 6749 section 2.3.1) or in the body.
+    public static func httpFetch(client: HTTPClient, timeoutSeconds: Double) -> Fetch {
+        { configuration in
+            var request = HTTPClientRequest(url: configuration.tokenURL)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+            request.headers.add(name: "Accept", value: "application/json")
+            request.headers.add(name: "User-Agent", value: HTTPPartnerClient.userAgent)
+            var form = ["grant_type": "client_credentials"]
+            if let scope = configuration.scope { form["scope"] = scope }
+            switch configuration.clientAuth {
+            case .basic:
+                let credentials = formEncode(configuration.clientID) + ":" + formEncode(configuration.clientSecret.value)
+                request.headers.add(name: "Authorization", value: "Basic " + Data(credentials.utf8).base64EncodedString())
+            case .body:
+                form["client_id"] = configuration.clientID
+                form["client_secret"] = configuration.clientSecret.value
+            }
+            let body = form.keys.sorted().map { "\($0)=\(formEncode(form[$0]!))" }.joined(separator: "&")
+            request.body = .bytes(ByteBuffer(string: body))
+            let response: HTTPClientResponse
+            let bytes: ByteBuffer
+            do {
+                response = try await client.execute(request, timeout: .milliseconds(Int64(timeoutSeconds * 1000)))
+                bytes = try await response.body.collect(upTo: 1 << 16)
+            } catch {
+                throw TokenUnavailable(reason: HTTPPartnerClient.classify(error).rawValue)
+            }
+            guard (200..<300).contains(Int(response.status.code)) else {
+                throw TokenUnavailable(reason: "token_endpoint_http_\(response.status.code)")
+            }
+            let document = try? JSONValue.parse(Data(buffer: bytes))
+            guard let token = document?["access_token"]?.stringValue, !token.isEmpty else {
+                throw TokenUnavailable(reason: "token_response_without_access_token")
+            }
+            var expiresIn = 3600.0
+            if case .number(let value)? = document?["expires_in"] { expiresIn = value }
+            return (token, expiresIn)
+        }
+    }
+
+    /// application/x-www-form-urlencoded (RFC 6749 appendix B).
+    static func formEncode(_ text: String) -> String {
+        let allowed = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._* ")
+        return (text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text).replacingOccurrences(of: "%20", with: "+")
+    }
+}

@@ -1,0 +1,75 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Sends one "create a candidate" request. The worker pool depends on this protocol only, so
+/// tests can put any partner behind it; the real one is `HTTPPartnerClient`.
+public protocol PartnerClient: Sendable {
+    func createCandidate(payload: Data, idempotencyKey: String, bearerToken: String) async -> PartnerAnswer
+}
+
+/// `POST {base_url}/candidates` over AsyncHTTPClient.
+public struct HTTPPartnerClient: PartnerClient {
+    public static let userAgent = "candidate-relay/\(RelayVersion.current)"
+    let httpClient: HTTPClient
+    let baseURL: String
+    let timeout: TimeAmount
+    /// The partner's answer body is read up to this size (a Candidate is a few kB).
+    static let maxResponseBytes = 1 << 20
+
+    public init(httpClient: HTTPClient, baseURL: String, timeoutSeconds: Double) {
+        self.httpClient = httpClient
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
+    }
+
+    public func createCandidate(payload: Data, idempotencyKey: String, bearerToken: String) async -> PartnerAnswer {
+        var request = HTTPClientRequest(url: baseURL + "/candidates")
+        request.method = .POST
+        request.headers.add(name: "Authorization", value: "Bearer \(bearerToken)")
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "User-Agent", value: Self.userAgent)
+        request.headers.add(name: "Idempotency-Key", value: idempotencyKey)
+        request.body = .bytes(ByteBuffer(bytes: payload))
+        do {
+            let response = try await httpClient.execute(request, timeout: timeout)
+            let body = try await response.body.collect(upTo: Self.maxResponseBytes)
+            return .response(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"), body: Data(buffer: body))
+        } catch {
+            return .transportFailure(Self.classify(error))
+        }
+    }
+
+    /// Maps client errors to the retryable failure codes operators see in `last_error`.
+    static func classify(_ error: any Error) -> TransportFailure {
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .readTimeout, .connectTimeout, .deadlineExceeded, .writeTimeout: return .timeout
+            case .remoteConnectionClosed: return .connectionReset
+            default: break
+            }
+        }
+        if error is NIOConnectionError { return .connectionRefused }
+        if let error = error as? IOError {
+            switch error.errnoCode {
+            case ECONNREFUSED: return .connectionRefused
+            case ECONNRESET, EPIPE: return .connectionReset
+            default: return .other
+            }
+        }
+        if error is ChannelError { return .connectionReset }
+        let text = String(describing: error).lowercased()
+        if text.contains("ssl") || text.contains("tls") || text.contains("certificate") { return .tls }
+        if text.contains("resolve") || text.contains("dns") || text.contains("lookup") { return .dns }
+        if text.contains("refused") { return .connectionRefused }
+        return .other
+    }
+}
+
+/// The relay's version, sent as `User-Agent` and printed by `--version`.
+public enum RelayVersion {
+    public static let current = "0.1.0"
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+
+/// The one place every partner request passes before it is sent: the global pause ordered by a
+/// `Retry-After`, the circuit breaker and the sliding-window rate limit, shared by all workers.
+public actor PartnerGate {
+    /// Permission for one request; give it back with `cancel` if nothing is sent.
+    public struct Permit: Sendable {
+        let reservedAt: Date
+        let probe: Bool
+    }
+
+    private var limiter: SlidingWindowLimiter
+    private var breaker: CircuitBreaker
+    private var pausedUntil: Date = .distantPast
+    private let logger: Logger
+    private let metrics: RelayMetrics
+    private let now: @Sendable () -> Date
+
+    public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
+                logger: Logger, metrics: RelayMetrics, now: @escaping @Sendable () -> Date = Date.init) {
+        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: rateLimit.perSeconds, history: history)
+        self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
+        self.logger = logger
+        self.metrics = metrics
+        self.now = now
+    }
+
+    /// Applies new limits on reload.
+    public func reconfigure(rateLimit: RateLimitConfiguration, breaker configuration: CircuitBreakerConfiguration) {
+        limiter.reconfigure(limit: rateLimit.requests, window: rateLimit.perSeconds)
+        breaker.failures = configuration.failures
+        breaker.cooldown = configuration.cooldownSeconds
+    }
+
+    /// Waits until a request may be sent, then reserves it. Cancellation ends the wait (throws).
+    public func acquire() async throws -> Permit {
+        var waitedForRate = false
+        while true {
+            try Task.checkCancellation()
+            let current = now()
+            if pausedUntil > current {
+                try await sleep(until: pausedUntil)
+                continue
+            }
+            let allowedAt = limiter.earliestAllowed(now: current)
+            if allowedAt > current {
+                if !waitedForRate {
+                    waitedForRate = true
+                    metrics.rateLimitWait()
+                }
+                try await sleep(until: allowedAt)
+                continue
+            }
+            switch breaker.admit(now: current) {
+            case .wait(let until):
+                try await sleep(until: until ?? current.addingTimeInterval(0.05))
+                continue
+            case .send(let probe):
+                _ = limiter.reserve(now: current)
+                return Permit(reservedAt: current, probe: probe)
+            }
+        }
+    }
+
+    /// Gives back an unused permit (no event was due).
+    public func cancel(_ permit: Permit) {
+        limiter.cancel(permit.reservedAt)
+        if permit.probe { breaker.cancelProbe() }
+    }
+
+    /// Every worker waits until `until` (a partner `Retry-After`).
+    public func pause(until: Date) {
+        if until > pausedUntil {
+            pausedUntil = until
+            logger.event(.warning, "partner.paused", "partner asked to retry later; all workers paused",
+                         LogFields(extra: ["until": Timestamp.string(until)]))
+        }
+    }
+
+    /// The partner answered (any non-retryable answer proves it is up).
+    public func recordSuccess() {
+        if breaker.recordSuccess() {
+            metrics.circuitOpen.record(0)
+            logger.event(.notice, "partner.circuit_closed", "partner answers again; circuit closed")
+        }
+    }
+
+    /// A retryable failure (5xx, 429, timeout, connection error).
+    public func recordFailure() {
+        if breaker.recordFailure(now: now()) {
+            metrics.circuitOpen.record(1)
+            logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
+                         LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
+        }
+    }
+
+    private func sleep(until date: Date) async throws {
+        let seconds = max(0.001, min(date.timeIntervalSince(now()), 1))
+        try await Task.sleep(for: .seconds(seconds))
+    }
+}

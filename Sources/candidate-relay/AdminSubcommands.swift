@@ -1,0 +1,110 @@
+import ArgumentParser
+import CandidateRelay
+import Foundation
+
+struct Events: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inspect the outbox and retry dead events.", subcommands: [List.self, Show.self, Retry.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List events, newest first.")
+        @OptionGroup var options: ConfigOption
+        @Option(help: "pending|in_flight|delivered|linked|dead") var state: String?
+        @Option(help: "At most this many events.") var limit = 50
+        @Flag(help: "A JSON array of records.") var json = false
+
+        func run() async throws {
+            var filter: EventState?
+            if let state {
+                guard let parsed = EventState(rawValue: state) else {
+                    throw ValidationError("unknown state \(state): use pending|in_flight|delivered|linked|dead")
+                }
+                filter = parsed
+            }
+            let admin = AdminCommands(outbox: try await options.outbox())
+            Console.out(try await admin.list(state: filter, limit: limit, json: json))
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One event with its attempt history.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "Event id.") var id: String
+        @Flag(help: "The record plus `history` as JSON.") var json = false
+
+        func run() async throws {
+            let admin = AdminCommands(outbox: try await options.outbox())
+            guard let text = try await admin.show(id: id, json: json) else {
+                Console.error("no event \(id)")
+                throw ExitCode(1)
+            }
+            Console.out(text)
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move dead events back to pending now (fresh attempt budget; the history stays).")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "Event ids.") var ids: [String] = []
+        @Flag(name: .customLong("all-dead"), help: "Every dead event.") var allDead = false
+
+        func validate() throws {
+            if ids.isEmpty == !allDead { throw ValidationError("give event ids or --all-dead (not both)") }
+        }
+
+        func run() async throws {
+            let admin = AdminCommands(outbox: try await options.outbox())
+            let result = try await admin.retry(ids: allDead ? nil : ids)
+            Console.out(result.text)
+            if !result.allFound { throw ExitCode(1) }
+        }
+    }
+}
+
+struct Purge: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Erase the payloads of terminal events (delivered, linked, dead) now, and delete expired records.")
+    @OptionGroup var options: ConfigOption
+    @Option(name: .customLong("older-than"), help: "e.g. 7d, 12h, 30m (default: storage.payload_retention_days).")
+    var olderThan: String?
+
+    func run() async throws {
+        let config = try await options.load()
+        var seconds = config.storage.payloadRetentionDays * 86_400
+        if let olderThan {
+            guard let parsed = DurationParser.seconds(olderThan) else { throw ValidationError("bad duration \(olderThan)") }
+            seconds = parsed
+        }
+        let admin = AdminCommands(outbox: try await options.outbox())
+        Console.out(try await admin.purge(olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays))
+    }
+}
+
+struct Forget: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Erase one candidate's personal data everywhere (GDPR erasure).")
+    @OptionGroup var options: ConfigOption
+    @Option(name: .customLong("partner-candidate-id"), help: "The candidate's partner_candidate_id.") var partnerCandidateID: String
+
+    func run() async throws {
+        let admin = AdminCommands(outbox: try await options.outbox())
+        Console.out(try await admin.forget(partnerCandidateID: partnerCandidateID))
+    }
+}
+
+struct Backup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A consistent copy of the outbox, safe while the daemon runs.")
+    @OptionGroup var options: ConfigOption
+    @Argument(help: "Destination file (must not exist).") var path: String
+
+    func run() async throws {
+        let outbox = try await options.outbox()
+        do {
+            try outbox.backup(to: path)
+        } catch {
+            Console.error("\(error)")
+            throw ExitCode(1)
+        }
+        Console.out("backup written to \(path)")
+    }
+}

@@ -1,0 +1,108 @@
+import ArgumentParser
+import CandidateRelay
+import Foundation
+
+/// The `candidate-relay` executable: argument parsing and one call into the library per
+/// subcommand. No behaviour lives here.
+@main
+struct CandidateRelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "candidate-relay",
+        abstract: "Relays HR webhooks with candidate records to the partner ATS through a durable outbox.",
+        version: RelayVersion.current,
+        subcommands: [Serve.self, CheckConfig.self, Status.self, Events.self, Purge.self, Forget.self, Backup.self, PartnerSim.self]
+    )
+}
+
+/// `--config PATH`, shared by every command but `partner-sim`.
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "Config file (default: $CANDIDATE_RELAY_CONFIG, else /etc/candidate-relay/config.yaml).")
+    var config: String?
+
+    var loader: ConfigurationLoader { ConfigurationLoader(configPath: config) }
+
+    /// Loads the configuration or exits 78 (EX_CONFIG) with one line per problem.
+    func load() async throws -> RelayConfiguration {
+        do {
+            return try await loader.load()
+        } catch let error as ConfigurationError {
+            for problem in error.problems { Console.error(problem.description) }
+            throw ExitCode(78)
+        }
+    }
+
+    /// Opens the outbox for an admin command (no daemon lock: it shares the file with the daemon).
+    func outbox() async throws -> Outbox {
+        let config = try await load()
+        guard FileManager.default.fileExists(atPath: config.storage.path) else {
+            Console.error("no outbox at \(config.storage.path) (has the daemon ever run with this config?)")
+            throw ExitCode(1)
+        }
+        do {
+            return try Outbox(path: config.storage.path)
+        } catch {
+            Console.error("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// stdout/stderr helpers.
+enum Console {
+    static func out(_ text: String) {
+        FileHandle.standardOutput.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+    }
+    static func error(_ text: String) {
+        FileHandle.standardError.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the daemon in the foreground (systemd runs this).")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "A newcomer's first run: temporary state, loopback ingest without auth, in-process partner simulator.")
+    var demo = false
+    @Option(help: "With --demo: the ingest port (default: any free port).")
+    var port: Int = 0
+
+    func run() async throws {
+        if demo {
+            try await DemoMode.run(port: port, print: { Console.out($0) })
+            return
+        }
+        let config = try await options.load()
+        let settings = LogSettings(level: config.logging.level, format: config.logging.format)
+        let app: RelayApplication
+        do {
+            app = try await RelayApplication(configuration: config, logSettings: settings, reloader: options.loader)
+        } catch {
+            Console.error("candidate-relay: cannot start: \(error)")
+            throw ExitCode(1)
+        }
+        try await app.run()
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate the configuration and print it with secrets redacted (exit 0, or 78 with one line per problem).")
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        let config = try await options.load()
+        Console.out("# effective configuration (\(options.loader.configPath)); secrets redacted")
+        Console.out(config.renderedYAML())
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Counts per state, oldest pending age, last delivery, dead count.")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() async throws {
+        let admin = AdminCommands(outbox: try await options.outbox())
+        Console.out(try await admin.status(json: json))
+    }
+}
