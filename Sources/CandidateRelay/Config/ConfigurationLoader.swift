@@ -56,7 +56,7 @@ public struct ConfigurationLoader: Sendable {
         if fileExists {
             do {
                 let text = try String(contentsOfFile: configPath, encoding: .utf8)
-                problems += Self.unknownKeys(inYAML: text)
+                problems += try Self.unknownKeys(inYAML: text)
                 providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(configPath)))
             } catch let error as ConfigurationProblem {
                 problems.append(error)

@@ -1,7 +1,6 @@
-import CoreMetrics
 import Foundation
 import Metrics
-import Prometheus
+@preconcurrency import Prometheus
 import Synchronization
 
 /// The relay's metrics (names prefixed `candidate_relay_`), on a registry of its own so several
@@ -9,13 +8,13 @@ import Synchronization
 public final class RelayMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     let factory: PrometheusMetricsFactory
-    private let counters = Mutex<[String: Counter]>([:])
+    private let counters = Mutex<[String: Metrics.Counter]>([:])
     private let totals = Mutex<[String: Int]>([:])
 
-    public let outboxEvents: [EventState: Gauge]
-    public let oldestPendingAge: Gauge
-    public let circuitOpen: Gauge
-    public let partnerLatency: Timer
+    public let outboxEvents: [EventState: Metrics.Gauge]
+    public let oldestPendingAge: Metrics.Gauge
+    public let circuitOpen: Metrics.Gauge
+    public let partnerLatency: Metrics.Timer
 
     public init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -24,14 +23,14 @@ public final class RelayMetrics: Sendable {
             .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30),
         ]
         self.factory = factory
-        var gauges: [EventState: Gauge] = [:]
+        var gauges: [EventState: Metrics.Gauge] = [:]
         for state in EventState.allCases {
-            gauges[state] = Gauge(label: "candidate_relay_outbox_events", dimensions: [("state", state.rawValue)], factory: factory)
+            gauges[state] = Metrics.Gauge(label: "candidate_relay_outbox_events", dimensions: [("state", state.rawValue)], factory: factory)
         }
         outboxEvents = gauges
-        oldestPendingAge = Gauge(label: "candidate_relay_oldest_pending_age_seconds", factory: factory)
-        circuitOpen = Gauge(label: "candidate_relay_partner_circuit_open", factory: factory)
-        partnerLatency = Timer(label: "candidate_relay_partner_request_duration_seconds", factory: factory)
+        oldestPendingAge = Metrics.Gauge(label: "candidate_relay_oldest_pending_age_seconds", factory: factory)
+        circuitOpen = Metrics.Gauge(label: "candidate_relay_partner_circuit_open", factory: factory)
+        partnerLatency = Metrics.Timer(label: "candidate_relay_partner_request_duration_seconds", factory: factory)
     }
 
     /// Increments a counter, creating it on first use (label + dimensions identify it).
@@ -39,7 +38,7 @@ public final class RelayMetrics: Sendable {
         let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
         let counter = counters.withLock { counters in
             if let existing = counters[key] { return existing }
-            let created = Counter(label: label, dimensions: dimensions, factory: factory)
+            let created = Metrics.Counter(label: label, dimensions: dimensions, factory: factory)
             counters[key] = created
             return created
         }

@@ -30,7 +30,7 @@ public final class Outbox: Sendable {
             // Create the file ourselves so it is 0600 from its first byte; SQLite gives the
             // -wal and -shm files the same mode.
             let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            if fd >= 0 { close(fd) }
+            if fd >= 0 { Glibc.close(fd) }
         }
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)

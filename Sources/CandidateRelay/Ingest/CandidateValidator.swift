@@ -1,0 +1,230 @@
+import Foundation
+
+/// Checks an inbound candidate document against the partner's rules (CONTRACT §1).
+///
+/// A request the partner would refuse with 400 can never succeed on retry, so it is refused at
+/// ingest with 422 instead of being stored and dying later in the outbox. The rules mirror the
+/// partner and lean stricter where its behaviour is unknown.
+///
+/// Pure and total: every problem is reported, at most one per field path, in a fixed order —
+/// the partner page's field order, each object's members in that page's order, array elements by
+/// index, `custom_fields` keys sorted. `null` means "absent" for every optional field.
+public struct CandidateValidator: Sendable {
+    /// The partner's per-file limit, on the decoded bytes.
+    public static let maxDecodedFileBytes = 6 * 1024 * 1024
+
+    static let shortLimit = 255
+    static let urlLimit = 2048
+    static let noteLimit = 10_000
+    static let prospectStatuses: Set<String> = [
+        "Sourced", "Contacted", "Responded", "Interested", "Not interested", "Do not contact",
+    ]
+    static let resumeExtensions = ["pdf", "doc", "docx"]
+    /// Optional short strings after `middle_name`, in the partner page's order.
+    static let plainShortFields = ["phone", "mobile_phone", "national_id"]
+
+    public init() {}
+
+    /// Returns every problem of `document`; an empty array means the partner should accept it.
+    public func validate(_ document: JSONValue) -> [ValidationProblem] {
+        guard case .object(let fields) = document else {
+            return [ValidationProblem(field: "$", problem: "must_be_object")]
+        }
+        var problems: [ValidationProblem] = []
+        func note(_ field: String, _ problem: String?) {
+            if let problem { problems.append(ValidationProblem(field: field, problem: problem)) }
+        }
+        /// The members of an optional object field; records `must_be_object` for another type.
+        func members(_ value: JSONValue?, at path: String) -> [String: JSONValue]? {
+            switch value {
+            case nil, .null?: return nil
+            case .object(let members)?: return members
+            case _?: note(path, "must_be_object"); return nil
+            }
+        }
+        /// The elements of an optional array field, with their paths; records `must_be_array`.
+        func elements(_ value: JSONValue?, at path: String) -> [(path: String, value: JSONValue)] {
+            switch value {
+            case nil, .null?: return []
+            case .array(let elements)?: return elements.enumerated().map { ("\(path)[\($0)]", $1) }
+            case _?: note(path, "must_be_array"); return []
+            }
+        }
+        /// An array element that must be an object (`null` included in the misfits).
+        func element(_ value: JSONValue, at path: String) -> [String: JSONValue]? {
+            if case .object(let members) = value { return members }
+            note(path, "must_be_object")
+            return nil
+        }
+
+        let short = Self.shortLimit
+        note("position_uid", Self.text(fields["position_uid"], required: true, limit: short))
+        note("partner_candidate_id", Self.text(fields["partner_candidate_id"], limit: short) {
+            // The partner keys its 409 detection on this id: a blank one would match nothing useful.
+            Self.isBlank($0) ? "empty" : nil
+        })
+        note("first_name", Self.text(fields["first_name"], required: true, limit: short))
+        note("middle_name", Self.text(fields["middle_name"], limit: short))
+        note("last_name", Self.text(fields["last_name"], required: true, limit: short))
+        note("email", Self.text(fields["email"], limit: short, format: Self.emailProblem))
+        for name in Self.plainShortFields {
+            note(name, Self.text(fields[name], limit: short))
+        }
+        note("linkedin_url", Self.text(fields["linkedin_url"], limit: Self.urlLimit) {
+            Self.isLinkedInURL($0) ? nil : "invalid_linkedin_url"
+        })
+        note("salary_expectations", Self.text(fields["salary_expectations"], limit: short))
+        note("prospect_status", Self.text(fields["prospect_status"], limit: short) {
+            Self.prospectStatuses.contains($0) ? nil : "invalid_prospect_status"
+        })
+        if let resume = members(fields["resume"], at: "resume") {
+            note("resume.name", Self.text(resume["name"], required: true, limit: short) { name in
+                let lower = name.lowercased()
+                let known = Self.resumeExtensions.contains {
+                    lower.hasSuffix(".\($0)") && lower.count > $0.count + 1
+                }
+                return known ? nil : "invalid_file_extension"
+            })
+            note("resume.file", Self.fileProblem(resume["file"]))
+        }
+        if let picture = members(fields["picture"], at: "picture") {
+            note("picture.file", Self.fileProblem(picture["file"]))
+            note("picture.name", Self.text(picture["name"], required: true, limit: short))
+        }
+        for (path, value) in elements(fields["links"], at: "links") {
+            guard let link = element(value, at: path) else { continue }
+            note("\(path).url", Self.text(link["url"], required: true, limit: Self.urlLimit) {
+                Self.httpHost($0) == nil ? "invalid_url" : nil
+            })
+        }
+        for (path, value) in elements(fields["files"], at: "files") {
+            guard let file = element(value, at: path) else { continue }
+            note("\(path).name", Self.text(file["name"], required: true, limit: short))
+            note("\(path).file", Self.fileProblem(file["file"]))
+        }
+        if let contact = members(fields["source_contact"], at: "source_contact") {
+            note("source_contact.full_name", Self.text(contact["full_name"], limit: short))
+            note("source_contact.email",
+                 Self.text(contact["email"], required: true, limit: short, format: Self.emailProblem))
+            note("source_contact.phone", Self.text(contact["phone"], limit: short))
+        }
+        if let address = members(fields["address"], at: "address") {
+            note("address.country", Self.text(address["country"], limit: short) {
+                CountryCodes.alpha2.contains($0) ? nil : "incorrect_country_code"
+            })
+            for name in ["city", "state", "zip", "street"] {
+                note("address.\(name)", Self.text(address[name], limit: short))
+            }
+        }
+        if let custom = members(fields["custom_fields"], at: "custom_fields") {
+            for key in custom.keys.sorted() {
+                switch custom[key] {
+                case .string?, .number?, .bool?: continue
+                default: note("custom_fields.\(key)", "invalid_custom_candidate_field")
+                }
+            }
+        }
+        note("note", Self.text(fields["note"], limit: Self.noteLimit))
+        return problems
+    }
+
+    // MARK: - Field rules (each returns the problem code, or nil when the value is fine)
+
+    /// A string field: type, presence, length (in Unicode scalars), then its format.
+    ///
+    /// Scalars rather than grapheme clusters because a combining accent counts as a character
+    /// in most databases and languages; the stricter count keeps the partner from refusing it.
+    static func text(
+        _ value: JSONValue?, required: Bool = false, limit: Int?,
+        format: (String) -> String? = { _ in nil }
+    ) -> String? {
+        switch value {
+        case nil, .null?:
+            return required ? "required" : nil
+        case .string(let string)?:
+            if required, isBlank(string) { return "required" }
+            if let limit, string.unicodeScalars.count > limit { return "string_size_limit" }
+            return format(string)
+        case _?:
+            return "must_be_string"
+        }
+    }
+
+    /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`.
+    static func fileProblem(_ value: JSONValue?) -> String? {
+        text(value, required: true, limit: nil) { string in
+            guard let size = decodedBase64Size(string) else { return "invalid_base64" }
+            return size > maxDecodedFileBytes ? "file_size_limit" : nil
+        }
+    }
+
+    static func emailProblem(_ string: String) -> String? {
+        isEmail(string) ? nil : "invalid_email"
+    }
+
+    // MARK: - Formats
+
+    static func isBlank(_ string: String) -> Bool {
+        string.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+    }
+
+    /// Whitespace or control characters: never valid inside an address or a URL.
+    static func hasSpaceOrControl(_ string: String) -> Bool {
+        string.unicodeScalars.contains {
+            $0.properties.isWhitespace || $0.properties.generalCategory == .control
+        }
+    }
+
+    /// The shape `local@domain.tld`: one `@`, no whitespace, a dotted domain without empty labels.
+    /// Deliberately not RFC 5322: quoted local parts and IP-literal domains are rejected.
+    static func isEmail(_ string: String) -> Bool {
+        guard !hasSpaceOrControl(string) else { return false }
+        let parts = string.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty else { return false }
+        let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
+        return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty }
+    }
+
+    /// The lowercased host of an absolute http(s) URL, or nil when `string` is not one.
+    static func httpHost(_ string: String) -> String? {
+        // URLComponents already refuses spaces; control characters are refused here too so that
+        // the check does not depend on Foundation's parser leniency.
+        guard !hasSpaceOrControl(string),
+              let components = URLComponents(string: string),
+              let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = components.host, !host.isEmpty
+        else { return nil }
+        return host.lowercased()
+    }
+
+    /// An http(s) URL on `linkedin.com` or one of its subdomains (`www.`, country ones).
+    static func isLinkedInURL(_ string: String) -> Bool {
+        guard let host = httpHost(string) else { return false }
+        return host == "linkedin.com" || host.hasSuffix(".linkedin.com")
+    }
+
+    /// The decoded size of standard, padded base64 (ASCII whitespace ignored, as in MIME line
+    /// breaks), or nil when the text is not base64. Computed in one pass without decoding, so a
+    /// 6 MB file is not held twice in memory just to be measured.
+    static func decodedBase64Size(_ string: String) -> Int? {
+        var symbols = 0
+        var padding = 0
+        for byte in string.utf8 {
+            switch byte {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"):
+                continue
+            case UInt8(ascii: "="):
+                padding += 1
+                if padding > 2 { return nil }
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "+"), UInt8(ascii: "/"):
+                if padding > 0 { return nil }  // data after padding
+            default:
+                return nil
+            }
+            symbols += 1
+        }
+        guard symbols > 0, symbols % 4 == 0 else { return nil }
+        return symbols / 4 * 3 - padding
+    }
+}
