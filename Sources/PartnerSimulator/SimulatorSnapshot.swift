@@ -1,0 +1,86 @@
+import Foundation
+
+/// What the simulator has seen and done so far, as returned by `GET /_sim/state`.
+///
+/// Tests assert on this instead of on the relay's internals: it is what the partner observed.
+public struct SimulatorSnapshot: Sendable, Codable {
+    /// Every `POST /candidates` received, in arrival order, whatever its answer.
+    public var requests: [ReceivedRequest]
+    /// Every candidate created, in creation order.
+    public var candidates: [CreatedCandidate]
+    /// OAuth access tokens issued.
+    public var tokensIssued: Int
+    /// OAuth token endpoint hits, failures included.
+    public var tokenRequests: Int
+
+    public init(
+        requests: [ReceivedRequest] = [],
+        candidates: [CreatedCandidate] = [],
+        tokensIssued: Int = 0,
+        tokenRequests: Int = 0
+    ) {
+        self.requests = requests
+        self.candidates = candidates
+        self.tokensIssued = tokensIssued
+        self.tokenRequests = tokenRequests
+    }
+
+    /// How many candidates were created for one (position, partner candidate id) pair; more
+    /// than one means the simulator's duplicate detection was bypassed, which should never happen.
+    public func createdCount(positionUID: String, partnerCandidateID: String) -> Int {
+        candidates.filter { $0.positionUID == positionUID && $0.partnerCandidateID == partnerCandidateID }.count
+    }
+}
+
+/// One `POST /candidates` as the simulator saw it. Deliberately carries no personal fields
+/// (names, emails, phones...) so snapshots can be printed and logged freely.
+public struct ReceivedRequest: Sendable, Codable {
+    /// When the request arrived.
+    public var at: Date
+    /// `position_uid` from the body, when the body could be read.
+    public var positionUID: String?
+    /// `partner_candidate_id` from the body, when present.
+    public var partnerCandidateID: String?
+    /// Status answered; 0 when the connection was closed without an answer.
+    public var status: Int
+    /// The partner error code answered, if any.
+    public var error: String?
+    /// The `Idempotency-Key` header, if the client sent one.
+    public var idempotencyKey: String?
+    /// The `User-Agent` header, if any.
+    public var userAgent: String?
+
+    public init(
+        at: Date,
+        positionUID: String? = nil,
+        partnerCandidateID: String? = nil,
+        status: Int,
+        error: String? = nil,
+        idempotencyKey: String? = nil,
+        userAgent: String? = nil
+    ) {
+        self.at = at
+        self.positionUID = positionUID
+        self.partnerCandidateID = partnerCandidateID
+        self.status = status
+        self.error = error
+        self.idempotencyKey = idempotencyKey
+        self.userAgent = userAgent
+    }
+}
+
+/// A candidate the simulator created (identifiers only, no personal data).
+public struct CreatedCandidate: Sendable, Codable {
+    /// The uid answered; either "NN.XXX" or a plain integer, as the real partner's examples show.
+    public var uid: String
+    /// Position the candidate was created in.
+    public var positionUID: String
+    /// The client's own id for the candidate, which drives 409 detection.
+    public var partnerCandidateID: String?
+
+    public init(uid: String, positionUID: String, partnerCandidateID: String?) {
+        self.uid = uid
+        self.positionUID = positionUID
+        self.partnerCandidateID = partnerCandidateID
+    }
+}
