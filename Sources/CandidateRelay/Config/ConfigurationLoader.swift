@@ -64,10 +64,11 @@ public struct ConfigurationLoader: Sendable {
                 problems.append(.init("", "cannot read config file \(configPath): \(Self.oneLine(error))"))
             }
         } else if pathIsExplicit {
-            problems.append(.init("", "config file \(configPath) does not exist"))
+            throw ConfigurationError(problems: [.init("", "config file \(configPath) does not exist")])
         }
         problems += unknownEnvironmentKeys()
-        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
+        // A file that cannot be parsed stops here; unknown keys are reported with everything else.
+        if fileExists && providers.count == 1 { throw ConfigurationError(problems: problems) }
 
         var reader = ConfigValues(reader: ConfigReader(providers: providers))
         let secrets = SecretReader(
@@ -76,7 +77,7 @@ public struct ConfigurationLoader: Sendable {
             configDirectory: (configPath as NSString).deletingLastPathComponent
         )
         let config = Self.build(&reader, secrets: secrets)
-        problems = reader.problems + secrets.problems + Self.validate(config)
+        problems += reader.problems + secrets.problems + Self.validate(config)
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }

@@ -1,0 +1,182 @@
+import CandidateRelayTesting
+import Foundation
+import Testing
+@testable import CandidateRelay
+
+@Suite struct ConfigurationTests {
+    /// A config directory with the default secret files present.
+    static func fixture(_ yaml: String, secrets: Bool = true) throws -> TemporaryDirectory {
+        let dir = try TemporaryDirectory()
+        try dir.write("config.yaml", yaml.replacingOccurrences(of: "$DIR", with: dir.path))
+        if secrets {
+            try dir.write("comeet-api-key", "  key-123\n")
+            try dir.write("comeet-secret", "s3cr3t-value\n")
+            try dir.write("inbound-secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+        }
+        return dir
+    }
+
+    static func load(_ dir: TemporaryDirectory, env: [String: String] = [:]) async throws -> RelayConfiguration {
+        try await ConfigurationLoader(configPath: dir.file("config.yaml"), environment: env).load()
+    }
+
+    static func problems(_ dir: TemporaryDirectory, env: [String: String] = [:]) async -> [String] {
+        do {
+            _ = try await load(dir, env: env)
+            return []
+        } catch let error as ConfigurationError {
+            return error.problems.map(\.description)
+        } catch {
+            return ["unexpected \(error)"]
+        }
+    }
+
+    @Test func mapsEveryKeyFromYAML() async throws {
+        let dir = try Self.fixture("""
+            listen: { host: 0.0.0.0, port: 9000 }
+            ingest: { max_body_bytes: 2048, max_backlog: 10, allow_unauthenticated: false }
+            storage: { path: $DIR/state/outbox.sqlite3, payload_retention_days: 1.5, record_retention_days: 30 }
+            partner:
+              base_url: http://127.0.0.1:1
+              timeout_seconds: 0.5
+              auth: { mode: comeet_jwt, token_ttl_seconds: 300 }
+              rate_limit: { requests: 10, per_seconds: 1 }
+            delivery:
+              workers: 2
+              backoff: { initial_seconds: 0.05, multiplier: 3, max_seconds: 1 }
+              max_attempts: 4
+              max_age_seconds: 100
+              shutdown_grace_seconds: 0.05
+              circuit_breaker: { failures: 2, cooldown_seconds: 0.5 }
+            logging: { level: debug, format: logfmt, heartbeat_seconds: 5 }
+            """)
+        defer { dir.cleanup() }
+        let config = try await Self.load(dir)
+        #expect(config.listen == ListenConfiguration(host: "0.0.0.0", port: 9000))
+        #expect(config.ingest.maxBodyBytes == 2048)
+        #expect(config.ingest.maxBacklog == 10)
+        #expect(config.ingest.signingSecrets.count == 1)
+        #expect(config.storage == StorageConfiguration(path: dir.file("state/outbox.sqlite3"), payloadRetentionDays: 1.5, recordRetentionDays: 30))
+        #expect(config.partner.timeoutSeconds == 0.5)
+        #expect(config.partner.rateLimit == RateLimitConfiguration(requests: 10, perSeconds: 1))
+        guard case .comeetJWT(let apiKey, let secret, let ttl) = config.partner.auth else {
+            Issue.record("wrong auth mode")
+            return
+        }
+        #expect(apiKey.value == "key-123")
+        #expect(secret.value == "s3cr3t-value")
+        #expect(ttl == 300)
+        #expect(config.delivery.workers == 2)
+        #expect(config.delivery.backoff == BackoffConfiguration(initialSeconds: 0.05, multiplier: 3, maxSeconds: 1))
+        #expect(config.delivery.maxAttempts == 4)
+        #expect(config.delivery.circuitBreaker == CircuitBreakerConfiguration(failures: 2, cooldownSeconds: 0.5))
+        #expect(config.logging == LoggingConfiguration(level: .debug, format: .logfmt, heartbeatSeconds: 5))
+    }
+
+    @Test func environmentOverridesTheFile() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\ndelivery: { workers: 2 }\n")
+        defer { dir.cleanup() }
+        let config = try await Self.load(dir, env: [
+            "CANDIDATE_RELAY_DELIVERY_WORKERS": "7",
+            "CANDIDATE_RELAY_DELIVERY_BACKOFF_INITIAL_SECONDS": "0.05",
+            "CANDIDATE_RELAY_PARTNER_AUTH_SECRET": "from-env",
+        ])
+        #expect(config.delivery.workers == 7)
+        #expect(config.delivery.backoff.initialSeconds == 0.05)
+        guard case .comeetJWT(_, let secret, _) = config.partner.auth else { return }
+        #expect(secret.value == "from-env")
+    }
+
+    @Test func secretsResolveInTheCredentialsDirectoryFirst() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n")
+        defer { dir.cleanup() }
+        let creds = try TemporaryDirectory()
+        defer { creds.cleanup() }
+        try creds.write("comeet-api-key", "cred-key")
+        try creds.write("comeet-secret", "cred-secret")
+        try creds.write("inbound-secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nwhsec_" + Data(repeating: 1, count: 24).base64EncodedString() + "\n")
+        let config = try await Self.load(dir, env: ["CREDENTIALS_DIRECTORY": creds.path])
+        guard case .comeetJWT(let apiKey, _, _) = config.partner.auth else { return }
+        #expect(apiKey.value == "cred-key")
+        #expect(config.ingest.signingSecrets.count == 2)
+    }
+
+    @Test func reportsEveryProblemAtOnce() async throws {
+        let dir = try Self.fixture("""
+            listen: { port: 70000 }
+            storage: { path: $DIR/o.sqlite3 }
+            delivery: { workers: four, max_attempts: 0 }
+            logging: { level: loud }
+            partner: { rate_limit: { requests: 100, per_seconds: 60 }, colour: blue }
+            """)
+        defer { dir.cleanup() }
+        let rest = await Self.problems(dir)
+        #expect(rest.contains("partner.colour: unknown key"))
+        #expect(rest.contains("delivery.workers: expected an integer, got \"four\""))
+        #expect(rest.contains("logging.level: must be one of trace|debug|info|notice|warning|error|critical, got \"loud\""))
+        #expect(rest.contains("listen.port: must be 0...65535"))
+        #expect(rest.contains("delivery.max_attempts: must be >= 1"))
+    }
+
+    @Test func missingSecretFileIsAProblemNamingThePath() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n", secrets: false)
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.contains("partner.auth.secret_file: secret file \(dir.file("comeet-secret")) does not exist"))
+        #expect(problems.contains("ingest.signing_secrets_file: secret file \(dir.file("inbound-secrets")) does not exist"))
+    }
+
+    @Test func unknownEnvironmentVariableIsAProblem() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n")
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir, env: ["CANDIDATE_RELAY_DELIVERY_WORKRES": "3"])
+        #expect(problems == ["CANDIDATE_RELAY_DELIVERY_WORKRES: unknown environment variable (no such configuration key)"])
+    }
+
+    @Test func unwritableStoragePathIsAProblem() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/comeet-secret/o.sqlite3 }\n")
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.contains { $0.hasPrefix("storage.path:") })
+    }
+
+    @Test func explicitMissingConfigFileIsAProblem() async {
+        do {
+            _ = try await ConfigurationLoader(configPath: "/nonexistent/c.yaml", environment: [:]).load()
+            Issue.record("loaded")
+        } catch let error as ConfigurationError {
+            #expect(error.problems.map(\.description) == ["config file /nonexistent/c.yaml does not exist"])
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test func renderedConfigurationRedactsSecrets() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\ningest: { bearer_token_file: token }\n")
+        defer { dir.cleanup() }
+        try dir.write("token", "bearer-token-value")
+        let rendered = try await Self.load(dir).renderedYAML()
+        for secret in ["key-123", "s3cr3t-value", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "bearer-token-value"] {
+            #expect(!rendered.contains(secret))
+        }
+        #expect(rendered.contains("<redacted: file \(dir.file("comeet-secret"))>"))
+        #expect("\(Secret("abc", source: "x"))" == "<redacted from x>")
+    }
+
+    @Test func oauthModeNeedsItsKeys() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\npartner: { auth: { mode: oauth2_client_credentials } }\n")
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.contains { $0.hasPrefix("partner.auth.token_url:") })
+        #expect(problems.contains { $0.hasPrefix("partner.auth.client_id:") })
+        #expect(problems.contains { $0.hasPrefix("partner.auth.client_secret_file:") })
+    }
+
+    @Test func noInboundAuthenticationIsRefusedUnlessExplicit() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\ningest: { signing_secrets_file: null }\n")
+        defer { dir.cleanup() }
+        #expect(await Self.problems(dir).contains { $0.hasPrefix("ingest: no inbound authentication") })
+        try dir.write("config.yaml", "storage: { path: \(dir.path)/o.sqlite3 }\ningest: { signing_secrets_file: null, allow_unauthenticated: true }\n")
+        #expect(await Self.problems(dir).isEmpty)
+    }
+}

@@ -1,0 +1,71 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Logging
+import Synchronization
+import Testing
+@testable import CandidateRelay
+
+/// A clock the test moves by hand.
+final class ManualClock: Sendable {
+    private let current: Mutex<Date>
+    init(_ start: Date) { current = Mutex(start) }
+    var now: Date { current.withLock { $0 } }
+    func advance(_ seconds: Double) { current.withLock { $0 = $0.addingTimeInterval(seconds) } }
+}
+
+@Suite struct MaintenanceTests {
+    static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+    static func deliver(_ outbox: Outbox, id: String, partnerID: String, at: Date) async throws {
+        _ = try await outbox.accept(OutboxTests.submission(id, body: #"{"first_name":"Ada"}"#, partnerID: partnerID, at: at), maxBacklog: 100)
+        let claimed = try #require(try await outbox.claimNext(now: at, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u-\(id)", status: 201, summary: nil, fullResponse: Data("{}".utf8)),
+                                  now: at, latencyMs: 1)
+    }
+
+    static func payload(_ outbox: Outbox, _ id: String) async throws -> Data? {
+        try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT payload FROM events WHERE id = ?", arguments: [id])?["payload"] as Data? }
+    }
+
+    @Test func prunerErasesPayloadsThenDeletesRecordsOnTime() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
+        try await Self.deliver(outbox, id: "e1", partnerID: "A", at: clock.now)
+        // A dead event keeps its payload until retried or purged.
+        _ = try await outbox.accept(OutboxTests.submission("d1", body: "{}", partnerID: "B", at: clock.now), maxBacklog: 100)
+        let claimed = try #require(try await outbox.claimNext(now: clock.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        try await outbox.complete(claimed, outcome: .dead(status: 404, error: "position_not_found"), now: clock.now, latencyMs: 1)
+
+        let storage = Live(StorageConfiguration(path: outbox.path, payloadRetentionDays: 7, recordRetentionDays: 30))
+        let pruner = RetentionPruner(outbox: outbox, storage: storage, logger: Self.logger, now: { clock.now })
+        clock.advance(6.9 * 86_400)
+        #expect(try await pruner.runOnce() == (0, 0))
+        #expect(try await Self.payload(outbox, "e1") != nil)
+        clock.advance(0.2 * 86_400)
+        #expect(try await pruner.runOnce() == (1, 0))
+        #expect(try await Self.payload(outbox, "e1") == nil)
+        #expect(try await Self.payload(outbox, "d1") != nil)
+        #expect(try await outbox.record(id: "e1")?.candidateUID == "u-e1")
+        clock.advance(23 * 86_400)
+        #expect(try await pruner.runOnce().deleted == 2)
+        #expect(try await outbox.record(id: "e1") == nil)
+    }
+
+    @Test func rescuerReturnsOnlyExpiredLeases() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
+        _ = try await outbox.accept(OutboxTests.submission("e1", at: clock.now), maxBacklog: 100)
+        _ = try #require(try await outbox.claimNext(now: clock.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        let rescuer = LeaseRescuer(outbox: outbox, logger: Self.logger, now: { clock.now })
+        clock.advance(59)
+        #expect(try await rescuer.runOnce() == 0)
+        clock.advance(2)
+        #expect(try await rescuer.runOnce() == 1)
+        #expect(try await outbox.record(id: "e1")?.state == .pending)
+    }
+}

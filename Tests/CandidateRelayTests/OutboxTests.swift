@@ -1,0 +1,178 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Testing
+@testable import CandidateRelay
+
+/// Real SQLite in a temporary directory, one per test.
+@Suite struct OutboxTests {
+    static func submission(_ id: String = EventID.generate(), key: String? = nil, body: String = "{}", position: String = "P1",
+                           partnerID: String = "C1", at: Date = Date()) -> Submission {
+        Submission(id: id, idempotencyKey: key, bodySHA256: String(body.hashValue), positionUID: position,
+                   partnerCandidateID: partnerID, payload: Data(body.utf8), receivedAt: at)
+    }
+
+    @Test func writerIsSynchronousFullAndFilesArePrivate() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let path = dir.file("state/sub/outbox.sqlite3")
+        let outbox = try Outbox(path: path)
+        #expect(try outbox.writerSynchronousMode() == 2)
+        let fileMode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        let dirMode = try FileManager.default.attributesOfItem(atPath: dir.file("state/sub"))[.posixPermissions] as? Int
+        #expect(fileMode == 0o600)
+        #expect(dirMode == 0o700)
+    }
+
+    @Test func secondDaemonLockIsRefused() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let lock = try OutboxLock(outboxPath: dir.file("o.sqlite3"))
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("o.sqlite3")) }
+        _ = lock
+    }
+
+    @Test func idempotencyKeyReturnsTheSameEventAndRefusesAnotherBody() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        guard case .created(let first) = try await outbox.accept(Self.submission(key: "k1", body: "a"), maxBacklog: 10) else {
+            Issue.record("not created")
+            return
+        }
+        guard case .duplicate(let again) = try await outbox.accept(Self.submission(key: "k1", body: "a"), maxBacklog: 10) else {
+            Issue.record("not duplicate")
+            return
+        }
+        #expect(again.id == first.id)
+        await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(key: "k1", body: "b"), maxBacklog: 10) }
+        #expect(try await outbox.status(now: Date()).counts[.pending] == 1)
+    }
+
+    @Test func backlogLimitRefusesNewEvents() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 2)
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 2)
+        await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(), maxBacklog: 2) }
+    }
+
+    @Test func schemaRefusesIllegalTransitionsAndUnknownStates() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        _ = try await outbox.accept(Self.submission("e1"), maxBacklog: 10)
+        await #expect(throws: (any Error).self) {
+            try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET state = 'delivered', candidate_uid = 'x' WHERE id = 'e1'") }
+        }
+        await #expect(throws: (any Error).self) {
+            try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET state = 'lost' WHERE id = 'e1'") }
+        }
+        await #expect(throws: (any Error).self) {
+            // in_flight without a lease
+            try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET state = 'in_flight' WHERE id = 'e1'") }
+        }
+    }
+
+    @Test func completionIsACompareAndSetOnTheAttempt() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        #expect(claimed.attempt == 1)
+        // The lease is rescued and the event claimed again: the first worker's late answer must not land.
+        #expect(try await outbox.recoverLeases(expiredBefore: now.addingTimeInterval(120), now: now) == 1)
+        let again = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        #expect(again.attempt == 2)
+        #expect(try await outbox.complete(claimed, outcome: .delivered(candidateUID: "late", status: 201, summary: nil, fullResponse: nil), now: now, latencyMs: 1) == false)
+        #expect(try await outbox.complete(again, outcome: .linked(candidateUID: "u2", status: 409, error: "candidate_post_conflict"), now: now, latencyMs: 1))
+        let record = try #require(try await outbox.record(id: "e1"))
+        #expect(record.state == .linked)
+        #expect(record.candidateUID == "u2")
+        #expect(try await outbox.history(id: "e1").map(\.outcome) == ["linked"])
+    }
+
+    @Test func neverTwoInFlightForOneNaturalKey() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("a", partnerID: "same", at: now), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("b", partnerID: "same", at: now.addingTimeInterval(0.001)), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("c", partnerID: "other", at: now.addingTimeInterval(0.002)), maxBacklog: 10)
+        let first = try #require(try await outbox.claimNext(now: now.addingTimeInterval(1), leaseSeconds: 60, maxAgeSeconds: 1000))
+        let second = try #require(try await outbox.claimNext(now: now.addingTimeInterval(1), leaseSeconds: 60, maxAgeSeconds: 1000))
+        #expect(first.id == "a")
+        #expect(second.id == "c")
+        #expect(try await outbox.claimNext(now: now.addingTimeInterval(1), leaseSeconds: 60, maxAgeSeconds: 1000) == nil)
+    }
+
+    @Test func interruptedHandBackDoesNotUseAnAttempt() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        #expect(try await outbox.complete(claimed, outcome: .interrupted, now: now, latencyMs: nil))
+        let record = try #require(try await outbox.record(id: "e1"))
+        #expect(record.state == .pending)
+        #expect(record.attempts == 0)
+    }
+
+    @Test func retryMovesDeadBackWithAFreshBudget() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        _ = try await outbox.accept(Self.submission("e1", at: start), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: start, leaseSeconds: 60, maxAgeSeconds: 100))
+        try await outbox.complete(claimed, outcome: .dead(status: 404, error: "position_not_found"), now: start, latencyMs: 3)
+        let later = start.addingTimeInterval(1000)
+        let result = try await outbox.retry(ids: ["e1", "nope"], now: later)
+        #expect(result.retried == ["e1"])
+        #expect(result.skipped == ["nope"])
+        // Older than max_age since receipt, but the age budget restarted with the retry.
+        let again = try #require(try await outbox.claimNext(now: later, leaseSeconds: 60, maxAgeSeconds: 100))
+        #expect(again.attempt == 1)
+        #expect(try await outbox.history(id: "e1").count == 1)
+    }
+
+    @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        _ = try await outbox.accept(Self.submission("e1", at: start), maxBacklog: 10)
+        #expect(try await outbox.claimNext(now: start.addingTimeInterval(101), leaseSeconds: 60, maxAgeSeconds: 100) == nil)
+        let record = try #require(try await outbox.record(id: "e1"))
+        #expect(record.state == .dead)
+        #expect(record.lastError == "max_age_exceeded")
+    }
+
+    @Test func forgetErasesPayloadsAndStopsUndelivered() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        _ = try await outbox.accept(Self.submission("e1", body: #"{"first_name":"Ada"}"#, partnerID: "X"), maxBacklog: 10)
+        let report = try await outbox.forget(partnerCandidateID: "X", now: Date())
+        #expect(report == ForgetReport(events: ["e1"], pendingStopped: 1))
+        let payload = try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT payload FROM events WHERE id = 'e1'")?["payload"] as Data? }
+        #expect(payload == nil)
+        #expect(try await outbox.record(id: "e1")?.lastError == "erased")
+    }
+
+    @Test func backupIsAConsistentCopy() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        _ = try await outbox.accept(Self.submission("e1"), maxBacklog: 10)
+        try outbox.backup(to: dir.file("copy.sqlite3"))
+        let copy = try Outbox(path: dir.file("copy.sqlite3"))
+        #expect(try await copy.record(id: "e1") != nil)
+        #expect(throws: OutboxError.self) { try outbox.backup(to: dir.file("copy.sqlite3")) }
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import Testing
+@testable import CandidateRelay
+
+/// The partner allows 100 requests per 60 s: in no window of 60 s may the relay send more, with
+/// an injected clock (a token bucket bursting 100 after a full window would fail these tests).
+@Suite struct SlidingWindowLimiterTests {
+    /// Greedy sender: tries to send at every `step` seconds for `duration`; returns send times.
+    static func simulate(limit: Int, window: Double, step: Double, duration: Double, history: [Date] = []) -> [Date] {
+        var limiter = SlidingWindowLimiter(limit: limit, window: window, history: history)
+        var sent: [Date] = []
+        for i in 0..<Int((duration / step).rounded()) {
+            let now = Date(timeIntervalSince1970: Double(i) * step)
+            if limiter.reserve(now: now) { sent.append(now) }
+        }
+        return sent
+    }
+
+    static func maxInAnyWindow(_ times: [Date], window: Double) -> Int {
+        var best = 0
+        for (i, start) in times.enumerated() {
+            let count = times[i...].prefix { $0.timeIntervalSince(start) < window }.count
+            best = max(best, count)
+        }
+        return best
+    }
+
+    @Test func neverMoreThanTheLimitInAnyWindow() {
+        let sent = Self.simulate(limit: 100, window: 60, step: 0.05, duration: 600)
+        #expect(Self.maxInAnyWindow(sent, window: 60) == 100)
+        // And it does use its budget: 10 windows, 100 each.
+        #expect(sent.count == 1000)
+    }
+
+    @Test func burstThenWaitsForTheOldestToLeaveTheWindow() {
+        var limiter = SlidingWindowLimiter(limit: 3, window: 10)
+        let t0 = Date(timeIntervalSince1970: 0)
+        var results: [Bool] = []
+        for offset in [0, 1, 2, 9.9] { results.append(limiter.reserve(now: t0.addingTimeInterval(offset))) }
+        let allowedAt = limiter.earliestAllowed(now: t0.addingTimeInterval(5))
+        for offset in [10, 10.5, 11] { results.append(limiter.reserve(now: t0.addingTimeInterval(offset))) }
+        #expect(results == [true, true, true, false, true, false, true])
+        #expect(allowedAt == t0.addingTimeInterval(10))
+    }
+
+    @Test func randomArrivalsNeverExceedTheLimit() {
+        var limiter = SlidingWindowLimiter(limit: 100, window: 60)
+        var sent: [Date] = []
+        var t = 0.0
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            t += Double.random(in: 0..<0.2, using: &generator)
+            let now = Date(timeIntervalSince1970: t)
+            if limiter.reserve(now: now) { sent.append(now) }
+        }
+        #expect(Self.maxInAnyWindow(sent, window: 60) <= 100)
+    }
+
+    @Test func historyFromBeforeARestartCounts() {
+        let history = (0..<100).map { Date(timeIntervalSince1970: -30 + Double($0) * 0.1) }
+        var limiter = SlidingWindowLimiter(limit: 100, window: 60, history: history)
+        let reserved = limiter.reserve(now: Date(timeIntervalSince1970: 0))
+        #expect(!reserved)
+        let allowedAt = limiter.earliestAllowed(now: Date(timeIntervalSince1970: 0))
+        #expect(allowedAt == Date(timeIntervalSince1970: 30))
+    }
+
+    @Test func cancelledReservationFreesItsSlot() {
+        var limiter = SlidingWindowLimiter(limit: 1, window: 60)
+        let now = Date(timeIntervalSince1970: 0)
+        let first = limiter.reserve(now: now)
+        limiter.cancel(now)
+        let second = limiter.reserve(now: now.addingTimeInterval(1))
+        #expect(first && second)
+    }
+
+    @Test func zeroMeansUnlimited() {
+        let sent = Self.simulate(limit: 0, window: 60, step: 0.01, duration: 10)
+        #expect(sent.count == 1000)
+    }
+}
+
+@Suite struct CircuitBreakerTests {
+    @Test func opensAfterConsecutiveFailuresThenProbesOnce() {
+        var breaker = CircuitBreaker(failures: 3, cooldown: 30)
+        let t0 = Date(timeIntervalSince1970: 0)
+        let opened = [breaker.recordFailure(now: t0), breaker.recordFailure(now: t0), breaker.recordFailure(now: t0)]
+        let admissions = [
+            breaker.admit(now: t0.addingTimeInterval(29)),
+            breaker.admit(now: t0.addingTimeInterval(30)),
+            breaker.admit(now: t0.addingTimeInterval(30)),
+        ]
+        let closed = breaker.recordSuccess()
+        let afterwards = breaker.admit(now: t0.addingTimeInterval(31))
+        #expect(opened == [false, false, true])
+        #expect(admissions == [.wait(until: t0.addingTimeInterval(30)), .send(probe: true), .wait(until: nil)])
+        #expect(closed)
+        #expect(afterwards == .send(probe: false))
+    }
+
+    @Test func failedProbeReopens() {
+        var breaker = CircuitBreaker(failures: 1, cooldown: 10)
+        let t0 = Date(timeIntervalSince1970: 0)
+        let opened = breaker.recordFailure(now: t0)
+        let probe = breaker.admit(now: t0.addingTimeInterval(10))
+        let reopened = breaker.recordFailure(now: t0.addingTimeInterval(11))
+        let waiting = breaker.admit(now: t0.addingTimeInterval(20))
+        #expect(opened && reopened)
+        #expect(probe == .send(probe: true))
+        #expect(waiting == .wait(until: t0.addingTimeInterval(21)))
+    }
+
+    @Test func successResetsTheCount() {
+        var breaker = CircuitBreaker(failures: 2, cooldown: 10)
+        let t0 = Date(timeIntervalSince1970: 0)
+        let results = [breaker.recordFailure(now: t0), breaker.recordSuccess(), breaker.recordFailure(now: t0)]
+        #expect(results == [false, false, false])
+        #expect(breaker.admit(now: t0) == .send(probe: false))
+    }
+}

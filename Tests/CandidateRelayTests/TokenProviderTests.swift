@@ -1,0 +1,102 @@
+import Crypto
+import Foundation
+import Logging
+import Synchronization
+import Testing
+@testable import CandidateRelay
+
+@Suite struct TokenProviderTests {
+    static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+    /// An independent HS256 decoder: splits, base64url-decodes, and checks the MAC with
+    /// swift-crypto's constant-time validation — not the minting code.
+    static func decode(_ jwt: String, secret: String) -> (header: [String: Any], claims: [String: Any])? {
+        let parts = jwt.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 3 else { return nil }
+        func bytes(_ text: String) -> Data? {
+            var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+            while base64.count % 4 != 0 { base64 += "=" }
+            return Data(base64Encoded: base64)
+        }
+        guard let signature = bytes(parts[2]),
+              HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: Data((parts[0] + "." + parts[1]).utf8),
+                                                     using: SymmetricKey(data: Data(secret.utf8))),
+              let header = bytes(parts[0]).flatMap({ try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }),
+              let claims = bytes(parts[1]).flatMap({ try? JSONSerialization.jsonObject(with: $0) as? [String: Any] })
+        else { return nil }
+        return (header, claims)
+    }
+
+    @Test func comeetTokenHasTheContractClaimsAndSignature() async throws {
+        let now = Date(timeIntervalSince1970: 1_900_000_000)
+        let provider = ComeetTokenProvider(apiKey: Secret("api-key-1", source: "t"), secret: Secret("shh", source: "t"),
+                                           ttlSeconds: 600, logger: Self.logger, now: { now })
+        let token = try await provider.token()
+        let decoded = try #require(Self.decode(token, secret: "shh"))
+        #expect(decoded.header["alg"] as? String == "HS256")
+        #expect(decoded.claims["iss"] as? String == "api-key-1")
+        #expect((decoded.claims["exp"] as? NSNumber)?.int64Value == 1_900_000_600)
+        #expect(Self.decode(token, secret: "wrong") == nil)
+    }
+
+    @Test func comeetTokenIsReusedUntilSixtySecondsBeforeExpiry() async throws {
+        let clock = ManualClock(Date(timeIntervalSince1970: 1_900_000_000))
+        let provider = ComeetTokenProvider(apiKey: Secret("k", source: "t"), secret: Secret("s", source: "t"),
+                                           ttlSeconds: 600, logger: Self.logger, now: { clock.now })
+        let first = try await provider.token()
+        clock.advance(539)
+        #expect(try await provider.token() == first)
+        clock.advance(2)
+        let second = try await provider.token()
+        #expect(second != first)
+        await provider.invalidate(second)
+        clock.advance(1)
+        #expect(try await provider.token() != second)
+    }
+
+    @Test func oauthRefreshIsSingleFlight() async throws {
+        let calls = Atomic<Int>(0)
+        let config = OAuth2Configuration(tokenURL: "http://127.0.0.1:1/token", clientID: "c", clientSecret: Secret("s", source: "t"),
+                                          scope: nil, clientAuth: .basic)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in
+            let n = calls.add(1, ordering: .relaxed).newValue
+            try await Task.sleep(for: .milliseconds(100))
+            return ("token-\(n)", 3600)
+        }, logger: Self.logger)
+        let tokens = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<16 { group.addTask { try await provider.token() } }
+            return try await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(calls.load(ordering: .relaxed) == 1)
+        #expect(Set(tokens) == ["token-1"])
+        // A 401 invalidates it: the next call fetches once more.
+        await provider.invalidate("token-1")
+        #expect(try await provider.token() == "token-2")
+        #expect(calls.load(ordering: .relaxed) == 2)
+    }
+
+    @Test func oauthRefreshesWhenLittleIsLeft() async throws {
+        let clock = ManualClock(Date(timeIntervalSince1970: 1_900_000_000))
+        let calls = Atomic<Int>(0)
+        let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .body)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in
+            ("t\(calls.add(1, ordering: .relaxed).newValue)", 300)
+        }, logger: Self.logger, now: { clock.now })
+        #expect(try await provider.token() == "t1")
+        clock.advance(269) // 31 s left; margin is min(60, 300/10) = 30
+        #expect(try await provider.token() == "t1")
+        clock.advance(2)
+        #expect(try await provider.token() == "t2")
+    }
+
+    @Test func oauthEndpointFailureIsTokenUnavailable() async {
+        let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .basic)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in throw TokenUnavailable(reason: "token_endpoint_http_503") },
+                                           logger: Self.logger)
+        await #expect(throws: TokenUnavailable.self) { try await provider.token() }
+    }
+
+    @Test func formEncodingFollowsRFC6749() {
+        #expect(OAuth2TokenProvider.formEncode("a b&c=d/é") == "a+b%26c%3Dd%2F%C3%A9")
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+@testable import CandidateRelay
+
+/// Standard Webhooks verification against the specification's published test vector.
+@Suite struct WebhookVerifierTests {
+    static let secret = WebhookSecret(Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", source: "test"))!
+    static let id = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+    static let timestamp = "1614265330"
+    static let body = Data(#"{"test": 2432232314}"#.utf8)
+    static let signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    static let signedAt = Date(timeIntervalSince1970: 1_614_265_330)
+
+    @Test func signingReproducesThePublishedVector() {
+        #expect(WebhookVerifier.sign(id: Self.id, timestamp: 1_614_265_330, body: Self.body, secret: Self.secret) == Self.signature)
+    }
+
+    @Test func acceptsThePublishedVector() throws {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+    }
+
+    @Test func acceptsWhenAnyOfSeveralSignaturesMatches() throws {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: "v1,bm9wZQ== v2,abc " + Self.signature,
+                            body: Self.body, now: Self.signedAt)
+    }
+
+    @Test func rejectsTheWrongSecret() {
+        let other = WebhookSecret(Secret("whsec_" + Data(repeating: 7, count: 24).base64EncodedString(), source: "test"))!
+        let verifier = WebhookVerifier(secrets: [other])
+        #expect(throws: WebhookVerifier.Failure.noMatchingSignature) {
+            try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+        }
+    }
+
+    @Test func acceptsARotatedSecretListingOldAndNew() throws {
+        let newSecret = WebhookSecret(Secret("whsec_" + Data(repeating: 9, count: 32).base64EncodedString(), source: "test"))!
+        let verifier = WebhookVerifier(secrets: [newSecret, Self.secret])
+        try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+        let signedWithNew = WebhookVerifier.sign(id: "msg_2", timestamp: 1_614_265_330, body: Self.body, secret: newSecret)
+        try verifier.verify(id: "msg_2", timestamp: Self.timestamp, signatureHeader: signedWithNew, body: Self.body, now: Self.signedAt)
+    }
+
+    @Test(arguments: [-301.0, 301.0, 3600.0])
+    func rejectsTimestampsOutsideTolerance(offset: Double) {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        #expect(throws: WebhookVerifier.Failure.timestampOutOfTolerance) {
+            try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body,
+                                now: Self.signedAt.addingTimeInterval(offset))
+        }
+    }
+
+    @Test(arguments: [-300.0, 299.0])
+    func acceptsTimestampsInsideTolerance(offset: Double) throws {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body,
+                            now: Self.signedAt.addingTimeInterval(offset))
+    }
+
+    @Test func rejectsATamperedBodyOrId() {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        #expect(throws: WebhookVerifier.Failure.noMatchingSignature) {
+            try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature,
+                                body: Data(#"{"test": 2432232315}"#.utf8), now: Self.signedAt)
+        }
+        #expect(throws: WebhookVerifier.Failure.noMatchingSignature) {
+            try verifier.verify(id: "msg_other", timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+        }
+    }
+
+    @Test func rejectsMissingHeaders() {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        #expect(throws: WebhookVerifier.Failure.missingHeaders) {
+            try verifier.verify(id: nil, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+        }
+    }
+}
