@@ -58,7 +58,10 @@ let package = Package(
         ),
         .target(
             name: "CandidateRelayTesting",
-            dependencies: ["CandidateRelay", "PartnerSimulator"]
+            dependencies: [
+                "CandidateRelay", "PartnerSimulator",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
         ),
         .testTarget(
             name: "CandidateRelayTests",
@@ -69,7 +72,10 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["CandidateRelay", "CandidateRelayTesting", "PartnerSimulator"]
+            dependencies: [
+                "CandidateRelay", "CandidateRelayTesting", "PartnerSimulator",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -18,6 +18,10 @@ public struct RelayConfiguration: Sendable {
 public struct ListenConfiguration: Sendable, Equatable {
     public var host = "127.0.0.1"
     public var port = 8088
+    public init(host: String = "127.0.0.1", port: Int = 8088) {
+        self.host = host
+        self.port = port
+    }
 }
 
 /// How webhooks are received and authenticated.
@@ -35,6 +39,11 @@ public struct StorageConfiguration: Sendable, Equatable {
     public var path = "/var/lib/candidate-relay/outbox.sqlite3"
     public var payloadRetentionDays = 7.0
     public var recordRetentionDays = 365.0
+    public init(path: String = "/var/lib/candidate-relay/outbox.sqlite3", payloadRetentionDays: Double = 7, recordRetentionDays: Double = 365) {
+        self.path = path
+        self.payloadRetentionDays = payloadRetentionDays
+        self.recordRetentionDays = recordRetentionDays
+    }
 }
 
 /// The partner ATS endpoint and how to authenticate to it.
@@ -82,6 +91,10 @@ public struct OAuth2Configuration: Sendable {
 public struct RateLimitConfiguration: Sendable, Equatable {
     public var requests = 100
     public var perSeconds = 60.0
+    public init(requests: Int = 100, perSeconds: Double = 60) {
+        self.requests = requests
+        self.perSeconds = perSeconds
+    }
 }
 
 /// The worker pool, retry and breaker policy.
@@ -99,12 +112,21 @@ public struct BackoffConfiguration: Sendable, Equatable {
     public var initialSeconds = 5.0
     public var multiplier = 2.0
     public var maxSeconds = 3600.0
+    public init(initialSeconds: Double = 5, multiplier: Double = 2, maxSeconds: Double = 3600) {
+        self.initialSeconds = initialSeconds
+        self.multiplier = multiplier
+        self.maxSeconds = maxSeconds
+    }
 }
 
 /// Open after `failures` consecutive retryable failures, for `cooldownSeconds`.
 public struct CircuitBreakerConfiguration: Sendable, Equatable {
     public var failures = 5
     public var cooldownSeconds = 30.0
+    public init(failures: Int = 5, cooldownSeconds: Double = 30) {
+        self.failures = failures
+        self.cooldownSeconds = cooldownSeconds
+    }
 }
 
 /// Log output.
@@ -113,4 +135,9 @@ public struct LoggingConfiguration: Sendable, Equatable {
     public var level: Logger.Level = .info
     public var format: Format = .json
     public var heartbeatSeconds = 60.0
+    public init(level: Logger.Level = .info, format: Format = .json, heartbeatSeconds: Double = 60) {
+        self.level = level
+        self.format = format
+        self.heartbeatSeconds = heartbeatSeconds
+    }
 }

@@ -1,0 +1,71 @@
+import CandidateRelay
+import Foundation
+import PartnerSimulator
+import Synchronization
+
+/// The full relay in-process on port 0 against the partner simulator on port 0, with fast
+/// timings, its logs captured. One per test.
+public final class RelayHarness: Sendable {
+    public let directory: TemporaryDirectory
+    public let simulator: PartnerSimulator
+    public let application: RelayApplication
+    public let logs: LogCapture
+    public let client: HTTPTestClient
+    private let task: Task<Void, any Error>
+
+    /// Builds and starts both; `configure` adjusts the relay configuration first.
+    public init(simulator simulatorConfiguration: PartnerSimulatorConfiguration = PartnerSimulatorConfiguration(),
+                configure: (inout RelayConfiguration) -> Void = { _ in }) async throws {
+        directory = try TemporaryDirectory()
+        simulator = PartnerSimulator(configuration: simulatorConfiguration)
+        _ = try await simulator.start()
+        var config = DemoMode.configuration(stateDirectory: directory.path, simulatorURL: simulator.baseURL, port: 0)
+        config.partner.auth = .comeetJWT(apiKey: Secret(simulatorConfiguration.apiKey, source: "test"),
+                                         secret: Secret(simulatorConfiguration.secret, source: "test"), tokenTTLSeconds: 600)
+        config.logging.format = .json
+        config.logging.level = .debug
+        config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 2, maxSeconds: 0.2)
+        config.delivery.shutdownGraceSeconds = 2
+        config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 50, cooldownSeconds: 0.2)
+        config.partner.timeoutSeconds = 5
+        configure(&config)
+        logs = LogCapture()
+        let port = Mutex<Int?>(nil)
+        application = try await RelayApplication(
+            configuration: config, logSettings: LogSettings(level: config.logging.level, format: config.logging.format),
+            output: logs.output, environment: [:], onReady: { value in port.withLock { $0 = value } })
+        let application = self.application
+        task = Task { try await application.run() }
+        _ = await eventually(timeout: 30) { port.withLock { $0 } != nil }
+        client = HTTPTestClient(port: port.withLock { $0 } ?? 0)
+    }
+
+    /// Posts a candidate and returns the event id (fails the caller's expectation on non-202 by returning nil).
+    public func post(_ body: String, key: String? = nil) async throws -> String? {
+        let reply = try await client.post(body, key: key)
+        return reply.status == 202 ? reply.json["id"] as? String : nil
+    }
+
+    /// Waits until the event reaches one of `states`; returns its record.
+    public func waitFor(_ id: String, states: Set<String>, timeout: Double = 20) async throws -> [String: Any]? {
+        var last: [String: Any]?
+        _ = try await eventually(timeout: timeout) {
+            last = try await self.client.record(id)
+            return (last?["state"] as? String).map(states.contains) ?? false
+        }
+        return last
+    }
+
+    /// Graceful shutdown (as SIGTERM), then stops the simulator and removes the directory.
+    public func stop() async {
+        await application.shutdown()
+        _ = try? await task.value
+        await simulator.stop()
+        directory.cleanup()
+    }
+
+    /// Waits for the run loop to return after a shutdown was triggered elsewhere.
+    public func waitForExit() async throws {
+        try await task.value
+    }
+}

@@ -1,0 +1,89 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import PartnerSimulator
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every admin command against a live daemon, as an operator runs them.
+@Suite(.serialized) struct AdminEndToEndTests {
+    static func json(_ text: String) -> Any? {
+        try? JSONSerialization.jsonObject(with: Data(text.utf8))
+    }
+
+    @Test func operatorFindsADeadLetterRetriesItAndSeesItDelivered() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = 403
+        let simulator = PartnerSimulator(configuration: sim)
+        _ = try await simulator.start()
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        let config = ["--config", dir.file("config.yaml")]
+        let daemon = try RelayProcess(arguments: ["serve"] + config)
+        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
+        let id = try #require(try await client.post(Candidates.json(partnerID: "adm-1")).json["id"] as? String)
+        // The dead letter shows in the logs with its id...
+        #expect(await eventually { daemon.events("delivery.dead").contains { $0["event_id"] as? String == id } })
+
+        // ...and in status / events list / events show.
+        let status = try await runRelay(["status", "--json"] + config)
+        #expect(status.status == 0)
+        let counts = (Self.json(status.output) as? [String: Any])?["counts"] as? [String: Int]
+        #expect(counts == ["pending": 0, "in_flight": 0, "delivered": 0, "linked": 0, "dead": 1])
+        let list = try await runRelay(["events", "list", "--state", "dead", "--json"] + config)
+        #expect((Self.json(list.output) as? [[String: Any]])?.first?["id"] as? String == id)
+        let table = try await runRelay(["events", "list"] + config)
+        #expect(table.output.contains(id) && table.output.contains("dead"))
+        let show = try await runRelay(["events", "show", id, "--json"] + config)
+        let history = (Self.json(show.output) as? [String: Any])?["history"] as? [[String: Any]]
+        #expect(history?.first?["outcome"] as? String == "dead")
+        #expect(history?.first?["status"] as? Int == 403)
+        #expect(!show.output.contains("Zelda"))
+
+        // Retry: the daemon picks it up within 2 s and delivers it.
+        let retry = try await runRelay(["events", "retry", id] + config)
+        #expect(retry.status == 0)
+        let delivered = try await eventually(timeout: 10) { try await client.record(id)?["state"] as? String == "delivered" }
+        #expect(delivered)
+        let after = try await runRelay(["events", "show", id, "--json"] + config)
+        let outcomes = ((Self.json(after.output) as? [String: Any])?["history"] as? [[String: Any]])?.map { $0["outcome"] as? String }
+        #expect(outcomes == ["dead", "delivered"])
+        let unknown = try await runRelay(["events", "retry", "evt_nope"] + config)
+        #expect(unknown.status == 1)
+
+        // Backup while running, then purge and forget.
+        let backup = try await runRelay(["backup", dir.file("backup.sqlite3")] + config)
+        #expect(backup.status == 0)
+        let copy = try Outbox(path: dir.file("backup.sqlite3"))
+        #expect(try await copy.record(id: id)?.state == .delivered)
+        let purge = try await runRelay(["purge", "--older-than", "0s"] + config)
+        #expect(purge.output.contains("erased the payload of 1 terminal event(s)"))
+        let forget = try await runRelay(["forget", "--partner-candidate-id", "adm-1"] + config)
+        #expect(forget.output.contains(id))
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+        await simulator.stop()
+    }
+
+    @Test func sighupReloadsAGoodConfigAndRefusesABadOne() async throws {
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let daemon = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let port = try await daemon.waitUntilReady()
+        let original = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+        try dir.write("config.yaml", original.replacingOccurrences(of: "level: debug", with: "level: info") + "\n# workers\n")
+        daemon.signal(SIGHUP)
+        #expect(await eventually { !daemon.events("config.reloaded").isEmpty })
+        try dir.write("config.yaml", "delivery: { workers: -1 }\n")
+        daemon.signal(SIGHUP)
+        #expect(await eventually { !daemon.events("config.reload_rejected").isEmpty })
+        // Still serving after the refused reload.
+        let reply = try await HTTPTestClient(port: port).request("GET", "/readyz")
+        #expect(reply.status == 200)
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+    }
+}

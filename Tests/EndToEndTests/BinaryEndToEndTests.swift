@@ -1,0 +1,167 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import PartnerSimulator
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The built `candidate-relay` binary: crash, restart, signals, admin commands.
+@Suite(.serialized) struct BinaryEndToEndTests {
+    /// A config directory for the binary: secrets next to the config, outbox inside.
+    static func configDirectory(partnerURL: String, extra: String = "") throws -> TemporaryDirectory {
+        let dir = try TemporaryDirectory()
+        try dir.write("comeet-api-key", "demo-api-key\n")
+        try dir.write("comeet-secret", "demo-secret\n")
+        try dir.write("config.yaml", """
+            listen: { host: 127.0.0.1, port: 0 }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            storage: { path: \(dir.path)/state/outbox.sqlite3 }
+            partner: { base_url: \(partnerURL), timeout_seconds: 5 }
+            delivery:
+              backoff: { initial_seconds: 0.05, multiplier: 2, max_seconds: 0.2 }
+              shutdown_grace_seconds: 1
+            logging: { level: debug, heartbeat_seconds: 1 }
+            \(extra)
+            """)
+        return dir
+    }
+
+    @Test func acceptedEventSurvivesSIGKILLAndReplayReturnsTheSameID() async throws {
+        // A partner that is not there: the event stays pending across the crash.
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let config = ["serve", "--config", dir.file("config.yaml")]
+        let first = try RelayProcess(arguments: config)
+        let client = HTTPTestClient(port: try await first.waitUntilReady())
+        let reply = try await client.post(Candidates.json(partnerID: "crash-1"), key: "wh-1")
+        #expect(reply.status == 202)
+        let id = try #require(reply.json["id"] as? String)
+        first.signal(SIGKILL)
+        #expect(await first.waitForExit() == SIGKILL)
+
+        let second = try RelayProcess(arguments: config)
+        let again = HTTPTestClient(port: try await second.waitUntilReady())
+        let record = try #require(try await again.record(id))
+        #expect(record["id"] as? String == id)
+        #expect(["pending", "in_flight"].contains(record["state"] as? String))
+        let replay = try await again.post(Candidates.json(partnerID: "crash-1"), key: "wh-1")
+        #expect(replay.status == 200)
+        #expect(replay.json["id"] as? String == id)
+        #expect(replay.json["duplicate"] as? Bool == true)
+        second.signal(SIGTERM)
+        #expect(await second.waitForExit() == 0)
+        #expect(!second.events("relay.stopped").isEmpty)
+    }
+
+    @Test func sigkillWhileDeliveringLosesNothingAndDuplicatesNothing() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 150
+        let simulator = PartnerSimulator(configuration: sim)
+        _ = try await simulator.start()
+        let dir = try Self.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        let config = ["serve", "--config", dir.file("config.yaml")]
+        let first = try RelayProcess(arguments: config)
+        let client = HTTPTestClient(port: try await first.waitUntilReady())
+        var ids: [String] = []
+        for n in 0..<24 {
+            let reply = try await client.post(Candidates.json(position: "P\(n % 3)", partnerID: "k-\(n)"))
+            ids.append(try #require(reply.json["id"] as? String))
+        }
+        _ = await eventually { await simulator.snapshot().requests.count >= 6 }
+        first.signal(SIGKILL)
+        _ = await first.waitForExit()
+
+        let second = try RelayProcess(arguments: config)
+        let again = HTTPTestClient(port: try await second.waitUntilReady())
+        let done = try await eventually(timeout: 60) {
+            var finished = 0
+            for id in ids where ["delivered", "linked"].contains(try await again.record(id)?["state"] as? String) { finished += 1 }
+            return finished == ids.count
+        }
+        #expect(done)
+        let snapshot = await simulator.snapshot()
+        for n in 0..<24 {
+            #expect(snapshot.createdCount(positionUID: "P\(n % 3)", partnerCandidateID: "k-\(n)") == 1)
+        }
+        second.signal(SIGTERM)
+        #expect(await second.waitForExit() == 0)
+        await simulator.stop()
+    }
+
+    @Test func secondDaemonOnTheSameOutboxRefusesToStart() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let config = ["serve", "--config", dir.file("config.yaml")]
+        let first = try RelayProcess(arguments: config)
+        _ = try await first.waitUntilReady()
+        let (status, output) = try await runRelay(config)
+        #expect(status != 0)
+        #expect(output.contains("another candidate-relay daemon is already serving this outbox"))
+        first.signal(SIGTERM)
+        #expect(await first.waitForExit() == 0)
+    }
+
+    @Test func checkConfigExits78WithOneLinePerProblem() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", extra: "")
+        defer { dir.cleanup() }
+        let ok = try await runRelay(["check-config", "--config", dir.file("config.yaml")])
+        #expect(ok.status == 0)
+        #expect(ok.output.contains("api_key: \"<redacted: file"))
+        #expect(!ok.output.contains("demo-secret"))
+        try dir.write("config.yaml", "delivery: { workers: 0, colour: red }\nlogging: { level: loud }\n")
+        let bad = try await runRelay(["check-config", "--config", dir.file("config.yaml")])
+        #expect(bad.status == 78)
+        let lines = bad.output.split(separator: "\n")
+        #expect(lines.contains("delivery.colour: unknown key"))
+        #expect(lines.contains("delivery.workers: must be 1...256"))
+        #expect(lines.contains { $0.hasPrefix("logging.level:") })
+    }
+
+    @Test func chunkedBodyOverTheLimitIs413WithoutBeingStored() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", extra: "")
+        defer { dir.cleanup() }
+        try dir.write("config.yaml", (try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8))
+            .replacingOccurrences(of: "allow_unauthenticated: true }", with: "allow_unauthenticated: true, max_body_bytes: 4096 }"))
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let port = try await relay.waitUntilReady()
+        // Chunked transfer: no Content-Length to reject up front; the limit holds while reading.
+        let body = "{" + String(repeating: " ", count: 100_000) + "}"
+        let reply = try await rawChunkedPost(port: port, body: body)
+        #expect(reply.hasPrefix("HTTP/1.1 413"))
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == 0)
+        let outbox = try Outbox(path: dir.file("state/outbox.sqlite3"))
+        #expect(try await outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
+    }
+
+    /// Sends a chunked POST over a plain socket and returns the status line and headers.
+    func rawChunkedPost(port: Int, body: String) async throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return "connect failed" }
+        var request = "POST /v1/candidates HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        let bytes = Array(body.utf8)
+        for start in stride(from: 0, to: bytes.count, by: 8192) {
+            let chunk = bytes[start..<min(start + 8192, bytes.count)]
+            request += String(chunk.count, radix: 16) + "\r\n" + String(decoding: chunk, as: UTF8.self) + "\r\n"
+        }
+        request += "0\r\n\r\n"
+        let data = Array(request.utf8)
+        _ = data.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+    }
+}

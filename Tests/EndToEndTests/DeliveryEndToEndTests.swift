@@ -1,0 +1,219 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import PartnerSimulator
+import Testing
+
+/// The whole relay in-process against the simulator on port 0, one scenario per test.
+@Suite struct DeliveryEndToEndTests {
+    @Test func deliversAndKeepsThePartnersCandidate() async throws {
+        let relay = try await RelayHarness()
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "c-1")))
+        let record = try #require(try await relay.waitFor(id, states: ["delivered"]))
+        let snapshot = await relay.simulator.snapshot()
+        #expect(snapshot.createdCount(positionUID: "11.11", partnerCandidateID: "c-1") == 1)
+        let created = try #require(snapshot.candidates.first)
+        #expect(record["candidate_uid"] as? String == created.uid)
+        #expect(record["attempts"] as? Int == 1)
+        #expect((record["partner_response"] as? [String: Any])?["uid"] as? String == created.uid)
+        let request = try #require(snapshot.requests.first)
+        #expect(request.idempotencyKey == id)
+        #expect(request.userAgent?.hasPrefix("candidate-relay/") == true)
+        #expect(!relay.logs.events("delivery.succeeded").isEmpty)
+        #expect(!relay.logs.events("auth.token_minted").isEmpty)
+        await relay.stop()
+    }
+
+    @Test func conflictBecomesALinkToTheExistingCandidate() async throws {
+        let relay = try await RelayHarness()
+        let first = try #require(try await relay.post(Candidates.json(partnerID: "dup"), key: "k1"))
+        _ = try await relay.waitFor(first, states: ["delivered"])
+        let second = try #require(try await relay.post(Candidates.json(partnerID: "dup"), key: "k2"))
+        let linked = try #require(try await relay.waitFor(second, states: ["linked"]))
+        let delivered = try #require(try await relay.client.record(first))
+        #expect(linked["candidate_uid"] as? String == delivered["candidate_uid"] as? String)
+        #expect(linked["last_status"] as? Int == 409)
+        #expect(await relay.simulator.snapshot().createdCount(positionUID: "11.11", partnerCandidateID: "dup") == 1)
+        #expect(!relay.logs.events("delivery.linked").isEmpty)
+        await relay.stop()
+    }
+
+    @Test func serverErrorsThreeTimesThenSuccess() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 3
+        sim.faults.injectStatus = 503
+        let relay = try await RelayHarness(simulator: sim)
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "c-5xx")))
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "dead"]))
+        #expect(record["state"] as? String == "delivered")
+        #expect(record["attempts"] as? Int == 4)
+        #expect(relay.logs.events("delivery.retry_scheduled").count == 3)
+        await relay.stop()
+    }
+
+    @Test func clientErrorIsDeadWithThePartnersCode() async throws {
+        let relay = try await RelayHarness()
+        let id = try #require(try await relay.post(Candidates.json(position: "missing", partnerID: "c-404")))
+        let record = try #require(try await relay.waitFor(id, states: ["dead"]))
+        #expect(record["last_status"] as? Int == 404)
+        #expect((record["last_error"] as? String)?.hasPrefix("position_not_found") == true)
+        #expect(record["attempts"] as? Int == 1)
+        let dead = try #require(relay.logs.events("delivery.dead").first)
+        #expect(dead["error"] as? String == "position_not_found")
+        await relay.stop()
+    }
+
+    @Test func badRequestIsDeadAtOnce() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = 400
+        let relay = try await RelayHarness(simulator: sim)
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "c-400")))
+        let record = try #require(try await relay.waitFor(id, states: ["dead"]))
+        #expect(record["last_status"] as? Int == 400)
+        #expect(record["attempts"] as? Int == 1)
+        await relay.stop()
+    }
+
+    @Test func tooManyRequestsWithRetryAfterPausesEveryWorker() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = 429
+        sim.faults.retryAfter = "1"
+        let relay = try await RelayHarness(simulator: sim)
+        let first = try #require(try await relay.post(Candidates.json(partnerID: "r-1")))
+        // Once the relay has seen the 429 (it logs after pausing), a new event must wait too.
+        _ = await eventually { !relay.logs.events("partner.rate_limited").isEmpty }
+        let second = try #require(try await relay.post(Candidates.json(partnerID: "r-2")))
+        _ = try await relay.waitFor(first, states: ["delivered"])
+        _ = try await relay.waitFor(second, states: ["delivered"])
+        let requests = await relay.simulator.snapshot().requests
+        #expect(requests.count == 3)
+        #expect(requests[0].status == 429)
+        // Neither event, not only the one that got the 429, went out before Retry-After elapsed.
+        for later in requests.dropFirst() {
+            #expect(later.at.timeIntervalSince(requests[0].at) >= 0.95)
+        }
+        #expect(!relay.logs.events("partner.rate_limited").isEmpty)
+        await relay.stop()
+    }
+
+    @Test func tooManyRequestsWithoutRetryAfterBacksOff() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 2
+        sim.faults.injectStatus = 429
+        let relay = try await RelayHarness(simulator: sim)
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "r-3")))
+        let record = try #require(try await relay.waitFor(id, states: ["delivered"]))
+        #expect(record["attempts"] as? Int == 3)
+        await relay.stop()
+    }
+
+    @Test func tokenRejectedMidRunIsMintedAfreshWithoutUsingAnAttempt() async throws {
+        let relay = try await RelayHarness()
+        let first = try #require(try await relay.post(Candidates.json(partnerID: "t-1")))
+        _ = try await relay.waitFor(first, states: ["delivered"])
+        // The partner now refuses tokens older than 0.2 s: the cached one is stale.
+        var faults = SimulatorFaults()
+        faults.tokenMaxAgeSeconds = 0.2
+        await relay.simulator.setFaults(faults)
+        try await Task.sleep(for: .milliseconds(400))
+        let second = try #require(try await relay.post(Candidates.json(partnerID: "t-2")))
+        let record = try #require(try await relay.waitFor(second, states: ["delivered"]))
+        #expect(record["attempts"] as? Int == 1)
+        #expect(relay.logs.events("auth.token_minted").count == 2)
+        #expect(relay.logs.events("auth.token_rejected").count == 1)
+        let statuses = await relay.simulator.snapshot().requests.map(\.status)
+        #expect(statuses == [201, 401, 201])
+        await relay.stop()
+    }
+
+    @Test func oauthTokenEndpointDownForAWhileIsRetriedNeverDead() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.tokenEndpointDown = true
+        let relay = try await RelayHarness(simulator: sim) { config in
+            let url = config.partner.baseURL
+            config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
+                tokenURL: url + "/oauth/token", clientID: sim.oauthClientID,
+                clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "o-1")))
+        _ = await eventually { relay.logs.events("delivery.retry_scheduled").count >= 2 }
+        #expect(try await relay.client.record(id)?["state"] as? String == "pending")
+        await relay.simulator.setFaults(SimulatorFaults())
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "dead"]))
+        #expect(record["state"] as? String == "delivered")
+        #expect(relay.logs.events("delivery.retry_scheduled").allSatisfy { $0["error"] as? String == "token_unavailable" })
+        #expect(await relay.simulator.snapshot().tokensIssued == 1)
+        await relay.stop()
+    }
+
+    @Test func rateLimitHoldsInEverySlidingWindow() async throws {
+        let relay = try await RelayHarness { config in
+            config.partner.rateLimit = RateLimitConfiguration(requests: 4, perSeconds: 0.5)
+        }
+        var ids: [String] = []
+        for n in 0..<12 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "rl-\(n)")))) }
+        for id in ids { _ = try await relay.waitFor(id, states: ["delivered"]) }
+        let times = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        #expect(times.count == 12)
+        for (i, start) in times.enumerated() {
+            let inWindow = times[i...].prefix { $0.timeIntervalSince(start) < 0.5 }.count
+            #expect(inWindow <= 4)
+        }
+        #expect(relay.logs.events("partner.rate_limited").isEmpty)
+        await relay.stop()
+    }
+
+    @Test func circuitOpensOnFailuresAndClosesAfterAProbe() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.errorRate = 1
+        sim.faults.injectStatus = 502
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 2, cooldownSeconds: 0.3)
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "cb-1")))
+        #expect(await eventually { !relay.logs.events("partner.circuit_opened").isEmpty })
+        await relay.simulator.setFaults(SimulatorFaults())
+        _ = try await relay.waitFor(id, states: ["delivered"])
+        #expect(!relay.logs.events("partner.circuit_closed").isEmpty)
+        await relay.stop()
+    }
+
+    @Test func shutdownHandsBackInFlightWithoutUsingAnAttempt() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 3000
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.shutdownGraceSeconds = 0.2
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "s-1")))
+        _ = try await eventually { try await relay.client.record(id)?["state"] as? String == "in_flight" }
+        await relay.application.shutdown()
+        try await relay.waitForExit()
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        let record = try #require(try await outbox.record(id: id))
+        #expect(record.state == .pending)
+        #expect(record.attempts == 0)
+        #expect(!relay.logs.events("delivery.interrupted").isEmpty)
+        #expect(!relay.logs.events("relay.stopping").isEmpty)
+        #expect(!relay.logs.events("relay.stopped").isEmpty)
+        await relay.simulator.stop()
+        relay.directory.cleanup()
+    }
+
+    @Test func inFlightDeliveryFinishesWithinTheGrace() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 300
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.shutdownGraceSeconds = 5
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "s-2")))
+        _ = try await eventually { try await relay.client.record(id)?["state"] as? String == "in_flight" }
+        await relay.application.shutdown()
+        try await relay.waitForExit()
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        #expect(try await outbox.record(id: id)?.state == .delivered)
+        await relay.simulator.stop()
+        relay.directory.cleanup()
+    }
+}

@@ -1,0 +1,85 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import PartnerSimulator
+import Testing
+
+/// Logs, heartbeat, reload and personal-data hygiene, on the in-process relay.
+@Suite struct OperationsEndToEndTests {
+    @Test func noPersonalDataOrSecretReachesTheLogs() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.apiKey = "api-key-SECRET-1"
+        sim.secret = "partner-SECRET-2"
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = 503
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.logging.level = .trace
+            config.logging.heartbeatSeconds = 0.1
+        }
+        let delivered = try #require(try await relay.post(Candidates.json(partnerID: "pii-1", resume: true)))
+        let dead = try #require(try await relay.post(Candidates.json(position: "missing", partnerID: "pii-2")))
+        _ = try await relay.waitFor(delivered, states: ["delivered"])
+        _ = try await relay.waitFor(dead, states: ["dead"])
+        _ = try await relay.client.post(#"{"first_name":"Zelda","email":"zelda.q@example.org"}"#)
+        _ = try await relay.client.post(#"{"first_name": Zelda"#)
+        _ = try await relay.post(Candidates.json(partnerID: "pii-1", resume: true), key: "k")
+        _ = try await relay.post(Candidates.json(partnerID: "pii-1", resume: false), key: "k")
+        await relay.stop()
+        let text = relay.logs.text
+        #expect(!text.isEmpty)
+        for value in Candidates.personalValues + ["api-key-SECRET-1", "partner-SECRET-2", "Bearer ey"] {
+            #expect(!text.contains(value), "log contains \(value)")
+        }
+        // Every line is JSON with the contract's leading fields.
+        for line in relay.logs.all {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(line)")
+            #expect(object["ts"] is String && object["level"] is String && object["event"] is String && object["msg"] is String)
+        }
+    }
+
+    @Test func heartbeatCarriesCountsAndOldestPendingAge() async throws {
+        let relay = try await RelayHarness { config in
+            config.logging.heartbeatSeconds = 0.1
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "hb-1")))
+        _ = try await relay.waitFor(id, states: ["delivered"])
+        #expect(await eventually { relay.logs.events("relay.heartbeat").contains { $0["count_delivered"] as? String == "1" } })
+        let beat = try #require(relay.logs.events("relay.heartbeat").last)
+        for key in ["count_pending", "count_in_flight", "count_delivered", "count_linked", "count_dead",
+                    "oldest_pending_age_seconds", "delivered_since_last", "failures_since_last"] {
+            #expect(beat[key] != nil, "heartbeat lacks \(key)")
+        }
+        await relay.stop()
+    }
+
+    @Test func reloadAppliesAGoodConfigAndKeepsTheOldOneOnABadOne() async throws {
+        let relay = try await RelayHarness()
+        let dir = relay.directory
+        try dir.write("comeet-api-key", "demo-api-key")
+        try dir.write("comeet-secret", "demo-secret")
+        try dir.write("config.yaml", """
+            storage: { path: \(relay.application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner: { base_url: \(relay.simulator.baseURL) }
+            delivery: { workers: 2 }
+            logging: { level: warning, format: json }
+            """)
+        let loader = ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:])
+        #expect(await relay.application.reload(using: loader))
+        #expect(!relay.logs.events("config.reloaded").isEmpty)
+        // Level is now warning: an accepted webhook (info) is no longer logged.
+        let before = relay.logs.events("ingest.accepted").count
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "rl-1")))
+        _ = try await relay.waitFor(id, states: ["delivered"])
+        #expect(relay.logs.events("ingest.accepted").count == before)
+
+        try dir.write("config.yaml", "delivery: { workers: lots }\n")
+        #expect(await relay.application.reload(using: loader) == false)
+        let rejected = try #require(relay.logs.events("config.reload_rejected").first)
+        #expect((rejected["problems"] as? String)?.contains("delivery.workers") == true)
+        // Still delivering with the old configuration.
+        let next = try #require(try await relay.post(Candidates.json(partnerID: "rl-2")))
+        #expect(try await relay.waitFor(next, states: ["delivered"])?["state"] as? String == "delivered")
+        await relay.stop()
+    }
+}
