@@ -43,7 +43,6 @@ extension RelayApplication {
 
     func apply(_ new: RelayConfiguration) {
         let old = configuration
-        logSettings.update(level: new.logging.level, format: new.logging.format)
         live.authenticator.set(IngestAuthenticator(configuration: new.ingest))
         live.ingest.set(new.ingest)
         live.delivery.set(DeliverySettings(configuration: new.delivery, partnerTimeoutSeconds: old.partner.timeoutSeconds))
@@ -67,5 +66,7 @@ extension RelayApplication {
         }
         logger.event(.notice, "config.reloaded", "configuration reloaded",
                      LogFields(extra: ["workers": String(new.delivery.workers), "log_level": new.logging.level.rawValue]))
+        // Last, so that the reload itself is logged whatever the new level.
+        logSettings.update(level: new.logging.level, format: new.logging.format)
     }
 }

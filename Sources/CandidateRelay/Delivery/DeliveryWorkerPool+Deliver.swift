@@ -12,9 +12,9 @@ extension DeliveryWorkerPool {
 
     /// Delivers one claimed event and records the outcome. If shutdown's grace period ends
     /// first, the request is cancelled and the event handed back without using an attempt.
-    func deliver(_ event: ClaimedEvent, policy: RetryPolicy, graceSeconds: Double) async {
+    func deliver(_ event: ClaimedEvent, permit: PartnerGate.Permit, policy: RetryPolicy, graceSeconds: Double) async {
         let exchange: Exchange? = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await self.exchange(event) }
+            group.addTask { await self.exchange(event, permit: permit) }
             group.addTask {
                 while !self.isDraining {
                     try? await Task.sleep(for: .milliseconds(50))
@@ -40,15 +40,15 @@ extension DeliveryWorkerPool {
         log(event, outcome: outcome, exchange: exchange)
     }
 
-    func exchange(_ event: ClaimedEvent) async -> Exchange {
-        var first = await send(event)
+    func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit) async -> Exchange {
+        var first = await send(event, permit: permit)
         guard first.classification == .refreshTokenAndResend else { return first }
         // Resend at once with a fresh token; it uses no attempt but it is a request, so it passes the rate limit.
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        guard (try? await gate.acquire()) != nil else { return first }
-        var second = await send(event)
+        guard let resendPermit = try? await gate.acquire() else { return first }
+        var second = await send(event, permit: resendPermit)
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
         }
@@ -56,7 +56,7 @@ extension DeliveryWorkerPool {
         return first
     }
 
-    private func send(_ event: ClaimedEvent) async -> Exchange {
+    private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit) async -> Exchange {
         let provider = tokens.value
         let token: String
         do {
@@ -65,6 +65,7 @@ extension DeliveryWorkerPool {
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
         }
+        _ = await gate.markSending(permit)
         let clock = ContinuousClock()
         let started = clock.now
         let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)

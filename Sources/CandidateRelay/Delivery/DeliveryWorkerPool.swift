@@ -118,7 +118,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             await gate.cancel(permit)
             return false
         }
-        await deliver(event, policy: current.policy, graceSeconds: current.shutdownGraceSeconds)
+        await deliver(event, permit: permit, policy: current.policy, graceSeconds: current.shutdownGraceSeconds)
         return true
     }
 

@@ -17,15 +17,8 @@ public final class Outbox: Sendable {
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
         self.path = path
-        let directory = (path as NSString).deletingLastPathComponent
+        try Self.ensureDirectory(for: path)
         let fm = FileManager.default
-        if !directory.isEmpty, !fm.fileExists(atPath: directory) {
-            do {
-                try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            } catch {
-                throw OutboxError.storage("cannot create directory \(directory): \(error.localizedDescription)")
-            }
-        }
         if !fm.fileExists(atPath: path) {
             // Create the file ourselves so it is 0600 from its first byte; SQLite gives the
             // -wal and -shm files the same mode.
@@ -47,6 +40,17 @@ public final class Outbox: Sendable {
             try OutboxSchema.migrator.migrate(pool)
         } catch {
             throw OutboxError.storage("cannot open \(path): \(error)")
+        }
+    }
+
+    /// Creates the outbox's directory 0700 when it does not exist yet.
+    static func ensureDirectory(for path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        guard !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw OutboxError.storage("cannot create directory \(directory): \(error.localizedDescription)")
         }
     }
 

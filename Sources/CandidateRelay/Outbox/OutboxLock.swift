@@ -19,6 +19,7 @@ public final class OutboxLock: Sendable {
 
     public init(outboxPath: String) throws {
         path = outboxPath + ".lock"
+        try Outbox.ensureDirectory(for: outboxPath)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw OutboxError.storage("cannot open lock file \(path): \(String(cString: strerror(errno)))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {

@@ -19,7 +19,7 @@ public actor PartnerGate {
 
     public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
                 logger: Logger, metrics: RelayMetrics, now: @escaping @Sendable () -> Date = Date.init) {
-        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: rateLimit.perSeconds, history: history)
+        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: Self.guardedWindow(rateLimit.perSeconds), history: history)
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
         self.logger = logger
         self.metrics = metrics
@@ -28,7 +28,7 @@ public actor PartnerGate {
 
     /// Applies new limits on reload.
     public func reconfigure(rateLimit: RateLimitConfiguration, breaker configuration: CircuitBreakerConfiguration) {
-        limiter.reconfigure(limit: rateLimit.requests, window: rateLimit.perSeconds)
+        limiter.reconfigure(limit: rateLimit.requests, window: Self.guardedWindow(rateLimit.perSeconds))
         breaker.failures = configuration.failures
         breaker.cooldown = configuration.cooldownSeconds
     }
@@ -61,6 +61,22 @@ public actor PartnerGate {
                 return Permit(reservedAt: current, probe: probe)
             }
         }
+    }
+
+    /// The window the limiter enforces: the partner's plus 1 % (at least 50 ms, at most 1 s), so
+    /// that jitter between our send time and the partner's arrival time cannot squeeze one
+    /// request too many into the partner's own window.
+    static func guardedWindow(_ perSeconds: Double) -> Double {
+        perSeconds + min(1, max(0.05, perSeconds * 0.01))
+    }
+
+    /// Moves a permit's timestamp to the moment the request really leaves (after the claim and
+    /// the token), so that the window counts send times, not reservation times.
+    public func markSending(_ permit: Permit) -> Permit {
+        let current = now()
+        limiter.cancel(permit.reservedAt)
+        limiter.record(current)
+        return Permit(reservedAt: current, probe: permit.probe)
     }
 
     /// Gives back an unused permit (no event was due).
