@@ -73,6 +73,8 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
+                // The binary itself is what these tests run: depending on it makes `swift test` build it.
+                "candidate-relay",
                 "CandidateRelay", "CandidateRelayTesting", "PartnerSimulator",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
