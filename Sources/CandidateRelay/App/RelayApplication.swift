@@ -39,7 +39,7 @@ public final class RelayApplication: Sendable {
         self.reloader = reloader
         self.onReady = onReady
         self.environment = environment
-        var logger = Logger(label: "candidate-relay") { RelayLogHandler(label: $0, settings: logSettings, output: output) }
+        var logger = Logger(label: "relay.framework") { RelayLogHandler(label: $0, settings: logSettings, output: output) }
         logger.logLevel = .trace
         self.logger = logger
         notifier = SystemdNotifier(environment: environment)
