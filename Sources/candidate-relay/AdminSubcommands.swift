@@ -70,7 +70,7 @@ struct Purge: AsyncParsableCommand {
     var olderThan: String?
 
     func run() async throws {
-        let config = try await options.load()
+        let config = try await options.load(secretsRequired: false)
         var seconds = config.storage.payloadRetentionDays * 86_400
         if let olderThan {
             guard let parsed = DurationParser.seconds(olderThan) else { throw ValidationError("bad duration \(olderThan)") }

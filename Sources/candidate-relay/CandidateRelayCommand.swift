@@ -22,9 +22,9 @@ struct ConfigOption: ParsableArguments {
     var loader: ConfigurationLoader { ConfigurationLoader(configPath: config) }
 
     /// Loads the configuration or exits 78 (EX_CONFIG) with one line per problem.
-    func load() async throws -> RelayConfiguration {
+    func load(secretsRequired: Bool = true) async throws -> RelayConfiguration {
         do {
-            return try await loader.load()
+            return try await loader.load(secretsRequired: secretsRequired)
         } catch let error as ConfigurationError {
             for problem in error.problems { Console.error(problem.description) }
             throw ExitCode(78)
@@ -33,7 +33,7 @@ struct ConfigOption: ParsableArguments {
 
     /// Opens the outbox for an admin command (no daemon lock: it shares the file with the daemon).
     func outbox() async throws -> Outbox {
-        let config = try await load()
+        let config = try await load(secretsRequired: false)
         guard FileManager.default.fileExists(atPath: config.storage.path) else {
             Console.error("no outbox at \(config.storage.path) (has the daemon ever run with this config?)")
             throw ExitCode(1)

@@ -63,6 +63,11 @@ import Glibc
         #expect(purge.output.contains("erased the payload of 1 terminal event(s)"))
         let forget = try await runRelay(["forget", "--partner-candidate-id", "adm-1"] + config)
         #expect(forget.output.contains(id))
+        // Admin commands need no credentials: an operator's shell has none.
+        try FileManager.default.removeItem(atPath: dir.file("comeet-secret"))
+        let statusWithoutSecrets = try await runRelay(["status"] + config)
+        #expect(statusWithoutSecrets.status == 0)
+        #expect(statusWithoutSecrets.output.contains("delivered  1"))
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit() == 0)
         await simulator.stop()

@@ -63,6 +63,34 @@ import Testing
         await relay.stop()
     }
 
+    @Test func ageBudgetSpentIsDeadAndLogged() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.errorRate = 1
+        sim.faults.injectStatus = 503
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.maxAgeSeconds = 0.3
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "age-1")))
+        let record = try #require(try await relay.waitFor(id, states: ["dead"]))
+        #expect((record["last_error"] as? String)?.contains("max_age_exceeded") == true)
+        #expect(relay.logs.events("delivery.dead").contains { $0["event_id"] as? String == id })
+        await relay.stop()
+    }
+
+    @Test func attemptsExhaustedIsDead() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.errorRate = 1
+        sim.faults.injectStatus = 500
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.maxAttempts = 3
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "att-1")))
+        let record = try #require(try await relay.waitFor(id, states: ["dead"]))
+        #expect(record["attempts"] as? Int == 3)
+        #expect(record["last_error"] as? String == "attempts_exhausted: injected_fault")
+        await relay.stop()
+    }
+
     @Test func badRequestIsDeadAtOnce() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.failNext = 1

@@ -43,11 +43,11 @@ import Testing
         }
         let id = try #require(try await relay.post(Candidates.json(partnerID: "hb-1")))
         _ = try await relay.waitFor(id, states: ["delivered"])
-        #expect(await eventually { relay.logs.events("relay.heartbeat").contains { $0["count_delivered"] as? String == "1" } })
+        #expect(await eventually { relay.logs.events("relay.heartbeat").contains { $0["count_delivered"] as? Int == 1 } })
         let beat = try #require(relay.logs.events("relay.heartbeat").last)
         for key in ["count_pending", "count_in_flight", "count_delivered", "count_linked", "count_dead",
                     "oldest_pending_age_seconds", "delivered_since_last", "failures_since_last"] {
-            #expect(beat[key] != nil, "heartbeat lacks \(key)")
+            #expect(beat[key] is NSNumber, "heartbeat lacks the number \(key)")
         }
         await relay.stop()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PartnerSimulator
 
 /// `serve --demo`: a newcomer's first run with nothing to configure — a temporary outbox, the
@@ -27,7 +28,9 @@ public enum DemoMode {
             .appendingPathComponent("candidate-relay-demo-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
+        var simulatorLogger = Logger(label: "partner-sim")
+        simulatorLogger.logLevel = .warning
+        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration(), logger: simulatorLogger)
         _ = try await simulator.start()
         let config = configuration(stateDirectory: directory, simulatorURL: simulator.baseURL, port: port)
         let settings = LogSettings(level: config.logging.level, format: config.logging.format)

@@ -27,6 +27,8 @@ public final class RelayApplication: Sendable {
     let onReady: @Sendable (Int) -> Void
     let environment: [String: String]
     let group = Live<ServiceGroup?>(nil)
+    /// Set once READY=1 has been sent (the watchdog must not be petted before).
+    let ready = Live(false)
 
     /// Opens the outbox (taking the one-daemon lock), migrates, recovers leases left by a crash
     /// and wires every component. Throws before anything is listening when storage is unusable.
@@ -93,6 +95,7 @@ public final class RelayApplication: Sendable {
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? config.listen.port
                 notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")
+                ready.set(true)
                 logger.event(.notice, "relay.started", "candidate-relay is ready",
                              LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
                                                "storage": config.storage.path, "workers": String(config.delivery.workers)]))
@@ -104,7 +107,8 @@ public final class RelayApplication: Sendable {
             .init(service: LeaseRescuer(outbox: outbox, logger: logger), serviceName: "lease-rescuer"),
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
-                                     watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger),
+                                     watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
+                                     isReady: { [ready] in ready.value }),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

@@ -46,8 +46,9 @@ public struct ConfigurationLoader: Sendable {
         self.environment = environment
     }
 
-    /// Loads and validates; throws `ConfigurationError` listing every problem.
-    public func load() async throws -> RelayConfiguration {
+    /// Loads and validates; throws `ConfigurationError` listing every problem. Admin commands
+    /// pass `secretsRequired: false`: they work on the outbox file and need no credentials.
+    public func load(secretsRequired: Bool = true) async throws -> RelayConfiguration {
         var problems: [ConfigurationProblem] = []
         var providers: [any ConfigProvider] = [
             EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: "candidate_relay")
@@ -74,10 +75,11 @@ public struct ConfigurationLoader: Sendable {
         let secrets = SecretReader(
             environment: environment,
             credentialsDirectory: environment["CREDENTIALS_DIRECTORY"],
-            configDirectory: (configPath as NSString).deletingLastPathComponent
+            configDirectory: (configPath as NSString).deletingLastPathComponent,
+            required: secretsRequired
         )
         let config = Self.build(&reader, secrets: secrets)
-        problems += reader.problems + secrets.problems + Self.validate(config)
+        problems += reader.problems + secrets.problems + Self.validate(config, secretsRequired: secretsRequired)
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }

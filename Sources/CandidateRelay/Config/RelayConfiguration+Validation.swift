@@ -2,7 +2,7 @@ import Foundation
 
 extension ConfigurationLoader {
     /// Range and consistency checks on an otherwise well-typed configuration.
-    static func validate(_ config: RelayConfiguration) -> [ConfigurationProblem] {
+    static func validate(_ config: RelayConfiguration, secretsRequired: Bool = true) -> [ConfigurationProblem] {
         var problems: [ConfigurationProblem] = []
         func check(_ ok: Bool, _ key: String, _ message: String) {
             if !ok { problems.append(.init(key, message)) }
@@ -15,7 +15,7 @@ extension ConfigurationLoader {
             problems.append(.init("ingest.signing_secrets_file", "a secret from \(secret.source) is not whsec_<base64>"))
         }
         check(
-            config.ingest.allowUnauthenticated || !config.ingest.signingSecrets.isEmpty || config.ingest.bearerToken != nil,
+            !secretsRequired || config.ingest.allowUnauthenticated || !config.ingest.signingSecrets.isEmpty || config.ingest.bearerToken != nil,
             "ingest", "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"
         )
         check(config.storage.payloadRetentionDays >= 0, "storage.payload_retention_days", "must be >= 0")

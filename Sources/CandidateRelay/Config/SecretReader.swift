@@ -8,9 +8,14 @@ final class SecretReader: @unchecked Sendable {
     let environment: [String: String]
     let credentialsDirectory: String?
     let configDirectory: String
-    private(set) var problems: [ConfigurationProblem] = []
+    private var recorded: [ConfigurationProblem] = []
+    /// Admin commands need no secrets: then a missing one is not a problem.
+    let required: Bool
 
-    init(environment: [String: String], credentialsDirectory: String?, configDirectory: String) {
+    var problems: [ConfigurationProblem] { required ? recorded : [] }
+
+    init(environment: [String: String], credentialsDirectory: String?, configDirectory: String, required: Bool = true) {
+        self.required = required
         self.environment = environment
         self.credentialsDirectory = credentialsDirectory
         self.configDirectory = configDirectory.isEmpty ? "." : configDirectory
@@ -33,22 +38,22 @@ final class SecretReader: @unchecked Sendable {
             return Secret(value, source: "env \(envName)")
         }
         guard let fileName else {
-            if required { problems.append(.init(fileKey, "required: set the file or \(envName)")) }
+            if required { recorded.append(.init(fileKey, "required: set the file or \(envName)")) }
             return nil
         }
         let path = resolve(fileName)
         guard let data = FileManager.default.contents(atPath: path) else {
             let reason = FileManager.default.fileExists(atPath: path) ? "is not readable" : "does not exist"
-            problems.append(.init(fileKey, "secret file \(path) \(reason)"))
+            recorded.append(.init(fileKey, "secret file \(path) \(reason)"))
             return nil
         }
         guard let text = String(data: data, encoding: .utf8) else {
-            problems.append(.init(fileKey, "secret file \(path) is not UTF-8 text"))
+            recorded.append(.init(fileKey, "secret file \(path) is not UTF-8 text"))
             return nil
         }
         let value = text.trimmingCharacters(in: .whitespacesAndNewlines)
         if value.isEmpty {
-            problems.append(.init(fileKey, "secret file \(path) is empty"))
+            recorded.append(.init(fileKey, "secret file \(path) is empty"))
             return nil
         }
         return Secret(value, source: "file \(path)")

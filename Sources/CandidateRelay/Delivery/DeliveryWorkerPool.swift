@@ -114,7 +114,14 @@ public final class DeliveryWorkerPool: Service, Sendable {
         let permit = try await acquirePermit()
         guard let permit else { return false }
         let current = settings.value
-        guard let event = try await outbox.claimNext(now: now(), leaseSeconds: current.leaseSeconds, maxAgeSeconds: current.policy.maxAgeSeconds) else {
+        let result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds, maxAgeSeconds: current.policy.maxAgeSeconds)
+        for expired in result.expired {
+            metrics.delivery(outcome: "dead")
+            logger.event(.error, "delivery.dead", "event expired before it could be sent; it is dead",
+                         LogFields(eventID: expired.id, positionUID: expired.positionUID, partnerCandidateID: expired.partnerCandidateID,
+                                   attempt: expired.attempts, error: expired.reason))
+        }
+        guard let event = result.claimed else {
             await gate.cancel(permit)
             return false
         }

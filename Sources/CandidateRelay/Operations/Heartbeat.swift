@@ -13,10 +13,13 @@ public struct Heartbeat: Service {
     let notifier: SystemdNotifier
     let watchdogInterval: Double?
     let logger: Logger
+    let isReady: @Sendable () -> Bool
     let now: @Sendable () -> Date
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
-                watchdogInterval: Double?, logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+                watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
+                now: @escaping @Sendable () -> Date = Date.init) {
+        self.isReady = isReady
         self.outbox = outbox
         self.interval = interval
         self.metrics = metrics
@@ -31,12 +34,13 @@ public struct Heartbeat: Service {
         let status = try await outbox.status(now: now())
         metrics.update(from: status)
         let totals = DeliveryCounters.snapshot(metrics)
-        var extra: [String: String] = [:]
-        for state in EventState.allCases { extra["count_\(state.rawValue)"] = String(status.counts[state] ?? 0) }
-        extra["oldest_pending_age_seconds"] = status.oldestPendingAgeSeconds.map { String(format: "%.1f", $0) } ?? "null"
-        extra["delivered_since_last"] = String((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
-        extra["failures_since_last"] = String((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
-        logger.event(.info, "relay.heartbeat", "relay alive", LogFields(extra: extra))
+        var numbers: [String: Double] = [:]
+        for state in EventState.allCases { numbers["count_\(state.rawValue)"] = Double(status.counts[state] ?? 0) }
+        // 0 when nothing waits, so alert queries compare numbers without a null case.
+        numbers["oldest_pending_age_seconds"] = ((status.oldestPendingAgeSeconds ?? 0) * 10).rounded() / 10
+        numbers["delivered_since_last"] = Double((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
+        numbers["failures_since_last"] = Double((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
+        logger.event(.info, "relay.heartbeat", "relay alive", LogFields(numbers: numbers))
         notifier.notify("STATUS=" + Self.statusLine(status))
         return totals
     }
@@ -57,7 +61,8 @@ public struct Heartbeat: Service {
                 }
                 nextBeat = current.addingTimeInterval(interval.value)
             }
-            if watchdogInterval != nil, await outbox.probeWritable() {
+            // systemd wants READY=1 before the first WATCHDOG=1.
+            if watchdogInterval != nil, isReady(), await outbox.probeWritable() {
                 notifier.notify("WATCHDOG=1")
             }
             try? await gracefulSleep(seconds: tick)

@@ -14,10 +14,13 @@ public struct LogFields: Sendable {
     public var error: String?
     /// Free-form operational detail chosen by the relay (counts, durations, reasons).
     public var extra: [String: String] = [:]
+    /// Numeric operational values (counts, ages), logged as JSON numbers.
+    public var numbers: [String: Double] = [:]
 
     public init(eventID: String? = nil, positionUID: String? = nil, partnerCandidateID: String? = nil,
                 attempt: Int? = nil, status: Int? = nil, latencyMs: Int? = nil, candidateUID: String? = nil,
-                error: String? = nil, extra: [String: String] = [:]) {
+                error: String? = nil, extra: [String: String] = [:], numbers: [String: Double] = [:]) {
+        self.numbers = numbers
         self.eventID = eventID
         self.positionUID = positionUID
         self.partnerCandidateID = partnerCandidateID
@@ -40,6 +43,9 @@ public struct LogFields: Sendable {
         if let candidateUID { m["candidate_uid"] = .string(candidateUID) }
         if let error { m["error"] = .string(error) }
         for (key, value) in extra { m[key] = .string(value) }
+        for (key, value) in numbers {
+            m[key] = value.rounded() == value && abs(value) < 1e15 ? .stringConvertible(Int(value)) : .stringConvertible(value)
+        }
         return m
     }
 }

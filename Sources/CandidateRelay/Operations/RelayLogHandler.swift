@@ -47,9 +47,10 @@ public struct RelayLogHandler: LogHandler {
         let line: String
         switch settings.format {
         case .json:
-            var object: [String: Any] = ["ts": ts, "level": event.level.rawValue, "event": name, "msg": "\(event.message)"]
-            for (key, value) in fields { object[key] = Self.jsonValue(value) }
-            line = ContractJSON.string(object)
+            // ts, level, event, msg first (what a person scanning journalctl reads), then context sorted.
+            var parts = [("ts", ts as Any), ("level", event.level.rawValue as Any), ("event", name as Any), ("msg", "\(event.message)" as Any)]
+            for key in fields.keys.sorted() { parts.append((key, Self.jsonValue(fields[key]!))) }
+            line = "{" + parts.map { Self.fragment($0.0) + ":" + Self.fragment($0.1) }.joined(separator: ",") + "}"
         case .logfmt:
             var parts = ["ts=\(ts)", "level=\(event.level.rawValue)", "event=\(name)", "msg=\(Self.quoted("\(event.message)"))"]
             for key in fields.keys.sorted() { parts.append("\(key)=\(Self.quoted("\(fields[key]!)"))") }
@@ -68,6 +69,14 @@ public struct RelayLogHandler: LogHandler {
         case .array(let a): return a.map(jsonValue)
         case .dictionary(let d): return d.mapValues(jsonValue)
         }
+    }
+
+    /// One JSON value (string, number, array...) as text.
+    static func fragment(_ value: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .withoutEscapingSlashes]) else {
+            return "null"
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 
     static func quoted(_ text: String) -> String {

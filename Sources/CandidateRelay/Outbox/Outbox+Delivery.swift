@@ -42,11 +42,33 @@ public enum RecordedOutcome: Sendable, Equatable {
     }
 }
 
+/// An event that went dead at claim time without being sent (age budget spent, payload erased).
+public struct ExpiredEvent: Sendable, Equatable {
+    public var id: String
+    public var positionUID: String
+    public var partnerCandidateID: String
+    public var attempts: Int
+    public var reason: String
+}
+
+/// What one claim produced.
+public struct ClaimResult: Sendable {
+    public var claimed: ClaimedEvent?
+    public var expired: [ExpiredEvent]
+}
+
 extension Outbox {
-    /// Leases the oldest due pending event whose natural key has nothing in flight. Events past
-    /// `maxAge` are moved to `dead` instead of being sent.
+    /// `claimNextDue` for callers that do not log expirations (tests, tools).
     public func claimNext(now: Date, leaseSeconds: Double, maxAgeSeconds: Double) async throws -> ClaimedEvent? {
+        try await claimNextDue(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds).claimed
+    }
+
+    /// Leases the oldest due pending event whose natural key has nothing in flight. Events past
+    /// `maxAge` (or whose payload was erased) are moved to `dead` instead of being sent, and
+    /// returned so that the worker can log them.
+    public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double) async throws -> ClaimResult {
         try await write { db in
+            var expired: [ExpiredEvent] = []
             while true {
                 guard let row = try Row.fetchOne(
                     db, sql: """
@@ -56,7 +78,7 @@ extension Outbox {
                               AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
                         ORDER BY received_at, id LIMIT 1
                         """,
-                    arguments: [now.millis]) else { return nil }
+                    arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
                 let id: String = row["id"]
                 let receivedAt = Date(millis: row["received_at"])
                 let budgetStartedAt = Date(millis: row["budget_started_at"])
@@ -66,6 +88,8 @@ extension Outbox {
                     try db.execute(
                         sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
                         arguments: [reason, now.millis, id])
+                    expired.append(ExpiredEvent(id: id, positionUID: row["position_uid"], partnerCandidateID: row["partner_candidate_id"],
+                                                attempts: row["attempts"], reason: reason))
                     continue
                 }
                 let attempt = (row["attempts"] as Int) + 1
@@ -75,9 +99,10 @@ extension Outbox {
                         WHERE id = ? AND state = 'pending'
                         """,
                     arguments: [attempt, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
-                return ClaimedEvent(
+                let claimed = ClaimedEvent(
                     id: id, attempt: attempt, positionUID: row["position_uid"],
                     partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt)
+                return ClaimResult(claimed: claimed, expired: expired)
             }
         }
     }
