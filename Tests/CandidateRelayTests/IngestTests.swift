@@ -20,7 +20,8 @@ import Testing
         let app: Application<RouterResponder<BasicRequestContext>>
     }
 
-    static func fixture(signed: Bool = false, bearer: String? = nil, maxBody: Int = 26_214_400, maxBacklog: Int = 100) throws -> Fixture {
+    static func fixture(signed: Bool = false, bearer: String? = nil, maxBody: Int = 26_214_400, maxBacklog: Int = 100,
+                        logs: LogCapture = LogCapture()) throws -> Fixture {
         let dir = try TemporaryDirectory()
         let outbox = try Outbox(path: dir.file("o.sqlite3"))
         var ingest = IngestConfiguration()
@@ -31,7 +32,8 @@ import Testing
         ingest.bearerToken = bearer.map { Secret($0, source: "test") }
         let handler = IngestHandler(
             outbox: outbox, authenticator: Live(IngestAuthenticator(configuration: ingest)), settings: Live(ingest),
-            doorbell: Doorbell(), metrics: RelayMetrics(), logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() },
+            doorbell: Doorbell(), metrics: RelayMetrics(),
+            logger: Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) },
             stopFlag: StopFlag(), now: Date.init)
         let app = Application(router: IngestRoutes.router(handler: handler))
         return Fixture(dir: dir, outbox: outbox, handler: handler, app: app)
@@ -218,7 +220,8 @@ import Testing
     }
 
     @Test func storageFailureIs503NeverA202() async throws {
-        let f = try Self.fixture()
+        let logs = LogCapture()
+        let f = try Self.fixture(logs: logs)
         defer { f.dir.cleanup() }
         try f.outbox.close()
         try await f.app.test(.router) { client in
@@ -229,6 +232,8 @@ import Testing
             let health = try await client.execute(uri: "/healthz", method: .get)
             #expect(health.status == .ok)
         }
+        #expect(logs.events("storage.failed").first?["error"] as? String == "storage_error")
+        #expect(logs.events("ingest.rejected").first?["status"] as? Int == 503)
     }
 
     @Test func stoppingAnswers503() async throws {

@@ -40,7 +40,9 @@ final class ManualClock: Sendable {
         try await outbox.complete(claimed, outcome: .dead(status: 404, error: "position_not_found"), now: clock.now, latencyMs: 1)
 
         let storage = Live(StorageConfiguration(path: outbox.path, payloadRetentionDays: 7, recordRetentionDays: 30))
-        let pruner = RetentionPruner(outbox: outbox, storage: storage, logger: Self.logger, now: { clock.now })
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let pruner = RetentionPruner(outbox: outbox, storage: storage, logger: logger, now: { clock.now })
         clock.advance(6.9 * 86_400)
         #expect(try await pruner.runOnce() == (0, 0))
         #expect(try await Self.payload(outbox, "e1") != nil)
@@ -49,6 +51,7 @@ final class ManualClock: Sendable {
         #expect(try await Self.payload(outbox, "e1") == nil)
         #expect(try await Self.payload(outbox, "d1") != nil)
         #expect(try await outbox.record(id: "e1")?.candidateUID == "u-e1")
+        #expect(logs.events("retention.pruned").first?["payloads_erased"] as? String == "1")
         clock.advance(23 * 86_400)
         #expect(try await pruner.runOnce().deleted == 2)
         #expect(try await outbox.record(id: "e1") == nil)
@@ -61,11 +64,14 @@ final class ManualClock: Sendable {
         let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
         _ = try await outbox.accept(OutboxTests.submission("e1", at: clock.now), maxBacklog: 100)
         _ = try #require(try await outbox.claimNext(now: clock.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
-        let rescuer = LeaseRescuer(outbox: outbox, logger: Self.logger, now: { clock.now })
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let rescuer = LeaseRescuer(outbox: outbox, logger: logger, now: { clock.now })
         clock.advance(59)
         #expect(try await rescuer.runOnce() == 0)
         clock.advance(2)
         #expect(try await rescuer.runOnce() == 1)
         #expect(try await outbox.record(id: "e1")?.state == .pending)
+        #expect(logs.events("lease.recovered").first?["count"] as? String == "1")
     }
 }

@@ -123,6 +123,7 @@ import Testing
             #expect(later.at.timeIntervalSince(requests[0].at) >= 0.95)
         }
         #expect(!relay.logs.events("partner.rate_limited").isEmpty)
+        #expect(!relay.logs.events("partner.paused").isEmpty)
         await relay.stop()
     }
 
@@ -175,6 +176,7 @@ import Testing
         #expect(record["state"] as? String == "delivered")
         #expect(relay.logs.events("delivery.retry_scheduled").allSatisfy { $0["error"] as? String == "token_unavailable" })
         #expect(await relay.simulator.snapshot().tokensIssued == 1)
+        #expect(relay.logs.events("auth.token_failed").first?["error"] as? String == "token_endpoint_http_503")
         await relay.stop()
     }
 
@@ -225,7 +227,9 @@ import Testing
         #expect(record.state == .pending)
         #expect(record.attempts == 0)
         #expect(!relay.logs.events("delivery.interrupted").isEmpty)
+        #expect(!relay.logs.events("relay.started").isEmpty)
         #expect(!relay.logs.events("relay.stopping").isEmpty)
+        #expect(!relay.logs.events("delivery.drained").isEmpty)
         #expect(!relay.logs.events("relay.stopped").isEmpty)
         await relay.simulator.stop()
         relay.directory.cleanup()

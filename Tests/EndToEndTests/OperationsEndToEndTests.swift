@@ -67,6 +67,8 @@ import Testing
         let loader = ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:])
         #expect(await relay.application.reload(using: loader))
         #expect(!relay.logs.events("config.reloaded").isEmpty)
+        // The harness listens on port 0; this file says 8088: that needs a restart.
+        #expect((relay.logs.events("config.restart_needed").first?["keys"] as? String)?.hasPrefix("listen,") == true)
         // Level is now warning: an accepted webhook (info) is no longer logged.
         let before = relay.logs.events("ingest.accepted").count
         let id = try #require(try await relay.post(Candidates.json(partnerID: "rl-1")))
