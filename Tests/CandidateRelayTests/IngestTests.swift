@@ -99,6 +99,22 @@ import Testing
         #expect(stored["first_name"] == .string("A"))
     }
 
+    @Test func explicitNullPartnerCandidateIDIsReplacedNotDuplicated() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        let body = #"{"position_uid":"P","partner_candidate_id":null,"first_name":"A","last_name":"B","custom_fields":{"n":80000}}"#
+        try await f.app.test(.router) { client in
+            let response = try await Self.post(client, body)
+            #expect(response.status == .accepted)
+        }
+        let stored = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT payload FROM events") }
+        let payload = try #require(stored)
+        let text = String(decoding: payload, as: UTF8.self)
+        #expect(text.components(separatedBy: "partner_candidate_id").count == 2)
+        #expect(try JSONValue.parse(payload)["partner_candidate_id"]?.stringValue?.hasPrefix("evt_") == true)
+        #expect(text.contains(#""n":80000"#))
+    }
+
     @Test func idempotentReplayAndKeyReuse() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

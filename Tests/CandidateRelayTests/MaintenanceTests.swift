@@ -75,3 +75,36 @@ final class ManualClock: Sendable {
         #expect(logs.events("lease.recovered").first?["count"] as? String == "1")
     }
 }
+
+@Suite struct PartnerGateTests {
+    static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+    /// The resend after a 401 on the circuit's single probe must not wait for that probe.
+    @Test func resendDuringAProbeDoesNotWaitForItself() async throws {
+        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
+                               breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
+                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        await gate.recordFailure()
+        let probe = try await gate.admit()
+        #expect(probe.probe)
+        let resent = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await gate.takeSlot()) != nil }
+            group.addTask { try? await Task.sleep(for: .seconds(5)); return false }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        #expect(resent)
+    }
+
+    @Test func aCancelledProbeLetsTheNextRequestProbe() async throws {
+        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
+                               breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
+                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        await gate.recordFailure()
+        let probe = try await gate.admit()
+        await gate.cancel(probe)
+        let next = try await gate.admit()
+        #expect(next.probe)
+    }
+}

@@ -141,6 +141,35 @@ import Testing
         #expect(try await outbox.history(id: "e1").count == 1)
     }
 
+    @Test func recoveredEventWithItsAttemptsUsedGoesDeadInsteadOfBeingSent() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
+        _ = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000, maxAttempts: 1))
+        // The daemon dies during its last attempt; the lease comes back at start-up.
+        try await outbox.recoverLeases(expiredBefore: nil, now: now)
+        let result = try await outbox.claimNextDue(now: now, leaseSeconds: 60, maxAgeSeconds: 1000, maxAttempts: 1)
+        #expect(result.claimed == nil)
+        #expect(result.expired.map(\.reason) == ["attempts_exhausted"])
+        #expect(try await outbox.record(id: "e1")?.state == .dead)
+    }
+
+    @Test func forgetDuringDeliveryKeepsThePartnersFullAnswerOut() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        _ = try await outbox.forget(partnerCandidateID: "X", now: now)
+        #expect(try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: "{}", fullResponse: Data("{\"first_name\":\"A\"}".utf8)), now: now, latencyMs: 1))
+        let full = try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT partner_response_full FROM events")?["partner_response_full"] as Data? }
+        #expect(full == nil)
+        #expect(try await outbox.record(id: "e1")?.state == .delivered)
+    }
+
     @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }

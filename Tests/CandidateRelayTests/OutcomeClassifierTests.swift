@@ -25,6 +25,8 @@ import Testing
         Row(name: "201 delivered", answer: response(201, #"{"uid":"00.AAA","status":"In progress","first_name":"X"}"#),
             expected: .delivered(candidateUID: "00.AAA", summary: #"{"status":"In progress","uid":"00.AAA"}"#)),
         Row(name: "200 delivered numeric uid", answer: response(200, #"{"uid":42}"#), expected: .delivered(candidateUID: "42", summary: #"{"uid":42}"#)),
+        Row(name: "2xx without uid", answer: response(204), expected: .retry(error: "no_uid_in_response", retryAfter: nil)),
+        Row(name: "200 HTML page", answer: response(200, "<html>ok</html>"), expected: .retry(error: "no_uid_in_response", retryAfter: nil)),
         Row(name: "409 conflict string uid", answer: response(409, #"{"status":409,"error":"candidate_post_conflict","message":"m","candidate_uid":"00.AAA"}"#),
             expected: .linked(candidateUID: "00.AAA", error: "candidate_post_conflict")),
         Row(name: "409 conflict number uid", answer: response(409, #"{"status":409,"error":"candidate_post_conflict","candidate_uid":5555}"#),

@@ -56,7 +56,8 @@ import Testing
         let id = try #require(try await relay.post(Candidates.json(position: "missing", partnerID: "c-404")))
         let record = try #require(try await relay.waitFor(id, states: ["dead"]))
         #expect(record["last_status"] as? Int == 404)
-        #expect((record["last_error"] as? String)?.hasPrefix("position_not_found") == true)
+        // Over HTTP the code only; the partner's message is for the admin CLI.
+        #expect(record["last_error"] as? String == "position_not_found")
         #expect(record["attempts"] as? Int == 1)
         let dead = try #require(relay.logs.events("delivery.dead").first)
         #expect(dead["error"] as? String == "position_not_found")
@@ -87,7 +88,7 @@ import Testing
         let id = try #require(try await relay.post(Candidates.json(partnerID: "att-1")))
         let record = try #require(try await relay.waitFor(id, states: ["dead"]))
         #expect(record["attempts"] as? Int == 3)
-        #expect(record["last_error"] as? String == "attempts_exhausted: injected_fault")
+        #expect(record["last_error"] as? String == "attempts_exhausted")
         await relay.stop()
     }
 
@@ -108,7 +109,10 @@ import Testing
         sim.faults.failNext = 1
         sim.faults.injectStatus = 429
         sim.faults.retryAfter = "1"
-        let relay = try await RelayHarness(simulator: sim)
+        // Retry-After is capped at the longest backoff; keep that above 1 s here.
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.backoff.maxSeconds = 5
+        }
         let first = try #require(try await relay.post(Candidates.json(partnerID: "r-1")))
         // Once the relay has seen the 429 (it logs after pausing), a new event must wait too.
         _ = await eventually { !relay.logs.events("partner.rate_limited").isEmpty }
@@ -187,11 +191,19 @@ import Testing
         var ids: [String] = []
         for n in 0..<9 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "rl-\(n)")))) }
         for id in ids { _ = try await relay.waitFor(id, states: ["delivered"]) }
-        let times = await relay.simulator.snapshot().requests.map(\.at).sorted()
-        #expect(times.count == 9)
-        for (i, start) in times.enumerated() {
-            let inWindow = times[i...].prefix { $0.timeIntervalSince(start) < 1 }.count
-            #expect(inWindow <= 3)
+        // Exact at the relay: send times (the limiter's own clock, injected-clock unit tests
+        // cover the arithmetic)...
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        let sent = try await outbox.requestTimes(since: .distantPast)
+        #expect(sent.count == 9)
+        for (i, start) in sent.enumerated() {
+            #expect(sent[i...].prefix { $0.timeIntervalSince(start) < 1 }.count <= 3)
+        }
+        // ...and at the partner, allowing 100 ms for delivery jitter on a loaded test machine.
+        let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        #expect(arrivals.count == 9)
+        for (i, start) in arrivals.enumerated() {
+            #expect(arrivals[i...].prefix { $0.timeIntervalSince(start) < 0.9 }.count <= 3)
         }
         #expect(relay.logs.events("partner.rate_limited").isEmpty)
         await relay.stop()

@@ -13,7 +13,8 @@ final class LiveSettings: Sendable {
         self.tokens = Live(tokens)
         authenticator = Live(IngestAuthenticator(configuration: configuration.ingest))
         ingest = Live(configuration.ingest)
-        delivery = Live(DeliverySettings(configuration: configuration.delivery, partnerTimeoutSeconds: configuration.partner.timeoutSeconds))
+        delivery = Live(DeliverySettings(configuration: configuration.delivery, partnerTimeoutSeconds: configuration.partner.timeoutSeconds,
+                                         rateWindowSeconds: configuration.partner.rateLimit.perSeconds))
         storage = Live(configuration.storage)
         heartbeat = Live(configuration.logging.heartbeatSeconds)
     }

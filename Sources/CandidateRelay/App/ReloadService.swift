@@ -45,7 +45,8 @@ extension RelayApplication {
         let old = configuration
         live.authenticator.set(IngestAuthenticator(configuration: new.ingest))
         live.ingest.set(new.ingest)
-        live.delivery.set(DeliverySettings(configuration: new.delivery, partnerTimeoutSeconds: old.partner.timeoutSeconds))
+        live.delivery.set(DeliverySettings(configuration: new.delivery, partnerTimeoutSeconds: old.partner.timeoutSeconds,
+                                       rateWindowSeconds: new.partner.rateLimit.perSeconds))
         live.storage.set(StorageConfiguration(path: old.storage.path, payloadRetentionDays: new.storage.payloadRetentionDays,
                                               recordRetentionDays: new.storage.recordRetentionDays))
         live.heartbeat.set(new.logging.heartbeatSeconds)

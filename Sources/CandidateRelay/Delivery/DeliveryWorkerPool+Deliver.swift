@@ -12,9 +12,11 @@ extension DeliveryWorkerPool {
 
     /// Delivers one claimed event and records the outcome. If shutdown's grace period ends
     /// first, the request is cancelled and the event handed back without using an attempt.
-    func deliver(_ event: ClaimedEvent, permit: PartnerGate.Permit, policy: RetryPolicy, graceSeconds: Double) async {
+    func deliver(_ event: ClaimedEvent, permit: PartnerGate.Permit, settings: DeliverySettings) async {
+        let policy = settings.policy
+        let graceSeconds = settings.shutdownGraceSeconds
         let exchange: Exchange? = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await self.exchange(event, permit: permit) }
+            group.addTask { await self.exchange(event, permit: permit, leaseSeconds: settings.leaseSeconds) }
             group.addTask {
                 while !self.isDraining {
                     try? await Task.sleep(for: .milliseconds(50))
@@ -40,15 +42,16 @@ extension DeliveryWorkerPool {
         log(event, outcome: outcome, exchange: exchange)
     }
 
-    func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit) async -> Exchange {
-        var first = await send(event, permit: permit)
+    func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange {
+        var first = await send(event)
         guard first.classification == .refreshTokenAndResend else { return first }
+        // Never send while another worker may hold the event: renew the lease or give up.
+        guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return first }
         // Resend at once with a fresh token; it uses no attempt but it is a request, so it passes the rate limit.
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        guard let resendPermit = try? await gate.acquire() else { return first }
-        var second = await send(event, permit: resendPermit)
+        var second = await send(event)
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
         }
@@ -56,7 +59,7 @@ extension DeliveryWorkerPool {
         return first
     }
 
-    private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit) async -> Exchange {
+    private func send(_ event: ClaimedEvent) async -> Exchange {
         let provider = tokens.value
         let token: String
         do {
@@ -65,7 +68,10 @@ extension DeliveryWorkerPool {
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
         }
-        _ = await gate.markSending(permit)
+        guard (try? await gate.takeSlot()) != nil else {
+            // Cancelled while waiting for a slot (shutdown): nothing was sent.
+            return Exchange(answer: .transportFailure(.other), classification: .retry(error: "cancelled", retryAfter: nil), latencyMs: 0)
+        }
         let clock = ContinuousClock()
         let started = clock.now
         let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
@@ -101,8 +107,11 @@ extension DeliveryWorkerPool {
             return .dead(status: status, error: Self.describe(error, body: body))
         case .refreshTokenAndResend:
             return .retry(at: now, status: status, error: "unauthorized")
-        case .retry(let error, let retryAfter):
+        case .retry(let error, let partnerRetryAfter):
             await gate.recordFailure()
+            // A Retry-After beyond the longest backoff (a proxy's or a partner's bug) is capped,
+            // so that it cannot pause every worker for days.
+            let retryAfter = partnerRetryAfter.map { min($0, now.addingTimeInterval(policy.backoff.maxSeconds)) }
             if let retryAfter { await gate.pause(until: retryAfter) }
             if status == 429 {
                 metrics.count("candidate_relay_partner_rate_limited_total")
@@ -123,7 +132,13 @@ extension DeliveryWorkerPool {
         return String("\(code): \(message)".prefix(500))
     }
 
+    /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write
+    /// would leave the event in flight (an attempt lost) instead of recorded.
     private func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
+        await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
+    }
+
+    private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
         do {
             if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs) == false {
                 logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))

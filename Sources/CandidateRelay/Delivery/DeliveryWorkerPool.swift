@@ -12,13 +12,13 @@ public struct DeliverySettings: Sendable {
     /// The idle fallback poll: how soon a change made by an admin command is noticed.
     public var pollSeconds: Double
 
-    public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double) {
+    public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double, rateWindowSeconds: Double) {
         workers = configuration.workers
         policy = RetryPolicy(backoff: configuration.backoff, maxAttempts: configuration.maxAttempts, maxAgeSeconds: configuration.maxAgeSeconds)
         shutdownGraceSeconds = configuration.shutdownGraceSeconds
-        // Long enough for a request, a 401 resend and the outcome write; the rescuer only takes
-        // back leases older than this.
-        leaseSeconds = partnerTimeoutSeconds * 2 + 60
+        // Long enough for a wait for a rate-limit slot, a request, a 401 resend and the outcome
+        // write; the rescuer only takes back leases older than this.
+        leaseSeconds = partnerTimeoutSeconds * 2 + rateWindowSeconds + 60
         pollSeconds = 1
     }
 }
@@ -114,7 +114,15 @@ public final class DeliveryWorkerPool: Service, Sendable {
         let permit = try await acquirePermit()
         guard let permit else { return false }
         let current = settings.value
-        let result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds, maxAgeSeconds: current.policy.maxAgeSeconds)
+        let result: ClaimResult
+        do {
+            result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds,
+                                                   maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
+        } catch {
+            // Nothing was sent: give the slot (and a probe) back, or the breaker would wait forever.
+            await gate.cancel(permit)
+            throw error
+        }
         for expired in result.expired {
             metrics.delivery(outcome: "dead")
             logger.event(.error, "delivery.dead", "event expired before it could be sent; it is dead",
@@ -125,7 +133,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             await gate.cancel(permit)
             return false
         }
-        await deliver(event, permit: permit, policy: current.policy, graceSeconds: current.shutdownGraceSeconds)
+        await deliver(event, permit: permit, settings: current)
         return true
     }
 
@@ -134,7 +142,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         if isDraining { return nil }
         let gate = self.gate
         return try await withThrowingTaskGroup(of: PartnerGate.Permit?.self) { group in
-            group.addTask { try await gate.acquire() }
+            group.addTask { try await gate.admit() }
             group.addTask {
                 while !self.isDraining { try await Task.sleep(for: .milliseconds(50)) }
                 return nil

@@ -25,7 +25,12 @@ public enum OutcomeClassifier {
             switch status {
             case 200..<300:
                 let document = try? JSONValue.parse(body)
-                return .delivered(candidateUID: document?["uid"]?.identifierString ?? "", summary: CandidateSummary.json(from: document))
+                guard let uid = document?["uid"]?.identifierString, !uid.isEmpty else {
+                    // A 2xx without a Candidate (a proxy's page, a 204): resend; if the partner did
+                    // create it, its 409 then links us to the real uid.
+                    return .retry(error: "no_uid_in_response", retryAfter: nil)
+                }
+                return .delivered(candidateUID: uid, summary: CandidateSummary.json(from: document))
             case 409 where parsed.error == "candidate_post_conflict" || parsed.candidateUID != nil:
                 guard let uid = parsed.candidateUID else { return .dead(error: code) }
                 return .linked(candidateUID: uid, error: code)

@@ -80,7 +80,7 @@ public struct IngestHandler: Sendable {
         let generated = partnerCandidateID.isEmpty
         if generated {
             partnerCandidateID = id
-            payload = Self.inserting(partnerCandidateID: id, into: body)
+            payload = Self.settingPartnerCandidateID(id, in: body, document: document)
         }
         let submission = Submission(
             id: id, idempotencyKey: key, bodySHA256: SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined(),
@@ -120,8 +120,20 @@ public struct IngestHandler: Sendable {
         return media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json"))
     }
 
-    /// Adds `"partner_candidate_id"` right after the object's opening brace, keeping every byte the
-    /// sender sent (the body is a validated, non-empty JSON object).
+    /// Sets the generated id. When the key is absent it is inserted after the opening brace,
+    /// keeping every byte the sender sent; when present (null or blank) the object is re-encoded,
+    /// so the partner never sees the key twice.
+    static func settingPartnerCandidateID(_ id: String, in body: Data, document: JSONValue) -> Data {
+        guard case .object(var members) = document else { return body }
+        if members["partner_candidate_id"] == nil { return inserting(partnerCandidateID: id, into: body) }
+        members["partner_candidate_id"] = .string(id)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return (try? encoder.encode(JSONValue.object(members))) ?? body
+    }
+
+    /// Adds `"partner_candidate_id"` right after the object's opening brace (the body is a
+    /// validated, non-empty JSON object).
     static func inserting(partnerCandidateID id: String, into body: Data) -> Data {
         guard let brace = body.firstIndex(of: UInt8(ascii: "{")) else { return body }
         var result = Data(body[..<body.index(after: brace)])

@@ -14,7 +14,7 @@ public enum IngestRoutes {
             guard let id = context.parameters.get("id") else { return IngestError.notFound.response }
             do {
                 guard let record = try await handler.outbox.record(id: id) else { return IngestError.notFound.response }
-                return Response.json(.ok, record.jsonObject())
+                return Response.json(.ok, record.jsonObject(includeMessages: false))
             } catch {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
             }
@@ -30,7 +30,7 @@ public enum IngestRoutes {
             }
             do {
                 let records = try await handler.outbox.records(positionUID: position, partnerCandidateID: partnerID)
-                return Response.json(.ok, ["events": records.map { $0.jsonObject() }])
+                return Response.json(.ok, ["events": records.map { $0.jsonObject(includeMessages: false) }])
             } catch {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
             }

@@ -8,8 +8,11 @@ public enum Timestamp {
 }
 
 extension EventRecord {
-    /// The contract's record JSON object (absent values are `null`).
-    public func jsonObject() -> [String: Any] {
+    /// The contract's record JSON object (absent values are `null`). Over HTTP
+    /// (`includeMessages: false`) `last_error` is the code only: the partner's free-text message
+    /// may repeat a submitted value, and the read endpoints show no personal data.
+    public func jsonObject(includeMessages: Bool = true) -> [String: Any] {
+        let lastError = includeMessages ? self.lastError : self.lastError.map { String($0.prefix { $0 != ":" }) }
         var partner: Any = NSNull()
         if let text = partnerResponse, let data = text.data(using: .utf8),
            let object = try? JSONSerialization.jsonObject(with: data) {

@@ -1,10 +1,12 @@
 import Foundation
 import GRDB
 
-/// An event leased to one worker: its payload and the attempt number the lease is bound to.
+/// An event leased to one worker: its payload, its attempt number and the lease generation.
 public struct ClaimedEvent: Sendable {
     public var id: String
     public var attempt: Int
+    /// The lease generation this claim holds; outcomes compare-and-set on it.
+    public var lease: Int
     public var positionUID: String
     public var partnerCandidateID: String
     public var payload: Data
@@ -59,32 +61,35 @@ public struct ClaimResult: Sendable {
 
 extension Outbox {
     /// `claimNextDue` for callers that do not log expirations (tests, tools).
-    public func claimNext(now: Date, leaseSeconds: Double, maxAgeSeconds: Double) async throws -> ClaimedEvent? {
-        try await claimNextDue(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds).claimed
+    public func claimNext(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int = .max) async throws -> ClaimedEvent? {
+        try await claimNextDue(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts).claimed
     }
 
-    /// Leases the oldest due pending event whose natural key has nothing in flight. Events past
-    /// `maxAge` (or whose payload was erased) are moved to `dead` instead of being sent, and
-    /// returned so that the worker can log them.
-    public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double) async throws -> ClaimResult {
+    /// Leases the pending event due longest (fresh events: the oldest) whose natural key has
+    /// nothing in flight. Events past
+    /// `maxAge`, with `maxAttempts` used (a crash after the last attempt, a lowered limit), or
+    /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
+    /// the worker can log them.
+    public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
         try await write { db in
             var expired: [ExpiredEvent] = []
             while true {
                 guard let row = try Row.fetchOne(
                     db, sql: """
-                        SELECT id, attempts, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
+                        SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
                         WHERE state = 'pending' AND next_attempt_at <= ?
                           AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
                               AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
-                        ORDER BY received_at, id LIMIT 1
+                        ORDER BY next_attempt_at, id LIMIT 1
                         """,
                     arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
                 let id: String = row["id"]
                 let receivedAt = Date(millis: row["received_at"])
                 let budgetStartedAt = Date(millis: row["budget_started_at"])
                 let payload: Data? = row["payload"]
-                if now.timeIntervalSince(budgetStartedAt) >= maxAgeSeconds || payload == nil {
-                    let reason = payload == nil ? "payload_erased" : "max_age_exceeded"
+                let attempts: Int = row["attempts"]
+                if now.timeIntervalSince(budgetStartedAt) >= maxAgeSeconds || payload == nil || attempts >= maxAttempts {
+                    let reason = payload == nil ? "payload_erased" : attempts >= maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                     try db.execute(
                         sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
                         arguments: [reason, now.millis, id])
@@ -92,22 +97,23 @@ extension Outbox {
                                                 attempts: row["attempts"], reason: reason))
                     continue
                 }
-                let attempt = (row["attempts"] as Int) + 1
+                let attempt = attempts + 1
+                let lease = (row["lease"] as Int) + 1
                 try db.execute(
                     sql: """
-                        UPDATE events SET state = 'in_flight', attempts = ?, lease_expires_at = ?, updated_at = ?
+                        UPDATE events SET state = 'in_flight', attempts = ?, lease = ?, lease_expires_at = ?, updated_at = ?
                         WHERE id = ? AND state = 'pending'
                         """,
-                    arguments: [attempt, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
+                    arguments: [attempt, lease, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
                 let claimed = ClaimedEvent(
-                    id: id, attempt: attempt, positionUID: row["position_uid"],
+                    id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
                     partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt)
                 return ClaimResult(claimed: claimed, expired: expired)
             }
         }
     }
 
-    /// Records an attempt's outcome with a compare-and-set on (id, in_flight, attempt): a late
+    /// Records an attempt's outcome with a compare-and-set on (id, in_flight, lease): a late
     /// answer for a lease that was rescued or retried meanwhile changes nothing. Returns whether
     /// the row was updated.
     @discardableResult
@@ -120,7 +126,9 @@ extension Outbox {
             switch outcome {
             case .delivered(let uid, let code, let summary, let full):
                 status = code
-                sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?, partner_response_full = ?"
+                // The full answer holds personal data: not kept when `forget` erased the event meanwhile.
+                sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?"
+                sets += ", partner_response_full = CASE WHEN payload_erased_at IS NULL THEN ? END"
                 arguments += [uid, code, summary, full]
             case .linked(let uid, let code, let message):
                 status = code
@@ -141,13 +149,24 @@ extension Outbox {
                 sets += ", next_attempt_at = ?, attempts = attempts - 1"
                 arguments += [now.millis]
             }
-            arguments += [event.id, event.attempt]
-            try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND attempts = ?", arguments: arguments)
+            arguments += [event.id, event.lease]
+            try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?", arguments: arguments)
             guard db.changesCount == 1 else { return false }
             try db.execute(
                 sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
             return true
+        }
+    }
+
+    /// Extends a lease that is still ours; false when it was taken back (rescued, or the
+    /// outbox changed under us), in which case the caller must not send.
+    public func renewLease(_ event: ClaimedEvent, seconds: Double, now: Date) async throws -> Bool {
+        try await write { db in
+            try db.execute(
+                sql: "UPDATE events SET lease_expires_at = ? WHERE id = ? AND state = 'in_flight' AND lease = ?",
+                arguments: [now.addingTimeInterval(seconds).millis, event.id, event.lease])
+            return db.changesCount == 1
         }
     }
 
@@ -186,10 +205,11 @@ extension Outbox {
         }
     }
 
-    /// Times of partner requests sent since `since`, to seed the rate limiter after a restart.
+    /// Times of partner requests sent since `since`, to seed the rate limiter after a restart
+    /// (interrupted ones included: the request may have reached the partner).
     public func requestTimes(since: Date) async throws -> [Date] {
         try await read { db in
-            try Millis.fetchAll(db, sql: "SELECT at - COALESCE(latency_ms, 0) FROM attempts WHERE at >= ? AND outcome <> 'interrupted' ORDER BY 1", arguments: [since.millis])
+            try Millis.fetchAll(db, sql: "SELECT at - COALESCE(latency_ms, 0) FROM attempts WHERE at >= ? ORDER BY 1", arguments: [since.millis])
                 .map(Date.init(millis:))
         }
     }

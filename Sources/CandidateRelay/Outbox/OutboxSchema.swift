@@ -13,6 +13,9 @@ enum OutboxSchema {
                   state TEXT NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'in_flight', 'delivered', 'linked', 'dead')),
                   attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+                  -- Bumped by every claim and never reset (unlike attempts, which `events retry`
+                  -- resets): what an outcome's compare-and-set is keyed on.
+                  lease INTEGER NOT NULL DEFAULT 0,
                   position_uid TEXT NOT NULL,
                   partner_candidate_id TEXT NOT NULL,
                   payload BLOB,
@@ -33,7 +36,8 @@ enum OutboxSchema {
                   CHECK (state NOT IN ('delivered', 'linked') OR candidate_uid IS NOT NULL)
                 );
                 CREATE INDEX events_natural_key ON events(position_uid, partner_candidate_id);
-                CREATE INDEX events_due ON events(state, next_attempt_at);
+                -- The claim walks this index in order and stops at the first free event (ids sort by arrival).
+                CREATE INDEX events_due ON events(state, next_attempt_at, id);
                 CREATE INDEX events_state_updated ON events(state, updated_at);
 
                 CREATE TABLE attempts (

@@ -26,9 +26,10 @@ public actor ComeetTokenProvider: TokenProvider {
 
     public func token() async throws -> String {
         let current = now()
-        let margin = min(60, ttl / 10)
+        let margin = min(60, min(ttl, Self.maxLifetime) / 10)
         if let cached, cached.expires.timeIntervalSince(current) > margin { return cached.token }
-        let expires = current.addingTimeInterval(ttl)
+        // The partner refuses tokens that live longer than 600 s; keep 30 s for clock skew.
+        let expires = current.addingTimeInterval(min(ttl, Self.maxLifetime))
         let token = Self.mint(apiKey: apiKey.value, secret: secret.value, expires: expires)
         cached = (token, expires)
         metrics?.tokenMinted(mode: "comeet_jwt")
@@ -40,6 +41,8 @@ public actor ComeetTokenProvider: TokenProvider {
     public func invalidate(_ token: String) {
         if cached?.token == token { cached = nil }
     }
+
+    static let maxLifetime = 570.0
 
     /// Pure JWT signing (exposed for tests and the simulator's tooling).
     public static func mint(apiKey: String, secret: String, expires: Date) -> String {

@@ -1,12 +1,16 @@
 import Foundation
 import Logging
 
-/// The one place every partner request passes before it is sent: the global pause ordered by a
-/// `Retry-After`, the circuit breaker and the sliding-window rate limit, shared by all workers.
+/// The one place every partner request passes: the global pause ordered by a `Retry-After`,
+/// the circuit breaker and the sliding-window rate limit, shared by all workers.
+///
+/// Two steps. `admit()` before a worker claims an event: waits out a pause, an open circuit and
+/// a full window (so that no lease is held while the partner cannot be called). `takeSlot()`
+/// right before the request leaves: waits until the window has room and records the send in
+/// the same step, so the window holds real send instants and never more than the limit.
 public actor PartnerGate {
-    /// Permission for one request; give it back with `cancel` if nothing is sent.
+    /// Admission for one claimed event; give it back with `cancel` if nothing is sent.
     public struct Permit: Sendable {
-        let reservedAt: Date
         let probe: Bool
     }
 
@@ -33,8 +37,16 @@ public actor PartnerGate {
         breaker.cooldown = configuration.cooldownSeconds
     }
 
-    /// Waits until a request may be sent, then reserves it. Cancellation ends the wait (throws).
-    public func acquire() async throws -> Permit {
+    /// The window the limiter enforces: the partner's plus 1 % (at least 50 ms, at most 1 s), so
+    /// that jitter between our send and the partner's arrival cannot squeeze one request too
+    /// many into the partner's own window.
+    static func guardedWindow(_ perSeconds: Double) -> Double {
+        perSeconds + min(1, max(0.05, perSeconds * 0.01))
+    }
+
+    /// Waits until a request could go (no pause, room in the window, circuit closed or this is
+    /// the probe). Cancellation ends the wait (throws).
+    public func admit() async throws -> Permit {
         var waitedForRate = false
         while true {
             try Task.checkCancellation()
@@ -57,31 +69,26 @@ public actor PartnerGate {
                 try await sleep(until: until ?? current.addingTimeInterval(0.05))
                 continue
             case .send(let probe):
-                _ = limiter.reserve(now: current)
-                return Permit(reservedAt: current, probe: probe)
+                return Permit(probe: probe)
             }
         }
     }
 
-    /// The window the limiter enforces: the partner's plus 1 % (at least 50 ms, at most 1 s), so
-    /// that jitter between our send time and the partner's arrival time cannot squeeze one
-    /// request too many into the partner's own window.
-    static func guardedWindow(_ perSeconds: Double) -> Double {
-        perSeconds + min(1, max(0.05, perSeconds * 0.01))
+    /// Records a send now, waiting first if the window is full. Used for every request,
+    /// including the immediate resend after a 401, which is part of the same attempt and so
+    /// ignores the pause and the breaker (waiting on a probe it holds itself would deadlock).
+    public func takeSlot() async throws {
+        while true {
+            try Task.checkCancellation()
+            let current = now()
+            if limiter.reserve(now: current) { return }
+            metrics.rateLimitWait()
+            try await sleep(until: limiter.earliestAllowed(now: current))
+        }
     }
 
-    /// Moves a permit's timestamp to the moment the request really leaves (after the claim and
-    /// the token), so that the window counts send times, not reservation times.
-    public func markSending(_ permit: Permit) -> Permit {
-        let current = now()
-        limiter.cancel(permit.reservedAt)
-        limiter.record(current)
-        return Permit(reservedAt: current, probe: permit.probe)
-    }
-
-    /// Gives back an unused permit (no event was due).
+    /// Gives back an admission that sent nothing (no event was due, the claim failed).
     public func cancel(_ permit: Permit) {
-        limiter.cancel(permit.reservedAt)
         if permit.probe { breaker.cancelProbe() }
     }
 
