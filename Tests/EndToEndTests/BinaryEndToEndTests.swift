@@ -104,6 +104,23 @@ import Glibc
         #expect(await first.waitForExit() == 0)
     }
 
+    @Test func portInUseFailsFastWithExit1() async throws {
+        let first = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { first.cleanup() }
+        let daemon = try RelayProcess(arguments: ["serve", "--config", first.file("config.yaml")])
+        let port = try await daemon.waitUntilReady()
+        let second = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { second.cleanup() }
+        let config = try String(contentsOfFile: second.file("config.yaml"), encoding: .utf8)
+        try second.write("config.yaml", config.replacingOccurrences(of: "port: 0", with: "port: \(port)"))
+        let other = try RelayProcess(arguments: ["serve", "--config", second.file("config.yaml")])
+        #expect(await other.waitForExit(timeout: 30) == 1)
+        #expect(other.events("relay.failed").first?["error"] as? String == "IOError")
+        #expect(other.text.contains("Address already in use"))
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+    }
+
     @Test func checkConfigExits78WithOneLinePerProblem() async throws {
         let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", extra: "")
         defer { dir.cleanup() }

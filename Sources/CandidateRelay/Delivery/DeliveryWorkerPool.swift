@@ -67,7 +67,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// Keeps `settings.workers` workers running (SIGHUP may change it) until draining.
     private func superviseWorkers() async {
         await withDiscardingTaskGroup { group in
-            while !draining.load(ordering: .acquiring) {
+            // Cancellation (the group failed, or the shutdown deadline passed) ends it too.
+            while !draining.load(ordering: .acquiring) && !Task.isCancelled {
                 let target = settings.value.workers
                 let missing = running.withLock { running -> [Int] in
                     let ids = (0..<target).filter { !running.contains($0) }
@@ -87,11 +88,13 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// One worker: claim, deliver, repeat; idle waits on the doorbell or the next due time.
     func workerLoop(index: Int) async {
         defer { _ = running.withLock { $0.remove(index) } }
-        while !isDraining && index < settings.value.workers {
+        while !isDraining && !Task.isCancelled && index < settings.value.workers {
             do {
                 if try await runOnce() == false {
                     await idleWait()
                 }
+            } catch is CancellationError {
+                return
             } catch {
                 logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
                              LogFields(error: Self.errorCode(error)))
