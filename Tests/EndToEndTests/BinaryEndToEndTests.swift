@@ -91,6 +91,36 @@ import Glibc
         await simulator.stop()
     }
 
+    @Test func sigtermDuringDeliveriesLosesNothingAndUsesNoAttempt() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 4000
+        let simulator = PartnerSimulator(configuration: sim)
+        _ = try await simulator.start()
+        let dir = try Self.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        let daemon = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try #require(try await client.post(Candidates.json(partnerID: "term-\(n)")).json["id"] as? String)) }
+        let inFlight = try await eventually {
+            var count = 0
+            for id in ids where try await client.record(id)?["state"] as? String == "in_flight" { count += 1 }
+            return count == 3
+        }
+        #expect(inFlight)
+        daemon.signal(SIGTERM)
+        // shutdown_grace_seconds is 1: the 4 s requests are cancelled and handed back.
+        #expect(await daemon.waitForExit(timeout: 20) == 0)
+        #expect(daemon.events("delivery.interrupted").count == 3)
+        let outbox = try Outbox(path: dir.file("state/outbox.sqlite3"))
+        for id in ids {
+            let record = try #require(try await outbox.record(id: id))
+            #expect(record.state == .pending)
+            #expect(record.attempts == 0)
+        }
+        await simulator.stop()
+    }
+
     @Test func secondDaemonOnTheSameOutboxRefusesToStart() async throws {
         let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
         defer { dir.cleanup() }
