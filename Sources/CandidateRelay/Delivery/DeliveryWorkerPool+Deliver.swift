@@ -16,7 +16,7 @@ extension DeliveryWorkerPool {
         let policy = settings.policy
         let graceSeconds = settings.shutdownGraceSeconds
         let exchange: Exchange? = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await self.exchange(event, permit: permit, leaseSeconds: settings.leaseSeconds) }
+            group.addTask { await self.exchange(event, leaseSeconds: settings.leaseSeconds) }
             group.addTask {
                 while !self.isDraining {
                     try? await Task.sleep(for: .milliseconds(50))
@@ -31,6 +31,7 @@ extension DeliveryWorkerPool {
         }
         let current = now()
         guard let exchange else {
+            await gate.cancel(permit)
             await record(event, .interrupted, latencyMs: nil, now: current)
             logger.event(.notice, "delivery.interrupted", "shutdown grace over; event handed back without using an attempt",
                          fields(event))
@@ -42,8 +43,8 @@ extension DeliveryWorkerPool {
         log(event, outcome: outcome, exchange: exchange)
     }
 
-    func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange {
-        var first = await send(event)
+    func exchange(_ event: ClaimedEvent, leaseSeconds: Double) async -> Exchange {
+        let first = await send(event)
         guard first.classification == .refreshTokenAndResend else { return first }
         // Never send while another worker may hold the event: renew the lease or give up.
         guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return first }
@@ -55,8 +56,7 @@ extension DeliveryWorkerPool {
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
         }
-        first = second
-        return first
+        return second
     }
 
     private func send(_ event: ClaimedEvent) async -> Exchange {

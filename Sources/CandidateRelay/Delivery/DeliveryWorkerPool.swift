@@ -122,7 +122,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         } catch {
-            // Nothing was sent: give the slot (and a probe) back, or the breaker would wait forever.
+            // Nothing was sent: give a probe admission back, or the breaker would wait for it forever.
             await gate.cancel(permit)
             throw error
         }
