@@ -106,6 +106,9 @@ extension DeliveryWorkerPool {
             await gate.recordSuccess()
             return .dead(status: status, error: Self.describe(error, body: body))
         case .refreshTokenAndResend:
+            // The resend did not happen (the lease was taken back): the CAS will drop this, but
+            // the breaker must still hear of the attempt, or a probe would never be released.
+            await gate.recordFailure()
             return .retry(at: now, status: status, error: "unauthorized")
         case .retry(let error, let partnerRetryAfter):
             await gate.recordFailure()
