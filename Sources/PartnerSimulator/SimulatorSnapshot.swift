@@ -71,7 +71,7 @@ public struct ReceivedRequest: Sendable, Codable {
 
 /// A candidate the simulator created (identifiers only, no personal data).
 public struct CreatedCandidate: Sendable, Codable {
-    /// The uid answered; either "NN.XXX" or a plain integer, as the real partner's examples show.
+    /// The uid answered; either "NN.AAA"-style or a plain integer, as the real partner's examples show.
     public var uid: String
     /// Position the candidate was created in.
     public var positionUID: String
