@@ -84,4 +84,37 @@ import Testing
         #expect(try await relay.waitFor(next, states: ["delivered"])?["state"] as? String == "delivered")
         await relay.stop()
     }
+
+    @Test func reloadChangesTheNumberOfWorkers() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 600
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.workers = 1
+        }
+        let dir = relay.directory
+        try dir.write("comeet-api-key", "demo-api-key")
+        try dir.write("comeet-secret", "demo-secret")
+        try dir.write("config.yaml", """
+            storage: { path: \(relay.application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner: { base_url: \(relay.simulator.baseURL) }
+            delivery: { workers: 3 }
+            """)
+        // One worker: two events go one after the other.
+        let a = try #require(try await relay.post(Candidates.json(partnerID: "w-a")))
+        let b = try #require(try await relay.post(Candidates.json(partnerID: "w-b")))
+        _ = try await relay.waitFor(a, states: ["delivered"])
+        _ = try await relay.waitFor(b, states: ["delivered"])
+        let sequential = await relay.simulator.snapshot().requests.map(\.at)
+        #expect(sequential[1].timeIntervalSince(sequential[0]) >= 0.5)
+
+        #expect(await relay.application.reload(using: ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:])))
+        // Three workers: three events are in flight together (each request takes 0.6 s).
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "w-\(n)")))) }
+        for id in ids { _ = try await relay.waitFor(id, states: ["delivered"]) }
+        let parallel = await relay.simulator.snapshot().requests.map(\.at).suffix(3).sorted()
+        #expect(parallel[2].timeIntervalSince(parallel[0]) < 0.5)
+        await relay.stop()
+    }
 }
