@@ -88,7 +88,7 @@ final class ManualClock: Sendable {
         let probe = try await gate.admit()
         #expect(probe.probe)
         let resent = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await gate.takeSlot()) != nil }
+            group.addTask { (try? await gate.takeSlot(for: nil)) != nil }
             group.addTask { try? await Task.sleep(for: .seconds(5)); return false }
             let first = await group.next() ?? false
             group.cancelAll()
@@ -106,5 +106,20 @@ final class ManualClock: Sendable {
         await gate.cancel(probe)
         let next = try await gate.admit()
         #expect(next.probe)
+    }
+
+    /// A first send admitted before the partner said Retry-After waits it out too.
+    @Test func aFirstSendWaitsOutAPauseOrderedAfterItsAdmission() async throws {
+        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
+                               breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30),
+                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        let admission = try await gate.admit()
+        let start = Date()
+        await gate.pause(until: start.addingTimeInterval(0.3))
+        try await gate.takeSlot(for: admission)
+        #expect(Date().timeIntervalSince(start) >= 0.29)
+        // The 401 resend of an attempt already under way does not wait.
+        await gate.pause(until: Date().addingTimeInterval(30))
+        try await gate.takeSlot(for: nil)
     }
 }

@@ -194,6 +194,30 @@ import Testing
         #expect(try await outbox.record(id: "e1")?.lastError == "erased")
     }
 
+    @Test func replayIsAnsweredEvenWhenTheBacklogIsFull() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        _ = try await outbox.accept(Self.submission(key: "k", body: "a"), maxBacklog: 1)
+        guard case .duplicate = try await outbox.accept(Self.submission(key: "k", body: "a"), maxBacklog: 1) else {
+            Issue.record("replay refused")
+            return
+        }
+    }
+
+    @Test func erasureKeepsOnlyErrorCodes() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        try await outbox.complete(claimed, outcome: .dead(status: 400, error: "invalid_email: zelda@ is not an email"), now: now, latencyMs: 1)
+        _ = try await outbox.forget(partnerCandidateID: "X", now: now)
+        #expect(try await outbox.record(id: "e1")?.lastError == "invalid_email")
+        #expect(try await outbox.history(id: "e1").map(\.error) == ["invalid_email"])
+    }
+
     @Test func backupIsAConsistentCopy() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }

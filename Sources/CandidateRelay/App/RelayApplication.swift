@@ -117,8 +117,10 @@ public final class RelayApplication: Sendable {
         services.append(.init(service: app, serviceName: "ingest"))
         services.append(.init(service: ShutdownAnnouncer(application: self), successTerminationBehavior: .gracefullyShutdownGroup,
                               serviceName: "shutdown-announcer"))
-        var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        groupConfig.maximumGracefulShutdownDuration = .seconds(config.delivery.shutdownGraceSeconds + 20)
+        // No overall shutdown deadline here: the worker pool bounds in-flight deliveries by
+        // shutdown_grace_seconds (which SIGHUP may change), the rest stops at once, and
+        // systemd's TimeoutStopSec is the outer bound.
+        let groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         let group = ServiceGroup(configuration: groupConfig)
         self.group.set(group)
         do {
@@ -154,6 +156,6 @@ struct ShutdownAnnouncer: Service {
         application.stopFlag.stop()
         application.notifier.notify("STOPPING=1")
         application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
-                                 LogFields(extra: ["grace_seconds": String(application.configuration.delivery.shutdownGraceSeconds)]))
+                                 LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))
     }
 }

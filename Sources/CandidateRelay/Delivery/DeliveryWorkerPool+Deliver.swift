@@ -8,6 +8,8 @@ extension DeliveryWorkerPool {
         var answer: PartnerAnswer
         var classification: Classification
         var latencyMs: Int
+        /// Nothing was sent: the lease was taken back (or could not be renewed) while waiting.
+        var notSent = false
     }
 
     /// Delivers one claimed event and records the outcome. If shutdown's grace period ends
@@ -16,7 +18,7 @@ extension DeliveryWorkerPool {
         let policy = settings.policy
         let graceSeconds = settings.shutdownGraceSeconds
         let exchange: Exchange? = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await self.exchange(event, leaseSeconds: settings.leaseSeconds) }
+            group.addTask { await self.exchange(event, admission: permit, leaseSeconds: settings.leaseSeconds) }
             group.addTask {
                 while !self.isDraining {
                     try? await Task.sleep(for: .milliseconds(50))
@@ -30,6 +32,13 @@ extension DeliveryWorkerPool {
             return first
         }
         let current = now()
+        if let exchange, exchange.notSent {
+            // Nothing left: hand the event back if the lease is still ours (the CAS ignores it,
+            // and logs delivery.stale_outcome, when another worker holds it now).
+            await gate.cancel(permit)
+            await record(event, .interrupted, latencyMs: nil, now: current)
+            return
+        }
         guard let exchange else {
             await gate.cancel(permit)
             await record(event, .interrupted, latencyMs: nil, now: current)
@@ -43,23 +52,29 @@ extension DeliveryWorkerPool {
         log(event, outcome: outcome, exchange: exchange)
     }
 
-    func exchange(_ event: ClaimedEvent, leaseSeconds: Double) async -> Exchange {
-        let first = await send(event)
+    func exchange(_ event: ClaimedEvent, admission: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange {
+        let first = await send(event, admission: admission, leaseSeconds: leaseSeconds)
         guard first.classification == .refreshTokenAndResend else { return first }
-        // Never send while another worker may hold the event: renew the lease or give up.
-        guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return first }
         // Resend at once with a fresh token; it uses no attempt but it is a request, so it passes the rate limit.
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        var second = await send(event)
+        var second = await send(event, admission: nil, leaseSeconds: leaseSeconds)
+        if second.notSent { return first }
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
         }
         return second
     }
 
-    private func send(_ event: ClaimedEvent) async -> Exchange {
+    /// One request: a rate slot (waiting if needed), the lease renewed (never send an event
+    /// another worker may hold now), a token fetched after the wait (so it is fresh), then POST.
+    private func send(_ event: ClaimedEvent, admission: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange {
+        let notSent = Exchange(answer: .transportFailure(.other), classification: .retry(error: "not_sent", retryAfter: nil),
+                               latencyMs: 0, notSent: true)
+        // Cancelled while waiting (shutdown): nothing was sent.
+        guard (try? await gate.takeSlot(for: admission)) != nil else { return notSent }
+        guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return notSent }
         let provider = tokens.value
         let token: String
         do {
@@ -67,10 +82,6 @@ extension DeliveryWorkerPool {
         } catch {
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
-        }
-        guard (try? await gate.takeSlot()) != nil else {
-            // Cancelled while waiting for a slot (shutdown): nothing was sent.
-            return Exchange(answer: .transportFailure(.other), classification: .retry(error: "cancelled", retryAfter: nil), latencyMs: 0)
         }
         let clock = ContinuousClock()
         let started = clock.now

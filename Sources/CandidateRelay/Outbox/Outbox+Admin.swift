@@ -91,6 +91,7 @@ extension Outbox {
                     """,
                 arguments: [now.millis, payloadBefore.millis])
             let erased = db.changesCount
+            try Self.reduceErrorsToCodes(db, eventsWhere: "payload_erased_at = ?", arguments: [now.millis])
             try db.execute(
                 sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ?",
                 arguments: [recordBefore.millis])
@@ -111,8 +112,21 @@ extension Outbox {
             try db.execute(
                 sql: "UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ? WHERE partner_candidate_id = ?",
                 arguments: [now.millis, partnerCandidateID])
+            try Self.reduceErrorsToCodes(db, eventsWhere: "partner_candidate_id = ?", arguments: [partnerCandidateID])
             return ForgetReport(events: ids, pendingStopped: stopped)
         }
+    }
+
+    /// Keeps only the code of `last_error` and of the history's errors (`code: message` → `code`):
+    /// the partner's free-text message may repeat a submitted value, so it goes with the payload.
+    static func reduceErrorsToCodes(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {
+        let code = { (column: String) in
+            "CASE WHEN instr(\(column), ':') > 0 THEN substr(\(column), 1, instr(\(column), ':') - 1) ELSE \(column) END"
+        }
+        try db.execute(sql: "UPDATE events SET last_error = \(code("last_error")) WHERE \(condition)", arguments: arguments)
+        try db.execute(
+            sql: "UPDATE attempts SET error = \(code("error")) WHERE event_id IN (SELECT id FROM events WHERE \(condition))",
+            arguments: arguments)
     }
 
     /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.

@@ -198,10 +198,16 @@ extension Outbox {
         }
     }
 
-    /// When the next pending event becomes due, to sleep exactly that long when idle.
+    /// When the next claimable pending event becomes due, to sleep exactly that long when idle.
+    /// Events whose natural key is in flight are left out: they wait for that delivery, and
+    /// counting them would make idle workers spin.
     public func nextDueAt() async throws -> Date? {
         try await read { db in
-            try (Millis.fetchOne(db, sql: "SELECT MIN(next_attempt_at) FROM events WHERE state = 'pending'")).map(Date.init(millis:))
+            try (Millis.fetchOne(db, sql: """
+                SELECT MIN(next_attempt_at) FROM events e WHERE state = 'pending'
+                  AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
+                      AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
+                """)).map(Date.init(millis:))
         }
     }
 

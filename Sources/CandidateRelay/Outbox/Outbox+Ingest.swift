@@ -44,8 +44,14 @@ extension Outbox {
     /// created. Throws `.idempotencyKeyReused` for a key with another body, `.backlogFull` above
     /// `maxBacklog`, `.storage` when the disk fails.
     public func accept(_ submission: Submission, maxBacklog: Int) async throws -> AcceptResult {
+        // A replay is answered even when the backlog is full: it adds nothing.
+        if let key = submission.idempotencyKey, let existing = try await event(idempotencyKey: key) {
+            guard existing.bodySHA256 == submission.bodySHA256 else { throw OutboxError.idempotencyKeyReused(existingID: existing.record.id) }
+            return .duplicate(existing.record)
+        }
         if try await backlogCount() >= maxBacklog { throw OutboxError.backlogFull(maxBacklog) }
         let result: AcceptResult = try await write { db in
+            // Checked again inside the transaction: two requests with one key may race.
             if let key = submission.idempotencyKey,
                let row = try Row.fetchOne(
                 db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
@@ -65,7 +71,9 @@ extension Outbox {
                     """,
                 arguments: [submission.id, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
                             submission.partnerCandidateID, submission.payload, now, now, now, now])
-            let row = try Row.fetchOne(db, sql: "SELECT \(EventRecord.columns) FROM events WHERE id = ?", arguments: [submission.id])!
+            guard let row = try Row.fetchOne(db, sql: "SELECT \(EventRecord.columns) FROM events WHERE id = ?", arguments: [submission.id]) else {
+                throw OutboxError.storage("inserted event \(submission.id) not found")
+            }
             return .created(EventRecord(row: row))
         }
         if case .created = result {

@@ -76,6 +76,8 @@ public final class Outbox: Sendable {
         } catch let error as OutboxError {
             throw error
         } catch {
+            // A cancelled task (shutdown) is not a storage failure.
+            if error is CancellationError || Task.isCancelled { throw CancellationError() }
             throw OutboxError.storage("\(error)")
         }
     }
@@ -84,6 +86,7 @@ public final class Outbox: Sendable {
         do {
             return try await pool.read(body)
         } catch {
+            if error is CancellationError || Task.isCancelled { throw CancellationError() }
             throw OutboxError.storage("\(error)")
         }
     }

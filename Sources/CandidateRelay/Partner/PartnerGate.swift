@@ -74,15 +74,30 @@ public actor PartnerGate {
         }
     }
 
-    /// Records a send now, waiting first if the window is full. Used for every request,
-    /// including the immediate resend after a 401, which is part of the same attempt and so
-    /// ignores the pause and the breaker (waiting on a probe it holds itself would deadlock).
-    public func takeSlot() async throws {
+    /// Records a send now, waiting first if the window is full. A first send (`admission`
+    /// given) also waits out a pause or a circuit that opened after its admission, unless it is
+    /// the probe. The immediate resend after a 401 (`admission == nil`) is part of the same
+    /// attempt and only respects the rate limit (waiting on a probe it holds would deadlock).
+    public func takeSlot(for admission: Permit?) async throws {
+        var waited = false
         while true {
             try Task.checkCancellation()
             let current = now()
+            if let admission {
+                if pausedUntil > current {
+                    try await sleep(until: pausedUntil)
+                    continue
+                }
+                if !admission.probe && breaker.isOpen {
+                    try await sleep(until: current.addingTimeInterval(0.05))
+                    continue
+                }
+            }
             if limiter.reserve(now: current) { return }
-            metrics.rateLimitWait()
+            if !waited {
+                waited = true
+                metrics.rateLimitWait()
+            }
             try await sleep(until: limiter.earliestAllowed(now: current))
         }
     }
