@@ -83,7 +83,7 @@ public struct IngestHandler: Sendable {
             payload = Self.settingPartnerCandidateID(id, in: body, document: document)
         }
         let submission = Submission(
-            id: id, idempotencyKey: key, bodySHA256: SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined(),
+            id: id, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
             positionUID: document["position_uid"]?.stringValue ?? "", partnerCandidateID: partnerCandidateID,
             payload: payload, receivedAt: receivedAt)
         let result: AcceptResult
@@ -111,6 +111,18 @@ public struct IngestHandler: Sendable {
             let response = Response.json(.ok, object, headers: [.location: "/v1/candidates/\(record.id)"])
             return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"]))
         }
+    }
+
+    /// Lower-case hex of a digest (without a `String(format:)` per byte on the ingest path).
+    static func hex(_ digest: SHA256.Digest) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(64)
+        for byte in digest {
+            bytes.append(digits[Int(byte >> 4)])
+            bytes.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// `application/json` or any `application/*+json`, parameters (charset) allowed.

@@ -30,28 +30,12 @@ public enum AcceptResult: Sendable {
 }
 
 extension Outbox {
-    /// Looks up an idempotency key before any body work (cheap replay path).
-    public func event(idempotencyKey: String) async throws -> (record: EventRecord, bodySHA256: String)? {
-        try await read { db in
-            guard let row = try Row.fetchOne(
-                db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
-                arguments: [idempotencyKey]) else { return nil }
-            return (EventRecord(row: row), row["body_sha256"])
-        }
-    }
-
     /// Stores a submission durably (one fsync'd transaction) or returns the event its key already
     /// created. Throws `.idempotencyKeyReused` for a key with another body, `.backlogFull` above
-    /// `maxBacklog`, `.storage` when the disk fails.
+    /// `maxBacklog` (a replay is answered even then: it adds nothing), `.storage` when the disk
+    /// fails. The key lookup, the backlog check and the insert share one transaction.
     public func accept(_ submission: Submission, maxBacklog: Int) async throws -> AcceptResult {
-        // A replay is answered even when the backlog is full: it adds nothing.
-        if let key = submission.idempotencyKey, let existing = try await event(idempotencyKey: key) {
-            guard existing.bodySHA256 == submission.bodySHA256 else { throw OutboxError.idempotencyKeyReused(existingID: existing.record.id) }
-            return .duplicate(existing.record)
-        }
-        if try await backlogCount() >= maxBacklog { throw OutboxError.backlogFull(maxBacklog) }
         let result: AcceptResult = try await write { db in
-            // Checked again inside the transaction: two requests with one key may race.
             if let key = submission.idempotencyKey,
                let row = try Row.fetchOne(
                 db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
@@ -62,6 +46,7 @@ extension Outbox {
                 }
                 return .duplicate(existing)
             }
+            if try self.backlogCount(db, now: submission.receivedAt) >= maxBacklog { throw OutboxError.backlogFull(maxBacklog) }
             let now = submission.receivedAt.millis
             try db.execute(
                 sql: """
@@ -82,13 +67,12 @@ extension Outbox {
         return result
     }
 
-    /// Pending + in-flight events, from a cache at most one second old.
-    func backlogCount(now: Date = Date()) async throws -> Int {
+    /// Pending + in-flight events, from a cache at most one second old (a COUNT per request
+    /// would cost more than the insert).
+    func backlogCount(_ db: Database, now: Date) throws -> Int {
         let cached = backlog.withLock { $0 }
         if now.timeIntervalSince(cached.refreshedAt) < 1 { return cached.count }
-        let count = try await read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE state IN ('pending', 'in_flight')") ?? 0
-        }
+        let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE state IN ('pending', 'in_flight')") ?? 0
         backlog.withLock { $0 = (count, now) }
         return count
     }
