@@ -13,6 +13,8 @@ public struct ClaimedEvent: Sendable {
     public var receivedAt: Date
     /// Start of the age budget (`max_age_seconds`): receipt, or the last `events retry`.
     public var budgetStartedAt: Date
+    /// When the lease was taken (or last renewed); it runs `leaseSeconds` from here.
+    public var leasedAt: Date
 }
 
 /// How one attempt ended, as the outbox records it.
@@ -107,7 +109,7 @@ extension Outbox {
                     arguments: [attempt, lease, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
                 let claimed = ClaimedEvent(
                     id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
-                    partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt)
+                    partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt, leasedAt: now)
                 return ClaimResult(claimed: claimed, expired: expired)
             }
         }
