@@ -64,6 +64,20 @@ public final class RelayHarness: Sendable {
         directory.cleanup()
     }
 
+    /// Writes a config file for a reload: this relay's storage, simulator and open ingest, the
+    /// simulator's default credentials, plus `extra` YAML. Returns the loader to reload with.
+    public func writeReloadConfig(_ extra: String) throws -> ConfigurationLoader {
+        try directory.write("comeet-api-key", "demo-api-key")
+        try directory.write("comeet-secret", "demo-secret")
+        try directory.write("config.yaml", """
+            storage: { path: \(application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner: { base_url: \(simulator.baseURL) }
+            \(extra)
+            """)
+        return ConfigurationLoader(configPath: directory.file("config.yaml"), environment: [:])
+    }
+
     /// Waits for the run loop to return after a shutdown was triggered elsewhere.
     public func waitForExit() async throws {
         try await task.value

@@ -12,6 +12,12 @@ import Testing
                    partnerCandidateID: partnerID, payload: Data(body.utf8), receivedAt: at)
     }
 
+    /// A fresh outbox in a temporary directory; `cleanup()` the directory when done.
+    static func open() throws -> (TemporaryDirectory, Outbox) {
+        let dir = try TemporaryDirectory()
+        return (dir, try Outbox(path: dir.file("o.sqlite3")))
+    }
+
     @Test func writerIsSynchronousFullAndFilesArePrivate() throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }
@@ -33,9 +39,8 @@ import Testing
     }
 
     @Test func idempotencyKeyReturnsTheSameEventAndRefusesAnotherBody() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         guard case .created(let first) = try await outbox.accept(Self.submission(key: "k1", body: "a"), maxBacklog: 10) else {
             Issue.record("not created")
             return
@@ -50,18 +55,16 @@ import Testing
     }
 
     @Test func backlogLimitRefusesNewEvents() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         _ = try await outbox.accept(Self.submission(), maxBacklog: 2)
         _ = try await outbox.accept(Self.submission(), maxBacklog: 2)
         await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(), maxBacklog: 2) }
     }
 
     @Test func schemaRefusesIllegalTransitionsAndUnknownStates() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         _ = try await outbox.accept(Self.submission("e1"), maxBacklog: 10)
         await #expect(throws: (any Error).self) {
             try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET state = 'delivered', candidate_uid = 'x' WHERE id = 'e1'") }
@@ -76,9 +79,8 @@ import Testing
     }
 
     @Test func completionIsACompareAndSetOnTheAttempt() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
@@ -96,9 +98,8 @@ import Testing
     }
 
     @Test func neverTwoInFlightForOneNaturalKey() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("a", partnerID: "same", at: now), maxBacklog: 10)
         _ = try await outbox.accept(Self.submission("b", partnerID: "same", at: now.addingTimeInterval(0.001)), maxBacklog: 10)
@@ -111,9 +112,8 @@ import Testing
     }
 
     @Test func interruptedHandBackDoesNotUseAnAttempt() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
@@ -124,9 +124,8 @@ import Testing
     }
 
     @Test func retryMovesDeadBackWithAFreshBudget() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let start = Date(timeIntervalSince1970: 1_000_000)
         _ = try await outbox.accept(Self.submission("e1", at: start), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: start, leaseSeconds: 60, maxAgeSeconds: 100))
@@ -142,9 +141,8 @@ import Testing
     }
 
     @Test func recoveredEventWithItsAttemptsUsedGoesDeadInsteadOfBeingSent() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
         _ = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000, maxAttempts: 1))
@@ -157,9 +155,8 @@ import Testing
     }
 
     @Test func forgetDuringDeliveryKeepsThePartnersFullAnswerOut() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
@@ -171,9 +168,8 @@ import Testing
     }
 
     @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let start = Date(timeIntervalSince1970: 1_000_000)
         _ = try await outbox.accept(Self.submission("e1", at: start), maxBacklog: 10)
         #expect(try await outbox.claimNext(now: start.addingTimeInterval(101), leaseSeconds: 60, maxAgeSeconds: 100) == nil)
@@ -183,9 +179,8 @@ import Testing
     }
 
     @Test func forgetErasesPayloadsAndStopsUndelivered() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         _ = try await outbox.accept(Self.submission("e1", body: #"{"first_name":"Ada"}"#, partnerID: "X"), maxBacklog: 10)
         let report = try await outbox.forget(partnerCandidateID: "X", now: Date())
         #expect(report == ForgetReport(events: ["e1"], pendingStopped: 1))
@@ -195,9 +190,8 @@ import Testing
     }
 
     @Test func replayIsAnsweredEvenWhenTheBacklogIsFull() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         _ = try await outbox.accept(Self.submission(key: "k", body: "a"), maxBacklog: 1)
         guard case .duplicate = try await outbox.accept(Self.submission(key: "k", body: "a"), maxBacklog: 1) else {
             Issue.record("replay refused")
@@ -206,9 +200,8 @@ import Testing
     }
 
     @Test func erasureKeepsOnlyErrorCodes() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
@@ -219,9 +212,8 @@ import Testing
     }
 
     @Test func backupIsAConsistentCopy() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         _ = try await outbox.accept(Self.submission("e1"), maxBacklog: 10)
         try outbox.backup(to: dir.file("copy.sqlite3"))
         let copy = try Outbox(path: dir.file("copy.sqlite3"))

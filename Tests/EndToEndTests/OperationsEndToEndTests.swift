@@ -55,16 +55,7 @@ import Testing
     @Test func reloadAppliesAGoodConfigAndKeepsTheOldOneOnABadOne() async throws {
         let relay = try await RelayHarness()
         let dir = relay.directory
-        try dir.write("comeet-api-key", "demo-api-key")
-        try dir.write("comeet-secret", "demo-secret")
-        try dir.write("config.yaml", """
-            storage: { path: \(relay.application.configuration.storage.path) }
-            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
-            partner: { base_url: \(relay.simulator.baseURL) }
-            delivery: { workers: 2 }
-            logging: { level: warning, format: json }
-            """)
-        let loader = ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:])
+        let loader = try relay.writeReloadConfig("delivery: { workers: 2 }\nlogging: { level: warning, format: json }")
         #expect(await relay.application.reload(using: loader))
         #expect(!relay.logs.events("config.reloaded").isEmpty)
         // The harness listens on port 0; this file says 8088: that needs a restart.
@@ -91,15 +82,7 @@ import Testing
         let relay = try await RelayHarness(simulator: sim) { config in
             config.delivery.workers = 1
         }
-        let dir = relay.directory
-        try dir.write("comeet-api-key", "demo-api-key")
-        try dir.write("comeet-secret", "demo-secret")
-        try dir.write("config.yaml", """
-            storage: { path: \(relay.application.configuration.storage.path) }
-            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
-            partner: { base_url: \(relay.simulator.baseURL) }
-            delivery: { workers: 3 }
-            """)
+        let loader = try relay.writeReloadConfig("delivery: { workers: 3 }")
         // One worker: two events go one after the other.
         let a = try #require(try await relay.post(Candidates.json(partnerID: "w-a")))
         let b = try #require(try await relay.post(Candidates.json(partnerID: "w-b")))
@@ -108,7 +91,7 @@ import Testing
         let sequential = await relay.simulator.snapshot().requests.map(\.at)
         #expect(sequential[1].timeIntervalSince(sequential[0]) >= 0.5)
 
-        #expect(await relay.application.reload(using: ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:])))
+        #expect(await relay.application.reload(using: loader))
         // Three workers: three events are in flight together (each request takes 0.6 s).
         var ids: [String] = []
         for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "w-\(n)")))) }
