@@ -65,15 +65,6 @@ import Testing
         #expect(allowedAt == Date(timeIntervalSince1970: 30))
     }
 
-    @Test func cancelledReservationFreesItsSlot() {
-        var limiter = SlidingWindowLimiter(limit: 1, window: 60)
-        let now = Date(timeIntervalSince1970: 0)
-        let first = limiter.reserve(now: now)
-        limiter.cancel(now)
-        let second = limiter.reserve(now: now.addingTimeInterval(1))
-        #expect(first && second)
-    }
-
     @Test func zeroMeansUnlimited() {
         let sent = Self.simulate(limit: 0, window: 60, step: 0.01, duration: 10)
         #expect(sent.count == 1000)

@@ -54,7 +54,7 @@ public final class RelayApplication: Sendable {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))
         }
-        let history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.partner.rateLimit.perSeconds))
+        let history = try await outbox.requestTimes(since: now.addingTimeInterval(-PartnerGate.guardedWindow(configuration.partner.rateLimit.perSeconds)))
 
         httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(
             redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10))))

@@ -29,11 +29,11 @@ public struct Heartbeat: Service {
         self.now = now
     }
 
-    /// Logs one heartbeat; `since` are the delivery counters at the previous beat.
+    /// Logs one heartbeat; `previous` are the delivery totals at the previous beat.
     public func beat(previous: [String: Int]) async throws -> [String: Int] {
         let status = try await outbox.status(now: now())
         metrics.update(from: status)
-        let totals = DeliveryCounters.snapshot(metrics)
+        let totals = metrics.deliveryTotals()
         var numbers: [String: Double] = [:]
         for state in EventState.allCases { numbers["count_\(state.rawValue)"] = Double(status.counts[state] ?? 0) }
         // 0 when nothing waits, so alert queries compare numbers without a null case.
@@ -68,9 +68,4 @@ public struct Heartbeat: Service {
             try? await gracefulSleep(seconds: tick)
         }
     }
-}
-
-/// Delivery totals kept in memory for the heartbeat's "since last" figures.
-enum DeliveryCounters {
-    static func snapshot(_ metrics: RelayMetrics) -> [String: Int] { metrics.deliveryTotals() }
 }

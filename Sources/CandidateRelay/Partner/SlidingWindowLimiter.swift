@@ -30,18 +30,6 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
         return true
     }
 
-    /// Records a send regardless of the window (a reservation moved to its real send time).
-    public mutating func record(_ time: Date) {
-        guard limit > 0 else { return }
-        let index = sent.firstIndex { $0 > time } ?? sent.endIndex
-        sent.insert(time, at: index)
-    }
-
-    /// Gives back a reservation that was not used for a request.
-    public mutating func cancel(_ reservation: Date) {
-        if let index = sent.lastIndex(of: reservation) { sent.remove(at: index) }
-    }
-
     /// Applies a new limit (SIGHUP), keeping the sends already made.
     public mutating func reconfigure(limit: Int, window: Double) {
         self.limit = limit
