@@ -54,7 +54,10 @@ public final class RelayApplication: Sendable {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))
         }
-        let history = try await outbox.requestTimes(since: now.addingTimeInterval(-PartnerGate.guardedWindow(configuration.partner.rateLimit.perSeconds)))
+        // The rate window outlives a restart: requests answered within the last window, and the
+        // ones a crash left in flight (they may reach the partner as late as now).
+        var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.partner.rateLimit.perSeconds))
+        history += Array(repeating: now, count: recovered)
 
         httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(
             redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10))))

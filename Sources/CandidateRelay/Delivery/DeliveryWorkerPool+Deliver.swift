@@ -2,23 +2,56 @@ import Foundation
 import Logging
 
 extension DeliveryWorkerPool {
-    /// The partner exchange of one claimed event: token, request, and the single immediate
-    /// resend with a fresh token after a 401 that is not `duplicate_candidate`.
+    /// What reached the partner for one claimed event, and what came back.
     struct Exchange: Sendable {
         var answer: PartnerAnswer
         var classification: Classification
         var latencyMs: Int
-        /// Nothing was sent: the lease was taken back (or could not be renewed) while waiting.
-        var notSent = false
+
+        var status: Int? {
+            if case .response(let code, _, _) = answer { return code }
+            return nil
+        }
+        var body: Data {
+            if case .response(_, _, let data) = answer { return data }
+            return Data()
+        }
     }
 
-    /// Delivers one claimed event and records the outcome. If shutdown's grace period ends
-    /// first, the request is cancelled and the event handed back without using an attempt.
-    func deliver(_ event: ClaimedEvent, permit: PartnerGate.Permit, settings: DeliverySettings) async {
-        let policy = settings.policy
-        let graceSeconds = settings.shutdownGraceSeconds
-        let exchange: Exchange? = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await self.exchange(event, admission: permit, leaseSeconds: settings.leaseSeconds) }
+    /// Delivers one claimed event: the exchange, then one pure decision, then its effects (the
+    /// pause, the recorded outcome, the log line). If shutdown's grace period ends first, the
+    /// request is cancelled and the event handed back without using an attempt. Returns what
+    /// the attempt showed of the partner's health, for the caller to settle the admission.
+    func deliver(_ event: ClaimedEvent, admission: PartnerGate.Permit, settings: DeliverySettings) async -> PartnerHealth {
+        let sent = await withinShutdownGrace(settings.shutdownGraceSeconds) {
+            await self.exchange(event, admission: admission, leaseSeconds: settings.leaseSeconds)
+        }
+        guard case .some(.some(let exchange)) = sent else {
+            // Nothing was sent (the lease was taken back) or the grace period ran out: hand the
+            // event back if the lease is still ours (the CAS ignores it otherwise).
+            await record(event, .interrupted, latencyMs: nil, now: now())
+            if sent == nil {
+                logger.event(.notice, "delivery.interrupted", "shutdown grace over; event handed back without using an attempt",
+                             fields(event))
+                metrics.delivery(outcome: "interrupted")
+            }
+            return .untested
+        }
+        let current = now()
+        let decision = DeliveryDecision.decide(
+            exchange.classification, status: exchange.status, body: exchange.body, attempt: event.attempt,
+            budgetStartedAt: event.budgetStartedAt, policy: settings.policy, now: current)
+        if let until = decision.pauseUntil { await gate.pause(until: until) }
+        await record(event, decision.outcome, latencyMs: exchange.latencyMs, now: current)
+        log(event, decision: decision, exchange: exchange)
+        return decision.health
+    }
+
+    /// Runs `operation` until it returns, or until shutdown's grace period (counted from the
+    /// start of draining) is over: then it is cancelled and the result is nil.
+    private func withinShutdownGrace<T: Sendable>(_ graceSeconds: Double, _ operation: @escaping @Sendable () async -> T) async -> T? {
+        await withTaskGroup(of: T?.self) { group in
+            group.addTask { await operation() }
             group.addTask {
                 while !self.isDraining {
                     try? await Task.sleep(for: .milliseconds(50))
@@ -31,68 +64,58 @@ extension DeliveryWorkerPool {
             group.cancelAll()
             return first
         }
-        let current = now()
-        if let exchange, exchange.notSent {
-            // Nothing left: hand the event back if the lease is still ours (the CAS ignores it,
-            // and logs delivery.stale_outcome, when another worker holds it now).
-            await gate.cancel(permit)
-            await record(event, .interrupted, latencyMs: nil, now: current)
-            return
-        }
-        guard let exchange else {
-            await gate.cancel(permit)
-            await record(event, .interrupted, latencyMs: nil, now: current)
-            logger.event(.notice, "delivery.interrupted", "shutdown grace over; event handed back without using an attempt",
-                         fields(event))
-            metrics.delivery(outcome: "interrupted")
-            return
-        }
-        let outcome = await decide(event, exchange: exchange, policy: policy, now: current)
-        await record(event, outcome, latencyMs: exchange.latencyMs, now: current)
-        log(event, outcome: outcome, exchange: exchange)
     }
 
-    func exchange(_ event: ClaimedEvent, admission: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange {
-        let first = await send(event, admission: admission, leaseSeconds: leaseSeconds)
+    /// The partner exchange of one claimed event: the request, and after a 401 that is not
+    /// `duplicate_candidate` the single immediate resend with a fresh token. Nil: nothing sent.
+    func exchange(_ event: ClaimedEvent, admission: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange? {
+        guard let first = await send(event, admission: admission, leaseSeconds: leaseSeconds) else { return nil }
         guard first.classification == .refreshTokenAndResend else { return first }
         // Resend at once with a fresh token; it uses no attempt but it is a request, so it passes the rate limit.
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        var second = await send(event, admission: nil, leaseSeconds: leaseSeconds)
-        if second.notSent { return first }
+        guard var second = await send(event, admission: nil, leaseSeconds: leaseSeconds) else { return first }
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
         }
         return second
     }
 
-    /// One request: a rate slot (waiting if needed), the lease renewed (never send an event
-    /// another worker may hold now), a token fetched after the wait (so it is fresh), then POST.
-    private func send(_ event: ClaimedEvent, admission: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange {
-        let notSent = Exchange(answer: .transportFailure(.other), classification: .retry(error: "not_sent", retryAfter: nil),
-                               latencyMs: 0, notSent: true)
-        // Cancelled while waiting (shutdown): nothing was sent.
-        guard (try? await gate.takeSlot(for: admission)) != nil else { return notSent }
+    /// One request: the lease renewed if half of it has run (never send an event another
+    /// worker may hold now), a token, then the POST inside a place of the rate window, taken
+    /// last so that time spent on the lease or the token cannot bunch requests up at the
+    /// partner. Nil when nothing was sent.
+    private func send(_ event: ClaimedEvent, admission: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange? {
         // Only this daemon takes leases back, and only expired ones: while less than half of the
         // lease has run it is certainly still ours, and the renewal (an fsync) is skipped.
         if now().timeIntervalSince(event.leasedAt) > leaseSeconds / 2 {
-            guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return notSent }
+            guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return nil }
         }
         let provider = tokens.value
         let token: String
         do {
             token = try await provider.token()
         } catch {
+            if Task.isCancelled { return nil }
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
         }
-        let clock = ContinuousClock()
-        let started = clock.now
-        let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
-        let elapsed = clock.now - started
-        metrics.partnerLatency.recordNanoseconds(Int64(elapsed.components.seconds) * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
-        let latencyMs = Int(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)
+        let client = self.client
+        let timed: (answer: PartnerAnswer, elapsed: Duration)
+        do {
+            timed = try await gate.withSlot(for: admission) {
+                let clock = ContinuousClock()
+                let started = clock.now
+                let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
+                return (answer, clock.now - started)
+            }
+        } catch {
+            return nil  // cancelled while waiting for a place: nothing was sent
+        }
+        let answer = timed.answer
+        metrics.partnerLatency.recordNanoseconds(Int64(timed.elapsed.components.seconds) * 1_000_000_000 + timed.elapsed.components.attoseconds / 1_000_000_000)
+        let latencyMs = Int(timed.elapsed.components.seconds * 1000 + timed.elapsed.components.attoseconds / 1_000_000_000_000_000)
         let classification = OutcomeClassifier.classify(answer, now: now())
         switch answer {
         case .response(let status, _, _): metrics.partnerResponse(status: String(status))
@@ -100,54 +123,6 @@ extension DeliveryWorkerPool {
         }
         if classification == .refreshTokenAndResend { await provider.invalidate(token) }
         return Exchange(answer: answer, classification: classification, latencyMs: latencyMs)
-    }
-
-    /// Applies the retry budget and tells the gate what the partner's answer says about its health.
-    func decide(_ event: ClaimedEvent, exchange: Exchange, policy: RetryPolicy, now: Date) async -> RecordedOutcome {
-        var status: Int?
-        var body = Data()
-        if case .response(let code, _, let data) = exchange.answer {
-            status = code
-            body = data
-        }
-        switch exchange.classification {
-        case .delivered(let uid, let summary):
-            await gate.recordSuccess()
-            return .delivered(candidateUID: uid, status: status ?? 200, summary: summary, fullResponse: body)
-        case .linked(let uid, let error):
-            await gate.recordSuccess()
-            return .linked(candidateUID: uid, status: status ?? 409, error: error)
-        case .dead(let error):
-            await gate.recordSuccess()
-            return .dead(status: status, error: Self.describe(error, body: body))
-        case .refreshTokenAndResend:
-            // The resend did not happen (the lease was taken back): the CAS will drop this, but
-            // the breaker must still hear of the attempt, or a probe would never be released.
-            await gate.recordFailure()
-            return .retry(at: now, status: status, error: "unauthorized")
-        case .retry(let error, let partnerRetryAfter):
-            await gate.recordFailure()
-            // A Retry-After beyond the longest backoff (a proxy's or a partner's bug) is capped,
-            // so that it cannot pause every worker for days.
-            let retryAfter = partnerRetryAfter.map { min($0, now.addingTimeInterval(policy.backoff.maxSeconds)) }
-            if let retryAfter { await gate.pause(until: retryAfter) }
-            if status == 429 {
-                metrics.count("candidate_relay_partner_rate_limited_total")
-                logger.event(.warning, "partner.rate_limited", "partner answered 429 too_many_requests",
-                             fields(event, status: 429, extra: retryAfter.map { ["retry_after": Timestamp.string($0)] } ?? [:]))
-            }
-            if let next = policy.nextAttempt(after: event.attempt, budgetStartedAt: event.budgetStartedAt, now: now, retryAfter: retryAfter) {
-                return .retry(at: next, status: status, error: error)
-            }
-            let reason = event.attempt >= policy.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
-            return .dead(status: status, error: "\(reason): \(error)")
-        }
-    }
-
-    /// `code: message` from the partner, bounded; the message is kept in the outbox only.
-    static func describe(_ code: String, body: Data) -> String {
-        guard let message = PartnerErrorBody(body).message, !message.isEmpty else { return code }
-        return String("\(code): \(message)".prefix(500))
     }
 
     /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write
@@ -167,11 +142,15 @@ extension DeliveryWorkerPool {
         }
     }
 
-    private func log(_ event: ClaimedEvent, outcome: RecordedOutcome, exchange: Exchange) {
-        var status: Int?
-        if case .response(let code, _, _) = exchange.answer { status = code }
+    private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange) {
+        let status = exchange.status
         let latency = exchange.latencyMs
-        switch outcome {
+        if status == 429 {
+            metrics.count("candidate_relay_partner_rate_limited_total")
+            logger.event(.warning, "partner.rate_limited", "partner answered 429 too_many_requests",
+                         fields(event, status: 429, extra: decision.pauseUntil.map { ["retry_after": Timestamp.string($0)] } ?? [:]))
+        }
+        switch decision.outcome {
         case .delivered(let uid, _, _, _):
             metrics.delivery(outcome: "delivered")
             logger.event(.info, "delivery.succeeded", "candidate created at the partner", fields(event, status: status, latencyMs: latency, candidateUID: uid))

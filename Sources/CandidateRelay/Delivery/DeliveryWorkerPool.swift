@@ -112,32 +112,34 @@ public final class DeliveryWorkerPool: Service, Sendable {
         await doorbell.wait(upTo: wait)
     }
 
-    /// Delivers at most one event. Returns false when none was due.
+    /// Delivers at most one event. Returns false when none was due. The gate's admission is
+    /// settled exactly once, on each of the two paths.
     public func runOnce() async throws -> Bool {
-        let permit = try await acquirePermit()
-        guard let permit else { return false }
+        guard let permit = try await acquirePermit() else { return false }
         let current = settings.value
-        let result: ClaimResult
+        let event: ClaimedEvent?
         do {
-            result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds,
-                                                   maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
+            event = try await claim(settings: current)
         } catch {
-            // Nothing was sent: give a probe admission back, or the breaker would wait for it forever.
-            await gate.cancel(permit)
+            await gate.settle(permit, health: .untested)
             throw error
         }
+        let health: PartnerHealth = if let event { await deliver(event, admission: permit, settings: current) } else { .untested }
+        await gate.settle(permit, health: health)
+        return event != nil
+    }
+
+    /// Leases the next due event; logs those that expired at claim time instead.
+    private func claim(settings current: DeliverySettings) async throws -> ClaimedEvent? {
+        let result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds,
+                                                   maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         for expired in result.expired {
             metrics.delivery(outcome: "dead")
             logger.event(.error, "delivery.dead", "event expired before it could be sent; it is dead",
                          LogFields(eventID: expired.id, positionUID: expired.positionUID, partnerCandidateID: expired.partnerCandidateID,
                                    attempt: expired.attempts, error: expired.reason))
         }
-        guard let event = result.claimed else {
-            await gate.cancel(permit)
-            return false
-        }
-        await deliver(event, permit: permit, settings: current)
-        return true
+        return result.claimed
     }
 
     /// Waits at the gate, giving up (nil) when draining starts.
@@ -153,7 +155,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             let first = try await group.next() ?? nil
             group.cancelAll()
             if let first, self.isDraining {
-                await gate.cancel(first)
+                await gate.settle(first, health: .untested)
                 return nil
             }
             return first

@@ -24,7 +24,7 @@ public enum OutcomeClassifier {
             let code = parsed.error ?? "http_\(status)"
             switch status {
             case 200..<300:
-                let document = try? JSONValue.parse(body)
+                let document = try? JSONValue.parse(body, allowBOM: true)
                 guard let uid = document?["uid"]?.identifierString, !uid.isEmpty else {
                     // A 2xx without a Candidate (a proxy's page, a 204): resend; if the partner did
                     // create it, its 409 then links us to the real uid.

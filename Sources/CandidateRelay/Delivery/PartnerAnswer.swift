@@ -24,7 +24,7 @@ struct PartnerErrorBody: Sendable, Equatable {
     var candidateUID: String?
 
     init(_ body: Data) {
-        let document = try? JSONValue.parse(body)
+        let document = try? JSONValue.parse(body, allowBOM: true)
         error = document?["error"]?.stringValue
         message = document?["message"]?.stringValue
         candidateUID = document?["candidate_uid"]?.identifierString

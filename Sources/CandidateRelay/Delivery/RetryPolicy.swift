@@ -44,10 +44,14 @@ public struct RetryPolicy: Sendable, Equatable {
         return base / 2 + base / 2 * unit
     }
 
-    /// When to try again, or `nil` when the budget is spent (the event goes dead).
+    /// When to try again, or `nil` when the budget is spent (the event goes dead): the later of
+    /// the backoff and the partner's `Retry-After`, never beyond `max_seconds` from now. The
+    /// backoff is a floor, so a `Retry-After: 0` (or a date in the past) cannot burn the attempt
+    /// budget in a burst of immediate retries.
     public func nextAttempt(after attempt: Int, budgetStartedAt: Date, now: Date, retryAfter: Date?, unit: Double = Double.random(in: 0..<1)) -> Date? {
         guard attempt < maxAttempts else { return nil }
-        let next = retryAfter ?? now.addingTimeInterval(delay(attempt: attempt, unit: unit))
+        let backoffAt = now.addingTimeInterval(delay(attempt: attempt, unit: unit))
+        let next = min(max(backoffAt, retryAfter ?? backoffAt), now.addingTimeInterval(backoff.maxSeconds))
         guard next.timeIntervalSince(budgetStartedAt) < maxAgeSeconds else { return nil }
         return next
     }

@@ -124,18 +124,57 @@ public struct CandidateValidator: Sendable {
                 }
             }
         }
-        note("note", Self.text(fields["note"], limit: Self.noteLimit))
+        note("note", Self.text(fields["note"], limit: Self.noteLimit, multiline: true))
+        // Every other string (custom field values and keys, fields the partner page does not
+        // list, members of known objects it does not list) is forwarded too: the same rule.
+        let reported = Set(problems.map(\.field))
+        for path in Self.controlCharacterPaths(document, at: "") where !reported.contains(path) {
+            problems.append(ValidationProblem(field: path, problem: "invalid_characters"))
+        }
         return problems
+    }
+
+    // MARK: - Control characters
+
+    /// U+0000–U+001F and U+007F (CONTRACT section 4); `multiline` allows tab, CR and LF.
+    static func hasControlCharacter(_ string: String, multiline: Bool = false) -> Bool {
+        string.utf8.contains { byte in
+            if byte == 0x7F { return true }
+            guard byte < 0x20 else { return false }
+            return !(multiline && (byte == 0x09 || byte == 0x0A || byte == 0x0D))
+        }
+    }
+
+    /// The paths of strings (values and object keys) holding control characters, except the
+    /// ones checked by their own rule: `note` (multi-line text) and base64 `file` members
+    /// (line breaks are part of MIME base64; anything else there is `invalid_base64`).
+    static func controlCharacterPaths(_ value: JSONValue, at path: String) -> [String] {
+        switch value {
+        case .string(let string):
+            return hasControlCharacter(string) ? [path.isEmpty ? "$" : path] : []
+        case .array(let elements):
+            return elements.enumerated().flatMap { controlCharacterPaths($1, at: "\(path)[\($0)]") }
+        case .object(let members):
+            return members.keys.sorted().flatMap { key -> [String] in
+                let child = path.isEmpty ? key : "\(path).\(key)"
+                if hasControlCharacter(key) { return [child] }
+                if key == "file" && !path.isEmpty || child == "note" { return [] }
+                return controlCharacterPaths(members[key]!, at: child)
+            }
+        case .null, .bool, .number:
+            return []
+        }
     }
 
     // MARK: - Field rules (each returns the problem code, or nil when the value is fine)
 
-    /// A string field: type, presence, length (in Unicode scalars), then its format.
+    /// A string field: type, presence, control characters, length (in Unicode scalars), then
+    /// its format.
     ///
     /// Scalars rather than grapheme clusters because a combining accent counts as a character
     /// in most databases and languages; the stricter count keeps the partner from refusing it.
     static func text(
-        _ value: JSONValue?, required: Bool = false, limit: Int?,
+        _ value: JSONValue?, required: Bool = false, limit: Int?, multiline: Bool = false,
         format: (String) -> String? = { _ in nil }
     ) -> String? {
         switch value {
@@ -143,6 +182,7 @@ public struct CandidateValidator: Sendable {
             return required ? "required" : nil
         case .string(let string)?:
             if required, isBlank(string) { return "required" }
+            if hasControlCharacter(string, multiline: multiline) { return "invalid_characters" }
             if let limit, string.unicodeScalars.count > limit { return "string_size_limit" }
             return format(string)
         case _?:
@@ -152,7 +192,7 @@ public struct CandidateValidator: Sendable {
 
     /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`.
     static func fileProblem(_ value: JSONValue?) -> String? {
-        text(value, required: true, limit: nil) { string in
+        text(value, required: true, limit: nil, multiline: true) { string in
             guard let size = decodedBase64Size(string) else { return "invalid_base64" }
             return size > maxDecodedFileBytes ? "file_size_limit" : nil
         }

@@ -33,7 +33,9 @@ public enum IngestError: Error, Sendable {
         case .unauthorized: "unauthorized"
         case .unsupportedMediaType: "unsupported_media_type"
         case .malformedJSON: "malformed_json"
-        case .validationFailed: "validation_failed"
+        case .validationFailed(let problems):
+            // CONTRACT section 4 names control characters a code of their own.
+            problems.contains { $0.problem == "invalid_characters" } ? "invalid_characters" : "validation_failed"
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
         case .notFound: "not_found"

@@ -73,7 +73,7 @@ public struct IngestHandler: Sendable {
         let problems = validator.validate(document)
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
-        let key = headers[Self.webhookID] ?? headers[Self.idempotencyKey]
+        let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])
         let id = EventID.generate(now: receivedAt)
         var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
         var payload = body
@@ -125,11 +125,28 @@ public struct IngestHandler: Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// `application/json` or any `application/*+json`, parameters (charset) allowed.
+    /// The idempotency key: `webhook-id`, else `Idempotency-Key`. A blank value is no key at all
+    /// (it would otherwise be one key shared by every sender that sends it blank).
+    static func idempotencyKey(webhookID: String?, idempotencyKey: String?) -> String? {
+        [webhookID, idempotencyKey].lazy.compactMap { $0 }
+            .first { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+    }
+
+    /// `application/json` or any `application/*+json`; a `charset` parameter, if any, must be
+    /// UTF-8 (the only encoding forwarded). Total: any header text, `;` or empty included.
     static func isJSON(_ contentType: String?) -> Bool {
         guard let contentType else { return false }
-        let media = contentType.split(separator: ";")[0].trimmingCharacters(in: .whitespaces).lowercased()
-        return media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json"))
+        var parts = contentType.split(separator: ";", omittingEmptySubsequences: false).makeIterator()
+        let media = (parts.next() ?? "").trimmingCharacters(in: .whitespaces).lowercased()
+        guard media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json") && media.count > 17)
+        else { return false }
+        for parameter in parts {
+            let pair = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard pair.count == 2, pair[0].trimmingCharacters(in: .whitespaces).lowercased() == "charset" else { continue }
+            let charset = pair[1].trimmingCharacters(in: CharacterSet(charactersIn: " \t\"")).lowercased()
+            if charset != "utf-8" && charset != "utf8" { return false }
+        }
+        return true
     }
 
     /// Sets the generated id. When the key is absent it is inserted after the opening brace,

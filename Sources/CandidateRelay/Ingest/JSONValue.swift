@@ -3,8 +3,8 @@ import Foundation
 /// A parsed JSON document that keeps JSON's own types apart (a `true` is never a `1`).
 ///
 /// Foundation's `JSONSerialization` folds booleans and numbers into `NSNumber` on Linux, which
-/// makes "must be a string" checks unreliable; decoding through `JSONDecoder` keeps them distinct
-/// and rejects invalid UTF-8.
+/// makes "must be a string" checks unreliable. Parsed by `StrictJSONParser`; `Codable` only to
+/// encode a re-written body.
 public enum JSONValue: Sendable, Equatable, Codable {
     case null
     case bool(Bool)
@@ -42,9 +42,10 @@ public enum JSONValue: Sendable, Equatable, Codable {
         }
     }
 
-    /// Parses a JSON document; throws on malformed JSON or invalid UTF-8.
-    public static func parse(_ data: Data) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: data)
+    /// Parses a JSON document strictly (`StrictJSONParser`); throws on anything but plain UTF-8
+    /// JSON without repeated keys. `allowBOM` for the partner's answers only.
+    public static func parse(_ data: Data, allowBOM: Bool = false) throws -> JSONValue {
+        try StrictJSONParser.parse(data, allowBOM: allowBOM)
     }
 
     public subscript(key: String) -> JSONValue? {

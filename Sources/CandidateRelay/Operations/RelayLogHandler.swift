@@ -79,10 +79,30 @@ public struct RelayLogHandler: LogHandler {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// A logfmt value: bare when it is plain, else quoted with `\\`, `\"`, `\n`, `\r`, `\t` and
+    /// `\u{XX}` escapes for every other control character (C0, DEL, C1, line separators), so
+    /// that a value from a request can neither forge a line nor reach a terminal as an escape.
     static func quoted(_ text: String) -> String {
-        if !text.isEmpty, !text.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline }) { return text }
-        return "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n") + "\""
+        func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+            scalar.properties.generalCategory == .control || scalar.value == 0x2028 || scalar.value == 0x2029
+        }
+        let plain = !text.isEmpty && !text.unicodeScalars.contains {
+            $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || needsEscape($0)
+        }
+        if plain { return text }
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": result += "\\\\"
+            case "\"": result += "\\\""
+            case "\n": result += "\\n"
+            case "\r": result += "\\r"
+            case "\t": result += "\\t"
+            case _ where needsEscape(scalar): result += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
     }
 }
 

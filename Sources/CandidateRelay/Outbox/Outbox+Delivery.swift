@@ -35,6 +35,17 @@ public enum RecordedOutcome: Sendable, Equatable {
         }
     }
 
+    /// The same outcome with every `code: message` error cut to its code (what erasure keeps).
+    var reducedToCodes: RecordedOutcome {
+        func code(_ text: String) -> String { String(text.prefix { $0 != ":" }) }
+        switch self {
+        case .delivered, .interrupted: return self
+        case .linked(let uid, let status, let error): return .linked(candidateUID: uid, status: status, error: error.map(code))
+        case .retry(let at, let status, let error): return .retry(at: at, status: status, error: code(error))
+        case .dead(let status, let error): return .dead(status: status, error: code(error))
+        }
+    }
+
     var name: String {
         switch self {
         case .delivered: "delivered"
@@ -121,6 +132,11 @@ extension Outbox {
     @discardableResult
     public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?) async throws -> Bool {
         try await write { db in
+            // `forget` may have erased the event while the request was out: the partner's
+            // message may quote a submitted value, so only its code is kept then.
+            let erased = try Bool.fetchOne(
+                db, sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?", arguments: [event.id]) ?? false
+            let outcome = erased ? outcome.reducedToCodes : outcome
             var status: Int?
             var error: String?
             var sets = "state = ?, lease_expires_at = NULL, updated_at = ?"
@@ -213,11 +229,12 @@ extension Outbox {
         }
     }
 
-    /// Times of partner requests sent since `since`, to seed the rate limiter after a restart
-    /// (interrupted ones included: the request may have reached the partner).
+    /// When partner requests were answered (or given up) since `since`, to seed the rate
+    /// window after a restart (interrupted ones included: the request may have reached the
+    /// partner). The recorded time is never before the request's arrival at the partner.
     public func requestTimes(since: Date) async throws -> [Date] {
         try await read { db in
-            try Millis.fetchAll(db, sql: "SELECT at - COALESCE(latency_ms, 0) FROM attempts WHERE at >= ? ORDER BY 1", arguments: [since.millis])
+            try Millis.fetchAll(db, sql: "SELECT at FROM attempts WHERE at >= ? ORDER BY 1", arguments: [since.millis])
                 .map(Date.init(millis:))
         }
     }

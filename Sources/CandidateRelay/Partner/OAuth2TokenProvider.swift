@@ -39,7 +39,7 @@ public actor OAuth2TokenProvider: TokenProvider {
             inFlight = task
         }
         do {
-            let result = try await task.value
+            let result = try await Self.value(of: task)
             if inFlight == task {
                 inFlight = nil
                 let expires = now().addingTimeInterval(result.expiresIn)
@@ -51,9 +51,22 @@ public actor OAuth2TokenProvider: TokenProvider {
             return result.token
         } catch {
             if inFlight == task { inFlight = nil }
+            if Task.isCancelled { throw CancellationError() }
             logger.event(.warning, "auth.token_failed", "partner token endpoint failed",
                          LogFields(error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
             throw error is TokenUnavailable ? error : TokenUnavailable(reason: "token_request_failed")
+        }
+    }
+
+    /// Waits for the shared fetch, but stops waiting when this waiter is cancelled (shutdown):
+    /// `Task.value` alone would hold the drain until the fetch ends. The fetch itself is
+    /// cancelled too, since every worker waiting on it is being cancelled at that point; the
+    /// next `token()` starts a fresh one.
+    private static func value<T: Sendable>(of task: Task<T, any Error>) async throws -> T {
+        try await withTaskCancellationHandler {
+            try await task.value
+        } onCancel: {
+            task.cancel()
         }
     }
 
@@ -84,16 +97,25 @@ public actor OAuth2TokenProvider: TokenProvider {
             request.body = .bytes(ByteBuffer(string: body))
             let response: HTTPClientResponse
             let bytes: ByteBuffer
+            let prepared = request
             do {
-                response = try await client.execute(request, timeout: .milliseconds(Int64(timeoutSeconds * 1000)))
-                bytes = try await response.body.collect(upTo: 1 << 16)
+                // The whole answer, body included, within the timeout (a stalled body would
+                // otherwise hold every worker waiting on this token).
+                let answer = try await withDeadline(seconds: timeoutSeconds) { () async throws -> (HTTPClientResponse, ByteBuffer) in
+                    let response = try await client.execute(prepared, timeout: .milliseconds(Int64(timeoutSeconds * 1000)))
+                    return (response, try await response.body.collect(upTo: 1 << 16))
+                }
+                guard let answer else { throw TokenUnavailable(reason: TransportFailure.timeout.rawValue) }
+                (response, bytes) = answer
+            } catch let error as TokenUnavailable {
+                throw error
             } catch {
                 throw TokenUnavailable(reason: HTTPPartnerClient.classify(error).rawValue)
             }
             guard (200..<300).contains(Int(response.status.code)) else {
                 throw TokenUnavailable(reason: "token_endpoint_http_\(response.status.code)")
             }
-            let document = try? JSONValue.parse(Data(buffer: bytes))
+            let document = try? JSONValue.parse(Data(buffer: bytes), allowBOM: true)
             guard let token = document?["access_token"]?.stringValue, !token.isEmpty else {
                 throw TokenUnavailable(reason: "token_response_without_access_token")
             }

@@ -15,14 +15,15 @@ public struct HTTPPartnerClient: PartnerClient {
     public static let userAgent = "candidate-relay/\(RelayVersion.current)"
     let httpClient: HTTPClient
     let baseURL: String
-    let timeout: TimeAmount
+    /// Bounds the whole answer, body included (`partner.timeout_seconds`).
+    let timeoutSeconds: Double
     /// The partner's answer body is read up to this size (a Candidate is a few kB).
     static let maxResponseBytes = 1 << 20
 
     public init(httpClient: HTTPClient, baseURL: String, timeoutSeconds: Double) {
         self.httpClient = httpClient
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        self.timeout = .milliseconds(Int64(timeoutSeconds * 1000))
+        self.timeoutSeconds = timeoutSeconds
     }
 
     public func createCandidate(payload: Data, idempotencyKey: String, bearerToken: String) async -> PartnerAnswer {
@@ -34,10 +35,16 @@ public struct HTTPPartnerClient: PartnerClient {
         request.headers.add(name: "User-Agent", value: Self.userAgent)
         request.headers.add(name: "Idempotency-Key", value: idempotencyKey)
         request.body = .bytes(ByteBuffer(bytes: payload))
+        let client = httpClient
+        let prepared = request
+        let timeout = TimeAmount.milliseconds(Int64(timeoutSeconds * 1000))
         do {
-            let response = try await httpClient.execute(request, timeout: timeout)
-            let body = try await response.body.collect(upTo: Self.maxResponseBytes)
-            return .response(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"), body: Data(buffer: body))
+            let answer = try await withDeadline(seconds: timeoutSeconds) { () async throws -> PartnerAnswer in
+                let response = try await client.execute(prepared, timeout: timeout)
+                let body = try await response.body.collect(upTo: Self.maxResponseBytes)
+                return .response(status: Int(response.status.code), retryAfter: response.headers.first(name: "Retry-After"), body: Data(buffer: body))
+            }
+            return answer ?? .transportFailure(.timeout)
         } catch {
             return .transportFailure(Self.classify(error))
         }

@@ -1,15 +1,27 @@
 import Foundation
 import Logging
 
+/// What one admitted attempt showed of the partner's health, settled with the gate once.
+public enum PartnerHealth: Sendable, Equatable {
+    /// Nothing reached the partner (no event due, the claim failed, shutdown): a probe
+    /// admission is given back.
+    case untested
+    /// The partner answered in a way that shows it works (2xx, 409, a refusing 4xx).
+    case up
+    /// A retryable failure (5xx, 429, timeout, connection error).
+    case down
+}
+
 /// The one place every partner request passes: the global pause ordered by a `Retry-After`,
 /// the circuit breaker and the sliding-window rate limit, shared by all workers.
 ///
-/// Two steps. `admit()` before a worker claims an event: waits out a pause, an open circuit and
-/// a full window (so that no lease is held while the partner cannot be called). `takeSlot()`
-/// right before the request leaves: waits until the window has room and records the send in
-/// the same step, so the window holds real send instants and never more than the limit.
+/// Two scopes. `admit()` before a worker claims an event waits out a pause, an open circuit
+/// and a full window (so that no lease is held while the partner cannot be called); the
+/// admission is settled exactly once with `settle(_:health:)`. `withSlot` wraps each request:
+/// it waits for room, holds a place in the window while the request is out, and gives it up
+/// (to age out of the window) when the answer or the failure comes back.
 public actor PartnerGate {
-    /// Admission for one claimed event; give it back with `cancel` if nothing is sent.
+    /// Admission for one claimed event; settle it with `settle(_:health:)`.
     public struct Permit: Sendable {
         let probe: Bool
     }
@@ -21,9 +33,10 @@ public actor PartnerGate {
     private let metrics: RelayMetrics
     private let now: @Sendable () -> Date
 
+    /// `history`: when requests of a previous run were answered (or given up), to seed the window.
     public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
                 logger: Logger, metrics: RelayMetrics, now: @escaping @Sendable () -> Date = Date.init) {
-        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: Self.guardedWindow(rateLimit.perSeconds), history: history)
+        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: rateLimit.perSeconds, history: history)
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
         self.logger = logger
         self.metrics = metrics
@@ -32,16 +45,9 @@ public actor PartnerGate {
 
     /// Applies new limits on reload.
     public func reconfigure(rateLimit: RateLimitConfiguration, breaker configuration: CircuitBreakerConfiguration) {
-        limiter.reconfigure(limit: rateLimit.requests, window: Self.guardedWindow(rateLimit.perSeconds))
+        limiter.reconfigure(limit: rateLimit.requests, window: rateLimit.perSeconds)
         breaker.failures = configuration.failures
         breaker.cooldown = configuration.cooldownSeconds
-    }
-
-    /// The window the limiter enforces: the partner's plus 1 % (at least 50 ms, at most 1 s), so
-    /// that jitter between our send and the partner's arrival cannot squeeze one request too
-    /// many into the partner's own window.
-    static func guardedWindow(_ perSeconds: Double) -> Double {
-        perSeconds + min(1, max(0.05, perSeconds * 0.01))
     }
 
     /// Waits until a request could go (no pause, room in the window, circuit closed or this is
@@ -56,7 +62,7 @@ public actor PartnerGate {
                 continue
             }
             let allowedAt = limiter.earliestAllowed(now: current)
-            if allowedAt > current {
+            if allowedAt != current {
                 if !waitedForRate {
                     waitedForRate = true
                     metrics.rateLimitWait()
@@ -66,7 +72,7 @@ public actor PartnerGate {
             }
             switch breaker.admit(now: current) {
             case .wait(let until):
-                try await sleep(until: until ?? current.addingTimeInterval(0.05))
+                try await sleep(until: until)
                 continue
             case .send(let probe):
                 return Permit(probe: probe)
@@ -74,11 +80,39 @@ public actor PartnerGate {
         }
     }
 
-    /// Records a send now, waiting first if the window is full. A first send (`admission`
-    /// given) also waits out a pause or a circuit that opened after its admission, unless it is
-    /// the probe. The immediate resend after a 401 (`admission == nil`) is part of the same
-    /// attempt and only respects the rate limit (waiting on a probe it holds would deadlock).
-    public func takeSlot(for admission: Permit?) async throws {
+    /// Settles an admission: the breaker hears what the attempt showed, or a probe that sent
+    /// nothing is given back. Called once per admission, on every path.
+    public func settle(_ permit: Permit, health: PartnerHealth) {
+        switch health {
+        case .untested:
+            if permit.probe { breaker.cancelProbe() }
+        case .up:
+            if breaker.recordSuccess() {
+                metrics.circuitOpen.record(0)
+                logger.event(.notice, "partner.circuit_closed", "partner answers again; circuit closed")
+            }
+        case .down:
+            if breaker.recordFailure(now: now()) {
+                metrics.circuitOpen.record(1)
+                logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
+                             LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
+            }
+        }
+    }
+
+    /// Runs one request in a place of the rate window: waits for room (a first send, with its
+    /// `admission`, also waits out a pause or a circuit opened since its admission, unless it is
+    /// the probe; the immediate resend after a 401 passes `nil`: same attempt, rate limit only),
+    /// runs `request`, and keeps the place until `window` after it returned. Throws only when
+    /// cancelled before sending.
+    public nonisolated func withSlot<T: Sendable>(for admission: Permit?, _ request: @Sendable () async -> T) async throws -> T {
+        let ticket = try await takeSlot(for: admission)
+        let result = await request()
+        await finish(ticket)
+        return result
+    }
+
+    private func takeSlot(for admission: Permit?) async throws -> SlidingWindowLimiter.Ticket {
         var waited = false
         while true {
             try Task.checkCancellation()
@@ -89,11 +123,11 @@ public actor PartnerGate {
                     continue
                 }
                 if !admission.probe && breaker.isOpen {
-                    try await sleep(until: current.addingTimeInterval(0.05))
+                    try await sleep(until: nil)
                     continue
                 }
             }
-            if limiter.reserve(now: current) { return }
+            if let ticket = limiter.reserve(now: current) { return ticket }
             if !waited {
                 waited = true
                 metrics.rateLimitWait()
@@ -102,9 +136,8 @@ public actor PartnerGate {
         }
     }
 
-    /// Gives back an admission that sent nothing (no event was due, the claim failed).
-    public func cancel(_ permit: Permit) {
-        if permit.probe { breaker.cancelProbe() }
+    private func finish(_ ticket: SlidingWindowLimiter.Ticket) {
+        limiter.finish(ticket, now: now())
     }
 
     /// Every worker waits until `until` (a partner `Retry-After`).
@@ -116,25 +149,10 @@ public actor PartnerGate {
         }
     }
 
-    /// The partner answered (any non-retryable answer proves it is up).
-    public func recordSuccess() {
-        if breaker.recordSuccess() {
-            metrics.circuitOpen.record(0)
-            logger.event(.notice, "partner.circuit_closed", "partner answers again; circuit closed")
-        }
-    }
-
-    /// A retryable failure (5xx, 429, timeout, connection error).
-    public func recordFailure() {
-        if breaker.recordFailure(now: now()) {
-            metrics.circuitOpen.record(1)
-            logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
-                         LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
-        }
-    }
-
-    private func sleep(until date: Date) async throws {
-        let seconds = max(0.001, min(date.timeIntervalSince(now()), 1))
+    /// Sleeps until `date`, at most a second (a pause or a limit may change meanwhile); `nil`
+    /// (waiting on something in flight) polls every 50 ms.
+    private func sleep(until date: Date?) async throws {
+        let seconds = date.map { max(0.001, min($0.timeIntervalSince(now()), 1)) } ?? 0.05
         try await Task.sleep(for: .seconds(seconds))
     }
 }

@@ -1,36 +1,68 @@
 import Foundation
 
-/// A sliding-window log: at most `limit` sends in any window of `window` seconds. Unlike a token
-/// bucket, it never lets a burst of `limit` follow a window that already held `limit`. Pure: the
-/// caller passes the time. `limit == 0` means unlimited.
+/// At most `limit` requests *arriving at the partner* in any window of `window` seconds, a
+/// sliding window (never a burst bucket). Pure: the caller passes the time. `limit == 0` means
+/// unlimited.
+///
+/// The relay cannot see when a request arrives, only that it arrives after it was sent and
+/// before its answer came back. So each request holds its place from the moment it is sent
+/// until `window` seconds after its answer (or failure): a new request at `t` goes only when
+/// fewer than `limit` requests are in flight or were answered after `t - window`. Any two
+/// requests that could arrive less than `window` apart are then counted together, whatever
+/// the time spent connecting, writing or waiting for the answer in between.
 public struct SlidingWindowLimiter: Sendable, Equatable {
+    /// One request's place in the window, handed back with `finish`.
+    public struct Ticket: Sendable, Hashable {
+        let id: Int
+    }
+
     public var limit: Int
     public var window: Double
-    /// Send times inside the current window, oldest first.
-    private(set) var sent: [Date] = []
+    /// Answer times still inside the window, oldest first.
+    private(set) var finished: [Date] = []
+    /// Requests sent and not yet answered, by ticket.
+    private(set) var inFlight: [Int: Date] = [:]
+    private var nextTicket = 0
 
+    /// `history`: answer times of requests made before (a restart), each counted as finished then.
     public init(limit: Int, window: Double, history: [Date] = []) {
         self.limit = limit
         self.window = window
-        self.sent = history.sorted()
+        self.finished = history.sorted()
     }
 
-    /// The earliest time a send is allowed (`now` if it is allowed now).
-    public mutating func earliestAllowed(now: Date) -> Date {
+    /// The earliest time a request is allowed: `now` if now; a later date once enough answered
+    /// requests leave the window; `nil` when that depends on requests still in flight.
+    public mutating func earliestAllowed(now: Date) -> Date? {
         guard limit > 0 else { return now }
-        sent.removeAll { now.timeIntervalSince($0) >= window }
-        guard sent.count >= limit else { return now }
-        return sent[sent.count - limit].addingTimeInterval(window)
+        if let firstKept = finished.firstIndex(where: { now.timeIntervalSince($0) < window }) {
+            finished.removeFirst(firstKept)
+        } else {
+            finished.removeAll()
+        }
+        let busy = finished.count + inFlight.count
+        guard busy >= limit else { return now }
+        let mustLeave = busy - limit + 1
+        guard mustLeave <= finished.count else { return nil }
+        return finished[mustLeave - 1].addingTimeInterval(window)
     }
 
-    /// Reserves a send at `now`; returns false (and reserves nothing) when the window is full.
-    public mutating func reserve(now: Date) -> Bool {
-        guard earliestAllowed(now: now) <= now else { return false }
-        if limit > 0 { sent.append(now) }
-        return true
+    /// Takes a place for a request sent at `now`; nil (and nothing taken) when the window is full.
+    public mutating func reserve(now: Date) -> Ticket? {
+        guard earliestAllowed(now: now) == now else { return nil }
+        nextTicket += 1
+        if limit > 0 { inFlight[nextTicket] = now }
+        return Ticket(id: nextTicket)
     }
 
-    /// Applies a new limit (SIGHUP), keeping the sends already made.
+    /// The request's answer (or failure) came at `now`: it leaves the window `window` later.
+    public mutating func finish(_ ticket: Ticket, now: Date) {
+        guard inFlight.removeValue(forKey: ticket.id) != nil else { return }
+        let index = finished.lastIndex(where: { $0 <= now }).map { $0 + 1 } ?? 0
+        finished.insert(now, at: index)
+    }
+
+    /// Applies a new limit (SIGHUP), keeping the requests already made.
     public mutating func reconfigure(limit: Int, window: Double) {
         self.limit = limit
         self.window = window

@@ -1,0 +1,259 @@
+import Foundation
+
+/// Why a body is not the plain JSON the relay forwards byte for byte.
+public enum StrictJSONError: Error, Sendable, Equatable {
+    case byteOrderMark
+    case invalidUTF8(offset: Int)
+    case unexpected(offset: Int)
+    case duplicateKey(offset: Int)
+    case tooDeep(limit: Int)
+    case numberOutOfRange(offset: Int)
+    case loneSurrogate(offset: Int)
+    case trailingData(offset: Int)
+}
+
+/// RFC 8259 JSON, strictly: UTF-8 only (no BOM, no UTF-16/32, no overlong forms, no encoded
+/// surrogates), no repeated object key, no raw control character inside a string, bounded depth.
+///
+/// The relay validates a body and then forwards its exact bytes, so the parser must see what
+/// every other parser sees: with a repeated key one decoder keeps the first value and another
+/// the last, and a BOM or UTF-16 body is read by some partners and refused by others. Anything
+/// ambiguous is refused here. Foundation's decoder accepts all three, hence this parser.
+public struct StrictJSONParser {
+    /// Candidate documents nest three levels; 64 leaves room and keeps recursion shallow.
+    public static let maxDepth = 64
+
+    private let bytes: UnsafeRawBufferPointer
+    private var index = 0
+    private var scratch: [UInt8] = []
+
+    private init(bytes: UnsafeRawBufferPointer) {
+        self.bytes = bytes
+    }
+
+    /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
+    /// never for ingest, where the forwarded bytes must be exactly what was validated).
+    public static func parse(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> JSONValue {
+        let result: Result<JSONValue, StrictJSONError> = data.withUnsafeBytes { raw in
+            var parser = StrictJSONParser(bytes: raw)
+            do throws(StrictJSONError) {
+                return .success(try parser.document(allowBOM: allowBOM))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    private mutating func document(allowBOM: Bool) throws(StrictJSONError) -> JSONValue {
+        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF {
+            guard allowBOM else { throw .byteOrderMark }
+            index = 3
+        }
+        skipWhitespace()
+        let value = try self.value(depth: 0)
+        skipWhitespace()
+        guard index == bytes.count else { throw .trailingData(offset: index) }
+        return value
+    }
+
+    private mutating func skipWhitespace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x09, 0x0A, 0x0D: index += 1
+            default: return
+            }
+        }
+    }
+
+    private func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
+
+    private mutating func value(depth: Int) throws(StrictJSONError) -> JSONValue {
+        guard let byte = peek() else { throw .unexpected(offset: index) }
+        switch byte {
+        case UInt8(ascii: "{"): return try object(depth: depth + 1)
+        case UInt8(ascii: "["): return try array(depth: depth + 1)
+        case UInt8(ascii: "\""): return .string(try string())
+        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
+        default: throw .unexpected(offset: index)
+        }
+    }
+
+    private mutating func literal(_ word: StaticString) throws(StrictJSONError) {
+        let count = word.utf8CodeUnitCount
+        guard index + count <= bytes.count else { throw .unexpected(offset: index) }
+        for offset in 0..<count where bytes[index + offset] != word.utf8Start[offset] {
+            throw .unexpected(offset: index + offset)
+        }
+        index += count
+    }
+
+    private mutating func object(depth: Int) throws(StrictJSONError) -> JSONValue {
+        guard depth <= Self.maxDepth else { throw .tooDeep(limit: Self.maxDepth) }
+        index += 1
+        var members: [String: JSONValue] = [:]
+        skipWhitespace()
+        if peek() == UInt8(ascii: "}") { index += 1; return .object(members) }
+        while true {
+            guard peek() == UInt8(ascii: "\"") else { throw .unexpected(offset: index) }
+            let keyOffset = index
+            let key = try string()
+            skipWhitespace()
+            guard peek() == UInt8(ascii: ":") else { throw .unexpected(offset: index) }
+            index += 1
+            skipWhitespace()
+            let member = try value(depth: depth)
+            // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
+            // spellings of one name are a duplicate for some consumer.
+            guard members.updateValue(member, forKey: key) == nil else { throw .duplicateKey(offset: keyOffset) }
+            skipWhitespace()
+            switch peek() {
+            case UInt8(ascii: ",")?: index += 1; skipWhitespace()
+            case UInt8(ascii: "}")?: index += 1; return .object(members)
+            default: throw .unexpected(offset: index)
+            }
+        }
+    }
+
+    private mutating func array(depth: Int) throws(StrictJSONError) -> JSONValue {
+        guard depth <= Self.maxDepth else { throw .tooDeep(limit: Self.maxDepth) }
+        index += 1
+        var elements: [JSONValue] = []
+        skipWhitespace()
+        if peek() == UInt8(ascii: "]") { index += 1; return .array(elements) }
+        while true {
+            elements.append(try value(depth: depth))
+            skipWhitespace()
+            switch peek() {
+            case UInt8(ascii: ",")?: index += 1; skipWhitespace()
+            case UInt8(ascii: "]")?: index += 1; return .array(elements)
+            default: throw .unexpected(offset: index)
+            }
+        }
+    }
+
+    /// A string: raw bytes must be valid UTF-8 without control characters; escapes are decoded,
+    /// `\u` surrogates only as a high-low pair.
+    private mutating func string() throws(StrictJSONError) -> String {
+        let start = index
+        index += 1
+        let contentStart = index
+        var escaped = false
+        // Fast path: find the closing quote; most strings have no escape.
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte == UInt8(ascii: "\\") { escaped = true; break }
+            if byte < 0x20 { throw .unexpected(offset: index) }
+            index += 1
+        }
+        guard index < bytes.count else { throw .unexpected(offset: start) }
+        if !escaped {
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[contentStart..<index])
+            index += 1
+            guard let text = String(validating: slice, as: UTF8.self) else { throw .invalidUTF8(offset: contentStart) }
+            return text
+        }
+        scratch.removeAll(keepingCapacity: true)
+        scratch.append(contentsOf: bytes[contentStart..<index])
+        while true {
+            guard index < bytes.count else { throw .unexpected(offset: start) }
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index += 1
+                guard let text = String(validating: scratch, as: UTF8.self) else { throw .invalidUTF8(offset: contentStart) }
+                return text
+            case UInt8(ascii: "\\"):
+                try escape()
+            case 0..<0x20:
+                throw .unexpected(offset: index)
+            default:
+                scratch.append(byte)
+                index += 1
+            }
+        }
+    }
+
+    private mutating func escape() throws(StrictJSONError) {
+        let offset = index
+        guard index + 1 < bytes.count else { throw .unexpected(offset: offset) }
+        let code = bytes[index + 1]
+        index += 2
+        switch code {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): scratch.append(code)
+        case UInt8(ascii: "b"): scratch.append(0x08)
+        case UInt8(ascii: "f"): scratch.append(0x0C)
+        case UInt8(ascii: "n"): scratch.append(0x0A)
+        case UInt8(ascii: "r"): scratch.append(0x0D)
+        case UInt8(ascii: "t"): scratch.append(0x09)
+        case UInt8(ascii: "u"):
+            var scalar = try hex4()
+            if (0xD800...0xDBFF).contains(scalar) {
+                guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
+                    throw .loneSurrogate(offset: offset)
+                }
+                index += 2
+                let low = try hex4()
+                guard (0xDC00...0xDFFF).contains(low) else { throw .loneSurrogate(offset: offset) }
+                scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+            } else if (0xDC00...0xDFFF).contains(scalar) {
+                throw .loneSurrogate(offset: offset)
+            }
+            guard let unicode = Unicode.Scalar(scalar) else { throw .loneSurrogate(offset: offset) }
+            scratch.append(contentsOf: UTF8.encode(unicode)!)
+        default:
+            throw .unexpected(offset: offset)
+        }
+    }
+
+    private mutating func hex4() throws(StrictJSONError) -> UInt32 {
+        guard index + 4 <= bytes.count else { throw .unexpected(offset: index) }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let byte = bytes[index]
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: throw .unexpected(offset: index)
+            }
+            value = value << 4 | UInt32(digit)
+            index += 1
+        }
+        return value
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, finite as a Double.
+    private mutating func number() throws(StrictJSONError) -> Double {
+        let start = index
+        if peek() == UInt8(ascii: "-") { index += 1 }
+        guard let first = peek(), isDigit(first) else { throw .unexpected(offset: index) }
+        index += 1
+        if first != UInt8(ascii: "0") { skipDigits() }
+        if peek() == UInt8(ascii: ".") {
+            index += 1
+            guard let digit = peek(), isDigit(digit) else { throw .unexpected(offset: index) }
+            skipDigits()
+        }
+        if peek() == UInt8(ascii: "e") || peek() == UInt8(ascii: "E") {
+            index += 1
+            if peek() == UInt8(ascii: "+") || peek() == UInt8(ascii: "-") { index += 1 }
+            guard let digit = peek(), isDigit(digit) else { throw .unexpected(offset: index) }
+            skipDigits()
+        }
+        let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+        guard let value = Double(text), value.isFinite else { throw .numberOutOfRange(offset: start) }
+        return value
+    }
+
+    private func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+
+    private mutating func skipDigits() {
+        while let byte = peek(), isDigit(byte) { index += 1 }
+    }
+}
