@@ -59,7 +59,23 @@ struct CandidateEndpoint: Sendable {
         record.status = response.0.status.code
         record.error = response.1
         finish(record)
-        return response.0
+        return faults.stallBodyMs > 0 ? Self.stallingBody(response.0, milliseconds: faults.stallBodyMs) : response.0
+    }
+
+    /// The same answer, but only its head and first body byte go at once; the rest follows
+    /// after `milliseconds` (or never, if the client gives up and closes first).
+    static func stallingBody(_ response: Response, milliseconds: Int) -> Response {
+        let original = response.body
+        return Response(status: response.status, headers: response.headers, body: ResponseBody(contentLength: original.contentLength) { writer in
+            let collector = BufferCollector()
+            try await original.write(collector)
+            var rest = collector.buffer.buffer
+            let first = rest.readSlice(length: min(1, rest.readableBytes)) ?? ByteBuffer()
+            try await writer.write(first)
+            try await Task.sleep(for: .milliseconds(milliseconds))
+            try await writer.write(rest)
+            try await writer.finish(nil)
+        })
     }
 
     /// The real handling once no fault fired. Returns the answer and its error code (if any).
@@ -153,4 +169,15 @@ struct CandidateEndpoint: Sendable {
                 "error": "\(record.error ?? "-")",
             ])
     }
+}
+
+/// Collects a response body into one buffer (to hold part of it back).
+private struct BufferCollector: ResponseBodyWriter {
+    final class Box: @unchecked Sendable { var buffer = ByteBuffer() }
+    let buffer = Box()
+    mutating func write(_ part: ByteBuffer) async throws {
+        var part = part
+        buffer.buffer.writeBuffer(&part)
+    }
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}
 }

@@ -12,6 +12,9 @@ struct OAuthTokenEndpoint: Sendable {
     /// Issues a token or answers the RFC 6749 section 5.2 error; every hit is counted.
     func handle(_ request: Request) async throws -> Response {
         store.countTokenRequest()
+        if store.faults.tokenLatencyMs > 0 {
+            try? await Task.sleep(for: .milliseconds(store.faults.tokenLatencyMs))
+        }
         if store.faults.tokenEndpointDown {
             return SimulatorResponse.json(status: 503, object: ["error": "temporarily_unavailable"])
         }

@@ -25,6 +25,11 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
     public var rejectAllTokens: Bool = false
     /// The OAuth token endpoint answers 503.
     public var tokenEndpointDown: Bool = false
+    /// Answers to `POST /candidates` send their head and first body byte, then hold the rest of
+    /// the body this long (a partner that stalls after the headers).
+    public var stallBodyMs: Int = 0
+    /// Delay before the OAuth token endpoint answers (a stalling token endpoint).
+    public var tokenLatencyMs: Int = 0
 
     /// No faults: the simulator behaves like a healthy partner.
     public init() {}
@@ -39,7 +44,9 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         closeRate: Double = 0,
         tokenMaxAgeSeconds: Double? = nil,
         rejectAllTokens: Bool = false,
-        tokenEndpointDown: Bool = false
+        tokenEndpointDown: Bool = false,
+        stallBodyMs: Int = 0,
+        tokenLatencyMs: Int = 0
     ) {
         self.errorRate = errorRate
         self.injectStatus = injectStatus
@@ -50,11 +57,13 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         self.tokenMaxAgeSeconds = tokenMaxAgeSeconds
         self.rejectAllTokens = rejectAllTokens
         self.tokenEndpointDown = tokenEndpointDown
+        self.stallBodyMs = stallBodyMs
+        self.tokenLatencyMs = tokenLatencyMs
     }
 
     private enum CodingKeys: String, CodingKey {
         case errorRate, injectStatus, failNext, retryAfter, latencyMs, closeRate
-        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown
+        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown, stallBodyMs, tokenLatencyMs
     }
 
     /// Decodes a partial document: absent keys keep their defaults.
@@ -72,5 +81,7 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
             try container.decodeIfPresent(Bool.self, forKey: .rejectAllTokens) ?? defaults.rejectAllTokens
         self.tokenEndpointDown =
             try container.decodeIfPresent(Bool.self, forKey: .tokenEndpointDown) ?? defaults.tokenEndpointDown
+        self.stallBodyMs = try container.decodeIfPresent(Int.self, forKey: .stallBodyMs) ?? defaults.stallBodyMs
+        self.tokenLatencyMs = try container.decodeIfPresent(Int.self, forKey: .tokenLatencyMs) ?? defaults.tokenLatencyMs
     }
 }

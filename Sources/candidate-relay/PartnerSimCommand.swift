@@ -26,6 +26,8 @@ struct PartnerSim: AsyncParsableCommand {
     @Option(name: .customLong("token-max-age"), help: "Refuse a token first seen more than this many seconds ago.") var tokenMaxAge: Double?
     @Flag(name: .customLong("reject-all-tokens"), help: "Answer 401 to every bearer.") var rejectAllTokens = false
     @Flag(name: .customLong("token-endpoint-down"), help: "The OAuth token endpoint answers 503.") var tokenEndpointDown = false
+    @Option(name: .customLong("stall-body-ms"), help: "Send each answer's head and first byte, then hold the body this long.") var stallBodyMs = 0
+    @Option(name: .customLong("token-latency-ms"), help: "Delay before the OAuth token endpoint answers.") var tokenLatencyMs = 0
 
     func run() async throws {
         var faults = SimulatorFaults()
@@ -38,6 +40,8 @@ struct PartnerSim: AsyncParsableCommand {
         faults.tokenMaxAgeSeconds = tokenMaxAge
         faults.rejectAllTokens = rejectAllTokens
         faults.tokenEndpointDown = tokenEndpointDown
+        faults.stallBodyMs = stallBodyMs
+        faults.tokenLatencyMs = tokenLatencyMs
         var config = PartnerSimulatorConfiguration()
         config.host = host
         config.port = port

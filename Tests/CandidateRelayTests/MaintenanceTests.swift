@@ -84,11 +84,11 @@ final class ManualClock: Sendable {
         let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
                                breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
                                history: [], logger: Self.logger, metrics: RelayMetrics())
-        await gate.recordFailure()
+        await gate.settle(try await gate.admit(), health: .down)
         let probe = try await gate.admit()
         #expect(probe.probe)
         let resent = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await gate.takeSlot(for: nil)) != nil }
+            group.addTask { (try? await gate.withSlot(for: nil) { true }) == true }
             group.addTask { try? await Task.sleep(for: .seconds(5)); return false }
             let first = await group.next() ?? false
             group.cancelAll()
@@ -101,9 +101,9 @@ final class ManualClock: Sendable {
         let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
                                breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
                                history: [], logger: Self.logger, metrics: RelayMetrics())
-        await gate.recordFailure()
+        await gate.settle(try await gate.admit(), health: .down)
         let probe = try await gate.admit()
-        await gate.cancel(probe)
+        await gate.settle(probe, health: .untested)
         let next = try await gate.admit()
         #expect(next.probe)
     }
@@ -116,10 +116,10 @@ final class ManualClock: Sendable {
         let admission = try await gate.admit()
         let start = Date()
         await gate.pause(until: start.addingTimeInterval(0.3))
-        try await gate.takeSlot(for: admission)
+        try await gate.withSlot(for: admission) {}
         #expect(Date().timeIntervalSince(start) >= 0.29)
         // The 401 resend of an attempt already under way does not wait.
         await gate.pause(until: Date().addingTimeInterval(30))
-        try await gate.takeSlot(for: nil)
+        try await gate.withSlot(for: nil) {}
     }
 }

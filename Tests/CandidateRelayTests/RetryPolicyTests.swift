@@ -28,10 +28,55 @@ import Testing
         #expect(delays.count > 10)
     }
 
-    @Test func retryAfterOverridesBackoff() {
+    /// The later of Retry-After and the backoff, capped at max_seconds: `Retry-After: 0` or a
+    /// date in the past must not turn into immediate retries that burn the attempt budget.
+    @Test(arguments: [
+        (retryAfter: 120.0, unit: 0.0, expected: 120.0),   // longer than the 5 s backoff: wait it
+        (retryAfter: 0.0, unit: 0.0, expected: 2.5),       // Retry-After: 0 — the backoff still holds
+        (retryAfter: -60.0, unit: 0.0, expected: 2.5),     // a date in the past — same
+        (retryAfter: 1.0, unit: 0.5, expected: 3.75),      // shorter than the jittered backoff
+        (retryAfter: 90_000.0, unit: 0.0, expected: 3600.0), // capped at max_seconds
+    ])
+    func retryAfterIsAFloorNotAReplacement(retryAfter: Double, unit: Double, expected: Double) {
         let now = Date(timeIntervalSince1970: 1_000_000)
-        let later = now.addingTimeInterval(120)
-        #expect(Self.policy.nextAttempt(after: 1, budgetStartedAt: now, now: now, retryAfter: later) == later)
+        let next = Self.policy.nextAttempt(after: 1, budgetStartedAt: now, now: now, retryAfter: now.addingTimeInterval(retryAfter), unit: unit)
+        #expect(next == now.addingTimeInterval(expected))
+    }
+
+    /// Twenty 429s with `Retry-After: 0` in a row: the attempts are spread by the backoff (the
+    /// old rule retried at once and went dead within a second).
+    @Test func retryAfterZeroDoesNotBurnTheBudget() {
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        var now = start
+        for attempt in 1..<20 {
+            let decision = DeliveryDecision.decide(
+                .retry(error: "too_many_requests", retryAfter: now), status: 429, body: Data(), attempt: attempt,
+                budgetStartedAt: start, policy: Self.policy, now: now, unit: 0)
+            guard case .retry(let at, _, _) = decision.outcome else {
+                Issue.record("attempt \(attempt) went \(decision.outcome.name)")
+                return
+            }
+            #expect(at > now)
+            #expect(decision.pauseUntil == nil)  // a pause that is already over pauses nobody
+            now = at
+        }
+        #expect(now.timeIntervalSince(start) > 3600)
+    }
+
+    /// The decision table: outcome, the breaker's view, and the pause.
+    @Test func decisionsFollowTheClassification() {
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        func decide(_ classification: Classification, status: Int?, attempt: Int = 1) -> DeliveryDecision {
+            DeliveryDecision.decide(classification, status: status, body: Data(#"{"error":"x","message":"m"}"#.utf8), attempt: attempt,
+                                    budgetStartedAt: now, policy: Self.policy, now: now, unit: 0)
+        }
+        #expect(decide(.delivered(candidateUID: "u", summary: nil), status: 201).health == .up)
+        #expect(decide(.linked(candidateUID: "u", error: "candidate_post_conflict"), status: 409).health == .up)
+        #expect(decide(.dead(error: "required_field"), status: 400) == DeliveryDecision(outcome: .dead(status: 400, error: "required_field: m"), health: .up))
+        let throttled = decide(.retry(error: "too_many_requests", retryAfter: now.addingTimeInterval(30)), status: 429)
+        #expect(throttled == DeliveryDecision(outcome: .retry(at: now.addingTimeInterval(30), status: 429, error: "too_many_requests"),
+                                              health: .down, pauseUntil: now.addingTimeInterval(30)))
+        #expect(decide(.retry(error: "http_503", retryAfter: nil), status: 503, attempt: 20).outcome == .dead(status: 503, error: "attempts_exhausted: http_503"))
     }
 
     @Test func attemptsExhaustedEndsTheBudget() {

@@ -2,21 +2,27 @@ import Foundation
 import Testing
 @testable import CandidateRelay
 
-/// The partner allows 100 requests per 60 s: in no window of 60 s may the relay send more, with
-/// an injected clock (a token bucket bursting 100 after a full window would fail these tests).
+/// The partner allows 100 requests per 60 s: in no window of 60 s may more *arrive* there, with
+/// an injected clock (a token bucket bursting 100 after a full window would fail these tests,
+/// and so would a window that counts send times while connects and answers take time).
 @Suite struct SlidingWindowLimiterTests {
-    /// Greedy sender: tries to send at every `step` seconds for `duration`; returns send times.
+    /// Greedy sender: tries to send at every `step` seconds for `duration`, each request
+    /// answered at once; returns send times.
     static func simulate(limit: Int, window: Double, step: Double, duration: Double, history: [Date] = []) -> [Date] {
         var limiter = SlidingWindowLimiter(limit: limit, window: window, history: history)
         var sent: [Date] = []
         for i in 0..<Int((duration / step).rounded()) {
             let now = Date(timeIntervalSince1970: Double(i) * step)
-            if limiter.reserve(now: now) { sent.append(now) }
+            if let ticket = limiter.reserve(now: now) {
+                sent.append(now)
+                limiter.finish(ticket, now: now)
+            }
         }
         return sent
     }
 
     static func maxInAnyWindow(_ times: [Date], window: Double) -> Int {
+        let times = times.sorted()
         var best = 0
         for (i, start) in times.enumerated() {
             let count = times[i...].prefix { $0.timeIntervalSince(start) < window }.count
@@ -36,31 +42,70 @@ import Testing
         var limiter = SlidingWindowLimiter(limit: 3, window: 10)
         let t0 = Date(timeIntervalSince1970: 0)
         var results: [Bool] = []
-        for offset in [0, 1, 2, 9.9] { results.append(limiter.reserve(now: t0.addingTimeInterval(offset))) }
+        func send(at offset: Double) {
+            let now = t0.addingTimeInterval(offset)
+            if let ticket = limiter.reserve(now: now) {
+                limiter.finish(ticket, now: now)
+                results.append(true)
+            } else {
+                results.append(false)
+            }
+        }
+        for offset in [0, 1, 2, 9.9] { send(at: offset) }
         let allowedAt = limiter.earliestAllowed(now: t0.addingTimeInterval(5))
-        for offset in [10, 10.5, 11] { results.append(limiter.reserve(now: t0.addingTimeInterval(offset))) }
+        for offset in [10, 10.5, 11] { send(at: offset) }
         #expect(results == [true, true, true, false, true, false, true])
         #expect(allowedAt == t0.addingTimeInterval(10))
     }
 
-    @Test func randomArrivalsNeverExceedTheLimit() {
-        var limiter = SlidingWindowLimiter(limit: 100, window: 60)
-        var sent: [Date] = []
-        var t = 0.0
+    /// The defect this replaced: a slot stamped at send time, then a slow connect or a slow
+    /// answer, let a request arrive late and share a partner window with the next burst. Here
+    /// each request arrives anywhere between its send and its answer (up to 3 s later), and no
+    /// partner window may ever hold more than the limit.
+    @Test func arrivalsNeverExceedTheLimitWhateverTheLatency() {
+        var limiter = SlidingWindowLimiter(limit: 10, window: 5)
         var generator = SystemRandomNumberGenerator()
-        for _ in 0..<20_000 {
-            t += Double.random(in: 0..<0.2, using: &generator)
+        var outstanding: [(ticket: SlidingWindowLimiter.Ticket, answeredAt: Double)] = []
+        var arrivals: [Date] = []
+        var t = 0.0
+        while t < 300 {
+            t += Double.random(in: 0..<0.05, using: &generator)
             let now = Date(timeIntervalSince1970: t)
-            if limiter.reserve(now: now) { sent.append(now) }
+            outstanding.removeAll { request in
+                guard request.answeredAt <= t else { return false }
+                limiter.finish(request.ticket, now: Date(timeIntervalSince1970: request.answeredAt))
+                return true
+            }
+            guard let ticket = limiter.reserve(now: now) else { continue }
+            let latency = Double.random(in: 0..<3, using: &generator)
+            // Worst cases for the partner's window: arrival right at the send or right at the answer.
+            let arrival = Bool.random(using: &generator) ? t : t + latency
+            arrivals.append(Date(timeIntervalSince1970: arrival))
+            outstanding.append((ticket, t + latency))
         }
-        #expect(Self.maxInAnyWindow(sent, window: 60) <= 100)
+        #expect(arrivals.count > 100)
+        #expect(Self.maxInAnyWindow(arrivals, window: 5) <= 10)
+    }
+
+    /// While `limit` requests are out, nothing more goes, however old they are.
+    @Test func requestsInFlightHoldTheirPlace() {
+        var limiter = SlidingWindowLimiter(limit: 2, window: 1)
+        let t0 = Date(timeIntervalSince1970: 0)
+        let first = limiter.reserve(now: t0)
+        let second = limiter.reserve(now: t0)
+        #expect(first != nil && second != nil)
+        #expect(limiter.reserve(now: t0.addingTimeInterval(30)) == nil)
+        #expect(limiter.earliestAllowed(now: t0.addingTimeInterval(30)) == nil)
+        limiter.finish(first!, now: t0.addingTimeInterval(30))
+        #expect(limiter.earliestAllowed(now: t0.addingTimeInterval(30)) == t0.addingTimeInterval(31))
+        #expect(limiter.reserve(now: t0.addingTimeInterval(31)) != nil)
     }
 
     @Test func historyFromBeforeARestartCounts() {
         let history = (0..<100).map { Date(timeIntervalSince1970: -30 + Double($0) * 0.1) }
         var limiter = SlidingWindowLimiter(limit: 100, window: 60, history: history)
         let reserved = limiter.reserve(now: Date(timeIntervalSince1970: 0))
-        #expect(!reserved)
+        #expect(reserved == nil)
         let allowedAt = limiter.earliestAllowed(now: Date(timeIntervalSince1970: 0))
         #expect(allowedAt == Date(timeIntervalSince1970: 30))
     }

@@ -191,19 +191,12 @@ import Testing
         var ids: [String] = []
         for n in 0..<9 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "rl-\(n)")))) }
         for id in ids { _ = try await relay.waitFor(id, states: ["delivered"]) }
-        // Exact at the relay: send times (the limiter's own clock, injected-clock unit tests
-        // cover the arithmetic)...
-        let outbox = try Outbox(path: relay.application.configuration.storage.path)
-        let sent = try await outbox.requestTimes(since: .distantPast)
-        #expect(sent.count == 9)
-        for (i, start) in sent.enumerated() {
-            #expect(sent[i...].prefix { $0.timeIntervalSince(start) < 1 }.count <= 3)
-        }
-        // ...and at the partner, allowing 100 ms for delivery jitter on a loaded test machine.
+        // Exact at the partner: a request holds its place in the relay's window until its
+        // answer, so no partner window of 1 s ever sees more than 3 arrivals, jitter or not.
         let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
         #expect(arrivals.count == 9)
         for (i, start) in arrivals.enumerated() {
-            #expect(arrivals[i...].prefix { $0.timeIntervalSince(start) < 0.9 }.count <= 3)
+            #expect(arrivals[i...].prefix { $0.timeIntervalSince(start) < 1 }.count <= 3)
         }
         #expect(relay.logs.events("partner.rate_limited").isEmpty)
         await relay.stop()

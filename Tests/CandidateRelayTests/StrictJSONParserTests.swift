@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+@testable import CandidateRelay
+
+/// The body decoder the validator trusts. Table rows for the rules, then a property-based pass:
+/// random documents round-trip, and thousands of random mutations of valid bodies never crash
+/// the parser or the validator, and whatever the strict parser accepts Foundation's decoder
+/// reads the same way (the strict reading is never a different reading).
+@Suite struct StrictJSONParserTests {
+    @Test(arguments: [
+        (#"{"a":1,"b":[true,false,null],"c":{"d":"e"}}"#, true),
+        (#"  [1, -0, 0.5, 1e3, -2E-2]  "#, true),
+        (#""\u00e9\ud83d\ude00\n\/""#, true),
+        (#"{"a":1,}"#, false), (#"[1,]"#, false), (#"01"#, false), (#"1."#, false), (#".5"#, false),
+        (#"{'a':1}"#, false), (#"{"a":1}{"#, false), (#""#, false), (#"tru"#, false), (#"NaN"#, false),
+        (#""\x""#, false), (#""\u12""#, false), (#""\udc00""#, false), (#""\ud800\u0041""#, false),
+        ("\"a\tb\"", false), (#"{"a":1,"a":2}"#, false), (#"1e999"#, false),
+    ])
+    func rules(text: String, valid: Bool) {
+        let parsed = (try? StrictJSONParser.parse(Data(text.utf8))) != nil
+        #expect(parsed == valid, "\(text)")
+    }
+
+    @Test func depthIsBounded() {
+        let ok = String(repeating: "[", count: 64) + String(repeating: "]", count: 64)
+        let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
+        #expect((try? StrictJSONParser.parse(Data(ok.utf8))) != nil)
+        #expect(throws: StrictJSONError.tooDeep(limit: 64)) { try StrictJSONParser.parse(Data(deep.utf8)) }
+    }
+
+    @Test func bomOnlyWhenAllowed() throws {
+        let body = Data([0xEF, 0xBB, 0xBF]) + Data("{}".utf8)
+        #expect(throws: StrictJSONError.byteOrderMark) { try StrictJSONParser.parse(body) }
+        #expect(try StrictJSONParser.parse(body, allowBOM: true) == .object([:]))
+    }
+
+    /// A seeded generator, so a failure names the seed that reproduces it.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static func randomValue(depth: Int, _ g: inout SeededGenerator) -> JSONValue {
+        let alphabet = Array("aé😀\"\\/\n\t\u{1}\u{7f} zZ0") + ["\u{2028}"]
+        func text() -> String { String((0..<Int.random(in: 0..<8, using: &g)).map { _ in alphabet.randomElement(using: &g)! }) }
+        switch Int.random(in: 0..<(depth > 3 ? 4 : 6), using: &g) {
+        case 0: return .null
+        case 1: return .bool(Bool.random(using: &g))
+        case 2: return .number(Double(Int.random(in: -1_000_000...1_000_000, using: &g)) / 8)
+        case 3: return .string(text())
+        case 4: return .array((0..<Int.random(in: 0..<4, using: &g)).map { _ in randomValue(depth: depth + 1, &g) })
+        default:
+            var members: [String: JSONValue] = [:]
+            for _ in 0..<Int.random(in: 0..<4, using: &g) { members[text()] = randomValue(depth: depth + 1, &g) }
+            return .object(members)
+        }
+    }
+
+    @Test func randomDocumentsRoundTrip() throws {
+        var g = SeededGenerator(state: 20261201)
+        for _ in 0..<2_000 {
+            let value = Self.randomValue(depth: 0, &g)
+            let data = try JSONEncoder().encode(value)
+            #expect(try StrictJSONParser.parse(data) == value)
+        }
+    }
+
+    @Test func mutatedBodiesNeverCrashAndNeverDisagree() throws {
+        let seed = UInt64(Date().timeIntervalSince1970)
+        var g = SeededGenerator(state: seed)
+        let base = Array(#"{"position_uid":"11.11","first_name":"Test","last_name":"Person","email":"t@example.com","links":[{"url":"https://example.com"}],"address":{"country":"IL"},"custom_fields":{"a":1,"b":"x"},"note":"n"}"#.utf8)
+        let interesting: [UInt8] = [0x00, 0x22, 0x5C, 0x7B, 0x7D, 0x5B, 0x5D, 0x2C, 0x3A, 0x80, 0xC0, 0xED, 0xEF, 0xFF, 0x75, 0x30, 0x65, 0x2D]
+        var accepted = 0
+        for round in 0..<5_000 {
+            var bytes = base
+            for _ in 0..<Int.random(in: 1...4, using: &g) where !bytes.isEmpty {
+                let at = Int.random(in: 0..<bytes.count, using: &g)
+                switch Int.random(in: 0..<4, using: &g) {
+                case 0: bytes[at] = interesting.randomElement(using: &g)!
+                case 1: bytes.insert(interesting.randomElement(using: &g)!, at: at)
+                case 2: if bytes.count > 2 { bytes.remove(at: at) }
+                default: bytes = Array(bytes[..<at])
+                }
+            }
+            let data = Data(bytes)
+            guard let strict = try? StrictJSONParser.parse(data) else { continue }
+            accepted += 1
+            _ = CandidateValidator().validate(strict)
+            let lenient = try? JSONDecoder().decode(JSONValue.self, from: data)
+            #expect(lenient == strict, "seed \(seed) round \(round)")
+        }
+        #expect(accepted > 100)
+    }
+}
