@@ -59,20 +59,21 @@ struct CandidateEndpoint: Sendable {
         record.status = response.0.status.code
         record.error = response.1
         finish(record)
-        return faults.stallBodyMs > 0 ? Self.stallingBody(response.0, milliseconds: faults.stallBodyMs) : response.0
+        return faults.stallBodyMs > 0 ? stallingBody(response.0, milliseconds: faults.stallBodyMs) : response.0
     }
 
     /// The same answer, but only its head and first body byte go at once; the rest follows
     /// after `milliseconds` (or never, if the client gives up and closes first).
-    static func stallingBody(_ response: Response, milliseconds: Int) -> Response {
+    func stallingBody(_ response: Response, milliseconds: Int) -> Response {
         let original = response.body
+        let store = self.store
         return Response(status: response.status, headers: response.headers, body: ResponseBody(contentLength: original.contentLength) { writer in
             let collector = BufferCollector()
             try await original.write(collector)
             var rest = collector.buffer.buffer
             let first = rest.readSlice(length: min(1, rest.readableBytes)) ?? ByteBuffer()
             try await writer.write(first)
-            try await Task.sleep(for: .milliseconds(milliseconds))
+            await store.stall(milliseconds: milliseconds) { $0.stallBodyMs > 0 }
             try await writer.write(rest)
             try await writer.finish(nil)
         })

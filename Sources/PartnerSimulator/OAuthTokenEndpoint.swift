@@ -13,7 +13,7 @@ struct OAuthTokenEndpoint: Sendable {
     func handle(_ request: Request) async throws -> Response {
         store.countTokenRequest()
         if store.faults.tokenLatencyMs > 0 {
-            try? await Task.sleep(for: .milliseconds(store.faults.tokenLatencyMs))
+            await store.stall(milliseconds: store.faults.tokenLatencyMs) { $0.tokenLatencyMs > 0 }
         }
         if store.faults.tokenEndpointDown {
             return SimulatorResponse.json(status: 503, object: ["error": "temporarily_unavailable"])

@@ -91,6 +91,7 @@ public final class PartnerSimulator: Sendable {
             return (state.task, state.group)
         }
         guard let task else { return }
+        store.stopping = true
         await group?.triggerGracefulShutdown()
         await task.value
         lifecycle.withLock { $0.port = nil }

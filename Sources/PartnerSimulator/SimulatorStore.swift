@@ -51,6 +51,22 @@ final class SimulatorStore: Sendable {
         state.withLock { $0.faults = faults }
     }
 
+    private let stoppingFlag = Mutex(false)
+    /// Set by `stop()`: a stall in progress ends, so that the graceful stop is not held by it.
+    var stopping: Bool {
+        get { stoppingFlag.withLock { $0 } }
+        set { stoppingFlag.withLock { $0 = newValue } }
+    }
+
+    /// Waits up to `milliseconds`, ending early when the simulator stops or `stillWanted` (read
+    /// from the current faults) turns false: a fault that was cleared stops stalling.
+    func stall(milliseconds: Int, while stillWanted: @Sendable (SimulatorFaults) -> Bool) async {
+        let deadline = ContinuousClock.now + .milliseconds(milliseconds)
+        while ContinuousClock.now < deadline, !stopping, stillWanted(faults) {
+            try? await Task.sleep(for: min(.milliseconds(50), deadline - ContinuousClock.now))
+        }
+    }
+
     /// Decides whether this create request gets an injected answer; `failNext` is consumed
     /// first so a test asking for "two failures" gets exactly two, independent of `errorRate`.
     func takeInjectedStatus() -> Int? {

@@ -167,6 +167,27 @@ import Testing
         #expect(try await outbox.record(id: "e1")?.state == .delivered)
     }
 
+    /// `forget` while a request was out, then the partner refused it with a message that may
+    /// quote the submitted email: only the code may be kept, in the record and in the history.
+    @Test(arguments: [
+        RecordedOutcome.dead(status: 400, error: "invalid_email: a@b.example is not valid"),
+        .retry(at: Date(), status: 503, error: "http_503: upstream said a@b.example"),
+        .linked(candidateUID: "u", status: 409, error: "candidate_post_conflict: a@b.example exists"),
+    ])
+    func forgetDuringAFailingAttemptKeepsOnlyTheCode(outcome: RecordedOutcome) async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let now = Date()
+        _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
+        _ = try await outbox.forget(partnerCandidateID: "X", now: now)
+        #expect(try await outbox.complete(claimed, outcome: outcome, now: now, latencyMs: 1))
+        let record = try #require(try await outbox.record(id: "e1"))
+        #expect(record.lastError?.contains("@") == false)
+        #expect(record.lastError?.contains(":") == false)
+        #expect(try await outbox.history(id: "e1").allSatisfy { $0.error?.contains("@") != true })
+    }
+
     @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

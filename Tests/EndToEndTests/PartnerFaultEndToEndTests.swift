@@ -1,0 +1,98 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import PartnerSimulator
+import Testing
+
+/// A partner that stalls or lies: each test is a fault that once held a worker (or the whole
+/// daemon) for ever.
+@Suite struct PartnerFaultEndToEndTests {
+    /// Headers, then a body that never comes: the attempt times out on the whole answer, the
+    /// circuit's probe stalls the same way and is released the same way, and once the partner
+    /// recovers the event is linked to the candidate the stalled request created — one
+    /// candidate, never two.
+    @Test func stalledBodyTimesOutAndNeverDuplicates() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.stallBodyMs = 600_000
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.partner.timeoutSeconds = 0.5
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.2)
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "stall-1")))
+        // Two stalled requests: the first attempt, then the probe after the circuit opened.
+        #expect(await eventually(timeout: 20) { relay.logs.events("delivery.retry_scheduled").filter { $0["error"] as? String == "timeout" }.count >= 2 })
+        #expect(!relay.logs.events("partner.circuit_opened").isEmpty)
+        await relay.simulator.setFaults(SimulatorFaults())
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "linked", "dead"]))
+        #expect(record["state"] as? String == "linked")
+        let snapshot = await relay.simulator.snapshot()
+        #expect(snapshot.createdCount(positionUID: "11.11", partnerCandidateID: "stall-1") == 1)
+        #expect(record["candidate_uid"] as? String == snapshot.candidates.first?.uid)
+        // And the circuit closed again: a second event goes straight through.
+        let next = try #require(try await relay.post(Candidates.json(partnerID: "stall-2")))
+        #expect(try await relay.waitFor(next, states: ["delivered"])?["state"] as? String == "delivered")
+        await relay.stop()
+    }
+
+    /// An OAuth2 token endpoint that stalls: the fetch is bounded by the timeout (retried, never
+    /// dead), and a SIGTERM while a fetch stalls still ends within the grace period.
+    @Test func stallingTokenEndpointIsBoundedAndDoesNotHoldShutdown() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.tokenLatencyMs = 600_000
+        let relay = try await RelayHarness(simulator: sim) { config in
+            let url = config.partner.baseURL
+            config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
+                tokenURL: url + "/oauth/token", clientID: sim.oauthClientID,
+                clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
+            config.partner.timeoutSeconds = 0.5
+            config.delivery.shutdownGraceSeconds = 0.3
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "tok-1")))
+        #expect(await eventually(timeout: 20) { relay.logs.events("delivery.retry_scheduled").contains { $0["error"] as? String == "token_unavailable" } })
+        #expect(relay.logs.events("auth.token_failed").contains { $0["error"] as? String == "timeout" })
+        #expect(try await relay.client.record(id)?["state"] as? String != "dead")
+
+        // Now a fetch that outlives the grace period: shutdown must not wait for it.
+        await relay.simulator.setFaults(SimulatorFaults(tokenLatencyMs: 600_000))
+        let before = await relay.simulator.snapshot().tokenRequests
+        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().tokenRequests > before })
+        let started = ContinuousClock.now
+        await relay.application.shutdown()
+        let exited = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await relay.waitForExit()) != nil }
+            group.addTask { try? await Task.sleep(for: .seconds(15)); return false }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        #expect(exited)
+        #expect(ContinuousClock.now - started < .seconds(5))
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        #expect(try await outbox.record(id: id)?.state == .pending)
+        await relay.simulator.stop()
+        relay.directory.cleanup()
+    }
+
+    /// `Retry-After: 0` on every answer: the backoff still spaces the attempts, so the event is
+    /// neither dead nor hammering the partner.
+    @Test func retryAfterZeroKeepsTheBackoff() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.errorRate = 1
+        sim.faults.injectStatus = 429
+        sim.faults.retryAfter = "0"
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.2, multiplier: 2, maxSeconds: 0.4)
+            config.delivery.maxAttempts = 20
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "ra-0")))
+        #expect(await eventually(timeout: 20) { relay.logs.events("delivery.retry_scheduled").count >= 3 })
+        let requests = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        for (earlier, later) in zip(requests, requests.dropFirst()) {
+            #expect(later.timeIntervalSince(earlier) >= 0.09)  // at least half the 0.2 s backoff
+        }
+        #expect(try await relay.client.record(id)?["state"] as? String != "dead")
+        await relay.simulator.setFaults(SimulatorFaults())
+        #expect(try await relay.waitFor(id, states: ["delivered"])?["state"] as? String == "delivered")
+        await relay.stop()
+    }
+}
