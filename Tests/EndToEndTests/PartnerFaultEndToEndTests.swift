@@ -34,28 +34,38 @@ import Testing
         await relay.stop()
     }
 
-    /// An OAuth2 token endpoint that stalls: the fetch is bounded by the timeout (retried, never
-    /// dead), and a SIGTERM while a fetch stalls still ends within the grace period.
-    @Test func stallingTokenEndpointIsBoundedAndDoesNotHoldShutdown() async throws {
+    static func oauthRelay(tokenLatencyMs: Int, timeoutSeconds: Double) async throws -> RelayHarness {
         var sim = PartnerSimulatorConfiguration()
-        sim.faults.tokenLatencyMs = 600_000
-        let relay = try await RelayHarness(simulator: sim) { config in
+        sim.faults.tokenLatencyMs = tokenLatencyMs
+        return try await RelayHarness(simulator: sim) { config in
             let url = config.partner.baseURL
             config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
                 tokenURL: url + "/oauth/token", clientID: sim.oauthClientID,
                 clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
-            config.partner.timeoutSeconds = 0.5
+            config.partner.timeoutSeconds = timeoutSeconds
             config.delivery.shutdownGraceSeconds = 0.3
         }
+    }
+
+    /// An OAuth2 token endpoint that answers its head and stalls, or never answers: the fetch
+    /// is bounded by the timeout, retried, never dead, and delivered once it recovers.
+    @Test func stallingTokenEndpointIsBounded() async throws {
+        let relay = try await Self.oauthRelay(tokenLatencyMs: 600_000, timeoutSeconds: 0.5)
         let id = try #require(try await relay.post(Candidates.json(partnerID: "tok-1")))
         #expect(await eventually(timeout: 20) { relay.logs.events("delivery.retry_scheduled").contains { $0["error"] as? String == "token_unavailable" } })
         #expect(relay.logs.events("auth.token_failed").contains { $0["error"] as? String == "timeout" })
         #expect(try await relay.client.record(id)?["state"] as? String != "dead")
+        await relay.simulator.setFaults(SimulatorFaults())
+        #expect(try await relay.waitFor(id, states: ["delivered"])?["state"] as? String == "delivered")
+        await relay.stop()
+    }
 
-        // Now a fetch that outlives the grace period: shutdown must not wait for it.
-        await relay.simulator.setFaults(SimulatorFaults(tokenLatencyMs: 600_000))
-        let before = await relay.simulator.snapshot().tokenRequests
-        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().tokenRequests > before })
+    /// SIGTERM while a token fetch stalls (and its timeout is far away): the drain does not
+    /// wait for the fetch; the event is handed back without using an attempt.
+    @Test func stallingTokenFetchDoesNotHoldShutdown() async throws {
+        let relay = try await Self.oauthRelay(tokenLatencyMs: 600_000, timeoutSeconds: 60)
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "tok-2")))
+        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().tokenRequests > 0 })
         let started = ContinuousClock.now
         await relay.application.shutdown()
         let exited = await withTaskGroup(of: Bool.self) { group in
@@ -68,7 +78,9 @@ import Testing
         #expect(exited)
         #expect(ContinuousClock.now - started < .seconds(5))
         let outbox = try Outbox(path: relay.application.configuration.storage.path)
-        #expect(try await outbox.record(id: id)?.state == .pending)
+        let record = try await outbox.record(id: id)
+        #expect(record?.state == .pending)
+        #expect(record?.attempts == 0)
         await relay.simulator.stop()
         relay.directory.cleanup()
     }
