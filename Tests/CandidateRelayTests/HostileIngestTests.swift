@@ -130,3 +130,33 @@ import Testing
         }
     }
 }
+
+/// CONTRACT section 8: `/v1/accounts/{account}/...`; without `accounts:` only `default` exists.
+@Suite struct AccountPathTests {
+    @Test func defaultAccountPathIsTheSameWebhook() async throws {
+        let f = try IngestTests.fixture()
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            let response = try await client.execute(uri: "/v1/accounts/default/candidates", method: .post,
+                                                    headers: [.contentType: "application/json"], body: ByteBuffer(string: IngestTests.valid))
+            #expect(response.status == .accepted)
+            let id = try #require(IngestTests.json(response)["id"] as? String)
+            let read = try await client.execute(uri: "/v1/accounts/default/candidates/\(id)", method: .get)
+            #expect(read.status == .ok)
+        }
+    }
+
+    @Test(arguments: [("POST", "/v1/accounts/acme/candidates"), ("POST", "/v1/accounts/NO..SUCH/candidates"),
+                      ("GET", "/v1/accounts/acme/candidates/evt_0"), ("GET", "/v1/accounts/acme/candidates?position_uid=p&partner_candidate_id=x")])
+    func unknownAccountIs404BeforeAnythingElse(method: String, path: String) async throws {
+        let f = try IngestTests.fixture(signed: true)
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            let response = try await client.execute(uri: path, method: method == "POST" ? .post : .get,
+                                                    headers: [.contentType: "application/json"], body: ByteBuffer(string: IngestTests.valid))
+            #expect(response.status == .notFound)
+            #expect(IngestTests.json(response)["error"] as? String == "unknown_account")
+        }
+        #expect(try await HostileIngestTests.storedCount(f.outbox) == 0)
+    }
+}

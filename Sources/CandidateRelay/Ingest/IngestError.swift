@@ -12,6 +12,7 @@ public enum IngestError: Error, Sendable {
     case idempotencyKeyReused
     case unavailable(reason: String, retryAfterSeconds: Int)
     case notFound
+    case unknownAccount
 
     var status: HTTPResponse.Status {
         switch self {
@@ -22,7 +23,7 @@ public enum IngestError: Error, Sendable {
         case .validationFailed: .unprocessableContent
         case .idempotencyKeyReused: .conflict
         case .unavailable: .serviceUnavailable
-        case .notFound: .notFound
+        case .notFound, .unknownAccount: .notFound
         }
     }
 
@@ -39,6 +40,7 @@ public enum IngestError: Error, Sendable {
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
         case .notFound: "not_found"
+        case .unknownAccount: "unknown_account"
         }
     }
 
@@ -52,6 +54,7 @@ public enum IngestError: Error, Sendable {
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
+        case .unknownAccount: "no such account"
         }
     }
 

@@ -6,10 +6,19 @@ import Hummingbird
 public enum IngestRoutes {
     public static func router(handler: IngestHandler) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
-        router.post("/v1/candidates") { request, _ in
-            await handler.accept(request)
+        // `/v1/candidates...` is the `default` account's; `/v1/accounts/{account}/...` names one
+        // (CONTRACT section 8). Without `accounts:` in the config, `default` is the only one.
+        // An unknown account is 404 before anything else: nothing is read, nothing stored.
+        let accounts = ["default"]
+        @Sendable func known(_ context: BasicRequestContext) -> Bool {
+            context.parameters.get("account").map(accounts.contains) ?? true
         }
-        router.get("/v1/candidates/{id}") { request, context in
+        let accept: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
+            guard known(context) else { return IngestError.unknownAccount.response }
+            return await handler.accept(request)
+        }
+        let readOne: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
+            guard known(context) else { return IngestError.unknownAccount.response }
             guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
             guard let id = context.parameters.get("id") else { return IngestError.notFound.response }
             do {
@@ -19,7 +28,8 @@ public enum IngestRoutes {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
             }
         }
-        router.get("/v1/candidates") { request, _ in
+        let lookup: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
+            guard known(context) else { return IngestError.unknownAccount.response }
             guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
             let query = request.uri.queryParameters
             guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
@@ -34,6 +44,11 @@ public enum IngestRoutes {
             } catch {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
             }
+        }
+        for prefix in ["/v1", "/v1/accounts/{account}"] {
+            router.post("\(prefix)/candidates", use: accept)
+            router.get("\(prefix)/candidates/{id}", use: readOne)
+            router.get("\(prefix)/candidates", use: lookup)
         }
         router.get("/healthz") { _, _ in
             Response.json(.ok, ["status": "ok"])
