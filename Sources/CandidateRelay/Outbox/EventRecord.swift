@@ -23,6 +23,19 @@ public struct EventRecord: Sendable, Equatable {
         next_attempt_at, last_status, last_error, partner_response
         """
 
+    /// A just-inserted event, exactly as a read of its row returns it (no read-back query).
+    init(inserted submission: Submission) {
+        let at = Date(millis: submission.receivedAt.millis)
+        id = submission.id
+        state = .pending
+        attempts = 0
+        positionUID = submission.positionUID
+        partnerCandidateID = submission.partnerCandidateID
+        receivedAt = at
+        updatedAt = at
+        nextAttemptAt = at
+    }
+
     init(row: Row) {
         id = row["id"]
         state = EventState(rawValue: row["state"]) ?? .pending

@@ -29,42 +29,67 @@ public enum AcceptResult: Sendable {
     case duplicate(EventRecord)
 }
 
+/// One submission with the backlog limit in force when it arrived.
+struct PendingAccept: Sendable {
+    var submission: Submission
+    var maxBacklog: Int
+}
+
 extension Outbox {
-    /// Stores a submission durably (one fsync'd transaction) or returns the event its key already
-    /// created. Throws `.idempotencyKeyReused` for a key with another body, `.backlogFull` above
-    /// `maxBacklog` (a replay is answered even then: it adds nothing), `.storage` when the disk
-    /// fails. The key lookup, the backlog check and the insert share one transaction.
+    /// Stores a submission durably or returns the event its key already created. Throws
+    /// `.idempotencyKeyReused` for a key with another body, `.backlogFull` above `maxBacklog`
+    /// (a replay is answered even then: it adds nothing), `.storage` when the disk fails.
+    ///
+    /// Concurrent calls share one fsync'd transaction (group commit, `GroupCommit`); each
+    /// returns only after the commit holding its event returned.
     public func accept(_ submission: Submission, maxBacklog: Int) async throws -> AcceptResult {
-        let result: AcceptResult = try await write { db in
-            if let key = submission.idempotencyKey,
-               let row = try Row.fetchOne(
-                db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
-                arguments: [key]) {
-                let existing = EventRecord(row: row)
-                guard (row["body_sha256"] as String) == submission.bodySHA256 else {
-                    throw OutboxError.idempotencyKeyReused(existingID: existing.id)
+        try await acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog)) { batch in
+            try await self.acceptBatch(batch)
+        }
+    }
+
+    /// The group commit's transaction: each submission's key lookup, backlog check and insert,
+    /// in arrival order (a key repeated within the batch finds the row inserted before it).
+    func acceptBatch(_ batch: [PendingAccept]) async throws -> [Result<AcceptResult, any Error>] {
+        let results: [Result<AcceptResult, any Error>] = try await write { db in
+            var results: [Result<AcceptResult, any Error>] = []
+            results.reserveCapacity(batch.count)
+            var backlog = try self.backlogCount(db, now: batch[0].submission.receivedAt)
+            for pending in batch {
+                let submission = pending.submission
+                if let key = submission.idempotencyKey,
+                   let row = try Row.fetchOne(
+                    db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
+                    arguments: [key]) {
+                    let existing = EventRecord(row: row)
+                    guard (row["body_sha256"] as String) == submission.bodySHA256 else {
+                        results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
+                        continue
+                    }
+                    results.append(.success(.duplicate(existing)))
+                    continue
                 }
-                return .duplicate(existing)
+                if backlog >= pending.maxBacklog {
+                    results.append(.failure(OutboxError.backlogFull(pending.maxBacklog)))
+                    continue
+                }
+                let now = submission.receivedAt.millis
+                try db.execute(
+                    sql: """
+                        INSERT INTO events (id, idempotency_key, body_sha256, state, attempts, position_uid,
+                          partner_candidate_id, payload, received_at, budget_started_at, updated_at, next_attempt_at)
+                        VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [submission.id, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
+                                submission.partnerCandidateID, submission.payload, now, now, now, now])
+                backlog += 1
+                results.append(.success(.created(EventRecord(inserted: submission))))
             }
-            if try self.backlogCount(db, now: submission.receivedAt) >= maxBacklog { throw OutboxError.backlogFull(maxBacklog) }
-            let now = submission.receivedAt.millis
-            try db.execute(
-                sql: """
-                    INSERT INTO events (id, idempotency_key, body_sha256, state, attempts, position_uid,
-                      partner_candidate_id, payload, received_at, budget_started_at, updated_at, next_attempt_at)
-                    VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [submission.id, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
-                            submission.partnerCandidateID, submission.payload, now, now, now, now])
-            guard let row = try Row.fetchOne(db, sql: "SELECT \(EventRecord.columns) FROM events WHERE id = ?", arguments: [submission.id]) else {
-                throw OutboxError.storage("inserted event \(submission.id) not found")
-            }
-            return .created(EventRecord(row: row))
+            return results
         }
-        if case .created = result {
-            backlog.withLock { $0.count += 1 }
-        }
-        return result
+        let created = results.filter { if case .success(.created) = $0 { true } else { false } }.count
+        backlog.withLock { $0.count += created }
+        return results
     }
 
     /// Pending + in-flight events, from a cache at most one second old (a COUNT per request

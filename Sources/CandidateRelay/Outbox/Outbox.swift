@@ -13,10 +13,13 @@ public final class Outbox: Sendable {
     /// Pending + in-flight count, refreshed from the file at most every second and bumped on
     /// each accept, so ingest can enforce `max_backlog` without a COUNT per request.
     let backlog = Mutex<(count: Int, refreshedAt: Date)>((0, .distantPast))
+    /// Ingest's group commit (`accept`): one fsync for every submission that arrived meanwhile.
+    let acceptQueue = GroupCommit<PendingAccept, AcceptResult>()
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
         self.path = path
+
         try Self.ensureDirectory(for: path)
         let fm = FileManager.default
         if !fm.fileExists(atPath: path) {
@@ -41,6 +44,7 @@ public final class Outbox: Sendable {
         } catch {
             throw OutboxError.storage("cannot open \(path): \(error)")
         }
+
     }
 
     /// Creates the outbox's directory 0700 when it does not exist yet.

@@ -1,0 +1,67 @@
+import Foundation
+import Synchronization
+
+/// Group commit for ingest: submissions that arrive while a commit runs wait for the next one,
+/// and each commit (one fsync) holds all of them. A caller is resumed only after the commit
+/// that holds its event returned, so a 202 still means "on disk".
+///
+/// One drain task at a time takes everything queued (up to `maxBatch`), runs it as one write
+/// transaction through `commit`, and resumes every waiter with its own result; a storage error
+/// fails the whole batch (nothing of it was committed).
+final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
+    typealias Commit = @Sendable ([Item]) async throws -> [Swift.Result<Result, any Error>]
+
+    private struct Waiter {
+        let item: Item
+        let continuation: CheckedContinuation<Result, any Error>
+    }
+
+    private struct State {
+        var queue: [Waiter] = []
+        var draining = false
+    }
+
+    private let state = Mutex(State())
+    private let maxBatch: Int
+
+    init(maxBatch: Int = 256) {
+        self.maxBatch = maxBatch
+    }
+
+    /// Queues `item` and returns its result once the transaction holding it committed.
+    /// `commit` writes a batch (every caller passes the same one; the caller that starts a
+    /// drain lends it to that drain).
+    func submit(_ item: Item, commit: @escaping Commit) async throws -> Result {
+        try await withCheckedThrowingContinuation { continuation in
+            let startDrain = state.withLock { state -> Bool in
+                state.queue.append(Waiter(item: item, continuation: continuation))
+                guard !state.draining else { return false }
+                state.draining = true
+                return true
+            }
+            if startDrain {
+                // Unstructured on purpose: the drain outlives the request that started it (a
+                // client that disconnects must not cancel the commit of the others).
+                Task { await self.drain(commit) }
+            }
+        }
+    }
+
+    private func drain(_ commit: Commit) async {
+        while true {
+            let batch = state.withLock { state -> [Waiter] in
+                let batch = Array(state.queue.prefix(maxBatch))
+                state.queue.removeFirst(batch.count)
+                if batch.isEmpty { state.draining = false }
+                return batch
+            }
+            if batch.isEmpty { return }
+            do {
+                let results = try await commit(batch.map(\.item))
+                for (waiter, result) in zip(batch, results) { waiter.continuation.resume(with: result) }
+            } catch {
+                for waiter in batch { waiter.continuation.resume(throwing: error) }
+            }
+        }
+    }
+}
