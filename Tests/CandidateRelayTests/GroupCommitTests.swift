@@ -39,6 +39,23 @@ import Testing
         #expect(try await group.submit(2, commit: commit) == 2)
     }
 
+    /// One item that makes the whole transaction fail does not fail the rest of its batch.
+    @Test func aPoisonItemFailsAloneNotItsBatch() async throws {
+        let group = GroupCommit<Int, Int>()
+        let commit: GroupCommit<Int, Int>.Commit = { items in
+            try await Task.sleep(for: .milliseconds(5))
+            if items.contains(13) { throw OutboxError.storage("constraint") }
+            return items.map { .success($0) }
+        }
+        let results = await withTaskGroup(of: (Int, Int?).self) { tasks in
+            for n in 1...40 { tasks.addTask { (n, try? await group.submit(n, commit: commit)) } }
+            var results: [Int: Int?] = [:]
+            for await (n, result) in tasks { results[n] = result }
+            return results
+        }
+        for n in 1...40 { #expect(results[n]! == (n == 13 ? nil : n)) }
+    }
+
     /// The same key twice in one batch: the second finds the first's row (one event, one replay).
     @Test func aKeyRepeatedInsideOneBatchIsAReplay() async throws {
         let (dir, outbox) = try OutboxTests.open()

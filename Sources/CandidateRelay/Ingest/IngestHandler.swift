@@ -101,9 +101,12 @@ public struct IngestHandler: Sendable {
         case .created(let record):
             doorbell.ring()
             metrics.ingest(result: "accepted")
-            var object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID]
-            if generated { object["partner_candidate_id_generated"] = true }
-            let response = Response.json(.accepted, object, headers: [.location: "/v1/candidates/\(record.id)"])
+            // Written directly (keys sorted, as every contract object): this is the hot path.
+            let body = "{\"id\":\(ContractJSON.quoted(record.id)),\"partner_candidate_id\":\(ContractJSON.quoted(record.partnerCandidateID)),"
+                + (generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
+            let response = Response(
+                status: .accepted, headers: [.contentType: "application/json", .location: "/v1/candidates/\(record.id)"],
+                body: .init(byteBuffer: ByteBuffer(string: body)))
             return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID))
         case .duplicate(let record):
             metrics.ingest(result: "duplicate")

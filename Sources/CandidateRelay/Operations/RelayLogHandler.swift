@@ -71,12 +71,21 @@ public struct RelayLogHandler: LogHandler {
         }
     }
 
-    /// One JSON value (string, number, array...) as text.
+    /// One JSON value (string, number, array...) as text. Strings and numbers, nearly every
+    /// field, are written directly: a log line per request must not cost a serializer run per
+    /// field.
     static func fragment(_ value: Any) -> String {
-        guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .withoutEscapingSlashes]) else {
-            return "null"
+        switch value {
+        case let string as String: return ContractJSON.quoted(string)
+        case let int as Int: return String(int)
+        case let double as Double where double.isFinite:
+            return double == double.rounded() && abs(double) < 1e15 ? String(Int64(double)) : String(double)
+        default:
+            guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .withoutEscapingSlashes]) else {
+                return "null"
+            }
+            return String(decoding: data, as: UTF8.self)
         }
-        return String(decoding: data, as: UTF8.self)
     }
 
     /// A logfmt value: bare when it is plain, else quoted with `\\`, `\"`, `\n`, `\r`, `\t` and

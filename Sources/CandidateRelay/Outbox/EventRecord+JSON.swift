@@ -68,4 +68,25 @@ public enum ContractJSON {
     public static func string(_ object: Any) -> String {
         String(decoding: data(object), as: UTF8.self)
     }
+
+    /// A JSON string literal written directly (hot paths: the 202 answer, every log line):
+    /// `"` and `\\` escaped, control characters (and U+2028/9) as escapes, the rest as is.
+    public static func quoted(_ text: String) -> String {
+        var result = "\""
+        result.reserveCapacity(text.utf8.count + 2)
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0x22: result += "\\\""
+            case 0x5C: result += "\\\\"
+            case 0x0A: result += "\\n"
+            case 0x0D: result += "\\r"
+            case 0x09: result += "\\t"
+            case 0..<0x20, 0x7F, 0x2028, 0x2029:
+                let hex = String(scalar.value, radix: 16)
+                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
 }

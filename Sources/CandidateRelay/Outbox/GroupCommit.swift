@@ -6,8 +6,8 @@ import Synchronization
 /// that holds its event returned, so a 202 still means "on disk".
 ///
 /// One drain task at a time takes everything queued (up to `maxBatch`), runs it as one write
-/// transaction through `commit`, and resumes every waiter with its own result; a storage error
-/// fails the whole batch (nothing of it was committed).
+/// transaction through `commit`, and resumes every waiter with its own result. When the batch's
+/// transaction fails, each item is retried alone, so only the items that fail alone fail.
 final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
     typealias Commit = @Sendable ([Item]) async throws -> [Swift.Result<Result, any Error>]
 
@@ -60,7 +60,16 @@ final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
                 let results = try await commit(batch.map(\.item))
                 for (waiter, result) in zip(batch, results) { waiter.continuation.resume(with: result) }
             } catch {
-                for waiter in batch { waiter.continuation.resume(throwing: error) }
+                // Nothing of the batch was committed. Each item alone, so that one item's
+                // failure never fails the others (a full disk fails them all again).
+                for waiter in batch {
+                    do {
+                        let result = batch.count == 1 ? nil : try await commit([waiter.item]).first
+                        waiter.continuation.resume(with: result ?? .failure(error))
+                    } catch {
+                        waiter.continuation.resume(throwing: error)
+                    }
+                }
             }
         }
     }

@@ -66,6 +66,22 @@ public struct ExpiredEvent: Sendable, Equatable {
     public var reason: String
 }
 
+/// One worker's claim, as queued for the claim group commit.
+struct ClaimRequest: Sendable {
+    var now: Date
+    var leaseSeconds: Double
+    var maxAgeSeconds: Double
+    var maxAttempts: Int
+}
+
+/// One recorded outcome, as queued for the completion group commit.
+struct Completion: Sendable {
+    var event: ClaimedEvent
+    var outcome: RecordedOutcome
+    var now: Date
+    var latencyMs: Int?
+}
+
 /// What one claim produced.
 public struct ClaimResult: Sendable {
     public var claimed: ClaimedEvent?
@@ -84,45 +100,54 @@ extension Outbox {
     /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
     /// the worker can log them.
     public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
-        try await write { db in
-            var expired: [ExpiredEvent] = []
-            while true {
-                guard let row = try Row.fetchOne(
-                    db, sql: """
-                        SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
-                        WHERE state = 'pending' AND next_attempt_at <= ?
-                          AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
-                              AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
-                        ORDER BY next_attempt_at, id LIMIT 1
-                        """,
-                    arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
-                let id: String = row["id"]
-                let receivedAt = Date(millis: row["received_at"])
-                let budgetStartedAt = Date(millis: row["budget_started_at"])
-                let payload: Data? = row["payload"]
-                let attempts: Int = row["attempts"]
-                if now.timeIntervalSince(budgetStartedAt) >= maxAgeSeconds || payload == nil || attempts >= maxAttempts {
-                    let reason = payload == nil ? "payload_erased" : attempts >= maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
-                    try db.execute(
-                        sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
-                        arguments: [reason, now.millis, id])
-                    expired.append(ExpiredEvent(id: id, positionUID: row["position_uid"], partnerCandidateID: row["partner_candidate_id"],
-                                                attempts: row["attempts"], reason: reason))
-                    continue
-                }
-                let attempt = attempts + 1
-                let lease = (row["lease"] as Int) + 1
+        let request = ClaimRequest(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
+        return try await claimQueue.submit(request) { batch in
+            try await self.write { db in try batch.map { .success(try Self.claimOne(db, $0)) } }
+        }
+    }
+
+    /// One claim inside a (shared) transaction: the claims of one batch run in order, each
+    /// seeing the rows the ones before it leased, so "never two in flight per natural key" holds.
+    static func claimOne(_ db: Database, _ request: ClaimRequest) throws -> ClaimResult {
+        let now = request.now
+        var expired: [ExpiredEvent] = []
+        while true {
+            guard let row = try Row.fetchOne(
+                db, sql: """
+                    SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
+                    WHERE state = 'pending' AND next_attempt_at <= ?
+                      AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
+                          AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
+                    ORDER BY next_attempt_at, id LIMIT 1
+                    """,
+                arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
+            let id: String = row["id"]
+            let receivedAt = Date(millis: row["received_at"])
+            let budgetStartedAt = Date(millis: row["budget_started_at"])
+            let payload: Data? = row["payload"]
+            let attempts: Int = row["attempts"]
+            if now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || payload == nil || attempts >= request.maxAttempts {
+                let reason = payload == nil ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.execute(
-                    sql: """
-                        UPDATE events SET state = 'in_flight', attempts = ?, lease = ?, lease_expires_at = ?, updated_at = ?
-                        WHERE id = ? AND state = 'pending'
-                        """,
-                    arguments: [attempt, lease, now.addingTimeInterval(leaseSeconds).millis, now.millis, id])
-                let claimed = ClaimedEvent(
-                    id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
-                    partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt, budgetStartedAt: budgetStartedAt, leasedAt: now)
-                return ClaimResult(claimed: claimed, expired: expired)
+                    sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                    arguments: [reason, now.millis, id])
+                expired.append(ExpiredEvent(id: id, positionUID: row["position_uid"], partnerCandidateID: row["partner_candidate_id"],
+                                            attempts: row["attempts"], reason: reason))
+                continue
             }
+            let attempt = attempts + 1
+            let lease = (row["lease"] as Int) + 1
+            try db.execute(
+                sql: """
+                    UPDATE events SET state = 'in_flight', attempts = ?, lease = ?, lease_expires_at = ?, updated_at = ?
+                    WHERE id = ? AND state = 'pending'
+                    """,
+                arguments: [attempt, lease, now.addingTimeInterval(request.leaseSeconds).millis, now.millis, id])
+            let claimed = ClaimedEvent(
+                id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
+                partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt,
+                budgetStartedAt: budgetStartedAt, leasedAt: now)
+            return ClaimResult(claimed: claimed, expired: expired)
         }
     }
 
@@ -131,50 +156,57 @@ extension Outbox {
     /// the row was updated.
     @discardableResult
     public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?) async throws -> Bool {
-        try await write { db in
-            // `forget` may have erased the event while the request was out: the partner's
-            // message may quote a submitted value, so only its code is kept then.
-            let erased = try Bool.fetchOne(
-                db, sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?", arguments: [event.id]) ?? false
-            let outcome = erased ? outcome.reducedToCodes : outcome
-            var status: Int?
-            var error: String?
-            var sets = "state = ?, lease_expires_at = NULL, updated_at = ?"
-            var arguments: StatementArguments = [outcome.state.rawValue, now.millis]
-            switch outcome {
-            case .delivered(let uid, let code, let summary, let full):
-                status = code
-                // The full answer holds personal data: not kept when `forget` erased the event meanwhile.
-                sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?"
-                sets += ", partner_response_full = CASE WHEN payload_erased_at IS NULL THEN ? END"
-                arguments += [uid, code, summary, full]
-            case .linked(let uid, let code, let message):
-                status = code
-                error = message
-                sets += ", candidate_uid = ?, last_status = ?, last_error = ?, next_attempt_at = NULL"
-                arguments += [uid, code, message]
-            case .retry(let at, let code, let message):
-                status = code
-                error = message
-                sets += ", next_attempt_at = ?, last_status = ?, last_error = ?"
-                arguments += [at.millis, code, message]
-            case .dead(let code, let message):
-                status = code
-                error = message
-                sets += ", next_attempt_at = NULL, last_status = ?, last_error = ?"
-                arguments += [code, message]
-            case .interrupted:
-                sets += ", next_attempt_at = ?, attempts = attempts - 1"
-                arguments += [now.millis]
-            }
-            arguments += [event.id, event.lease]
-            try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?", arguments: arguments)
-            guard db.changesCount == 1 else { return false }
-            try db.execute(
-                sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
-            return true
+        let completion = Completion(event: event, outcome: outcome, now: now, latencyMs: latencyMs)
+        return try await completeQueue.submit(completion) { batch in
+            try await self.write { db in try batch.map { .success(try Self.completeOne(db, $0)) } }
         }
+    }
+
+    /// One outcome inside a (shared) transaction.
+    static func completeOne(_ db: Database, _ completion: Completion) throws -> Bool {
+        let (event, now, latencyMs) = (completion.event, completion.now, completion.latencyMs)
+        // `forget` may have erased the event while the request was out: the partner's
+        // message may quote a submitted value, so only its code is kept then.
+        let erased = try Bool.fetchOne(
+            db, sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?", arguments: [event.id]) ?? false
+        let outcome = erased ? completion.outcome.reducedToCodes : completion.outcome
+        var status: Int?
+        var error: String?
+        var sets = "state = ?, lease_expires_at = NULL, updated_at = ?"
+        var arguments: StatementArguments = [outcome.state.rawValue, now.millis]
+        switch outcome {
+        case .delivered(let uid, let code, let summary, let full):
+            status = code
+            // The full answer holds personal data: not kept when `forget` erased the event meanwhile.
+            sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?"
+            sets += ", partner_response_full = CASE WHEN payload_erased_at IS NULL THEN ? END"
+            arguments += [uid, code, summary, full]
+        case .linked(let uid, let code, let message):
+            status = code
+            error = message
+            sets += ", candidate_uid = ?, last_status = ?, last_error = ?, next_attempt_at = NULL"
+            arguments += [uid, code, message]
+        case .retry(let at, let code, let message):
+            status = code
+            error = message
+            sets += ", next_attempt_at = ?, last_status = ?, last_error = ?"
+            arguments += [at.millis, code, message]
+        case .dead(let code, let message):
+            status = code
+            error = message
+            sets += ", next_attempt_at = NULL, last_status = ?, last_error = ?"
+            arguments += [code, message]
+        case .interrupted:
+            sets += ", next_attempt_at = ?, attempts = attempts - 1"
+            arguments += [now.millis]
+        }
+        arguments += [event.id, event.lease]
+        try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?", arguments: arguments)
+        guard db.changesCount == 1 else { return false }
+        try db.execute(
+            sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
+        return true
     }
 
     /// Extends a lease that is still ours; false when it was taken back (rescued, or the
