@@ -26,13 +26,24 @@ public struct CandidateValidator: Sendable {
     public init() {}
 
     /// Returns every problem of `document`; an empty array means the partner should accept it.
-    public func validate(_ document: JSONValue) -> [ValidationProblem] {
+    ///
+    /// Control characters are found in one pass over every string (values and keys), and win
+    /// over any other problem of the same field but `required`. `mayHaveControlCharacters: false` (the parser
+    /// saw none) skips that pass.
+    public func validate(_ document: JSONValue, mayHaveControlCharacters: Bool = true) -> [ValidationProblem] {
         guard case .object(let fields) = document else {
             return [ValidationProblem(field: "$", problem: "must_be_object")]
         }
         var problems: [ValidationProblem] = []
+        var controlPaths = mayHaveControlCharacters ? Self.controlCharacterPaths(document, at: "") : []
         func note(_ field: String, _ problem: String?) {
-            if let problem { problems.append(ValidationProblem(field: field, problem: problem)) }
+            if let index = controlPaths.firstIndex(of: field) {
+                // A blank required field ("  \n") is reported as missing, as it always was.
+                controlPaths.remove(at: index)
+                problems.append(ValidationProblem(field: field, problem: problem == "required" ? "required" : "invalid_characters"))
+            } else if let problem {
+                problems.append(ValidationProblem(field: field, problem: problem))
+            }
         }
         /// The members of an optional object field; records `must_be_object` for another type.
         func members(_ value: JSONValue?, at path: String) -> [String: JSONValue]? {
@@ -124,11 +135,10 @@ public struct CandidateValidator: Sendable {
                 }
             }
         }
-        note("note", Self.text(fields["note"], limit: Self.noteLimit, multiline: true))
+        note("note", Self.text(fields["note"], limit: Self.noteLimit))
         // Every other string (custom field values and keys, fields the partner page does not
         // list, members of known objects it does not list) is forwarded too: the same rule.
-        let reported = Set(problems.map(\.field))
-        for path in Self.controlCharacterPaths(document, at: "") where !reported.contains(path) {
+        for path in controlPaths {
             problems.append(ValidationProblem(field: path, problem: "invalid_characters"))
         }
         return problems
@@ -138,28 +148,29 @@ public struct CandidateValidator: Sendable {
 
     /// U+0000–U+001F and U+007F (CONTRACT section 4); `multiline` allows tab, CR and LF.
     static func hasControlCharacter(_ string: String, multiline: Bool = false) -> Bool {
-        string.utf8.contains { byte in
+        func isControl(_ byte: UInt8) -> Bool {
             if byte == 0x7F { return true }
             guard byte < 0x20 else { return false }
             return !(multiline && (byte == 0x09 || byte == 0x0A || byte == 0x0D))
         }
+        var string = string
+        return string.withUTF8 { $0.contains(where: isControl) }
     }
 
-    /// The paths of strings (values and object keys) holding control characters, except the
-    /// ones checked by their own rule: `note` (multi-line text) and base64 `file` members
-    /// (line breaks are part of MIME base64; anything else there is `invalid_base64`).
-    static func controlCharacterPaths(_ value: JSONValue, at path: String) -> [String] {
+    /// The paths of strings (values and object keys) holding control characters. `note` (multi-
+    /// line text) and base64 `file` members (MIME line breaks) may hold tab, CR and LF.
+    static func controlCharacterPaths(_ value: JSONValue, at path: String, multiline: Bool = false) -> [String] {
         switch value {
         case .string(let string):
-            return hasControlCharacter(string) ? [path.isEmpty ? "$" : path] : []
+            return hasControlCharacter(string, multiline: multiline) ? [path.isEmpty ? "$" : path] : []
         case .array(let elements):
             return elements.enumerated().flatMap { controlCharacterPaths($1, at: "\(path)[\($0)]") }
         case .object(let members):
             return members.keys.sorted().flatMap { key -> [String] in
                 let child = path.isEmpty ? key : "\(path).\(key)"
                 if hasControlCharacter(key) { return [child] }
-                if key == "file" && !path.isEmpty || child == "note" { return [] }
-                return controlCharacterPaths(members[key]!, at: child)
+                let multiline = (key == "file" && !path.isEmpty) || child == "note"
+                return controlCharacterPaths(members[key]!, at: child, multiline: multiline)
             }
         case .null, .bool, .number:
             return []
@@ -168,13 +179,12 @@ public struct CandidateValidator: Sendable {
 
     // MARK: - Field rules (each returns the problem code, or nil when the value is fine)
 
-    /// A string field: type, presence, control characters, length (in Unicode scalars), then
-    /// its format.
+    /// A string field: type, presence, length (in Unicode scalars), then its format.
     ///
     /// Scalars rather than grapheme clusters because a combining accent counts as a character
     /// in most databases and languages; the stricter count keeps the partner from refusing it.
     static func text(
-        _ value: JSONValue?, required: Bool = false, limit: Int?, multiline: Bool = false,
+        _ value: JSONValue?, required: Bool = false, limit: Int?,
         format: (String) -> String? = { _ in nil }
     ) -> String? {
         switch value {
@@ -182,8 +192,8 @@ public struct CandidateValidator: Sendable {
             return required ? "required" : nil
         case .string(let string)?:
             if required, isBlank(string) { return "required" }
-            if hasControlCharacter(string, multiline: multiline) { return "invalid_characters" }
-            if let limit, string.unicodeScalars.count > limit { return "string_size_limit" }
+            // UTF-8 length bounds the scalar count: count scalars only when it could matter.
+            if let limit, string.utf8.count > limit, string.unicodeScalars.count > limit { return "string_size_limit" }
             return format(string)
         case _?:
             return "must_be_string"
@@ -192,7 +202,7 @@ public struct CandidateValidator: Sendable {
 
     /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`.
     static func fileProblem(_ value: JSONValue?) -> String? {
-        text(value, required: true, limit: nil, multiline: true) { string in
+        text(value, required: true, limit: nil) { string in
             guard let size = decodedBase64Size(string) else { return "invalid_base64" }
             return size > maxDecodedFileBytes ? "file_size_limit" : nil
         }

@@ -69,8 +69,13 @@ public struct IngestHandler: Sendable {
         guard authenticator.value.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
         let document: JSONValue
-        do { document = try JSONValue.parse(body) } catch { throw .malformedJSON }
-        let problems = validator.validate(document)
+        let mayHaveControlCharacters: Bool
+        do {
+            (document, mayHaveControlCharacters) = try StrictJSONParser.parseDocument(body)
+        } catch {
+            throw .malformedJSON
+        }
+        let problems = validator.validate(document, mayHaveControlCharacters: mayHaveControlCharacters)
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])

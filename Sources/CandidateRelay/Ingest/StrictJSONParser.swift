@@ -26,6 +26,9 @@ public struct StrictJSONParser {
     private let bytes: UnsafeRawBufferPointer
     private var index = 0
     private var scratch: [UInt8] = []
+    /// Set when a string holds U+0000–U+001F or U+007F (raw DEL, or an escape), so that the
+    /// validator's scan for them can be skipped for the common body that has none.
+    private var sawControlCharacter = false
 
     private init(bytes: UnsafeRawBufferPointer) {
         self.bytes = bytes
@@ -34,10 +37,16 @@ public struct StrictJSONParser {
     /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
     /// never for ingest, where the forwarded bytes must be exactly what was validated).
     public static func parse(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> JSONValue {
-        let result: Result<JSONValue, StrictJSONError> = data.withUnsafeBytes { raw in
+        try parseDocument(data, allowBOM: allowBOM).value
+    }
+
+    /// `parse`, and whether any string may hold a control character (false: none does).
+    public static func parseDocument(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> (value: JSONValue, mayHaveControlCharacters: Bool) {
+        let result: Result<(JSONValue, Bool), StrictJSONError> = data.withUnsafeBytes { raw in
             var parser = StrictJSONParser(bytes: raw)
             do throws(StrictJSONError) {
-                return .success(try parser.document(allowBOM: allowBOM))
+                let value = try parser.document(allowBOM: allowBOM)
+                return .success((value, parser.sawControlCharacter))
             } catch {
                 return .failure(error)
             }
@@ -148,6 +157,7 @@ public struct StrictJSONParser {
             if byte == UInt8(ascii: "\"") { break }
             if byte == UInt8(ascii: "\\") { escaped = true; break }
             if byte < 0x20 { throw .unexpected(offset: index) }
+            if byte == 0x7F { sawControlCharacter = true }
             index += 1
         }
         guard index < bytes.count else { throw .unexpected(offset: start) }
@@ -172,6 +182,7 @@ public struct StrictJSONParser {
             case 0..<0x20:
                 throw .unexpected(offset: index)
             default:
+                if byte == 0x7F { sawControlCharacter = true }
                 scratch.append(byte)
                 index += 1
             }
@@ -185,11 +196,11 @@ public struct StrictJSONParser {
         index += 2
         switch code {
         case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): scratch.append(code)
-        case UInt8(ascii: "b"): scratch.append(0x08)
-        case UInt8(ascii: "f"): scratch.append(0x0C)
-        case UInt8(ascii: "n"): scratch.append(0x0A)
-        case UInt8(ascii: "r"): scratch.append(0x0D)
-        case UInt8(ascii: "t"): scratch.append(0x09)
+        case UInt8(ascii: "b"): scratch.append(0x08); sawControlCharacter = true
+        case UInt8(ascii: "f"): scratch.append(0x0C); sawControlCharacter = true
+        case UInt8(ascii: "n"): scratch.append(0x0A); sawControlCharacter = true
+        case UInt8(ascii: "r"): scratch.append(0x0D); sawControlCharacter = true
+        case UInt8(ascii: "t"): scratch.append(0x09); sawControlCharacter = true
         case UInt8(ascii: "u"):
             var scalar = try hex4()
             if (0xD800...0xDBFF).contains(scalar) {
@@ -204,6 +215,7 @@ public struct StrictJSONParser {
                 throw .loneSurrogate(offset: offset)
             }
             guard let unicode = Unicode.Scalar(scalar) else { throw .loneSurrogate(offset: offset) }
+            if scalar < 0x20 || scalar == 0x7F { sawControlCharacter = true }
             scratch.append(contentsOf: UTF8.encode(unicode)!)
         default:
             throw .unexpected(offset: offset)
