@@ -10,7 +10,7 @@ struct CandidateRelayCommand: AsyncParsableCommand {
         commandName: "candidate-relay",
         abstract: "Relays HR webhooks with candidate records to the partner ATS through a durable outbox.",
         version: RelayVersion.current,
-        subcommands: [Serve.self, CheckConfig.self, Status.self, Events.self, Purge.self, Forget.self, Backup.self, PartnerSim.self]
+        subcommands: [Serve.self, CheckConfig.self, Reload.self, Status.self, Events.self, Purge.self, Forget.self, Backup.self, PartnerSim.self]
     )
 }
 
@@ -93,6 +93,45 @@ struct CheckConfig: AsyncParsableCommand {
         let config = try await options.load()
         Console.out("# effective configuration (\(options.loader.configPath)); secrets redacted")
         Console.out(config.renderedYAML())
+    }
+}
+
+struct Reload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reload the running daemon's config and secrets (SIGHUP) and wait until it is applied.",
+        discussion: """
+            Exits 0 once the new configuration is live; 1 with the daemon's reasons when it refused it \
+            (the old one stays), or when no daemon answers. systemd's ExecReload runs this.
+            """)
+    @OptionGroup var options: ConfigOption
+    @Option(help: "The daemon's pid (systemd: $MAINPID); default: the holder of the outbox lock.") var pid: Int32?
+    @Option(help: "Seconds to wait for the daemon's answer.") var timeout: Double = 30
+
+    func run() async throws {
+        // A config that does not validate would be refused by the daemon too: say why, and
+        // leave the daemon alone on the configuration it has.
+        let config: RelayConfiguration
+        do {
+            config = try await options.loader.load(secretsRequired: false)
+        } catch let error as ConfigurationError {
+            Console.error("reload refused; the daemon keeps its previous configuration:")
+            for problem in error.problems { Console.error("  \(problem.description)") }
+            throw ExitCode(1)
+        }
+        switch await ReloadCommand.run(outboxPath: config.storage.path, pid: pid, timeoutSeconds: timeout) {
+        case .applied:
+            Console.out("reloaded: the new configuration is live")
+        case .refused(let problems):
+            Console.error("reload refused; the daemon keeps its previous configuration:")
+            for problem in problems { Console.error("  \(problem)") }
+            throw ExitCode(1)
+        case .noDaemon(let reason):
+            Console.error("reload failed: \(reason)")
+            throw ExitCode(1)
+        case .noAnswer:
+            Console.error("reload failed: the daemon did not answer within \(timeout) s")
+            throw ExitCode(1)
+        }
     }
 }
 

@@ -91,4 +91,43 @@ import Glibc
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit() == 0)
     }
+
+    /// `candidate-relay reload` (systemd's ExecReload) returns only once the daemon applied the
+    /// new config — every time — and fails, with the daemon's reasons, when it was refused.
+    @Test func reloadCommandTellsTheTruth() async throws {
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let config = ["--config", dir.file("config.yaml")]
+        let daemon = try RelayProcess(arguments: ["serve"] + config)
+        let port = try await daemon.waitUntilReady()
+        let original = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+        for round in 1...5 {
+            try dir.write("config.yaml", original + "\n# round \(round)\n")
+            let reload = try await runRelay(["reload"] + config)
+            #expect(reload.status == 0, "\(reload.output)")
+            // Applied before the command returned: the log line is already there.
+            #expect(daemon.events("config.reloaded").count == round)
+        }
+        try dir.write("config.yaml", original.replacingOccurrences(of: "heartbeat_seconds: 1", with: "heartbeat_seconds: -1"))
+        let refused = try await runRelay(["reload"] + config)
+        #expect(refused.status == 1)
+        #expect(refused.output.contains("reload refused"))
+        #expect(refused.output.contains("heartbeat_seconds"))
+        // Refused by the daemon itself (a secret it cannot read; the command does not read secrets).
+        try dir.write("config.yaml", original)
+        try FileManager.default.removeItem(atPath: dir.file("comeet-secret"))
+        let refusedByDaemon = try await runRelay(["reload"] + config)
+        #expect(refusedByDaemon.status == 1)
+        #expect(refusedByDaemon.output.contains("comeet-secret"))
+        #expect(daemon.events("config.reload_rejected").count == 1)
+        try dir.write("comeet-secret", "demo-secret\n")
+        #expect(try await HTTPTestClient(port: port).request("GET", "/readyz").status == 200)
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+        // No daemon: a clear failure, not a hang.
+        try dir.write("config.yaml", original)
+        let none = try await runRelay(["reload", "--timeout", "2"] + config)
+        #expect(none.status == 1)
+        #expect(none.output.contains("no daemon"))
+    }
 }

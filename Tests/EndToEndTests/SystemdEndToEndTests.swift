@@ -35,4 +35,24 @@ import Glibc
         #expect(await daemon.waitForExit() == 0)
         #expect(socket.messages.contains("STOPPING=1"))
     }
+
+    /// STATUS= follows the counts within about a second, not only at the heartbeat.
+    @Test func statusFollowsTheCountsBetweenHeartbeats() async throws {
+        let socket = try NotifySocket()
+        defer { socket.close() }
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let original = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+        try dir.write("config.yaml", original.replacingOccurrences(of: "heartbeat_seconds: 1", with: "heartbeat_seconds: 3600"))
+        let daemon = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")], environment: ["NOTIFY_SOCKET": socket.path])
+        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
+        #expect(await eventually { socket.messages.contains { $0.hasPrefix("STATUS=pending 0,") } })
+        #expect(try await client.post(Candidates.json(partnerID: "st-1")).status == 202)
+        // Pending or already in flight (the partner is unreachable: it goes back and forth).
+        #expect(await eventually(timeout: 5) {
+            socket.messages.contains { $0.hasPrefix("STATUS=pending 1, in_flight 0,") || $0.hasPrefix("STATUS=pending 0, in_flight 1,") }
+        })
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+    }
 }

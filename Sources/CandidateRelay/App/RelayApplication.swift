@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 
 /// The single composition root: builds every component from the configuration, recovers crash
 /// leftovers before any service starts, and runs the services in one `ServiceGroup` (registered
@@ -29,6 +30,8 @@ public final class RelayApplication: Sendable {
     let group = Live<ServiceGroup?>(nil)
     /// Set once READY=1 has been sent (the watchdog must not be petted before).
     let ready = Live(false)
+    /// Reloads handled so far (`<outbox>.reload`'s generation).
+    let reloadGeneration = Mutex(0)
 
     /// Opens the outbox (taking the one-daemon lock), migrates, recovers leases left by a crash
     /// and wires every component. Throws before anything is listening when storage is unusable.
@@ -74,6 +77,7 @@ public final class RelayApplication: Sendable {
         handler = IngestHandler(
             outbox: outbox, authenticator: live.authenticator, settings: live.ingest, doorbell: doorbell,
             metrics: metrics, logger: logger, stopFlag: stopFlag, now: Date.init)
+        reportReload(ok: true, problems: [], generation: 0)
     }
 
     /// Builds the token provider of the configured auth mode.

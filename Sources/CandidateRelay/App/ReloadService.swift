@@ -26,22 +26,37 @@ extension RelayApplication {
     public func reload(using loader: ConfigurationLoader) async -> Bool {
         notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
         defer { notifier.notify("READY=1") }
-        let new: RelayConfiguration
+        var problems: [String] = []
         do {
-            new = try await loader.load()
+            await apply(try await loader.load())
         } catch let error as ConfigurationError {
+            problems = error.problems.map(\.description)
             logger.event(.error, "config.reload_rejected", "new configuration is invalid; keeping the old one",
-                         LogFields(extra: ["problems": error.description.replacingOccurrences(of: "\n", with: "; ")]))
-            return false
+                         LogFields(extra: ["problems": problems.joined(separator: "; ")]))
         } catch {
+            problems = ["the configuration could not be read"]
             logger.event(.error, "config.reload_rejected", "new configuration could not be read; keeping the old one")
-            return false
         }
-        apply(new)
-        return true
+        reportReload(ok: problems.isEmpty, problems: problems)
+        return problems.isEmpty
     }
 
-    func apply(_ new: RelayConfiguration) {
+    /// Writes `<outbox>.reload` for `candidate-relay reload`: generation 0 at start-up
+    /// (`generation: 0`), then one more after each reload, once it is applied or refused.
+    func reportReload(ok: Bool, problems: [String], generation: Int? = nil) {
+        let number = generation ?? reloadGeneration.withLock { value -> Int in
+            value += 1
+            return value
+        }
+        let report = ReloadReport(pid: getpid(), generation: number, ok: ok, problems: problems, at: Date())
+        do {
+            try report.write(outboxPath: configuration.storage.path)
+        } catch {
+            logger.event(.error, "storage.failed", "could not write the reload report", LogFields(error: "storage_error"))
+        }
+    }
+
+    func apply(_ new: RelayConfiguration) async {
         let old = configuration
         live.authenticator.set(IngestAuthenticator(configuration: new.ingest))
         live.ingest.set(new.ingest)
@@ -53,8 +68,8 @@ extension RelayApplication {
         var partner = new.partner
         partner.timeoutSeconds = old.partner.timeoutSeconds
         live.tokens.set(Self.tokenProvider(partner, httpClient: httpClient, logger: logger, metrics: metrics))
-        let gate = self.gate
-        Task { await gate.reconfigure(rateLimit: new.partner.rateLimit, breaker: new.delivery.circuitBreaker) }
+        // Awaited: when `candidate-relay reload` returns, the new limits are in force.
+        await gate.reconfigure(rateLimit: new.partner.rateLimit, breaker: new.delivery.circuitBreaker)
         doorbell.ring()
         var restartNeeded: [String] = []
         if new.listen != old.listen { restartNeeded.append("listen") }

@@ -49,17 +49,30 @@ public struct Heartbeat: Service {
         EventState.allCases.map { "\($0.rawValue) \(status.counts[$0] ?? 0)" }.joined(separator: ", ")
     }
 
+    /// Sends STATUS= with fresh counts; called when they changed, at most once a tick.
+    public func refreshStatus() async throws {
+        let status = try await outbox.status(now: now())
+        metrics.update(from: status)
+        notifier.notify("STATUS=" + Self.statusLine(status))
+    }
+
     public func run() async throws {
         var previous: [String: Int] = [:]
         var nextBeat = Date.distantPast
+        var statusChanges = metrics.changeCount
         let tick = min(watchdogInterval ?? 1, 1)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             if current >= nextBeat {
+                statusChanges = metrics.changeCount
                 do { previous = try await beat(previous: previous) } catch {
                     logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: "storage_error"))
                 }
                 nextBeat = current.addingTimeInterval(interval.value)
+            } else if metrics.changeCount != statusChanges {
+                // `systemctl status` follows the counts within a second, not a heartbeat.
+                statusChanges = metrics.changeCount
+                try? await refreshStatus()
             }
             // systemd wants READY=1 before the first WATCHDOG=1.
             if watchdogInterval != nil, isReady(), await outbox.probeWritable() {

@@ -10,6 +10,11 @@ public final class RelayMetrics: Sendable {
     let factory: PrometheusMetricsFactory
     private let counters = Mutex<[String: Metrics.Counter]>([:])
     private let totals = Mutex<[String: Int]>([:])
+    private let changes = Atomic<Int>(0)
+
+    /// Bumped by every accepted event and every recorded delivery outcome: a cheap "did the
+    /// counts change?" for STATUS= refreshes.
+    public var changeCount: Int { changes.load(ordering: .relaxed) }
 
     public let outboxEvents: [EventState: Metrics.Gauge]
     public let oldestPendingAge: Metrics.Gauge
@@ -45,8 +50,12 @@ public final class RelayMetrics: Sendable {
         counter.increment(by: amount)
     }
 
-    public func ingest(result: String) { count("candidate_relay_ingest_requests_total", [("result", result)]) }
+    public func ingest(result: String) {
+        if result == "accepted" { changes.add(1, ordering: .relaxed) }
+        count("candidate_relay_ingest_requests_total", [("result", result)])
+    }
     public func delivery(outcome: String) {
+        changes.add(1, ordering: .relaxed)
         count("candidate_relay_deliveries_total", [("outcome", outcome)])
         totals.withLock { $0[outcome, default: 0] += 1 }
     }

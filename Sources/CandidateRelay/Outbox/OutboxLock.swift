@@ -29,6 +29,27 @@ public final class OutboxLock: Sendable {
             throw OutboxError.storage("cannot lock \(path)")
         }
         self.fd = fd
+        // The holder's pid, for `candidate-relay reload` (the lock, not this number, is the truth).
+        let text = "\(getpid())\n"
+        _ = ftruncate(fd, 0)
+        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+    }
+
+    /// The pid of the daemon holding the lock of `outboxPath`, nil when no process holds it.
+    public static func holder(outboxPath: String) -> Int32? {
+        let path = outboxPath + ".lock"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        // If we can take it, nobody holds it.
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return nil
+        }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return nil }
+        return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     deinit {

@@ -1,0 +1,78 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon's answer to a SIGHUP, for `candidate-relay reload` (what `systemctl reload` runs):
+/// a small JSON file next to the outbox, `<outbox>.reload`, replaced atomically after each
+/// reload is applied or refused. A signal carries no answer, and systemd 252 ends a reload job
+/// as soon as `kill -HUP` returns; with this file the command returns only once the new
+/// configuration is live, and fails with the reason when it was refused.
+public struct ReloadReport: Codable, Sendable, Equatable {
+    /// The daemon that wrote it (a report of an earlier run never answers this one's reload).
+    public var pid: Int32
+    /// Reloads handled by this process so far; 0 at start-up.
+    public var generation: Int
+    public var ok: Bool
+    /// Why the new configuration was refused (one problem per line), empty when applied.
+    public var problems: [String]
+    public var at: String
+
+    public init(pid: Int32, generation: Int, ok: Bool, problems: [String], at: Date) {
+        self.pid = pid
+        self.generation = generation
+        self.ok = ok
+        self.problems = problems
+        self.at = Timestamp.string(at)
+    }
+
+    public static func path(outboxPath: String) -> String { outboxPath + ".reload" }
+
+    /// Writes the report (temporary file, then rename: a reader never sees half of it).
+    public func write(outboxPath: String) throws {
+        let path = Self.path(outboxPath: outboxPath)
+        let temporary = path + ".tmp"
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = try encoder.encode(self)
+        guard FileManager.default.createFile(atPath: temporary, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw OutboxError.storage("cannot write \(temporary)")
+        }
+        guard rename(temporary, path) == 0 else { throw OutboxError.storage("cannot rename \(temporary)") }
+    }
+
+    public static func read(outboxPath: String) -> ReloadReport? {
+        guard let data = FileManager.default.contents(atPath: path(outboxPath: outboxPath)) else { return nil }
+        return try? JSONDecoder().decode(ReloadReport.self, from: data)
+    }
+}
+
+/// `candidate-relay reload`: SIGHUP to the daemon serving the outbox, then wait for its report.
+public enum ReloadCommand {
+    public enum Outcome: Equatable, Sendable {
+        case applied
+        case refused([String])
+        case noDaemon(String)
+        case noAnswer
+    }
+
+    /// - Parameters:
+    ///   - pid: the daemon (systemd's `$MAINPID`); nil reads it from the outbox's lock file.
+    public static func run(outboxPath: String, pid: Int32?, timeoutSeconds: Double) async -> Outcome {
+        guard let target = pid ?? OutboxLock.holder(outboxPath: outboxPath) else {
+            return .noDaemon("no daemon holds \(outboxPath).lock; is candidate-relay running with this config?")
+        }
+        let before = ReloadReport.read(outboxPath: outboxPath).flatMap { $0.pid == target ? $0.generation : nil } ?? 0
+        guard kill(target, SIGHUP) == 0 else {
+            return .noDaemon("cannot signal process \(target): \(String(cString: strerror(errno)))")
+        }
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
+        while ContinuousClock.now < deadline {
+            if let report = ReloadReport.read(outboxPath: outboxPath), report.pid == target, report.generation > before {
+                return report.ok ? .applied : .refused(report.problems)
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return .noAnswer
+    }
+}
