@@ -62,8 +62,12 @@ public final class RelayApplication: Sendable {
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.partner.rateLimit.perSeconds))
         history += Array(repeating: now, count: recovered)
 
-        httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(
-            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10))))
+        var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10)))
+        // One connection per worker (the default, 8, would queue a larger pool's requests
+        // behind each other); the workers may grow on reload, hence the margin.
+        clientConfiguration.connectionPool = .init(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers))
+        httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         live = LiveSettings(
             configuration: configuration,
             tokens: Self.tokenProvider(configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))

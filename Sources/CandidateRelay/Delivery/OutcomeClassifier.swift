@@ -20,10 +20,7 @@ public enum OutcomeClassifier {
         case .transportFailure(let failure):
             return .retry(error: failure.rawValue, retryAfter: nil)
         case .response(let status, let retryAfterHeader, let body):
-            let parsed = PartnerErrorBody(body)
-            let code = parsed.error ?? "http_\(status)"
-            switch status {
-            case 200..<300:
+            if (200..<300).contains(status) {
                 let document = try? JSONValue.parse(body, allowBOM: true)
                 guard let uid = document?["uid"]?.identifierString, !uid.isEmpty else {
                     // A 2xx without a Candidate (a proxy's page, a 204): resend; if the partner did
@@ -31,6 +28,10 @@ public enum OutcomeClassifier {
                     return .retry(error: "no_uid_in_response", retryAfter: nil)
                 }
                 return .delivered(candidateUID: uid, summary: CandidateSummary.json(from: document))
+            }
+            let parsed = PartnerErrorBody(body)
+            let code = parsed.error ?? "http_\(status)"
+            switch status {
             case 409 where parsed.error == "candidate_post_conflict" || parsed.candidateUID != nil:
                 guard let uid = parsed.candidateUID else { return .dead(error: code) }
                 return .linked(candidateUID: uid, error: code)
@@ -60,8 +61,6 @@ enum CandidateSummary {
         guard case .object(let members)? = document else { return nil }
         var kept: [String: JSONValue] = [:]
         for field in fields { if let value = members[field] { kept[field] = value } }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(kept)).map { String(decoding: $0, as: UTF8.self) }
+        return JSONValue.object(kept).jsonText
     }
 }

@@ -48,6 +48,20 @@ public enum JSONValue: Sendable, Equatable, Codable {
         try StrictJSONParser.parse(data, allowBOM: allowBOM)
     }
 
+    /// Compact JSON text, object keys sorted (written directly: no encoder on the delivery path).
+    public var jsonText: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let value): return value ? "true" : "false"
+        case .number(let value):
+            return value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+        case .string(let value): return ContractJSON.quoted(value)
+        case .array(let elements): return "[" + elements.map(\.jsonText).joined(separator: ",") + "]"
+        case .object(let members):
+            return "{" + members.keys.sorted().map { ContractJSON.quoted($0) + ":" + members[$0]!.jsonText }.joined(separator: ",") + "}"
+        }
+    }
+
     public subscript(key: String) -> JSONValue? {
         if case .object(let members) = self { return members[key] }
         return nil

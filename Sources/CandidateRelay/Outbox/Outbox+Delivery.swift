@@ -112,14 +112,13 @@ extension Outbox {
         let now = request.now
         var expired: [ExpiredEvent] = []
         while true {
-            guard let row = try Row.fetchOne(
-                db, sql: """
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: """
                     SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
                     WHERE state = 'pending' AND next_attempt_at <= ?
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
                           AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
                     ORDER BY next_attempt_at, id LIMIT 1
-                    """,
+                    """),
                 arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
             let id: String = row["id"]
             let receivedAt = Date(millis: row["received_at"])
@@ -128,8 +127,7 @@ extension Outbox {
             let attempts: Int = row["attempts"]
             if now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || payload == nil || attempts >= request.maxAttempts {
                 let reason = payload == nil ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
-                try db.execute(
-                    sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(
                     arguments: [reason, now.millis, id])
                 expired.append(ExpiredEvent(id: id, positionUID: row["position_uid"], partnerCandidateID: row["partner_candidate_id"],
                                             attempts: row["attempts"], reason: reason))
@@ -137,11 +135,10 @@ extension Outbox {
             }
             let attempt = attempts + 1
             let lease = (row["lease"] as Int) + 1
-            try db.execute(
-                sql: """
+            try db.cachedStatement(sql: """
                     UPDATE events SET state = 'in_flight', attempts = ?, lease = ?, lease_expires_at = ?, updated_at = ?
                     WHERE id = ? AND state = 'pending'
-                    """,
+                    """).execute(
                 arguments: [attempt, lease, now.addingTimeInterval(request.leaseSeconds).millis, now.millis, id])
             let claimed = ClaimedEvent(
                 id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
@@ -167,8 +164,7 @@ extension Outbox {
         let (event, now, latencyMs) = (completion.event, completion.now, completion.latencyMs)
         // `forget` may have erased the event while the request was out: the partner's
         // message may quote a submitted value, so only its code is kept then.
-        let erased = try Bool.fetchOne(
-            db, sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?", arguments: [event.id]) ?? false
+        let erased = try Bool.fetchOne(db.cachedStatement(sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?"), arguments: [event.id]) ?? false
         let outcome = erased ? completion.outcome.reducedToCodes : completion.outcome
         var status: Int?
         var error: String?
@@ -201,10 +197,9 @@ extension Outbox {
             arguments += [now.millis]
         }
         arguments += [event.id, event.lease]
-        try db.execute(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?", arguments: arguments)
+        try db.cachedStatement(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?").execute(arguments: arguments)
         guard db.changesCount == 1 else { return false }
-        try db.execute(
-            sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        try db.cachedStatement(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
             arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
         return true
     }

@@ -58,8 +58,7 @@ extension Outbox {
             for pending in batch {
                 let submission = pending.submission
                 if let key = submission.idempotencyKey,
-                   let row = try Row.fetchOne(
-                    db, sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?",
+                   let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?"),
                     arguments: [key]) {
                     let existing = EventRecord(row: row)
                     guard (row["body_sha256"] as String) == submission.bodySHA256 else {
@@ -74,12 +73,11 @@ extension Outbox {
                     continue
                 }
                 let now = submission.receivedAt.millis
-                try db.execute(
-                    sql: """
+                try db.cachedStatement(sql: """
                         INSERT INTO events (id, idempotency_key, body_sha256, state, attempts, position_uid,
                           partner_candidate_id, payload, received_at, budget_started_at, updated_at, next_attempt_at)
                         VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
-                        """,
+                        """).execute(
                     arguments: [submission.id, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
                                 submission.partnerCandidateID, submission.payload, now, now, now, now])
                 backlog += 1
