@@ -1,0 +1,250 @@
+"""Disk trouble: a full disk never yields a 202 for an unstored event; unusable state fails cleanly.
+
+Needs root (tmpfs mounts); otherwise every part is reported SKIP (not passed, not failed).
+
+1. Full disk: the outbox lives on a 2 MB tmpfs that also holds a filler file. Signed posts of
+   ~8 KB candidates go in until ingest answers 503. Checked: the refusal is 503 `unavailable`
+   with Retry-After; /healthz still answers 200 and the process lives; every 202 id is in the
+   outbox afterwards and no refused webhook-id is; after the filler is deleted, ingest accepts
+   again by itself (same process, no restart) and every acked event gets delivered.
+2. Read-only state directory (tmpfs remounted ro), fresh and with an existing outbox, and a
+   state directory that vanished and cannot be recreated (its parent is read-only): the relay
+   exits non-zero (not by a signal) within seconds, says why in a line naming the path, and
+   prints no crash trace.
+3. A state directory that vanished under a writable parent: recreated 0700 (outbox 0600) and
+   the relay starts, as docs/operations.md says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+
+import lib
+
+NAME = "disk"
+CRASH_MARKERS = re.compile(r"Fatal error|Stack dump|Backtrace|Current stack trace|Illegal instruction|"
+                           r"Segmentation fault|Traceback|SIGILL|SIGSEGV|SIGTRAP|^\s*\d+\s+0x[0-9a-f]+", re.M)
+
+
+def big_candidate(i: int) -> dict:
+    body = lib.candidate(i, "pos-disk", f"disk-{i}")
+    body["note"] = ("reliability filler " * 420)[:8000]
+    return body
+
+
+def full_disk(results: lib.Results, long: bool) -> dict:
+    root = lib.make_workdir(NAME + "-full")
+    mnt = os.path.join(root, "tmpfs")
+    os.makedirs(mnt)
+    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs"], mnt)
+    if not ok:
+        results.skip(f"{NAME}: full disk", f"cannot mount a tmpfs: {err}")
+        return {}
+    try:
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:
+            f.write(os.urandom(768 * 1024))
+        sim = lib.Simulator().start()
+        # A delivery outcome that could not be written while the disk was full leaves its event
+        # in_flight until the lease rescuer takes it back: lease = 2 x timeout + per_seconds + 60 s
+        # (docs/operations.md, lease.recovered), checked every 5 s. Keep it short here.
+        timeout_s, per_s = 2, 1
+        lease_s = 2 * timeout_s + per_s + 60
+        relay = lib.Relay(os.path.join(root, "relay"), sim=sim,
+                          config={"storage": {"path": os.path.join(mnt, "state", "outbox.sqlite3")},
+                                  "partner": {"timeout_seconds": timeout_s,
+                                              "rate_limit": {"requests": 0, "per_seconds": per_s}}})
+        relay.start()
+        pid = relay.pid
+        ledger = lib.Ledger()
+        refused_msgs, first_503, others = [], None, []
+        i = 0
+        for i in range(600):
+            body = big_candidate(i)
+            msg = lib.new_msg_id()
+            t0 = time.monotonic()
+            try:
+                status, headers, resp = lib.signed_post(relay, body, msg_id=msg, timeout=15)
+            except Exception as exc:  # noqa: BLE001
+                others.append(("transport", type(exc).__name__))
+                break
+            ledger.record(msg, status, resp, ("pos-disk", f"disk-{i}"), time.monotonic() - t0)
+            if status == 503:
+                refused_msgs.append(msg)
+                if first_503 is None:
+                    first_503 = (resp, headers)
+                if len(refused_msgs) >= 5:
+                    break
+            elif status not in (200, 202):
+                others.append((status, resp))
+        acked_full = len(ledger.acked)
+        lib.log(f"{NAME}: {acked_full} accepted before the disk filled; {len(refused_msgs)} refused")
+        results.check(f"{NAME}: a full disk is answered 503", first_503 is not None,
+                      f"no 503 after {i + 1} posts of ~8 KB on a 2 MB tmpfs; others: {others[:3]}")
+        if first_503:
+            resp, headers = first_503
+            results.check(f"{NAME}: the 503 is `unavailable` with Retry-After",
+                          isinstance(resp, dict) and resp.get("error") == "unavailable" and "retry-after" in headers,
+                          f"body {resp}, retry-after {headers.get('retry-after')}")
+        results.check(f"{NAME}: no other answer than 202/503 while filling", not others, f"{others[:3]}")
+        try:
+            hz = relay.get("/healthz", timeout=5)[0]
+        except Exception as exc:  # noqa: BLE001
+            hz = repr(exc)
+        results.check(f"{NAME}: /healthz answers 200 with the disk full", hz == 200 and relay.running(), f"{hz}")
+        try:
+            readyz = relay.get("/readyz", timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            readyz = (repr(exc), None, None)
+        storage_failed = relay.events("storage.failed")
+        results.check(f"{NAME}: storage.failed logged while full", bool(storage_failed), "no storage.failed line")
+
+        # Free space; ingest must recover by itself.
+        os.unlink(filler)
+        probe_body = big_candidate(10_000)
+        probe_msg = lib.new_msg_id()
+
+        def accepted():
+            status, _, resp = lib.signed_post(relay, probe_body, msg_id=probe_msg, timeout=10)
+            ledger.record(probe_msg, status, resp, ("pos-disk", "disk-10000"), 0)
+            return status in (200, 202)
+
+        t0 = time.monotonic()
+        recovered = lib.wait_until(accepted, 30, 0.25)
+        recovery_s = round(time.monotonic() - t0, 1) if recovered else None
+        results.check(f"{NAME}: ingest recovers by itself once space is freed", bool(recovered),
+                      f"still refusing after 30 s; statuses {ledger.statuses}")
+        results.check(f"{NAME}: same process throughout (no crash, no restart)", relay.running() and relay.pid == pid
+                      and relay.starts == 1, f"running={relay.running()} rc={relay.proc.returncode}")
+        # Evidence on the outbox
+        rows = relay.all_events()
+        keys = {r["idempotency_key"] for r in rows.values()}
+        stored_refused = [m for m in refused_msgs if m in keys]
+        results.check(f"{NAME}: nothing stored for a refused (503) post", not stored_refused,
+                      f"{len(stored_refused)} of {len(refused_msgs)} refused webhook-ids are in the outbox")
+        in_flight_after = relay.state_counts()["in_flight"]
+        mark = relay.mark()
+        counts = lib.verify_end_state(results, NAME, relay, sim, ledger, drain_timeout=lease_s + 5 + 25)
+        vfs = os.statvfs(mnt)
+        counts["free_kb_at_end"] = vfs.f_bavail * vfs.f_frsize // 1024
+        counts["worker_errors_after_recovery"] = len(relay.events("delivery.worker_error", since=mark))
+        counts["storage_failed_after_recovery"] = len(relay.events("storage.failed", since=mark))
+        counts["in_flight_after_recovery"] = in_flight_after
+        counts["lease_recovered"] = sum(int(e.get("count", 0)) for e in relay.events("lease.recovered"))
+        rc = relay.stop()
+        results.check(f"{NAME}: SIGTERM after recovery exits 0", rc == 0, f"rc={rc}")
+        sim.stop()
+        counts.update({"accepted_before_full": acked_full, "refused_503": len(refused_msgs),
+                       "readyz_when_full": readyz[0], "recovery_s": recovery_s})
+        return counts
+    finally:
+        lib.kill_all_processes()
+        lib.umount(mnt)
+
+
+def expect_clean_failure(results: lib.Results, label: str, relay: lib.Relay, path_hint: str) -> int | None:
+    try:
+        relay.start(wait=False)
+    except Exception as exc:  # noqa: BLE001
+        results.check(f"{NAME}: {label}: relay could be launched", False, repr(exc))
+        return None
+    rc = relay.wait_exit(20)
+    started = bool(relay.events("relay.started"))
+    if rc is None:
+        relay.kill()
+    relay.output.join()
+    text = "\n".join(relay.raw_lines + relay.stderr_lines)
+    results.check(f"{NAME}: {label}: exits non-zero (not by a signal) within 20 s", rc is not None and rc > 0,
+                  f"rc={rc}; started={started}; output: {text[-300:]!r}")
+    clear = [line for line in text.splitlines() if path_hint in line and
+             re.search(r"cannot|can.t|unable|read-only|not writable|permission|denied|failed|error", line, re.I)]
+    results.check(f"{NAME}: {label}: a line says why and names the path", bool(clear), f"output: {text[-400:]!r}")
+    crash = CRASH_MARKERS.search(text)
+    results.check(f"{NAME}: {label}: no crash trace", crash is None, f"found {crash.group(0)!r}" if crash else "")
+    return rc
+
+
+def unusable_state(results: lib.Results, long: bool) -> dict:
+    root = lib.make_workdir(NAME + "-ro")
+    out = {}
+    # a) fresh outbox in a read-only directory
+    mnt = os.path.join(root, "ro")
+    os.makedirs(mnt)
+    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"], mnt)
+    if not ok:
+        results.skip(f"{NAME}: read-only state", f"cannot mount a tmpfs: {err}")
+        return out
+    try:
+        os.makedirs(os.path.join(mnt, "state"), mode=0o700)
+        ok, err = lib.remount(mnt, "ro")
+        results.check(f"{NAME}: setup: tmpfs remounted read-only", ok, err)
+        relay = lib.Relay(os.path.join(root, "relay-a"),
+                          config={"storage": {"path": os.path.join(mnt, "state", "outbox.sqlite3")}})
+        out["ro_fresh_rc"] = expect_clean_failure(results, "read-only state dir (fresh)", relay, os.path.join(mnt, "state"))
+        relay = lib.Relay(os.path.join(root, "relay-b"),
+                          config={"storage": {"path": os.path.join(mnt, "gone", "state", "outbox.sqlite3")}})
+        out["vanished_ro_parent_rc"] = expect_clean_failure(
+            results, "vanished state dir, read-only parent", relay, mnt)
+    finally:
+        lib.umount(mnt)
+
+    # b) an existing outbox whose filesystem became read-only
+    mnt2 = os.path.join(root, "ro2")
+    os.makedirs(mnt2)
+    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs"], mnt2)
+    if ok:
+        try:
+            sim = lib.Simulator().start()
+            relay = lib.Relay(os.path.join(root, "relay-c"), sim=sim,
+                              config={"storage": {"path": os.path.join(mnt2, "state", "outbox.sqlite3")}})
+            relay.start()
+            ledger = lib.Ledger()
+            lib.send_until_acked(relay, lib.candidate(1, "pos-disk", "ro-existing-1"), lib.new_msg_id(), ledger,
+                                 time.monotonic() + 10)
+            lib.wait_drained(relay, ledger.acked.keys(), 20)
+            rc = relay.stop()
+            results.check(f"{NAME}: setup: relay on the soon read-only outbox stopped cleanly", rc == 0, f"rc={rc}")
+            ok, err = lib.remount(mnt2, "ro")
+            results.check(f"{NAME}: setup: tmpfs with the outbox remounted read-only", ok, err)
+            out["ro_existing_rc"] = expect_clean_failure(results, "read-only state dir (existing outbox)", relay,
+                                                         os.path.join(mnt2, "state"))
+            sim.stop()
+        finally:
+            lib.kill_all_processes()
+            lib.umount(mnt2)
+
+    # c) vanished state dir under a writable parent: recreated, as documented
+    sim = lib.Simulator().start()
+    state_dir = os.path.join(root, "vanish", "state")
+    relay = lib.Relay(os.path.join(root, "relay-d"), sim=sim, config={"storage": {"path": os.path.join(state_dir, "outbox.sqlite3")}})
+    relay.start()
+    relay.stop()
+    import shutil
+    shutil.rmtree(os.path.join(root, "vanish"))
+    try:
+        relay.start()
+        started = True
+    except lib.RelayStartError as exc:
+        started = False
+        out["vanished_error"] = str(exc)[:200]
+    mode_dir = stat.S_IMODE(os.stat(state_dir).st_mode) if os.path.exists(state_dir) else None
+    mode_db = stat.S_IMODE(os.stat(relay.db_path).st_mode) if os.path.exists(relay.db_path) else None
+    results.check(f"{NAME}: vanished state dir (writable parent): recreated 0700 / outbox 0600 and started",
+                  started and mode_dir == 0o700 and mode_db == 0o600,
+                  f"started={started}, dir mode={oct(mode_dir) if mode_dir is not None else None}, "
+                  f"outbox mode={oct(mode_db) if mode_db is not None else None}")
+    relay.stop()
+    sim.stop()
+    return out
+
+
+def run(results: lib.Results, long: bool) -> dict:
+    if not lib.is_root():
+        results.skip(f"{NAME}", "needs root for tmpfs mounts (run the suite as root to cover full and read-only disks)")
+        return {"skipped": "not root"}
+    counts = full_disk(results, long)
+    counts.update(unusable_state(results, long))
+    return counts
