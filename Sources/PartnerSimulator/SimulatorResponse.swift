@@ -23,10 +23,14 @@ enum SimulatorResponse {
         return json(status: status, object: object, headers: headers)
     }
 
-    /// An `Encodable` value as JSON, with ISO 8601 dates (inspection endpoints).
+    /// An `Encodable` value as JSON, with ISO 8601 dates to the millisecond (inspection
+    /// endpoints: a rate-limit check needs arrival times finer than a second).
     static func encoded<T: Encodable>(_ value: T, status: Int = 200) -> Response {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true)))
+        }
         encoder.outputFormatting = [.sortedKeys]
         let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
         return raw(status: status, data: data, headers: [:])

@@ -74,8 +74,12 @@ import Testing
         #expect(decide(.linked(candidateUID: "u", error: "candidate_post_conflict"), status: 409).health == .up)
         #expect(decide(.dead(error: "required_field"), status: 400) == DeliveryDecision(outcome: .dead(status: 400, error: "required_field: m"), health: .up))
         let throttled = decide(.retry(error: "too_many_requests", retryAfter: now.addingTimeInterval(30)), status: 429)
+        // A 429 is not an outage: the circuit does not count it.
         #expect(throttled == DeliveryDecision(outcome: .retry(at: now.addingTimeInterval(30), status: 429, error: "too_many_requests"),
-                                              health: .down, pauseUntil: now.addingTimeInterval(30)))
+                                              health: .untested, pauseUntil: now.addingTimeInterval(30)))
+        #expect(decide(.retry(error: "unauthorized", retryAfter: nil), status: 401).health == .untested)
+        #expect(decide(.retry(error: "http_503", retryAfter: nil), status: 503).health == .down)
+        #expect(decide(.retry(error: "timeout", retryAfter: nil), status: nil).health == .down)
         #expect(decide(.retry(error: "http_503", retryAfter: nil), status: 503, attempt: 20).outcome == .dead(status: 503, error: "attempts_exhausted: http_503"))
     }
 

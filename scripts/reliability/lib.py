@@ -44,12 +44,11 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file_
 
 
 def _default_binary() -> str:
+    """`CANDIDATE_RELAY_BIN`, else the debug build that `run` (and `swift test`) just built:
+    never a release binary that may be older than the sources."""
     env = os.environ.get("CANDIDATE_RELAY_BIN")
     if env:
         return env
-    release = os.path.join(REPO_ROOT, ".build", "release", "candidate-relay")
-    if os.path.exists(release):
-        return release
     return os.path.join(REPO_ROOT, ".build", "debug", "candidate-relay")
 
 

@@ -99,6 +99,7 @@ def full_disk(results: lib.Results, long: bool) -> dict:
             readyz = relay.get("/readyz", timeout=5)
         except Exception as exc:  # noqa: BLE001
             readyz = (repr(exc), None, None)
+        results.check(f"{NAME}: /readyz says 503 while the disk is full", readyz[0] == 503, f"{readyz[0]}")
         storage_failed = relay.events("storage.failed")
         results.check(f"{NAME}: storage.failed logged while full", bool(storage_failed), "no storage.failed line")
 

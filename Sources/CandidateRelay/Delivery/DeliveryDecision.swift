@@ -45,11 +45,14 @@ public struct DeliveryDecision: Sendable, Equatable {
         // A Retry-After beyond the longest backoff (a proxy's or a partner's bug) is capped, so
         // that it cannot pause every worker for days; one already past pauses nobody.
         let pause = retryAfter.map { min($0, now.addingTimeInterval(policy.backoff.maxSeconds)) }.flatMap { $0 > now ? $0 : nil }
+        // 429 and 401 are the partner answering about this client (its pace, its credentials),
+        // not an outage: they do not count towards opening the circuit (CONTRACT section 8).
+        let health: PartnerHealth = status == 429 || status == 401 ? .untested : .down
         guard let next = policy.nextAttempt(after: attempt, budgetStartedAt: budgetStartedAt, now: now, retryAfter: pause, unit: unit) else {
             let reason = attempt >= policy.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
-            return DeliveryDecision(outcome: .dead(status: status, error: "\(reason): \(error)"), health: .down, pauseUntil: pause)
+            return DeliveryDecision(outcome: .dead(status: status, error: "\(reason): \(error)"), health: health, pauseUntil: pause)
         }
-        return DeliveryDecision(outcome: .retry(at: next, status: status, error: error), health: .down, pauseUntil: pause)
+        return DeliveryDecision(outcome: .retry(at: next, status: status, error: error), health: health, pauseUntil: pause)
     }
 
     /// `code: message` from the partner, bounded; the message is kept in the outbox only.

@@ -75,7 +75,7 @@ public struct Heartbeat: Service {
                 try? await refreshStatus()
             }
             // systemd wants READY=1 before the first WATCHDOG=1.
-            if watchdogInterval != nil, isReady(), await outbox.probeWritable() {
+            if watchdogInterval != nil, isReady(), await outbox.probeResponsive() {
                 notifier.notify("WATCHDOG=1")
             }
             try? await gracefulSleep(seconds: tick)

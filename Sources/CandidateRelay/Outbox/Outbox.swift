@@ -67,8 +67,24 @@ public final class Outbox: Sendable {
         try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
-    /// A cheap write that proves the file is writable (for `/readyz` and the watchdog).
+    /// A real write (one row rewritten, so a WAL frame and an fsync) for `/readyz`: false
+    /// when the disk is full or read-only, when ingest would answer 503 too.
     public func probeWritable() async -> Bool {
+        do {
+            try await pool.write { db in
+                try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                               arguments: [Date().millis])
+            }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Whether the writer connection answers (for the watchdog): a write transaction that
+    /// changes nothing, so a full disk (ingest answers 503, the daemon stays up) does not make
+    /// systemd restart the daemon, but a stuck writer does.
+    public func probeResponsive() async -> Bool {
         do {
             try await pool.write { db in try db.execute(sql: "PRAGMA user_version = 0") }
             return true

@@ -64,6 +64,10 @@ enum OutboxSchema {
                 END;
                 """)
         }
+        migrator.registerMigration("v2_readiness_probe") { db in
+            // One row `/readyz` rewrites: proof that a write (and its fsync) still succeeds.
+            try db.execute(sql: "CREATE TABLE readiness_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)")
+        }
         return migrator
     }
 }

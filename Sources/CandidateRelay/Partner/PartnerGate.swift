@@ -3,8 +3,10 @@ import Logging
 
 /// What one admitted attempt showed of the partner's health, settled with the gate once.
 public enum PartnerHealth: Sendable, Equatable {
-    /// Nothing reached the partner (no event due, the claim failed, shutdown): a probe
-    /// admission is given back.
+    /// Nothing that tells whether the partner is up: nothing was sent (no event due, the claim
+    /// failed, shutdown), or the answer was about this client, not an outage (429: slow down;
+    /// 401: these credentials). The breaker's count does not move; a probe admission is given
+    /// back, so the next request probes.
     case untested
     /// The partner answered in a way that shows it works (2xx, 409, a refusing 4xx).
     case up
