@@ -55,6 +55,8 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         lease_s = 2 * timeout_s + per_s + 60
         relay = lib.Relay(os.path.join(root, "relay"), sim=sim,
                           config={"storage": {"path": os.path.join(mnt, "state", "outbox.sqlite3")},
+                                  # /readyz wants room for one request of the largest size.
+                                  "ingest": {"max_body_bytes": 65536},
                                   "partner": {"timeout_seconds": timeout_s,
                                               "rate_limit": {"requests": 0, "per_seconds": per_s}}})
         relay.start()
@@ -118,6 +120,8 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         recovery_s = round(time.monotonic() - t0, 1) if recovered else None
         results.check(f"{NAME}: ingest recovers by itself once space is freed", bool(recovered),
                       f"still refusing after 30 s; statuses {ledger.statuses}")
+        readyz_after = relay.get("/readyz", timeout=5)[0]
+        results.check(f"{NAME}: /readyz is 200 again once space is freed", readyz_after == 200, f"{readyz_after}")
         results.check(f"{NAME}: same process throughout (no crash, no restart)", relay.running() and relay.pid == pid
                       and relay.starts == 1, f"running={relay.running()} rc={relay.proc.returncode}")
         # Evidence on the outbox

@@ -131,14 +131,27 @@ extension DeliveryWorkerPool {
         await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
     }
 
+    /// Retries a failed write (a full disk) once a second while the lease lasts, so that the
+    /// outcome lands as soon as space is back; after that, or at shutdown, the lease stays and
+    /// the rescuer returns the event to pending (it is sent again, and a 409 links it).
     private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
-        do {
-            if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs) == false {
-                logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))
+        let deadline = event.leasedAt.addingTimeInterval(settings.value.leaseSeconds / 2)
+        var logged = false
+        while true {
+            do {
+                if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs) == false {
+                    logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))
+                }
+                return
+            } catch {
+                if !logged {
+                    logger.event(.error, "storage.failed", "could not record a delivery outcome; retrying while the lease lasts",
+                                 fields(event, error: Self.errorCode(error)))
+                    logged = true
+                }
+                guard !isDraining, self.now() < deadline else { return }
+                try? await Task.sleep(for: .seconds(1))
             }
-        } catch {
-            // The lease stays; the rescuer returns the event to pending when it expires.
-            logger.event(.error, "storage.failed", "could not record a delivery outcome", fields(event, error: Self.errorCode(error)))
         }
     }
 

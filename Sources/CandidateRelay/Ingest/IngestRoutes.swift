@@ -60,6 +60,11 @@ public enum IngestRoutes {
             guard await handler.outbox.probeWritable() else {
                 return Response.json(.serviceUnavailable, ["status": "storage_unwritable"], headers: [.retryAfter: "5"])
             }
+            // A small write can still fit in the WAL's allocated space when a request would
+            // not: ready only while the disk holds at least one request of the largest size.
+            if let free = handler.outbox.freeBytes(), free < handler.settings.value.maxBodyBytes {
+                return Response.json(.serviceUnavailable, ["status": "storage_full"], headers: [.retryAfter: "5"])
+            }
             return Response.json(.ok, ["status": "ready"])
         }
         router.get("/metrics") { _, _ in

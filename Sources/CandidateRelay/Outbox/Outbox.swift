@@ -81,6 +81,13 @@ public final class Outbox: Sendable {
         }
     }
 
+    /// Bytes an unprivileged writer may still use on the outbox's filesystem (nil if unknown).
+    public func freeBytes() -> Int? {
+        var stats = statvfs()
+        guard statvfs((path as NSString).deletingLastPathComponent, &stats) == 0 else { return nil }
+        return Int(stats.f_bavail) * Int(stats.f_frsize)
+    }
+
     /// Whether the writer connection answers (for the watchdog): a write transaction that
     /// changes nothing, so a full disk (ingest answers 503, the daemon stays up) does not make
     /// systemd restart the daemon, but a stuck writer does.
