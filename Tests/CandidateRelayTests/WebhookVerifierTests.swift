@@ -75,4 +75,19 @@ import Testing
             try verifier.verify(id: nil, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
         }
     }
+
+    /// A header listing thousands of signatures (one valid among them) is verified with one HMAC
+    /// per secret; a header of only wrong ones is refused.
+    @Test func manySignaturesInOneHeader() throws {
+        let secret = WebhookSecret(Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", source: "t"))!
+        let verifier = WebhookVerifier(secrets: [secret])
+        let body = Data(repeating: 0x61, count: 1 << 20)
+        let now = Date(timeIntervalSince1970: 1_700_000_000)
+        let good = WebhookVerifier.sign(id: "msg_1", timestamp: 1_700_000_000, body: body, secret: secret)
+        let junk = Array(repeating: "v1," + Data(repeating: 7, count: 32).base64EncodedString(), count: 2_000)
+        try verifier.verify(id: "msg_1", timestamp: "1700000000", signatureHeader: (junk + [good]).joined(separator: " "), body: body, now: now)
+        #expect(throws: WebhookVerifier.Failure.noMatchingSignature) {
+            try verifier.verify(id: "msg_1", timestamp: "1700000000", signatureHeader: junk.joined(separator: " "), body: body, now: now)
+        }
+    }
 }
