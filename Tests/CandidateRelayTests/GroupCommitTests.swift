@@ -74,4 +74,31 @@ import Testing
         #expect(replays == 19)
         #expect(try await outbox.status(now: Date()).counts[.pending] == 1)
     }
+
+    /// `max_backlog` is exact under concurrency (the bench saw 20,081 accepted for 20,000), and
+    /// room freed by deliveries is seen at once near the limit (it stopped one short before).
+    @Test func backlogLimitIsExactUnderConcurrency() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let created = await withTaskGroup(of: Bool.self) { tasks in
+            for _ in 0..<300 {
+                tasks.addTask {
+                    if case .created? = try? await outbox.accept(OutboxTests.submission(), maxBacklog: 200) { return true }
+                    return false
+                }
+            }
+            var created = 0
+            for await ok in tasks where ok { created += 1 }
+            return created
+        }
+        #expect(created == 200)
+        let claimed = try #require(try await outbox.claimNext(now: Date(), leaseSeconds: 60, maxAgeSeconds: 1000))
+        #expect(try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                          now: Date(), latencyMs: 1))
+        guard case .created = try await outbox.accept(OutboxTests.submission(), maxBacklog: 200) else {
+            Issue.record("the room a delivery freed was not seen")
+            return
+        }
+        await #expect(throws: OutboxError.self) { try await outbox.accept(OutboxTests.submission(), maxBacklog: 200) }
+    }
 }

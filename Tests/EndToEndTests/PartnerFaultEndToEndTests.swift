@@ -107,4 +107,32 @@ import Testing
         #expect(try await relay.waitFor(id, states: ["delivered"])?["state"] as? String == "delivered")
         await relay.stop()
     }
+
+    /// Workers that claimed an event and wait for a place in a full rate window hand it back at
+    /// once on SIGTERM: nothing was sent, so there is nothing to wait the grace period for.
+    @Test func shutdownDoesNotWaitForRateLimitedWorkers() async throws {
+        let relay = try await RelayHarness { config in
+            config.partner.rateLimit = RateLimitConfiguration(requests: 1, perSeconds: 3600)
+            config.delivery.workers = 4
+            config.delivery.shutdownGraceSeconds = 30
+        }
+        var ids: [String] = []
+        for n in 0..<4 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "rl-wait-\(n)")))) }
+        #expect(await eventually { relay.logs.events("delivery.succeeded").count == 1 })
+        let started = ContinuousClock.now
+        await relay.application.shutdown()
+        try await relay.waitForExit()
+        #expect(ContinuousClock.now - started < .seconds(5))
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        var pending = 0
+        for id in ids {
+            let record = try #require(try await outbox.record(id: id))
+            #expect(record.state == .delivered || (record.state == .pending && record.attempts == 0))
+            if record.state == .pending { pending += 1 }
+        }
+        #expect(pending == 3)
+        #expect(await relay.simulator.snapshot().requests.count == 1)
+        await relay.simulator.stop()
+        relay.directory.cleanup()
+    }
 }

@@ -104,14 +104,14 @@ extension DeliveryWorkerPool {
         let client = self.client
         let timed: (answer: PartnerAnswer, elapsed: Duration)
         do {
-            timed = try await gate.withSlot(for: admission) {
+            timed = try await gate.withSlot(for: admission, giveUp: { [weak self] in self?.isDraining ?? true }) {
                 let clock = ContinuousClock()
                 let started = clock.now
                 let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
                 return (answer, clock.now - started)
             }
         } catch {
-            return nil  // cancelled while waiting for a place: nothing was sent
+            return nil  // shutdown while waiting for a place: nothing was sent
         }
         let answer = timed.answer
         metrics.partnerLatency.recordNanoseconds(Int64(timed.elapsed.components.seconds) * 1_000_000_000 + timed.elapsed.components.attoseconds / 1_000_000_000)

@@ -22,25 +22,28 @@ public struct IngestHandler: Sendable {
     static let webhookSignature = HTTPField.Name("webhook-signature")!
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
 
-    /// Reads the body within the limit (413 without buffering more than `max_body_bytes`).
-    func readBody(_ request: Request) async throws(IngestError) -> ByteBuffer {
+    /// Reads the body within the limit (413 without buffering more than `max_body_bytes`),
+    /// straight into the `Data` that is validated and stored: a large body is held once, not
+    /// once as a buffer and once more as its copy.
+    func readBody(_ request: Request) async throws(IngestError) -> Data {
         let limit = settings.value.maxBodyBytes
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > limit {
+        let declared = request.headers[.contentLength].flatMap(Int.init)
+        if let declared, declared > limit {
             throw .payloadTooLarge(limit: limit)
         }
-        var buffer = ByteBuffer()
+        var body = Data()
+        if let declared, declared > 0 { body.reserveCapacity(declared) }
         do {
             for try await chunk in request.body {
-                if buffer.readableBytes + chunk.readableBytes > limit { throw IngestError.payloadTooLarge(limit: limit) }
-                var chunk = chunk
-                buffer.writeBuffer(&chunk)
+                if body.count + chunk.readableBytes > limit { throw IngestError.payloadTooLarge(limit: limit) }
+                chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             }
         } catch let error as IngestError {
             throw error
         } catch {
             throw .malformedJSON
         }
-        return buffer
+        return body
     }
 
     /// `POST /v1/candidates`.
@@ -60,7 +63,7 @@ public struct IngestHandler: Sendable {
 
     private func process(_ request: Request) async throws(IngestError) -> (Response, LogFields) {
         if stopFlag.isStopping { throw .unavailable(reason: "shutting down", retryAfterSeconds: 5) }
-        let body = Data(buffer: try await readBody(request))
+        let body = try await readBody(request)
         let headers = request.headers
         let auth = IngestAuthenticator.Headers(
             webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],

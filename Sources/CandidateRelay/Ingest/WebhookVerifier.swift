@@ -33,8 +33,7 @@ public struct WebhookVerifier: Sendable {
         guard let id, !id.isEmpty, let timestamp, let signatureHeader else { throw .missingHeaders }
         guard let seconds = Int64(timestamp) else { throw .invalidTimestamp }
         guard abs(now.timeIntervalSince1970 - Double(seconds)) <= tolerance else { throw .timestampOutOfTolerance }
-        var signed = Data("\(id).\(timestamp).".utf8)
-        signed.append(contentsOf: body)
+        let prefix = Data("\(id).\(timestamp).".utf8)
         let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
             let parts = entry.split(separator: ",", maxSplits: 1)
             guard parts.count == 2, parts[0] == "v1" else { return nil }
@@ -45,7 +44,11 @@ public struct WebhookVerifier: Sendable {
         // the body. Every pair is compared (no early exit), each in constant time.
         var matched = false
         for secret in secrets {
-            let expected = Data(HMAC<SHA256>.authenticationCode(for: signed, using: secret.key))
+            // Streamed: the signed text is never assembled (no copy of a large body).
+            var hmac = HMAC<SHA256>(key: secret.key)
+            hmac.update(data: prefix)
+            hmac.update(data: body)
+            let expected = Data(hmac.finalize())
             for signature in candidates where Self.constantTimeEqual(signature, expected) {
                 matched = true
             }

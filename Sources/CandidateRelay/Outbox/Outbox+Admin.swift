@@ -17,7 +17,6 @@ extension Outbox {
             }
             let oldest = try Millis.fetchOne(db, sql: "SELECT MIN(received_at) FROM events WHERE state IN ('pending', 'in_flight')")
             let last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
-            self.backlog.withLock { $0 = ((counts[.pending] ?? 0) + (counts[.inFlight] ?? 0), now) }
             return OutboxStatus(
                 counts: counts,
                 oldestPendingAgeSeconds: oldest.map { max(0, now.timeIntervalSince(Date(millis: $0))) },

@@ -54,7 +54,11 @@ extension Outbox {
         let results: [Result<AcceptResult, any Error>] = try await write { db in
             var results: [Result<AcceptResult, any Error>] = []
             results.reserveCapacity(batch.count)
-            var backlog = try self.backlogCount(db, now: batch[0].submission.receivedAt)
+            // Deliveries only lower the count between refreshes: the cache errs on the high side
+            // by at most a second's worth of deliveries; near the limit it is exact.
+            let limit = batch.map(\.maxBacklog).min() ?? 0
+            var backlog = try self.backlogCount(db, now: batch[0].submission.receivedAt, limit: limit,
+                                                margin: max(batch.count, limit / 10))
             for pending in batch {
                 let submission = pending.submission
                 if let key = submission.idempotencyKey,
@@ -90,12 +94,14 @@ extension Outbox {
         return results
     }
 
-    /// Pending + in-flight events, from a cache at most one second old (a COUNT per request
-    /// would cost more than the insert).
-    func backlogCount(_ db: Database, now: Date) throws -> Int {
+    /// Pending + in-flight events at the start of a batch. Far below the limit, a cache at most
+    /// one second old (counted inside a write transaction, then bumped by each accept; a COUNT
+    /// per batch costs O(backlog)); within `margin` of it, counted exactly, so `max_backlog` is
+    /// exact where it matters.
+    func backlogCount(_ db: Database, now: Date, limit: Int, margin: Int) throws -> Int {
         let cached = backlog.withLock { $0 }
-        if now.timeIntervalSince(cached.refreshedAt) < 1 { return cached.count }
-        let count = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE state IN ('pending', 'in_flight')") ?? 0
+        if now.timeIntervalSince(cached.refreshedAt) < 1, cached.count + margin < limit { return cached.count }
+        let count = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM events WHERE state IN ('pending', 'in_flight')")) ?? 0
         backlog.withLock { $0 = (count, now) }
         return count
     }

@@ -107,25 +107,31 @@ public actor PartnerGate {
     /// the probe; the immediate resend after a 401 passes `nil`: same attempt, rate limit only),
     /// runs `request`, and keeps the place until `window` after it returned. Throws only when
     /// cancelled before sending.
-    public nonisolated func withSlot<T: Sendable>(for admission: Permit?, _ request: @Sendable () async -> T) async throws -> T {
-        let ticket = try await takeSlot(for: admission)
+    ///
+    /// `giveUp` is asked while waiting (shutdown: a request not sent yet is not worth waiting
+    /// for; the event is handed back at once instead of at the end of the grace period).
+    public nonisolated func withSlot<T: Sendable>(
+        for admission: Permit?, giveUp: @escaping @Sendable () -> Bool = { false }, _ request: @Sendable () async -> T
+    ) async throws -> T {
+        let ticket = try await takeSlot(for: admission, giveUp: giveUp)
         let result = await request()
         await finish(ticket)
         return result
     }
 
-    private func takeSlot(for admission: Permit?) async throws -> SlidingWindowLimiter.Ticket {
+    private func takeSlot(for admission: Permit?, giveUp: @Sendable () -> Bool) async throws -> SlidingWindowLimiter.Ticket {
         var waited = false
         while true {
             try Task.checkCancellation()
+            if giveUp() { throw CancellationError() }
             let current = now()
             if let admission {
                 if pausedUntil > current {
-                    try await sleep(until: pausedUntil)
+                    try await sleep(until: pausedUntil, atMost: 0.25)
                     continue
                 }
                 if !admission.probe && breaker.isOpen {
-                    try await sleep(until: nil)
+                    try await sleep(until: nil, atMost: 0.25)
                     continue
                 }
             }
@@ -134,7 +140,7 @@ public actor PartnerGate {
                 waited = true
                 metrics.rateLimitWait()
             }
-            try await sleep(until: limiter.earliestAllowed(now: current))
+            try await sleep(until: limiter.earliestAllowed(now: current), atMost: 0.25)
         }
     }
 
@@ -153,8 +159,8 @@ public actor PartnerGate {
 
     /// Sleeps until `date`, at most a second (a pause or a limit may change meanwhile); `nil`
     /// (waiting on something in flight) polls every 50 ms.
-    private func sleep(until date: Date?) async throws {
-        let seconds = date.map { max(0.001, min($0.timeIntervalSince(now()), 1)) } ?? 0.05
+    private func sleep(until date: Date?, atMost limit: Double = 1) async throws {
+        let seconds = date.map { max(0.001, min($0.timeIntervalSince(now()), limit)) } ?? 0.05
         try await Task.sleep(for: .seconds(seconds))
     }
 }
