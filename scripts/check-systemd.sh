@@ -2,9 +2,13 @@
 # Checks systemd/candidate-relay.service the way CI does:
 #   1. `systemd-analyze verify` prints nothing on stderr (it exits 0 on unknown keys and bad
 #      values and only warns, so any output at all counts as a failure);
-#   2. `systemd-analyze security --offline=true` rates the unit at most $MAX_EXPOSURE.
+#   2. `systemd-analyze security --offline=true` rates the unit at most $MAX_EXPOSURE;
+#   3. `ExecReload=` is `candidate-relay reload ... --pid $MAINPID`, which returns only once the
+#      daemon has applied (exit 0) or refused (exit 1) the new config. systemd 252 ends the
+#      reload job when ExecReload= exits, so a bare `kill -HUP` would report success at once.
+# scripts/systemd-test checks all of it, and more, under a real systemd.
 # Usage: scripts/check-systemd.sh [UNIT_FILE]   (env: MAX_EXPOSURE, default 2.0)
-# Exits 0 when both pass, 1 when a check fails, 2 when it cannot run.
+# Exits 0 when all pass, 1 when a check fails, 2 when it cannot run.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,9 +25,8 @@ failed=0
 
 # --- 1. verify -------------------------------------------------------------------------
 # verify also checks that every Exec*= program exists. On a build machine the relay is not
-# installed (and /bin/kill may be missing in a slim container), so a throwaway copy of the
-# unit, under the same file name, has each absent program replaced by /bin/true. Nothing else
-# changes; the replacements are listed.
+# installed, so a throwaway copy of the unit, under the same file name, has each absent
+# program replaced by /bin/true. Nothing else changes; the replacements are listed.
 copy="$work/$name"
 cp "$unit" "$copy"
 while IFS= read -r program; do
@@ -58,6 +61,16 @@ elif awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e > m) }'; then
     failed=1
 else
     echo "security: OK (exposure $exposure <= $max_exposure)"
+fi
+
+# --- 3. reload ---------------------------------------------------------------------------
+reloads=$(grep -E '^ExecReload=' "$unit" || true)
+if [[ $(grep -c . <<<"$reloads") -eq 1 && $reloads =~ ^ExecReload=[^\ ]*/candidate-relay\ reload\ .*--pid\ \$MAINPID ]]; then
+    echo "reload: OK ($reloads)"
+else
+    echo "reload: FAILED: want one ExecReload=<bindir>/candidate-relay reload ... --pid \$MAINPID (it waits for the daemon's answer); have:"
+    printf '%s\n' "${reloads:-(none)}" | sed 's/^/  /'
+    failed=1
 fi
 
 exit $failed
