@@ -63,7 +63,9 @@ public struct Heartbeat: Service {
         let tick = min(watchdogInterval ?? 1, 1)
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
-            if current >= nextBeat {
+            // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
+            // counts are what `systemctl status` shows from the first second on.
+            if current >= nextBeat && isReady() {
                 statusChanges = metrics.changeCount
                 do { previous = try await beat(previous: previous) } catch {
                     logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: "storage_error"))
