@@ -214,14 +214,19 @@ public struct CandidateValidator: Sendable {
 
     // MARK: - Formats
 
+    /// Only whitespace (or nothing). ASCII is decided byte by byte; Unicode properties are
+    /// looked up for other scalars only (the profile had Foundation's trimming at ~3% of ingest).
     static func isBlank(_ string: String) -> Bool {
-        string.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
+        string.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII ? (scalar == " " || (0x09...0x0D).contains(scalar.value)) : scalar.properties.isWhitespace
+        }
     }
 
     /// Whitespace or control characters: never valid inside an address or a URL.
     static func hasSpaceOrControl(_ string: String) -> Bool {
-        string.unicodeScalars.contains {
-            $0.properties.isWhitespace || $0.properties.generalCategory == .control
+        string.unicodeScalars.contains { scalar in
+            if scalar.isASCII { return scalar.value <= 0x20 || scalar.value == 0x7F }
+            return scalar.properties.isWhitespace || scalar.properties.generalCategory == .control
         }
     }
 
