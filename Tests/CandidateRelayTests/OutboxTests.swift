@@ -154,14 +154,21 @@ import Testing
         #expect(try await outbox.record(id: "e1")?.state == .dead)
     }
 
-    @Test func forgetDuringDeliveryKeepsThePartnersFullAnswerOut() async throws {
-        let (dir, outbox) = try Self.open()
-        defer { dir.cleanup() }
+    /// Event `e1` (partner candidate id `X`) claimed, then `forget X` while its request is out,
+    /// then `outcome` recorded; returns whether the outcome was recorded.
+    static func completeAfterForget(_ outbox: Outbox, _ outcome: RecordedOutcome) async throws -> Bool {
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
         _ = try await outbox.forget(partnerCandidateID: "X", now: now)
-        #expect(try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: "{}", fullResponse: Data("{\"first_name\":\"A\"}".utf8)), now: now, latencyMs: 1))
+        return try await outbox.complete(claimed, outcome: outcome, now: now, latencyMs: 1)
+    }
+
+    @Test func forgetDuringDeliveryKeepsThePartnersFullAnswerOut() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let outcome = RecordedOutcome.delivered(candidateUID: "u", status: 201, summary: "{}", fullResponse: Data("{\"first_name\":\"A\"}".utf8))
+        #expect(try await Self.completeAfterForget(outbox, outcome))
         let full = try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT partner_response_full FROM events")?["partner_response_full"] as Data? }
         #expect(full == nil)
         #expect(try await outbox.record(id: "e1")?.state == .delivered)
@@ -177,11 +184,7 @@ import Testing
     func forgetDuringAFailingAttemptKeepsOnlyTheCode(outcome: RecordedOutcome) async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let now = Date()
-        _ = try await outbox.accept(Self.submission("e1", partnerID: "X", at: now), maxBacklog: 10)
-        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
-        _ = try await outbox.forget(partnerCandidateID: "X", now: now)
-        #expect(try await outbox.complete(claimed, outcome: outcome, now: now, latencyMs: 1))
+        #expect(try await Self.completeAfterForget(outbox, outcome))
         let record = try #require(try await outbox.record(id: "e1"))
         #expect(record.lastError?.contains("@") == false)
         #expect(record.lastError?.contains(":") == false)
