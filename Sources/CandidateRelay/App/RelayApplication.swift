@@ -102,6 +102,9 @@ public final class RelayApplication: Sendable {
         let router = IngestRoutes.router(handler: handler)
         let app = Application(
             router: router,
+            // A connection that completes no request part for a minute is closed: slow senders
+            // that never finish their headers cannot hold sockets (and file descriptors) for ever.
+            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
             configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: "candidate-relay"),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? config.listen.port
