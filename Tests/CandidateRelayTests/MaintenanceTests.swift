@@ -6,14 +6,6 @@ import Synchronization
 import Testing
 @testable import CandidateRelay
 
-/// A clock the test moves by hand.
-final class ManualClock: Sendable {
-    private let current: Mutex<Date>
-    init(_ start: Date) { current = Mutex(start) }
-    var now: Date { current.withLock { $0 } }
-    func advance(_ seconds: Double) { current.withLock { $0 = $0.addingTimeInterval(seconds) } }
-}
-
 @Suite struct MaintenanceTests {
     static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
@@ -76,50 +68,91 @@ final class ManualClock: Sendable {
     }
 }
 
+/// The gate on a manual clock: no test here sleeps or waits on a timeout; time moves when the
+/// test says so.
 @Suite struct PartnerGateTests {
     static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
+    static func gate(_ clock: ManualClock, requests: Int = 100, perSeconds: Double = 60, failures: Int = 5,
+                     cooldown: Double = 30) -> PartnerGate {
+        PartnerGate(rateLimit: RateLimitConfiguration(requests: requests, perSeconds: perSeconds),
+                    breaker: CircuitBreakerConfiguration(failures: failures, cooldownSeconds: cooldown),
+                    history: [], logger: logger, metrics: RelayMetrics(), clock: clock)
+    }
+
+    /// Starts `operation` and waits (for a signal, not a guess) until it sleeps on the clock.
+    static func parked<T: Sendable>(_ clock: ManualClock, _ operation: @escaping @Sendable () async throws -> T) async -> Task<T, any Error> {
+        let before = clock.sleeping
+        let task = Task { try await operation() }
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > before }
+        return task
+    }
+
     /// The resend after a 401 on the circuit's single probe must not wait for that probe.
     @Test func resendDuringAProbeDoesNotWaitForItself() async throws {
-        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
-                               breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
-                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        let clock = ManualClock()
+        let gate = Self.gate(clock, failures: 1, cooldown: 0.05)
         await gate.settle(try await gate.admit(), health: .down)
+        clock.advance(0.05)
         let probe = try await gate.admit()
         #expect(probe.probe)
-        let resent = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await gate.withSlot(for: nil) { true }) == true }
-            group.addTask { try? await Task.sleep(for: .seconds(5)); return false }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first
-        }
-        #expect(resent)
+        #expect(try await gate.withSlot(for: nil) { true })  // returns without the clock moving
     }
 
     @Test func aCancelledProbeLetsTheNextRequestProbe() async throws {
-        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
-                               breaker: CircuitBreakerConfiguration(failures: 1, cooldownSeconds: 0.05),
-                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        let clock = ManualClock()
+        let gate = Self.gate(clock, failures: 1, cooldown: 0.05)
         await gate.settle(try await gate.admit(), health: .down)
+        clock.advance(0.05)
         let probe = try await gate.admit()
         await gate.settle(probe, health: .untested)
         let next = try await gate.admit()
         #expect(next.probe)
     }
 
-    /// A first send admitted before the partner said Retry-After waits it out too.
+    /// A first send admitted before the partner said Retry-After waits it out too; the 401
+    /// resend of an attempt already under way does not.
     @Test func aFirstSendWaitsOutAPauseOrderedAfterItsAdmission() async throws {
-        let gate = PartnerGate(rateLimit: RateLimitConfiguration(requests: 100, perSeconds: 60),
-                               breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30),
-                               history: [], logger: Self.logger, metrics: RelayMetrics())
+        let clock = ManualClock()
+        let gate = Self.gate(clock)
         let admission = try await gate.admit()
-        let start = Date()
-        await gate.pause(until: start.addingTimeInterval(0.3))
-        try await gate.withSlot(for: admission) {}
-        #expect(Date().timeIntervalSince(start) >= 0.29)
-        // The 401 resend of an attempt already under way does not wait.
-        await gate.pause(until: Date().addingTimeInterval(30))
+        await gate.pause(until: clock.now.addingTimeInterval(0.3))
+        let send = await Self.parked(clock) { try await gate.withSlot(for: admission) { clock.now } }
+        clock.advance(0.2)
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > 0 }
+        clock.advance(0.1)
+        let sentAt = try await send.value
+        #expect(sentAt.timeIntervalSince(Date(timeIntervalSince1970: 2_000_000_000)) >= 0.3)
+        await gate.pause(until: clock.now.addingTimeInterval(30))
+        #expect(try await gate.withSlot(for: nil) { true })
+    }
+
+    /// A full window: the next request waits until the oldest answer is a window old.
+    @Test func aFullWindowWaitsForTheOldestAnswerToAgeOut() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, requests: 2, perSeconds: 10)
         try await gate.withSlot(for: nil) {}
+        clock.advance(1)
+        try await gate.withSlot(for: nil) {}
+        let third = await Self.parked(clock) { try await gate.withSlot(for: nil) { clock.now } }
+        clock.advance(8.5)  // 9.5 s after the first answer: still inside its window
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > 0 }
+        #expect(clock.sleeping > 0)
+        clock.advance(0.5)
+        #expect(try await third.value == Date(timeIntervalSince1970: 2_000_000_010))
+    }
+
+    /// Shutdown: a request still waiting for a place gives up at once (nothing was sent).
+    @Test func waitingForAPlaceGivesUpWhenAsked() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, requests: 1, perSeconds: 3600)
+        try await gate.withSlot(for: nil) {}
+        let stop = Atomic<Bool>(false)
+        let waiting = await Self.parked(clock) {
+            try await gate.withSlot(for: nil, giveUp: { stop.load(ordering: .relaxed) }) { true }
+        }
+        stop.store(true, ordering: .relaxed)
+        clock.advance(0.25)  // the next look at the window
+        await #expect(throws: CancellationError.self) { try await waiting.value }
     }
 }

@@ -1,3 +1,4 @@
+import CandidateRelayTesting
 import Crypto
 import Foundation
 import Logging

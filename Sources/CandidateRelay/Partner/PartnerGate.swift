@@ -33,17 +33,19 @@ public actor PartnerGate {
     private var pausedUntil: Date = .distantPast
     private let logger: Logger
     private let metrics: RelayMetrics
-    private let now: @Sendable () -> Date
+    private let clock: any RelayClock
 
     /// `history`: when requests of a previous run were answered (or given up), to seed the window.
     public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
-                logger: Logger, metrics: RelayMetrics, now: @escaping @Sendable () -> Date = Date.init) {
+                logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
         limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: rateLimit.perSeconds, history: history)
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
         self.logger = logger
         self.metrics = metrics
-        self.now = now
+        self.clock = clock
     }
+
+    private func now() -> Date { clock.now }
 
     /// Applies new limits on reload.
     public func reconfigure(rateLimit: RateLimitConfiguration, breaker configuration: CircuitBreakerConfiguration) {
@@ -161,6 +163,6 @@ public actor PartnerGate {
     /// (waiting on something in flight) polls every 50 ms.
     private func sleep(until date: Date?, atMost limit: Double = 1) async throws {
         let seconds = date.map { max(0.001, min($0.timeIntervalSince(now()), limit)) } ?? 0.05
-        try await Task.sleep(for: .seconds(seconds))
+        try await clock.sleep(until: now().addingTimeInterval(seconds))
     }
 }

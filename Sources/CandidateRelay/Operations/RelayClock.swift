@@ -1,0 +1,19 @@
+import Foundation
+
+/// Time as the partner gate sees it: what time it is, and waiting until a time. Injected so that
+/// tests move time by hand (`ManualClock` in CandidateRelayTesting) instead of sleeping.
+public protocol RelayClock: Sendable {
+    var now: Date { get }
+    /// Suspends until `deadline`; throws `CancellationError` when the task is cancelled first.
+    func sleep(until deadline: Date) async throws
+}
+
+/// The wall clock and `Task.sleep`.
+public struct SystemClock: RelayClock {
+    public init() {}
+    public var now: Date { Date() }
+    public func sleep(until deadline: Date) async throws {
+        let seconds = deadline.timeIntervalSinceNow
+        if seconds > 0 { try await Task.sleep(for: .seconds(seconds)) } else { try Task.checkCancellation() }
+    }
+}
