@@ -35,7 +35,8 @@ struct CandidateEndpoint: Sendable {
             partnerCandidateID: ids.partnerCandidateID,
             status: 0,
             idempotencyKey: request.headers[Self.idempotencyKey],
-            userAgent: request.headers[.userAgent]
+            userAgent: request.headers[.userAgent],
+            apiKey: Self.issuer(of: request.headers[.authorization])
         )
         let faults = store.faults
         if faults.closeRate > 0, Double.random(in: 0..<1) < faults.closeRate {
@@ -79,6 +80,15 @@ struct CandidateEndpoint: Sendable {
         })
     }
 
+    /// The `iss` claim of a bearer JWT, unverified (for the inspection record only).
+    static func issuer(of authorization: String?) -> String? {
+        guard let authorization, authorization.lowercased().hasPrefix("bearer ") else { return nil }
+        let parts = authorization.dropFirst(7).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let claims = Base64URL.decode(parts[1]),
+              let object = try? JSONSerialization.jsonObject(with: claims) as? [String: Any] else { return nil }
+        return object["iss"] as? String
+    }
+
     /// The real handling once no fault fired. Returns the answer and its error code (if any).
     private func process(
         object: [String: Any]?,
@@ -95,7 +105,7 @@ struct CandidateEndpoint: Sendable {
         }
         guard
             store.admit(
-                key: bucket, limit: configuration.rateLimitRequests,
+                key: configuration.rateLimitScope == .partner ? "partner" : bucket, limit: configuration.rateLimitRequests,
                 window: configuration.rateLimitPerSeconds, now: now)
         else {
             let headers = SimulatorResponse.retryAfterHeaders(status: 429, faults: faults)

@@ -22,7 +22,7 @@ struct HS256TokenVerifier: Sendable {
             case .malformed: "malformed JWT"
             case .unsupportedAlgorithm(let alg): "unsupported JWT alg \(alg ?? "none"); HS256 required"
             case .badSignature: "invalid JWT signature"
-            case .wrongIssuer: "JWT iss does not match the api-key"
+            case .wrongIssuer: "JWT iss is not a known api-key"
             case .missingExpiry: "JWT exp claim missing or not a number"
             case .expired: "JWT expired"
             case .lifetimeTooLong: "JWT exp is more than 600 seconds ahead"
@@ -39,14 +39,19 @@ struct HS256TokenVerifier: Sendable {
     /// The partner caps token lifetime at ten minutes.
     static let maximumLifetime: TimeInterval = 600
 
-    let apiKey: String
+    let apiKeys: Set<String>
     let key: SymmetricKey
     /// Tolerated clock difference, so a token minted at exactly now+600 on a slightly faster
     /// clock is not refused.
     let skew: TimeInterval
 
     init(apiKey: String, secret: String, skew: TimeInterval = 5) {
-        self.apiKey = apiKey
+        self.init(apiKeys: [apiKey], secret: secret, skew: skew)
+    }
+
+    /// Several customers' api-keys, one partner secret.
+    init(apiKeys: [String], secret: String, skew: TimeInterval = 5) {
+        self.apiKeys = Set(apiKeys)
         self.key = SymmetricKey(data: Data(secret.utf8))
         self.skew = skew
     }
@@ -72,12 +77,12 @@ struct HS256TokenVerifier: Sendable {
         guard let claims = try? JSONDecoder().decode(Claims.self, from: claimsData) else {
             return .failure(.malformed)
         }
-        guard claims.iss == apiKey else { return .failure(.wrongIssuer) }
+        guard let issuer = claims.iss, apiKeys.contains(issuer) else { return .failure(.wrongIssuer) }
         guard let exp = claims.exp else { return .failure(.missingExpiry) }
         let nowSeconds = now.timeIntervalSince1970
         guard exp > nowSeconds else { return .failure(.expired) }
         guard exp <= nowSeconds + Self.maximumLifetime + skew else { return .failure(.lifetimeTooLong) }
-        return .success(apiKey)
+        return .success(issuer)
     }
 }
 

@@ -12,6 +12,20 @@ public struct PartnerSimulatorConfiguration: Sendable {
     public var port: Int = 0
     /// The customer api-key expected as the JWT `iss` claim.
     public var apiKey: String = "demo-api-key"
+    /// More customers' api-keys accepted as `iss` (a sourcing partner serves several; the
+    /// partner secret is the same for all).
+    public var additionalAPIKeys: [String] = []
+    /// Whether the rate limit applies per api-key (the partner's documentation) or once for
+    /// all keys together (`partner`: the other reading of it).
+    public var rateLimitScope: RateLimitScope = .apiKey
+
+    /// Every api-key accepted as `iss`.
+    public var apiKeys: [String] { [apiKey] + additionalAPIKeys }
+
+    public enum RateLimitScope: String, Sendable, CaseIterable {
+        case apiKey = "api-key"
+        case partner
+    }
     /// The HS256 signing secret shared with the relay.
     public var secret: String = "demo-secret"
     /// Requests admitted per window for one api-key or OAuth client; 0 means unlimited.

@@ -10,7 +10,7 @@ struct SimulatorRoutes: Sendable {
     let logger: Logger
 
     func register(on router: Router<SimulatorRequestContext>) {
-        let verifier = HS256TokenVerifier(apiKey: configuration.apiKey, secret: configuration.secret)
+        let verifier = HS256TokenVerifier(apiKeys: configuration.apiKeys, secret: configuration.secret)
         let candidates = CandidateEndpoint(
             configuration: configuration,
             store: store,

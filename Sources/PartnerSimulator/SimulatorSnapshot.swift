@@ -49,6 +49,9 @@ public struct ReceivedRequest: Sendable, Codable {
     public var idempotencyKey: String?
     /// The `User-Agent` header, if any.
     public var userAgent: String?
+    /// The JWT `iss` (the customer's api-key) the request carried, as sent: `status` says
+    /// whether it was accepted. Nil for OAuth access tokens and missing or unreadable tokens.
+    public var apiKey: String?
 
     public init(
         at: Date,
@@ -57,7 +60,8 @@ public struct ReceivedRequest: Sendable, Codable {
         status: Int,
         error: String? = nil,
         idempotencyKey: String? = nil,
-        userAgent: String? = nil
+        userAgent: String? = nil,
+        apiKey: String? = nil
     ) {
         self.at = at
         self.positionUID = positionUID
@@ -66,6 +70,7 @@ public struct ReceivedRequest: Sendable, Codable {
         self.error = error
         self.idempotencyKey = idempotencyKey
         self.userAgent = userAgent
+        self.apiKey = apiKey
     }
 }
 

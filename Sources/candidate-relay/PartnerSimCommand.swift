@@ -11,7 +11,10 @@ struct PartnerSim: AsyncParsableCommand {
 
     @Option(help: "Port (0 = any free port).") var port = 8089
     @Option(help: "Listen address.") var host = "127.0.0.1"
-    @Option(name: .customLong("api-key"), help: "The customer api-key expected as the JWT `iss`.") var apiKey = "demo-api-key"
+    @Option(name: .customLong("api-key"), help: "A customer api-key accepted as the JWT `iss`; repeat it for several customers (default: demo-api-key).")
+    var apiKeys: [String] = []
+    @Option(name: .customLong("rate-limit-scope"), help: "The rate limit per api-key (api-key, the default) or for all keys together (partner).")
+    var rateLimitScope: String = "api-key"
     @Option(help: "The HS256 secret.") var secret = "demo-secret"
     @Option(name: .customLong("rate-limit"), help: "Requests per window (0 = unlimited).") var rateLimit = 100
     @Option(name: .customLong("rate-window"), help: "Window in seconds.") var rateWindow = 60.0
@@ -45,7 +48,12 @@ struct PartnerSim: AsyncParsableCommand {
         var config = PartnerSimulatorConfiguration()
         config.host = host
         config.port = port
-        config.apiKey = apiKey
+        guard let scope = PartnerSimulatorConfiguration.RateLimitScope(rawValue: rateLimitScope) else {
+            throw ValidationError("--rate-limit-scope must be api-key or partner")
+        }
+        config.apiKey = apiKeys.first ?? "demo-api-key"
+        config.additionalAPIKeys = Array(apiKeys.dropFirst())
+        config.rateLimitScope = scope
         config.secret = secret
         config.rateLimitRequests = rateLimit
         config.rateLimitPerSeconds = rateWindow

@@ -188,6 +188,37 @@ struct PartnerSimulatorTests {
         }
     }
 
+    /// Several customers (CONTRACT section 8): each api-key is accepted as `iss`, each has its
+    /// own window by default, and `--rate-limit-scope partner` makes it one window for all.
+    @Test(arguments: [PartnerSimulatorConfiguration.RateLimitScope.apiKey, .partner])
+    func severalAPIKeysAndTheScopeOfTheLimit(scope: PartnerSimulatorConfiguration.RateLimitScope) async throws {
+        try await withSimulator({
+            $0.additionalAPIKeys = ["acme-key", "globex-key"]
+            $0.rateLimitRequests = 2
+            $0.rateLimitScope = scope
+        }) { simulator in
+            var statuses: [String: [Int]] = [:]
+            for key in [Self.apiKey, "acme-key", "globex-key"] {
+                for index in 0..<2 {
+                    let body = Self.candidateBody(partnerCandidateID: "\(key)-\(index)")
+                    statuses[key, default: []].append(try await create(simulator, token: Self.mintJWT(iss: key), body: body).status)
+                }
+            }
+            switch scope {
+            case .apiKey:
+                #expect(statuses.values.allSatisfy { $0 == [201, 201] })
+            case .partner:
+                #expect(statuses[Self.apiKey] == [201, 201])
+                #expect(statuses["acme-key"] == [429, 429])
+                #expect(statuses["globex-key"] == [429, 429])
+            }
+            #expect(try await create(simulator, token: Self.mintJWT(iss: "initech-key")).status == 401)
+            let keys = await simulator.snapshot().requests.map(\.apiKey)
+            #expect(keys.filter { $0 == "acme-key" }.count == 2)
+            #expect(keys.last == "initech-key")
+        }
+    }
+
     @Test func failNextAnswersInjectedStatusThenRecovers() async throws {
         try await withSimulator { simulator in
             await simulator.setFaults(SimulatorFaults(failNext: 2, retryAfter: "7"))

@@ -8,7 +8,7 @@ public enum SimulatorRunner {
         let simulator = PartnerSimulator(configuration: configuration)
         let signals = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         let port = try await simulator.start()
-        print("partner-sim listening on http://\(configuration.host):\(port) (api key \(configuration.apiKey)); inspect: GET /_sim/state, change faults: PUT /_sim/faults")
+        print("partner-sim listening on http://\(configuration.host):\(port) (api keys \(configuration.apiKeys.joined(separator: ", ")); rate limit per \(configuration.rateLimitScope.rawValue)); inspect: GET /_sim/state, change faults: PUT /_sim/faults")
         for await _ in signals { break }
         await simulator.stop()
     }
