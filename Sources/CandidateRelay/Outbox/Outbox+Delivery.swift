@@ -82,6 +82,17 @@ struct Completion: Sendable {
     var latencyMs: Int?
 }
 
+/// One write of the worker pool, as queued for its group commit.
+enum DeliveryWrite: Sendable {
+    case claim(ClaimRequest)
+    case complete(Completion)
+}
+
+enum DeliveryWriteResult: Sendable {
+    case claimed(ClaimResult)
+    case completed(Bool)
+}
+
 /// What one claim produced.
 public struct ClaimResult: Sendable {
     public var claimed: ClaimedEvent?
@@ -101,8 +112,25 @@ extension Outbox {
     /// the worker can log them.
     public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
         let request = ClaimRequest(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
-        return try await claimQueue.submit(request) { batch in
-            try await self.write { db in try batch.map { .success(try Self.claimOne(db, $0)) } }
+        guard case .claimed(let result) = try await deliveryWrite(.claim(request)) else {
+            throw OutboxError.storage("claim answered with another kind of result")
+        }
+        return result
+    }
+
+    /// The workers' claims and outcomes share one group commit: a worker records an outcome and
+    /// claims its next event moments apart, so both usually land in the same fsync'd
+    /// transaction (in arrival order: a claim sees the outcomes written before it).
+    func deliveryWrite(_ write: DeliveryWrite) async throws -> DeliveryWriteResult {
+        try await deliveryQueue.submit(write) { batch in
+            try await self.write { db in
+                try batch.map { item -> Result<DeliveryWriteResult, any Error> in
+                    switch item {
+                    case .claim(let request): .success(.claimed(try Self.claimOne(db, request)))
+                    case .complete(let completion): .success(.completed(try Self.completeOne(db, completion)))
+                    }
+                }
+            }
         }
     }
 
@@ -154,9 +182,10 @@ extension Outbox {
     @discardableResult
     public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?) async throws -> Bool {
         let completion = Completion(event: event, outcome: outcome, now: now, latencyMs: latencyMs)
-        return try await completeQueue.submit(completion) { batch in
-            try await self.write { db in try batch.map { .success(try Self.completeOne(db, $0)) } }
+        guard case .completed(let recorded) = try await deliveryWrite(.complete(completion)) else {
+            throw OutboxError.storage("outcome answered with another kind of result")
         }
+        return recorded
     }
 
     /// One outcome inside a (shared) transaction.

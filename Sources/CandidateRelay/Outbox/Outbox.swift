@@ -15,10 +15,9 @@ public final class Outbox: Sendable {
     let backlog = Mutex<(count: Int, refreshedAt: Date)>((0, .distantPast))
     /// Ingest's group commit (`accept`): one fsync for every submission that arrived meanwhile.
     let acceptQueue = GroupCommit<PendingAccept, AcceptResult>()
-    /// The workers' claims and outcomes, grouped the same way (two fsyncs per delivery would
-    /// otherwise bound delivery at half the disk's commit rate).
-    let claimQueue = GroupCommit<ClaimRequest, ClaimResult>()
-    let completeQueue = GroupCommit<Completion, Bool>()
+    /// The workers' claims and outcomes, grouped the same way, in one queue (two fsyncs per
+    /// delivery would otherwise bound delivery at half the disk's commit rate).
+    let deliveryQueue = GroupCommit<DeliveryWrite, DeliveryWriteResult>()
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
