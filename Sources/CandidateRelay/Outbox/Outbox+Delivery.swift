@@ -35,16 +35,17 @@ public enum RecordedOutcome: Sendable, Equatable {
         }
     }
 
-    /// The same outcome with every `code: message` error cut to its code (what erasure keeps).
-    var reducedToCodes: RecordedOutcome {
-        func code(_ text: String) -> String { String(text.prefix { $0 != ":" }) }
+    /// The error recorded with the outcome (`code: message`, or a code), if any.
+    var error: String? {
         switch self {
-        case .delivered, .interrupted: return self
-        case .linked(let uid, let status, let error): return .linked(candidateUID: uid, status: status, error: error.map(code))
-        case .retry(let at, let status, let error): return .retry(at: at, status: status, error: code(error))
-        case .dead(let status, let error): return .dead(status: status, error: code(error))
+        case .linked(_, _, let error): error
+        case .retry(_, _, let error), .dead(_, let error): error
+        case .delivered, .interrupted: nil
         }
     }
+
+    /// What erasure keeps of `error`: its code.
+    var errorCode: String? { error.map { String($0.prefix { $0 != ":" }) } }
 
     var name: String {
         switch self {
@@ -190,13 +191,8 @@ extension Outbox {
 
     /// One outcome inside a (shared) transaction.
     static func completeOne(_ db: Database, _ completion: Completion) throws -> Bool {
-        let (event, now, latencyMs) = (completion.event, completion.now, completion.latencyMs)
-        // `forget` may have erased the event while the request was out: the partner's
-        // message may quote a submitted value, so only its code is kept then.
-        let erased = try Bool.fetchOne(db.cachedStatement(sql: "SELECT payload_erased_at IS NOT NULL FROM events WHERE id = ?"), arguments: [event.id]) ?? false
-        let outcome = erased ? completion.outcome.reducedToCodes : completion.outcome
+        let (event, outcome, now) = (completion.event, completion.outcome, completion.now)
         var status: Int?
-        var error: String?
         var sets = "state = ?, lease_expires_at = NULL, updated_at = ?"
         var arguments: StatementArguments = [outcome.state.rawValue, now.millis]
         switch outcome {
@@ -206,30 +202,40 @@ extension Outbox {
             sets += ", candidate_uid = ?, last_status = ?, last_error = NULL, next_attempt_at = NULL, partner_response = ?"
             sets += ", partner_response_full = CASE WHEN payload_erased_at IS NULL THEN ? END"
             arguments += [uid, code, summary, full]
-        case .linked(let uid, let code, let message):
+        case .linked(let uid, let code, _):
             status = code
-            error = message
-            sets += ", candidate_uid = ?, last_status = ?, last_error = ?, next_attempt_at = NULL"
-            arguments += [uid, code, message]
-        case .retry(let at, let code, let message):
+            sets += ", candidate_uid = ?, last_status = ?, next_attempt_at = NULL"
+            arguments += [uid, code]
+        case .retry(let at, let code, _):
             status = code
-            error = message
-            sets += ", next_attempt_at = ?, last_status = ?, last_error = ?"
-            arguments += [at.millis, code, message]
-        case .dead(let code, let message):
+            sets += ", next_attempt_at = ?, last_status = ?"
+            arguments += [at.millis, code]
+        case .dead(let code, _):
             status = code
-            error = message
-            sets += ", next_attempt_at = NULL, last_status = ?, last_error = ?"
-            arguments += [code, message]
+            sets += ", next_attempt_at = NULL, last_status = ?"
+            arguments += [code]
         case .interrupted:
             sets += ", next_attempt_at = ?, attempts = attempts - 1"
             arguments += [now.millis]
         }
+        switch outcome {
+        case .linked, .retry, .dead:
+            // `forget` may have erased the event while the request was out: the partner's
+            // message may quote a submitted value, so only its code is kept then.
+            sets += ", last_error = CASE WHEN payload_erased_at IS NULL THEN ? ELSE ? END"
+            arguments += [outcome.error, outcome.errorCode]
+        case .delivered, .interrupted:
+            break
+        }
         arguments += [event.id, event.lease]
-        try db.cachedStatement(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ?").execute(arguments: arguments)
-        guard db.changesCount == 1 else { return false }
+        // The compare-and-set and the erasure check in one statement: nil when the lease was
+        // taken back meanwhile.
+        guard let erased = try Bool.fetchOne(
+            db.cachedStatement(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ? RETURNING payload_erased_at IS NOT NULL"),
+            arguments: arguments) else { return false }
         try db.cachedStatement(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
-            arguments: [event.id, event.attempt, now.millis, outcome.name, status, error, latencyMs])
+            arguments: [event.id, event.attempt, now.millis, outcome.name, status, erased ? outcome.errorCode : outcome.error,
+                        completion.latencyMs])
         return true
     }
 
