@@ -769,6 +769,7 @@ class Relay:
         if timeout is None:
             timeout = float(self.config["delivery"].get("shutdown_grace_seconds", 10)) + 10
         if self.proc.poll() is not None:
+            self.last_stop_seconds = 0.0  # it had exited already; its code says how
             self.output.join()
             return self.proc.returncode
         t0 = time.monotonic()

@@ -171,12 +171,8 @@ def oauth_part(results: lib.Results, long: bool) -> dict:
         fetching = lib.wait_until(lambda: sim.state()["tokenRequests"] > before, 10)
         results.check(f"{NAME}: oauth: a token fetch is stalling before SIGTERM", bool(fetching),
                       "the relay never asked for a token")
-        t0 = time.monotonic()
-        relay2.signal(15)
-        rc2 = relay2.wait_exit(grace + 10)
-        stall_s = time.monotonic() - t0
-        if rc2 is None:
-            relay2.kill()
+        rc2 = relay2.stop(grace + 10)  # SIGTERM, and SIGKILL (None) past the timeout
+        stall_s = relay2.last_stop_seconds
         results.check(f"{NAME}: oauth: SIGTERM during a stalled token fetch exits 0 within grace+2s ({grace + 2:.0f}s)",
                       rc2 == 0 and stall_s <= grace + 2,
                       f"rc={rc2} after {stall_s:.1f}s" + (" (still running: SIGKILLed)" if rc2 is None else ""))

@@ -62,12 +62,8 @@ def run(results: lib.Results, long: bool) -> dict:
             results.check(f"{NAME}: cycle {c + 1}: deliveries running before SIGTERM", bool(busy), "no delivery in 20 s")
         # SIGTERM at a random moment of the load (slow cycle: once requests are surely in flight)
         time.sleep(1.5 if slow else rng.uniform(0.0, 0.8))
-        t0 = time.monotonic()
-        relay.signal(15)
-        rc = relay.wait_exit(GRACE + 15)
-        took = time.monotonic() - t0
-        if rc is None:
-            relay.kill()
+        rc = relay.stop(GRACE + 15)  # SIGTERM, and SIGKILL (None) past the timeout
+        took = relay.last_stop_seconds
         exit_times.append(round(took, 2))
         rcs.append(rc)
         label = "slow partner" if slow else f"cycle {c + 1}"

@@ -31,8 +31,7 @@ public struct Heartbeat: Service {
 
     /// Logs one heartbeat; `previous` are the delivery totals at the previous beat.
     public func beat(previous: [String: Int]) async throws -> [String: Int] {
-        let status = try await outbox.status(now: now())
-        metrics.update(from: status)
+        let status = try await refreshStatus()
         let totals = metrics.deliveryTotals()
         var numbers: [String: Double] = [:]
         for state in EventState.allCases { numbers["count_\(state.rawValue)"] = Double(status.counts[state] ?? 0) }
@@ -41,7 +40,6 @@ public struct Heartbeat: Service {
         numbers["delivered_since_last"] = Double((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
         numbers["failures_since_last"] = Double((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
         logger.event(.info, "relay.heartbeat", "relay alive", LogFields(numbers: numbers))
-        notifier.notify("STATUS=" + Self.statusLine(status))
         return totals
     }
 
@@ -49,11 +47,14 @@ public struct Heartbeat: Service {
         EventState.allCases.map { "\($0.rawValue) \(status.counts[$0] ?? 0)" }.joined(separator: ", ")
     }
 
-    /// Sends STATUS= with fresh counts; called when they changed, at most once a tick.
-    public func refreshStatus() async throws {
+    /// Reads the counts, refreshes the gauges and sends STATUS= (each beat, and between beats
+    /// when the counts changed, at most once a tick).
+    @discardableResult
+    public func refreshStatus() async throws -> OutboxStatus {
         let status = try await outbox.status(now: now())
         metrics.update(from: status)
         notifier.notify("STATUS=" + Self.statusLine(status))
+        return status
     }
 
     public func run() async throws {

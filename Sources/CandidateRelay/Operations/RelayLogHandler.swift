@@ -79,7 +79,7 @@ public struct RelayLogHandler: LogHandler {
         case let string as String: return ContractJSON.quoted(string)
         case let int as Int: return String(int)
         case let double as Double where double.isFinite:
-            return double == double.rounded() && abs(double) < 1e15 ? String(Int64(double)) : String(double)
+            return JSONValue.number(double).jsonText
         default:
             guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .withoutEscapingSlashes]) else {
                 return "null"
