@@ -52,15 +52,16 @@ public final class RelayApplication: Sendable {
         lock = try OutboxLock(outboxPath: configuration.storage.path)
         outbox = try Outbox(path: configuration.storage.path)
         let now = Date()
+        // The rate windows outlive a restart: requests answered within the last window, and the
+        // ones a crash left in flight (they may reach the partner as late as now).
+        let leftInFlight = try await outbox.inFlightByAccount()
         let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now)
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))
         }
-        // The rate window outlives a restart: requests answered within the last window, and the
-        // ones a crash left in flight (they may reach the partner as late as now).
-        var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.partner.rateLimit.perSeconds))
-        history += Array(repeating: now, count: recovered)
+        var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds))
+        for (account, count) in leftInFlight { history[account, default: []] += Array(repeating: now, count: count) }
 
         var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10)))
         // One connection per worker (the default, 8, would queue a larger pool's requests
@@ -70,30 +71,23 @@ public final class RelayApplication: Sendable {
         httpClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         live = LiveSettings(
             configuration: configuration,
-            tokens: Self.tokenProvider(configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))
-        gate = PartnerGate(rateLimit: configuration.partner.rateLimit, breaker: configuration.delivery.circuitBreaker,
-                           history: history, logger: logger, metrics: metrics)
+            tokens: AccountWiring.tokenProviders(configuration, httpClient: httpClient, logger: logger, metrics: metrics))
+        gate = PartnerGate(
+            accounts: AccountWiring.rateLimits(configuration), globalRateLimit: configuration.partner.globalRateLimit,
+            breaker: configuration.delivery.circuitBreaker, workers: configuration.delivery.workers,
+            backoff: configuration.delivery.backoff, history: history, logger: logger, metrics: metrics)
         pool = DeliveryWorkerPool(
             outbox: outbox, gate: gate,
             client: partnerClient ?? HTTPPartnerClient(httpClient: httpClient, baseURL: configuration.partner.baseURL,
                                                        timeoutSeconds: configuration.partner.timeoutSeconds),
             tokens: live.tokens, settings: live.delivery, doorbell: doorbell, metrics: metrics, logger: logger)
         handler = IngestHandler(
-            outbox: outbox, authenticator: live.authenticator, settings: live.ingest, doorbell: doorbell,
+            outbox: outbox, authenticators: live.authenticators, settings: live.ingest, doorbell: doorbell,
             metrics: metrics, logger: logger, stopFlag: stopFlag, now: Date.init)
-        reportReload(ok: true, problems: [], generation: 0)
-    }
-
-    /// Builds the token provider of the configured auth mode.
-    static func tokenProvider(_ partner: PartnerConfiguration, httpClient: HTTPClient, logger: Logger, metrics: RelayMetrics) -> any TokenProvider {
-        switch partner.auth {
-        case .comeetJWT(let apiKey, let secret, let ttl):
-            return ComeetTokenProvider(apiKey: apiKey, secret: secret, ttlSeconds: ttl, logger: logger, metrics: metrics)
-        case .oauth2ClientCredentials(let oauth):
-            return OAuth2TokenProvider(
-                configuration: oauth, fetch: OAuth2TokenProvider.httpFetch(client: httpClient, timeoutSeconds: partner.timeoutSeconds),
-                logger: logger, metrics: metrics)
+        if let status = try? await outbox.status(now: now) {
+            Heartbeat.logUnknownAccounts(status, known: live.accounts.value, logger: logger)
         }
+        reportReload(ok: true, problems: [], generation: 0)
     }
 
     /// Runs until SIGTERM/SIGINT (or `shutdown()`), then drains and closes; returns normally.
@@ -112,7 +106,8 @@ public final class RelayApplication: Sendable {
                 ready.set(true)
                 logger.event(.notice, "relay.started", "candidate-relay is ready",
                              LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
-                                               "storage": config.storage.path, "workers": String(config.delivery.workers)]))
+                                               "storage": config.storage.path, "workers": String(config.delivery.workers),
+                                               "accounts": config.accounts.map(\.id).joined(separator: ",")]))
                 onReady(port)
             },
             logger: logger)
@@ -122,7 +117,7 @@ public final class RelayApplication: Sendable {
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
-                                     isReady: { [ready] in ready.value }),
+                                     isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

@@ -4,8 +4,9 @@ import ServiceLifecycle
 import UnixSignals
 
 /// SIGHUP: re-read the config file and secrets and apply what can change live (log level and
-/// format, workers, rate limit, backoff, breaker, inbound secrets, partner credentials). A new
-/// config that does not validate is refused and logged; the old one stays.
+/// format, workers, rate limits, backoff, breaker, inbound secrets, partner credentials,
+/// accounts added or removed). A new config that does not validate, or that drops an account
+/// with events still to deliver, is refused and logged; the old one stays.
 struct ReloadService: Service {
     let application: RelayApplication
     let loader: ConfigurationLoader
@@ -28,7 +29,9 @@ extension RelayApplication {
         defer { notifier.notify("READY=1") }
         var problems: [String] = []
         do {
-            await apply(try await loader.load())
+            let new = try await loader.load()
+            problems = await removalProblems(new)
+            if problems.isEmpty { await apply(new) }
         } catch let error as ConfigurationError {
             problems = error.problems.map(\.description)
             logger.event(.error, "config.reload_rejected", "new configuration is invalid; keeping the old one",
@@ -56,20 +59,48 @@ extension RelayApplication {
         }
     }
 
+    /// An account may leave the config only when it has nothing left to deliver (CONTRACT
+    /// section 8): otherwise the reload is refused, each such account logged with its counts.
+    func removalProblems(_ new: RelayConfiguration) async -> [String] {
+        let kept = Set(new.accounts.map(\.id))
+        let removed = live.accounts.value.ids.subtracting(kept)
+        guard !removed.isEmpty else { return [] }
+        guard let undelivered = try? await outbox.undeliveredByAccount() else {
+            logger.event(.error, "config.reload_rejected", "could not check the outbox for the accounts the new configuration drops")
+            return ["accounts: could not check the outbox for the events of the accounts removed"]
+        }
+        var problems: [String] = []
+        for account in removed.sorted() {
+            let counts = undelivered[account] ?? [:]
+            let pending = counts[.pending] ?? 0
+            let inFlight = counts[.inFlight] ?? 0
+            guard pending + inFlight > 0 else { continue }
+            problems.append("accounts.\(account): still has \(pending) pending and \(inFlight) in-flight event(s); it can leave once they are delivered or dead")
+            logger.event(.error, "config.reload_rejected", "the new configuration drops an account that still has events to deliver; keeping the old one",
+                         LogFields(account: account, numbers: ["count_pending": Double(pending), "count_in_flight": Double(inFlight)]))
+        }
+        return problems
+    }
+
     func apply(_ new: RelayConfiguration) async {
         let old = configuration
-        live.authenticator.set(IngestAuthenticator(configuration: new.ingest))
+        live.authenticators.set(AccountWiring.authenticators(new))
         live.ingest.set(new.ingest)
         live.delivery.set(DeliverySettings(configuration: new.delivery, partnerTimeoutSeconds: old.partner.timeoutSeconds,
-                                       rateWindowSeconds: new.partner.rateLimit.perSeconds))
+                                       rateWindowSeconds: new.longestRateWindowSeconds))
         live.storage.set(StorageConfiguration(path: old.storage.path, payloadRetentionDays: new.storage.payloadRetentionDays,
                                               recordRetentionDays: new.storage.recordRetentionDays))
         live.heartbeat.set(new.logging.heartbeatSeconds)
-        var partner = new.partner
-        partner.timeoutSeconds = old.partner.timeoutSeconds
-        live.tokens.set(Self.tokenProvider(partner, httpClient: httpClient, logger: logger, metrics: metrics))
-        // Awaited: when `candidate-relay reload` returns, the new limits are in force.
-        await gate.reconfigure(rateLimit: new.partner.rateLimit, breaker: new.delivery.circuitBreaker)
+        var tokenConfiguration = new
+        tokenConfiguration.partner.timeoutSeconds = old.partner.timeoutSeconds
+        live.tokens.set(AccountWiring.tokenProviders(tokenConfiguration, httpClient: httpClient, logger: logger, metrics: metrics))
+        // Awaited: when `candidate-relay reload` returns, the new accounts and limits are in force.
+        await gate.reconfigure(accounts: AccountWiring.rateLimits(new), globalRateLimit: new.partner.globalRateLimit,
+                               breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff)
+        let before = live.accounts.value.ids
+        live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
+        let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()
+        let removed = before.subtracting(new.accounts.map(\.id)).sorted()
         doorbell.ring()
         var restartNeeded: [String] = []
         if new.listen != old.listen { restartNeeded.append("listen") }
@@ -80,8 +111,11 @@ extension RelayApplication {
             logger.event(.warning, "config.restart_needed", "some changes apply only after a restart",
                          LogFields(extra: ["keys": restartNeeded.joined(separator: ",")]))
         }
-        logger.event(.notice, "config.reloaded", "configuration reloaded",
-                     LogFields(extra: ["workers": String(new.delivery.workers), "log_level": new.logging.level.rawValue]))
+        var extra = ["workers": String(new.delivery.workers), "log_level": new.logging.level.rawValue,
+                     "accounts": new.accounts.map(\.id).joined(separator: ",")]
+        if !added.isEmpty { extra["accounts_added"] = added.joined(separator: ",") }
+        if !removed.isEmpty { extra["accounts_removed"] = removed.joined(separator: ",") }
+        logger.event(.notice, "config.reloaded", "configuration reloaded", LogFields(extra: extra))
         // Last, so that the reload itself is logged whatever the new level.
         logSettings.update(level: new.logging.level, format: new.logging.format)
     }

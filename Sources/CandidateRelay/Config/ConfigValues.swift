@@ -20,6 +20,11 @@ struct ConfigValues {
         return trimmed
     }
 
+    /// Whether the key is given at all (an explicit null included).
+    func isSet(_ key: String) -> Bool {
+        reader.string(forKey: ConfigKey(key)) != nil
+    }
+
     mutating func string(_ key: String, _ fallback: String) -> String {
         raw(key) ?? fallback
     }

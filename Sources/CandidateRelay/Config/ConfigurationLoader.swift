@@ -54,10 +54,13 @@ public struct ConfigurationLoader: Sendable {
             EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: "candidate_relay")
         ]
         let fileExists = FileManager.default.fileExists(atPath: configPath)
+        var accountIDs: [String]?
         if fileExists {
             do {
                 let text = try String(contentsOfFile: configPath, encoding: .utf8)
-                problems += try Self.unknownKeys(inYAML: text)
+                let document = try Self.compose(text)
+                accountIDs = Self.accountIDs(in: document, problems: &problems)
+                problems += Self.unknownKeys(in: document, accounts: accountIDs ?? [])
                 providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(configPath)))
             } catch let error as ConfigurationProblem {
                 problems.append(error)
@@ -67,7 +70,7 @@ public struct ConfigurationLoader: Sendable {
         } else if pathIsExplicit {
             throw ConfigurationError(problems: [.init("", "config file \(configPath) does not exist")])
         }
-        problems += unknownEnvironmentKeys()
+        problems += unknownEnvironmentKeys(accounts: accountIDs ?? [])
         // A file that cannot be parsed stops here; unknown keys are reported with everything else.
         if fileExists && providers.count == 1 { throw ConfigurationError(problems: problems) }
 
@@ -78,33 +81,64 @@ public struct ConfigurationLoader: Sendable {
             configDirectory: (configPath as NSString).deletingLastPathComponent,
             required: secretsRequired
         )
-        let config = Self.build(&reader, secrets: secrets)
+        let config = Self.build(&reader, secrets: secrets, accountIDs: accountIDs)
         problems += reader.problems + secrets.problems + Self.validate(config, secretsRequired: secretsRequired)
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }
 
-    private func unknownEnvironmentKeys() -> [ConfigurationProblem] {
-        let known = Set(ConfigurationKeys.all.map(ConfigurationKeys.environmentName))
-            .union(ConfigurationKeys.secretEnvironmentKeys.map(ConfigurationKeys.environmentName))
+    private func unknownEnvironmentKeys(accounts: [String]) -> [ConfigurationProblem] {
+        let keys = ConfigurationKeys.all(accounts: accounts)
+        let known = Set(keys.map(ConfigurationKeys.environmentName))
+            .union(ConfigurationKeys.secretEnvironmentKeys(keys).map(ConfigurationKeys.environmentName))
             .union(ConfigurationKeys.reservedEnvironmentNames)
         return environment.keys.filter { $0.hasPrefix("CANDIDATE_RELAY_") && !known.contains($0) }
             .sorted()
             .map { .init($0, "unknown environment variable (no such configuration key)") }
     }
 
-    /// Walks the YAML document and reports keys that are not in `ConfigurationKeys.all`.
-    static func unknownKeys(inYAML text: String) throws -> [ConfigurationProblem] {
-        let root: Node?
+    static func compose(_ text: String) throws -> Node? {
         do {
-            root = try Yams.compose(yaml: text)
+            return try Yams.compose(yaml: text)
         } catch {
             throw ConfigurationProblem("", "config file is not valid YAML: \(oneLine(error))")
         }
+    }
+
+    /// The ids under `accounts:`, sorted; nil when the section is absent (or null). Ids that are
+    /// not `[a-z0-9][a-z0-9_-]{0,62}` are problems (and left out).
+    static func accountIDs(in root: Node?, problems: inout [ConfigurationProblem]) -> [String]? {
+        guard case .mapping(let top)? = root, let section = top["accounts"] else { return nil }
+        if case .scalar(let s) = section, s.string.isEmpty || s.string == "null" || s.string == "~" { return nil }
+        guard case .mapping(let mapping) = section else {
+            problems.append(.init("accounts", "must be a mapping of account ids"))
+            return []
+        }
+        var ids: [String] = []
+        for key in mapping.keys {
+            let id = key.string ?? "?"
+            if AccountConfiguration.isValidID(id) { ids.append(id) } else {
+                problems.append(.init("accounts.\(id)", "account id must match [a-z0-9][a-z0-9_-]{0,62}"))
+            }
+        }
+        if mapping.count == 0 { problems.append(.init("accounts", "names no account: remove it, or name at least one")) }
+        return ids.sorted()
+    }
+
+    /// Reports keys of the YAML text that are not configuration keys (tests use this form).
+    static func unknownKeys(inYAML text: String) throws -> [ConfigurationProblem] {
+        let root = try compose(text)
+        var ignored: [ConfigurationProblem] = []
+        return unknownKeys(in: root, accounts: accountIDs(in: root, problems: &ignored) ?? [])
+    }
+
+    /// Walks the YAML document and reports keys that are not in `ConfigurationKeys.all`.
+    static func unknownKeys(in root: Node?, accounts: [String]) -> [ConfigurationProblem] {
         guard let root else { return [] }
         guard case .mapping = root else { return [.init("", "config file must be a YAML mapping")] }
-        let known = Set(ConfigurationKeys.all)
-        let prefixes = Set(ConfigurationKeys.all.flatMap { key in
+        let keys = ConfigurationKeys.all(accounts: accounts)
+        let known = Set(keys)
+        let prefixes = Set(keys.flatMap { key in
             let parts = key.split(separator: ".")
             return (1..<parts.count).map { parts[0..<$0].joined(separator: ".") }
         })
@@ -114,7 +148,10 @@ public struct ConfigurationLoader: Sendable {
             for (keyNode, value) in mapping {
                 let name = keyNode.string ?? "?"
                 let full = path.isEmpty ? name : "\(path).\(name)"
-                if known.contains(full) {
+                if full == "accounts" {
+                    // Its problems (not a mapping, empty, bad ids) come from accountIDs(in:problems:).
+                    if case .mapping = value { walk(value, path: full) }
+                } else if known.contains(full) {
                     if case .scalar = value { continue }
                     problems.append(.init(full, "must be a single value, not a list or mapping"))
                 } else if prefixes.contains(full) {
@@ -123,6 +160,8 @@ public struct ConfigurationLoader: Sendable {
                     } else {
                         problems.append(.init(full, "must be a mapping"))
                     }
+                } else if path == "accounts" {
+                    continue  // an invalid account id, reported by accountIDs(in:problems:)
                 } else {
                     problems.append(.init(full, "unknown key"))
                 }

@@ -11,13 +11,7 @@ extension ConfigurationLoader {
         check(!config.listen.host.isEmpty, "listen.host", "must not be empty")
         check(config.ingest.maxBodyBytes >= 1024, "ingest.max_body_bytes", "must be at least 1024")
         check(config.ingest.maxBacklog >= 1, "ingest.max_backlog", "must be at least 1")
-        for secret in config.ingest.signingSecrets where WebhookSecret(secret) == nil {
-            problems.append(.init("ingest.signing_secrets_file", "a secret from \(secret.source) is not whsec_<base64>"))
-        }
-        check(
-            !secretsRequired || config.ingest.allowUnauthenticated || !config.ingest.signingSecrets.isEmpty || config.ingest.bearerToken != nil,
-            "ingest", "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"
-        )
+        problems += inboundProblems(config, secretsRequired: secretsRequired)
         check(config.storage.payloadRetentionDays >= 0, "storage.payload_retention_days", "must be >= 0")
         check(
             config.storage.recordRetentionDays >= config.storage.payloadRetentionDays,
@@ -28,13 +22,9 @@ extension ConfigurationLoader {
         check(config.partner.timeoutSeconds > 0, "partner.timeout_seconds", "must be > 0")
         check(config.partner.rateLimit.requests >= 0, "partner.rate_limit.requests", "must be >= 0 (0 = unlimited)")
         check(config.partner.rateLimit.perSeconds > 0, "partner.rate_limit.per_seconds", "must be > 0")
-        switch config.partner.auth {
-        case .comeetJWT(_, _, let ttl):
-            check(ttl > 0 && ttl <= 600, "partner.auth.token_ttl_seconds", "must be in (0, 600]: the partner refuses longer-lived tokens")
-        case .oauth2ClientCredentials(let oauth):
-            check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL")
-            check(!oauth.clientID.isEmpty, "partner.auth.client_id", "required in oauth2_client_credentials mode")
-        }
+        check(config.partner.globalRateLimit.requests >= 0, "partner.global_rate_limit.requests", "must be >= 0 (0 = off)")
+        check(config.partner.globalRateLimit.perSeconds > 0, "partner.global_rate_limit.per_seconds", "must be > 0")
+        problems += partnerAuthProblems(config)
         let delivery = config.delivery
         check((1...256).contains(delivery.workers), "delivery.workers", "must be 1...256")
         check(delivery.backoff.initialSeconds > 0, "delivery.backoff.initial_seconds", "must be > 0")
@@ -46,6 +36,66 @@ extension ConfigurationLoader {
         check(delivery.circuitBreaker.failures >= 1, "delivery.circuit_breaker.failures", "must be >= 1")
         check(delivery.circuitBreaker.cooldownSeconds > 0, "delivery.circuit_breaker.cooldown_seconds", "must be > 0")
         check(config.logging.heartbeatSeconds > 0, "logging.heartbeat_seconds", "must be > 0")
+        return problems
+    }
+
+    /// Each account's inbound secrets are well-formed, and some inbound authentication exists.
+    static func inboundProblems(_ config: RelayConfiguration, secretsRequired: Bool) -> [ConfigurationProblem] {
+        var problems: [ConfigurationProblem] = []
+        let named = config.namedAccounts != nil
+        for account in config.accounts {
+            let key = named ? "accounts.\(account.id).inbound.signing_secrets_file" : "ingest.signing_secrets_file"
+            for secret in account.signingSecrets where WebhookSecret(secret) == nil {
+                problems.append(.init(key, "a secret from \(secret.source) is not whsec_<base64>"))
+            }
+            if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil {
+                problems.append(.init(named ? "accounts.\(account.id).inbound" : "ingest",
+                                      "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
+            }
+        }
+        // A config with accounts still validates the ingest.* secrets it gives as defaults.
+        if named {
+            for secret in config.ingest.signingSecrets where WebhookSecret(secret) == nil {
+                problems.append(.init("ingest.signing_secrets_file", "a secret from \(secret.source) is not whsec_<base64>"))
+            }
+        }
+        return problems
+    }
+
+    /// The partner credentials of every account; two accounts with one api-key would share one
+    /// window at the partner while the relay counted two.
+    static func partnerAuthProblems(_ config: RelayConfiguration) -> [ConfigurationProblem] {
+        var problems: [ConfigurationProblem] = []
+        func check(_ ok: Bool, _ key: String, _ message: String) {
+            if !ok { problems.append(.init(key, message)) }
+        }
+        switch config.partner.auth {
+        case .comeetJWT(_, _, let ttl):
+            check(ttl > 0 && ttl <= 600, "partner.auth.token_ttl_seconds", "must be in (0, 600]: the partner refuses longer-lived tokens")
+        case .oauth2ClientCredentials(let oauth):
+            check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL")
+            if config.namedAccounts == nil {
+                check(!oauth.clientID.isEmpty, "partner.auth.client_id", "required in oauth2_client_credentials mode")
+            }
+        }
+        guard let accounts = config.namedAccounts else { return problems }
+        var owners: [String: String] = [:]
+        for account in accounts {
+            let prefix = "accounts.\(account.id)."
+            check(account.rateLimit.requests >= 0, prefix + "rate_limit.requests", "must be >= 0 (0 = unlimited)")
+            check(account.rateLimit.perSeconds > 0, prefix + "rate_limit.per_seconds", "must be > 0")
+            switch account.auth {
+            case .comeetJWT(let apiKey, _, _):
+                guard !apiKey.value.isEmpty else { continue }
+                if let other = owners[apiKey.value] {
+                    problems.append(.init(prefix + "api_key_file", "the same api-key as account \(other): one customer, one account"))
+                } else {
+                    owners[apiKey.value] = account.id
+                }
+            case .oauth2ClientCredentials(let oauth):
+                check(!oauth.clientID.isEmpty, prefix + "client_id", "required in oauth2_client_credentials mode (or partner.auth.client_id)")
+            }
+        }
         return problems
     }
 

@@ -10,8 +10,56 @@ public struct RelayConfiguration: Sendable {
     public var partner = PartnerConfiguration()
     public var delivery = DeliveryConfiguration()
     public var logging = LoggingConfiguration()
+    /// The `accounts:` section (CONTRACT section 8); nil when absent, and then the one account
+    /// `default` is made of `partner.auth`, `partner.rate_limit` and the `ingest` secrets.
+    public var namedAccounts: [AccountConfiguration]?
 
     public init() {}
+
+    /// The longest rate window in force (an account's or the global one): leases must outlast a wait for it.
+    public var longestRateWindowSeconds: Double {
+        (accounts.map(\.rateLimit.perSeconds) + [partner.globalRateLimit.requests > 0 ? partner.globalRateLimit.perSeconds : 0]).max() ?? 60
+    }
+
+    /// Every account the daemon relays for, sorted by id: the named ones, or `default`.
+    public var accounts: [AccountConfiguration] {
+        namedAccounts ?? [AccountConfiguration(
+            id: AccountConfiguration.defaultID, auth: partner.auth, rateLimit: partner.rateLimit,
+            signingSecrets: ingest.signingSecrets, bearerToken: ingest.bearerToken)]
+    }
+}
+
+/// One Comeet customer (CONTRACT section 8): its api-key (the JWT `iss`) and partner credentials,
+/// its own rate limit at the partner, and the secrets its webhooks are signed with.
+public struct AccountConfiguration: Sendable {
+    /// The account of `/v1/candidates` and of every event stored before accounts existed.
+    public static let defaultID = "default"
+
+    public var id: String
+    public var auth: PartnerAuthConfiguration
+    public var rateLimit: RateLimitConfiguration
+    /// Standard Webhooks secrets of this account's sender; empty when not configured.
+    public var signingSecrets: [Secret]
+    public var bearerToken: Secret?
+
+    public init(id: String, auth: PartnerAuthConfiguration, rateLimit: RateLimitConfiguration,
+                signingSecrets: [Secret] = [], bearerToken: Secret? = nil) {
+        self.id = id
+        self.auth = auth
+        self.rateLimit = rateLimit
+        self.signingSecrets = signingSecrets
+        self.bearerToken = bearerToken
+    }
+
+    /// `[a-z0-9][a-z0-9_-]{0,62}`: safe in a URL path, a log field and a metric label.
+    public static func isValidID(_ id: String) -> Bool {
+        let bytes = Array(id.utf8)
+        guard (1...63).contains(bytes.count) else { return false }
+        func allowed(_ b: UInt8, first: Bool) -> Bool {
+            (b >= 0x61 && b <= 0x7a) || (b >= 0x30 && b <= 0x39) || (!first && (b == 0x5f || b == 0x2d))
+        }
+        return bytes.enumerated().allSatisfy { allowed($1, first: $0 == 0) }
+    }
 }
 
 /// Where the inbound HTTP server listens.
@@ -51,7 +99,10 @@ public struct PartnerConfiguration: Sendable {
     public var baseURL = "https://api.comeet.co"
     public var timeoutSeconds = 30.0
     public var auth = PartnerAuthConfiguration.comeetJWT(apiKey: Secret("", source: "unset"), secret: Secret("", source: "unset"), tokenTTLSeconds: 600)
+    /// Per account (each api-key has its own window at the partner).
     public var rateLimit = RateLimitConfiguration()
+    /// All accounts together; `requests: 0` (the default) is off.
+    public var globalRateLimit = RateLimitConfiguration(requests: 0, perSeconds: 60)
 }
 
 /// The two ways of getting a partner bearer token.

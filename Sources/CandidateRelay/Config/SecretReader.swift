@@ -30,6 +30,12 @@ final class SecretReader: @unchecked Sendable {
         return (configDirectory as NSString).appendingPathComponent(name)
     }
 
+    /// Whether the env var that overrides `fileKey` carries a value.
+    func hasEnvironmentValue(for fileKey: String) -> Bool {
+        let envName = ConfigurationKeys.environmentName(String(fileKey.dropLast("_file".count)))
+        return !(environment[envName]?.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty ?? true)
+    }
+
     /// Reads the secret for `fileKey` (e.g. `partner.auth.secret_file`) whose configured file name
     /// is `fileName`; `nil` when neither the env var nor a file name is given.
     func read(fileKey: String, fileName: String?, required: Bool) -> Secret? {

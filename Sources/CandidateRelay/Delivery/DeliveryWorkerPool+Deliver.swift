@@ -7,6 +7,8 @@ extension DeliveryWorkerPool {
         var answer: PartnerAnswer
         var classification: Classification
         var latencyMs: Int
+        /// A 401 again right after the resend with a freshly minted token.
+        var credentialsRejected = false
 
         var status: Int? {
             if case .response(let code, _, _) = answer { return code }
@@ -19,32 +21,39 @@ extension DeliveryWorkerPool {
     }
 
     /// Delivers one claimed event: the exchange, then one pure decision, then its effects (the
-    /// pause, the recorded outcome, the log line). If shutdown's grace period ends first, the
-    /// request is cancelled and the event handed back without using an attempt. Returns what
-    /// the attempt showed of the partner's health, for the caller to settle the admission.
-    func deliver(_ event: ClaimedEvent, admission: PartnerGate.Permit, settings: DeliverySettings) async -> PartnerHealth {
+    /// gate settled with what the attempt showed, the recorded outcome, the log line). If
+    /// shutdown's grace period ends first, the request is cancelled and the event handed back
+    /// without using an attempt.
+    func deliver(_ event: ClaimedEvent, permit: PartnerGate.Permit, settings: DeliverySettings) async {
         let sent = await withinShutdownGrace(settings.shutdownGraceSeconds) {
-            await self.exchange(event, admission: admission, leaseSeconds: settings.leaseSeconds)
+            await self.exchange(event, permit: permit, leaseSeconds: settings.leaseSeconds)
         }
         guard case .some(.some(let exchange)) = sent else {
-            // Nothing was sent (the lease was taken back) or the grace period ran out: hand the
-            // event back if the lease is still ours (the CAS ignores it otherwise).
+            // Nothing was sent (the lease was taken back, the account was paused meanwhile) or
+            // the grace period ran out: hand the event back if the lease is still ours (the CAS
+            // ignores it otherwise).
+            await gate.settle(permit, .nothingSent)
             await record(event, .interrupted, latencyMs: nil, now: now())
             if sent == nil {
                 logger.event(.notice, "delivery.interrupted", "shutdown grace over; event handed back without using an attempt",
                              fields(event))
-                metrics.delivery(outcome: "interrupted")
+                metrics.delivery(outcome: "interrupted", account: event.account)
             }
-            return .untested
+            return
         }
         let current = now()
         let decision = DeliveryDecision.decide(
             exchange.classification, status: exchange.status, body: exchange.body, attempt: event.attempt,
             budgetStartedAt: event.budgetStartedAt, policy: settings.policy, now: current)
-        if let until = decision.pauseUntil { await gate.pause(until: until) }
+        // A 429's Retry-After is this account's (its api-key's limit); any other (a 503's) is
+        // the partner's, for every account.
+        let accountPause = exchange.status == 429
+        await gate.settle(permit, AttemptReport(
+            health: decision.health, status: exchange.status,
+            accountPauseUntil: accountPause ? decision.pauseUntil : nil, partnerPauseUntil: accountPause ? nil : decision.pauseUntil,
+            credentialsRejected: exchange.credentialsRejected))
         await record(event, decision.outcome, latencyMs: exchange.latencyMs, now: current)
         log(event, decision: decision, exchange: exchange)
-        return decision.health
     }
 
     /// Runs `operation` until it returns, or until shutdown's grace period (counted from the
@@ -68,31 +77,33 @@ extension DeliveryWorkerPool {
 
     /// The partner exchange of one claimed event: the request, and after a 401 that is not
     /// `duplicate_candidate` the single immediate resend with a fresh token. Nil: nothing sent.
-    func exchange(_ event: ClaimedEvent, admission: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange? {
-        guard let first = await send(event, admission: admission, leaseSeconds: leaseSeconds) else { return nil }
+    func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange? {
+        guard let first = await send(event, permit: permit, leaseSeconds: leaseSeconds) else { return nil }
         guard first.classification == .refreshTokenAndResend else { return first }
         // Resend at once with a fresh token; it uses no attempt but it is a request, so it passes the rate limit.
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        guard var second = await send(event, admission: nil, leaseSeconds: leaseSeconds) else { return first }
+        guard var second = await send(event, permit: nil, leaseSeconds: leaseSeconds) else { return first }
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
+            second.credentialsRejected = true
         }
         return second
     }
 
     /// One request: the lease renewed if half of it has run (never send an event another
-    /// worker may hold now), a token, then the POST inside a place of the rate window, taken
-    /// last so that time spent on the lease or the token cannot bunch requests up at the
-    /// partner. Nil when nothing was sent.
-    private func send(_ event: ClaimedEvent, admission: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange? {
+    /// worker may hold now), the account's token, then the POST in the permit's place of the
+    /// rate windows (the resend after a 401, `permit == nil`, waits for a place of its own).
+    /// Nil when nothing was sent.
+    private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange? {
         // Only this daemon takes leases back, and only expired ones: while less than half of the
         // lease has run it is certainly still ours, and the renewal (an fsync) is skipped.
         if now().timeIntervalSince(event.leasedAt) > leaseSeconds / 2 {
             guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return nil }
         }
-        let provider = tokens.value
+        // The account left the config meanwhile (a reload): its events wait for it.
+        guard let provider = tokens.value[event.account] else { return nil }
         let token: String
         do {
             token = try await provider.token()
@@ -101,10 +112,13 @@ extension DeliveryWorkerPool {
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
         }
+        // A pause, a credentials back-off or an open circuit that came since the admission:
+        // hand the event back rather than hold a worker and a lease while it lasts.
+        if let permit, await gate.maySend(permit) == false { return nil }
         let client = self.client
         let timed: (answer: PartnerAnswer, elapsed: Duration)
         do {
-            timed = try await gate.withSlot(for: admission, giveUp: { [weak self] in self?.isDraining ?? true }) {
+            timed = try await gate.withSlot(permit, account: event.account, giveUp: { [weak self] in self?.isDraining ?? true }) {
                 let clock = ContinuousClock()
                 let started = clock.now
                 let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
@@ -114,12 +128,13 @@ extension DeliveryWorkerPool {
             return nil  // shutdown while waiting for a place: nothing was sent
         }
         let answer = timed.answer
-        metrics.partnerLatency.recordNanoseconds(Int64(timed.elapsed.components.seconds) * 1_000_000_000 + timed.elapsed.components.attoseconds / 1_000_000_000)
-        let latencyMs = Int(timed.elapsed.components.seconds * 1000 + timed.elapsed.components.attoseconds / 1_000_000_000_000_000)
+        let nanoseconds = Int64(timed.elapsed.components.seconds) * 1_000_000_000 + timed.elapsed.components.attoseconds / 1_000_000_000
+        metrics.partnerLatency(account: event.account, nanoseconds: nanoseconds)
+        let latencyMs = Int(nanoseconds / 1_000_000)
         let classification = OutcomeClassifier.classify(answer, now: now())
         switch answer {
-        case .response(let status, _, _): metrics.partnerResponse(status: String(status))
-        case .transportFailure(let failure): metrics.partnerResponse(status: failure.rawValue)
+        case .response(let status, _, _): metrics.partnerResponse(status: String(status), account: event.account)
+        case .transportFailure(let failure): metrics.partnerResponse(status: failure.rawValue, account: event.account)
         }
         if classification == .refreshTokenAndResend { await provider.invalidate(token) }
         return Exchange(answer: answer, classification: classification, latencyMs: latencyMs)
@@ -159,23 +174,23 @@ extension DeliveryWorkerPool {
         let status = exchange.status
         let latency = exchange.latencyMs
         if status == 429 {
-            metrics.count("candidate_relay_partner_rate_limited_total")
+            metrics.count("candidate_relay_partner_rate_limited_total", [("account", event.account)])
             logger.event(.warning, "partner.rate_limited", "partner answered 429 too_many_requests",
                          fields(event, status: 429, extra: decision.pauseUntil.map { ["retry_after": Timestamp.string($0)] } ?? [:]))
         }
         switch decision.outcome {
         case .delivered(let uid, _, _, _):
-            metrics.delivery(outcome: "delivered")
+            metrics.delivery(outcome: "delivered", account: event.account)
             logger.event(.info, "delivery.succeeded", "candidate created at the partner", fields(event, status: status, latencyMs: latency, candidateUID: uid))
         case .linked(let uid, _, _):
-            metrics.delivery(outcome: "linked")
+            metrics.delivery(outcome: "linked", account: event.account)
             logger.event(.info, "delivery.linked", "candidate already existed at the partner; linked", fields(event, status: status, latencyMs: latency, candidateUID: uid))
         case .retry(let at, _, let error):
-            metrics.delivery(outcome: "retry")
+            metrics.delivery(outcome: "retry", account: event.account)
             logger.event(.warning, "delivery.retry_scheduled", "delivery failed; retry scheduled",
                          fields(event, status: status, latencyMs: latency, error: error, extra: ["next_attempt_at": Timestamp.string(at)]))
         case .dead(_, let error):
-            metrics.delivery(outcome: "dead")
+            metrics.delivery(outcome: "dead", account: event.account)
             let code = String(error.prefix { $0 != ":" })
             logger.event(.error, "delivery.dead", "delivery gave up; event is dead", fields(event, status: status, latencyMs: latency, error: code))
         case .interrupted:
@@ -185,7 +200,7 @@ extension DeliveryWorkerPool {
 
     func fields(_ event: ClaimedEvent, status: Int? = nil, latencyMs: Int? = nil, candidateUID: String? = nil,
                 error: String? = nil, extra: [String: String] = [:]) -> LogFields {
-        LogFields(eventID: event.id, positionUID: event.positionUID, partnerCandidateID: event.partnerCandidateID,
+        LogFields(account: event.account, eventID: event.id, positionUID: event.positionUID, partnerCandidateID: event.partnerCandidateID,
                   attempt: event.attempt, status: status, latencyMs: latencyMs, candidateUID: candidateUID, error: error, extra: extra)
     }
 }

@@ -31,7 +31,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
     let outbox: Outbox
     let gate: PartnerGate
     let client: PartnerClient
-    let tokens: Live<any TokenProvider>
+    /// Each account's token provider (the keys are the configured accounts).
+    let tokens: Live<[String: any TokenProvider]>
     let settings: Live<DeliverySettings>
     let doorbell: Doorbell
     let metrics: RelayMetrics
@@ -40,7 +41,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private let draining = Atomic<Bool>(false)
     private let running = Mutex<Set<Int>>([])
 
-    public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<any TokenProvider>,
+    public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<[String: any TokenProvider]>,
                 settings: Live<DeliverySettings>, doorbell: Doorbell, metrics: RelayMetrics, logger: Logger,
                 now: @escaping @Sendable () -> Date = Date.init) {
         self.outbox = outbox
@@ -90,9 +91,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         defer { _ = running.withLock { $0.remove(index) } }
         while !isDraining && !Task.isCancelled && index < settings.value.workers {
             do {
-                if try await runOnce() == false {
-                    await idleWait()
-                }
+                _ = try await runOnce()
             } catch is CancellationError {
                 return
             } catch {
@@ -103,50 +102,57 @@ public final class DeliveryWorkerPool: Service, Sendable {
         }
     }
 
-    private func idleWait() async {
+    /// Waits for the doorbell, the next due event of the accounts that could send, or the poll.
+    private func idleWait(accounts: [String]) async {
         let poll = settings.value.pollSeconds
         var wait = poll
-        if let due = try? await outbox.nextDueAt() {
+        if !accounts.isEmpty, let due = try? await outbox.nextDueAt(accounts: accounts) {
             wait = min(poll, max(0.005, due.timeIntervalSince(now())))
         }
         await doorbell.wait(upTo: wait)
     }
 
-    /// Delivers at most one event. Returns false when none was due. The gate's admission is
-    /// settled exactly once, on each of the two paths.
+    /// Delivers at most one event. Returns false when none was due (after waiting idle for one).
+    /// The gate's admission is released, or bound and then settled, exactly once on every path.
     public func runOnce() async throws -> Bool {
-        guard let permit = try await acquirePermit() else { return false }
+        guard let admission = try await admit() else { return false }
         let current = settings.value
         let event: ClaimedEvent?
         do {
-            event = try await claim(settings: current)
+            event = try await claim(accounts: admission.accounts, settings: current)
         } catch {
-            await gate.settle(permit, health: .untested)
+            await gate.release(admission)
             throw error
         }
-        let health: PartnerHealth = if let event { await deliver(event, admission: permit, settings: current) } else { .untested }
-        await gate.settle(permit, health: health)
-        return event != nil
+        guard let event else {
+            await gate.release(admission)
+            await idleWait(accounts: admission.accounts)
+            return false
+        }
+        let permit = await gate.bind(admission, to: event.account)
+        await deliver(event, permit: permit, settings: current)
+        return true
     }
 
-    /// Leases the next due event; logs those that expired at claim time instead.
-    private func claim(settings current: DeliverySettings) async throws -> ClaimedEvent? {
-        let result = try await outbox.claimNextDue(now: now(), leaseSeconds: current.leaseSeconds,
+    /// Leases the next due event of the first of `accounts` that has one; logs those that
+    /// expired at claim time instead.
+    private func claim(accounts: [String], settings current: DeliverySettings) async throws -> ClaimedEvent? {
+        let result = try await outbox.claimNextDue(accounts: accounts, now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         for expired in result.expired {
-            metrics.delivery(outcome: "dead")
+            metrics.delivery(outcome: "dead", account: expired.account)
             logger.event(.error, "delivery.dead", "event expired before it could be sent; it is dead",
-                         LogFields(eventID: expired.id, positionUID: expired.positionUID, partnerCandidateID: expired.partnerCandidateID,
-                                   attempt: expired.attempts, error: expired.reason))
+                         LogFields(account: expired.account, eventID: expired.id, positionUID: expired.positionUID,
+                                   partnerCandidateID: expired.partnerCandidateID, attempt: expired.attempts, error: expired.reason))
         }
         return result.claimed
     }
 
     /// Waits at the gate, giving up (nil) when draining starts.
-    private func acquirePermit() async throws -> PartnerGate.Permit? {
+    private func admit() async throws -> PartnerGate.Admission? {
         if isDraining { return nil }
         let gate = self.gate
-        return try await withThrowingTaskGroup(of: PartnerGate.Permit?.self) { group in
+        return try await withThrowingTaskGroup(of: PartnerGate.Admission?.self) { group in
             group.addTask { try await gate.admit() }
             group.addTask {
                 while !self.isDraining { try await Task.sleep(for: .milliseconds(50)) }
@@ -155,7 +161,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             let first = try await group.next() ?? nil
             group.cancelAll()
             if let first, self.isDraining {
-                await gate.settle(first, health: .untested)
+                await gate.release(first)
                 return nil
             }
             return first

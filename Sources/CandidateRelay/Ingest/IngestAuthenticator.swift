@@ -9,10 +9,16 @@ public struct IngestAuthenticator: Sendable {
     let allowUnauthenticated: Bool
 
     public init(configuration: IngestConfiguration) {
-        let secrets = configuration.signingSecrets.compactMap(WebhookSecret.init)
+        self.init(signingSecrets: configuration.signingSecrets, bearerToken: configuration.bearerToken,
+                  allowUnauthenticated: configuration.allowUnauthenticated)
+    }
+
+    /// One account's authenticator: only its own secrets and token (CONTRACT section 8).
+    public init(signingSecrets: [Secret], bearerToken: Secret?, allowUnauthenticated: Bool) {
+        let secrets = signingSecrets.compactMap(WebhookSecret.init)
         verifier = secrets.isEmpty ? nil : WebhookVerifier(secrets: secrets)
-        bearerDigest = configuration.bearerToken.map { SHA256.hash(data: Data($0.value.utf8)) }
-        allowUnauthenticated = configuration.allowUnauthenticated
+        bearerDigest = bearerToken.map { SHA256.hash(data: Data($0.value.utf8)) }
+        self.allowUnauthenticated = allowUnauthenticated
     }
 
     /// Whether reads (`GET /v1/candidates...`) need the bearer token.

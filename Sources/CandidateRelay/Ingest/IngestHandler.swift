@@ -8,7 +8,8 @@ import Logging
 /// idempotency and the durable write. Answers 202 only after the outbox commit returned.
 public struct IngestHandler: Sendable {
     let outbox: Outbox
-    let authenticator: Live<IngestAuthenticator>
+    /// Each known account's authenticator (CONTRACT section 8): its keys are the accounts.
+    let authenticators: Live<[String: IngestAuthenticator]>
     let settings: Live<IngestConfiguration>
     let validator = CandidateValidator()
     let doorbell: Doorbell
@@ -46,22 +47,32 @@ public struct IngestHandler: Sendable {
         return body
     }
 
-    /// `POST /v1/candidates`.
-    public func accept(_ request: Request) async -> Response {
+    /// `POST /v1/candidates` (the `default` account) and `POST /v1/accounts/{account}/candidates`.
+    public func accept(_ request: Request, account: String = AccountConfiguration.defaultID) async -> Response {
         do {
-            let (response, fields) = try await process(request)
+            let (response, fields) = try await process(request, account: account)
             let message = response.status == .accepted ? "candidate accepted" : "replay of a known event"
             logger.event(.info, "ingest.accepted", message, fields)
             return response
         } catch {
-            metrics.ingest(result: error.code)
+            // An unknown account's name is the sender's text: it becomes neither a label nor a field.
+            let known = error.code == IngestError.unknownAccount.code ? "" : account
+            metrics.ingest(result: error.code, account: known)
             logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected",
-                         "webhook rejected", LogFields(status: Int(error.status.code), error: error.code))
+                         "webhook rejected", LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code))
             return error.response
         }
     }
 
-    private func process(_ request: Request) async throws(IngestError) -> (Response, LogFields) {
+    /// The path of an event's record for its account.
+    static func location(_ record: EventRecord) -> String {
+        record.account == AccountConfiguration.defaultID
+            ? "/v1/candidates/\(record.id)" : "/v1/accounts/\(record.account)/candidates/\(record.id)"
+    }
+
+    private func process(_ request: Request, account: String) async throws(IngestError) -> (Response, LogFields) {
+        // Before anything is read: an unknown account stores nothing and learns nothing.
+        guard let authenticator = authenticators.value[account] else { throw .unknownAccount }
         if stopFlag.isStopping { throw .unavailable(reason: "shutting down", retryAfterSeconds: 5) }
         let body = try await readBody(request)
         let headers = request.headers
@@ -69,7 +80,7 @@ public struct IngestHandler: Sendable {
             webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
             webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
         let receivedAt = now()
-        guard authenticator.value.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
+        guard authenticator.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
         let document: JSONValue
         let mayHaveControlCharacters: Bool
@@ -91,7 +102,7 @@ public struct IngestHandler: Sendable {
             payload = Self.settingPartnerCandidateID(id, in: body, document: document)
         }
         let submission = Submission(
-            id: id, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
+            id: id, account: account, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
             positionUID: document["position_uid"]?.stringValue ?? "", partnerCandidateID: partnerCandidateID,
             payload: payload, receivedAt: receivedAt)
         let result: AcceptResult
@@ -108,19 +119,20 @@ public struct IngestHandler: Sendable {
         switch result {
         case .created(let record):
             doorbell.ring()
-            metrics.ingest(result: "accepted")
+            metrics.ingest(result: "accepted", account: account)
             // Written directly (keys sorted, as every contract object): this is the hot path.
             let body = "{\"id\":\(ContractJSON.quoted(record.id)),\"partner_candidate_id\":\(ContractJSON.quoted(record.partnerCandidateID)),"
                 + (generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
             let response = Response(
-                status: .accepted, headers: [.contentType: "application/json", .location: "/v1/candidates/\(record.id)"],
+                status: .accepted, headers: [.contentType: "application/json", .location: Self.location(record)],
                 body: .init(byteBuffer: ByteBuffer(string: body)))
-            return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID))
+            return (response, LogFields(account: account, eventID: record.id, positionUID: record.positionUID,
+                                        partnerCandidateID: record.partnerCandidateID))
         case .duplicate(let record):
-            metrics.ingest(result: "duplicate")
+            metrics.ingest(result: "duplicate", account: account)
             let object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID, "duplicate": true]
-            let response = Response.json(.ok, object, headers: [.location: "/v1/candidates/\(record.id)"])
-            return (response, LogFields(eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"]))
+            let response = Response.json(.ok, object, headers: [.location: Self.location(record)])
+            return (response, LogFields(account: account, eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"]))
         }
     }
 

@@ -9,28 +9,31 @@ public enum IngestRoutes {
         // `/v1/candidates...` is the `default` account's; `/v1/accounts/{account}/...` names one
         // (CONTRACT section 8). Without `accounts:` in the config, `default` is the only one.
         // An unknown account is 404 before anything else: nothing is read, nothing stored.
-        let accounts = ["default"]
-        @Sendable func known(_ context: BasicRequestContext) -> Bool {
-            context.parameters.get("account").map(accounts.contains) ?? true
+        @Sendable func account(_ context: BasicRequestContext) -> String {
+            context.parameters.get("account") ?? AccountConfiguration.defaultID
         }
         let accept: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
-            guard known(context) else { return IngestError.unknownAccount.response }
-            return await handler.accept(request)
+            await handler.accept(request, account: account(context))
         }
         let readOne: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
-            guard known(context) else { return IngestError.unknownAccount.response }
-            guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
+            let account = account(context)
+            guard let authenticator = handler.authenticators.value[account] else { return IngestError.unknownAccount.response }
+            guard authenticator.allowsReads(request.headers[.authorization]) else { return IngestError.unauthorized.response }
             guard let id = context.parameters.get("id") else { return IngestError.notFound.response }
             do {
-                guard let record = try await handler.outbox.record(id: id) else { return IngestError.notFound.response }
+                // Another account's event is as unknown here as an id that does not exist.
+                guard let record = try await handler.outbox.record(id: id), record.account == account else {
+                    return IngestError.notFound.response
+                }
                 return Response.json(.ok, record.jsonObject(includeMessages: false))
             } catch {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
             }
         }
         let lookup: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
-            guard known(context) else { return IngestError.unknownAccount.response }
-            guard handler.readAllowed(request) else { return IngestError.unauthorized.response }
+            let account = account(context)
+            guard let authenticator = handler.authenticators.value[account] else { return IngestError.unknownAccount.response }
+            guard authenticator.allowsReads(request.headers[.authorization]) else { return IngestError.unauthorized.response }
             let query = request.uri.queryParameters
             guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
                 return IngestError.validationFailed([
@@ -39,7 +42,7 @@ public enum IngestRoutes {
                 ].filter { $0.problem == "required" }).response
             }
             do {
-                let records = try await handler.outbox.records(positionUID: position, partnerCandidateID: partnerID)
+                let records = try await handler.outbox.records(account: account, positionUID: position, partnerCandidateID: partnerID)
                 return Response.json(.ok, ["events": records.map { $0.jsonObject(includeMessages: false) }])
             } catch {
                 return IngestError.unavailable(reason: "storage unavailable", retryAfterSeconds: 5).response
@@ -77,10 +80,9 @@ public enum IngestRoutes {
     }
 }
 
-extension IngestHandler {
-    /// Read endpoints need the bearer token when one is configured, and are open otherwise.
-    func readAllowed(_ request: Request) -> Bool {
-        let authenticator = authenticator.value
-        return !authenticator.requiresBearerForReads || authenticator.bearerMatches(request.headers[.authorization])
+extension IngestAuthenticator {
+    /// Read endpoints need the account's bearer token when it has one, and are open otherwise.
+    func allowsReads(_ authorization: String?) -> Bool {
+        !requiresBearerForReads || bearerMatches(authorization)
     }
 }

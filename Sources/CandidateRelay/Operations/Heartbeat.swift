@@ -3,6 +3,17 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
+/// The configured accounts as the heartbeat sees them (SIGHUP may change them).
+public struct KnownAccounts: Sendable {
+    public var ids: Set<String>
+    /// Whether the config has `accounts:` (then each gets its own heartbeat line).
+    public var named: Bool
+    public init(ids: Set<String>, named: Bool) {
+        self.ids = ids
+        self.named = named
+    }
+}
+
 /// Logs `relay.heartbeat` every `heartbeat_seconds` with counts per state, oldest pending age and
 /// the deliveries and failures since the last beat; refreshes the gauges and systemd's STATUS=;
 /// pets the systemd watchdog only while the event loop and the database answer.
@@ -14,12 +25,17 @@ public struct Heartbeat: Service {
     let watchdogInterval: Double?
     let logger: Logger
     let isReady: @Sendable () -> Bool
+    let accounts: @Sendable () -> KnownAccounts
+    let gate: PartnerGate?
     let now: @Sendable () -> Date
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
-                now: @escaping @Sendable () -> Date = Date.init) {
+                accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
+                gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init) {
         self.isReady = isReady
+        self.accounts = accounts
+        self.gate = gate
         self.outbox = outbox
         self.interval = interval
         self.metrics = metrics
@@ -40,7 +56,46 @@ public struct Heartbeat: Service {
         numbers["delivered_since_last"] = Double((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
         numbers["failures_since_last"] = Double((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
         logger.event(.info, "relay.heartbeat", "relay alive", LogFields(numbers: numbers))
+        await beatAccounts(status, totals: totals, previous: previous)
         return totals
+    }
+
+    /// With `accounts:`, one `account.heartbeat` per account (how one customer's health is read
+    /// from the logs); in any case `account.unknown` for events whose account the config no
+    /// longer names.
+    func beatAccounts(_ status: OutboxStatus, totals: [String: Int], previous: [String: Int]) async {
+        let known = accounts()
+        if known.named {
+            for account in known.ids.sorted() {
+                let counts = status.accounts[account] ?? AccountStatus()
+                func since(_ outcomes: String...) -> Double {
+                    Double(outcomes.reduce(0) { $0 + (totals["\(account)|\($1)"] ?? 0) - (previous["\(account)|\($1)"] ?? 0) })
+                }
+                var numbers: [String: Double] = [:]
+                for state in EventState.allCases { numbers["count_\(state.rawValue)"] = Double(counts.counts[state] ?? 0) }
+                numbers["oldest_pending_age_seconds"] = ((counts.oldestPendingAgeSeconds ?? 0) * 10).rounded() / 10
+                numbers["delivered_since_last"] = since("delivered", "linked")
+                numbers["failures_since_last"] = since("retry", "dead")
+                var extra: [String: String] = [:]
+                if let view = await gate?.view(account) {
+                    numbers["window_requests"] = Double(view.windowRequests)
+                    if let until = view.pausedUntil { extra["paused_until"] = Timestamp.string(until) }
+                    if let until = view.credentialsRejectedUntil { extra["credentials_rejected_until"] = Timestamp.string(until) }
+                }
+                logger.event(.info, "account.heartbeat", "account status", LogFields(account: account, extra: extra, numbers: numbers))
+            }
+        }
+        Self.logUnknownAccounts(status, known: known, logger: logger)
+    }
+
+    /// `account.unknown` for each account with undelivered events that the config does not
+    /// name: they stay pending and go once it is back.
+    static func logUnknownAccounts(_ status: OutboxStatus, known: KnownAccounts, logger: Logger) {
+        for (account, counts) in status.accounts.sorted(by: { $0.key < $1.key }) where !known.ids.contains(account) && counts.undelivered > 0 {
+            logger.event(.warning, "account.unknown", "events of an account the config does not name wait until it is back",
+                         LogFields(account: account, numbers: ["count_pending": Double(counts.counts[.pending] ?? 0),
+                                                               "count_in_flight": Double(counts.counts[.inFlight] ?? 0)]))
+        }
     }
 
     static func statusLine(_ status: OutboxStatus) -> String {

@@ -3,6 +3,8 @@ import Logging
 /// The only context a log line may carry (CONTRACT section 6). Typed, so a name, an email or a
 /// payload cannot be attached to a log line by accident: there is no field for them.
 public struct LogFields: Sendable {
+    /// The account (CONTRACT section 8) an event or a signal belongs to.
+    public var account: String?
     public var eventID: String?
     public var positionUID: String?
     public var partnerCandidateID: String?
@@ -17,10 +19,11 @@ public struct LogFields: Sendable {
     /// Numeric operational values (counts, ages), logged as JSON numbers.
     public var numbers: [String: Double] = [:]
 
-    public init(eventID: String? = nil, positionUID: String? = nil, partnerCandidateID: String? = nil,
+    public init(account: String? = nil, eventID: String? = nil, positionUID: String? = nil, partnerCandidateID: String? = nil,
                 attempt: Int? = nil, status: Int? = nil, latencyMs: Int? = nil, candidateUID: String? = nil,
                 error: String? = nil, extra: [String: String] = [:], numbers: [String: Double] = [:]) {
         self.numbers = numbers
+        self.account = account
         self.eventID = eventID
         self.positionUID = positionUID
         self.partnerCandidateID = partnerCandidateID
@@ -34,6 +37,7 @@ public struct LogFields: Sendable {
 
     var metadata: Logger.Metadata {
         var m: Logger.Metadata = [:]
+        if let account { m["account"] = .string(account) }
         if let eventID { m["event_id"] = .string(eventID) }
         if let positionUID { m["position_uid"] = .string(positionUID) }
         if let partnerCandidateID { m["partner_candidate_id"] = .string(partnerCandidateID) }

@@ -16,10 +16,11 @@ public final class RelayMetrics: Sendable {
     /// counts change?" for STATUS= refreshes.
     public var changeCount: Int { changes.load(ordering: .relaxed) }
 
-    public let outboxEvents: [EventState: Metrics.Gauge]
-    public let oldestPendingAge: Metrics.Gauge
+    private let gauges = Mutex<[String: Metrics.Gauge]>([:])
+    private let timers = Mutex<[String: Metrics.Timer]>([:])
+    /// Accounts whose gauges were set: one that left keeps reading 0, not its last value.
+    private let gaugedAccounts = Mutex<Set<String>>([])
     public let circuitOpen: Metrics.Gauge
-    public let partnerLatency: Metrics.Timer
 
     public init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -28,14 +29,29 @@ public final class RelayMetrics: Sendable {
             .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30),
         ]
         self.factory = factory
-        var gauges: [EventState: Metrics.Gauge] = [:]
-        for state in EventState.allCases {
-            gauges[state] = Metrics.Gauge(label: "candidate_relay_outbox_events", dimensions: [("state", state.rawValue)], factory: factory)
-        }
-        outboxEvents = gauges
-        oldestPendingAge = Metrics.Gauge(label: "candidate_relay_oldest_pending_age_seconds", factory: factory)
         circuitOpen = Metrics.Gauge(label: "candidate_relay_partner_circuit_open", factory: factory)
-        partnerLatency = Metrics.Timer(label: "candidate_relay_partner_request_duration_seconds", factory: factory)
+    }
+
+    private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Gauge {
+        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        return gauges.withLock { gauges in
+            if let existing = gauges[key] { return existing }
+            let created = Metrics.Gauge(label: label, dimensions: dimensions, factory: factory)
+            gauges[key] = created
+            return created
+        }
+    }
+
+    /// The partner's answer time, per account.
+    public func partnerLatency(account: String, nanoseconds: Int64) {
+        let timer = timers.withLock { timers in
+            if let existing = timers[account] { return existing }
+            let created = Metrics.Timer(label: "candidate_relay_partner_request_duration_seconds", dimensions: [("account", account)],
+                                        factory: factory)
+            timers[account] = created
+            return created
+        }
+        timer.recordNanoseconds(nanoseconds)
     }
 
     /// Increments a counter, creating it on first use (label + dimensions identify it).
@@ -50,26 +66,46 @@ public final class RelayMetrics: Sendable {
         counter.increment(by: amount)
     }
 
-    public func ingest(result: String) {
+    /// `account` is empty when the request named no known account (404 `unknown_account`): an
+    /// unknown name never becomes a label.
+    public func ingest(result: String, account: String) {
         if result == "accepted" { changes.add(1, ordering: .relaxed) }
-        count("candidate_relay_ingest_requests_total", [("result", result)])
+        count("candidate_relay_ingest_requests_total", [("account", account), ("result", result)])
     }
-    public func delivery(outcome: String) {
+    public func delivery(outcome: String, account: String) {
         changes.add(1, ordering: .relaxed)
-        count("candidate_relay_deliveries_total", [("outcome", outcome)])
-        totals.withLock { $0[outcome, default: 0] += 1 }
+        count("candidate_relay_deliveries_total", [("account", account), ("outcome", outcome)])
+        totals.withLock {
+            $0[outcome, default: 0] += 1
+            $0["\(account)|\(outcome)", default: 0] += 1
+        }
     }
 
-    /// Deliveries by outcome since start (for the heartbeat's "since last beat" figures).
+    /// Deliveries by outcome since start (for the heartbeat's "since last beat" figures): keys
+    /// `outcome` in total and `account|outcome` per account.
     public func deliveryTotals() -> [String: Int] { totals.withLock { $0 } }
-    public func partnerResponse(status: String) { count("candidate_relay_partner_responses_total", [("status", status)]) }
-    public func tokenMinted(mode: String) { count("candidate_relay_token_mints_total", [("mode", mode)]) }
-    public func rateLimitWait() { count("candidate_relay_rate_limit_waits_total") }
+    public func partnerResponse(status: String, account: String) {
+        count("candidate_relay_partner_responses_total", [("account", account), ("status", status)])
+    }
+    public func tokenMinted(mode: String, account: String) {
+        count("candidate_relay_token_mints_total", [("account", account), ("mode", mode)])
+    }
+    /// A request that waited for room in a window (`account` empty: the global one).
+    public func rateLimitWait(account: String) { count("candidate_relay_rate_limit_waits_total", [("account", account)]) }
 
-    /// Refreshes the state gauges from an outbox status.
+    /// Refreshes the state gauges from an outbox status: one series per account and state.
     public func update(from status: OutboxStatus) {
-        for state in EventState.allCases { outboxEvents[state]?.record(status.counts[state] ?? 0) }
-        oldestPendingAge.record(status.oldestPendingAgeSeconds ?? 0)
+        let accounts = gaugedAccounts.withLock { known -> Set<String> in
+            known.formUnion(status.accounts.keys)
+            return known
+        }
+        for account in accounts {
+            let counts = status.accounts[account]
+            for state in EventState.allCases {
+                gauge("candidate_relay_outbox_events", [("account", account), ("state", state.rawValue)]).record(counts?.counts[state] ?? 0)
+            }
+            gauge("candidate_relay_oldest_pending_age_seconds", [("account", account)]).record(counts?.oldestPendingAgeSeconds ?? 0)
+        }
     }
 
     /// Prometheus text exposition.

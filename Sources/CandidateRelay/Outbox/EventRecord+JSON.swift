@@ -20,6 +20,7 @@ extension EventRecord {
         }
         return [
             "id": id,
+            "account": account,
             "state": state.rawValue,
             "attempts": attempts,
             "position_uid": positionUID,

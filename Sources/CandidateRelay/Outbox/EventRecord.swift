@@ -4,6 +4,7 @@ import GRDB
 /// What the relay shows about an event (CONTRACT section 5): never the personal payload.
 public struct EventRecord: Sendable, Equatable {
     public var id: String
+    public var account: String
     public var state: EventState
     public var attempts: Int
     public var positionUID: String
@@ -19,7 +20,7 @@ public struct EventRecord: Sendable, Equatable {
 
     /// The columns `init(row:)` needs, for SELECTs.
     static let columns = """
-        id, state, attempts, position_uid, partner_candidate_id, candidate_uid, received_at, updated_at,
+        id, account, state, attempts, position_uid, partner_candidate_id, candidate_uid, received_at, updated_at,
         next_attempt_at, last_status, last_error, partner_response
         """
 
@@ -27,6 +28,7 @@ public struct EventRecord: Sendable, Equatable {
     init(inserted submission: Submission) {
         let at = Date(millis: submission.receivedAt.millis)
         id = submission.id
+        account = submission.account
         state = .pending
         attempts = 0
         positionUID = submission.positionUID
@@ -38,6 +40,7 @@ public struct EventRecord: Sendable, Equatable {
 
     init(row: Row) {
         id = row["id"]
+        account = row["account"]
         state = EventState(rawValue: row["state"]) ?? .pending
         attempts = row["attempts"]
         positionUID = row["position_uid"]
@@ -67,4 +70,13 @@ public struct OutboxStatus: Sendable, Equatable {
     public var counts: [EventState: Int]
     public var oldestPendingAgeSeconds: Double?
     public var lastDeliveryAt: Date?
+    /// The same per account (every account with events; `lastDeliveryAt` is not kept per account).
+    public var accounts: [String: AccountStatus] = [:]
+}
+
+/// One account's part of `OutboxStatus`.
+public struct AccountStatus: Sendable, Equatable {
+    public var counts: [EventState: Int] = [:]
+    public var oldestPendingAgeSeconds: Double?
+    public var undelivered: Int { (counts[.pending] ?? 0) + (counts[.inFlight] ?? 0) }
 }

@@ -8,19 +8,28 @@ public struct ForgetReport: Sendable, Equatable {
 }
 
 extension Outbox {
-    /// Counts per state, oldest pending age, last delivery (for `status`, heartbeats, STATUS=).
+    /// Counts per state, oldest pending age, last delivery (for `status`, heartbeats, STATUS=),
+    /// in total and per account.
     public func status(now: Date) async throws -> OutboxStatus {
         try await read { db in
-            var counts: [EventState: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM events GROUP BY state") {
-                if let state = EventState(rawValue: row["state"]) { counts[state] = row["n"] }
+            var status = OutboxStatus(counts: [:])
+            for row in try Row.fetchAll(db, sql: "SELECT account, state, COUNT(*) AS n FROM events GROUP BY account, state") {
+                guard let state = EventState(rawValue: row["state"]) else { continue }
+                let n: Int = row["n"]
+                status.counts[state, default: 0] += n
+                status.accounts[row["account"], default: AccountStatus()].counts[state] = n
             }
-            let oldest = try Millis.fetchOne(db, sql: "SELECT MIN(received_at) FROM events WHERE state IN ('pending', 'in_flight')")
+            func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
+            for row in try Row.fetchAll(db, sql: """
+                    SELECT account, MIN(received_at) AS oldest FROM events WHERE state IN ('pending', 'in_flight') GROUP BY account
+                    """) {
+                let oldest = age(row["oldest"])
+                status.accounts[row["account"], default: AccountStatus()].oldestPendingAgeSeconds = oldest
+                status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
+            }
             let last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
-            return OutboxStatus(
-                counts: counts,
-                oldestPendingAgeSeconds: oldest.map { max(0, now.timeIntervalSince(Date(millis: $0))) },
-                lastDeliveryAt: last.map(Date.init(millis:)))
+            status.lastDeliveryAt = last.map(Date.init(millis:))
+            return status
         }
     }
 

@@ -4,6 +4,7 @@ import GRDB
 /// An event leased to one worker: its payload, its attempt number and the lease generation.
 public struct ClaimedEvent: Sendable {
     public var id: String
+    public var account: String
     public var attempt: Int
     /// The lease generation this claim holds; outcomes compare-and-set on it.
     public var lease: Int
@@ -61,6 +62,7 @@ public enum RecordedOutcome: Sendable, Equatable {
 /// An event that went dead at claim time without being sent (age budget spent, payload erased).
 public struct ExpiredEvent: Sendable, Equatable {
     public var id: String
+    public var account: String
     public var positionUID: String
     public var partnerCandidateID: String
     public var attempts: Int
@@ -69,6 +71,8 @@ public struct ExpiredEvent: Sendable, Equatable {
 
 /// One worker's claim, as queued for the claim group commit.
 struct ClaimRequest: Sendable {
+    /// The accounts that may send now, in the order to try them (fairness is the caller's).
+    var accounts: [String]
     var now: Date
     var leaseSeconds: Double
     var maxAgeSeconds: Double
@@ -102,17 +106,22 @@ public struct ClaimResult: Sendable {
 
 extension Outbox {
     /// `claimNextDue` for callers that do not log expirations (tests, tools).
-    public func claimNext(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int = .max) async throws -> ClaimedEvent? {
-        try await claimNextDue(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts).claimed
+    public func claimNext(accounts: [String] = [AccountConfiguration.defaultID], now: Date, leaseSeconds: Double,
+                          maxAgeSeconds: Double, maxAttempts: Int = .max) async throws -> ClaimedEvent? {
+        try await claimNextDue(accounts: accounts, now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds,
+                               maxAttempts: maxAttempts).claimed
     }
 
-    /// Leases the pending event due longest (fresh events: the oldest) whose natural key has
-    /// nothing in flight. Events past
+    /// Leases the pending event due longest (fresh events: the oldest) of the first of `accounts`
+    /// that has one, whose natural key has nothing in flight. Events past
     /// `maxAge`, with `maxAttempts` used (a crash after the last attempt, a lowered limit), or
     /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
     /// the worker can log them.
-    public func claimNextDue(now: Date, leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
-        let request = ClaimRequest(now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
+    public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], now: Date, leaseSeconds: Double,
+                             maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
+        guard !accounts.isEmpty else { return ClaimResult(claimed: nil, expired: []) }
+        let request = ClaimRequest(accounts: accounts, now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds,
+                                   maxAttempts: maxAttempts)
         guard case .claimed(let result) = try await deliveryWrite(.claim(request)) else {
             throw OutboxError.storage("claim answered with another kind of result")
         }
@@ -138,17 +147,27 @@ extension Outbox {
     /// One claim inside a (shared) transaction: the claims of one batch run in order, each
     /// seeing the rows the ones before it leased, so "never two in flight per natural key" holds.
     static func claimOne(_ db: Database, _ request: ClaimRequest) throws -> ClaimResult {
-        let now = request.now
         var expired: [ExpiredEvent] = []
+        for account in request.accounts {
+            if let claimed = try claimOne(db, request, account: account, expired: &expired) {
+                return ClaimResult(claimed: claimed, expired: expired)
+            }
+        }
+        return ClaimResult(claimed: nil, expired: expired)
+    }
+
+    /// The oldest due event of one account (walking its part of `events_due` in order).
+    private static func claimOne(_ db: Database, _ request: ClaimRequest, account: String, expired: inout [ExpiredEvent]) throws -> ClaimedEvent? {
+        let now = request.now
         while true {
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
                     SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
-                    WHERE state = 'pending' AND next_attempt_at <= ?
-                      AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
-                          AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
+                    WHERE account = ? AND state = 'pending' AND next_attempt_at <= ?
+                      AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
+                          AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
                     ORDER BY next_attempt_at, id LIMIT 1
                     """),
-                arguments: [now.millis]) else { return ClaimResult(claimed: nil, expired: expired) }
+                arguments: [account, now.millis]) else { return nil }
             let id: String = row["id"]
             let receivedAt = Date(millis: row["received_at"])
             let budgetStartedAt = Date(millis: row["budget_started_at"])
@@ -158,8 +177,8 @@ extension Outbox {
                 let reason = payload == nil ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(
                     arguments: [reason, now.millis, id])
-                expired.append(ExpiredEvent(id: id, positionUID: row["position_uid"], partnerCandidateID: row["partner_candidate_id"],
-                                            attempts: row["attempts"], reason: reason))
+                expired.append(ExpiredEvent(id: id, account: account, positionUID: row["position_uid"],
+                                            partnerCandidateID: row["partner_candidate_id"], attempts: row["attempts"], reason: reason))
                 continue
             }
             let attempt = attempts + 1
@@ -169,11 +188,10 @@ extension Outbox {
                     WHERE id = ? AND state = 'pending'
                     """).execute(
                 arguments: [attempt, lease, now.addingTimeInterval(request.leaseSeconds).millis, now.millis, id])
-            let claimed = ClaimedEvent(
-                id: id, attempt: attempt, lease: lease, positionUID: row["position_uid"],
+            return ClaimedEvent(
+                id: id, account: account, attempt: attempt, lease: lease, positionUID: row["position_uid"],
                 partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt,
                 budgetStartedAt: budgetStartedAt, leasedAt: now)
-            return ClaimResult(claimed: claimed, expired: expired)
         }
     }
 
@@ -278,26 +296,63 @@ extension Outbox {
         }
     }
 
-    /// When the next claimable pending event becomes due, to sleep exactly that long when idle.
-    /// Events whose natural key is in flight are left out: they wait for that delivery, and
-    /// counting them would make idle workers spin.
-    public func nextDueAt() async throws -> Date? {
+    /// When the next claimable pending event of `accounts` becomes due, to sleep exactly that
+    /// long when idle. Events whose natural key is in flight are left out: they wait for that
+    /// delivery, and counting them would make idle workers spin.
+    public func nextDueAt(accounts: [String] = [AccountConfiguration.defaultID]) async throws -> Date? {
         try await read { db in
-            try (Millis.fetchOne(db, sql: """
-                SELECT MIN(next_attempt_at) FROM events e WHERE state = 'pending'
-                  AND NOT EXISTS (SELECT 1 FROM events o WHERE o.state = 'in_flight'
-                      AND o.position_uid = e.position_uid AND o.partner_candidate_id = e.partner_candidate_id)
-                """)).map(Date.init(millis:))
+            var earliest: Millis?
+            for account in accounts {
+                // Walks the account's pending events in due order and stops at the first free one.
+                guard let due = try Millis.fetchOne(db.cachedStatement(sql: """
+                    SELECT next_attempt_at FROM events e WHERE account = ? AND state = 'pending'
+                      AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
+                          AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
+                    ORDER BY next_attempt_at LIMIT 1
+                    """), arguments: [account]) else { continue }
+                earliest = min(earliest ?? due, due)
+            }
+            return earliest.map(Date.init(millis:))
         }
     }
 
-    /// When partner requests were answered (or given up) since `since`, to seed the rate
-    /// window after a restart (interrupted ones included: the request may have reached the
-    /// partner). The recorded time is never before the request's arrival at the partner.
-    public func requestTimes(since: Date) async throws -> [Date] {
+    /// When each account's partner requests were answered (or given up) since `since`, to seed
+    /// the rate windows after a restart (interrupted ones included: the request may have reached
+    /// the partner). The recorded time is never before the request's arrival at the partner.
+    public func requestTimes(since: Date) async throws -> [String: [Date]] {
         try await read { db in
-            try Millis.fetchAll(db, sql: "SELECT at FROM attempts WHERE at >= ? ORDER BY 1", arguments: [since.millis])
-                .map(Date.init(millis:))
+            var times: [String: [Date]] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                    SELECT e.account, a.at FROM attempts a JOIN events e ON e.id = a.event_id WHERE a.at >= ? ORDER BY a.at
+                    """, arguments: [since.millis]) {
+                times[row[0], default: []].append(Date(millis: row[1]))
+            }
+            return times
+        }
+    }
+
+    /// Undelivered (pending, in-flight) events per account, for the accounts the config no
+    /// longer names (`account.unknown`) and for reloads that would drop an account.
+    public func undeliveredByAccount() async throws -> [String: [EventState: Int]] {
+        try await read { db in
+            var counts: [String: [EventState: Int]] = [:]
+            for row in try Row.fetchAll(db, sql: """
+                    SELECT account, state, COUNT(*) FROM events WHERE state IN ('pending', 'in_flight') GROUP BY account, state
+                    """) {
+                if let state = EventState(rawValue: row[1]) { counts[row[0], default: [:]][state] = row[2] }
+            }
+            return counts
+        }
+    }
+
+    /// In-flight events, per account, that a crash left (recovered at start-up), to seed the windows.
+    public func inFlightByAccount() async throws -> [String: Int] {
+        try await read { db in
+            var counts: [String: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT account, COUNT(*) FROM events WHERE state = 'in_flight' GROUP BY account") {
+                counts[row[0]] = row[1]
+            }
+            return counts
         }
     }
 }

@@ -4,6 +4,8 @@ import GRDB
 /// What ingest hands the outbox: already authenticated, parsed and validated.
 public struct Submission: Sendable {
     public var id: String
+    /// The account it arrived for (its path): idempotency and "one in flight" are per account.
+    public var account: String
     public var idempotencyKey: String?
     public var bodySHA256: String
     public var positionUID: String
@@ -12,8 +14,10 @@ public struct Submission: Sendable {
     public var payload: Data
     public var receivedAt: Date
 
-    public init(id: String, idempotencyKey: String?, bodySHA256: String, positionUID: String, partnerCandidateID: String, payload: Data, receivedAt: Date) {
+    public init(id: String, account: String = AccountConfiguration.defaultID, idempotencyKey: String?, bodySHA256: String,
+                positionUID: String, partnerCandidateID: String, payload: Data, receivedAt: Date) {
         self.id = id
+        self.account = account
         self.idempotencyKey = idempotencyKey
         self.bodySHA256 = bodySHA256
         self.positionUID = positionUID
@@ -29,15 +33,16 @@ public enum AcceptResult: Sendable {
     case duplicate(EventRecord)
 }
 
-/// One submission with the backlog limit in force when it arrived.
+/// One submission with the backlog limit (per account) in force when it arrived.
 struct PendingAccept: Sendable {
     var submission: Submission
     var maxBacklog: Int
 }
 
 extension Outbox {
-    /// Stores a submission durably or returns the event its key already created. Throws
-    /// `.idempotencyKeyReused` for a key with another body, `.backlogFull` above `maxBacklog`
+    /// Stores a submission durably or returns the event its key already created in its account.
+    /// Throws `.idempotencyKeyReused` for a key with another body, `.backlogFull` when the
+    /// account holds `maxBacklog` undelivered events
     /// (a replay is answered even then: it adds nothing), `.storage` when the disk fails.
     ///
     /// Concurrent calls share one fsync'd transaction (group commit, `GroupCommit`); each
@@ -54,16 +59,15 @@ extension Outbox {
         let results: [Result<AcceptResult, any Error>] = try await write { db in
             var results: [Result<AcceptResult, any Error>] = []
             results.reserveCapacity(batch.count)
-            // Deliveries only lower the count between refreshes: the cache errs on the high side
+            // Deliveries only lower the counts between refreshes: the cache errs on the high side
             // by at most a second's worth of deliveries; near the limit it is exact.
-            let limit = batch.map(\.maxBacklog).min() ?? 0
-            var backlog = try self.backlogCount(db, now: batch[0].submission.receivedAt, limit: limit,
-                                                margin: max(batch.count, limit / 10))
+            var backlogs: [String: Int] = [:]
             for pending in batch {
                 let submission = pending.submission
                 if let key = submission.idempotencyKey,
-                   let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE idempotency_key = ?"),
-                    arguments: [key]) {
+                   let row = try Row.fetchOne(
+                    db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key = ?"),
+                    arguments: [submission.account, key]) {
                     let existing = EventRecord(row: row)
                     guard (row["body_sha256"] as String) == submission.bodySHA256 else {
                         results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
@@ -72,37 +76,48 @@ extension Outbox {
                     results.append(.success(.duplicate(existing)))
                     continue
                 }
+                let account = submission.account
+                let backlog = try backlogs[account] ?? self.backlogCount(
+                    db, account: account, now: submission.receivedAt, limit: pending.maxBacklog,
+                    margin: max(batch.count, pending.maxBacklog / 10))
                 if backlog >= pending.maxBacklog {
                     results.append(.failure(OutboxError.backlogFull(pending.maxBacklog)))
                     continue
                 }
                 let now = submission.receivedAt.millis
                 try db.cachedStatement(sql: """
-                        INSERT INTO events (id, idempotency_key, body_sha256, state, attempts, position_uid,
+                        INSERT INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
                           partner_candidate_id, payload, received_at, budget_started_at, updated_at, next_attempt_at)
-                        VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
+                        VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
                         """).execute(
-                    arguments: [submission.id, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
+                    arguments: [submission.id, account, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
                                 submission.partnerCandidateID, submission.payload, now, now, now, now])
-                backlog += 1
+                backlogs[account] = backlog + 1
                 results.append(.success(.created(EventRecord(inserted: submission))))
             }
             return results
         }
-        let created = results.filter { if case .success(.created) = $0 { true } else { false } }.count
-        backlog.withLock { $0.count += created }
+        var created: [String: Int] = [:]
+        for (pending, result) in zip(batch, results) {
+            if case .success(.created) = result { created[pending.submission.account, default: 0] += 1 }
+        }
+        backlog.withLock { cache in
+            for (account, count) in created { cache[account, default: (0, .distantPast)].count += count }
+        }
         return results
     }
 
-    /// Pending + in-flight events at the start of a batch. Far below the limit, a cache at most
-    /// one second old (counted inside a write transaction, then bumped by each accept; a COUNT
-    /// per batch costs O(backlog)); within `margin` of it, counted exactly, so `max_backlog` is
-    /// exact where it matters.
-    func backlogCount(_ db: Database, now: Date, limit: Int, margin: Int) throws -> Int {
-        let cached = backlog.withLock { $0 }
-        if now.timeIntervalSince(cached.refreshedAt) < 1, cached.count + margin < limit { return cached.count }
-        let count = try Int.fetchOne(db.cachedStatement(sql: "SELECT COUNT(*) FROM events WHERE state IN ('pending', 'in_flight')")) ?? 0
-        backlog.withLock { $0 = (count, now) }
+    /// An account's pending + in-flight events at the start of a batch. Far below the limit, a
+    /// cache at most one second old (counted inside a write transaction, then bumped by each
+    /// accept; a COUNT per batch costs O(backlog)); within `margin` of it, counted exactly, so
+    /// `max_backlog` is exact where it matters.
+    func backlogCount(_ db: Database, account: String, now: Date, limit: Int, margin: Int) throws -> Int {
+        let cached = backlog.withLock { $0[account] }
+        if let cached, now.timeIntervalSince(cached.refreshedAt) < 1, cached.count + margin < limit { return cached.count }
+        let count = try Int.fetchOne(
+            db.cachedStatement(sql: "SELECT COUNT(*) FROM events WHERE account = ? AND state IN ('pending', 'in_flight')"),
+            arguments: [account]) ?? 0
+        backlog.withLock { $0[account] = (count, now) }
         return count
     }
 
@@ -114,16 +129,17 @@ extension Outbox {
         }
     }
 
-    /// Events for a natural key, newest first.
-    public func records(positionUID: String, partnerCandidateID: String) async throws -> [EventRecord] {
+    /// An account's events for a natural key, newest first.
+    public func records(account: String = AccountConfiguration.defaultID, positionUID: String,
+                        partnerCandidateID: String) async throws -> [EventRecord] {
         try await read { db in
             try Row.fetchAll(
                 db, sql: """
                     SELECT \(EventRecord.columns) FROM events
-                    WHERE position_uid = ? AND partner_candidate_id = ?
+                    WHERE account = ? AND position_uid = ? AND partner_candidate_id = ?
                     ORDER BY received_at DESC, id DESC
                     """,
-                arguments: [positionUID, partnerCandidateID]).map(EventRecord.init(row:))
+                arguments: [account, positionUID, partnerCandidateID]).map(EventRecord.init(row:))
         }
     }
 }

@@ -10,9 +10,9 @@ import Glibc
 public final class Outbox: Sendable {
     let pool: DatabasePool
     public let path: String
-    /// Pending + in-flight count, refreshed from the file at most every second and bumped on
-    /// each accept, so ingest can enforce `max_backlog` without a COUNT per request.
-    let backlog = Mutex<(count: Int, refreshedAt: Date)>((0, .distantPast))
+    /// Pending + in-flight count per account, refreshed from the file at most every second and
+    /// bumped on each accept, so ingest can enforce `max_backlog` without a COUNT per request.
+    let backlog = Mutex<[String: (count: Int, refreshedAt: Date)]>([:])
     /// Ingest's group commit (`accept`): one fsync for every submission that arrived meanwhile.
     let acceptQueue = GroupCommit<PendingAccept, AcceptResult>()
     /// The workers' claims and outcomes, grouped the same way, in one queue (two fsyncs per

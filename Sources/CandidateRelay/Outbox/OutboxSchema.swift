@@ -68,6 +68,66 @@ enum OutboxSchema {
             // One row `/readyz` rewrites: proof that a write (and its fsync) still succeeds.
             try db.execute(sql: "CREATE TABLE readiness_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)")
         }
+        migrator.registerMigration("v3_accounts") { db in
+            // Every event gains its account (CONTRACT section 8); the ones already stored are the
+            // `default` account's. Idempotency keys become unique per account, which SQLite can
+            // only do by rebuilding the table (its documented 12-step procedure; GRDB runs
+            // migrations with foreign keys off and checks them before committing).
+            try db.execute(sql: """
+                CREATE TABLE events_v3 (
+                  id TEXT PRIMARY KEY NOT NULL,
+                  account TEXT NOT NULL DEFAULT 'default',
+                  idempotency_key TEXT,
+                  body_sha256 TEXT NOT NULL,
+                  state TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'in_flight', 'delivered', 'linked', 'dead')),
+                  attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+                  lease INTEGER NOT NULL DEFAULT 0,
+                  position_uid TEXT NOT NULL,
+                  partner_candidate_id TEXT NOT NULL,
+                  payload BLOB,
+                  candidate_uid TEXT,
+                  received_at INTEGER NOT NULL,
+                  budget_started_at INTEGER NOT NULL,
+                  updated_at INTEGER NOT NULL,
+                  next_attempt_at INTEGER,
+                  lease_expires_at INTEGER,
+                  last_status INTEGER,
+                  last_error TEXT,
+                  partner_response TEXT,
+                  partner_response_full BLOB,
+                  payload_erased_at INTEGER,
+                  UNIQUE (account, idempotency_key),
+                  CHECK ((state = 'in_flight') = (lease_expires_at IS NOT NULL)),
+                  CHECK (state <> 'pending' OR next_attempt_at IS NOT NULL),
+                  CHECK (state NOT IN ('delivered', 'linked') OR candidate_uid IS NOT NULL)
+                );
+                INSERT INTO events_v3 (id, account, idempotency_key, body_sha256, state, attempts, lease, position_uid,
+                  partner_candidate_id, payload, candidate_uid, received_at, budget_started_at, updated_at, next_attempt_at,
+                  lease_expires_at, last_status, last_error, partner_response, partner_response_full, payload_erased_at)
+                SELECT id, 'default', idempotency_key, body_sha256, state, attempts, lease, position_uid,
+                  partner_candidate_id, payload, candidate_uid, received_at, budget_started_at, updated_at, next_attempt_at,
+                  lease_expires_at, last_status, last_error, partner_response, partner_response_full, payload_erased_at
+                FROM events;
+                DROP TABLE events;
+                ALTER TABLE events_v3 RENAME TO events;
+                -- "One in flight" and the read API are per (account, position_uid, partner_candidate_id).
+                CREATE INDEX events_natural_key ON events(account, position_uid, partner_candidate_id);
+                -- Each account's claim walks its own part of this index, oldest due first.
+                CREATE INDEX events_due ON events(account, state, next_attempt_at, id);
+                CREATE INDEX events_state_updated ON events(state, updated_at);
+                -- `forget` finds a candidate's events in every account.
+                CREATE INDEX events_partner_candidate ON events(partner_candidate_id);
+                CREATE TRIGGER events_state_transition BEFORE UPDATE OF state ON events
+                WHEN OLD.state <> NEW.state AND NOT (
+                  (OLD.state = 'pending' AND NEW.state IN ('in_flight', 'dead')) OR
+                  (OLD.state = 'in_flight' AND NEW.state IN ('pending', 'delivered', 'linked', 'dead')) OR
+                  (OLD.state = 'dead' AND NEW.state = 'pending'))
+                BEGIN
+                  SELECT RAISE(ABORT, 'illegal event state transition');
+                END;
+                """)
+        }
         return migrator
     }
 }

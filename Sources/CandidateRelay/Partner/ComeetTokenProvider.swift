@@ -11,11 +11,14 @@ public actor ComeetTokenProvider: TokenProvider {
     let ttl: Double
     let logger: Logger
     let metrics: RelayMetrics?
+    /// The account whose credentials these are (its log lines and metrics say so).
+    let account: String
     let now: @Sendable () -> Date
     private var cached: (token: String, expires: Date)?
 
     public init(apiKey: Secret, secret: Secret, ttlSeconds: Double, logger: Logger, metrics: RelayMetrics? = nil,
-                now: @escaping @Sendable () -> Date = Date.init) {
+                account: String = AccountConfiguration.defaultID, now: @escaping @Sendable () -> Date = Date.init) {
+        self.account = account
         self.apiKey = apiKey
         self.secret = secret
         self.ttl = ttlSeconds
@@ -32,9 +35,9 @@ public actor ComeetTokenProvider: TokenProvider {
         let expires = current.addingTimeInterval(min(ttl, Self.maxLifetime))
         let token = Self.mint(apiKey: apiKey.value, secret: secret.value, expires: expires)
         cached = (token, expires)
-        metrics?.tokenMinted(mode: "comeet_jwt")
+        metrics?.tokenMinted(mode: "comeet_jwt", account: account)
         logger.event(.info, "auth.token_minted", "partner token minted",
-                     LogFields(extra: ["mode": "comeet_jwt", "expires_at": Timestamp.string(expires)]))
+                     LogFields(account: account, extra: ["mode": "comeet_jwt", "expires_at": Timestamp.string(expires)]))
         return token
     }
 

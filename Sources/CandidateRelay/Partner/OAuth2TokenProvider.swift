@@ -14,12 +14,15 @@ public actor OAuth2TokenProvider: TokenProvider {
     let fetch: Fetch
     let logger: Logger
     let metrics: RelayMetrics?
+    /// The account whose credentials these are (its log lines and metrics say so).
+    let account: String
     let now: @Sendable () -> Date
     private var cached: (token: String, expires: Date, margin: Double)?
     private var inFlight: Task<(token: String, expiresIn: Double), any Error>?
 
     public init(configuration: OAuth2Configuration, fetch: @escaping Fetch, logger: Logger, metrics: RelayMetrics? = nil,
-                now: @escaping @Sendable () -> Date = Date.init) {
+                account: String = AccountConfiguration.defaultID, now: @escaping @Sendable () -> Date = Date.init) {
+        self.account = account
         self.configuration = configuration
         self.fetch = fetch
         self.logger = logger
@@ -44,16 +47,16 @@ public actor OAuth2TokenProvider: TokenProvider {
                 inFlight = nil
                 let expires = now().addingTimeInterval(result.expiresIn)
                 cached = (result.token, expires, min(60, result.expiresIn / 10))
-                metrics?.tokenMinted(mode: "oauth2_client_credentials")
+                metrics?.tokenMinted(mode: "oauth2_client_credentials", account: account)
                 logger.event(.info, "auth.token_minted", "partner token obtained",
-                             LogFields(extra: ["mode": "oauth2_client_credentials", "expires_at": Timestamp.string(expires)]))
+                             LogFields(account: account, extra: ["mode": "oauth2_client_credentials", "expires_at": Timestamp.string(expires)]))
             }
             return result.token
         } catch {
             if inFlight == task { inFlight = nil }
             if Task.isCancelled { throw CancellationError() }
             logger.event(.warning, "auth.token_failed", "partner token endpoint failed",
-                         LogFields(error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
+                         LogFields(account: account, error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
             throw error is TokenUnavailable ? error : TokenUnavailable(reason: "token_request_failed")
         }
     }

@@ -10,53 +10,153 @@ public enum PartnerHealth: Sendable, Equatable {
     case untested
     /// The partner answered in a way that shows it works (2xx, 409, a refusing 4xx).
     case up
-    /// A retryable failure (5xx, 429, timeout, connection error).
+    /// A retryable failure (5xx, timeout, connection error).
     case down
 }
 
-/// The one place every partner request passes: the global pause ordered by a `Retry-After`,
-/// the circuit breaker and the sliding-window rate limit, shared by all workers.
+/// What one attempt tells the gate: the breaker's health, and the account's own signals.
+public struct AttemptReport: Sendable, Equatable {
+    public var health: PartnerHealth
+    /// The partner's HTTP status, nil when nothing was sent or no answer came.
+    public var status: Int?
+    /// A `Retry-After` on a 429: this account waits (its api-key's limit).
+    public var accountPauseUntil: Date?
+    /// A `Retry-After` on anything else (503...): the partner's, every account waits.
+    public var partnerPauseUntil: Date?
+    /// A 401 even with a freshly minted token: this account's credentials are refused.
+    public var credentialsRejected: Bool
+
+    public init(health: PartnerHealth, status: Int? = nil, accountPauseUntil: Date? = nil, partnerPauseUntil: Date? = nil,
+                credentialsRejected: Bool = false) {
+        self.health = health
+        self.status = status
+        self.accountPauseUntil = accountPauseUntil
+        self.partnerPauseUntil = partnerPauseUntil
+        self.credentialsRejected = credentialsRejected
+    }
+
+    /// Nothing reached the partner.
+    public static let nothingSent = AttemptReport(health: .untested)
+}
+
+/// The one place every partner request passes (CONTRACT section 8). Per partner: the circuit
+/// breaker (an outage is everyone's), a pause ordered by a `Retry-After` on an outage answer, and
+/// the optional `global_rate_limit`. Per account: its sliding window, its `Retry-After` pause
+/// after a 429, its "credentials refused" back-off, and a share of the workers.
 ///
-/// Two scopes. `admit()` before a worker claims an event waits out a pause, an open circuit
-/// and a full window (so that no lease is held while the partner cannot be called); the
-/// admission is settled exactly once with `settle(_:health:)`. `withSlot` wraps each request:
-/// it waits for room, holds a place in the window while the request is out, and gives it up
-/// (to age out of the window) when the answer or the failure comes back.
+/// A worker asks for an `Admission` before it claims an event: it waits until some account may
+/// send, and holds a place in the window of every account that may (so that two workers never
+/// both count on an account's last place) and in the global window. It claims the oldest due
+/// event of the first of those accounts that has one (least recently served first: fairness),
+/// then `bind`s the admission to that account, which gives the other places back. The `Permit`
+/// keeps its places until the request's answer (`send`), and is settled exactly once.
 public actor PartnerGate {
-    /// Admission for one claimed event; settle it with `settle(_:health:)`.
+    /// The accounts that may send now, least recently served first; see `bind` and `release`.
+    public struct Admission: Sendable {
+        let id: Int
+        public let accounts: [String]
+    }
+
+    /// An admission bound to one claimed event's account.
     public struct Permit: Sendable {
+        let id: Int
+        public let account: String
         let probe: Bool
     }
 
-    private var limiter: SlidingWindowLimiter
+    private struct AccountState {
+        var limiter: SlidingWindowLimiter
+        var pausedUntil: Date = .distantPast
+        var credentialsBlockedUntil: Date = .distantPast
+        var credentialFailures = 0
+        /// Admissions holding a place in this account's window, plus permits bound to it.
+        var busy = 0
+        /// When it was last bound to (a sequence number): the least recently served goes first.
+        var lastServed = 0
+    }
+
+    private struct Held {
+        var probe: Bool
+        var global: SlidingWindowLimiter.Ticket?
+        /// Places in the accounts' windows not used yet (an admission: one per account).
+        var places: [String: SlidingWindowLimiter.Ticket]
+        var account: String?
+    }
+
+    private var accounts: [String: AccountState] = [:]
+    private var global: SlidingWindowLimiter
     private var breaker: CircuitBreaker
     private var pausedUntil: Date = .distantPast
+    private var held: [Int: Held] = [:]
+    private var nextID = 0
+    private var served = 0
+    /// An account may hold at most this many workers: with several accounts one worker is kept
+    /// for the others, so that a quiet account's event goes at once whatever the partner's latency.
+    private var maxBusyPerAccount: Int
+    private var backoff: BackoffConfiguration
+    private var lastScopeMismatchLog: Date = .distantPast
     private let logger: Logger
     private let metrics: RelayMetrics
     private let clock: any RelayClock
 
-    /// `history`: when requests of a previous run were answered (or given up), to seed the window.
-    public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
-                logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
-        limiter = SlidingWindowLimiter(limit: rateLimit.requests, window: rateLimit.perSeconds, history: history)
+    /// - Parameters:
+    ///   - accounts: each account's rate limit.
+    ///   - history: when requests of a previous run were answered (or given up), per account, to seed the windows.
+    public init(accounts: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration = .init(requests: 0),
+                breaker: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration = .init(),
+                history: [String: [Date]] = [:], logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
+        for (id, limit) in accounts {
+            self.accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds, history: history[id] ?? []))
+        }
+        global = SlidingWindowLimiter(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds, history: history.values.flatMap { $0 })
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
+        maxBusyPerAccount = Self.share(workers: workers, accounts: accounts.count)
+        self.backoff = backoff
         self.logger = logger
         self.metrics = metrics
         self.clock = clock
     }
 
-    private func now() -> Date { clock.now }
-
-    /// Applies new limits on reload.
-    public func reconfigure(rateLimit: RateLimitConfiguration, breaker configuration: CircuitBreakerConfiguration) {
-        limiter.reconfigure(limit: rateLimit.requests, window: rateLimit.perSeconds)
-        breaker.failures = configuration.failures
-        breaker.cooldown = configuration.cooldownSeconds
+    /// One account (`default`), as before accounts existed.
+    public init(rateLimit: RateLimitConfiguration, breaker: CircuitBreakerConfiguration, history: [Date],
+                logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
+        self.init(accounts: [AccountConfiguration.defaultID: rateLimit], breaker: breaker, workers: 256,
+                  history: [AccountConfiguration.defaultID: history], logger: logger, metrics: metrics, clock: clock)
     }
 
-    /// Waits until a request could go (no pause, room in the window, circuit closed or this is
-    /// the probe). Cancellation ends the wait (throws).
-    public func admit() async throws -> Permit {
+    static func share(workers: Int, accounts: Int) -> Int {
+        accounts > 1 ? max(1, workers - 1) : max(1, workers)
+    }
+
+    private func now() -> Date { clock.now }
+
+    /// Applies a reload: accounts added (empty windows) or removed, new limits, breaker, workers.
+    public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
+                            breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration) {
+        for id in accounts.keys where limits[id] == nil { accounts[id] = nil }
+        for (id, limit) in limits {
+            if accounts[id] == nil {
+                accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds))
+            } else {
+                accounts[id]?.limiter.reconfigure(limit: limit.requests, window: limit.perSeconds)
+            }
+        }
+        global.reconfigure(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds)
+        breaker.failures = configuration.failures
+        breaker.cooldown = configuration.cooldownSeconds
+        maxBusyPerAccount = Self.share(workers: workers, accounts: limits.count)
+        self.backoff = backoff
+    }
+
+    /// The accounts the gate knows (the configured ones).
+    public var accountIDs: [String] { accounts.keys.sorted() }
+
+    // MARK: - Admission
+
+    /// Waits until some account may send (no partner pause, room in the global window, circuit
+    /// closed or this is the probe, and an account with no pause, room in its window and a free
+    /// share of the workers). Cancellation ends the wait (throws).
+    public func admit() async throws -> Admission {
         var waitedForRate = false
         while true {
             try Task.checkCancellation()
@@ -65,13 +165,18 @@ public actor PartnerGate {
                 try await sleep(until: pausedUntil)
                 continue
             }
-            let allowedAt = limiter.earliestAllowed(now: current)
-            if allowedAt != current {
+            let globalAt = global.earliestAllowed(now: current)
+            if globalAt != current {
                 if !waitedForRate {
                     waitedForRate = true
-                    metrics.rateLimitWait()
+                    metrics.rateLimitWait(account: "")
                 }
-                try await sleep(until: allowedAt)
+                try await sleep(until: globalAt, atMost: 0.25)
+                continue
+            }
+            let ready = accounts.filter { isReady($0.value, now: current) }.sorted { $0.value.lastServed < $1.value.lastServed }
+            if ready.isEmpty {
+                try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
             }
             switch breaker.admit(now: current) {
@@ -79,15 +184,142 @@ public actor PartnerGate {
                 try await sleep(until: until)
                 continue
             case .send(let probe):
-                return Permit(probe: probe)
+                var places: [String: SlidingWindowLimiter.Ticket] = [:]
+                for (id, _) in ready {
+                    if let ticket = accounts[id]?.limiter.reserve(now: current) {
+                        places[id] = ticket
+                        accounts[id]?.busy += 1
+                    }
+                }
+                nextID += 1
+                held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
+                return Admission(id: nextID, accounts: ready.map(\.key))
             }
         }
     }
 
-    /// Settles an admission: the breaker hears what the attempt showed, or a probe that sent
-    /// nothing is given back. Called once per admission, on every path.
-    public func settle(_ permit: Permit, health: PartnerHealth) {
-        switch health {
+    private func isReady(_ account: AccountState, now: Date) -> Bool {
+        var limiter = account.limiter
+        return account.pausedUntil <= now && account.credentialsBlockedUntil <= now && account.busy < maxBusyPerAccount
+            && limiter.earliestAllowed(now: now) == now
+    }
+
+    /// The earliest time an account's pause, back-off or window ends (nil: waiting on requests in flight).
+    private func nextReadiness(now: Date) -> Date? {
+        var earliest: Date?
+        for (id, account) in accounts {
+            var at = max(account.pausedUntil, account.credentialsBlockedUntil)
+            if at <= now {
+                guard let allowed = accounts[id]?.limiter.earliestAllowed(now: now) else { continue }
+                at = allowed
+            }
+            if at > now { earliest = min(earliest ?? at, at) }
+        }
+        return earliest
+    }
+
+    /// The claim found nothing (or failed): every place goes back, and a probe too.
+    public func release(_ admission: Admission) {
+        guard let entry = held.removeValue(forKey: admission.id) else { return }
+        cancelPlaces(entry)
+        if entry.probe { breaker.cancelProbe() }
+    }
+
+    /// The claimed event is `account`'s: its place is kept, the others go back.
+    public func bind(_ admission: Admission, to account: String) -> Permit {
+        guard var entry = held[admission.id] else { return Permit(id: admission.id, account: account, probe: false) }
+        let kept = entry.places.removeValue(forKey: account)
+        cancelPlaces(entry)
+        entry.places = kept.map { [account: $0] } ?? [:]
+        entry.account = account
+        if kept == nil { accounts[account]?.busy += 1 }
+        served += 1
+        accounts[account]?.lastServed = served
+        held[admission.id] = entry
+        return Permit(id: admission.id, account: account, probe: entry.probe)
+    }
+
+    private func cancelPlaces(_ entry: Held) {
+        for (id, ticket) in entry.places {
+            accounts[id]?.limiter.cancel(ticket)
+            accounts[id]?.busy -= 1
+        }
+    }
+
+    /// Whether the permit's first request may still go: the account or the partner was paused,
+    /// the account's credentials refused, or the circuit opened since the admission. If not,
+    /// the event is handed back (the request would only wait, holding its lease and worker).
+    public func maySend(_ permit: Permit) -> Bool {
+        let current = now()
+        guard let account = accounts[permit.account] else { return false }
+        if pausedUntil > current || account.pausedUntil > current || account.credentialsBlockedUntil > current { return false }
+        return permit.probe || !breaker.isOpen
+    }
+
+    // MARK: - Requests
+
+    /// Runs one request in a place of the windows: the permit's own places for its first
+    /// request; with `permit == nil` (the resend after a 401 for `account`) it waits for room.
+    /// The places are kept until `window` after `request` returned. Throws only when cancelled
+    /// (or `giveUp` said so) before sending.
+    public nonisolated func withSlot<T: Sendable>(
+        _ permit: Permit?, account: String, giveUp: @escaping @Sendable () -> Bool = { false }, _ request: @Sendable () async -> T
+    ) async throws -> T {
+        let places = try await takePlaces(permit, account: account, giveUp: giveUp)
+        let result = await request()
+        await finish(places, account: account)
+        return result
+    }
+
+    private func takePlaces(_ permit: Permit?, account: String, giveUp: @Sendable () -> Bool) async throws
+        -> (account: SlidingWindowLimiter.Ticket?, global: SlidingWindowLimiter.Ticket?) {
+        if let permit, var entry = held[permit.id] {
+            let places = (entry.places.removeValue(forKey: account), entry.global)
+            entry.global = nil
+            held[permit.id] = entry
+            if places.0 != nil { return places }
+            if let ticket = places.1 { global.cancel(ticket) }
+        }
+        var waited = false
+        while true {
+            try Task.checkCancellation()
+            if giveUp() { throw CancellationError() }
+            let current = now()
+            guard accounts[account] != nil else { throw CancellationError() }
+            if accounts[account]?.limiter.earliestAllowed(now: current) == current, global.earliestAllowed(now: current) == current,
+               let ticket = accounts[account]?.limiter.reserve(now: current) {
+                return (ticket, global.reserve(now: current))
+            }
+            if !waited {
+                waited = true
+                metrics.rateLimitWait(account: account)
+            }
+            let next = [accounts[account]?.limiter.earliestAllowed(now: current), global.earliestAllowed(now: current)]
+                .compactMap { $0 }.max()
+            try await sleep(until: next, atMost: 0.25)
+        }
+    }
+
+    private func finish(_ places: (account: SlidingWindowLimiter.Ticket?, global: SlidingWindowLimiter.Ticket?), account: String) {
+        let current = now()
+        if let ticket = places.account { accounts[account]?.limiter.finish(ticket, now: current) }
+        if let ticket = places.global { global.finish(ticket, now: current) }
+    }
+
+    // MARK: - Settling
+
+    /// Settles a permit, once, on every path: the breaker hears what the attempt showed (a probe
+    /// that sent nothing is given back), the account's pause, back-off and share are updated,
+    /// and places never used go back.
+    public func settle(_ permit: Permit, _ report: AttemptReport) {
+        let current = now()
+        if let entry = held.removeValue(forKey: permit.id) {
+            cancelPlaces(entry)
+            if let ticket = entry.global { global.cancel(ticket) }
+            // The bound account's busy count: its place was moved out by `takePlaces` (or cancelled just above).
+            if entry.places[permit.account] == nil { accounts[permit.account]?.busy -= 1 }
+        }
+        switch report.health {
         case .untested:
             if permit.probe { breaker.cancelProbe() }
         case .up:
@@ -96,73 +328,73 @@ public actor PartnerGate {
                 logger.event(.notice, "partner.circuit_closed", "partner answers again; circuit closed")
             }
         case .down:
-            if breaker.recordFailure(now: now()) {
+            if breaker.recordFailure(now: current) {
                 metrics.circuitOpen.record(1)
                 logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
                              LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
             }
         }
-    }
-
-    /// Runs one request in a place of the rate window: waits for room (a first send, with its
-    /// `admission`, also waits out a pause or a circuit opened since its admission, unless it is
-    /// the probe; the immediate resend after a 401 passes `nil`: same attempt, rate limit only),
-    /// runs `request`, and keeps the place until `window` after it returned. Throws only when
-    /// cancelled before sending.
-    ///
-    /// `giveUp` is asked while waiting (shutdown: a request not sent yet is not worth waiting
-    /// for; the event is handed back at once instead of at the end of the grace period).
-    public nonisolated func withSlot<T: Sendable>(
-        for admission: Permit?, giveUp: @escaping @Sendable () -> Bool = { false }, _ request: @Sendable () async -> T
-    ) async throws -> T {
-        let ticket = try await takeSlot(for: admission, giveUp: giveUp)
-        let result = await request()
-        await finish(ticket)
-        return result
-    }
-
-    private func takeSlot(for admission: Permit?, giveUp: @Sendable () -> Bool) async throws -> SlidingWindowLimiter.Ticket {
-        var waited = false
-        while true {
-            try Task.checkCancellation()
-            if giveUp() { throw CancellationError() }
-            let current = now()
-            if let admission {
-                if pausedUntil > current {
-                    try await sleep(until: pausedUntil, atMost: 0.25)
-                    continue
-                }
-                if !admission.probe && breaker.isOpen {
-                    try await sleep(until: nil, atMost: 0.25)
-                    continue
-                }
-            }
-            if let ticket = limiter.reserve(now: current) { return ticket }
-            if !waited {
-                waited = true
-                metrics.rateLimitWait()
-            }
-            try await sleep(until: limiter.earliestAllowed(now: current), atMost: 0.25)
-        }
-    }
-
-    private func finish(_ ticket: SlidingWindowLimiter.Ticket) {
-        limiter.finish(ticket, now: now())
-    }
-
-    /// Every worker waits until `until` (a partner `Retry-After`).
-    public func pause(until: Date) {
-        if until > pausedUntil {
+        if let until = report.partnerPauseUntil, until > pausedUntil {
             pausedUntil = until
-            logger.event(.warning, "partner.paused", "partner asked to retry later; all workers paused",
+            logger.event(.warning, "partner.paused", "partner asked to retry later; every account waits",
                          LogFields(extra: ["until": Timestamp.string(until)]))
         }
+        guard accounts[permit.account] != nil else { return }
+        if report.status == 429 { noteRateLimited(permit.account, now: current) }
+        if let until = report.accountPauseUntil, until > accounts[permit.account]!.pausedUntil {
+            accounts[permit.account]!.pausedUntil = until
+            logger.event(.warning, "partner.paused", "partner asked this account to retry later; its events wait",
+                         LogFields(account: permit.account, extra: ["until": Timestamp.string(until)]))
+        }
+        if report.credentialsRejected {
+            accounts[permit.account]!.credentialFailures += 1
+            let failures = accounts[permit.account]!.credentialFailures
+            let delay = min(backoff.maxSeconds, backoff.initialSeconds * pow(backoff.multiplier, Double(failures - 1)))
+            let until = current.addingTimeInterval(delay)
+            accounts[permit.account]!.credentialsBlockedUntil = until
+            logger.event(.error, "auth.rejected", "the partner refuses this account's credentials even freshly minted; its events wait",
+                         LogFields(account: permit.account, status: 401,
+                                   extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))
+        } else if report.status != nil && report.status != 401 {
+            accounts[permit.account]!.credentialFailures = 0
+        }
     }
 
-    /// Sleeps until `date`, at most a second (a pause or a limit may change meanwhile); `nil`
-    /// (waiting on something in flight) polls every 50 ms.
+    /// A 429 although the account's own window had room: the partner's limit is not what the
+    /// relay keeps (per partner rather than per api-key, or lower). Said once an hour.
+    private func noteRateLimited(_ account: String, now current: Date) {
+        guard var limiter = accounts[account]?.limiter else { return }
+        let count = limiter.count(now: current)
+        guard limiter.limit == 0 || count < limiter.limit else { return }
+        guard current.timeIntervalSince(lastScopeMismatchLog) >= 3600 else { return }
+        lastScopeMismatchLog = current
+        logger.event(.warning, "partner.rate_scope_mismatch",
+                     "the partner answered 429 while this account's window had room: its limit may be per partner; set partner.global_rate_limit",
+                     LogFields(account: account, status: 429,
+                               numbers: ["window_requests": Double(count), "rate_limit": Double(limiter.limit)]))
+    }
+
+    /// Sleeps until `date`, at most `limit` seconds (a pause or a limit may change meanwhile);
+    /// `nil` (waiting on something in flight) polls every 50 ms.
     private func sleep(until date: Date?, atMost limit: Double = 1) async throws {
         let seconds = date.map { max(0.001, min($0.timeIntervalSince(now()), limit)) } ?? 0.05
         try await clock.sleep(until: now().addingTimeInterval(seconds))
+    }
+
+    /// What an operator or a test may see of one account.
+    public struct AccountView: Sendable, Equatable {
+        public var pausedUntil: Date?
+        public var credentialsRejectedUntil: Date?
+        public var busy: Int
+        public var windowRequests: Int
+    }
+
+    public func view(_ account: String) -> AccountView? {
+        guard var state = accounts[account] else { return nil }
+        let current = now()
+        return AccountView(
+            pausedUntil: state.pausedUntil > current ? state.pausedUntil : nil,
+            credentialsRejectedUntil: state.credentialsBlockedUntil > current ? state.credentialsBlockedUntil : nil,
+            busy: state.busy, windowRequests: state.limiter.count(now: current))
     }
 }

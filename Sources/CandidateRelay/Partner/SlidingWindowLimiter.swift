@@ -62,6 +62,17 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
         finished.insert(now, at: index)
     }
 
+    /// A place taken for a request that was never sent: it leaves the window at once.
+    public mutating func cancel(_ ticket: Ticket) {
+        inFlight.removeValue(forKey: ticket.id)
+    }
+
+    /// Requests in flight or answered within the last `window` (what the limit is compared with).
+    public mutating func count(now: Date) -> Int {
+        _ = earliestAllowed(now: now)
+        return finished.count + inFlight.count
+    }
+
     /// Applies a new limit (SIGHUP), keeping the requests already made.
     public mutating func reconfigure(limit: Int, window: Double) {
         self.limit = limit
