@@ -31,7 +31,7 @@ import Testing
         if signed { ingest.signingSecrets = [Secret(secretText, source: "test")] }
         ingest.bearerToken = bearer.map { Secret($0, source: "test") }
         let handler = IngestHandler(
-            outbox: outbox, authenticator: Live(IngestAuthenticator(configuration: ingest)), settings: Live(ingest),
+            outbox: outbox, authenticators: Live(["default": IngestAuthenticator(configuration: ingest)]), settings: Live(ingest),
             doorbell: Doorbell(), metrics: RelayMetrics(),
             logger: Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) },
             stopFlag: StopFlag(), now: Date.init)
@@ -273,9 +273,9 @@ import Testing
             _ = try await Self.post(client, Self.valid)
             _ = try await Self.post(client, "{", headers: [.contentType: "application/json"])
             let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(text.contains(#"candidate_relay_ingest_requests_total{result="accepted"} 1"#))
-            #expect(text.contains(#"candidate_relay_ingest_requests_total{result="malformed_json"} 1"#))
-            #expect(text.contains(#"candidate_relay_outbox_events{state="pending"} 1"#))
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="accepted"} 1"#))
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="malformed_json"} 1"#))
+            #expect(text.contains(#"candidate_relay_outbox_events{account="default",state="pending"} 1"#))
             let names = text.split(separator: "\n").filter { !$0.hasPrefix("#") }.compactMap { $0.split(separator: "{").first?.split(separator: " ").first }
             #expect(names.allSatisfy { $0.hasPrefix("candidate_relay_") })
         }

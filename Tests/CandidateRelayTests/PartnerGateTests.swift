@@ -1,0 +1,280 @@
+import CandidateRelayTesting
+import Foundation
+import Logging
+import Synchronization
+import Testing
+@testable import CandidateRelay
+
+/// The gate on a manual clock: no test here sleeps or waits on a timeout; time moves when the
+/// test says so.
+@Suite struct PartnerGateTests {
+    static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+    static func gate(_ clock: ManualClock, requests: Int = 100, perSeconds: Double = 60, failures: Int = 5,
+                     cooldown: Double = 30) -> PartnerGate {
+        PartnerGate(rateLimit: RateLimitConfiguration(requests: requests, perSeconds: perSeconds),
+                    breaker: CircuitBreakerConfiguration(failures: failures, cooldownSeconds: cooldown),
+                    history: [], logger: logger, metrics: RelayMetrics(), clock: clock)
+    }
+
+    /// Several accounts (each `requests`/`perSeconds`), `workers` workers.
+    static func gate(_ clock: ManualClock, accounts: [String], requests: Int = 100, perSeconds: Double = 60, workers: Int = 4,
+                     global: RateLimitConfiguration = .init(requests: 0), logger: Logger = logger) -> PartnerGate {
+        PartnerGate(accounts: Dictionary(uniqueKeysWithValues: accounts.map { ($0, RateLimitConfiguration(requests: requests, perSeconds: perSeconds)) }),
+                    globalRateLimit: global, breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30), workers: workers,
+                    backoff: BackoffConfiguration(initialSeconds: 5, multiplier: 2, maxSeconds: 60),
+                    logger: logger, metrics: RelayMetrics(), clock: clock)
+    }
+
+    /// Starts `operation` and waits (for a signal, not a guess) until it sleeps on the clock.
+    static func parked<T: Sendable>(_ clock: ManualClock, _ operation: @escaping @Sendable () async throws -> T) async -> Task<T, any Error> {
+        let before = clock.sleeping
+        let task = Task { try await operation() }
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > before }
+        return task
+    }
+
+    /// One request of `account` through the gate, answered with `report`.
+    static func send(_ gate: PartnerGate, _ account: String, _ report: AttemptReport = AttemptReport(health: .up, status: 201)) async throws {
+        let admission = try await gate.admit()
+        let permit = await gate.bind(admission, to: account)
+        try await gate.withSlot(permit, account: account) {}
+        await gate.settle(permit, report)
+    }
+
+    static let down = AttemptReport(health: .down, status: 503)
+
+    /// The resend after a 401 on the circuit's single probe must not wait for that probe.
+    @Test func resendDuringAProbeDoesNotWaitForItself() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, requests: 100, failures: 1, cooldown: 0.05)
+        try await Self.send(gate, "default", Self.down)
+        clock.advance(0.05)
+        let permit = await gate.bind(try await gate.admit(), to: "default")
+        #expect(permit.probe)
+        #expect(try await gate.withSlot(nil, account: "default") { true })  // returns without the clock moving
+    }
+
+    @Test func aCancelledProbeLetsTheNextRequestProbe() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, failures: 1, cooldown: 0.05)
+        try await Self.send(gate, "default", Self.down)
+        clock.advance(0.05)
+        let probe = await gate.bind(try await gate.admit(), to: "default")
+        #expect(probe.probe)
+        await gate.settle(probe, .nothingSent)
+        let next = await gate.bind(try await gate.admit(), to: "default")
+        #expect(next.probe)
+    }
+
+    /// A first send admitted before the partner said Retry-After does not go (the event is
+    /// handed back); the 401 resend of an attempt already under way is not held by the pause.
+    @Test func aPauseOrderedAfterTheAdmissionStopsTheFirstSend() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock)
+        let waiting = await gate.bind(try await gate.admit(), to: "default")
+        try await Self.send(gate, "default", AttemptReport(health: .untested, status: 429, accountPauseUntil: clock.now.addingTimeInterval(30)))
+        #expect(await gate.maySend(waiting) == false)
+        await gate.settle(waiting, .nothingSent)
+        #expect(try await gate.withSlot(nil, account: "default") { true })
+        let admitted = await Self.parked(clock) { try await gate.admit() }
+        clock.advance(30)
+        #expect(try await admitted.value.accounts == ["default"])
+    }
+
+    /// A full window: the next request waits until the oldest answer is a window old.
+    @Test func aFullWindowWaitsForTheOldestAnswerToAgeOut() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, requests: 2, perSeconds: 10)
+        try await gate.withSlot(nil, account: "default") {}
+        clock.advance(1)
+        try await gate.withSlot(nil, account: "default") {}
+        let third = await Self.parked(clock) { try await gate.withSlot(nil, account: "default") { clock.now } }
+        clock.advance(8.5)  // 9.5 s after the first answer: still inside its window
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > 0 }
+        #expect(clock.sleeping > 0)
+        clock.advance(0.5)
+        #expect(try await third.value == Date(timeIntervalSince1970: 2_000_000_010))
+    }
+
+    /// Shutdown: a request still waiting for a place gives up at once (nothing was sent).
+    @Test func waitingForAPlaceGivesUpWhenAsked() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, requests: 1, perSeconds: 3600)
+        try await gate.withSlot(nil, account: "default") {}
+        let stop = Atomic<Bool>(false)
+        let waiting = await Self.parked(clock) {
+            try await gate.withSlot(nil, account: "default", giveUp: { stop.load(ordering: .relaxed) }) { true }
+        }
+        stop.store(true, ordering: .relaxed)
+        clock.advance(0.25)  // the next look at the window
+        await #expect(throws: CancellationError.self) { try await waiting.value }
+    }
+
+    // MARK: - Accounts (CONTRACT section 8)
+
+    /// Each account has its own window: one that used its budget leaves the others admitted.
+    @Test func anAccountWithAFullWindowDoesNotHoldTheOthers() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 2)
+        try await Self.send(gate, "a")
+        try await Self.send(gate, "a")
+        let admission = try await gate.admit()
+        #expect(admission.accounts == ["b"])
+        await gate.release(admission)
+    }
+
+    /// An admission holds a place in every account it offers: two workers never both count on
+    /// an account's last place.
+    @Test func anAccountsLastPlaceIsOfferedToOneWorkerAtATime() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 1)
+        let first = try await gate.admit()
+        #expect(Set(first.accounts) == ["a", "b"])
+        let second = await Self.parked(clock) { try await gate.admit() }
+        let permit = await gate.bind(first, to: "a")  // b's place goes back
+        #expect(try await second.value.accounts == ["b"])
+        await gate.settle(permit, .nothingSent)
+    }
+
+    /// Least recently served first: a busy account does not stay at the head of the order.
+    @Test func accountsAreOfferedLeastRecentlyServedFirst() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b", "c"])
+        try await Self.send(gate, "b")
+        try await Self.send(gate, "a")
+        let admission = try await gate.admit()
+        #expect(admission.accounts == ["c", "b", "a"])
+        await gate.release(admission)
+    }
+
+    /// With several accounts one worker is always left for the others, so that a quiet
+    /// account's event goes at once even while the partner is slow for a busy one.
+    @Test func oneAccountHoldsAtMostAllWorkersButOne() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], workers: 3)
+        let one = await gate.bind(try await gate.admit(), to: "a")
+        let two = await gate.bind(try await gate.admit(), to: "a")
+        let third = try await gate.admit()
+        #expect(third.accounts == ["b"])
+        await gate.release(third)
+        await gate.settle(one, .nothingSent)
+        #expect(Set(try await gate.admit().accounts) == ["a", "b"])
+        await gate.settle(two, .nothingSent)
+    }
+
+    /// A 429's Retry-After pauses that account only; a 503's pauses every account.
+    @Test func aRateLimitPauseIsTheAccountsAnOutagePauseEveryones() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"])
+        try await Self.send(gate, "a", AttemptReport(health: .untested, status: 429, accountPauseUntil: clock.now.addingTimeInterval(60)))
+        let admission = try await gate.admit()
+        #expect(admission.accounts == ["b"])
+        let permit = await gate.bind(admission, to: "b")
+        await gate.settle(permit, AttemptReport(health: .down, status: 503, partnerPauseUntil: clock.now.addingTimeInterval(10)))
+        let next = await Self.parked(clock) { try await gate.admit() }
+        clock.advance(10)
+        #expect(try await next.value.accounts == ["b"])
+        clock.advance(50)
+        #expect(Set(try await gate.admit().accounts) == ["a", "b"])
+    }
+
+    /// A 401 with a fresh token: the account waits (backoff, doubling), the others carry on;
+    /// an answer that is not 401 ends it.
+    @Test func refusedCredentialsBackOffThatAccountOnly() async throws {
+        let clock = ManualClock()
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let gate = Self.gate(clock, accounts: ["a", "b"], logger: logger)
+        let rejected = AttemptReport(health: .untested, status: 401, credentialsRejected: true)
+        try await Self.send(gate, "a", rejected)
+        #expect(try await gate.admit().accounts == ["b"])
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))
+        clock.advance(5)
+        try await Self.send(gate, "a", rejected)
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(10))
+        clock.advance(10)
+        try await Self.send(gate, "a")
+        try await Self.send(gate, "a", rejected)
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))
+        let lines = logs.events("auth.rejected")
+        #expect(lines.count == 3)
+        #expect(lines.allSatisfy { $0["account"] as? String == "a" })
+    }
+
+    /// 401, 403 and 429 never open the circuit (one account's trouble is not an outage).
+    @Test func oneAccountsRefusalsDoNotOpenTheCircuit() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"])
+        for _ in 0..<10 {
+            try await Self.send(gate, "a", AttemptReport(health: .untested, status: 429))
+            try await Self.send(gate, "a", AttemptReport(health: .untested, status: 401))
+            try await Self.send(gate, "a", AttemptReport(health: .up, status: 403))
+        }
+        let admission = try await gate.admit()
+        #expect(Set(admission.accounts) == ["a", "b"])
+    }
+
+    /// `global_rate_limit` caps the accounts together.
+    @Test func theGlobalLimitCapsEveryAccountTogether() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 10, global: RateLimitConfiguration(requests: 3, perSeconds: 60))
+        try await Self.send(gate, "a")
+        try await Self.send(gate, "b")
+        try await Self.send(gate, "a")
+        let fourth = await Self.parked(clock) { try await gate.admit() }
+        clock.advance(59)
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > 0 }
+        #expect(clock.sleeping > 0)
+        clock.advance(1)
+        #expect(Set(try await fourth.value.accounts) == ["a", "b"])
+    }
+
+    /// A 429 while the account's window had room: `partner.rate_scope_mismatch`, once an hour.
+    @Test func aRateLimitWithRoomInTheWindowIsSaidOnceAnHour() async throws {
+        let clock = ManualClock()
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 3, logger: logger)
+        let limited = AttemptReport(health: .untested, status: 429)
+        try await Self.send(gate, "a", limited)
+        try await Self.send(gate, "b", limited)
+        #expect(logs.events("partner.rate_scope_mismatch").count == 1)
+        #expect(logs.events("partner.rate_scope_mismatch").first?["account"] as? String == "a")
+        clock.advance(3600)
+        // A full window's 429 is the limit the relay keeps, not a mismatch.
+        try await Self.send(gate, "a")
+        try await Self.send(gate, "a")
+        try await Self.send(gate, "a", limited)
+        #expect(logs.events("partner.rate_scope_mismatch").count == 1)
+        try await Self.send(gate, "b", limited)
+        #expect(logs.events("partner.rate_scope_mismatch").count == 2)
+    }
+
+    /// A reload adds an account (admitted at once) and removes one (never offered again).
+    @Test func reconfiguringAddsAndRemovesAccounts() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a"])
+        await gate.reconfigure(accounts: ["b": RateLimitConfiguration(), "c": RateLimitConfiguration()], globalRateLimit: .init(requests: 0),
+                               breaker: CircuitBreakerConfiguration(), workers: 4, backoff: BackoffConfiguration())
+        let admission = try await gate.admit()
+        #expect(Set(admission.accounts) == ["b", "c"])
+        await gate.release(admission)
+        #expect(await gate.view("a") == nil)
+    }
+
+    /// Places given back are not counted: an account's budget is only spent by what was sent.
+    @Test func placesOfferedButNotUsedAreGivenBack() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 1)
+        for _ in 0..<5 { await gate.release(try await gate.admit()) }
+        let permit = await gate.bind(try await gate.admit(), to: "b")
+        await gate.settle(permit, .nothingSent)
+        #expect(await gate.view("a")?.windowRequests == 0)
+        #expect(await gate.view("b")?.windowRequests == 0)
+        #expect(await gate.view("a")?.busy == 0)
+        try await Self.send(gate, "a")
+        #expect(await gate.view("a")?.windowRequests == 1)
+        #expect(await gate.view("a")?.busy == 0)
+    }
+}
