@@ -24,19 +24,21 @@ extension RelayConfiguration {
         lines.append("  timeout_seconds: \(Self.number(partner.timeoutSeconds))")
         lines.append("  auth:")
         lines.append("    mode: \(partner.auth.modeName)")
-        switch partner.auth {
-        case .comeetJWT(let apiKey, let key, let ttl):
-            lines.append("    api_key: \(secret(apiKey))")
-            lines.append("    secret: \(secret(key))")
-            lines.append("    token_ttl_seconds: \(Self.number(ttl))")
-        case .oauth2ClientCredentials(let oauth):
-            lines.append("    token_url: \(oauth.tokenURL)")
-            lines.append("    client_id: \(oauth.clientID)")
-            lines.append("    client_secret: \(secret(oauth.clientSecret))")
-            lines.append("    scope: \(oauth.scope ?? "null")")
-            lines.append("    client_auth: \(oauth.clientAuth.rawValue)")
-        }
+        lines += Self.renderAuth(partner.auth, indent: "    ", secret: secret)
         lines.append("  rate_limit: { requests: \(partner.rateLimit.requests), per_seconds: \(Self.number(partner.rateLimit.perSeconds)) }")
+        let global = partner.globalRateLimit
+        lines.append("  global_rate_limit: { requests: \(global.requests), per_seconds: \(Self.number(global.perSeconds)) }")
+        if let namedAccounts {
+            lines.append("accounts:")
+            for account in namedAccounts {
+                lines.append("  \(account.id):")
+                lines += Self.renderAuth(account.auth, indent: "    ", secret: secret)
+                lines.append("    rate_limit: { requests: \(account.rateLimit.requests), per_seconds: \(Self.number(account.rateLimit.perSeconds)) }")
+                let signing = account.signingSecrets.isEmpty
+                    ? "null" : "\"<redacted: \(account.signingSecrets.count) secret(s) from \(account.signingSecrets[0].source)>\""
+                lines.append("    inbound: { signing_secrets: \(signing), bearer_token: \(secret(account.bearerToken)) }")
+            }
+        }
         lines.append("delivery:")
         lines.append("  workers: \(delivery.workers)")
         let b = delivery.backoff
@@ -51,6 +53,17 @@ extension RelayConfiguration {
         lines.append("  format: \(logging.format.rawValue)")
         lines.append("  heartbeat_seconds: \(Self.number(logging.heartbeatSeconds))")
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    private static func renderAuth(_ auth: PartnerAuthConfiguration, indent: String, secret: (Secret?) -> String) -> [String] {
+        switch auth {
+        case .comeetJWT(let apiKey, let key, let ttl):
+            return ["\(indent)api_key: \(apiKey.value.isEmpty ? "null" : secret(apiKey))", "\(indent)secret: \(secret(key))", "\(indent)token_ttl_seconds: \(number(ttl))"]
+        case .oauth2ClientCredentials(let oauth):
+            return ["\(indent)token_url: \(oauth.tokenURL)", "\(indent)client_id: \(oauth.clientID)",
+                    "\(indent)client_secret: \(secret(oauth.clientSecret))", "\(indent)scope: \(oauth.scope ?? "null")",
+                    "\(indent)client_auth: \(oauth.clientAuth.rawValue)"]
+        }
     }
 
     static func number(_ value: Double) -> String {
