@@ -102,12 +102,16 @@ public final class DeliveryWorkerPool: Service, Sendable {
         }
     }
 
-    /// Waits for the doorbell, the next due event of the accounts that could send, or the poll.
+    /// Waits for the doorbell, the next due event of the accounts that could send, the end of
+    /// another account's pause or full window, or the poll.
     private func idleWait(accounts: [String]) async {
         let poll = settings.value.pollSeconds
         var wait = poll
         if !accounts.isEmpty, let due = try? await outbox.nextDueAt(accounts: accounts) {
-            wait = min(poll, max(0.005, due.timeIntervalSince(now())))
+            wait = min(wait, max(0.005, due.timeIntervalSince(now())))
+        }
+        if let ready = await gate.nextReadiness() {
+            wait = min(wait, max(0.005, ready.timeIntervalSince(now())))
         }
         await doorbell.wait(upTo: wait)
     }

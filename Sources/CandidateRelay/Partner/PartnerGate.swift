@@ -204,6 +204,12 @@ public actor PartnerGate {
             && limiter.earliestAllowed(now: now) == now
     }
 
+    /// When an account that cannot send now may send again (its pause, back-off or window
+    /// ends), for idle workers to look again then; nil when none is waiting on time.
+    public func nextReadiness() -> Date? {
+        nextReadiness(now: now())
+    }
+
     /// The earliest time an account's pause, back-off or window ends (nil: waiting on requests in flight).
     private func nextReadiness(now: Date) -> Date? {
         var earliest: Date?
