@@ -398,9 +398,10 @@ class Notify:
 
 
 class Simulator:
-    def __init__(self, bench: "Bench", name: str):
+    def __init__(self, bench: "Bench", name: str, api_keys: list[str] | None = None):
         self.log = bench.work / f"{name}.log"
-        self.proc = spawn([bench.binary, "partner-sim", "--port", "0", "--rate-limit", "0"], log=self.log, env=clean_env())
+        keys = [arg for key in (api_keys or []) for arg in ("--api-key", key)]
+        self.proc = spawn([bench.binary, "partner-sim", "--port", "0", "--rate-limit", "0", *keys], log=self.log, env=clean_env())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             m = re.search(r"listening on http://([\d.]+):(\d+)", self.log.read_text(errors="replace"))
@@ -424,7 +425,7 @@ class Relay:
     """One daemon process: its config directory, outbox and notify socket."""
 
     def __init__(self, bench: "Bench", name: str, *, sim_url: str, signed=False, rate=GATE_CLOSED, workers=16,
-                 max_backlog=BIG_BACKLOG, level="warning", storage: Path | None = None, port=0):
+                 max_backlog=BIG_BACKLOG, level="warning", storage: Path | None = None, port=0, accounts=0):
         self.bench, self.name = bench, name
         self.dir = bench.work / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -433,6 +434,10 @@ class Relay:
         (self.dir / "inbound-secrets").write_text("whsec_" + base64.b64encode(self.secret_key).decode() + "\n")
         (self.dir / "comeet-api-key").write_text("demo-api-key\n")
         (self.dir / "comeet-secret").write_text("demo-secret\n")
+        # accounts > 0: an `accounts:` section of that many customers, a0..aN-1, api-keys key-a0...
+        self.accounts = [f"a{i}" for i in range(accounts)]
+        for account in self.accounts:
+            (self.dir / f"{account}-api-key").write_text(f"key-{account}\n")
         self.settings = dict(sim_url=sim_url, signed=signed, rate=rate, workers=workers, max_backlog=max_backlog,
                              level=level, port=port)
         self.config = self.dir / "config.yaml"
@@ -462,7 +467,7 @@ partner:
 delivery:
   workers: {s['workers']}
 logging: {{ level: {s['level']}, format: json, heartbeat_seconds: 60 }}
-""")
+""" + ("accounts:\n" + "".join(f"  {a}: {{ api_key_file: {a}-api-key }}\n" for a in self.accounts) if self.accounts else ""))
 
     def check_config(self) -> None:
         r = subprocess.run([self.bench.binary, "check-config", "--config", self.config], capture_output=True, text=True,
@@ -772,11 +777,11 @@ class Bench:
         log(f"  {res.ok_rate:,.0f}/s ({res.answers()})")
         sim.stop()
 
-    def fill(self, relay: Relay, n: int) -> int:
+    def fill(self, relay: Relay, n: int, account: str | None = None) -> int:
         """POSTs n distinct candidates while delivery is held: max_backlog = n caps the outbox at n
         pending (then 503, which stops each wrk thread); wrk is ended once n are stored. Returns
-        pending + in flight."""
-        held = "state IN ('pending', 'in_flight')"
+        pending + in flight. `account`: fill that account's path (max_backlog is per account)."""
+        held = "state IN ('pending', 'in_flight')" + (f" AND account = '{account}'" if account else "")
         progress = {"count": -1, "since": time.monotonic()}
 
         def filled() -> bool:  # n stored, or no progress for 2 s (every thread stopped at a 503)
@@ -785,20 +790,24 @@ class Bench:
                 progress.update(count=count, since=time.monotonic())
             return count >= n or (count > 0 and time.monotonic() - progress["since"] > 2)
 
-        self.wrk(relay.url, mode="gen", path="/v1/candidates", ok_status=202, seconds=600, limit=n,
+        path = f"/v1/accounts/{account}/candidates" if account else "/v1/candidates"
+        self.wrk(relay.url, mode="gen", path=path, ok_status=202, seconds=600, limit=n,
                  extra_env={"BENCH_KEYHDR": "1"}, until=filled)
         return relay.count(held)
 
-    def delivery(self, label: str, storage: Path | None = None) -> dict:
+    def delivery(self, label: str, storage: Path | None = None, accounts=0) -> dict:
         """A backlog of self.backlog events drained by 16 workers against a fresh simulator with
         the rate limit off. Delivery is held during the fill by a 1-per-day rate limit, then
-        opened by SIGHUP."""
-        sim = Simulator(self, f"sim-{label}")
-        relay = Relay(self, f"delivery-{label}", sim_url=sim.url, max_backlog=self.backlog, storage=storage)
+        opened by SIGHUP. `accounts` > 0: the backlog is spread evenly over that many accounts
+        (each its own api-key at the simulator, its own window and token)."""
+        names = [f"a{i}" for i in range(accounts)]
+        sim = Simulator(self, f"sim-{label}", api_keys=[f"key-{a}" for a in names])
+        share = self.backlog // accounts if accounts else self.backlog
+        relay = Relay(self, f"delivery-{label}", sim_url=sim.url, max_backlog=share, storage=storage, accounts=accounts)
         relay.start()
-        log(f"delivery ({label}): filling a backlog of {self.backlog}")
+        log(f"delivery ({label}): filling a backlog of {share * max(1, accounts)}" + (f" over {accounts} accounts" if accounts else ""))
         t = time.monotonic()
-        backlog = self.fill(relay, self.backlog)
+        backlog = sum(self.fill(relay, share, a) for a in names) if accounts else self.fill(relay, self.backlog)
         log(f"  backlog {backlog} in {time.monotonic() - t:.1f}s; opening the gate (SIGHUP, rate_limit.requests: 0)")
         settle()
         sampler = RSSSampler(relay.proc.pid)
@@ -822,7 +831,7 @@ class Bench:
         relay.stop()
         sim.stop()
         span = ((last or 0) - (first or 0)) / 1000
-        out = dict(backlog=backlog, delivered=done, left=left, dead=dead, wall=wall,
+        out = dict(backlog=backlog, delivered=done, left=left, dead=dead, wall=wall, accounts=accounts,
                    rate=(done - 1) / span if done and done > 1 and span > 0 else 0.0,
                    wall_rate=done / wall if wall else 0.0, rss_kb=rss)
         log(f"  {out['rate']:,.0f}/s between first and last recorded delivery; {done} delivered in {wall:.1f}s after "
@@ -1027,6 +1036,7 @@ class Bench:
         self.peer()
         self.simulator_ceiling()
         self.r["delivery"] = self.delivery("empty")
+        self.r["delivery_accounts"] = self.delivery("accounts", accounts=20)
         self.end_to_end()
         self.big_payload(sim)
         self.r["lifecycle"] = self.lifecycle(sim)
@@ -1104,7 +1114,10 @@ class Bench:
         rows.append(Row(f"Delivery, 1 account: backlog of {d['backlog']:,} drained, 16 workers, rate limit off",
                         fmt_rate(d["rate"]), f"{fmt_rate(sc)} (wrk → simulator, 16 conn.)", f"{d['rate'] / sc:.2f}",
                         "≥ 0.50", verdict(d["rate"] / sc >= 0.5 and d["left"] == 0)))
-        rows.append(Row("Delivery, 20 accounts", "not measured: accounts not implemented", "", "", "", "not measured"))
+        da = r["delivery_accounts"]
+        rows.append(Row(f"Delivery, {da['accounts']} accounts: backlog of {da['backlog']:,} spread evenly, 16 workers, rate limit off",
+                        fmt_rate(da["rate"]), f"{fmt_rate(d['rate'])} (1 account)", f"{da['rate'] / d['rate']:.2f}" if d["rate"] else "",
+                        "≥ 0.80 of 1 account", verdict(d["rate"] > 0 and da["rate"] / d["rate"] >= 0.8 and da["left"] == 0)))
         e = r["e2e"]
         rows.append(Row(f"End to end at 200 events/s for {self.e2e_seconds} s: received_at → updated_at, p50 / p99",
                         f"{e['p50']:.1f} / {e['p99']:.1f} ms", f"{e['delivered']}/{e['n']} delivered", "",
@@ -1197,8 +1210,10 @@ class Bench:
             "received and stored, then opened; RSS added = peak − RSS just before.",
             "Start-up: spawn → `READY=1` on a NOTIFY_SOCKET datagram socket; /healthz polled every 1 ms on a "
             "pre-chosen port; SIGTERM after 1 s idle → process exit.",
-            "Accounts (CONTRACT §8): the daemon has no multi-account support yet, so the 20-account delivery row "
-            "is not measured.",
+            "Accounts (CONTRACT §8): the 20-account row fills each account's path with 1/20 of the backlog "
+            "(`ingest.max_backlog` is per account) against a simulator that knows the 20 api-keys; each account "
+            "mints its own token and keeps its own window. Its goal (≥ 0.80 of the 1-account rate) is ours, not the "
+            "issue's: the issue asks only that both figures be shown.",
         ]
         if self.growth_rows:
             gd = r["growth_delivery"]
