@@ -83,6 +83,10 @@ public struct ConfigurationLoader: Sendable {
         )
         let config = Self.build(&reader, secrets: secrets, accountIDs: accountIDs)
         problems += reader.problems + secrets.problems + Self.validate(config, secretsRequired: secretsRequired)
+        // A key that several accounts fall back on (partner.auth.secret_file, token_ttl_seconds,
+        // mode) is read once per account: its problem is still one line.
+        var seen = Set<String>()
+        problems = problems.filter { seen.insert($0.description).inserted }
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }
@@ -106,7 +110,8 @@ public struct ConfigurationLoader: Sendable {
     }
 
     /// The ids under `accounts:`, sorted; nil when the section is absent (or null). Ids that are
-    /// not `[a-z0-9][a-z0-9_-]{0,62}` are problems (and left out).
+    /// not `[a-z0-9][a-z0-9_-]{0,62}` are problems (and left out), and so are two ids that differ
+    /// only in `-` and `_` (their environment variables would be the same).
     static func accountIDs(in root: Node?, problems: inout [ConfigurationProblem]) -> [String]? {
         guard case .mapping(let top)? = root, let section = top["accounts"] else { return nil }
         if case .scalar(let s) = section, s.string.isEmpty || s.string == "null" || s.string == "~" { return nil }
@@ -122,6 +127,16 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         if mapping.count == 0 { problems.append(.init("accounts", "names no account: remove it, or name at least one")) }
+        // `big-co` and `big_co` are both valid, but one set of CANDIDATE_RELAY_ACCOUNTS_BIG_CO_* would set both.
+        var byEnvironmentName: [String: String] = [:]
+        for id in ids.sorted() {
+            let name = ConfigurationKeys.environmentName("accounts.\(id)")
+            if let other = byEnvironmentName[name] {
+                problems.append(.init("accounts.\(id)", "its environment variables (\(name)_*) are also account \(other)'s: rename one"))
+            } else {
+                byEnvironmentName[name] = id
+            }
+        }
         return ids.sorted()
     }
 
