@@ -11,7 +11,10 @@ struct Events: AsyncParsableCommand {
         @OptionGroup var options: ConfigOption
         @Option(help: "pending|in_flight|delivered|linked|dead") var state: String?
         @Option(help: "At most this many events.") var limit = 50
+        @Option(help: "Only this account's events (default: every account).") var account: String?
         @Flag(help: "A JSON array of records.") var json = false
+
+        func validate() throws { try AccountArgument.validate(account) }
 
         func run() async throws {
             var filter: EventState?
@@ -22,7 +25,7 @@ struct Events: AsyncParsableCommand {
                 filter = parsed
             }
             let admin = AdminCommands(outbox: try await options.outbox())
-            Console.out(try await admin.list(state: filter, limit: limit, json: json))
+            Console.out(try await admin.list(state: filter, account: account, limit: limit, json: json))
         }
     }
 
@@ -48,14 +51,17 @@ struct Events: AsyncParsableCommand {
         @OptionGroup var options: ConfigOption
         @Argument(help: "Event ids.") var ids: [String] = []
         @Flag(name: .customLong("all-dead"), help: "Every dead event.") var allDead = false
+        @Option(help: "With --all-dead: only this account's dead events.") var account: String?
 
         func validate() throws {
             if ids.isEmpty == !allDead { throw ValidationError("give event ids or --all-dead (not both)") }
+            if account != nil && !allDead { throw ValidationError("--account goes with --all-dead (event ids name their events already)") }
+            try AccountArgument.validate(account)
         }
 
         func run() async throws {
             let admin = AdminCommands(outbox: try await options.outbox())
-            let result = try await admin.retry(ids: allDead ? nil : ids)
+            let result = try await admin.retry(ids: allDead ? nil : ids, account: account)
             Console.out(result.text)
             if !result.allFound { throw ExitCode(1) }
         }
@@ -68,6 +74,9 @@ struct Purge: AsyncParsableCommand {
     @OptionGroup var options: ConfigOption
     @Option(name: .customLong("older-than"), help: "e.g. 7d, 12h, 30m (default: storage.payload_retention_days).")
     var olderThan: String?
+    @Option(help: "Only this account's events (default: every account).") var account: String?
+
+    func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
         let config = try await options.load(secretsRequired: false)
@@ -77,18 +86,24 @@ struct Purge: AsyncParsableCommand {
             seconds = parsed
         }
         let admin = AdminCommands(outbox: try await options.outbox())
-        Console.out(try await admin.purge(olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays))
+        Console.out(try await admin.purge(
+            olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays, account: account))
     }
 }
 
 struct Forget: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Erase one candidate's personal data everywhere (GDPR erasure).")
+    static let configuration = CommandConfiguration(
+        abstract: "Erase one candidate's personal data everywhere (GDPR erasure).",
+        discussion: "Without --account, the candidate's events in every account are erased: an erasure request must not miss one.")
     @OptionGroup var options: ConfigOption
     @Option(name: .customLong("partner-candidate-id"), help: "The candidate's partner_candidate_id.") var partnerCandidateID: String
+    @Option(help: "Only this account's events (default: every account).") var account: String?
+
+    func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
         let admin = AdminCommands(outbox: try await options.outbox())
-        Console.out(try await admin.forget(partnerCandidateID: partnerCandidateID))
+        Console.out(try await admin.forget(partnerCandidateID: partnerCandidateID, account: account))
     }
 }
 
@@ -106,5 +121,15 @@ struct Backup: AsyncParsableCommand {
             throw ExitCode(1)
         }
         Console.out("backup written to \(path)")
+    }
+}
+
+/// `--account ID` of the admin commands: any well-formed id, configured or not (the commands read
+/// the file, and an account with no events shows zeros); a malformed one cannot exist.
+enum AccountArgument {
+    static func validate(_ account: String?) throws {
+        if let account, !AccountConfiguration.isValidID(account) {
+            throw ValidationError("--account \(account): an account id is [a-z0-9][a-z0-9_-]{0,62}")
+        }
     }
 }

@@ -138,10 +138,13 @@ struct Reload: AsyncParsableCommand {
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Counts per state, oldest pending age, last delivery, dead count.")
     @OptionGroup var options: ConfigOption
+    @Option(help: "Only this account's figures (default: the totals, then each account).") var account: String?
     @Flag(help: "Machine-readable output.") var json = false
+
+    func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
         let admin = AdminCommands(outbox: try await options.outbox())
-        Console.out(try await admin.status(json: json))
+        Console.out(try await admin.status(json: json, account: account))
     }
 }

@@ -73,6 +73,65 @@ import Glibc
         await simulator.stop()
     }
 
+    /// `--account` on every admin command that takes it, as an operator types them: against the
+    /// file, with a config naming accounts whose secrets this shell does not have.
+    @Test func adminCommandsKeepToOneAccount() async throws {
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: "http://127.0.0.1:9", extra: """
+            accounts:
+              acme: { api_key_file: acme-key }
+              globex: { api_key_file: globex-key }
+            """)
+        defer { dir.cleanup() }
+        let config = ["--config", dir.file("config.yaml")]
+        // acme: a-dead, a-wait (candidate X, Y); globex: g-dead, g-wait (both X).
+        let outbox = try Outbox(path: dir.file("state/outbox.sqlite3"))
+        let start = Date().addingTimeInterval(-60)  // all of it in the past for the commands' clock
+        for (offset, (id, account, partnerID)) in [("a-dead", "acme", "X"), ("g-dead", "globex", "X"), ("a-wait", "acme", "Y"),
+                                                     ("g-wait", "globex", "X")].enumerated() {
+            _ = try await outbox.accept(Submission(
+                id: id, account: account, idempotencyKey: nil, bodySHA256: id, positionUID: "P", partnerCandidateID: partnerID,
+                payload: Data(#"{"first_name":"Ada"}"#.utf8), receivedAt: start.addingTimeInterval(Double(offset) * 0.01)), maxBacklog: 10)
+        }
+        for account in ["acme", "globex"] {
+            let claimed = try #require(try await outbox.claimNext(accounts: [account], now: start.addingTimeInterval(1), leaseSeconds: 60, maxAgeSeconds: 1000))
+            try await outbox.complete(claimed, outcome: .dead(status: 404, error: "position_not_found"), now: start.addingTimeInterval(1), latencyMs: 1)
+        }
+
+        let status = try await runRelay(["status", "--json"] + config)
+        #expect(status.status == 0, "\(status.output)")
+        let accounts = (Self.json(status.output) as? [String: Any])?["accounts"] as? [String: [String: Any]]
+        #expect(accounts?["acme"]?["counts"] as? [String: Int] == ["pending": 1, "in_flight": 0, "delivered": 0, "linked": 0, "dead": 1])
+        #expect(accounts?["globex"]?["oldest_pending_age_seconds"] is Double)
+        let acme = try await runRelay(["status", "--account", "acme", "--json"] + config)
+        #expect(((Self.json(acme.output) as? [String: Any])?["accounts"] as? [String: Any]).map { Array($0.keys) } == ["acme"])
+        let table = try await runRelay(["status"] + config)
+        #expect(table.output.contains("ACCOUNT") && table.output.contains("globex"))
+        let nobody = try await runRelay(["status", "--account", "nobody"] + config)
+        #expect(nobody.status == 0 && nobody.output.contains("account:            nobody") && nobody.output.contains("pending    0"))
+        #expect(try await runRelay(["status", "--account", "Acme!"] + config).status != 0)
+
+        let list = try await runRelay(["events", "list", "--account", "globex", "--json"] + config)
+        #expect((Self.json(list.output) as? [[String: Any]])?.map { $0["id"] as? String } == ["g-wait", "g-dead"])
+        #expect(try await runRelay(["events", "list"] + config).output.contains("ACCOUNT"))
+
+        #expect(try await runRelay(["events", "retry", "a-dead", "--account", "acme"] + config).status != 0)
+        let retry = try await runRelay(["events", "retry", "--all-dead", "--account", "globex"] + config)
+        #expect(retry.status == 0 && retry.output.contains("retried g-dead") && !retry.output.contains("a-dead"))
+        #expect(try await outbox.record(id: "a-dead")?.state == .dead)
+
+        let purge = try await runRelay(["purge", "--older-than", "0s", "--account", "acme"] + config)
+        #expect(purge.output.contains("erased the payload of 1 terminal event(s)"))
+        #expect(purge.output.contains("in account acme"))
+
+        let help = try await runRelay(["forget", "--help"])
+        #expect(help.output.contains("every account"))
+        let forget = try await runRelay(["forget", "--partner-candidate-id", "X", "--account", "globex"] + config)
+        #expect(forget.output.contains("g-dead") && forget.output.contains("g-wait") && !forget.output.contains("a-dead"))
+        let everywhere = try await runRelay(["forget", "--partner-candidate-id", "X"] + config)
+        #expect(everywhere.output.contains("in every account") && everywhere.output.contains("a-dead"))
+        try outbox.close()
+    }
+
     @Test func sighupReloadsAGoodConfigAndRefusesABadOne() async throws {
         let dir = try BinaryEndToEndTests.configDirectory(partnerURL: "http://127.0.0.1:9")
         defer { dir.cleanup() }

@@ -11,24 +11,42 @@ public struct AdminCommands: Sendable {
         self.now = now
     }
 
-    public func status(json: Bool) async throws -> String {
-        let status = try await outbox.status(now: now())
+    /// Counts per state, oldest pending age, last delivery and dead count; with several accounts
+    /// (or one that is not `default`) a table per account follows. `account` shows that account
+    /// alone (zeros when it has no events: the file is read without the config's accounts).
+    public func status(json: Bool, account: String? = nil) async throws -> String {
+        let status = try await outbox.status(now: now(), account: account)
         if json { return ContractJSON.string(status.jsonObject()) }
-        var lines = EventState.allCases.map { state in
+        var lines = account.map { ["account:            \($0)"] } ?? []
+        lines += EventState.allCases.map { state in
             "\(state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(status.counts[state] ?? 0)"
         }
-        lines.append("oldest pending age: " + (status.oldestPendingAgeSeconds.map { String(format: "%.1f s", $0) } ?? "-"))
+        lines.append("oldest pending age: " + Self.age(status.oldestPendingAgeSeconds))
         lines.append("last delivery:      " + (status.lastDeliveryAt.map(Timestamp.string) ?? "-"))
         lines.append("dead:               \(status.counts[.dead] ?? 0)")
+        if account == nil, !status.accounts.isEmpty, Array(status.accounts.keys) != [AccountConfiguration.defaultID] {
+            lines.append("")
+            lines.append(Self.table(
+                header: ["ACCOUNT"] + EventState.allCases.map { $0.rawValue.uppercased() } + ["OLDEST_PENDING_AGE"],
+                rows: status.accounts.keys.sorted().map { id in
+                    let figures = status.accounts[id] ?? AccountStatus()
+                    return [id] + EventState.allCases.map { String(figures.counts[$0] ?? 0) } + [Self.age(figures.oldestPendingAgeSeconds)]
+                }))
+        }
         return lines.joined(separator: "\n")
     }
 
-    public func list(state: EventState?, limit: Int, json: Bool) async throws -> String {
-        let records = try await outbox.list(state: state, limit: limit)
+    static func age(_ seconds: Double?) -> String {
+        seconds.map { String(format: "%.1f s", $0) } ?? "-"
+    }
+
+    /// Newest first; `account` keeps to that account's events.
+    public func list(state: EventState?, account: String? = nil, limit: Int, json: Bool) async throws -> String {
+        let records = try await outbox.list(state: state, account: account, limit: limit)
         if json { return ContractJSON.string(records.map { $0.jsonObject() }) }
-        let header = ["ID", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
+        let header = ["ID", "ACCOUNT", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
         let rows = records.map { r in
-            [r.id, r.state.rawValue, String(r.attempts), r.positionUID, r.partnerCandidateID, r.candidateUID ?? "-",
+            [r.id, r.account, r.state.rawValue, String(r.attempts), r.positionUID, r.partnerCandidateID, r.candidateUID ?? "-",
              Timestamp.string(r.receivedAt), r.lastError ?? "-"]
         }
         return Self.table(header: header, rows: rows)
@@ -45,7 +63,7 @@ public struct AdminCommands: Sendable {
         }
         var lines: [String] = []
         let object = record.jsonObject()
-        for key in ["id", "state", "attempts", "position_uid", "partner_candidate_id", "candidate_uid", "received_at",
+        for key in ["id", "account", "state", "attempts", "position_uid", "partner_candidate_id", "candidate_uid", "received_at",
                     "updated_at", "next_attempt_at", "last_status", "last_error"] {
             let value = object[key].map { $0 is NSNull ? "-" : "\($0)" } ?? "-"
             lines.append("\(key.padding(toLength: 21, withPad: " ", startingAt: 0)) \(value)")
@@ -60,30 +78,39 @@ public struct AdminCommands: Sendable {
         return lines.joined(separator: "\n")
     }
 
-    public func retry(ids: [String]?) async throws -> (text: String, allFound: Bool) {
-        let result = try await outbox.retry(ids: ids, now: now())
+    /// `ids == nil`: every dead event (of `account` only, when given).
+    public func retry(ids: [String]?, account: String? = nil) async throws -> (text: String, allFound: Bool) {
+        let result = try await outbox.retry(ids: ids, account: account, now: now())
         var lines = result.retried.map { "retried \($0)" }
         lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }
-        lines.append("\(result.retried.count) event(s) moved back to pending")
+        lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
         return (lines.joined(separator: "\n"), result.skipped.isEmpty)
     }
 
-    public func purge(olderThanSeconds: Double, recordRetentionDays: Double) async throws -> String {
+    /// `account` keeps both the erasure and the deletion to that account's events.
+    public func purge(olderThanSeconds: Double, recordRetentionDays: Double, account: String? = nil) async throws -> String {
         let current = now()
         let result = try await outbox.prune(
             payloadBefore: current.addingTimeInterval(-olderThanSeconds),
             recordBefore: current.addingTimeInterval(-recordRetentionDays * 86_400),
-            includeDead: true, now: current)
-        return "erased the payload of \(result.erased) terminal event(s); deleted \(result.deleted) expired record(s)"
+            includeDead: true, account: account, now: current)
+        return "erased the payload of \(result.erased) terminal event(s); deleted \(result.deleted) expired record(s)" + Self.scope(account)
     }
 
-    public func forget(partnerCandidateID: String) async throws -> String {
-        let report = try await outbox.forget(partnerCandidateID: partnerCandidateID, now: now())
-        if report.events.isEmpty { return "no event has partner_candidate_id \(partnerCandidateID)" }
-        var lines = ["erased the personal data (payload and partner answer) of \(report.events.count) event(s):"]
+    /// A GDPR erasure: every account's events for the id unless `account` names one.
+    public func forget(partnerCandidateID: String, account: String? = nil) async throws -> String {
+        let report = try await outbox.forget(partnerCandidateID: partnerCandidateID, account: account, now: now())
+        if report.events.isEmpty { return "no event has partner_candidate_id \(partnerCandidateID)" + Self.scope(account) }
+        var lines = ["erased the personal data (payload and partner answer) of \(report.events.count) event(s)"
+                     + (account.map { " in account \($0)" } ?? " in every account") + ":"]
         lines += report.events.map { "  \($0)" }
         if report.pendingStopped > 0 { lines.append("\(report.pendingStopped) undelivered event(s) can no longer be sent and are now dead (last_error: erased)") }
         return lines.joined(separator: "\n")
+    }
+
+    /// " in account X" when a command was kept to one account.
+    static func scope(_ account: String?) -> String {
+        account.map { " in account \($0)" } ?? ""
     }
 
     static func table(header: [String], rows: [[String]]) -> String {

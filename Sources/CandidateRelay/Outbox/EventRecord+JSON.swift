@@ -50,14 +50,22 @@ extension AttemptRecord {
 }
 
 extension OutboxStatus {
+    /// `status --json`: the totals, and `accounts` with each account's counts (all five states)
+    /// and oldest pending age.
     public func jsonObject() -> [String: Any] {
-        var counts: [String: Int] = [:]
-        for state in EventState.allCases { counts[state.rawValue] = self.counts[state] ?? 0 }
-        return [
-            "counts": counts,
+        [
+            "counts": Self.countsObject(counts),
             "oldest_pending_age_seconds": oldestPendingAgeSeconds ?? NSNull(),
             "last_delivery_at": lastDeliveryAt.map(Timestamp.string) ?? NSNull(),
+            "accounts": accounts.mapValues { account -> [String: Any] in
+                ["counts": Self.countsObject(account.counts),
+                 "oldest_pending_age_seconds": account.oldestPendingAgeSeconds ?? NSNull()]
+            },
         ]
+    }
+
+    static func countsObject(_ counts: [EventState: Int]) -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: EventState.allCases.map { ($0.rawValue, counts[$0] ?? 0) })
     }
 }
 

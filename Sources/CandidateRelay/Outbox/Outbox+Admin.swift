@@ -9,11 +9,15 @@ public struct ForgetReport: Sendable, Equatable {
 
 extension Outbox {
     /// Counts per state, oldest pending age, last delivery (for `status`, heartbeats, STATUS=),
-    /// in total and per account.
-    public func status(now: Date) async throws -> OutboxStatus {
+    /// in total and per account. With `account`, every figure is that account's alone, and
+    /// `accounts` holds that one account (zeros when it has no events).
+    public func status(now: Date, account: String? = nil) async throws -> OutboxStatus {
         try await read { db in
+            let filter = account == nil ? "" : "WHERE account = ?"
+            let arguments: StatementArguments = account.map { [$0] } ?? []
             var status = OutboxStatus(counts: [:])
-            for row in try Row.fetchAll(db, sql: "SELECT account, state, COUNT(*) AS n FROM events GROUP BY account, state") {
+            for row in try Row.fetchAll(
+                db, sql: "SELECT account, state, COUNT(*) AS n FROM events \(filter) GROUP BY account, state", arguments: arguments) {
                 guard let state = EventState(rawValue: row["state"]) else { continue }
                 let n: Int = row["n"]
                 status.counts[state, default: 0] += n
@@ -21,29 +25,46 @@ extension Outbox {
             }
             func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
             for row in try Row.fetchAll(db, sql: """
-                    SELECT account, MIN(received_at) AS oldest FROM events WHERE state IN ('pending', 'in_flight') GROUP BY account
-                    """) {
+                    SELECT account, MIN(received_at) AS oldest FROM events
+                    WHERE state IN ('pending', 'in_flight') \(account == nil ? "" : "AND account = ?") GROUP BY account
+                    """, arguments: arguments) {
                 let oldest = age(row["oldest"])
                 status.accounts[row["account"], default: AccountStatus()].oldestPendingAgeSeconds = oldest
                 status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
             }
-            let last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
+            let last: Millis?
+            if let account {
+                if status.accounts[account] == nil { status.accounts[account] = AccountStatus() }
+                last = try Millis.fetchOne(db, sql: """
+                    SELECT MAX(a.at) FROM attempts a JOIN events e ON e.id = a.event_id
+                    WHERE a.outcome IN ('delivered', 'linked') AND e.account = ?
+                    """, arguments: [account])
+            } else {
+                last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
+            }
             status.lastDeliveryAt = last.map(Date.init(millis:))
             return status
         }
     }
 
-    /// Newest first, optionally one state only.
-    public func list(state: EventState?, limit: Int) async throws -> [EventRecord] {
+    /// Newest first, optionally one state only, optionally one account only (nil: every account).
+    public func list(state: EventState?, account: String? = nil, limit: Int) async throws -> [EventRecord] {
         try await read { db in
+            var conditions: [String] = []
+            var arguments: StatementArguments = []
             if let state {
-                return try Row.fetchAll(
-                    db, sql: "SELECT \(EventRecord.columns) FROM events WHERE state = ? ORDER BY received_at DESC, id DESC LIMIT ?",
-                    arguments: [state.rawValue, limit]).map(EventRecord.init(row:))
+                conditions.append("state = ?")
+                arguments += [state.rawValue]
             }
+            if let account {
+                conditions.append("account = ?")
+                arguments += [account]
+            }
+            arguments += [limit]
+            let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
             return try Row.fetchAll(
-                db, sql: "SELECT \(EventRecord.columns) FROM events ORDER BY received_at DESC, id DESC LIMIT ?",
-                arguments: [limit]).map(EventRecord.init(row:))
+                db, sql: "SELECT \(EventRecord.columns) FROM events \(filter) ORDER BY received_at DESC, id DESC LIMIT ?",
+                arguments: arguments).map(EventRecord.init(row:))
         }
     }
 
@@ -62,13 +83,19 @@ extension Outbox {
 
     /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
-    public func retry(ids: [String]?, now: Date) async throws -> (retried: [String], skipped: [String]) {
+    /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
+    public func retry(ids: [String]?, account: String? = nil, now: Date) async throws -> (retried: [String], skipped: [String]) {
         try await write { db in
             let targets: [String]
             if let ids {
                 targets = ids
             } else {
-                targets = try String.fetchAll(db, sql: "SELECT id FROM events WHERE state = 'dead' AND payload IS NOT NULL ORDER BY received_at")
+                targets = try String.fetchAll(
+                    db, sql: """
+                        SELECT id FROM events WHERE state = 'dead' AND payload IS NOT NULL \(account == nil ? "" : "AND account = ?")
+                        ORDER BY received_at
+                        """,
+                    arguments: account.map { [$0] } ?? [])
             }
             var retried: [String] = []
             var skipped: [String] = []
@@ -77,9 +104,9 @@ extension Outbox {
                     sql: """
                         UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
                           budget_started_at = ?, last_error = NULL
-                        WHERE id = ? AND state = 'dead' AND payload IS NOT NULL
+                        WHERE id = ? AND state = 'dead' AND payload IS NOT NULL AND account = coalesce(?, account)
                         """,
-                    arguments: [now.millis, now.millis, now.millis, id])
+                    arguments: [now.millis, now.millis, now.millis, id, account])
                 if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
             }
             return (retried, skipped)
@@ -88,39 +115,47 @@ extension Outbox {
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
     /// last updated before `payloadBefore` — and of dead ones too when `includeDead` — and
-    /// deletes whole records last updated before `recordBefore`. Returns (erased, deleted).
-    public func prune(payloadBefore: Date, recordBefore: Date, includeDead: Bool, now: Date) async throws -> (erased: Int, deleted: Int) {
+    /// deletes whole records last updated before `recordBefore`, of `account` only when it is
+    /// given. Returns (erased, deleted).
+    public func prune(payloadBefore: Date, recordBefore: Date, includeDead: Bool, account: String? = nil,
+                      now: Date) async throws -> (erased: Int, deleted: Int) {
         try await write { db in
             let states = includeDead ? "('delivered', 'linked', 'dead')" : "('delivered', 'linked')"
+            let inAccount = account == nil ? "" : "AND account = ?"
+            let accountArgument: StatementArguments = account.map { [$0] } ?? []
             try db.execute(
                 sql: """
                     UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ?
                     WHERE state IN \(states) AND updated_at < ? AND (payload IS NOT NULL OR partner_response_full IS NOT NULL)
+                      \(inAccount)
                     """,
-                arguments: [now.millis, payloadBefore.millis])
+                arguments: [now.millis, payloadBefore.millis] + accountArgument)
             let erased = db.changesCount
-            try Self.reduceErrorsToCodes(db, eventsWhere: "payload_erased_at = ?", arguments: [now.millis])
+            try Self.reduceErrorsToCodes(db, eventsWhere: "payload_erased_at = ? \(inAccount)", arguments: [now.millis] + accountArgument)
             try db.execute(
-                sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ?",
-                arguments: [recordBefore.millis])
+                sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount)",
+                arguments: [recordBefore.millis] + accountArgument)
             return (erased, db.changesCount)
         }
     }
 
     /// GDPR erasure of one candidate: every payload and full partner answer for the
     /// `partner_candidate_id` is erased; events not yet delivered can no longer be sent and
-    /// become dead with `last_error = "erased"`.
-    public func forget(partnerCandidateID: String, now: Date) async throws -> ForgetReport {
+    /// become dead with `last_error = "erased"`. In every account unless `account` names one
+    /// (the same person may have come through several customers).
+    public func forget(partnerCandidateID: String, account: String? = nil, now: Date) async throws -> ForgetReport {
         try await write { db in
-            let ids = try String.fetchAll(db, sql: "SELECT id FROM events WHERE partner_candidate_id = ? ORDER BY received_at", arguments: [partnerCandidateID])
+            let condition = "partner_candidate_id = ?" + (account == nil ? "" : " AND account = ?")
+            let arguments: StatementArguments = [partnerCandidateID] + (account.map { [$0] } ?? [])
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM events WHERE \(condition) ORDER BY received_at", arguments: arguments)
             try db.execute(
-                sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE partner_candidate_id = ? AND state = 'pending'",
-                arguments: [now.millis, partnerCandidateID])
+                sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE \(condition) AND state = 'pending'",
+                arguments: [now.millis] + arguments)
             let stopped = db.changesCount
             try db.execute(
-                sql: "UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ? WHERE partner_candidate_id = ?",
-                arguments: [now.millis, partnerCandidateID])
-            try Self.reduceErrorsToCodes(db, eventsWhere: "partner_candidate_id = ?", arguments: [partnerCandidateID])
+                sql: "UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
+                arguments: [now.millis] + arguments)
+            try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
             return ForgetReport(events: ids, pendingStopped: stopped)
         }
     }

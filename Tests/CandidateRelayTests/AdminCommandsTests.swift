@@ -1,0 +1,196 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Testing
+@testable import CandidateRelay
+
+/// The admin commands' `--account` (CONTRACT section 8) on a real outbox: what an operator reads.
+@Suite struct AdminCommandsTests {
+    static let start = OutboxAccountsTests.start
+    static let now = start.addingTimeInterval(100)
+
+    /// acme: `a-dead` (dead, candidate X), `a-done` (delivered, X), `a-wait` (pending, Y);
+    /// globex: `g-dead` (dead, X), `g-wait` (pending, X). Received at `start`..`start+4`, in the
+    /// order named below; the outcomes recorded at `start+10`.
+    static func populated() async throws -> (TemporaryDirectory, Outbox, AdminCommands) {
+        let (dir, outbox) = try OutboxTests.open()
+        func accept(_ id: String, _ account: String, _ partnerID: String, _ offset: Double) async throws {
+            _ = try await outbox.accept(OutboxAccountsTests.submission(
+                id, account: account, body: #"{"first_name":"Ada"}"#, partnerID: partnerID, at: start.addingTimeInterval(offset)),
+                maxBacklog: 100)
+        }
+        try await accept("a-dead", "acme", "X", 0)
+        try await accept("a-done", "acme", "X", 1)
+        try await accept("g-dead", "globex", "X", 2)
+        try await accept("g-wait", "globex", "X", 3)
+        try await accept("a-wait", "acme", "Y", 4)
+        let at = start.addingTimeInterval(10)
+        func finish(_ account: String, _ outcome: RecordedOutcome) async throws {
+            let claimed = try #require(try await outbox.claimNext(accounts: [account], now: at, leaseSeconds: 60, maxAgeSeconds: 1000))
+            try await outbox.complete(claimed, outcome: outcome, now: at, latencyMs: 1)
+        }
+        try await finish("acme", .dead(status: 404, error: "position_not_found: no such position"))  // a-dead
+        try await finish("acme", .delivered(candidateUID: "u1", status: 201, summary: nil, fullResponse: nil))  // a-done
+        try await finish("globex", .dead(status: 400, error: "invalid_email: bad"))  // g-dead
+        return (dir, outbox, AdminCommands(outbox: outbox, now: { now }))
+    }
+
+    static func json(_ text: String) -> [String: Any]? {
+        try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+    }
+
+    static let zeros = ["pending": 0, "in_flight": 0, "delivered": 0, "linked": 0, "dead": 0]
+
+    static func counts(_ changes: [String: Int]) -> [String: Int] {
+        zeros.merging(changes) { $1 }
+    }
+
+    @Test func statusJSONHasAnAccountsBlock() async throws {
+        let (dir, _, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let all = try #require(Self.json(try await admin.status(json: true)))
+        #expect(all["counts"] as? [String: Int] == Self.counts(["pending": 2, "delivered": 1, "dead": 2]))
+        let accounts = try #require(all["accounts"] as? [String: [String: Any]])
+        #expect(Set(accounts.keys) == ["acme", "globex"])
+        #expect(accounts["acme"]?["counts"] as? [String: Int] == Self.counts(["pending": 1, "delivered": 1, "dead": 1]))
+        #expect(accounts["acme"]?["oldest_pending_age_seconds"] as? Double == 96)
+        #expect(accounts["globex"]?["counts"] as? [String: Int] == Self.counts(["pending": 1, "dead": 1]))
+        #expect(accounts["globex"]?["oldest_pending_age_seconds"] as? Double == 97)
+        #expect(all["oldest_pending_age_seconds"] as? Double == 97)
+
+        // One account: the same shape, that account's figures only.
+        let acme = try #require(Self.json(try await admin.status(json: true, account: "acme")))
+        #expect(acme["counts"] as? [String: Int] == Self.counts(["pending": 1, "delivered": 1, "dead": 1]))
+        #expect(acme["oldest_pending_age_seconds"] as? Double == 96)
+        #expect(acme["last_delivery_at"] as? String == Timestamp.string(Self.start.addingTimeInterval(10)))
+        #expect((acme["accounts"] as? [String: Any]).map { Array($0.keys) } == ["acme"])
+        let globex = try #require(Self.json(try await admin.status(json: true, account: "globex")))
+        #expect(globex["last_delivery_at"] is NSNull)
+
+        // An account without events (configured or not): zeros.
+        let nobody = try #require(Self.json(try await admin.status(json: true, account: "nobody")))
+        #expect(nobody["counts"] as? [String: Int] == Self.zeros)
+        #expect(nobody["oldest_pending_age_seconds"] is NSNull)
+        let block = (nobody["accounts"] as? [String: [String: Any]])?["nobody"]
+        #expect(block?["counts"] as? [String: Int] == Self.zeros)
+        #expect(block?["oldest_pending_age_seconds"] is NSNull)
+    }
+
+    @Test func statusTextListsEachAccount() async throws {
+        let (dir, _, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let text = try await admin.status(json: false)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        // The totals as before...
+        #expect(Array(lines.prefix(5)) == ["pending    2", "in_flight  0", "delivered  1", "linked     0", "dead       2"])
+        #expect(lines.contains("dead:               2"))
+        // ...then a row per account.
+        let table = lines.drop { !$0.hasPrefix("ACCOUNT") }
+        #expect(table.first?.split(separator: " ", omittingEmptySubsequences: true)
+                == ["ACCOUNT", "PENDING", "IN_FLIGHT", "DELIVERED", "LINKED", "DEAD", "OLDEST_PENDING_AGE"])
+        #expect(table.dropFirst().map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+                == ["acme 1 0 1 0 1 96.0 s", "globex 1 0 0 0 1 97.0 s"])
+
+        let acme = try await admin.status(json: false, account: "acme")
+        #expect(acme.hasPrefix("account:            acme\npending    1\nin_flight  0\ndelivered  1\nlinked     0\ndead       1\n"))
+        #expect(acme.contains("oldest pending age: 96.0 s"))
+        #expect(!acme.contains("ACCOUNT"))
+        #expect(try await admin.status(json: false, account: "nobody").contains("pending    0"))
+    }
+
+    /// Only the `default` account (every outbox before accounts): the text is what it always was.
+    @Test func statusTextOfTheDefaultAccountAloneIsUnchanged() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(OutboxTests.submission("e1", at: Self.start), maxBacklog: 10)
+        let text = try await AdminCommands(outbox: outbox, now: { Self.now }).status(json: false)
+        #expect(text == """
+            pending    1
+            in_flight  0
+            delivered  0
+            linked     0
+            dead       0
+            oldest pending age: 100.0 s
+            last delivery:      -
+            dead:               0
+            """)
+        let json = try #require(Self.json(try await AdminCommands(outbox: outbox, now: { Self.now }).status(json: true)))
+        #expect((json["accounts"] as? [String: Any]).map { Array($0.keys) } == ["default"])
+    }
+
+    @Test func listShowsTheAccountAndKeepsToOne() async throws {
+        let (dir, _, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let table = try await admin.list(state: nil, limit: 50, json: false)
+        let rows = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(rows.first?.prefix(3) == ["ID", "ACCOUNT", "STATE"])
+        #expect(rows.dropFirst().map { Array($0.prefix(3)) } == [
+            ["a-wait", "acme", "pending"], ["g-wait", "globex", "pending"], ["g-dead", "globex", "dead"],
+            ["a-done", "acme", "delivered"], ["a-dead", "acme", "dead"],
+        ])
+        let globex = try await admin.list(state: nil, account: "globex", limit: 50, json: true)
+        let records = try #require(try JSONSerialization.jsonObject(with: Data(globex.utf8)) as? [[String: Any]])
+        #expect(records.map { $0["id"] as? String } == ["g-wait", "g-dead"])
+        #expect(records.allSatisfy { $0["account"] as? String == "globex" })
+        let deadInAcme = try await admin.list(state: .dead, account: "acme", limit: 50, json: true)
+        #expect((try JSONSerialization.jsonObject(with: Data(deadInAcme.utf8)) as? [[String: Any]])?.map { $0["id"] as? String } == ["a-dead"])
+        #expect(try await admin.list(state: nil, account: "nobody", limit: 50, json: true) == "[]")
+        let shown = try #require(try await admin.show(id: "g-dead", json: false))
+        #expect(shown.contains("account".padding(toLength: 21, withPad: " ", startingAt: 0) + " globex"))
+    }
+
+    @Test func retryAllDeadKeepsToTheAccount() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let result = try await admin.retry(ids: nil, account: "globex")
+        #expect(result.text == "retried g-dead\n1 event(s) moved back to pending in account globex")
+        #expect(result.allFound)
+        #expect(try await outbox.record(id: "g-dead")?.state == .pending)
+        #expect(try await outbox.record(id: "a-dead")?.state == .dead)
+        #expect(try await admin.retry(ids: nil, account: "nobody").text == "0 event(s) moved back to pending in account nobody")
+        // Without --account: every account's dead events.
+        #expect(try await admin.retry(ids: nil).text == "retried a-dead\n1 event(s) moved back to pending")
+        #expect(try await outbox.record(id: "a-dead")?.state == .pending)
+    }
+
+    @Test func purgeKeepsToTheAccount() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        func payloads() async throws -> [String: Bool] {
+            try await outbox.pool.read { db in
+                Dictionary(uniqueKeysWithValues: try Row.fetchAll(db, sql: "SELECT id, payload IS NOT NULL AS kept FROM events").map {
+                    ($0["id"] as String, $0["kept"] as Bool)
+                })
+            }
+        }
+        let globex = try await admin.purge(olderThanSeconds: 0, recordRetentionDays: 365, account: "globex")
+        #expect(globex == "erased the payload of 1 terminal event(s); deleted 0 expired record(s) in account globex")
+        #expect(try await payloads() == ["a-dead": true, "a-done": true, "a-wait": true, "g-dead": false, "g-wait": true])
+        #expect(try await outbox.record(id: "g-dead")?.lastError == "invalid_email")
+        #expect(try await outbox.record(id: "a-dead")?.lastError == "position_not_found: no such position")
+        // Expired records too: only acme's are deleted.
+        let acme = try await admin.purge(olderThanSeconds: 0, recordRetentionDays: 0, account: "acme")
+        #expect(acme == "erased the payload of 2 terminal event(s); deleted 2 expired record(s) in account acme")
+        #expect(try await outbox.list(state: nil, limit: 50).map(\.id).sorted() == ["a-wait", "g-dead", "g-wait"])
+    }
+
+    @Test func forgetErasesEveryAccountUnlessOneIsNamed() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let globex = try await admin.forget(partnerCandidateID: "X", account: "globex")
+        #expect(globex == """
+            erased the personal data (payload and partner answer) of 2 event(s) in account globex:
+              g-dead
+              g-wait
+            1 undelivered event(s) can no longer be sent and are now dead (last_error: erased)
+            """)
+        #expect(try await outbox.record(id: "a-dead")?.lastError == "position_not_found: no such position")
+        #expect(try await admin.forget(partnerCandidateID: "Y", account: "globex") == "no event has partner_candidate_id Y in account globex")
+        // Without --account: all of them (the globex ones again, harmlessly).
+        let all = try await admin.forget(partnerCandidateID: "X")
+        #expect(all.hasPrefix("erased the personal data (payload and partner answer) of 4 event(s) in every account:\n  a-dead\n  a-done\n  g-dead\n  g-wait"))
+        let kept = try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE payload IS NOT NULL") }
+        #expect(kept == 1)  // a-wait: another candidate
+        #expect(try await outbox.record(id: "a-dead")?.lastError == "position_not_found")
+    }
+}

@@ -1,0 +1,185 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Testing
+@testable import CandidateRelay
+
+/// The outbox's per-account rules (CONTRACT section 8): idempotency, "one in flight", claims,
+/// the backlog limit, wake-ups, request history and status are each an account's own.
+@Suite struct OutboxAccountsTests {
+    static let start = Date(timeIntervalSince1970: 1_800_000_000)
+
+    static func submission(_ id: String, account: String, key: String? = nil, body: String = "{}", position: String = "P1",
+                           partnerID: String = "C1", at: Date = start) -> Submission {
+        Submission(id: id, account: account, idempotencyKey: key, bodySHA256: String(body.hashValue), positionUID: position,
+                   partnerCandidateID: partnerID, payload: Data(body.utf8), receivedAt: at)
+    }
+
+    static func claim(_ outbox: Outbox, _ accounts: [String], at now: Date = start.addingTimeInterval(1)) async throws -> ClaimedEvent? {
+        try await outbox.claimNext(accounts: accounts, now: now, leaseSeconds: 60, maxAgeSeconds: 1000)
+    }
+
+    @Test func idempotencyKeysArePerAccount() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        guard case .created(let acme) = try await outbox.accept(Self.submission("a1", account: "acme", key: "k", body: "x"), maxBacklog: 10),
+              case .created(let globex) = try await outbox.accept(Self.submission("g1", account: "globex", key: "k", body: "y"), maxBacklog: 10)
+        else {
+            Issue.record("the same key in a second account was not a new event")
+            return
+        }
+        #expect(acme.id == "a1" && acme.account == "acme")
+        #expect(globex.id == "g1" && globex.account == "globex")
+        // A replay within one account is that account's event, not the other's.
+        guard case .duplicate(let replay) = try await outbox.accept(Self.submission("a2", account: "acme", key: "k", body: "x"), maxBacklog: 10) else {
+            Issue.record("replay in acme not a duplicate")
+            return
+        }
+        #expect(replay.id == "a1")
+        let reused = await #expect(throws: OutboxError.self) {
+            try await outbox.accept(Self.submission("g2", account: "globex", key: "k", body: "x"), maxBacklog: 10)
+        }
+        guard case .idempotencyKeyReused(existingID: "g1")? = reused else {
+            Issue.record("another body under globex's key: \(String(describing: reused))")
+            return
+        }
+        let status = try await outbox.status(now: Self.start)
+        #expect(status.counts[.pending] == 2)
+        #expect(status.accounts["acme"]?.counts[.pending] == 1)
+        #expect(status.accounts["globex"]?.counts[.pending] == 1)
+    }
+
+    @Test func oneInFlightPerAccountAndNaturalKey() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        // The same (position_uid, partner_candidate_id) in two accounts, twice in acme.
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", at: Self.start), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme", at: Self.start.addingTimeInterval(0.001)), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", at: Self.start.addingTimeInterval(0.002)), maxBacklog: 10)
+        let a1 = try #require(try await Self.claim(outbox, ["acme"]))
+        #expect(a1.id == "a1")
+        // Another account's event for the same natural key goes out at the same time...
+        #expect(try await Self.claim(outbox, ["globex"])?.id == "g1")
+        // ...but not a second one of the same account.
+        #expect(try await Self.claim(outbox, ["acme"]) == nil)
+        #expect(try await outbox.nextDueAt(accounts: ["acme"]) == nil)
+        try await outbox.complete(a1, outcome: .delivered(candidateUID: "u1", status: 201, summary: nil, fullResponse: nil),
+                                  now: Self.start.addingTimeInterval(1), latencyMs: 1)
+        #expect(try await Self.claim(outbox, ["acme"])?.id == "a2")
+    }
+
+    @Test func claimTakesTheFirstAccountInTheGivenOrderThatHasADueEvent() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "A1", at: Self.start), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", partnerID: "G1", at: Self.start.addingTimeInterval(0.5)), maxBacklog: 10)
+        // Not due until start + 10.
+        _ = try await outbox.accept(Self.submission("i1", account: "initech", partnerID: "I1", at: Self.start.addingTimeInterval(10)), maxBacklog: 10)
+        // globex first although acme's event is older; an account with nothing due is passed over.
+        #expect(try await Self.claim(outbox, ["nobody", "initech", "globex", "acme"])?.id == "g1")
+        #expect(try await Self.claim(outbox, ["initech", "globex", "acme"])?.id == "a1")
+        #expect(try await Self.claim(outbox, ["initech", "globex", "acme"]) == nil)
+        // An account left out of the list is never claimed from.
+        #expect(try await Self.claim(outbox, ["acme", "globex"], at: Self.start.addingTimeInterval(20)) == nil)
+        #expect(try await Self.claim(outbox, ["initech"], at: Self.start.addingTimeInterval(20))?.id == "i1")
+    }
+
+    @Test func maxBacklogIsPerAccount() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", key: "k1"), maxBacklog: 2)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme"), maxBacklog: 2)
+        let full = await #expect(throws: OutboxError.self) {
+            try await outbox.accept(Self.submission("a3", account: "acme"), maxBacklog: 2)
+        }
+        guard case .backlogFull(2)? = full else {
+            Issue.record("acme's third event: \(String(describing: full))")
+            return
+        }
+        // acme being full refuses nothing of globex's...
+        guard case .created = try await outbox.accept(Self.submission("g1", account: "globex"), maxBacklog: 2) else {
+            Issue.record("globex refused because acme is full")
+            return
+        }
+        // ...and a replay in the full account is still answered.
+        guard case .duplicate(let replay) = try await outbox.accept(Self.submission("a4", account: "acme", key: "k1"), maxBacklog: 2) else {
+            Issue.record("replay refused")
+            return
+        }
+        #expect(replay.id == "a1")
+        // A delivery makes room in acme only.
+        let claimed = try #require(try await Self.claim(outbox, ["acme"]))
+        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                  now: Self.start.addingTimeInterval(1), latencyMs: 1)
+        guard case .created = try await outbox.accept(Self.submission("a5", account: "acme", at: Self.start.addingTimeInterval(5)), maxBacklog: 2) else {
+            Issue.record("acme still refused after a delivery")
+            return
+        }
+    }
+
+    @Test func nextDueAtLooksOnlyAtTheGivenAccounts() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let early = Self.start
+        let late = Self.start.addingTimeInterval(30)
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", at: early), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", at: late), maxBacklog: 10)
+        #expect(try await outbox.nextDueAt(accounts: ["acme"]) == late)
+        #expect(try await outbox.nextDueAt(accounts: ["globex"]) == early)
+        #expect(try await outbox.nextDueAt(accounts: ["acme", "globex"]) == early)
+        #expect(try await outbox.nextDueAt(accounts: ["nobody"]) == nil)
+        #expect(try await outbox.nextDueAt(accounts: []) == nil)
+    }
+
+    @Test func requestTimesAreGroupedByAccount() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "A1"), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme", partnerID: "A2"), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", partnerID: "G1"), maxBacklog: 10)
+        let times = [Self.start.addingTimeInterval(1), Self.start.addingTimeInterval(2), Self.start.addingTimeInterval(3)]
+        for (accounts, at) in zip([["acme"], ["globex"], ["acme"]], times) {
+            let claimed = try #require(try await Self.claim(outbox, accounts, at: at))
+            try await outbox.complete(claimed, outcome: .retry(at: at.addingTimeInterval(100), status: 503, error: "http_503"),
+                                      now: at, latencyMs: 5)
+        }
+        #expect(try await outbox.requestTimes(since: Self.start) == ["acme": [times[0], times[2]], "globex": [times[1]]])
+        #expect(try await outbox.requestTimes(since: times[1].addingTimeInterval(0.5)) == ["acme": [times[2]]])
+    }
+
+    @Test func statusIsGivenPerAccountAndForOneAccount() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "A1", at: Self.start), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme", partnerID: "A2", at: Self.start.addingTimeInterval(4)), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", partnerID: "G1", at: Self.start.addingTimeInterval(2)), maxBacklog: 10)
+        let delivering = Self.start.addingTimeInterval(5)
+        let claimed = try #require(try await Self.claim(outbox, ["globex"], at: delivering))
+        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                  now: delivering, latencyMs: 1)
+        _ = try #require(try await Self.claim(outbox, ["acme"], at: delivering))  // a1 now in flight
+        let now = Self.start.addingTimeInterval(10)
+
+        let all = try await outbox.status(now: now)
+        #expect(all.counts == [.pending: 1, .inFlight: 1, .delivered: 1])
+        #expect(all.oldestPendingAgeSeconds == 10)
+        #expect(all.lastDeliveryAt == delivering)
+        #expect(all.accounts == [
+            "acme": AccountStatus(counts: [.pending: 1, .inFlight: 1], oldestPendingAgeSeconds: 10),
+            "globex": AccountStatus(counts: [.delivered: 1], oldestPendingAgeSeconds: nil),
+        ])
+
+        let acme = try await outbox.status(now: now, account: "acme")
+        #expect(acme.counts == [.pending: 1, .inFlight: 1])
+        #expect(acme.lastDeliveryAt == nil)
+        #expect(Array(acme.accounts.keys) == ["acme"])
+        let globex = try await outbox.status(now: now, account: "globex")
+        #expect(globex.counts == [.delivered: 1])
+        #expect(globex.oldestPendingAgeSeconds == nil)
+        #expect(globex.lastDeliveryAt == delivering)
+        // An account without events (configured or not): zeros, and still named.
+        let nobody = try await outbox.status(now: now, account: "nobody")
+        #expect(nobody.counts.isEmpty)
+        #expect(nobody.accounts == ["nobody": AccountStatus()])
+    }
+}
