@@ -28,16 +28,35 @@ public struct HTTPTestClient: Sendable {
         return Reply(status: Int(response.status.code), headers: flat, body: Data(buffer: bytes))
     }
 
-    /// POSTs a candidate as JSON.
-    public func post(_ body: String, key: String? = nil) async throws -> Reply {
-        var headers = ["Content-Type": "application/json"]
-        if let key { headers["webhook-id"] = key }
-        return try await request("POST", "/v1/candidates", body: body, headers: headers)
+    /// The candidates path of `account` (CONTRACT section 8); nil is `/v1/candidates`, the `default` account's.
+    public static func candidatesPath(account: String?) -> String {
+        account.map { "/v1/accounts/\($0)/candidates" } ?? "/v1/candidates"
     }
 
-    /// The event record, or nil on 404.
-    public func record(_ id: String) async throws -> [String: Any]? {
-        let reply = try await request("GET", "/v1/candidates/\(id)")
+    /// POSTs a candidate as JSON, to `account`'s path when one is named.
+    public func post(_ body: String, key: String? = nil, account: String? = nil) async throws -> Reply {
+        var headers = ["Content-Type": "application/json"]
+        if let key { headers["webhook-id"] = key }
+        return try await request("POST", Self.candidatesPath(account: account), body: body, headers: headers)
+    }
+
+    /// POSTs a candidate signed as a Standard Webhooks sender does with `secret` (`whsec_...`),
+    /// as message `id`, timestamped now.
+    public func postSigned(_ body: String, id: String, secret: String, account: String? = nil) async throws -> Reply {
+        guard let key = WebhookSecret(Secret(secret, source: "test")) else { throw SigningError.invalidSecret }
+        let timestamp = Int64(Date().timeIntervalSince1970)
+        let headers = [
+            "Content-Type": "application/json", "webhook-id": id, "webhook-timestamp": String(timestamp),
+            "webhook-signature": WebhookVerifier.sign(id: id, timestamp: timestamp, body: Data(body.utf8), secret: key),
+        ]
+        return try await request("POST", Self.candidatesPath(account: account), body: body, headers: headers)
+    }
+
+    public enum SigningError: Error { case invalidSecret }
+
+    /// The event record, or nil on 404; read through `account`'s path when one is named.
+    public func record(_ id: String, account: String? = nil) async throws -> [String: Any]? {
+        let reply = try await request("GET", Self.candidatesPath(account: account) + "/\(id)")
         return reply.status == 200 ? reply.json : nil
     }
 }

@@ -41,16 +41,18 @@ public final class RelayHarness: Sendable {
     }
 
     /// Posts a candidate and returns the event id (fails the caller's expectation on non-202 by returning nil).
-    public func post(_ body: String, key: String? = nil) async throws -> String? {
-        let reply = try await client.post(body, key: key)
+    /// `account`: posted to `/v1/accounts/{account}/candidates` (nil: `/v1/candidates`).
+    public func post(_ body: String, key: String? = nil, account: String? = nil) async throws -> String? {
+        let reply = try await client.post(body, key: key, account: account)
         return reply.status == 202 ? reply.json["id"] as? String : nil
     }
 
-    /// Waits until the event reaches one of `states`; returns its record.
-    public func waitFor(_ id: String, states: Set<String>, timeout: Double = 20) async throws -> [String: Any]? {
+    /// Waits until the event reaches one of `states`; returns its record (read through
+    /// `account`'s path when one is named).
+    public func waitFor(_ id: String, states: Set<String>, account: String? = nil, timeout: Double = 20) async throws -> [String: Any]? {
         var last: [String: Any]?
         _ = try await eventually(timeout: timeout) {
-            last = try await self.client.record(id)
+            last = try await self.client.record(id, account: account)
             return (last?["state"] as? String).map(states.contains) ?? false
         }
         return last

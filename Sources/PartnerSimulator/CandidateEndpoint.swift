@@ -50,7 +50,7 @@ struct CandidateEndpoint: Sendable {
             try? await Task.sleep(for: .milliseconds(faults.latencyMs))
         }
         let response: (Response, String?)
-        if let status = store.takeInjectedStatus() {
+        if let status = store.takeInjectedStatus(apiKey: record.apiKey) {
             response = injected(status: status, faults: faults)
         } else if body == nil {
             response = error(413, "string_size_limit", "Request body too large")

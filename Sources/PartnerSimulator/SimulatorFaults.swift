@@ -30,6 +30,9 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
     public var stallBodyMs: Int = 0
     /// Delay before the OAuth token endpoint answers (a stalling token endpoint).
     public var tokenLatencyMs: Int = 0
+    /// When set, `failNext` and `errorRate` apply only to requests whose JWT `iss` is this
+    /// api-key (one customer's trouble); the others are answered normally.
+    public var injectOnlyForAPIKey: String? = nil
 
     /// No faults: the simulator behaves like a healthy partner.
     public init() {}
@@ -46,7 +49,8 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         rejectAllTokens: Bool = false,
         tokenEndpointDown: Bool = false,
         stallBodyMs: Int = 0,
-        tokenLatencyMs: Int = 0
+        tokenLatencyMs: Int = 0,
+        injectOnlyForAPIKey: String? = nil
     ) {
         self.errorRate = errorRate
         self.injectStatus = injectStatus
@@ -59,11 +63,12 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         self.tokenEndpointDown = tokenEndpointDown
         self.stallBodyMs = stallBodyMs
         self.tokenLatencyMs = tokenLatencyMs
+        self.injectOnlyForAPIKey = injectOnlyForAPIKey
     }
 
     private enum CodingKeys: String, CodingKey {
         case errorRate, injectStatus, failNext, retryAfter, latencyMs, closeRate
-        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown, stallBodyMs, tokenLatencyMs
+        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown, stallBodyMs, tokenLatencyMs, injectOnlyForAPIKey
     }
 
     /// Decodes a partial document: absent keys keep their defaults.
@@ -83,5 +88,6 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
             try container.decodeIfPresent(Bool.self, forKey: .tokenEndpointDown) ?? defaults.tokenEndpointDown
         self.stallBodyMs = try container.decodeIfPresent(Int.self, forKey: .stallBodyMs) ?? defaults.stallBodyMs
         self.tokenLatencyMs = try container.decodeIfPresent(Int.self, forKey: .tokenLatencyMs) ?? defaults.tokenLatencyMs
+        self.injectOnlyForAPIKey = try container.decodeIfPresent(String.self, forKey: .injectOnlyForAPIKey)
     }
 }

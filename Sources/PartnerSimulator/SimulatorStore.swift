@@ -69,8 +69,10 @@ final class SimulatorStore: Sendable {
 
     /// Decides whether this create request gets an injected answer; `failNext` is consumed
     /// first so a test asking for "two failures" gets exactly two, independent of `errorRate`.
-    func takeInjectedStatus() -> Int? {
+    /// `apiKey`: the request's JWT `iss`, for faults aimed at one customer.
+    func takeInjectedStatus(apiKey: String? = nil) -> Int? {
         state.withLock { state in
+            if let target = state.faults.injectOnlyForAPIKey, target != apiKey { return nil }
             if state.faults.failNext > 0 {
                 state.faults.failNext -= 1
                 return state.faults.injectStatus
