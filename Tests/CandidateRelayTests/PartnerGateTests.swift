@@ -149,19 +149,33 @@ import Testing
         await gate.release(admission)
     }
 
-    /// With several accounts one worker is always left for the others, so that a quiet
-    /// account's event goes at once even while the partner is slow for a busy one.
-    @Test func oneAccountHoldsAtMostAllWorkersButOne() async throws {
+    /// With several accounts the last free worker is kept for fresh events, however many
+    /// accounts keep the others busy; accounts with fewer requests in flight are offered first.
+    @Test func theLastFreeWorkerIsKeptForFreshEvents() async throws {
         let clock = ManualClock()
-        let gate = Self.gate(clock, accounts: ["a", "b"], workers: 3)
-        let one = await gate.bind(try await gate.admit(), to: "a")
-        let two = await gate.bind(try await gate.admit(), to: "a")
-        let third = try await gate.admit()
-        #expect(third.accounts == ["b"])
-        await gate.release(third)
-        await gate.settle(one, .nothingSent)
-        #expect(Set(try await gate.admit().accounts) == ["a", "b"])
-        await gate.settle(two, .nothingSent)
+        let gate = Self.gate(clock, accounts: ["a", "b", "c"], workers: 4)
+        let first = try await gate.admit()
+        #expect(!first.keptFree)
+        let a1 = await gate.bind(first, to: "a")
+        let a2 = await gate.bind(try await gate.admit(), to: "a")
+        let offered = try await gate.admit()
+        #expect(offered.accounts == ["b", "c", "a"])  // nothing in flight first
+        #expect(!offered.keptFree)
+        let b = await gate.bind(offered, to: "b")
+        let last = try await gate.admit()
+        #expect(last.keptFree)
+        await gate.release(last)
+        await gate.settle(a1, AttemptReport(health: .up, status: 201))
+        let next = try await gate.admit()
+        #expect(!next.keptFree)
+        #expect(next.accounts == ["c", "a", "b"])
+        await gate.release(next)
+        await gate.settle(a2, .nothingSent)
+        await gate.settle(b, .nothingSent)
+        // One account only: no worker is kept.
+        let single = Self.gate(clock, accounts: ["a"], workers: 2)
+        _ = await single.bind(try await single.admit(), to: "a")
+        #expect(!(try await single.admit().keptFree))
     }
 
     /// A 429's Retry-After pauses that account only; a 503's pauses every account.

@@ -94,11 +94,12 @@ import Testing
 
     @Test func aFreshEventGoesWithinASecondWhateverTheOtherAccountsTroubles() async throws {
         // acme's api-key is revoked (unknown to the partner: every request is 401); globex is
-        // answered 429 Retry-After 120 s on every request; initech holds a backlog of 10,000.
-        // The partner takes 1.5 s to answer anything: initech's requests keep every worker it
-        // may hold busy, so a fresh event goes within a second only if a worker is kept for the
-        // other accounts (delivery.workers 4: initech holds at most 3).
-        var sim = Self.simulator(knowing: ["globex-key", "initech-key", "hooli-key"])
+        // answered 429 Retry-After 120 s on every request; initech holds a backlog of 10,000 and
+        // umbrella one of 1,000. The partner takes 1.5 s to answer anything: the two backlogs
+        // keep every worker they may hold busy, so a fresh event goes within a second only if a
+        // worker is kept for accounts with nothing in flight (delivery.workers 4: the backlogs
+        // share 3).
+        var sim = Self.simulator(knowing: ["globex-key", "initech-key", "hooli-key", "umbrella-key"])
         sim.rateLimitRequests = 0
         sim.faults.injectOnlyForAPIKey = "globex-key"
         sim.faults.errorRate = 1
@@ -113,6 +114,7 @@ import Testing
                 // A small limit (the backlog stays for the whole test) that still has room for
                 // every worker initech may hold (3 of 4 with several accounts).
                 Self.account("initech", apiKey: "initech-key", rateLimit: RateLimitConfiguration(requests: 30, perSeconds: 5)),
+                Self.account("umbrella", apiKey: "umbrella-key", rateLimit: RateLimitConfiguration(requests: 30, perSeconds: 5)),
             ]
             config.delivery.workers = 4
             // Once refused, acme's credentials back-off (30 s) outlasts the test. Retry-After is
@@ -130,6 +132,17 @@ import Testing
                         let submission = Submission(
                             id: EventID.generate(), account: "initech", idempotencyKey: "backlog-\(n)", bodySHA256: "sha-\(n)",
                             positionUID: "11.11", partnerCandidateID: "backlog-\(n)", payload: body, receivedAt: Date())
+                        _ = try await relay.application.outbox.accept(submission, maxBacklog: 100_000)
+                    }
+                }
+            }
+            for chunk in stride(from: 0, to: 1_000, by: 500) {
+                group.addTask {
+                    for n in chunk..<(chunk + 500) {
+                        let body = Data(Candidates.json(partnerID: "umbrella-\(n)").utf8)
+                        let submission = Submission(
+                            id: EventID.generate(), account: "umbrella", idempotencyKey: "umbrella-\(n)", bodySHA256: "sha-\(n)",
+                            positionUID: "11.11", partnerCandidateID: "umbrella-\(n)", payload: body, receivedAt: Date())
                         _ = try await relay.application.outbox.accept(submission, maxBacklog: 100_000)
                     }
                 }
@@ -153,8 +166,15 @@ import Testing
             #expect(settled, "\(account) still has a request in flight")
         }
         func initechRequests() async -> Int { await relay.simulator.snapshot().requests.filter { $0.apiKey == "initech-key" }.count }
+        func umbrellaRequests() async -> Int { await relay.simulator.snapshot().requests.filter { $0.apiKey == "umbrella-key" }.count }
         let initechBefore = await initechRequests()
-        #expect(await eventually { await initechRequests() >= initechBefore + 3 })
+        let umbrellaBefore = await umbrellaRequests()
+        let bothSending = await eventually {
+            let initech = await initechRequests()
+            let umbrella = await umbrellaRequests()
+            return initech >= initechBefore + 2 && umbrella >= umbrellaBefore + 2
+        }
+        #expect(bothSending)
 
         var fresh: [String] = []
         for n in 0..<5 {
@@ -172,6 +192,8 @@ import Testing
             let seconds = received.at.timeIntervalSince(accepted)
             #expect(seconds < 1, "fresh event \(n) reached the partner \(seconds) s after its 202")
             #expect(received.apiKey == "hooli-key")
+            // hooli is a quiet account: the next fresh event comes once this one is answered.
+            #expect(try await relay.waitFor(id, states: ["delivered", "dead"], account: "hooli")?["state"] as? String == "delivered")
         }
         for id in fresh {
             #expect(try await relay.waitFor(id, states: ["delivered", "dead"], account: "hooli")?["state"] as? String == "delivered")
@@ -193,6 +215,7 @@ import Testing
         // initech kept sending meanwhile, and its backlog is still there.
         let initech = snapshot.requests.filter { $0.apiKey == "initech-key" }
         #expect(initech.count >= 6 && initech.count < backlog / 2)
+        #expect(snapshot.requests.filter { $0.apiKey == "umbrella-key" }.count >= 4)
         await relay.stop()
     }
 

@@ -123,14 +123,18 @@ public final class DeliveryWorkerPool: Service, Sendable {
         let current = settings.value
         let event: ClaimedEvent?
         do {
-            event = try await claim(accounts: admission.accounts, settings: current)
+            event = try await claim(accounts: admission.accounts,
+                                    freshSince: admission.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
+                                    settings: current)
         } catch {
             await gate.release(admission)
             throw error
         }
         guard let event else {
             await gate.release(admission)
-            await idleWait(accounts: admission.accounts)
+            // The worker kept free waits for a fresh event (the doorbell), not for the due
+            // backlog it may not take.
+            await idleWait(accounts: admission.keptFree ? [] : admission.accounts)
             return false
         }
         let permit = await gate.bind(admission, to: event.account)
@@ -140,8 +144,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// Leases the next due event of the first of `accounts` that has one; logs those that
     /// expired at claim time instead.
-    private func claim(accounts: [String], settings current: DeliverySettings) async throws -> ClaimedEvent? {
-        let result = try await outbox.claimNextDue(accounts: accounts, now: now(), leaseSeconds: current.leaseSeconds,
+    private func claim(accounts: [String], freshSince: Date?, settings current: DeliverySettings) async throws -> ClaimedEvent? {
+        let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         for expired in result.expired {
             metrics.delivery(outcome: "dead", account: expired.account)

@@ -73,6 +73,9 @@ public struct ExpiredEvent: Sendable, Equatable {
 struct ClaimRequest: Sendable {
     /// The accounts that may send now, in the order to try them (fairness is the caller's).
     var accounts: [String]
+    /// Only an account whose oldest due event arrived at or after this (the worker kept free
+    /// for fresh events); nil: any.
+    var freshSince: Date?
     var now: Date
     var leaseSeconds: Double
     var maxAgeSeconds: Double
@@ -117,11 +120,11 @@ extension Outbox {
     /// `maxAge`, with `maxAttempts` used (a crash after the last attempt, a lowered limit), or
     /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
     /// the worker can log them.
-    public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], now: Date, leaseSeconds: Double,
-                             maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
+    public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], freshSince: Date? = nil, now: Date,
+                             leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
         guard !accounts.isEmpty else { return ClaimResult(claimed: nil, expired: []) }
-        let request = ClaimRequest(accounts: accounts, now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds,
-                                   maxAttempts: maxAttempts)
+        let request = ClaimRequest(accounts: accounts, freshSince: freshSince, now: now, leaseSeconds: leaseSeconds,
+                                   maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
         guard case .claimed(let result) = try await deliveryWrite(.claim(request)) else {
             throw OutboxError.storage("claim answered with another kind of result")
         }
@@ -170,6 +173,8 @@ extension Outbox {
                 arguments: [account, now.millis]) else { return nil }
             let id: String = row["id"]
             let receivedAt = Date(millis: row["received_at"])
+            // A backlog or a retry at the head of the account: not for the worker kept free.
+            if let freshSince = request.freshSince, receivedAt < freshSince { return nil }
             let budgetStartedAt = Date(millis: row["budget_started_at"])
             let payload: Data? = row["payload"]
             let attempts: Int = row["attempts"]

@@ -47,14 +47,18 @@ public struct AttemptReport: Sendable, Equatable {
 /// A worker asks for an `Admission` before it claims an event: it waits until some account may
 /// send, and holds a place in the window of every account that may (so that two workers never
 /// both count on an account's last place) and in the global window. It claims the oldest due
-/// event of the first of those accounts that has one (least recently served first: fairness),
-/// then `bind`s the admission to that account, which gives the other places back. The `Permit`
-/// keeps its places until the request's answer (`send`), and is settled exactly once.
+/// event of the first of those accounts that has one, then `bind`s the admission to that
+/// account, which gives the other places back. Fairness: accounts are offered fewest requests
+/// in flight first, then least recently served, and the last free worker is kept for fresh
+/// events (`keptFree`). The `Permit` keeps its places until the request's answer (`send`), and
+/// is settled exactly once.
 public actor PartnerGate {
-    /// The accounts that may send now, least recently served first; see `bind` and `release`.
+    /// The accounts that may send now, in the order to try them; see `bind` and `release`.
     public struct Admission: Sendable {
         let id: Int
         public let accounts: [String]
+        /// This is the worker kept free: it may take only a fresh event (see `freshSeconds`).
+        public let keptFree: Bool
     }
 
     /// An admission bound to one claimed event's account.
@@ -73,6 +77,8 @@ public actor PartnerGate {
         var busy = 0
         /// When it was last bound to (a sequence number): the least recently served goes first.
         var lastServed = 0
+        /// Permits bound to it now: accounts with fewest are offered first.
+        var permits = 0
     }
 
     private struct Held {
@@ -90,9 +96,14 @@ public actor PartnerGate {
     private var held: [Int: Held] = [:]
     private var nextID = 0
     private var served = 0
-    /// An account may hold at most this many workers: with several accounts one worker is kept
-    /// for the others, so that a quiet account's event goes at once whatever the partner's latency.
-    private var maxBusyPerAccount: Int
+    /// With several accounts (and two workers or more) the last free worker is kept for fresh
+    /// events: it takes an account's oldest due event only if that arrived within the last
+    /// `freshSeconds` (a quiet account's new event; not a backlog, not a retry). Backlogs and
+    /// retries, however many accounts have them, share the other workers, so a quiet account's
+    /// event goes at once whatever the partner's latency and the others' trouble (CONTRACT
+    /// section 8). Fresh events of busy accounts may take it too: only for their first seconds.
+    private var workers: Int
+    public static let freshSeconds = 5.0
     private var backoff: BackoffConfiguration
     private var lastScopeMismatchLog: Date = .distantPast
     private let logger: Logger
@@ -110,7 +121,7 @@ public actor PartnerGate {
         }
         global = SlidingWindowLimiter(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds, history: history.values.flatMap { $0 })
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
-        maxBusyPerAccount = Self.share(workers: workers, accounts: accounts.count)
+        self.workers = max(1, workers)
         self.backoff = backoff
         self.logger = logger
         self.metrics = metrics
@@ -122,10 +133,6 @@ public actor PartnerGate {
                 logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
         self.init(accounts: [AccountConfiguration.defaultID: rateLimit], breaker: breaker, workers: 256,
                   history: [AccountConfiguration.defaultID: history], logger: logger, metrics: metrics, clock: clock)
-    }
-
-    static func share(workers: Int, accounts: Int) -> Int {
-        accounts > 1 ? max(1, workers - 1) : max(1, workers)
     }
 
     private func now() -> Date { clock.now }
@@ -144,7 +151,7 @@ public actor PartnerGate {
         global.reconfigure(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds)
         breaker.failures = configuration.failures
         breaker.cooldown = configuration.cooldownSeconds
-        maxBusyPerAccount = Self.share(workers: workers, accounts: limits.count)
+        self.workers = max(1, workers)
         self.backoff = backoff
     }
 
@@ -154,8 +161,8 @@ public actor PartnerGate {
     // MARK: - Admission
 
     /// Waits until some account may send (no partner pause, room in the global window, circuit
-    /// closed or this is the probe, and an account with no pause, room in its window and a free
-    /// share of the workers). Cancellation ends the wait (throws).
+    /// closed or this is the probe, and an account with no pause and room in its window).
+    /// Cancellation ends the wait (throws).
     public func admit() async throws -> Admission {
         var waitedForRate = false
         while true {
@@ -174,7 +181,10 @@ public actor PartnerGate {
                 try await sleep(until: globalAt, atMost: 0.25)
                 continue
             }
-            let ready = accounts.filter { isReady($0.value, now: current) }.sorted { $0.value.lastServed < $1.value.lastServed }
+            let keptFree = accounts.count > 1 && workers > 1 && held.count >= workers - 1
+            // Fewest requests in flight first, then least recently served (then by id: a stable order).
+            let ready = accounts.filter { isReady($0.value, now: current) }
+                .sorted { ($0.value.permits, $0.value.lastServed, $0.key) < ($1.value.permits, $1.value.lastServed, $1.key) }
             if ready.isEmpty {
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
@@ -193,15 +203,14 @@ public actor PartnerGate {
                 }
                 nextID += 1
                 held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
-                return Admission(id: nextID, accounts: ready.map(\.key))
+                return Admission(id: nextID, accounts: ready.map(\.key), keptFree: keptFree)
             }
         }
     }
 
     private func isReady(_ account: AccountState, now: Date) -> Bool {
         var limiter = account.limiter
-        return account.pausedUntil <= now && account.credentialsBlockedUntil <= now && account.busy < maxBusyPerAccount
-            && limiter.earliestAllowed(now: now) == now
+        return account.pausedUntil <= now && account.credentialsBlockedUntil <= now && limiter.earliestAllowed(now: now) == now
     }
 
     /// When an account that cannot send now may send again (its pause, back-off or window
@@ -241,6 +250,7 @@ public actor PartnerGate {
         if kept == nil { accounts[account]?.busy += 1 }
         served += 1
         accounts[account]?.lastServed = served
+        accounts[account]?.permits += 1
         held[admission.id] = entry
         return Permit(id: admission.id, account: account, probe: entry.probe)
     }
@@ -324,6 +334,7 @@ public actor PartnerGate {
             if let ticket = entry.global { global.cancel(ticket) }
             // The bound account's busy count: its place was moved out by `takePlaces` (or cancelled just above).
             if entry.places[permit.account] == nil { accounts[permit.account]?.busy -= 1 }
+            if entry.account != nil { accounts[permit.account]?.permits -= 1 }
         }
         switch report.health {
         case .untested:
