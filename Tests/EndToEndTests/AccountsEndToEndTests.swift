@@ -406,4 +406,42 @@ import Testing
         #expect(other.json["error"] as? String == "unknown_account")
         await relay.stop()
     }
+
+    // MARK: - 7. Events of an account the config left wait, and are said; each account beats
+
+    @Test func eventsOfAnAccountTheConfigLeftWaitAndAreSaidAtEachHeartbeat() async throws {
+        let relay = try await RelayHarness(simulator: Self.simulator(knowing: ["acme-key", "globex-key"])) { config in
+            config.namedAccounts = [Self.account("acme", apiKey: "acme-key")]
+            config.logging.heartbeatSeconds = 0.2
+        }
+        // As an outbox holds them after `globex` left the config (or before a reload brings it).
+        let body = Data(Candidates.json(partnerID: "ghost-1").utf8)
+        let id = EventID.generate()
+        _ = try await relay.application.outbox.accept(
+            Submission(id: id, account: "globex", idempotencyKey: nil, bodySHA256: "sha", positionUID: "11.11",
+                       partnerCandidateID: "ghost-1", payload: body, receivedAt: Date()), maxBacklog: 100)
+        let acmeID = try #require(try await relay.post(Candidates.json(partnerID: "acme-1"), account: "acme"))
+        #expect(try await relay.waitFor(acmeID, states: ["delivered"], account: "acme") != nil)
+        #expect(await eventually { relay.logs.events("account.unknown").contains { $0["account"] as? String == "globex" } })
+        let unknown = try #require(relay.logs.events("account.unknown").first { $0["account"] as? String == "globex" })
+        #expect(unknown["count_pending"] as? Int == 1)
+        // Each configured account has its heartbeat line; the unknown one has none.
+        #expect(await eventually { relay.logs.events("account.heartbeat").contains { $0["account"] as? String == "acme" && $0["count_delivered"] as? Int == 1 } })
+        #expect(!relay.logs.events("account.heartbeat").contains { $0["account"] as? String == "globex" })
+        // Kept pending, never sent: nothing reached the partner under globex's key.
+        #expect(try await relay.application.outbox.record(id: id)?.state == .pending)
+        #expect(await relay.simulator.snapshot().requests.allSatisfy { $0.apiKey != "globex-key" })
+
+        // A reload that brings globex back delivers it.
+        let loader = try relay.writeReloadConfig("""
+            accounts:
+              acme: { api_key_file: acme-api-key }
+              globex: { api_key_file: globex-api-key }
+            """)
+        try relay.directory.write("acme-api-key", "acme-key")
+        try relay.directory.write("globex-api-key", "globex-key")
+        #expect(await relay.application.reload(using: loader))
+        #expect(try await relay.waitFor(id, states: ["delivered"], account: "globex") != nil)
+        await relay.stop()
+    }
 }
