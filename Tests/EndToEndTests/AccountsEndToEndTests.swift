@@ -97,8 +97,8 @@ import Testing
         // answered 429 Retry-After 120 s on every request; initech holds a backlog of 10,000 and
         // umbrella one of 1,000. The partner takes 1.5 s to answer anything: the two backlogs
         // keep every worker they may hold busy, so a fresh event goes within a second only if a
-        // worker is kept for accounts with nothing in flight (delivery.workers 4: the backlogs
-        // share 3).
+        // worker is kept for fresh events (delivery.workers 4: the backlogs
+        // share the other 3; the fourth is kept for fresh events).
         var sim = Self.simulator(knowing: ["globex-key", "initech-key", "hooli-key", "umbrella-key"])
         sim.rateLimitRequests = 0
         sim.faults.injectOnlyForAPIKey = "globex-key"
@@ -112,7 +112,7 @@ import Testing
                 Self.account("globex", apiKey: "globex-key"),
                 Self.account("hooli", apiKey: "hooli-key"),
                 // A small limit (the backlog stays for the whole test) that still has room for
-                // every worker initech may hold (3 of 4 with several accounts).
+                // every worker the backlogs may hold.
                 Self.account("initech", apiKey: "initech-key", rateLimit: RateLimitConfiguration(requests: 30, perSeconds: 5)),
                 Self.account("umbrella", apiKey: "umbrella-key", rateLimit: RateLimitConfiguration(requests: 30, perSeconds: 5)),
             ]
