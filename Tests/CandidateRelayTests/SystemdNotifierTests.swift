@@ -22,6 +22,25 @@ import Testing
         #expect(await eventually { socket.messages == ["STOPPING=1"] })
     }
 
+    /// A receiver that stops reading must not block the sender: the messages are dropped.
+    @Test(.timeLimit(.minutes(1))) func neverBlocksWhenTheReceiverDoesNotRead() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-unread-\(UUID().uuidString.prefix(8))").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd); unlink(path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": path])
+        // Far more than a datagram queue holds; the bound is the time limit, not a clock.
+        var dropped = 0
+        for n in 0..<20_000 where !notifier.notify("STATUS=pending \(n)") { dropped += 1 }
+        #expect(dropped > 0)
+    }
+
     @Test func isANoOpWithoutTheVariable() {
         #expect(SystemdNotifier(environment: [:]).notify("READY=1") == false)
     }

@@ -15,7 +15,11 @@ public struct SystemdNotifier: Sendable {
 
     public var isEnabled: Bool { socketPath != nil }
 
-    /// Sends `message` (e.g. "READY=1\nSTATUS=..."); returns whether it was delivered.
+    /// Sends `message` (e.g. "READY=1\nSTATUS=..."); returns whether it was delivered. Never
+    /// blocks: when the receiver does not read (its queue is full) the message is dropped. A
+    /// blocking send there once held both threads of the async runtime on a 2-core machine, and
+    /// the daemon ignored SIGTERM (found by the benchmark, whose notify socket is read only at
+    /// start and on reload).
     @discardableResult
     public func notify(_ message: String) -> Bool {
         guard let socketPath else { return false }
@@ -35,7 +39,7 @@ public struct SystemdNotifier: Sendable {
         let bytes = Array(message.utf8)
         let sent = withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sockaddrPointer in
-                sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL), sockaddrPointer, length)
+                sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT), sockaddrPointer, length)
             }
         }
         return sent == bytes.count
