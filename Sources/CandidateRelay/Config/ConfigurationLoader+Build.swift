@@ -106,21 +106,22 @@ extension ConfigurationLoader {
         let mode = values.choice("partner.auth.mode", AuthMode.comeet_jwt, [.comeet_jwt, .oauth2_client_credentials])
         return ids.map { id in
             let prefix = "accounts.\(id)."
+            // Whether the account gives this `*_file` key itself (in the file, even as null, or by env).
+            func own(_ key: String) -> Bool { values.isSet(prefix + key) || secrets.hasEnvironmentValue(for: prefix + key) }
             let auth: PartnerAuthConfiguration
             switch mode {
             case .comeet_jwt:
                 let apiKey = secrets.read(fileKey: prefix + "api_key_file",
                                           fileName: values.optionalString(prefix + "api_key_file", default: nil), required: true)
                 let secret = secrets.read(
-                    fileKey: values.isSet(prefix + "secret_file") || secrets.hasEnvironmentValue(for: prefix + "secret_file")
-                        ? prefix + "secret_file" : "partner.auth.secret_file",
+                    fileKey: own("secret_file") ? prefix + "secret_file" : "partner.auth.secret_file",
                     fileName: values.optionalString(prefix + "secret_file", default: nil)
                         ?? values.optionalString("partner.auth.secret_file", default: "comeet-secret"),
                     required: true)
                 auth = .comeetJWT(apiKey: apiKey ?? Secret("", source: "missing"), secret: secret ?? Secret("", source: "missing"),
                                   tokenTTLSeconds: values.double("partner.auth.token_ttl_seconds", 600))
             case .oauth2_client_credentials:
-                let ownSecret = values.isSet(prefix + "client_secret_file") || secrets.hasEnvironmentValue(for: prefix + "client_secret_file")
+                let ownSecret = own("client_secret_file")
                 let clientSecret = secrets.read(
                     fileKey: ownSecret ? prefix + "client_secret_file" : "partner.auth.client_secret_file",
                     fileName: ownSecret ? values.optionalString(prefix + "client_secret_file", default: nil)
@@ -137,11 +138,11 @@ extension ConfigurationLoader {
             rateLimit.requests = values.int(prefix + "rate_limit.requests", rateLimit.requests)
             rateLimit.perSeconds = values.double(prefix + "rate_limit.per_seconds", rateLimit.perSeconds)
             let signingKey = prefix + "inbound.signing_secrets_file"
-            let signingSecrets = values.isSet(signingKey) || secrets.hasEnvironmentValue(for: signingKey)
+            let signingSecrets = own("inbound.signing_secrets_file")
                 ? secrets.readList(fileKey: signingKey, fileName: values.optionalString(signingKey, default: nil))
                 : config.ingest.signingSecrets
             let bearerKey = prefix + "inbound.bearer_token_file"
-            let bearerToken = values.isSet(bearerKey) || secrets.hasEnvironmentValue(for: bearerKey)
+            let bearerToken = own("inbound.bearer_token_file")
                 ? secrets.read(fileKey: bearerKey, fileName: values.optionalString(bearerKey, default: nil), required: false)
                 : config.ingest.bearerToken
             return AccountConfiguration(id: id, auth: auth, rateLimit: rateLimit, signingSecrets: signingSecrets, bearerToken: bearerToken)

@@ -112,9 +112,6 @@ extension DeliveryWorkerPool {
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
         }
-        // A pause, a credentials back-off or an open circuit that came since the admission:
-        // hand the event back rather than hold a worker and a lease while it lasts.
-        if let permit, await gate.maySend(permit) == false { return nil }
         let client = self.client
         let timed: (answer: PartnerAnswer, elapsed: Duration)
         do {
@@ -125,7 +122,10 @@ extension DeliveryWorkerPool {
                 return (answer, clock.now - started)
             }
         } catch {
-            return nil  // shutdown while waiting for a place: nothing was sent
+            // Nothing was sent: shutdown while waiting for a place, or a pause, a credentials
+            // back-off or an open circuit since the admission (the event is handed back rather
+            // than held, with a worker and a lease, while it lasts).
+            return nil
         }
         let answer = timed.answer
         let nanoseconds = Int64(timed.elapsed.components.seconds) * 1_000_000_000 + timed.elapsed.components.attoseconds / 1_000_000_000

@@ -12,13 +12,19 @@ public enum IngestRoutes {
         @Sendable func account(_ context: BasicRequestContext) -> String {
             context.parameters.get("account") ?? AccountConfiguration.defaultID
         }
+        /// The account a read names, once it is known and the request may read it.
+        @Sendable func readableAccount(_ request: Request, _ context: BasicRequestContext) throws(IngestError) -> String {
+            let account = account(context)
+            guard let authenticator = handler.authenticators.value[account] else { throw .unknownAccount }
+            guard authenticator.allowsReads(request.headers[.authorization]) else { throw .unauthorized }
+            return account
+        }
         let accept: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
             await handler.accept(request, account: account(context))
         }
         let readOne: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
-            let account = account(context)
-            guard let authenticator = handler.authenticators.value[account] else { return IngestError.unknownAccount.response }
-            guard authenticator.allowsReads(request.headers[.authorization]) else { return IngestError.unauthorized.response }
+            let account: String
+            do throws(IngestError) { account = try readableAccount(request, context) } catch { return error.response }
             guard let id = context.parameters.get("id") else { return IngestError.notFound.response }
             do {
                 // Another account's event is as unknown here as an id that does not exist.
@@ -31,9 +37,8 @@ public enum IngestRoutes {
             }
         }
         let lookup: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
-            let account = account(context)
-            guard let authenticator = handler.authenticators.value[account] else { return IngestError.unknownAccount.response }
-            guard authenticator.allowsReads(request.headers[.authorization]) else { return IngestError.unauthorized.response }
+            let account: String
+            do throws(IngestError) { account = try readableAccount(request, context) } catch { return error.response }
             let query = request.uri.queryParameters
             guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
                 return IngestError.validationFailed([

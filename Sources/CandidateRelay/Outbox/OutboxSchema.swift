@@ -117,6 +117,8 @@ enum OutboxSchema {
                 CREATE INDEX events_due ON events(account, state, next_attempt_at, id);
                 CREATE INDEX events_state_updated ON events(state, updated_at);
                 -- `forget` finds a candidate's events in every account.
+                -- The trigger (dropped with the old table) is v1's, repeated on purpose: a
+                -- migration is a frozen snapshot and shares no SQL with another one.
                 CREATE INDEX events_partner_candidate ON events(partner_candidate_id);
                 CREATE TRIGGER events_state_transition BEFORE UPDATE OF state ON events
                 WHEN OLD.state <> NEW.state AND NOT (

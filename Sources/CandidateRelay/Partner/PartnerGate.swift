@@ -276,8 +276,8 @@ public actor PartnerGate {
 
     /// Runs one request in a place of the windows: the permit's own places for its first
     /// request; with `permit == nil` (the resend after a 401 for `account`) it waits for room.
-    /// The places are kept until `window` after `request` returned. Throws only when cancelled
-    /// (or `giveUp` said so) before sending.
+    /// The places are kept until `window` after `request` returned. Throws, sending nothing,
+    /// when cancelled, when `giveUp` says so, or when the permit may no longer send (`maySend`).
     public nonisolated func withSlot<T: Sendable>(
         _ permit: Permit?, account: String, giveUp: @escaping @Sendable () -> Bool = { false }, _ request: @Sendable () async -> T
     ) async throws -> T {
@@ -289,6 +289,8 @@ public actor PartnerGate {
 
     private func takePlaces(_ permit: Permit?, account: String, giveUp: @Sendable () -> Bool) async throws
         -> (account: SlidingWindowLimiter.Ticket?, global: SlidingWindowLimiter.Ticket?) {
+        // A first send that may no longer go is not sent: its places go back at `settle`.
+        if let permit, !maySend(permit) { throw CancellationError() }
         if let permit, var entry = held[permit.id] {
             let places = (entry.places.removeValue(forKey: account), entry.global)
             entry.global = nil
