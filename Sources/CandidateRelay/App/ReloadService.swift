@@ -65,13 +65,13 @@ extension RelayApplication {
         let kept = Set(new.accounts.map(\.id))
         let removed = live.accounts.value.ids.subtracting(kept)
         guard !removed.isEmpty else { return [] }
-        guard let undelivered = try? await outbox.undeliveredByAccount() else {
+        guard let status = try? await outbox.status(now: Date()) else {
             logger.event(.error, "config.reload_rejected", "could not check the outbox for the accounts the new configuration drops")
             return ["accounts: could not check the outbox for the events of the accounts removed"]
         }
         var problems: [String] = []
         for account in removed.sorted() {
-            let counts = undelivered[account] ?? [:]
+            let counts = status.accounts[account]?.counts ?? [:]
             let pending = counts[.pending] ?? 0
             let inFlight = counts[.inFlight] ?? 0
             guard pending + inFlight > 0 else { continue }

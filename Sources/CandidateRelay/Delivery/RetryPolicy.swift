@@ -32,9 +32,7 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// The un-jittered delay after failed attempt number `attempt` (1-based).
     public func baseDelay(attempt: Int) -> Double {
-        let exponent = Double(max(0, attempt - 1))
-        let raw = backoff.initialSeconds * pow(backoff.multiplier, exponent)
-        return min(backoff.maxSeconds, raw.isFinite ? raw : backoff.maxSeconds)
+        backoff.baseDelay(attempt: attempt)
     }
 
     /// "Equal jitter": half the delay fixed, half random, so retries of many events spread out
@@ -54,5 +52,15 @@ public struct RetryPolicy: Sendable, Equatable {
         let next = min(max(backoffAt, retryAfter ?? backoffAt), now.addingTimeInterval(backoff.maxSeconds))
         guard next.timeIntervalSince(budgetStartedAt) < maxAgeSeconds else { return nil }
         return next
+    }
+}
+
+extension BackoffConfiguration {
+    /// `initial * multiplier^(n-1)`, capped at `max`, for the `n`th failure in a row (1-based):
+    /// an event's retries and an account's credentials back-off.
+    public func baseDelay(attempt: Int) -> Double {
+        let exponent = Double(max(0, attempt - 1))
+        let raw = initialSeconds * pow(multiplier, exponent)
+        return min(maxSeconds, raw.isFinite ? raw : maxSeconds)
     }
 }

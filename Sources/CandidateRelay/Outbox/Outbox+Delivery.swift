@@ -336,20 +336,6 @@ extension Outbox {
         }
     }
 
-    /// Undelivered (pending, in-flight) events per account, for the accounts the config no
-    /// longer names (`account.unknown`) and for reloads that would drop an account.
-    public func undeliveredByAccount() async throws -> [String: [EventState: Int]] {
-        try await read { db in
-            var counts: [String: [EventState: Int]] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                    SELECT account, state, COUNT(*) FROM events WHERE state IN ('pending', 'in_flight') GROUP BY account, state
-                    """) {
-                if let state = EventState(rawValue: row[1]) { counts[row[0], default: [:]][state] = row[2] }
-            }
-            return counts
-        }
-    }
-
     /// In-flight events, per account, that a crash left (recovered at start-up), to seed the windows.
     public func inFlightByAccount() async throws -> [String: Int] {
         try await read { db in

@@ -79,6 +79,9 @@ public actor PartnerGate {
         var lastServed = 0
         /// Permits bound to it now: accounts with fewest are offered first.
         var permits = 0
+        /// False once a reload removed the account. Its state stays: places and permits still
+        /// held refer to its limiter's tickets, which a fresh limiter would hand out again.
+        var configured = true
     }
 
     private struct Held {
@@ -140,11 +143,13 @@ public actor PartnerGate {
     /// Applies a reload: accounts added (empty windows) or removed, new limits, breaker, workers.
     public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
                             breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration) {
-        for id in accounts.keys where limits[id] == nil { accounts[id] = nil }
+        for id in accounts.keys where limits[id] == nil { accounts[id]?.configured = false }
         for (id, limit) in limits {
             if accounts[id] == nil {
                 accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds))
             } else {
+                // Back after a removal: its window still holds what it sent before.
+                accounts[id]?.configured = true
                 accounts[id]?.limiter.reconfigure(limit: limit.requests, window: limit.perSeconds)
             }
         }
@@ -154,9 +159,6 @@ public actor PartnerGate {
         self.workers = max(1, workers)
         self.backoff = backoff
     }
-
-    /// The accounts the gate knows (the configured ones).
-    public var accountIDs: [String] { accounts.keys.sorted() }
 
     // MARK: - Admission
 
@@ -181,36 +183,33 @@ public actor PartnerGate {
                 try await sleep(until: globalAt, atMost: 0.25)
                 continue
             }
-            let keptFree = accounts.count > 1 && workers > 1 && held.count >= workers - 1
-            // Fewest requests in flight first, then least recently served (then by id: a stable order).
-            let ready = accounts.filter { isReady($0.value, now: current) }
-                .sorted { ($0.value.permits, $0.value.lastServed, $0.key) < ($1.value.permits, $1.value.lastServed, $1.key) }
-            if ready.isEmpty {
+            let configured = accounts.filter { $0.value.configured }
+            let keptFree = configured.count > 1 && workers > 1 && held.count >= workers - 1
+            // An account is ready when it is not paused nor refused and gets a place in its window.
+            var places: [String: SlidingWindowLimiter.Ticket] = [:]
+            for (id, account) in configured where account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
+                if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
+            }
+            if places.isEmpty {
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
             }
             switch breaker.admit(now: current) {
             case .wait(let until):
+                for (id, ticket) in places { accounts[id]?.limiter.cancel(ticket) }
                 try await sleep(until: until)
                 continue
             case .send(let probe):
-                var places: [String: SlidingWindowLimiter.Ticket] = [:]
-                for (id, _) in ready {
-                    if let ticket = accounts[id]?.limiter.reserve(now: current) {
-                        places[id] = ticket
-                        accounts[id]?.busy += 1
-                    }
+                for id in places.keys { accounts[id]?.busy += 1 }
+                // Fewest requests in flight first, then least recently served (then by id: a stable order).
+                let order = places.keys.sorted {
+                    (accounts[$0]!.permits, accounts[$0]!.lastServed, $0) < (accounts[$1]!.permits, accounts[$1]!.lastServed, $1)
                 }
                 nextID += 1
                 held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
-                return Admission(id: nextID, accounts: ready.map(\.key), keptFree: keptFree)
+                return Admission(id: nextID, accounts: order, keptFree: keptFree)
             }
         }
-    }
-
-    private func isReady(_ account: AccountState, now: Date) -> Bool {
-        var limiter = account.limiter
-        return account.pausedUntil <= now && account.credentialsBlockedUntil <= now && limiter.earliestAllowed(now: now) == now
     }
 
     /// When an account that cannot send now may send again (its pause, back-off or window
@@ -222,7 +221,8 @@ public actor PartnerGate {
     /// The earliest time an account's pause, back-off or window ends (nil: waiting on requests in flight).
     private func nextReadiness(now: Date) -> Date? {
         var earliest: Date?
-        for (id, account) in accounts {
+        for id in Array(accounts.keys) {
+            guard let account = accounts[id], account.configured else { continue }
             var at = max(account.pausedUntil, account.credentialsBlockedUntil)
             if at <= now {
                 guard let allowed = accounts[id]?.limiter.earliestAllowed(now: now) else { continue }
@@ -267,7 +267,7 @@ public actor PartnerGate {
     /// the event is handed back (the request would only wait, holding its lease and worker).
     public func maySend(_ permit: Permit) -> Bool {
         let current = now()
-        guard let account = accounts[permit.account] else { return false }
+        guard let account = accounts[permit.account], account.configured else { return false }
         if pausedUntil > current || account.pausedUntil > current || account.credentialsBlockedUntil > current { return false }
         return permit.probe || !breaker.isOpen
     }
@@ -303,7 +303,7 @@ public actor PartnerGate {
             try Task.checkCancellation()
             if giveUp() { throw CancellationError() }
             let current = now()
-            guard accounts[account] != nil else { throw CancellationError() }
+            guard accounts[account]?.configured == true else { throw CancellationError() }
             if accounts[account]?.limiter.earliestAllowed(now: current) == current, global.earliestAllowed(now: current) == current,
                let ticket = accounts[account]?.limiter.reserve(now: current) {
                 return (ticket, global.reserve(now: current))
@@ -368,7 +368,7 @@ public actor PartnerGate {
         if report.credentialsRejected {
             accounts[permit.account]!.credentialFailures += 1
             let failures = accounts[permit.account]!.credentialFailures
-            let delay = min(backoff.maxSeconds, backoff.initialSeconds * pow(backoff.multiplier, Double(failures - 1)))
+            let delay = backoff.baseDelay(attempt: failures)
             let until = current.addingTimeInterval(delay)
             accounts[permit.account]!.credentialsBlockedUntil = until
             logger.event(.error, "auth.rejected", "the partner refuses this account's credentials even freshly minted; its events wait",
@@ -409,7 +409,7 @@ public actor PartnerGate {
     }
 
     public func view(_ account: String) -> AccountView? {
-        guard var state = accounts[account] else { return nil }
+        guard var state = accounts[account], state.configured else { return nil }
         let current = now()
         return AccountView(
             pausedUntil: state.pausedUntil > current ? state.pausedUntil : nil,
