@@ -278,6 +278,24 @@ import Testing
         #expect(await gate.view("a") == nil)
     }
 
+    /// An account removed and added back by two reloads, while an admission still held one of
+    /// its places: giving that place back must not take the place of a request sent since.
+    @Test func anAccountAddedBackKeepsItsWindow() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], requests: 5)
+        let old = try await gate.admit()
+        #expect(old.accounts.contains("a"))
+        let limits = ["a": RateLimitConfiguration(requests: 5, perSeconds: 60), "b": RateLimitConfiguration(requests: 5, perSeconds: 60)]
+        await gate.reconfigure(accounts: ["b": limits["b"]!], globalRateLimit: .init(requests: 0), breaker: CircuitBreakerConfiguration(),
+                               workers: 4, backoff: BackoffConfiguration())
+        await gate.reconfigure(accounts: limits, globalRateLimit: .init(requests: 0), breaker: CircuitBreakerConfiguration(),
+                               workers: 4, backoff: BackoffConfiguration())
+        let permit = await gate.bind(try await gate.admit(), to: "a")
+        try await gate.withSlot(permit, account: "a") { await gate.release(old) }
+        await gate.settle(permit, AttemptReport(health: .up, status: 201))
+        #expect(await gate.view("a")?.windowRequests == 1)
+    }
+
     /// Places given back are not counted: an account's budget is only spent by what was sent.
     @Test func placesOfferedButNotUsedAreGivenBack() async throws {
         let clock = ManualClock()
