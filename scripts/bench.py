@@ -1001,9 +1001,9 @@ class Bench:
 
         conn.executemany(
             "INSERT INTO events (id, idempotency_key, body_sha256, state, attempts, lease, position_uid, "
-            "partner_candidate_id, payload, candidate_uid, received_at, budget_started_at, updated_at, "
+            "partner_candidate_id, candidate_uid, received_at, budget_started_at, updated_at, "
             "next_attempt_at, lease_expires_at, last_status, partner_response, payload_erased_at) "
-            "VALUES (?, ?, ?, 'delivered', 1, 1, ?, ?, NULL, ?, ?, ?, ?, NULL, NULL, 201, ?, ?)", events())
+            "VALUES (?, ?, ?, 'delivered', 1, 1, ?, ?, ?, ?, ?, ?, NULL, NULL, 201, ?, ?)", events())
         conn.execute("INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) "
                      "SELECT id, 1, updated_at, 'delivered', 201, NULL, 150 FROM events")
         conn.execute("COMMIT")

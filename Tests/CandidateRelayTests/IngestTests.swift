@@ -78,7 +78,7 @@ import Testing
             #expect(try await client.execute(uri: "/v1/candidates/evt_nope", method: .get).status == .notFound)
         }
         // The stored payload is exactly what was sent.
-        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT payload FROM events") }
+        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads") }
         #expect(payload == Data(Self.valid.utf8))
     }
 
@@ -93,7 +93,7 @@ import Testing
             #expect(json["partner_candidate_id"] as? String == id)
             #expect(json["partner_candidate_id_generated"] as? Bool == true)
         }
-        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT payload FROM events") }
+        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads") }
         let stored = try JSONValue.parse(try #require(payload))
         #expect(stored["partner_candidate_id"]?.stringValue?.hasPrefix("evt_") == true)
         #expect(stored["first_name"] == .string("A"))
@@ -107,7 +107,7 @@ import Testing
             let response = try await Self.post(client, body)
             #expect(response.status == .accepted)
         }
-        let stored = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT payload FROM events") }
+        let stored = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads") }
         let payload = try #require(stored)
         let text = String(decoding: payload, as: UTF8.self)
         #expect(text.components(separatedBy: "partner_candidate_id").count == 2)

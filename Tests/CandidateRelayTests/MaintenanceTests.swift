@@ -17,7 +17,7 @@ import Testing
     }
 
     static func payload(_ outbox: Outbox, _ id: String) async throws -> Data? {
-        try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT payload FROM events WHERE id = ?", arguments: [id])?["payload"] as Data? }
+        try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT body FROM payloads WHERE event_id = ?", arguments: [id])?["body"] as Data? }
     }
 
     @Test func prunerErasesPayloadsThenDeletesRecordsOnTime() async throws {

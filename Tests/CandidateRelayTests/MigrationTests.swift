@@ -55,7 +55,7 @@ import Testing
         let outbox = try Outbox(path: path)
         let rows = try outbox.pool.read { db in
             try Row.fetchAll(db, sql: """
-                SELECT id, account, idempotency_key, state, attempts, candidate_uid, payload IS NOT NULL AS has_payload
+                SELECT id, account, idempotency_key, state, attempts, candidate_uid, EXISTS (SELECT 1 FROM payloads p WHERE p.event_id = events.id) AS has_payload
                 FROM events ORDER BY received_at, id
                 """)
         }
@@ -82,6 +82,10 @@ import Testing
         let status = try await outbox.status(now: Self.now)
         #expect(status.counts == [.delivered: 2, .pending: 3])
         #expect(Array(status.accounts.keys) == ["default"])
+        // A pending event's payload moved with it (v4) and is what a worker sends.
+        let claimed = try #require(try await outbox.claimNext(now: Self.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        let sent = try #require(try JSONSerialization.jsonObject(with: claimed.payload) as? [String: Any])
+        #expect(sent["position_uid"] != nil)
     }
 
     @Test func migrationIsRecordedAndTheFileIsSound() async throws {
@@ -92,18 +96,23 @@ import Testing
             (try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier"),
              try Row.fetchAll(db, sql: "PRAGMA foreign_key_check"),
              try String.fetchAll(db, sql: "PRAGMA integrity_check"),
-             try Row.fetchOne(db, sql: "SELECT \"table\", on_delete FROM pragma_foreign_key_list('attempts')"),
+             [try Row.fetchOne(db, sql: "SELECT \"table\", on_delete FROM pragma_foreign_key_list('attempts')"),
+              try Row.fetchOne(db, sql: "SELECT \"table\", on_delete FROM pragma_foreign_key_list('payloads')")],
              try String.fetchAll(db, sql: """
                 SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND name NOT LIKE 'sqlite_%' ORDER BY name
                 """),
              try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         }
-        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts"])
+        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts", "v4_payloads"])
         #expect(foreignKeyProblems.isEmpty)
         #expect(integrity == ["ok"])
-        // The attempts still reference the (rebuilt) events table, with the cascade.
-        #expect(foreignKey?["table"] as String? == "events")
-        #expect(foreignKey?["on_delete"] as String? == "CASCADE")
+        // The attempts still reference the (rebuilt) events table, with the cascade; so do the
+        // payloads, which v4 moved out of it.
+        for key in foreignKey {
+            #expect(key?["table"] as String? == "events")
+            #expect(key?["on_delete"] as String? == "CASCADE")
+        }
+        #expect(try await outbox.pool.read { db in try db.columns(in: "events").map(\.name) }.contains("payload") == false)
         #expect(indexes == ["events_due", "events_natural_key", "events_partner_candidate", "events_state_updated"])
         #expect(triggers == ["events_state_transition"])
     }

@@ -208,9 +208,48 @@ import Testing
         _ = try await outbox.accept(Self.submission("e1", body: #"{"first_name":"Ada"}"#, partnerID: "X"), maxBacklog: 10)
         let report = try await outbox.forget(partnerCandidateID: "X", now: Date())
         #expect(report == ForgetReport(events: ["e1"], pendingStopped: 1))
-        let payload = try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT payload FROM events WHERE id = 'e1'")?["payload"] as Data? }
+        let payload = try await outbox.pool.read { db in try Row.fetchOne(db, sql: "SELECT body FROM payloads WHERE event_id = 'e1'")?["body"] as Data? }
         #expect(payload == nil)
         #expect(try await outbox.record(id: "e1")?.lastError == "erased")
+    }
+
+    /// Bodies on both sides of `PayloadStore.directLimit` (bound values, and blob I/O into a
+    /// zeroblob) come back byte for byte, and every way of erasing one removes its row.
+    @Test(arguments: [10, PayloadStore.directLimit, PayloadStore.directLimit + 1, 3_000_000])
+    func payloadsOfEverySizeRoundTripAndAreErased(size: Int) async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        var generator = SystemRandomNumberGenerator()
+        let body = Data((0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        for (id, partnerID) in [("e1", "X"), ("e2", "Y"), ("e3", "Z")] {
+            var submission = Self.submission(id, partnerID: partnerID, at: start)
+            submission.payload = body
+            _ = try await outbox.accept(submission, maxBacklog: 10)
+        }
+        let payloadCount = { try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM payloads") } }
+        #expect(try await payloadCount() == 3)
+        let claimed = try #require(try await outbox.claimNext(now: start, leaseSeconds: 60, maxAgeSeconds: 1_000))
+        #expect(claimed.id == "e1" && claimed.payload == body)
+        // Recording the outcome leaves the payload as it was (it lives apart from the record).
+        #expect(try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u1", status: 201, summary: nil, fullResponse: nil),
+                                          now: start, latencyMs: 5))
+        let kept = try await outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads WHERE event_id = 'e1'") }
+        #expect(kept == body)
+        // Erasure of one candidate, retention of delivered events, deletion of records.
+        _ = try await outbox.forget(partnerCandidateID: "Y", now: start)
+        #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM payloads WHERE event_id = 'e2'") } == 0)
+        let pruned = try await outbox.prune(payloadBefore: start.addingTimeInterval(1), recordBefore: start, includeDead: false,
+                                            now: start.addingTimeInterval(2))
+        #expect(pruned.erased == 1 && pruned.deleted == 0)
+        #expect(try await payloadCount() == 1)
+        _ = try await outbox.prune(payloadBefore: start, recordBefore: start.addingTimeInterval(10), includeDead: true,
+                                   now: start.addingTimeInterval(11))
+        #expect(try await outbox.record(id: "e2") == nil)
+        // e3 is still pending: its payload stays, and it is sent as it came.
+        #expect(try await payloadCount() == 1)
+        let next = try #require(try await outbox.claimNext(now: start.addingTimeInterval(11), leaseSeconds: 60, maxAgeSeconds: 1_000))
+        #expect(next.id == "e3" && next.payload == body)
     }
 
     @Test func replayIsAnsweredEvenWhenTheBacklogIsFull() async throws {

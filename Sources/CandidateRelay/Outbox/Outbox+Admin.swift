@@ -92,7 +92,7 @@ extension Outbox {
             } else {
                 targets = try String.fetchAll(
                     db, sql: """
-                        SELECT id FROM events WHERE state = 'dead' AND payload IS NOT NULL \(account == nil ? "" : "AND account = ?")
+                        SELECT id FROM events WHERE state = 'dead' AND \(Self.hasPayload) \(account == nil ? "" : "AND account = ?")
                         ORDER BY received_at
                         """,
                     arguments: account.map { [$0] } ?? [])
@@ -104,7 +104,7 @@ extension Outbox {
                     sql: """
                         UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
                           budget_started_at = ?, last_error = NULL
-                        WHERE id = ? AND state = 'dead' AND payload IS NOT NULL AND account = coalesce(?, account)
+                        WHERE id = ? AND state = 'dead' AND \(Self.hasPayload) AND account = coalesce(?, account)
                         """,
                     arguments: [now.millis, now.millis, now.millis, id, account])
                 if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
@@ -112,6 +112,9 @@ extension Outbox {
             return (retried, skipped)
         }
     }
+
+    /// The event (in `events`) still has its payload.
+    static let hasPayload = "EXISTS (SELECT 1 FROM payloads p WHERE p.event_id = events.id)"
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
     /// last updated before `payloadBefore` — and of dead ones too when `includeDead` — and
@@ -125,12 +128,13 @@ extension Outbox {
             let accountArgument: StatementArguments = account.map { [$0] } ?? []
             try db.execute(
                 sql: """
-                    UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ?
-                    WHERE state IN \(states) AND updated_at < ? AND (payload IS NOT NULL OR partner_response_full IS NOT NULL)
+                    UPDATE events SET partner_response_full = NULL, payload_erased_at = ?
+                    WHERE state IN \(states) AND updated_at < ? AND (\(Self.hasPayload) OR partner_response_full IS NOT NULL)
                       \(inAccount)
                     """,
                 arguments: [now.millis, payloadBefore.millis] + accountArgument)
             let erased = db.changesCount
+            try PayloadStore.erase(db, eventsWhere: "payload_erased_at = ? \(inAccount)", arguments: [now.millis] + accountArgument)
             try Self.reduceErrorsToCodes(db, eventsWhere: "payload_erased_at = ? \(inAccount)", arguments: [now.millis] + accountArgument)
             try db.execute(
                 sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount)",
@@ -152,8 +156,9 @@ extension Outbox {
                 sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE \(condition) AND state = 'pending'",
                 arguments: [now.millis] + arguments)
             let stopped = db.changesCount
+            try PayloadStore.erase(db, eventsWhere: condition, arguments: arguments)
             try db.execute(
-                sql: "UPDATE events SET payload = NULL, partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
+                sql: "UPDATE events SET partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
                 arguments: [now.millis] + arguments)
             try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
             return ForgetReport(events: ids, pendingStopped: stopped)

@@ -164,7 +164,7 @@ extension Outbox {
         let now = request.now
         while true {
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-                    SELECT id, attempts, lease, position_uid, partner_candidate_id, payload, received_at, budget_started_at FROM events e
+                    SELECT id, attempts, lease, position_uid, partner_candidate_id, received_at, budget_started_at FROM events e
                     WHERE account = ? AND state = 'pending' AND next_attempt_at <= ?
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
                           AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
@@ -176,10 +176,11 @@ extension Outbox {
             // A backlog or a retry at the head of the account: not for the worker kept free.
             if let freshSince = request.freshSince, receivedAt < freshSince { return nil }
             let budgetStartedAt = Date(millis: row["budget_started_at"])
-            let payload: Data? = row["payload"]
             let attempts: Int = row["attempts"]
-            if now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || payload == nil || attempts >= request.maxAttempts {
-                let reason = payload == nil ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
+            let spent = now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
+            let payload = spent ? nil : try PayloadStore.read(db, eventID: id)
+            if spent || payload == nil {
+                let reason = !spent ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(
                     arguments: [reason, now.millis, id])
                 expired.append(ExpiredEvent(id: id, account: account, positionUID: row["position_uid"],

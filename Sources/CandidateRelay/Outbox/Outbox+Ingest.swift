@@ -87,11 +87,12 @@ extension Outbox {
                 let now = submission.receivedAt.millis
                 try db.cachedStatement(sql: """
                         INSERT INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
-                          partner_candidate_id, payload, received_at, budget_started_at, updated_at, next_attempt_at)
-                        VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?, ?)
+                          partner_candidate_id, received_at, budget_started_at, updated_at, next_attempt_at)
+                        VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)
                         """).execute(
                     arguments: [submission.id, account, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
-                                submission.partnerCandidateID, submission.payload, now, now, now, now])
+                                submission.partnerCandidateID, now, now, now, now])
+                try PayloadStore.insert(db, eventID: submission.id, body: submission.payload)
                 backlogs[account] = backlog + 1
                 results.append(.success(.created(EventRecord(inserted: submission))))
             }

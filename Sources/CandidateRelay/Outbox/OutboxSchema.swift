@@ -130,6 +130,20 @@ enum OutboxSchema {
                 END;
                 """)
         }
+        migrator.registerMigration("v4_payloads") { db in
+            // Payloads move to a table of their own: SQLite rewrites the whole row on every
+            // UPDATE, so with the payload in `events` each claim and each outcome read and wrote
+            // the body again (a 20 MB candidate cost 60 MB of memory per outcome). Erasing a
+            // payload is now deleting its row; `payload_erased_at` stays on the event.
+            try db.execute(sql: """
+                CREATE TABLE payloads (
+                  event_id TEXT PRIMARY KEY NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+                  body BLOB NOT NULL
+                );
+                INSERT INTO payloads (event_id, body) SELECT id, payload FROM events WHERE payload IS NOT NULL;
+                ALTER TABLE events DROP COLUMN payload;
+                """)
+        }
         return migrator
     }
 }
