@@ -63,10 +63,10 @@ extension DeliveryWorkerPool {
             group.addTask { await operation() }
             group.addTask {
                 while !self.isDraining {
-                    try? await Task.sleep(for: .milliseconds(50))
+                    try? await TimerSleep.sleep(seconds: 0.05)
                     if Task.isCancelled { return nil }
                 }
-                try? await Task.sleep(for: .seconds(graceSeconds))
+                try? await TimerSleep.sleep(seconds: graceSeconds)
                 return nil
             }
             let first = await group.next() ?? nil
@@ -165,7 +165,7 @@ extension DeliveryWorkerPool {
                     logged = true
                 }
                 guard !isDraining, self.now() < deadline else { return }
-                try? await Task.sleep(for: .seconds(1))
+                try? await TimerSleep.sleep(seconds: 1)
             }
         }
     }

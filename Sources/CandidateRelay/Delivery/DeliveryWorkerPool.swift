@@ -97,7 +97,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             } catch {
                 logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
                              LogFields(error: Self.errorCode(error)))
-                try? await Task.sleep(for: .milliseconds(500))
+                try? await TimerSleep.sleep(seconds: 0.5)
             }
         }
     }
@@ -163,7 +163,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         return try await withThrowingTaskGroup(of: PartnerGate.Admission?.self) { group in
             group.addTask { try await gate.admit() }
             group.addTask {
-                while !self.isDraining { try await Task.sleep(for: .milliseconds(50)) }
+                while !self.isDraining { try await TimerSleep.sleep(seconds: 0.05) }
                 return nil
             }
             let first = try await group.next() ?? nil

@@ -50,7 +50,7 @@ public final class Doorbell: Sendable {
                 }
             }
             group.addTask {
-                try? await Task.sleep(for: .seconds(max(0, seconds)))
+                try? await TimerSleep.sleep(seconds: seconds)  // cut short by every ring: not Task.sleep
             }
             await group.next()
             group.cancelAll()

@@ -8,12 +8,12 @@ public protocol RelayClock: Sendable {
     func sleep(until deadline: Date) async throws
 }
 
-/// The wall clock and `Task.sleep`.
+/// The wall clock and a sleep on NIO's timers (`TimerSleep`: a gate's wait is cut short often).
 public struct SystemClock: RelayClock {
     public init() {}
     public var now: Date { Date() }
     public func sleep(until deadline: Date) async throws {
         let seconds = deadline.timeIntervalSinceNow
-        if seconds > 0 { try await Task.sleep(for: .seconds(seconds)) } else { try Task.checkCancellation() }
+        try await TimerSleep.sleep(seconds: seconds)
     }
 }

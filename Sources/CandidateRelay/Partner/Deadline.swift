@@ -10,7 +10,7 @@ func withDeadline<T: Sendable>(seconds: Double, _ operation: @escaping @Sendable
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await operation() }
         group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
+            try await TimerSleep.sleep(seconds: seconds)  // cancelled by nearly every request: not Task.sleep
             return nil
         }
         defer { group.cancelAll() }
