@@ -62,10 +62,8 @@ extension DeliveryWorkerPool {
         await withTaskGroup(of: T?.self) { group in
             group.addTask { await operation() }
             group.addTask {
-                while !self.isDraining {
-                    try? await TimerSleep.sleep(seconds: 0.05)
-                    if Task.isCancelled { return nil }
-                }
+                await self.drain.wait()
+                if Task.isCancelled { return nil }
                 try? await TimerSleep.sleep(seconds: graceSeconds)
                 return nil
             }

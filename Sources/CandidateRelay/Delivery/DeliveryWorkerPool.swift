@@ -38,7 +38,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     let metrics: RelayMetrics
     let logger: Logger
     let now: @Sendable () -> Date
-    private let draining = Atomic<Bool>(false)
+    let drain = DrainSignal()
     private let running = Mutex<Set<Int>>([])
 
     public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<[String: any TokenProvider]>,
@@ -59,7 +59,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         await withGracefulShutdownHandler {
             await self.superviseWorkers()
         } onGracefulShutdown: {
-            self.draining.store(true, ordering: .releasing)
+            self.drain.start()
             self.doorbell.ring()
         }
         logger.event(.info, "delivery.drained", "delivery workers stopped")
@@ -69,7 +69,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private func superviseWorkers() async {
         await withDiscardingTaskGroup { group in
             // Cancellation (the group failed, or the shutdown deadline passed) ends it too.
-            while !draining.load(ordering: .acquiring) && !Task.isCancelled {
+            while !drain.hasStarted && !Task.isCancelled {
                 let target = settings.value.workers
                 let missing = running.withLock { running -> [Int] in
                     let ids = (0..<target).filter { !running.contains($0) }
@@ -84,7 +84,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         }
     }
 
-    var isDraining: Bool { draining.load(ordering: .acquiring) }
+    var isDraining: Bool { drain.hasStarted }
 
     /// One worker: claim, deliver, repeat; idle waits on the doorbell or the next due time.
     func workerLoop(index: Int) async {
@@ -163,7 +163,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         return try await withThrowingTaskGroup(of: PartnerGate.Admission?.self) { group in
             group.addTask { try await gate.admit() }
             group.addTask {
-                while !self.isDraining { try await TimerSleep.sleep(seconds: 0.05) }
+                await self.drain.wait()
                 return nil
             }
             let first = try await group.next() ?? nil

@@ -57,3 +57,48 @@ public final class Doorbell: Sendable {
         }
     }
 }
+
+/// The start of draining, which every delivery and every admission races: awaited on a
+/// continuation, so the thousands of waits a second that end without it cost no timer (an
+/// earlier 50 ms poll put a timer on an event loop, and cancelled it, twice per delivery).
+final class DrainSignal: Sendable {
+    private struct State {
+        var started = false
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextID = 0
+    }
+    private let state = Mutex(State())
+
+    var hasStarted: Bool { state.withLock { $0.started } }
+
+    /// Marks draining as started and wakes every waiter.
+    func start() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.started = true
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once draining has started, or when the task is cancelled.
+    func wait() async {
+        let id = state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.started || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
+}
