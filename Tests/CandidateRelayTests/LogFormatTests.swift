@@ -38,4 +38,18 @@ import Testing
         #expect(RelayLogHandler.quoted("a\r\nb\t\u{1B}") == #""a\r\nb\t\u{1b}""#)
         #expect(RelayLogHandler.quoted(#"q"\"#) == #""q\"\\""#)
     }
+
+    /// The JSON writer's quoting (202 answers, JSON log lines, the partner summary): the fast
+    /// path for plain text and the escaping path give text that parses back to the same string,
+    /// with no raw control character or line separator left.
+    @Test(arguments: ["", "plain ascii", "Zoë Ñandú 東京 🚀", "em—dash starts with E2", "line\u{2028}sep\u{2029}",
+                      "q\"b\\s/", "ctl\u{0}\u{1F}\u{7F}\n\r\t"])
+    func contractJSONQuotingRoundTrips(text: String) throws {
+        let quoted = ContractJSON.quoted(text)
+        let parsed = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as? [String]
+        #expect(parsed == [text])
+        #expect(!quoted.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F || $0.value == 0x2028 || $0.value == 0x2029 })
+        let document = JSONValue.object(["b": .array([.string(text), .number(3), .null, .bool(true)]), "a": .number(1.5)])
+        #expect(document.jsonText == "{\"a\":1.5,\"b\":[\(quoted),3,null,true]}")
+    }
 }

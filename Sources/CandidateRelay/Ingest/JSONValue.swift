@@ -50,15 +50,36 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     /// Compact JSON text, object keys sorted (written directly: no encoder on the delivery path).
     public var jsonText: String {
+        var text = ""
+        write(into: &text)
+        return text
+    }
+
+    /// Appends the compact JSON text (object keys sorted) to `text`: one buffer for the whole
+    /// document, not a String per value (the partner's Candidate summary is built per delivery).
+    public func write(into text: inout String) {
         switch self {
-        case .null: return "null"
-        case .bool(let value): return value ? "true" : "false"
+        case .null: text += "null"
+        case .bool(let value): text += value ? "true" : "false"
         case .number(let value):
-            return value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
-        case .string(let value): return ContractJSON.quoted(value)
-        case .array(let elements): return "[" + elements.map(\.jsonText).joined(separator: ",") + "]"
+            text += value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+        case .string(let value): ContractJSON.appendQuoted(value, to: &text)
+        case .array(let elements):
+            text += "["
+            for (index, element) in elements.enumerated() {
+                if index > 0 { text += "," }
+                element.write(into: &text)
+            }
+            text += "]"
         case .object(let members):
-            return "{" + members.keys.sorted().map { ContractJSON.quoted($0) + ":" + members[$0]!.jsonText }.joined(separator: ",") + "}"
+            text += "{"
+            for (index, key) in members.keys.sorted().enumerated() {
+                if index > 0 { text += "," }
+                ContractJSON.appendQuoted(key, to: &text)
+                text += ":"
+                members[key]!.write(into: &text)
+            }
+            text += "}"
         }
     }
 

@@ -57,8 +57,11 @@ public struct LogFields: Sendable {
 extension Logger {
     /// Logs one catalogued event (`docs/operations.md`): `event` is a stable name such as
     /// `delivery.succeeded`, `message` a short human sentence without personal data.
-    public func event(_ level: Logger.Level, _ event: String, _ message: String, _ fields: LogFields = LogFields()) {
-        var metadata = fields.metadata
+    /// The fields are built only when the line is written: below `logging.level` (the
+    /// benchmark's `warning` drops every per-event line) building them was a dictionary per event.
+    public func event(_ level: Logger.Level, _ event: String, _ message: String, _ fields: @autoclosure () -> LogFields = LogFields()) {
+        guard logLevel <= level else { return }
+        var metadata = fields().metadata
         metadata["event"] = .string(event)
         log(level: level, "\(message)", metadata: metadata)
     }

@@ -81,21 +81,35 @@ public enum ContractJSON {
     /// A JSON string literal written directly (hot paths: the 202 answer, every log line):
     /// `"` and `\\` escaped, control characters (and U+2028/9) as escapes, the rest as is.
     public static func quoted(_ text: String) -> String {
-        var result = "\""
+        var result = ""
         result.reserveCapacity(text.utf8.count + 2)
-        for scalar in text.unicodeScalars {
-            switch scalar.value {
-            case 0x22: result += "\\\""
-            case 0x5C: result += "\\\\"
-            case 0x0A: result += "\\n"
-            case 0x0D: result += "\\r"
-            case 0x09: result += "\\t"
-            case 0..<0x20, 0x7F, 0x2028, 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: result.unicodeScalars.append(scalar)
+        appendQuoted(text, to: &result)
+        return result
+    }
+
+    /// `quoted`, appended to `result`. A string with nothing to escape (nearly all) is copied
+    /// whole after one pass over its bytes.
+    public static func appendQuoted(_ text: String, to result: inout String) {
+        result.append("\"")
+        // 0xE2 starts U+2028/9 (and other characters, which the slow path then keeps as they are).
+        let plain = !text.utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xE2 }
+        if plain {
+            result.append(text)
+        } else {
+            for scalar in text.unicodeScalars {
+                switch scalar.value {
+                case 0x22: result += "\\\""
+                case 0x5C: result += "\\\\"
+                case 0x0A: result += "\\n"
+                case 0x0D: result += "\\r"
+                case 0x09: result += "\\t"
+                case 0..<0x20, 0x7F, 0x2028, 0x2029:
+                    let hex = String(scalar.value, radix: 16)
+                    result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                default: result.unicodeScalars.append(scalar)
+                }
             }
         }
-        return result + "\""
+        result.append("\"")
     }
 }
