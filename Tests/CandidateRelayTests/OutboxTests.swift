@@ -252,6 +252,28 @@ import Testing
         #expect(next.id == "e3" && next.payload == body)
     }
 
+    /// An erased body is gone from the file's bytes too, not only from its tables (SQLite
+    /// keeps deleted content in freed pages unless secure_delete is on, which the outbox sets
+    /// itself: some SQLite builds have it on by default, others not), small or large.
+    @Test(arguments: [200, 300_000])
+    func anErasedPayloadLeavesNoBytesInTheFile(size: Int) async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let marker = "NATIONAL-ID-7391-"
+        let body = String(repeating: marker, count: size / marker.count)
+        _ = try await outbox.accept(Self.submission("e1", body: body, partnerID: "X"), maxBacklog: 10)
+        let fileHolds = { () throws -> Bool in
+            try outbox.pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.file("o.sqlite3")))
+            return bytes.range(of: Data(marker.utf8)) != nil
+        }
+        #expect(try await outbox.pool.write { db in try Int.fetchOne(db, sql: "PRAGMA secure_delete") } == 1)
+        #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA secure_delete") } == 1)
+        #expect(try fileHolds())
+        _ = try await outbox.forget(partnerCandidateID: "X", now: Date())
+        #expect(try fileHolds() == false)
+    }
+
     @Test func replayIsAnsweredEvenWhenTheBacklogIsFull() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

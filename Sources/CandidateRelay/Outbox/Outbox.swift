@@ -35,6 +35,10 @@ public final class Outbox: Sendable {
         configuration.busyMode = .timeout(10)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            // Erased payloads (`forget`, retention) are overwritten with zeros, not just left in
+            // freed pages where a copy of the file would still show them. Debian's SQLite is
+            // built with this default; other builds are not.
+            try db.execute(sql: "PRAGMA secure_delete = ON")
         }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)

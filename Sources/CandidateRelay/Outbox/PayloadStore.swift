@@ -49,6 +49,7 @@ enum PayloadStore {
     }
 
     /// Erases the payloads of the events matching `condition` (a WHERE clause on `events`).
+    /// (`Outbox` turns `secure_delete` on, so the bytes are overwritten, not only unlinked.)
     static func erase(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {
         try db.execute(sql: "DELETE FROM payloads WHERE event_id IN (SELECT id FROM events WHERE \(condition))", arguments: arguments)
     }
