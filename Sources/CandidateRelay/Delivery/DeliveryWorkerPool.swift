@@ -39,6 +39,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let drain = DrainSignal()
+    /// Outcome writes still running: a worker does not wait for one before its next claim.
+    let outcomes = TaskTracker()
     private let running = Mutex<Set<Int>>([])
 
     public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<[String: any TokenProvider]>,
@@ -62,6 +64,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             self.drain.start()
             self.doorbell.ring()
         }
+        await outcomes.waitForAll()
         logger.event(.info, "delivery.drained", "delivery workers stopped")
     }
 
