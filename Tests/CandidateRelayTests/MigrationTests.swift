@@ -113,7 +113,7 @@ import Testing
             #expect(key?["on_delete"] as String? == "CASCADE")
         }
         #expect(try await outbox.pool.read { db in try db.columns(in: "events").map(\.name) }.contains("payload") == false)
-        #expect(indexes == ["events_due", "events_natural_key", "events_partner_candidate", "events_state_updated"])
+        #expect(indexes == ["events_due", "events_natural_key", "events_state_updated"])
         #expect(triggers == ["events_state_transition"])
     }
 
