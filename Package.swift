@@ -79,6 +79,7 @@ let package = Package(
                 "candidate-relay",
                 "CandidateRelay", "CandidateRelayTesting", "PartnerSimulator",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
     ],

@@ -52,6 +52,9 @@ public struct ReceivedRequest: Sendable, Codable {
     /// The JWT `iss` (the customer's api-key) the request carried, as sent: `status` says
     /// whether it was accepted. Nil for OAuth access tokens and missing or unreadable tokens.
     public var apiKey: String?
+    /// SHA-256 (hex) of the body as received: tests compare what was sent without the
+    /// simulator keeping personal data.
+    public var bodySHA256: String?
 
     public init(
         at: Date,

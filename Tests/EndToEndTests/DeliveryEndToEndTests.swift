@@ -1,5 +1,6 @@
 import CandidateRelay
 import CandidateRelayTesting
+import Crypto
 import Foundation
 import PartnerSimulator
 import Testing
@@ -21,6 +22,29 @@ import Testing
         #expect(request.userAgent?.hasPrefix("candidate-relay/") == true)
         #expect(!relay.logs.events("delivery.succeeded").isEmpty)
         #expect(!relay.logs.events("auth.token_minted").isEmpty)
+        await relay.stop()
+    }
+
+    /// A candidate with files (3 MB of JSON: stored and read back with SQLite's blob I/O, past
+    /// the 64 KiB of the ordinary path) reaches the partner byte for byte, and a small one too.
+    @Test func largeAndSmallBodiesReachThePartnerByteForByte() async throws {
+        let relay = try await RelayHarness()
+        var generator = SystemRandomNumberGenerator()
+        let file = { (index: Int) in
+            let bytes = Data((0..<750_000).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            return #"{"name":"portfolio-\#(index).pdf","file":"\#(bytes.base64EncodedString())"}"#
+        }
+        let large = #"{"position_uid":"11.11","partner_candidate_id":"c-big","first_name":"Ada","last_name":"Example","#
+            + #""email":"ada@example.org","files":["# + (0..<3).map(file).joined(separator: ",") + "]}"
+        let small = Candidates.json(partnerID: "c-small")
+        for (body, partnerID) in [(large, "c-big"), (small, "c-small")] {
+            let id = try #require(try await relay.post(body))
+            _ = try #require(try await relay.waitFor(id, states: ["delivered"]))
+            let request = try #require(await relay.simulator.snapshot().requests.first { $0.partnerCandidateID == partnerID })
+            let sent = SHA256.hash(data: Data(body.utf8)).map { String(format: "%02x", $0) }.joined()
+            #expect(request.bodySHA256 == sent)
+        }
+        #expect(large.utf8.count > 3_000_000)
         await relay.stop()
     }
 
