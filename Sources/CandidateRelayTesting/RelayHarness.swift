@@ -60,10 +60,16 @@ public final class RelayHarness: Sendable {
 
     /// Graceful shutdown (as SIGTERM), then stops the simulator and removes the directory.
     public func stop() async {
-        await application.shutdown()
-        _ = try? await task.value
+        await shutdownAndWait()
         await simulator.stop()
         directory.cleanup()
+    }
+
+    /// Graceful shutdown (as SIGTERM), returning once the relay has stopped; the simulator and
+    /// the directory stay for the test to inspect (`stop()` still has to be called).
+    public func shutdownAndWait() async {
+        await application.shutdown()
+        _ = try? await task.value
     }
 
     /// Writes a config file for a reload: this relay's storage, simulator and open ingest, the

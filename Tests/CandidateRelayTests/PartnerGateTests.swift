@@ -44,6 +44,36 @@ import Testing
 
     static let down = AttemptReport(health: .down, status: 503)
 
+    /// The prefetch admission (`tryAdmit`) never waits and never takes what someone else would
+    /// have: an event a free worker can take at once, a place of a full window, an open or
+    /// probing circuit's request, the worker kept free for fresh events.
+    @Test func aPrefetchIsAdmittedOnlyWhenEveryWorkerIsBusyAndNothingWouldWait() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["default"], requests: 2, perSeconds: 60, workers: 1)
+        #expect(await gate.tryAdmit() == nil)  // the one worker holds nothing: it takes the event itself
+        let busy = await gate.bind(try await gate.admit(), to: "default")
+        let prefetch = try #require(await gate.tryAdmit())
+        #expect(prefetch.keptFree == false)
+        #expect(await gate.tryAdmit() == nil)  // the window (2 per 60 s) is full
+        await gate.release(prefetch)
+        try await gate.withSlot(busy, account: "default") {}
+        await gate.settle(busy, Self.down)
+
+        let breaking = Self.gate(ManualClock(), accounts: ["default"], workers: 1)
+        let held = await breaking.bind(try await breaking.admit(), to: "default")
+        for _ in 0..<5 { try await Self.send(breaking, "default", Self.down) }  // opens the circuit
+        #expect(await breaking.tryAdmit() == nil)
+        await breaking.settle(held, AttemptReport(health: .up, status: 201))
+
+        // Two accounts: every busy worker leaves only the one kept free for fresh events.
+        let accounts = Self.gate(ManualClock(), accounts: ["a", "b"], workers: 2)
+        let first = await accounts.bind(try await accounts.admit(), to: "a")
+        let second = await accounts.bind(try await accounts.admit(), to: "b")
+        #expect(await accounts.tryAdmit() == nil)
+        await accounts.settle(first, AttemptReport(health: .up, status: 201))
+        await accounts.settle(second, AttemptReport(health: .up, status: 201))
+    }
+
     /// The resend after a 401 on the circuit's single probe must not wait for that probe.
     @Test func resendDuringAProbeDoesNotWaitForItself() async throws {
         let clock = ManualClock()

@@ -48,6 +48,40 @@ import Testing
         await relay.stop()
     }
 
+    /// With every worker busy, a worker claims its next event while its request is in flight;
+    /// at shutdown that event, never sent, goes back to pending without using an attempt.
+    @Test func aPrefetchedEventIsHandedBackAtShutdown() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 800
+        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "pf-\(n)")))) }
+        // The first is being sent and the second claimed meanwhile: two in flight.
+        let prefetched = try await eventually {
+            var count = 0
+            for id in ids where try await relay.client.record(id)?["state"] as? String == "in_flight" { count += 1 }
+            return count == 2
+        }
+        #expect(prefetched)
+        // The grace period (2 s) lets a 0.8 s request finish; the pool hears of the shutdown
+        // after the services started after it, so it may deliver one more meanwhile.
+        await relay.shutdownAndWait()
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        var records: [String: EventRecord] = [:]
+        for id in ids { records[id] = try #require(try await outbox.record(id: id)) }
+        let delivered = records.values.filter { $0.state == .delivered }
+        #expect(delivered.allSatisfy { $0.attempts == 1 })
+        #expect(await relay.simulator.snapshot().requests.count == delivered.count)
+        // The event claimed while the last request was in flight went back, never sent.
+        let interrupted = relay.logs.events("delivery.interrupted")
+        #expect(interrupted.count == 1)
+        let handedBackID = try #require(interrupted.first?["event_id"] as? String)
+        let handedBack = try #require(records[handedBackID])
+        #expect(handedBack.state == .pending && handedBack.attempts == 0)
+        #expect(records.values.allSatisfy { $0.state == .delivered || ($0.state == .pending && $0.attempts == 0) })
+        await relay.stop()
+    }
+
     @Test func conflictBecomesALinkToTheExistingCandidate() async throws {
         let relay = try await RelayHarness()
         let first = try #require(try await relay.post(Candidates.json(partnerID: "dup"), key: "k1"))

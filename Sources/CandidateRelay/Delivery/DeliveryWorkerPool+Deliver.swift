@@ -145,7 +145,7 @@ extension DeliveryWorkerPool {
 
     /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write
     /// would leave the event in flight (an attempt lost) instead of recorded.
-    private func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
+    func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
         await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
     }
 

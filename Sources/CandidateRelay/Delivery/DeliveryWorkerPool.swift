@@ -89,20 +89,38 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     var isDraining: Bool { drain.hasStarted }
 
+    /// An event claimed, with its admission, while the worker's previous request was in flight.
+    struct Prefetched: Sendable {
+        var admission: PartnerGate.Admission
+        var event: ClaimedEvent
+    }
+
     /// One worker: claim, deliver, repeat; idle waits on the doorbell or the next due time.
     func workerLoop(index: Int) async {
         defer { _ = running.withLock { $0.remove(index) } }
+        var prefetched: Prefetched?
         while !isDraining && !Task.isCancelled && index < settings.value.workers {
             do {
-                _ = try await runOnce()
+                prefetched = try await runOnce(prefetched: prefetched.take())
             } catch is CancellationError {
-                return
+                break
             } catch {
                 logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
                              LogFields(error: Self.errorCode(error)))
                 try? await TimerSleep.sleep(seconds: 0.5)
             }
         }
+        // Claimed but not sent (draining, fewer workers after a reload): back to pending
+        // without using an attempt.
+        if let prefetched { await handBack(prefetched) }
+    }
+
+    private func handBack(_ prefetched: Prefetched) async {
+        await gate.release(prefetched.admission)
+        await record(prefetched.event, .interrupted, latencyMs: nil, now: now())
+        logger.event(.notice, "delivery.interrupted", "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt",
+                     fields(prefetched.event))
+        metrics.delivery(outcome: "interrupted", account: prefetched.event.account)
     }
 
     /// Waits for the doorbell, the next due event of the accounts that could send, the end of
@@ -119,30 +137,52 @@ public final class DeliveryWorkerPool: Service, Sendable {
         await doorbell.wait(upTo: wait)
     }
 
-    /// Delivers at most one event. Returns false when none was due (after waiting idle for one).
-    /// The gate's admission is released, or bound and then settled, exactly once on every path.
-    public func runOnce() async throws -> Bool {
-        guard let admission = try await admit() else { return false }
+    /// Delivers at most one event: `prefetched`, or the next due one (after waiting idle for
+    /// one when none is due). While its request is in flight it claims the next event if the
+    /// gate admits one at once (`tryAdmit`), and returns it: the claim's commit then overlaps
+    /// the partner's answer instead of adding to each delivery's time. The gate's admission is
+    /// released, or bound and then settled, exactly once on every path.
+    func runOnce(prefetched: Prefetched? = nil) async throws -> Prefetched? {
         let current = settings.value
-        let event: ClaimedEvent?
-        do {
-            event = try await claim(accounts: admission.accounts,
-                                    freshSince: admission.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
-                                    settings: current)
-        } catch {
-            await gate.release(admission)
-            throw error
-        }
-        guard let event else {
-            await gate.release(admission)
-            // The worker kept free waits for a fresh event (the doorbell), not for the due
-            // backlog it may not take.
-            await idleWait(accounts: admission.keptFree ? [] : admission.accounts)
-            return false
+        let admission: PartnerGate.Admission
+        let event: ClaimedEvent
+        if let prefetched {
+            (admission, event) = (prefetched.admission, prefetched.event)
+        } else {
+            guard let admitted = try await admit() else { return nil }
+            let claimed: ClaimedEvent?
+            do {
+                claimed = try await claim(accounts: admitted.accounts,
+                                          freshSince: admitted.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
+                                          settings: current)
+            } catch {
+                await gate.release(admitted)
+                throw error
+            }
+            guard let claimed else {
+                await gate.release(admitted)
+                // The worker kept free waits for a fresh event (the doorbell), not for the due
+                // backlog it may not take.
+                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts)
+                return nil
+            }
+            (admission, event) = (admitted, claimed)
         }
         let permit = await gate.bind(admission, to: event.account)
-        await deliver(event, permit: permit, settings: current)
-        return true
+        async let delivered: Void = deliver(event, permit: permit, settings: current)
+        let next = await prefetch(settings: current)
+        await delivered
+        return next
+    }
+
+    /// The next due event, claimed now if the gate admits one without waiting; nil otherwise.
+    private func prefetch(settings current: DeliverySettings) async -> Prefetched? {
+        guard !isDraining, let admission = await gate.tryAdmit() else { return nil }
+        if let event = try? await claim(accounts: admission.accounts, freshSince: nil, settings: current) {
+            return Prefetched(admission: admission, event: event)
+        }
+        await gate.release(admission)
+        return nil
     }
 
     /// Leases the next due event of the first of `accounts` that has one; logs those that

@@ -200,16 +200,42 @@ public actor PartnerGate {
                 try await sleep(until: until)
                 continue
             case .send(let probe):
-                for id in places.keys { accounts[id]?.busy += 1 }
-                // Fewest requests in flight first, then least recently served (then by id: a stable order).
-                let order = places.keys.sorted {
-                    (accounts[$0]!.permits, accounts[$0]!.lastServed, $0) < (accounts[$1]!.permits, accounts[$1]!.lastServed, $1)
-                }
-                nextID += 1
-                held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
-                return Admission(id: nextID, accounts: order, keptFree: keptFree)
+                return grant(places, probe: probe, keptFree: keptFree, now: current)
             }
         }
+    }
+
+    /// An admission now, for a worker to claim its next event while its current request is in
+    /// flight, never at anyone's expense: nil while some worker holds nothing (it is free to
+    /// take that event at once itself; a prefetch would only make the event wait for another
+    /// request), when it would have to wait (a pause, a full window, a circuit that is not
+    /// closed), or when it would be the worker kept free for fresh events.
+    public func tryAdmit() -> Admission? {
+        let current = now()
+        guard held.count >= workers else { return nil }
+        guard pausedUntil <= current, global.earliestAllowed(now: current) == current, !breaker.isOpen else { return nil }
+        let configured = accounts.filter { $0.value.configured }
+        if configured.count > 1 && workers > 1 && held.count >= workers - 1 { return nil }
+        var places: [String: SlidingWindowLimiter.Ticket] = [:]
+        for (id, account) in configured where account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
+            if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
+        }
+        guard !places.isEmpty, case .send(probe: false) = breaker.admit(now: current) else {
+            for (id, ticket) in places { accounts[id]?.limiter.cancel(ticket) }
+            return nil
+        }
+        return grant(places, probe: false, keptFree: false, now: current)
+    }
+
+    private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, now current: Date) -> Admission {
+        for id in places.keys { accounts[id]?.busy += 1 }
+        // Fewest requests in flight first, then least recently served (then by id: a stable order).
+        let order = places.keys.sorted {
+            (accounts[$0]!.permits, accounts[$0]!.lastServed, $0) < (accounts[$1]!.permits, accounts[$1]!.lastServed, $1)
+        }
+        nextID += 1
+        held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
+        return Admission(id: nextID, accounts: order, keptFree: keptFree)
     }
 
     /// When an account that cannot send now may send again (its pause, back-off or window
