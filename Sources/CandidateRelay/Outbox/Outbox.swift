@@ -39,13 +39,18 @@ public final class Outbox: Sendable {
             // freed pages where a copy of the file would still show them. Debian's SQLite is
             // built with this default; other builds are not.
             try db.execute(sql: "PRAGMA secure_delete = ON")
+            // Readers (status, metrics, the read API, readiness) scan little and rarely: a small
+            // page cache each. The writer gets SQLite's default back below.
+            try db.execute(sql: "PRAGMA cache_size = -512")
         }
+        configuration.maximumReaderCount = 3
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
             // GRDB sets synchronous=NORMAL on the WAL writer after prepareDatabase: set FULL again,
             // so that a 202 really means fsync'd.
             try pool.writeWithoutTransaction { db in
                 try db.execute(sql: "PRAGMA synchronous = FULL")
+                try db.execute(sql: "PRAGMA cache_size = -2000")
             }
             try OutboxSchema.migrator.migrate(pool)
         } catch {
