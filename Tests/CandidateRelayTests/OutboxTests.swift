@@ -274,6 +274,22 @@ import Testing
         #expect(try fileHolds() == false)
     }
 
+    /// A claim ahead (`smallPayloadOnly`, by a worker whose request is out) leaves an event with
+    /// a large payload for a free worker.
+    @Test func aClaimAheadLeavesLargePayloads() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        var large = Self.submission("e1", partnerID: "L", at: start)
+        large.payload = Data(repeating: 0x61, count: PayloadStore.directLimit + 1)
+        _ = try await outbox.accept(large, maxBacklog: 10)
+        let ahead = try await outbox.claimNextDue(smallPayloadOnly: true, now: start, leaseSeconds: 60, maxAgeSeconds: 1_000, maxAttempts: 5)
+        #expect(ahead.claimed == nil)
+        #expect(try await outbox.record(id: "e1")?.state == .pending)
+        let free = try await outbox.claimNextDue(now: start, leaseSeconds: 60, maxAgeSeconds: 1_000, maxAttempts: 5)
+        #expect(free.claimed?.payload == large.payload)
+    }
+
     @Test func replayIsAnsweredEvenWhenTheBacklogIsFull() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

@@ -74,6 +74,41 @@ import Testing
         await accounts.settle(second, AttemptReport(health: .up, status: 201))
     }
 
+    /// A worker whose request is out and that already claimed ahead counts once: with one
+    /// worker idle, nobody claims ahead (the idle one takes the event at once).
+    @Test func aPrefetchDoesNotCountAsABusyWorker() async throws {
+        let gate = Self.gate(ManualClock(), accounts: ["default"], workers: 3)
+        let a = await gate.bind(try await gate.admit(), to: "default")
+        let b = await gate.bind(try await gate.admit(), to: "default")
+        let c = await gate.bind(try await gate.admit(), to: "default")
+        let ahead = try #require(await gate.tryAdmit())  // all three busy: b claims ahead
+        try await gate.withSlot(a, account: "default") {}
+        await gate.settle(a, AttemptReport(health: .up, status: 201))  // a is idle now
+        #expect(await gate.tryAdmit() == nil)
+        // b's request ends and its claimed-ahead event becomes its request: still one each.
+        try await gate.withSlot(b, account: "default") {}
+        await gate.settle(b, AttemptReport(health: .up, status: 201))
+        let next = await gate.bind(ahead, to: "default")
+        #expect(await gate.tryAdmit() == nil)
+        await gate.settle(next, .nothingSent)
+        await gate.settle(c, .nothingSent)
+    }
+
+    /// An admission given back unused returns its place in the global window too (with
+    /// `partner.global_rate_limit` set, idle workers' empty claims used to fill it for good).
+    @Test func aReleasedAdmissionGivesBackItsGlobalPlace() async throws {
+        let gate = Self.gate(ManualClock(), accounts: ["default"], workers: 1, global: .init(requests: 1, perSeconds: 60))
+        let admitted = Mutex(0)
+        let task = Task {
+            for _ in 0..<3 {
+                await gate.release(try await gate.admit())
+                admitted.withLock { $0 += 1 }
+            }
+        }
+        #expect(await eventually(timeout: 10, interval: 0.01) { admitted.withLock { $0 } == 3 })
+        task.cancel()
+    }
+
     /// The resend after a 401 on the circuit's single probe must not wait for that probe.
     @Test func resendDuringAProbeDoesNotWaitForItself() async throws {
         let clock = ManualClock()

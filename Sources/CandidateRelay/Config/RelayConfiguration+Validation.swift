@@ -10,6 +10,8 @@ extension ConfigurationLoader {
         check((0...65535).contains(config.listen.port), "listen.port", "must be 0...65535")
         check(!config.listen.host.isEmpty, "listen.host", "must not be empty")
         check(config.ingest.maxBodyBytes >= 1024, "ingest.max_body_bytes", "must be at least 1024")
+        // SQLite's own limit on one value (SQLITE_MAX_LENGTH): a larger body could not be stored.
+        check(config.ingest.maxBodyBytes <= 1_000_000_000, "ingest.max_body_bytes", "must be at most 1000000000")
         check(config.ingest.maxBacklog >= 1, "ingest.max_backlog", "must be at least 1")
         problems += inboundProblems(config, secretsRequired: secretsRequired)
         check(config.storage.payloadRetentionDays >= 0, "storage.payload_retention_days", "must be >= 0")

@@ -55,9 +55,11 @@ extension DeliveryWorkerPool {
         // The worker goes on to its next claim without waiting for this outcome's commit: the
         // two usually share one transaction (one fsync wait per delivery, not two; with 16
         // workers delivery was bound by those waits). Shutdown waits for every outcome.
-        outcomes.run { [self] in
-            await recordNow(event, decision.outcome, latencyMs: exchange.latencyMs, now: current)
-            log(event, decision: decision, exchange: exchange)
+        var recorded = event
+        recorded.payload = Data()  // not needed to record: not held (a large one) until the commit
+        outcomes.run { [self, recorded] in
+            await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current)
+            log(recorded, decision: decision, exchange: exchange)
         }
     }
 
@@ -196,7 +198,7 @@ extension DeliveryWorkerPool {
             metrics.delivery(outcome: "dead", account: event.account)
             let code = String(error.prefix { $0 != ":" })
             logger.event(.error, "delivery.dead", "delivery gave up; event is dead", fields(event, status: status, latencyMs: latency, error: code))
-        case .interrupted:
+        case .interrupted, .unsent:
             break
         }
     }

@@ -101,7 +101,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         var prefetched: Prefetched?
         while !isDraining && !Task.isCancelled && index < settings.value.workers {
             do {
-                prefetched = try await runOnce(prefetched: prefetched.take())
+                prefetched = try await runOnce(prefetched: prefetched.take(), mayPrefetch: { [self] in index < settings.value.workers })
             } catch is CancellationError {
                 break
             } catch {
@@ -117,7 +117,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     private func handBack(_ prefetched: Prefetched) async {
         await gate.release(prefetched.admission)
-        await record(prefetched.event, .interrupted, latencyMs: nil, now: now())
+        await record(prefetched.event, .unsent, latencyMs: nil, now: now())
         logger.event(.notice, "delivery.interrupted", "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt",
                      fields(prefetched.event))
         metrics.delivery(outcome: "interrupted", account: prefetched.event.account)
@@ -142,7 +142,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// gate admits one at once (`tryAdmit`), and returns it: the claim's commit then overlaps
     /// the partner's answer instead of adding to each delivery's time. The gate's admission is
     /// released, or bound and then settled, exactly once on every path.
-    func runOnce(prefetched: Prefetched? = nil) async throws -> Prefetched? {
+    func runOnce(prefetched: Prefetched?, mayPrefetch: @Sendable () -> Bool) async throws -> Prefetched? {
         let current = settings.value
         let admission: PartnerGate.Admission
         let event: ClaimedEvent
@@ -170,7 +170,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         }
         let permit = await gate.bind(admission, to: event.account)
         async let delivered: Void = deliver(event, permit: permit, settings: current)
-        let next = await prefetch(settings: current)
+        let next = mayPrefetch() ? await prefetch(settings: current) : nil
         await delivered
         return next
     }
@@ -178,7 +178,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// The next due event, claimed now if the gate admits one without waiting; nil otherwise.
     private func prefetch(settings current: DeliverySettings) async -> Prefetched? {
         guard !isDraining, let admission = await gate.tryAdmit() else { return nil }
-        if let event = try? await claim(accounts: admission.accounts, freshSince: nil, settings: current) {
+        if let event = try? await claim(accounts: admission.accounts, freshSince: nil, smallPayloadOnly: true, settings: current) {
             return Prefetched(admission: admission, event: event)
         }
         await gate.release(admission)
@@ -187,8 +187,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// Leases the next due event of the first of `accounts` that has one; logs those that
     /// expired at claim time instead.
-    private func claim(accounts: [String], freshSince: Date?, settings current: DeliverySettings) async throws -> ClaimedEvent? {
-        let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, now: now(), leaseSeconds: current.leaseSeconds,
+    private func claim(accounts: [String], freshSince: Date?, smallPayloadOnly: Bool = false,
+                       settings current: DeliverySettings) async throws -> ClaimedEvent? {
+        let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly,
+                                                   now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         for expired in result.expired {
             metrics.delivery(outcome: "dead", account: expired.account)
@@ -214,6 +216,12 @@ public final class DeliveryWorkerPool: Service, Sendable {
             if let first, self.isDraining {
                 await gate.release(first)
                 return nil
+            }
+            if first == nil {
+                // Draining won, but the gate may have admitted in the same instant: give it back.
+                while let late = try? await group.next() {
+                    if let late { await gate.release(late) }
+                }
             }
             return first
         }

@@ -26,12 +26,16 @@ public enum RecordedOutcome: Sendable, Equatable {
     case dead(status: Int?, error: String)
     /// Handed back at shutdown: pending again now, the attempt not counted.
     case interrupted
+    /// Claimed ahead by a busy worker and never sent (shutdown, fewer workers): pending again,
+    /// the attempt not counted and no history row (no request to remember, none to count in the
+    /// rate windows after a restart).
+    case unsent
 
     var state: EventState {
         switch self {
         case .delivered: .delivered
         case .linked: .linked
-        case .retry, .interrupted: .pending
+        case .retry, .interrupted, .unsent: .pending
         case .dead: .dead
         }
     }
@@ -41,7 +45,7 @@ public enum RecordedOutcome: Sendable, Equatable {
         switch self {
         case .linked(_, _, let error): error
         case .retry(_, _, let error), .dead(_, let error): error
-        case .delivered, .interrupted: nil
+        case .delivered, .interrupted, .unsent: nil
         }
     }
 
@@ -55,6 +59,7 @@ public enum RecordedOutcome: Sendable, Equatable {
         case .retry: "retry"
         case .dead: "dead"
         case .interrupted: "interrupted"
+        case .unsent: "unsent"
         }
     }
 }
@@ -76,6 +81,9 @@ struct ClaimRequest: Sendable {
     /// Only an account whose oldest due event arrived at or after this (the worker kept free
     /// for fresh events); nil: any.
     var freshSince: Date?
+    /// Only an event whose payload is small (a claim ahead by a busy worker must not hold a
+    /// large body while its current request is out; a free worker takes that one).
+    var smallPayloadOnly = false
     var now: Date
     var leaseSeconds: Double
     var maxAgeSeconds: Double
@@ -120,11 +128,12 @@ extension Outbox {
     /// `maxAge`, with `maxAttempts` used (a crash after the last attempt, a lowered limit), or
     /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
     /// the worker can log them.
-    public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], freshSince: Date? = nil, now: Date,
+    public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], freshSince: Date? = nil,
+                             smallPayloadOnly: Bool = false, now: Date,
                              leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
         guard !accounts.isEmpty else { return ClaimResult(claimed: nil, expired: []) }
-        let request = ClaimRequest(accounts: accounts, freshSince: freshSince, now: now, leaseSeconds: leaseSeconds,
-                                   maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
+        let request = ClaimRequest(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly, now: now,
+                                   leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
         guard case .claimed(let result) = try await deliveryWrite(.claim(request)) else {
             throw OutboxError.storage("claim answered with another kind of result")
         }
@@ -178,6 +187,7 @@ extension Outbox {
             let budgetStartedAt = Date(millis: row["budget_started_at"])
             let attempts: Int = row["attempts"]
             let spent = now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
+            if !spent, request.smallPayloadOnly, (try PayloadStore.size(db, eventID: id) ?? 0) > PayloadStore.directLimit { return nil }
             let payload = spent ? nil : try PayloadStore.read(db, eventID: id)
             if spent || payload == nil {
                 let reason = !spent ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
@@ -238,7 +248,7 @@ extension Outbox {
             status = code
             sets += ", next_attempt_at = NULL, last_status = ?"
             arguments += [code]
-        case .interrupted:
+        case .interrupted, .unsent:
             sets += ", next_attempt_at = ?, attempts = attempts - 1"
             arguments += [now.millis]
         }
@@ -248,7 +258,7 @@ extension Outbox {
             // message may quote a submitted value, so only its code is kept then.
             sets += ", last_error = CASE WHEN payload_erased_at IS NULL THEN ? ELSE ? END"
             arguments += [outcome.error, outcome.errorCode]
-        case .delivered, .interrupted:
+        case .delivered, .interrupted, .unsent:
             break
         }
         arguments += [event.id, event.lease]
@@ -257,6 +267,7 @@ extension Outbox {
         guard let erased = try Bool.fetchOne(
             db.cachedStatement(sql: "UPDATE events SET \(sets) WHERE id = ? AND state = 'in_flight' AND lease = ? RETURNING payload_erased_at IS NOT NULL"),
             arguments: arguments) else { return false }
+        if outcome == .unsent { return true }
         try db.cachedStatement(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)").execute(
             arguments: [event.id, event.attempt, now.millis, outcome.name, status, erased ? outcome.errorCode : outcome.error,
                         completion.latencyMs])

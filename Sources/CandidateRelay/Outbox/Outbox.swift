@@ -35,9 +35,10 @@ public final class Outbox: Sendable {
         configuration.busyMode = .timeout(10)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
-            // Erased payloads (`forget`, retention) are overwritten with zeros, not just left in
-            // freed pages where a copy of the file would still show them. Debian's SQLite is
-            // built with this default; other builds are not.
+            // Erased payloads (`forget`, retention) are overwritten with zeros in the database
+            // file, not just left in freed pages where a copy of it would still show them (the
+            // WAL's older frames keep them until reused). Debian's SQLite is built with this
+            // default; other builds are not.
             try db.execute(sql: "PRAGMA secure_delete = ON")
             // Readers (status, metrics, the read API, readiness) scan little and rarely: a small
             // page cache each. The writer gets SQLite's default back below.

@@ -48,6 +48,11 @@ enum PayloadStore {
         return body
     }
 
+    /// The size of the event's payload in bytes, nil once erased (without reading it).
+    static func size(_ db: Database, eventID: String) throws -> Int? {
+        try Int.fetchOne(db.cachedStatement(sql: "SELECT length(body) FROM payloads WHERE event_id = ?"), arguments: [eventID])
+    }
+
     /// Erases the payloads of the events matching `condition` (a WHERE clause on `events`).
     /// (`Outbox` turns `secure_delete` on, so the bytes are overwritten, not only unlinked.)
     static func erase(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {

@@ -51,7 +51,9 @@ final class DeadlineReaper: Sendable {
         } onCancel: {
             task.cancel()
         }
-        if timedOut.load(ordering: .acquiring) { return nil }
+        // Past the deadline only a failure (the cancellation) is a timeout: an answer that
+        // arrived in the same instant is kept.
+        if timedOut.load(ordering: .acquiring), case .failure = result { return nil }
         return try result.get()
     }
 

@@ -86,6 +86,8 @@ public actor PartnerGate {
 
     private struct Held {
         var probe: Bool
+        /// Granted by `tryAdmit` to a worker that already holds another admission or request.
+        var prefetch = false
         var global: SlidingWindowLimiter.Ticket?
         /// Places in the accounts' windows not used yet (an admission: one per account).
         var places: [String: SlidingWindowLimiter.Ticket]
@@ -209,22 +211,24 @@ public actor PartnerGate {
     /// flight, never at anyone's expense: nil while some worker holds nothing (it is free to
     /// take that event at once itself; a prefetch would only make the event wait for another
     /// request), when it would have to wait (a pause, a full window, a circuit that is not
-    /// closed), or when it would be the worker kept free for fresh events.
+    /// closed, so never the half-open probe), and with several accounts: there, every worker
+    /// busy means the next admission is the one kept free for fresh events, which a prefetch of
+    /// the oldest due event must not take.
     public func tryAdmit() -> Admission? {
         let current = now()
-        guard held.count >= workers else { return nil }
+        // One admission or request per worker, besides the prefetches themselves.
+        guard held.values.count(where: { !$0.prefetch }) >= workers else { return nil }
         guard pausedUntil <= current, global.earliestAllowed(now: current) == current, !breaker.isOpen else { return nil }
         let configured = accounts.filter { $0.value.configured }
-        if configured.count > 1 && workers > 1 && held.count >= workers - 1 { return nil }
+        if configured.count > 1 { return nil }
         var places: [String: SlidingWindowLimiter.Ticket] = [:]
         for (id, account) in configured where account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
             if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
         }
-        guard !places.isEmpty, case .send(probe: false) = breaker.admit(now: current) else {
-            for (id, ticket) in places { accounts[id]?.limiter.cancel(ticket) }
-            return nil
-        }
-        return grant(places, probe: false, keptFree: false, now: current)
+        guard !places.isEmpty else { return nil }
+        let admission = grant(places, probe: false, keptFree: false, now: current)
+        held[admission.id]?.prefetch = true
+        return admission
     }
 
     private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, now current: Date) -> Admission {
@@ -263,6 +267,7 @@ public actor PartnerGate {
     public func release(_ admission: Admission) {
         guard let entry = held.removeValue(forKey: admission.id) else { return }
         cancelPlaces(entry)
+        if let ticket = entry.global { global.cancel(ticket) }
         if entry.probe { breaker.cancelProbe() }
     }
 
@@ -273,6 +278,7 @@ public actor PartnerGate {
         cancelPlaces(entry)
         entry.places = kept.map { [account: $0] } ?? [:]
         entry.account = account
+        entry.prefetch = false  // its worker's previous request is over: this is now its one request
         if kept == nil { accounts[account]?.busy += 1 }
         served += 1
         accounts[account]?.lastServed = served
