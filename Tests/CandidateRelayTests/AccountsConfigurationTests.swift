@@ -15,6 +15,18 @@ import Testing
         return dir
     }
 
+    /// Signed ingest and the named accounts, each with an api-key file `<id>-key` holding the
+    /// given key (the accounts in the order given).
+    static func fixture(accounts: KeyValuePairs<String, String>) throws -> TemporaryDirectory {
+        let lines = accounts.map { "  \($0.key): { api_key_file: \($0.key)-key }" }.joined(separator: "\n")
+        return try fixture("""
+            storage: { path: $DIR/o.sqlite3 }
+            ingest: { signing_secrets_file: inbound-secrets }
+            accounts:
+            \(lines)
+            """, files: Dictionary(uniqueKeysWithValues: accounts.map { ("\($0.key)-key", $0.value) }))
+    }
+
     static func account(_ config: RelayConfiguration, _ id: String) -> AccountConfiguration? {
         config.accounts.first { $0.id == id }
     }
@@ -98,12 +110,7 @@ import Testing
     }
 
     @Test func withAccountsPartnerAuthApiKeyIsNotNeeded() async throws {
-        let dir = try Self.fixture("""
-            storage: { path: $DIR/o.sqlite3 }
-            ingest: { signing_secrets_file: inbound-secrets }
-            accounts:
-              acme: { api_key_file: acme-key }
-            """, files: ["acme-key": "acme-api-key"])
+        let dir = try Self.fixture(accounts: ["acme": "acme-api-key"])
         defer { dir.cleanup() }
         try FileManager.default.removeItem(atPath: dir.file("comeet-api-key"))
         #expect(await ConfigurationTests.problems(dir) == [])
@@ -170,12 +177,7 @@ import Testing
     }
 
     @Test func anEnvironmentVariableForAnAccountNotInTheFileIsUnknown() async throws {
-        let dir = try Self.fixture("""
-            storage: { path: $DIR/o.sqlite3 }
-            ingest: { signing_secrets_file: inbound-secrets }
-            accounts:
-              acme: { api_key_file: acme-key }
-            """, files: ["acme-key": "acme-api-key"])
+        let dir = try Self.fixture(accounts: ["acme": "acme-api-key"])
         defer { dir.cleanup() }
         #expect(await ConfigurationTests.problems(dir, env: ["CANDIDATE_RELAY_ACCOUNTS_GLOBEX_API_KEY": "k"])
                 == ["CANDIDATE_RELAY_ACCOUNTS_GLOBEX_API_KEY: unknown environment variable (no such configuration key)"])
@@ -186,13 +188,7 @@ import Testing
     }
 
     @Test func twoAccountsWithOneApiKeyIsAProblem() async throws {
-        let dir = try Self.fixture("""
-            storage: { path: $DIR/o.sqlite3 }
-            ingest: { signing_secrets_file: inbound-secrets }
-            accounts:
-              acme: { api_key_file: acme-key }
-              globex: { api_key_file: globex-key }
-            """, files: ["acme-key": "same-key", "globex-key": " same-key "])
+        let dir = try Self.fixture(accounts: ["acme": "same-key", "globex": " same-key "])
         defer { dir.cleanup() }
         #expect(await ConfigurationTests.problems(dir)
                 == ["accounts.globex.api_key_file: the same api-key as account acme: one customer, one account"])
@@ -235,13 +231,7 @@ import Testing
 
     /// A missing shared default is one problem, not one per account that falls back on it.
     @Test func aMissingSharedSecretIsReportedOnce() async throws {
-        let dir = try Self.fixture("""
-            storage: { path: $DIR/o.sqlite3 }
-            ingest: { signing_secrets_file: inbound-secrets }
-            accounts:
-              acme: { api_key_file: acme-key }
-              globex: { api_key_file: globex-key }
-            """, files: ["acme-key": "acme-api-key", "globex-key": "globex-api-key"])
+        let dir = try Self.fixture(accounts: ["acme": "acme-api-key", "globex": "globex-api-key"])
         defer { dir.cleanup() }
         try FileManager.default.removeItem(atPath: dir.file("comeet-secret"))
         let problems = await ConfigurationTests.problems(dir)
