@@ -187,8 +187,14 @@ extension Outbox {
             let budgetStartedAt = Date(millis: row["budget_started_at"])
             let attempts: Int = row["attempts"]
             let spent = now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
-            if !spent, request.smallPayloadOnly, (try PayloadStore.size(db, eventID: id) ?? 0) > PayloadStore.directLimit { return nil }
-            let payload = spent ? nil : try PayloadStore.read(db, eventID: id)
+            var payload: Data?
+            if !spent {
+                switch try PayloadStore.read(db, eventID: id, smallOnly: request.smallPayloadOnly) {
+                case .body(let body): payload = body
+                case .erased: payload = nil
+                case .large: return nil  // for a free worker, not one claiming ahead
+                }
+            }
             if spent || payload == nil {
                 let reason = !spent ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(

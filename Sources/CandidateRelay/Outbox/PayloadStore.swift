@@ -28,15 +28,24 @@ enum PayloadStore {
         guard rc == SQLITE_OK else { throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: "payload write failed") }
     }
 
-    /// The event's payload, nil once erased.
-    static func read(_ db: Database, eventID: String) throws -> Data? {
+    /// What `read` found.
+    enum Stored {
+        case body(Data)
+        case erased
+        /// Over `directLimit`, and the caller asked for small bodies only (nothing was read).
+        case large
+    }
+
+    /// The event's payload, or that it was erased; with `smallOnly`, a large one is not read.
+    static func read(_ db: Database, eventID: String, smallOnly: Bool = false) throws -> Stored {
         guard let row = try Row.fetchOne(
             db.cachedStatement(sql: """
                 SELECT rowid, length(body) AS size, CASE WHEN length(body) <= ? THEN body END AS body
                 FROM payloads WHERE event_id = ?
                 """),
-            arguments: [directLimit, eventID]) else { return nil }
-        if let body = row["body"] as Data? { return body }
+            arguments: [directLimit, eventID]) else { return .erased }
+        if let body = row["body"] as Data? { return .body(body) }
+        if smallOnly { return .large }
         let size: Int = row["size"]
         let blob = try openBlob(db, rowID: row["rowid"], writable: false)
         defer { sqlite3_blob_close(blob) }
@@ -45,12 +54,7 @@ enum PayloadStore {
             sqlite3_blob_read(blob, bytes.baseAddress, Int32(size), 0)
         }
         guard rc == SQLITE_OK else { throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: "payload read failed") }
-        return body
-    }
-
-    /// The size of the event's payload in bytes, nil once erased (without reading it).
-    static func size(_ db: Database, eventID: String) throws -> Int? {
-        try Int.fetchOne(db.cachedStatement(sql: "SELECT length(body) FROM payloads WHERE event_id = ?"), arguments: [eventID])
+        return .body(body)
     }
 
     /// Erases the payloads of the events matching `condition` (a WHERE clause on `events`).
