@@ -71,10 +71,9 @@ extension RelayApplication {
         }
         var problems: [String] = []
         for account in removed.sorted() {
-            let counts = status.accounts[account]?.counts ?? [:]
-            let pending = counts[.pending] ?? 0
-            let inFlight = counts[.inFlight] ?? 0
-            guard pending + inFlight > 0 else { continue }
+            guard let figures = status.accounts[account], figures.undelivered > 0 else { continue }
+            let pending = figures.counts[.pending] ?? 0
+            let inFlight = figures.counts[.inFlight] ?? 0
             problems.append("accounts.\(account): still has \(pending) pending and \(inFlight) in-flight event(s); it can leave once they are delivered or dead")
             logger.event(.error, "config.reload_rejected", "the new configuration drops an account that still has events to deliver; keeping the old one",
                          LogFields(account: account, numbers: ["count_pending": Double(pending), "count_in_flight": Double(inFlight)]))

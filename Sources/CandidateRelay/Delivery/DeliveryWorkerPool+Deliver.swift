@@ -34,11 +34,7 @@ extension DeliveryWorkerPool {
             // ignores it otherwise).
             await gate.settle(permit, .nothingSent)
             await record(event, .interrupted, latencyMs: nil, now: now())
-            if sent == nil {
-                logger.event(.notice, "delivery.interrupted", "shutdown grace over; event handed back without using an attempt",
-                             fields(event))
-                metrics.delivery(outcome: "interrupted", account: event.account)
-            }
+            if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt") }
             return
         }
         let current = now()
@@ -173,6 +169,12 @@ extension DeliveryWorkerPool {
                 try? await TimerSleep.sleep(seconds: 1)
             }
         }
+    }
+
+    /// `delivery.interrupted`: the event went back to pending without using an attempt.
+    func logInterrupted(_ event: ClaimedEvent, _ message: String) {
+        logger.event(.notice, "delivery.interrupted", message, fields(event))
+        metrics.delivery(outcome: "interrupted", account: event.account)
     }
 
     private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange) {

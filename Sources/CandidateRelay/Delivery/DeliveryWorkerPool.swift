@@ -101,7 +101,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
         var prefetched: Prefetched?
         while !isDraining && !Task.isCancelled && index < settings.value.workers {
             do {
-                prefetched = try await runOnce(prefetched: prefetched.take(), mayPrefetch: { [self] in index < settings.value.workers })
+                // (The gate never admits a claim ahead with several accounts: not even asked then.)
+                prefetched = try await runOnce(prefetched: prefetched.take(), mayPrefetch: { [self] in
+                    index < settings.value.workers && tokens.value.count == 1
+                })
             } catch is CancellationError {
                 break
             } catch {
@@ -118,9 +121,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private func handBack(_ prefetched: Prefetched) async {
         await gate.release(prefetched.admission)
         await record(prefetched.event, .unsent, latencyMs: nil, now: now())
-        logger.event(.notice, "delivery.interrupted", "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt",
-                     fields(prefetched.event))
-        metrics.delivery(outcome: "interrupted", account: prefetched.event.account)
+        logInterrupted(prefetched.event, "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt")
     }
 
     /// Waits for the doorbell, the next due event of the accounts that could send, the end of

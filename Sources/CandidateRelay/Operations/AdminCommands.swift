@@ -102,7 +102,7 @@ public struct AdminCommands: Sendable {
         let report = try await outbox.forget(partnerCandidateID: partnerCandidateID, account: account, now: now())
         if report.events.isEmpty { return "no event has partner_candidate_id \(partnerCandidateID)" + Self.scope(account) }
         var lines = ["erased the personal data (payload and partner answer) of \(report.events.count) event(s)"
-                     + (account.map { " in account \($0)" } ?? " in every account") + ":"]
+                     + (account == nil ? " in every account" : Self.scope(account)) + ":"]
         lines += report.events.map { "  \($0)" }
         if report.pendingStopped > 0 { lines.append("\(report.pendingStopped) undelivered event(s) can no longer be sent and are now dead (last_error: erased)") }
         return lines.joined(separator: "\n")

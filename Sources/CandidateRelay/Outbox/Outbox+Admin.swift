@@ -92,7 +92,7 @@ extension Outbox {
             } else {
                 targets = try String.fetchAll(
                     db, sql: """
-                        SELECT id FROM events WHERE state = 'dead' AND \(Self.hasPayload) \(account == nil ? "" : "AND account = ?")
+                        SELECT id FROM events WHERE state = 'dead' AND \(PayloadStore.exists) \(account == nil ? "" : "AND account = ?")
                         ORDER BY received_at
                         """,
                     arguments: account.map { [$0] } ?? [])
@@ -104,7 +104,7 @@ extension Outbox {
                     sql: """
                         UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
                           budget_started_at = ?, last_error = NULL
-                        WHERE id = ? AND state = 'dead' AND \(Self.hasPayload) AND account = coalesce(?, account)
+                        WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
                         """,
                     arguments: [now.millis, now.millis, now.millis, id, account])
                 if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
@@ -112,9 +112,6 @@ extension Outbox {
             return (retried, skipped)
         }
     }
-
-    /// The event (in `events`) still has its payload.
-    static let hasPayload = "EXISTS (SELECT 1 FROM payloads p WHERE p.event_id = events.id)"
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
     /// last updated before `payloadBefore` — and of dead ones too when `includeDead` — and
@@ -129,7 +126,7 @@ extension Outbox {
             try db.execute(
                 sql: """
                     UPDATE events SET partner_response_full = NULL, payload_erased_at = ?
-                    WHERE state IN \(states) AND updated_at < ? AND (\(Self.hasPayload) OR partner_response_full IS NOT NULL)
+                    WHERE state IN \(states) AND updated_at < ? AND (\(PayloadStore.exists) OR partner_response_full IS NOT NULL)
                       \(inAccount)
                     """,
                 arguments: [now.millis, payloadBefore.millis] + accountArgument)

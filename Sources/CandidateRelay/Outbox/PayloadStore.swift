@@ -57,6 +57,9 @@ enum PayloadStore {
         return .body(body)
     }
 
+    /// SQL: the row of `events` in the statement still has its payload.
+    static let exists = "EXISTS (SELECT 1 FROM payloads p WHERE p.event_id = events.id)"
+
     /// Erases the payloads of the events matching `condition` (a WHERE clause on `events`).
     /// (`Outbox` turns `secure_delete` on, so the bytes are overwritten, not only unlinked.)
     static func erase(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {

@@ -86,8 +86,6 @@ public actor PartnerGate {
 
     private struct Held {
         var probe: Bool
-        /// Granted by `tryAdmit` to a worker that already holds another admission or request.
-        var prefetch = false
         var global: SlidingWindowLimiter.Ticket?
         /// Places in the accounts' windows not used yet (an admission: one per account).
         var places: [String: SlidingWindowLimiter.Ticket]
@@ -185,13 +183,8 @@ public actor PartnerGate {
                 try await sleep(until: globalAt, atMost: 0.25)
                 continue
             }
-            let configured = accounts.filter { $0.value.configured }
-            let keptFree = configured.count > 1 && workers > 1 && held.count >= workers - 1
-            // An account is ready when it is not paused nor refused and gets a place in its window.
-            var places: [String: SlidingWindowLimiter.Ticket] = [:]
-            for (id, account) in configured where account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
-                if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
-            }
+            let keptFree = configuredCount > 1 && workers > 1 && held.count >= workers - 1
+            let places = reservePlaces(now: current)
             if places.isEmpty {
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
@@ -208,27 +201,37 @@ public actor PartnerGate {
     }
 
     /// An admission now, for a worker to claim its next event while its current request is in
-    /// flight, never at anyone's expense: nil while some worker holds nothing (it is free to
-    /// take that event at once itself; a prefetch would only make the event wait for another
+    /// flight, never at anyone's expense: nil while some worker has no request out (it is free
+    /// to take that event at once itself; a prefetch would only make the event wait for another
     /// request), when it would have to wait (a pause, a full window, a circuit that is not
     /// closed, so never the half-open probe), and with several accounts: there, every worker
     /// busy means the next admission is the one kept free for fresh events, which a prefetch of
     /// the oldest due event must not take.
     public func tryAdmit() -> Admission? {
         let current = now()
-        // One admission or request per worker, besides the prefetches themselves.
-        guard held.values.count(where: { !$0.prefetch }) >= workers else { return nil }
-        guard pausedUntil <= current, global.earliestAllowed(now: current) == current, !breaker.isOpen else { return nil }
-        let configured = accounts.filter { $0.value.configured }
-        if configured.count > 1 { return nil }
+        // A request out for every worker (bound permits; a prefetch is never bound). An
+        // admission not bound yet is an idle worker looking: it may find nothing and wait for
+        // the next event, which a claim ahead would then take from it.
+        guard held.values.count(where: { $0.account != nil }) >= workers else { return nil }
+        guard configuredCount == 1, pausedUntil <= current, global.earliestAllowed(now: current) == current, !breaker.isOpen else {
+            return nil
+        }
+        let places = reservePlaces(now: current)
+        guard !places.isEmpty else { return nil }
+        return grant(places, probe: false, keptFree: false, now: current)
+    }
+
+    /// The accounts in the config (a removed one keeps its state, marked not configured).
+    private var configuredCount: Int { accounts.values.count(where: \.configured) }
+
+    /// A place in the window of every account that is ready now: configured, not paused nor
+    /// refused, and with room in its window.
+    private func reservePlaces(now current: Date) -> [String: SlidingWindowLimiter.Ticket] {
         var places: [String: SlidingWindowLimiter.Ticket] = [:]
-        for (id, account) in configured where account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
+        for (id, account) in accounts where account.configured && account.pausedUntil <= current && account.credentialsBlockedUntil <= current {
             if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
         }
-        guard !places.isEmpty else { return nil }
-        let admission = grant(places, probe: false, keptFree: false, now: current)
-        held[admission.id]?.prefetch = true
-        return admission
+        return places
     }
 
     private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, now current: Date) -> Admission {
@@ -278,7 +281,6 @@ public actor PartnerGate {
         cancelPlaces(entry)
         entry.places = kept.map { [account: $0] } ?? [:]
         entry.account = account
-        entry.prefetch = false  // its worker's previous request is over: this is now its one request
         if kept == nil { accounts[account]?.busy += 1 }
         served += 1
         accounts[account]?.lastServed = served
