@@ -546,6 +546,15 @@ logging: {{ level: {s['level']}, format: json, heartbeat_seconds: 60 }}
         with self.db() as conn:
             return conn.execute(f"SELECT COUNT(*) FROM events WHERE {where}").fetchone()[0]
 
+    def wait_drained(self, seconds: float, poll=0.2) -> int:
+        """Waits until nothing is pending or in flight, at most `seconds`; returns what is left."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = self.count("state IN ('pending', 'in_flight')")
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(poll)
+
 
 def http_ok(port: int, path: str) -> bool:
     try:
@@ -814,13 +823,7 @@ class Bench:
         t_open_ms = time.time() * 1000
         t_open = time.monotonic()
         relay.reload(rate=(0, 60))
-        deadline = t_open + max(120, backlog / 20)
-        left = backlog
-        while time.monotonic() < deadline:
-            left = relay.count("state IN ('pending', 'in_flight')")
-            if left == 0:
-                break
-            time.sleep(0.2)
+        left = relay.wait_drained(max(120, backlog / 20))
         wall = time.monotonic() - t_open
         rss = sampler.stop()
         with relay.db() as conn:
@@ -837,9 +840,7 @@ class Bench:
                 relay.reload(rate=GATE_CLOSED)
                 self.fill(relay, self.backlog)
                 relay.reload(rate=(0, 60))
-                deadline = time.monotonic() + max(120, self.backlog / 20)
-                while time.monotonic() < deadline and relay.count("state IN ('pending', 'in_flight')") > 0:
-                    time.sleep(0.2)
+                relay.wait_drained(max(120, self.backlog / 20))
                 rss_rounds.append(relay.rss_kb())
             log(f"  leak check: RSS after each of 4 rounds of {self.backlog:,}: "
                 + ", ".join(f"{mib(k):.1f}" for k in rss_rounds) + " MiB")
@@ -900,9 +901,7 @@ class Bench:
             th.start()
         for th in threads:
             th.join(self.e2e_seconds + 120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and relay.count("state IN ('pending', 'in_flight')") > 0:
-            time.sleep(0.2)
+        relay.wait_drained(60)
         with relay.db() as conn:
             lat = [u - r for r, u in conn.execute(
                 "SELECT received_at, updated_at FROM events WHERE state IN ('delivered', 'linked')")]
@@ -941,9 +940,7 @@ class Bench:
         base_out = relay.rss_kb()
         sampler = RSSSampler(relay.proc.pid, interval=0.002)
         relay.reload(rate=(0, 60))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and relay.count("state IN ('pending', 'in_flight')") > 0:
-            time.sleep(0.05)
+        relay.wait_drained(60, poll=0.05)
         peak_out = sampler.stop()
         state = relay.count("state = 'delivered'")
         relay.stop()
