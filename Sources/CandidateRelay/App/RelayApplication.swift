@@ -93,6 +93,9 @@ public final class RelayApplication: Sendable {
         reportReload(ok: true, problems: [], generation: 0)
     }
 
+    /// The `Server` header of every answer.
+    static let serverName = "candidate-relay"
+
     /// Runs until SIGTERM/SIGINT (or `shutdown()`), then drains and closes; returns normally.
     public func run() async throws {
         let config = configuration
@@ -101,8 +104,10 @@ public final class RelayApplication: Sendable {
             router: router,
             // A connection that completes no request part for a minute is closed: slow senders
             // that never finish their headers cannot hold sockets (and file descriptors) for ever.
-            server: .http1(configuration: .init(idleTimeout: .seconds(60))),
-            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: "candidate-relay"),
+            // The webhook itself is answered on the event loop (`IngestChannelHandler`).
+            server: RelayHTTP1Channel.builder(ingest: handler, serverName: Self.serverName,
+                                              configuration: .init(idleTimeout: .seconds(60))),
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Self.serverName),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? config.listen.port
                 notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")

@@ -58,8 +58,8 @@ public enum IngestError: Error, Sendable {
         }
     }
 
-    /// The JSON response `{"error", "message", "details"}` (plus Retry-After for 503).
-    public var response: Response {
+    /// The JSON answer `{"error", "message", "details"}` (plus Retry-After for 503).
+    var answer: IngestAnswer {
         var details: [[String: String]] = []
         if case .validationFailed(let problems) = self {
             details = problems.map { ["field": $0.field, "problem": $0.problem] }
@@ -67,8 +67,20 @@ public enum IngestError: Error, Sendable {
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
         let body = ContractJSON.data(["error": code, "message": message, "details": details])
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        return IngestAnswer(status: status, headers: headers, body: ByteBuffer(bytes: body))
     }
+
+    public var response: Response { answer.response }
+}
+
+/// An answer of the API, apart from how it is written: as a Hummingbird `Response` by the
+/// router, as HTTP parts by ingest's channel handler (`IngestChannelHandler`).
+struct IngestAnswer: Sendable {
+    var status: HTTPResponse.Status
+    var headers: HTTPFields
+    var body: ByteBuffer
+
+    var response: Response { Response(status: status, headers: headers, body: .init(byteBuffer: body)) }
 }
 
 extension Response {

@@ -47,35 +47,51 @@ public struct IngestHandler: Sendable {
         return body
     }
 
-    /// `POST /v1/candidates` (the `default` account) and `POST /v1/accounts/{account}/candidates`.
+    /// `POST /v1/candidates` (the `default` account) and `POST /v1/accounts/{account}/candidates`,
+    /// through the router. The live server answers these on the event loop instead
+    /// (`IngestChannelHandler`), with the same steps: `admit`, `prepare`, the outbox, `finish`.
     public func accept(_ request: Request, account: String = AccountConfiguration.defaultID) async -> Response {
-        do {
-            let (response, fields) = try await process(request, account: account)
-            let message = response.status == .accepted ? "candidate accepted" : "replay of a known event"
-            logger.event(.info, "ingest.accepted", message, fields)
-            return response
+        let outcome: Result<StoredAnswer, IngestError>
+        do throws(IngestError) {
+            _ = try admit(account: account)
+            let prepared = try prepare(account: account, headers: request.headers, body: try await readBody(request))
+            let stored: Result<AcceptResult, any Error>
+            do {
+                stored = .success(try await outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog))
+            } catch {
+                stored = .failure(error)
+            }
+            outcome = answer(stored, for: prepared)
         } catch {
-            // An unknown account's name is the sender's text: it becomes neither a label nor a field.
-            let known = error.code == IngestError.unknownAccount.code ? "" : account
-            metrics.ingest(result: error.code, account: known)
-            logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected",
-                         "webhook rejected", LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code))
-            return error.response
+            outcome = .failure(error)
         }
+        return finish(outcome, account: account).response
     }
 
-    /// The path of an event's record for its account.
-    static func location(_ record: EventRecord) -> String {
-        record.account == AccountConfiguration.defaultID
-            ? "/v1/candidates/\(record.id)" : "/v1/accounts/\(record.account)/candidates/\(record.id)"
+    /// A webhook that passed every check: what the outbox is to store.
+    struct Prepared: Sendable {
+        let submission: Submission
+        /// The relay set `partner_candidate_id` (the 202 says so).
+        let generated: Bool
+        /// The account's backlog limit when the request arrived.
+        let maxBacklog: Int
     }
 
-    private func process(_ request: Request, account: String) async throws(IngestError) -> (Response, LogFields) {
-        // Before anything is read: an unknown account stores nothing and learns nothing.
+    /// An answer for the webhook's sender and the fields of its `ingest.accepted` line.
+    typealias StoredAnswer = (answer: IngestAnswer, fields: LogFields)
+
+    /// What is decided before a byte of the body is read: an unknown account stores nothing and
+    /// learns nothing; a relay shutting down takes nothing new.
+    func admit(account: String) throws(IngestError) -> IngestAuthenticator {
         guard let authenticator = authenticators.value[account] else { throw .unknownAccount }
         if stopFlag.isStopping { throw .unavailable(reason: "shutting down", retryAfterSeconds: 5) }
-        let body = try await readBody(request)
-        let headers = request.headers
+        return authenticator
+    }
+
+    /// The contract's checks on a whole body, in order (401, 415, 400, 422), and the submission
+    /// they let through. Synchronous: the channel handler runs it on the event loop.
+    func prepare(account: String, headers: HTTPFields, body: Data) throws(IngestError) -> Prepared {
+        let authenticator = try admit(account: account)
         let auth = IngestAuthenticator.Headers(
             webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
             webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
@@ -105,16 +121,24 @@ public struct IngestHandler: Sendable {
             id: id, account: account, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
             positionUID: document["position_uid"]?.stringValue ?? "", partnerCandidateID: partnerCandidateID,
             payload: payload, receivedAt: receivedAt)
+        return Prepared(submission: submission, generated: generated, maxBacklog: settings.value.maxBacklog)
+    }
+
+    /// The answer to a submission once the outbox is done with it: 202 after its commit, 200
+    /// for a replay, or the error (a storage failure is logged here, without the body).
+    func answer(_ stored: Result<AcceptResult, any Error>, for prepared: Prepared) -> Result<StoredAnswer, IngestError> {
+        let account = prepared.submission.account
         let result: AcceptResult
-        do {
-            result = try await outbox.accept(submission, maxBacklog: settings.value.maxBacklog)
-        } catch OutboxError.idempotencyKeyReused {
-            throw .idempotencyKeyReused
-        } catch OutboxError.backlogFull(let limit) {
-            throw .unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30)
-        } catch {
+        switch stored {
+        case .success(let value):
+            result = value
+        case .failure(OutboxError.idempotencyKeyReused):
+            return .failure(.idempotencyKeyReused)
+        case .failure(OutboxError.backlogFull(let limit)):
+            return .failure(.unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30))
+        case .failure(let error):
             logger.event(.error, "storage.failed", "outbox write failed", LogFields(error: Self.errorCode(error)))
-            throw .unavailable(reason: "storage unavailable; retry later", retryAfterSeconds: 5)
+            return .failure(.unavailable(reason: "storage unavailable; retry later", retryAfterSeconds: 5))
         }
         switch result {
         case .created(let record):
@@ -122,18 +146,45 @@ public struct IngestHandler: Sendable {
             metrics.ingest(result: "accepted", account: account)
             // Written directly (keys sorted, as every contract object): this is the hot path.
             let body = "{\"id\":\(ContractJSON.quoted(record.id)),\"partner_candidate_id\":\(ContractJSON.quoted(record.partnerCandidateID)),"
-                + (generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
-            let response = Response(
+                + (prepared.generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
+            let answer = IngestAnswer(
                 status: .accepted, headers: [.contentType: "application/json", .location: Self.location(record)],
-                body: .init(byteBuffer: ByteBuffer(string: body)))
-            return (response, LogFields(account: account, eventID: record.id, positionUID: record.positionUID,
-                                        partnerCandidateID: record.partnerCandidateID))
+                body: ByteBuffer(string: body))
+            return .success((answer, LogFields(account: account, eventID: record.id, positionUID: record.positionUID,
+                                               partnerCandidateID: record.partnerCandidateID)))
         case .duplicate(let record):
             metrics.ingest(result: "duplicate", account: account)
             let object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID, "duplicate": true]
-            let response = Response.json(.ok, object, headers: [.location: Self.location(record)])
-            return (response, LogFields(account: account, eventID: record.id, positionUID: record.positionUID, partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"]))
+            let answer = IngestAnswer(
+                status: .ok, headers: [.contentType: "application/json", .location: Self.location(record)],
+                body: ByteBuffer(bytes: ContractJSON.data(object)))
+            return .success((answer, LogFields(account: account, eventID: record.id, positionUID: record.positionUID,
+                                               partnerCandidateID: record.partnerCandidateID, extra: ["duplicate": "true"])))
         }
+    }
+
+    /// Logs the outcome (`ingest.accepted` or `ingest.rejected`), counts a rejection, and
+    /// returns the answer to write.
+    func finish(_ outcome: Result<StoredAnswer, IngestError>, account: String) -> IngestAnswer {
+        switch outcome {
+        case .success(let stored):
+            let message = stored.answer.status == .accepted ? "candidate accepted" : "replay of a known event"
+            logger.event(.info, "ingest.accepted", message, stored.fields)
+            return stored.answer
+        case .failure(let error):
+            // An unknown account's name is the sender's text: it becomes neither a label nor a field.
+            let known = error.code == IngestError.unknownAccount.code ? "" : account
+            metrics.ingest(result: error.code, account: known)
+            logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected",
+                         "webhook rejected", LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code))
+            return error.answer
+        }
+    }
+
+    /// The path of an event's record for its account.
+    static func location(_ record: EventRecord) -> String {
+        record.account == AccountConfiguration.defaultID
+            ? "/v1/candidates/\(record.id)" : "/v1/accounts/\(record.account)/candidates/\(record.id)"
     }
 
     /// Lower-case hex of a digest (without a `String(format:)` per byte on the ingest path).

@@ -53,6 +53,15 @@ extension Outbox {
         }
     }
 
+    /// `accept` for a caller that must not wait (ingest's channel handler, on an event loop):
+    /// the same group commit; `completion` runs on the commit's drain once the transaction
+    /// holding the submission committed.
+    func accept(_ submission: Submission, maxBacklog: Int,
+                completion: @escaping @Sendable (Result<AcceptResult, any Error>) -> Void) {
+        acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog),
+                           commit: { batch in try await self.acceptBatch(batch) }, completion: completion)
+    }
+
     /// The group commit's transaction: each submission's key lookup, backlog check and insert,
     /// in arrival order (a key repeated within the batch finds the row inserted before it).
     func acceptBatch(_ batch: [PendingAccept]) async throws -> [Result<AcceptResult, any Error>] {

@@ -1,0 +1,334 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTPTypes
+import Synchronization
+
+/// The live server's HTTP/1 connection: Hummingbird's, with `IngestChannelHandler` answering the
+/// webhook on the event loop. Every other request goes on to the router as before.
+struct RelayHTTP1Channel: ServerChildChannel {
+    typealias Value = HTTP1Channel.Value
+    let inner: HTTP1Channel
+    let ingest: IngestHandler
+    let serverName: String
+
+    /// Hummingbird's `.http1(...)` with the ingest handler in each connection's pipeline.
+    static func builder(ingest: IngestHandler, serverName: String, configuration: HTTP1Channel.Configuration) -> HTTPServerBuilder {
+        HTTPServerBuilder { responder in
+            RelayHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration),
+                              ingest: ingest, serverName: serverName)
+        }
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            // After the connection-state handler (idle timeout, close after the last answer when
+            // the server quiesces), which must count these requests too; before the router.
+            let operations = channel.pipeline.syncOperations
+            let state = try operations.handler(type: HTTPConnectionStateHandler.self)
+            try operations.addHandler(IngestChannelHandler(ingest: ingest, serverName: serverName), position: .after(state))
+            return value
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await inner.handle(value: value, logger: logger)
+    }
+}
+
+/// `POST /v1/candidates` and `POST /v1/accounts/{account}/candidates`, answered on the
+/// connection's event loop: the body is collected there, checked (`IngestHandler.prepare`),
+/// handed to the outbox's group commit, and the answer written from the loop once the commit
+/// holding the event returned. A 202 still means "fsync'd".
+///
+/// Why not through the router: there, each request crossed from the event loop to a task, read
+/// its body as an async sequence, waited in a continuation for the commit and crossed back to
+/// be written. Those hand-offs cost about as much CPU as all the rest of ingest.
+///
+/// HTTP/1.1 allows a client to pipeline requests. Answers must go out in request order, so
+/// while a webhook is being stored (or a request the router answers is still open before a
+/// webhook), later parts are held, and no more is read, until the answer before them is out.
+final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private enum State {
+        /// Between requests.
+        case idle
+        /// A request for the router: its parts go on.
+        case passing
+        /// A webhook's body being collected (into `body`).
+        case reading(account: String, head: HTTPRequest, limit: Int)
+        /// A whole webhook being checked and stored; its answer is not out yet.
+        case storing(closeAfter: Bool)
+        /// Refused before its body (413, 404, 503): answered, and the connection closes.
+        case closing
+    }
+
+    /// Bodies larger than this are checked on a task, not on the event loop, which serves
+    /// other connections meanwhile (parsing 25 MB takes tens of milliseconds).
+    static let inlineCheckBytes = 1 << 20
+
+    private let ingest: IngestHandler
+    private let serverName: String
+    private var context: ChannelHandlerContext?
+    private var state = State.idle
+    /// The body of the webhook being read: kept out of `state` so that it grows in place.
+    private var body = Data()
+    /// Requests passed to the router whose answer's end has not been written yet.
+    private var routerAnswersOwed = 0
+    /// A webhook waits (held) for the router's answers before it.
+    private var waitingForRouter = false
+    private var held = CircularBuffer<HTTPRequestPart>()
+    private var heldError: (any Error)?
+    private var heldRead = false
+    private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
+
+    init(ingest: IngestHandler, serverName: String) {
+        self.ingest = ingest
+        self.serverName = serverName
+    }
+
+    /// No part is processed now: one is being stored, or one waits for the router's answers.
+    private var isBlocked: Bool {
+        switch state {
+        case .storing, .closing: true
+        default: waitingForRouter
+        }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if isBlocked || !held.isEmpty {
+            if case .closing = state { return }
+            held.append(part)
+            return
+        }
+        process(part, context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if isBlocked { heldRead = true } else { context.read() }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // The router answers a parse error (400, then close): after the answer being made.
+        if isBlocked { heldError = heldError ?? error } else { context.fireErrorCaught(error) }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let part = unwrapOutboundIn(data)
+        context.write(data, promise: promise)
+        if case .end = part {
+            routerAnswersOwed = max(0, routerAnswersOwed - 1)
+            if routerAnswersOwed == 0 && waitingForRouter {
+                waitingForRouter = false
+                resume(context: context)
+            }
+        }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // The router closes when its side of the connection is done (the client closed its
+        // sending half, say): a webhook being stored still gets its answer first.
+        if case .storing = state {
+            heldClose = (mode, promise)
+        } else {
+            context.close(mode: mode, promise: promise)
+        }
+    }
+
+    // MARK: - Requests
+
+    private func process(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch state {
+        case .idle:
+            if case .head(let head) = part, let account = Self.ingestAccount(head) {
+                if routerAnswersOwed > 0 {
+                    waitingForRouter = true
+                    held.append(part)
+                } else {
+                    begin(head, account: account, context: context)
+                }
+                return
+            }
+            if case .head = part {
+                routerAnswersOwed += 1
+                state = .passing
+            }
+            context.fireChannelRead(wrapInboundOut(part))
+        case .passing:
+            if case .end = part { state = .idle }
+            context.fireChannelRead(wrapInboundOut(part))
+        case .reading(let account, let head, let limit):
+            switch part {
+            case .body(let chunk):
+                if body.count + chunk.readableBytes > limit {
+                    body = Data()
+                    refuse(.payloadTooLarge(limit: limit), account: account, context: context)
+                    return
+                }
+                chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
+            case .end:
+                let whole = body
+                body = Data()
+                store(account: account, head: head, body: whole, context: context)
+            case .head:
+                break  // the decoder sends no head before the end of the one before
+            }
+        case .storing, .closing:
+            break  // nothing is processed while blocked (`channelRead` holds it)
+        }
+    }
+
+    /// A webhook's head: what can be refused before its body is, and `100 Continue` when the
+    /// client waits for it (curl does for bodies over 1 KB).
+    private func begin(_ head: HTTPRequest, account: String, context: ChannelHandlerContext) {
+        let limit = ingest.settings.value.maxBodyBytes
+        let declared = head.headerFields[.contentLength].flatMap(Int.init)
+        do throws(IngestError) {
+            _ = try ingest.admit(account: account)
+            if let declared, declared > limit { throw .payloadTooLarge(limit: limit) }
+        } catch {
+            refuse(error, account: account, context: context)
+            return
+        }
+        if head.headerFields[.expect]?.lowercased() == "100-continue" {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
+        }
+        body = Data()
+        if let declared, declared > 0 { body.reserveCapacity(declared) }
+        state = .reading(account: account, head: head, limit: limit)
+    }
+
+    /// Answers before the body is read, and closes: the rest of the body is not worth reading.
+    private func refuse(_ error: IngestError, account: String, context: ChannelHandlerContext) {
+        state = .closing
+        held.removeAll()
+        send(ingest.finish(.failure(error), account: account), close: true, context: context)
+        context.close(promise: nil)
+    }
+
+    /// A whole webhook: checked, then stored by the group commit; answered on this loop.
+    private func store(account: String, head: HTTPRequest, body: Data, context: ChannelHandlerContext) {
+        let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
+        state = .storing(closeAfter: closeAfter)
+        let ingest = self.ingest
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        // The answer is made on the loop (metrics, the doorbell, the log line), not on the
+        // group commit's drain, which goes on to the next batch.
+        let answer: @Sendable (@escaping @Sendable () -> Result<IngestHandler.StoredAnswer, IngestError>) -> Void = { outcome in
+            loop.execute { handler.value.answered(ingest.finish(outcome(), account: account)) }
+        }
+        let headers = head.headerFields
+        let check: @Sendable () -> Void = {
+            let prepared: IngestHandler.Prepared
+            do throws(IngestError) {
+                prepared = try ingest.prepare(account: account, headers: headers, body: body)
+            } catch {
+                answer { .failure(error) }
+                return
+            }
+            ingest.outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog) { stored in
+                answer { ingest.answer(stored, for: prepared) }
+            }
+        }
+        if body.count > Self.inlineCheckBytes {
+            Task { check() }
+        } else {
+            check()
+        }
+    }
+
+    /// The stored webhook's answer, on the loop: written, then whatever waited for it.
+    private func answered(_ answer: IngestAnswer) {
+        guard let context, case .storing(let closeAfter) = state else { return }
+        send(answer, close: closeAfter, context: context)
+        if closeAfter {
+            state = .closing
+            held.removeAll()
+            context.close(promise: nil)
+            return
+        }
+        state = .idle
+        if let close = heldClose {
+            heldClose = nil
+            context.close(mode: close.mode, promise: close.promise)
+        }
+        resume(context: context)
+    }
+
+    /// Processes what was held, in order, until a part blocks again; then the held error and read.
+    private func resume(context: ChannelHandlerContext) {
+        while !isBlocked, let part = held.popFirst() {
+            process(part, context: context)
+        }
+        guard !isBlocked, self.context != nil else { return }
+        if let error = heldError {
+            heldError = nil
+            context.fireErrorCaught(error)
+        }
+        if heldRead {
+            heldRead = false
+            context.read()
+        }
+    }
+
+    private func send(_ answer: IngestAnswer, close: Bool, context: ChannelHandlerContext) {
+        var headers = answer.headers
+        headers[.contentLength] = String(answer.body.readableBytes)
+        headers[.date] = HTTPDate.now()
+        headers[.server] = serverName
+        if close { headers[.connection] = "close" }
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(answer.body)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// The account a request posts a webhook to, or nil when the router is to answer it: only
+    /// `POST /v1/candidates` and `POST /v1/accounts/<name>/candidates` (query ignored, as the
+    /// router does). A name with an escape goes to the router, which decodes it.
+    static func ingestAccount(_ head: HTTPRequest) -> String? {
+        guard head.method == .post, let target = head.path else { return nil }
+        let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        if path == "/v1/candidates" { return AccountConfiguration.defaultID }
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 5, parts[0].isEmpty, parts[1] == "v1", parts[2] == "accounts", parts[4] == "candidates",
+              !parts[3].isEmpty, !parts[3].contains("%") else { return nil }
+        return String(parts[3])
+    }
+}
+
+/// The `Date` header's text (RFC 9110's IMF-fixdate), made once a second.
+enum HTTPDate {
+    private static let cache = Mutex<(second: Int, text: String)>((-1, ""))
+
+    static func now() -> String {
+        var seconds = time(nil)
+        let second = Int(seconds)
+        if let text = cache.withLock({ $0.second == second ? $0.text : nil }) { return text }
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let text = "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+            + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+        cache.withLock { $0 = (second, text) }
+        return text
+    }
+}
