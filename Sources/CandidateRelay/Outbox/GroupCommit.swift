@@ -1,17 +1,26 @@
 import Foundation
 import Synchronization
 
-/// Group commit for ingest: submissions that arrive while a commit runs wait for the next one,
-/// and each commit (one fsync) holds all of them. A caller is resumed only after the commit
-/// that holds its event returned, so a 202 still means "on disk".
+/// Group commit: submissions that arrive while a commit runs wait for the next one, and each
+/// commit (one fsync) holds all of them. A caller gets its result only after the commit that
+/// holds its item returned, so a 202 still means "on disk".
 ///
-/// One drain task at a time takes everything queued (up to `maxBatch`), runs it as one write
-/// transaction through `commit`, and hands every waiter its own result. When the batch's
+/// One drain at a time takes everything queued (up to `maxBatch`), runs it as one write
+/// transaction through `run`, and hands every waiter its own result. When the batch's
 /// transaction fails, each item is retried alone, so only the items that fail alone fail.
 ///
-/// A waiter is a task (`submit(_:commit:) async`) or a callback (`submit(_:commit:completion:)`,
+/// The drain is not a task: `run` is called again from the completion of the commit before
+/// (the outbox's `run` is a job on SQLite's writer queue, whose completion runs on that queue),
+/// so a busy queue goes from batch to batch without waking another thread in between.
+///
+/// A waiter is a task (`submit(_:run:) async`) or a callback (`submit(_:run:completion:)`,
 /// for ingest's channel handler on an event loop, which must not wait): both share the queue.
 final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
+    /// The results of one batch, one per item in order, or the error that failed its transaction.
+    typealias BatchResult = Swift.Result<[Swift.Result<Result, any Error>], any Error>
+    /// Commits a batch and calls its second argument once, when the transaction is over.
+    typealias Run = @Sendable ([Item], @escaping @Sendable (BatchResult) -> Void) -> Void
+    /// A `Run` written as an async function (tests).
     typealias Commit = @Sendable ([Item]) async throws -> [Swift.Result<Result, any Error>]
     typealias Completion = @Sendable (Swift.Result<Result, any Error>) -> Void
 
@@ -33,54 +42,84 @@ final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
     }
 
     /// Queues `item` and returns its result once the transaction holding it committed.
-    /// `commit` writes a batch (every caller passes the same one; the caller that starts a
-    /// drain lends it to that drain).
-    func submit(_ item: Item, commit: @escaping Commit) async throws -> Result {
+    /// `run` writes a batch (every caller passes the same one; the caller that starts a drain
+    /// lends it to that drain).
+    func submit(_ item: Item, run: @escaping Run) async throws -> Result {
         try await withCheckedThrowingContinuation { continuation in
-            submit(item, commit: commit) { continuation.resume(with: $0) }
+            submit(item, run: run) { continuation.resume(with: $0) }
         }
+    }
+
+    /// `submit` with the batch written by an async function.
+    func submit(_ item: Item, commit: @escaping Commit) async throws -> Result {
+        try await submit(item, run: Self.run(commit))
     }
 
     /// Queues `item`; `completion` is called once, from the drain, after the transaction holding
     /// it committed (or with the error that kept it out).
-    func submit(_ item: Item, commit: @escaping Commit, completion: @escaping Completion) {
+    func submit(_ item: Item, run: @escaping Run, completion: @escaping Completion) {
         let startDrain = state.withLock { state -> Bool in
             state.queue.append(Waiter(item: item, completion: completion))
             guard !state.draining else { return false }
             state.draining = true
             return true
         }
-        if startDrain {
-            // Unstructured on purpose: the drain outlives the request that started it (a
-            // client that disconnects must not cancel the commit of the others).
-            Task { await self.drain(commit) }
+        // The drain outlives the request that started it: a client that disconnects does not
+        // stop the commit of the others.
+        if startDrain { drainNext(run) }
+    }
+
+    /// An async commit as a `Run`: each batch on a task of its own.
+    static func run(_ commit: @escaping Commit) -> Run {
+        { items, done in
+            Task {
+                do { done(.success(try await commit(items))) } catch { done(.failure(error)) }
+            }
         }
     }
 
-    private func drain(_ commit: Commit) async {
-        while true {
-            let batch = state.withLock { state -> [Waiter] in
-                let batch = Array(state.queue.prefix(maxBatch))
-                state.queue.removeFirst(batch.count)
-                if batch.isEmpty { state.draining = false }
-                return batch
-            }
-            if batch.isEmpty { return }
-            do {
-                let results = try await commit(batch.map(\.item))
-                for (waiter, result) in zip(batch, results) { waiter.completion(result) }
-            } catch {
+    /// Commits the next batch, or ends the drain when nothing is queued.
+    private func drainNext(_ run: @escaping Run) {
+        let batch = state.withLock { state -> [Waiter] in
+            let batch = Array(state.queue.prefix(maxBatch))
+            state.queue.removeFirst(batch.count)
+            if batch.isEmpty { state.draining = false }
+            return batch
+        }
+        if batch.isEmpty { return }
+        run(batch.map(\.item)) { outcome in
+            switch outcome {
+            case .success(let results):
+                for (index, waiter) in batch.enumerated() {
+                    waiter.completion(index < results.count ? results[index] : .failure(OutboxError.storage("a commit returned no result")))
+                }
+                self.drainNext(run)
+            case .failure(let error) where batch.count == 1:
+                batch[0].completion(.failure(error))
+                self.drainNext(run)
+            case .failure:
                 // Nothing of the batch was committed. Each item alone, so that one item's
                 // failure never fails the others (a full disk fails them all again).
-                for waiter in batch {
-                    do {
-                        let result = batch.count == 1 ? nil : try await commit([waiter.item]).first
-                        waiter.completion(result ?? .failure(error))
-                    } catch {
-                        waiter.completion(.failure(error))
-                    }
-                }
+                self.retryAlone(batch[...], run)
             }
+        }
+    }
+
+    /// Commits each waiter's item in a transaction of its own, one after the other, then goes on
+    /// with the queue.
+    private func retryAlone(_ waiters: ArraySlice<Waiter>, _ run: @escaping Run) {
+        guard let waiter = waiters.first else {
+            drainNext(run)
+            return
+        }
+        run([waiter.item]) { outcome in
+            switch outcome {
+            case .success(let results):
+                waiter.completion(results.first ?? .failure(OutboxError.storage("a commit returned no result")))
+            case .failure(let error):
+                waiter.completion(.failure(error))
+            }
+            self.retryAlone(waiters.dropFirst(), run)
         }
     }
 }

@@ -144,15 +144,15 @@ extension Outbox {
     /// claims its next event moments apart, so both usually land in the same fsync'd
     /// transaction (in arrival order: a claim sees the outcomes written before it).
     func deliveryWrite(_ write: DeliveryWrite) async throws -> DeliveryWriteResult {
-        try await deliveryQueue.submit(write) { batch in
-            try await self.write { db in
+        try await deliveryQueue.submit(write) { batch, done in
+            self.writeBatch({ db in
                 try batch.map { item -> Result<DeliveryWriteResult, any Error> in
                     switch item {
                     case .claim(let request): .success(.claimed(try Self.claimOne(db, request)))
                     case .complete(let completion): .success(.completed(try Self.completeOne(db, completion)))
                     }
                 }
-            }
+            }, then: done)
         }
     }
 

@@ -48,71 +48,74 @@ extension Outbox {
     /// Concurrent calls share one fsync'd transaction (group commit, `GroupCommit`); each
     /// returns only after the commit holding its event returned.
     public func accept(_ submission: Submission, maxBacklog: Int) async throws -> AcceptResult {
-        try await acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog)) { batch in
-            try await self.acceptBatch(batch)
-        }
+        try await acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog), run: { self.acceptBatch($0, done: $1) })
     }
 
     /// `accept` for a caller that must not wait (ingest's channel handler, on an event loop):
-    /// the same group commit; `completion` runs on the commit's drain once the transaction
+    /// the same group commit; `completion` runs on SQLite's writer queue once the transaction
     /// holding the submission committed.
     func accept(_ submission: Submission, maxBacklog: Int,
                 completion: @escaping @Sendable (Result<AcceptResult, any Error>) -> Void) {
-        acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog),
-                           commit: { batch in try await self.acceptBatch(batch) }, completion: completion)
+        acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog), run: { self.acceptBatch($0, done: $1) }, completion: completion)
     }
 
     /// The group commit's transaction: each submission's key lookup, backlog check and insert,
     /// in arrival order (a key repeated within the batch finds the row inserted before it).
-    func acceptBatch(_ batch: [PendingAccept]) async throws -> [Result<AcceptResult, any Error>] {
-        let results: [Result<AcceptResult, any Error>] = try await write { db in
-            var results: [Result<AcceptResult, any Error>] = []
-            results.reserveCapacity(batch.count)
-            // Deliveries only lower the counts between refreshes: the cache errs on the high side
-            // by at most a second's worth of deliveries; near the limit it is exact.
-            var backlogs: [String: Int] = [:]
-            for pending in batch {
-                let submission = pending.submission
-                if let key = submission.idempotencyKey,
-                   let row = try Row.fetchOne(
-                    db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key = ?"),
-                    arguments: [submission.account, key]) {
-                    let existing = EventRecord(row: row)
-                    guard (row["body_sha256"] as String) == submission.bodySHA256 else {
-                        results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
-                        continue
-                    }
-                    results.append(.success(.duplicate(existing)))
-                    continue
+    /// Once committed, the backlog cache counts the new events.
+    func acceptBatch(_ batch: [PendingAccept], done: @escaping @Sendable (GroupCommit<PendingAccept, AcceptResult>.BatchResult) -> Void) {
+        writeBatch({ db in try self.acceptRows(db, batch) }, then: { outcome in
+            if case .success(let results) = outcome {
+                var created: [String: Int] = [:]
+                for (pending, result) in zip(batch, results) {
+                    if case .success(.created) = result { created[pending.submission.account, default: 0] += 1 }
                 }
-                let account = submission.account
-                let backlog = try backlogs[account] ?? self.backlogCount(
-                    db, account: account, now: submission.receivedAt, limit: pending.maxBacklog,
-                    margin: max(batch.count, pending.maxBacklog / 10))
-                if backlog >= pending.maxBacklog {
-                    results.append(.failure(OutboxError.backlogFull(pending.maxBacklog)))
-                    continue
+                self.backlog.withLock { cache in
+                    for (account, count) in created { cache[account, default: (0, .distantPast)].count += count }
                 }
-                let now = submission.receivedAt.millis
-                try db.cachedStatement(sql: """
-                        INSERT INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
-                          partner_candidate_id, received_at, budget_started_at, updated_at, next_attempt_at)
-                        VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)
-                        """).execute(
-                    arguments: [submission.id, account, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
-                                submission.partnerCandidateID, now, now, now, now])
-                try PayloadStore.insert(db, eventID: submission.id, body: submission.payload)
-                backlogs[account] = backlog + 1
-                results.append(.success(.created(EventRecord(inserted: submission))))
             }
-            return results
-        }
-        var created: [String: Int] = [:]
-        for (pending, result) in zip(batch, results) {
-            if case .success(.created) = result { created[pending.submission.account, default: 0] += 1 }
-        }
-        backlog.withLock { cache in
-            for (account, count) in created { cache[account, default: (0, .distantPast)].count += count }
+            done(outcome)
+        })
+    }
+
+    private func acceptRows(_ db: Database, _ batch: [PendingAccept]) throws -> [Result<AcceptResult, any Error>] {
+        var results: [Result<AcceptResult, any Error>] = []
+        results.reserveCapacity(batch.count)
+        // Deliveries only lower the counts between refreshes: the cache errs on the high side
+        // by at most a second's worth of deliveries; near the limit it is exact.
+        var backlogs: [String: Int] = [:]
+        for pending in batch {
+            let submission = pending.submission
+            if let key = submission.idempotencyKey,
+               let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key = ?"),
+                arguments: [submission.account, key]) {
+                let existing = EventRecord(row: row)
+                guard (row["body_sha256"] as String) == submission.bodySHA256 else {
+                    results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
+                    continue
+                }
+                results.append(.success(.duplicate(existing)))
+                continue
+            }
+            let account = submission.account
+            let backlog = try backlogs[account] ?? self.backlogCount(
+                db, account: account, now: submission.receivedAt, limit: pending.maxBacklog,
+                margin: max(batch.count, pending.maxBacklog / 10))
+            if backlog >= pending.maxBacklog {
+                results.append(.failure(OutboxError.backlogFull(pending.maxBacklog)))
+                continue
+            }
+            let now = submission.receivedAt.millis
+            try db.cachedStatement(sql: """
+                    INSERT INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
+                      partner_candidate_id, received_at, budget_started_at, updated_at, next_attempt_at)
+                    VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)
+                    """).execute(
+                arguments: [submission.id, account, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
+                            submission.partnerCandidateID, now, now, now, now])
+            try PayloadStore.insert(db, eventID: submission.id, body: submission.payload)
+            backlogs[account] = backlog + 1
+            results.append(.success(.created(EventRecord(inserted: submission))))
         }
         return results
     }

@@ -122,6 +122,16 @@ public final class Outbox: Sendable {
         }
     }
 
+    /// Runs `body` as one write transaction as a job on SQLite's writer queue and calls `then`
+    /// there with its result (database errors as `OutboxError.storage`), without a task: the
+    /// group commits chain their batches this way.
+    func writeBatch<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T,
+                                 then: @escaping @Sendable (Result<T, any Error>) -> Void) {
+        pool.asyncWrite(body) { _, result in
+            then(result.mapError { error in error is OutboxError ? error : OutboxError.storage("\(error)") })
+        }
+    }
+
     func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await pool.read(body)
