@@ -100,7 +100,7 @@ extension RelayApplication {
         live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
         let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()
         let removed = before.subtracting(new.accounts.map(\.id)).sorted()
-        doorbell.ring()
+        pool.settingsChanged()
         var restartNeeded: [String] = []
         if new.listen != old.listen { restartNeeded.append("listen") }
         if new.storage.path != old.storage.path { restartNeeded.append("storage.path") }

@@ -39,6 +39,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let drain = DrainSignal()
+    /// Wakes the supervisor: a reload (the number of workers may have changed) or draining.
+    /// Not the doorbell, which rings for every event ingest stores.
+    private let reconfigured = Doorbell()
     /// Outcome writes still running: a worker does not wait for one before its next claim.
     let outcomes = TaskTracker()
     private let running = Mutex<Set<Int>>([])
@@ -62,6 +65,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             await self.superviseWorkers()
         } onGracefulShutdown: {
             self.drain.start()
+            self.reconfigured.ring()
             self.doorbell.ring()
         }
         await outcomes.waitForAll()
@@ -82,9 +86,15 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 for index in missing {
                     group.addTask { await self.workerLoop(index: index) }
                 }
-                await doorbell.wait(upTo: 1)
+                await reconfigured.wait(upTo: 1)
             }
         }
+    }
+
+    /// After a reload: the supervisor starts or retires workers, idle workers look again.
+    func settingsChanged() {
+        reconfigured.ring()
+        doorbell.ring()
     }
 
     var isDraining: Bool { drain.hasStarted }

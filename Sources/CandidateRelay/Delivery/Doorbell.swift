@@ -6,8 +6,11 @@ import Synchronization
 /// admin commands in another process.
 public final class Doorbell: Sendable {
     private struct State {
-        var waiters: [UUID: CheckedContinuation<Void, Never>] = [:]
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var rung = false
+        /// Waiters' ids: a counter, not `UUID()`, which reads /dev/urandom on Linux (an open and
+        /// a close per wait).
+        var nextID = 0
     }
     private let state = Mutex(State())
 
@@ -29,7 +32,10 @@ public final class Doorbell: Sendable {
 
     /// Returns when rung, after `seconds`, or when the task is cancelled.
     public func wait(upTo seconds: Double) async {
-        let id = UUID()
+        let id = state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withTaskCancellationHandler {
