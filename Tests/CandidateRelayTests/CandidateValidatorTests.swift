@@ -251,4 +251,20 @@ private let cases: [CandidateValidationCase] = [
         let object = try JSONSerialization.jsonObject(with: data) as? [String: String]
         #expect(object == ["field": "links[0].url", "problem": "invalid_url"])
     }
+
+    /// The one-pass email check agrees with the split-based rule it replaced, on the edges.
+    @Test func emailShapeMatchesTheSplitRule() {
+        func splitRule(_ string: String) -> Bool {
+            guard !CandidateValidator.hasSpaceOrControl(string) else { return false }
+            let parts = string.split(separator: "@", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty else { return false }
+            let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
+            return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty }
+        }
+        let samples = ["a@b.c", "a@.b.c", "a@b.c.", "@b.c", "a@b", "a@@b.c", "a@b..c", "é@ü.de", "a.b@c.d", "a@b.c@d",
+                       ".a@b.c", "a@b.", "a@.", "a@", "", "@", ".", "a@b.c.d.e", "a..b@c.d", "日本@例え.jp", "a@b.c\u{7F}"]
+        for sample in samples {
+            #expect(CandidateValidator.isEmail(sample) == splitRule(sample), "\(sample)")
+        }
+    }
 }

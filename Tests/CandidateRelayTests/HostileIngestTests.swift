@@ -41,6 +41,7 @@ import Testing
         ("application/json", true), ("Application/JSON", true), ("application/json; charset=utf-8", true),
         ("application/json;charset=\"UTF-8\"", true), ("application/problem+json", true), ("application/json;;;", true),
         (";", false), ("", false), ("application/+json", false), ("application/json; charset=latin1", false), ("json", false),
+        ("APPLICATION/JSON", true), ("application\u{0F}json", false), ("application/jsoN ", true), ("application/jso", false),
     ])
     func contentTypeRule(contentType: String, accepted: Bool) {
         #expect(IngestHandler.isJSON(contentType) == accepted)
@@ -63,6 +64,10 @@ import Testing
         #expect(try await Self.storedCount(f.outbox) == 2)
         #expect(IngestHandler.idempotencyKey(webhookID: "", idempotencyKey: "k") == "k")
         #expect(IngestHandler.idempotencyKey(webhookID: "", idempotencyKey: nil) == nil)
+        // Blank as Foundation's `.whitespaces` sees it: tab and space separators, not newlines.
+        for key in [" ", "\t", "\u{00A0}", "\u{2003}", " \u{3000}\t", "", "\n", "a", " a ", "\u{200B}", "\u{180E}", "\u{FEFF}", "\u{2028}", "\u{85}"] {
+            #expect(IngestHandler.isBlank(key) == key.trimmingCharacters(in: .whitespaces).isEmpty, "\(key.unicodeScalars.map(\.value))")
+        }
     }
 
     /// What is validated must be what is sent: a body other parsers may read differently is 400.

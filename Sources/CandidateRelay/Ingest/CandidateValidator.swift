@@ -234,10 +234,27 @@ public struct CandidateValidator: Sendable {
     /// Deliberately not RFC 5322: quoted local parts and IP-literal domains are rejected.
     static func isEmail(_ string: String) -> Bool {
         guard !hasSpaceOrControl(string) else { return false }
-        let parts = string.split(separator: "@", omittingEmptySubsequences: false)
-        guard parts.count == 2, !parts[0].isEmpty else { return false }
-        let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
-        return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty }
+        // One pass over the bytes ("@" and "." never occur inside a multi-byte UTF-8 sequence).
+        var ats = 0
+        var localLength = 0
+        var domainLabels = 0
+        var labelLength = 0
+        for byte in string.utf8 {
+            if byte == UInt8(ascii: "@") {
+                ats += 1
+                guard ats == 1 else { return false }
+                domainLabels = 1
+            } else if ats == 0 {
+                localLength += 1
+            } else if byte == UInt8(ascii: ".") {
+                guard labelLength > 0 else { return false }  // an empty label
+                domainLabels += 1
+                labelLength = 0
+            } else {
+                labelLength += 1
+            }
+        }
+        return ats == 1 && localLength > 0 && domainLabels >= 2 && labelLength > 0
     }
 
     /// The lowercased host of an absolute http(s) URL, or nil when `string` is not one.

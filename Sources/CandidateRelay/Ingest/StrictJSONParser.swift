@@ -106,6 +106,7 @@ public struct StrictJSONParser {
         var members: [String: JSONValue] = [:]
         skipWhitespace()
         if peek() == UInt8(ascii: "}") { index += 1; return .object(members) }
+        members.reserveCapacity(8)  // a candidate's object grows without rehashing three times
         while true {
             guard peek() == UInt8(ascii: "\"") else { throw .unexpected(offset: index) }
             let keyOffset = index

@@ -33,7 +33,13 @@ public final class RelayMetrics: Sendable {
     }
 
     private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Gauge {
-        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        var key = label  // built in place: this runs for every request
+        for (name, value) in dimensions {
+            key += "|"
+            key += name
+            key += "="
+            key += value
+        }
         return gauges.withLock { gauges in
             if let existing = gauges[key] { return existing }
             let created = Metrics.Gauge(label: label, dimensions: dimensions, factory: factory)
@@ -56,7 +62,13 @@ public final class RelayMetrics: Sendable {
 
     /// Increments a counter, creating it on first use (label + dimensions identify it).
     public func count(_ label: String, _ dimensions: [(String, String)] = [], by amount: Int = 1) {
-        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        var key = label  // built in place: this runs for every request
+        for (name, value) in dimensions {
+            key += "|"
+            key += name
+            key += "="
+            key += value
+        }
         let counter = counters.withLock { counters in
             if let existing = counters[key] { return existing }
             let created = Metrics.Counter(label: label, dimensions: dimensions, factory: factory)
