@@ -267,4 +267,26 @@ private let cases: [CandidateValidationCase] = [
             #expect(CandidateValidator.isEmail(sample) == splitRule(sample), "\(sample)")
         }
     }
+
+    /// The URL fast path finds the host URLComponents finds, or leaves the URL to it.
+    @Test func plainURLHostsMatchTheParser() {
+        let samples = [
+            "https://www.linkedin.com/in/ada-example-000", "HTTPS://NL.LinkedIn.com/in/ada", "http://example.com",
+            "http://example.com:8080/a?b=c&d=e", "https://example.com/", "https://example.com?x", "http://a.b.c/p;q=1/(x)",
+            "https://example.com/a b", "https://exa mple.com", "https://example.com/%41", "https://example.com/%zz",
+            "https://user@example.com/", "https://[::1]/", "https://example.com#frag", "https://example.com/a#b#c",
+            "https://example.com:/", "https://example.com:80a/", "https://:80/", "https:///path", "https://", "http:/x.com",
+            "ftp://example.com", "httpx://example.com", "https:example.com", "https://exämple.com/", "https://example.com/ä",
+            "https://example.com/a|b", "https://example.com/a\\b", "https://example.com/a^b", "https://ex_ample.com/",
+            "https://example.com:8080:9090/", "https://example.com/@user:pass", "https://example.com/?q=a:b@c/d?e",
+            "HtTp://Example.COM/Path", "https://-.-/", "https://example.com/\u{7F}", "https://example.com/[x]",
+        ]
+        for sample in samples {
+            #expect(CandidateValidator.httpHost(sample) == CandidateValidator.parsedHTTPHost(sample), "\(sample)")
+            if let fast = CandidateValidator.plainHTTPHost(sample) {
+                #expect(fast == CandidateValidator.parsedHTTPHost(sample), "\(sample)")
+            }
+        }
+        #expect(CandidateValidator.plainHTTPHost("https://www.linkedin.com/in/ada-example-000") == "www.linkedin.com")
+    }
 }

@@ -259,6 +259,79 @@ public struct CandidateValidator: Sendable {
 
     /// The lowercased host of an absolute http(s) URL, or nil when `string` is not one.
     static func httpHost(_ string: String) -> String? {
+        if let host = plainHTTPHost(string) { return host }
+        return parsedHTTPHost(string)
+    }
+
+    /// `httpHost` for the usual URL, `http(s)://host[:port]` then a path and query of plain
+    /// RFC 3986 characters, without URLComponents (~2 % of ingest's CPU). Nil for anything else
+    /// (escapes, user info, IP literals, fragments, other characters), which goes to the parser:
+    /// this never accepts what it would refuse, and finds the same host.
+    static func plainHTTPHost(_ string: String) -> String? {
+        let bytes = string.utf8
+        var index = bytes.startIndex
+        func lowered(_ byte: UInt8) -> UInt8 { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte + 32 : byte }
+        for expected in "http".utf8 {
+            guard index != bytes.endIndex, lowered(bytes[index]) == expected else { return nil }
+            index = bytes.index(after: index)
+        }
+        if index != bytes.endIndex, lowered(bytes[index]) == UInt8(ascii: "s") { index = bytes.index(after: index) }
+        for expected in "://".utf8 {
+            guard index != bytes.endIndex, bytes[index] == expected else { return nil }
+            index = bytes.index(after: index)
+        }
+        let hostStart = index
+        var hostEnd: String.UTF8View.Index?
+        var inPort = false
+        while index != bytes.endIndex {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "/") || byte == UInt8(ascii: "?") { break }
+            if byte == UInt8(ascii: ":") && !inPort {
+                inPort = true
+                hostEnd = index
+            } else if inPort {
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
+            } else {
+                guard isHostByte(byte) else { return nil }
+            }
+            index = bytes.index(after: index)
+        }
+        let host = string.utf8[hostStart..<(hostEnd ?? index)]
+        guard !host.isEmpty else { return nil }
+        while index != bytes.endIndex {
+            guard isPlainPathByte(bytes[index]) else { return nil }
+            index = bytes.index(after: index)
+        }
+        return String(decoding: host.map(lowered), as: UTF8.self)
+    }
+
+    /// Letters, digits, `-` and `.`: a registered name without escapes.
+    private static func isHostByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "."):
+            true
+        default:
+            false
+        }
+    }
+
+    /// RFC 3986's unreserved and sub-delims characters, `:`, `@`, `/` and `?`: valid anywhere in
+    /// a path or a query (no `%` escapes, no `#`: those go to the parser).
+    private static func isPlainPathByte(_ byte: UInt8) -> Bool {
+        if isHostByte(byte) { return true }
+        return switch byte {
+        case UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"),
+             UInt8(ascii: "="), UInt8(ascii: ":"), UInt8(ascii: "@"), UInt8(ascii: "/"), UInt8(ascii: "?"):
+            true
+        default:
+            false
+        }
+    }
+
+    /// `httpHost` through URLComponents.
+    static func parsedHTTPHost(_ string: String) -> String? {
         // URLComponents already refuses spaces; control characters are refused here too so that
         // the check does not depend on Foundation's parser leniency.
         guard !hasSpaceOrControl(string),

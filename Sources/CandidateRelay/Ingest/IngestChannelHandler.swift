@@ -226,32 +226,43 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func store(account: String, head: HTTPRequest, body: Data, context: ChannelHandlerContext) {
         let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
         state = .storing(closeAfter: closeAfter)
-        let ingest = self.ingest
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
-        // The answer is made on the loop (metrics, the doorbell, the log line), not on the
-        // group commit's drain, which goes on to the next batch.
-        let answer: @Sendable (@escaping @Sendable () -> Result<IngestHandler.StoredAnswer, IngestError>) -> Void = { outcome in
-            loop.execute { handler.value.answered(ingest.finish(outcome(), account: account)) }
-        }
         let headers = head.headerFields
-        let check: @Sendable () -> Void = {
-            let prepared: IngestHandler.Prepared
-            do throws(IngestError) {
-                prepared = try ingest.prepare(account: account, headers: headers, body: body)
-            } catch {
-                answer { .failure(error) }
-                return
-            }
-            ingest.outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog) { stored in
-                answer { ingest.answer(stored, for: prepared) }
-            }
-        }
         if body.count > Self.inlineCheckBytes {
+            let check: @Sendable () -> Void = { [ingest] in
+                Self.check(ingest, account: account, headers: headers, body: body, loop: loop, handler: handler)
+            }
             Task { check() }
         } else {
-            check()
+            Self.check(ingest, account: account, headers: headers, body: body, loop: loop, handler: handler)
         }
+    }
+
+    /// The checks, then the group commit. The answer is made on the loop (metrics, the doorbell,
+    /// the log line), not on the group commit's drain, which goes on to the next batch; the
+    /// completion carries no more than it needs across (each capture is a retain and a release
+    /// on SQLite's writer queue, which every request waits for).
+    private static func check(_ ingest: IngestHandler, account: String, headers: HTTPFields, body: Data,
+                              loop: any EventLoop, handler: NIOLoopBound<IngestChannelHandler>) {
+        let prepared: IngestHandler.Prepared
+        do throws(IngestError) {
+            prepared = try ingest.prepare(account: account, headers: headers, body: body)
+        } catch {
+            loop.execute { handler.value.answered(.failure(error), account: account) }
+            return
+        }
+        let generated = prepared.generated
+        ingest.outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog) { stored in
+            loop.execute {
+                let handler = handler.value
+                handler.answered(handler.ingest.answer(stored, account: account, generated: generated), account: account)
+            }
+        }
+    }
+
+    private func answered(_ outcome: Result<IngestHandler.StoredAnswer, IngestError>, account: String) {
+        answered(ingest.finish(outcome, account: account))
     }
 
     /// The stored webhook's answer, on the loop: written, then whatever waited for it.

@@ -61,7 +61,7 @@ public struct IngestHandler: Sendable {
             } catch {
                 stored = .failure(error)
             }
-            outcome = answer(stored, for: prepared)
+            outcome = answer(stored, account: account, generated: prepared.generated)
         } catch {
             outcome = .failure(error)
         }
@@ -126,8 +126,7 @@ public struct IngestHandler: Sendable {
 
     /// The answer to a submission once the outbox is done with it: 202 after its commit, 200
     /// for a replay, or the error (a storage failure is logged here, without the body).
-    func answer(_ stored: Result<AcceptResult, any Error>, for prepared: Prepared) -> Result<StoredAnswer, IngestError> {
-        let account = prepared.submission.account
+    func answer(_ stored: Result<AcceptResult, any Error>, account: String, generated: Bool) -> Result<StoredAnswer, IngestError> {
         let result: AcceptResult
         switch stored {
         case .success(let value):
@@ -146,7 +145,7 @@ public struct IngestHandler: Sendable {
             metrics.ingest(result: "accepted", account: account)
             // Written directly (keys sorted, as every contract object): this is the hot path.
             let body = "{\"id\":\(ContractJSON.quoted(record.id)),\"partner_candidate_id\":\(ContractJSON.quoted(record.partnerCandidateID)),"
-                + (prepared.generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
+                + (generated ? "\"partner_candidate_id_generated\":true," : "") + "\"state\":\"pending\"}"
             let answer = IngestAnswer(
                 status: .accepted, headers: [.contentType: "application/json", .location: Self.location(record)],
                 body: ByteBuffer(string: body))

@@ -85,7 +85,10 @@ extension Outbox {
         var backlogs: [String: Int] = [:]
         for pending in batch {
             let submission = pending.submission
+            // A probe first (nearly every key is new), the whole record only for a replay.
             if let key = submission.idempotencyKey,
+               try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key = ?"),
+                                arguments: [submission.account, key]) != nil,
                let row = try Row.fetchOne(
                 db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key = ?"),
                 arguments: [submission.account, key]) {
