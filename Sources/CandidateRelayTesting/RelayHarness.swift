@@ -40,6 +40,9 @@ public final class RelayHarness: Sendable {
         client = HTTPTestClient(port: port.withLock { $0 } ?? 0)
     }
 
+    /// The port the relay listens on.
+    public var port: Int { Int(client.baseURL.split(separator: ":").last ?? "") ?? 0 }
+
     /// Posts a candidate and returns the event id (fails the caller's expectation on non-202 by returning nil).
     /// `account`: posted to `/v1/accounts/{account}/candidates` (nil: `/v1/candidates`).
     public func post(_ body: String, key: String? = nil, account: String? = nil) async throws -> String? {

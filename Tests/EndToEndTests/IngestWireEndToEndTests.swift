@@ -1,0 +1,130 @@
+import CandidateRelay
+import CandidateRelayTesting
+import Foundation
+import Testing
+
+/// The webhook as the wire carries it, answered by the ingest channel handler on the event
+/// loop: pipelined requests answered in order, `Expect: 100-continue`, refusals before the body
+/// that close the connection, `Connection: close`, a half-closed client, bytes after a request
+/// that are not HTTP.
+@Suite(.serialized) struct IngestWireEndToEndTests {
+    static func post(_ body: String, key: String? = nil, path: String = "/v1/candidates", extra: String = "") -> String {
+        "POST \(path) HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
+            + (key.map { "Idempotency-Key: \($0)\r\n" } ?? "") + extra + "\r\n" + body
+    }
+
+    static let healthz = "GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n"
+
+    static func candidate(_ id: String) -> String { Candidates.json(partnerID: id) }
+
+    static func storedCount(_ relay: RelayHarness) async throws -> Int {
+        try await relay.application.outbox.status(now: Date()).counts.values.reduce(0, +)
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInTheirOrder() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        // One write: webhook, router, webhook, router (404), the first webhook again (a replay).
+        connection.send(Self.post(Self.candidate("wire-1"), key: "k1") + Self.healthz + Self.post(Self.candidate("wire-2"), key: "k2")
+                        + "GET /v1/candidates/evt_missing HTTP/1.1\r\nHost: relay\r\n\r\n" + Self.post(Self.candidate("wire-1"), key: "k1"))
+        var answers: [RawHTTPConnection.Answer] = []
+        for _ in 0..<5 { if let answer = await connection.readAnswer() { answers.append(answer) } }
+        try #require(answers.map(\.status) == [202, 200, 202, 404, 200])
+        #expect(answers[1].json["status"] as? String == "ok")
+        #expect(answers[0].json["partner_candidate_id"] as? String == "wire-1")
+        #expect(answers[2].json["partner_candidate_id"] as? String == "wire-2")
+        #expect(answers[4].json["duplicate"] as? Bool == true)
+        #expect(answers[4].json["id"] as? String == answers[0].json["id"] as? String)
+        #expect(answers[0].headers["content-type"] == "application/json")
+        #expect(answers[0].headers["location"] == "/v1/candidates/\(answers[0].json["id"] as? String ?? "")")
+        #expect(answers[0].headers["date"] != nil && answers[0].headers["server"] == "candidate-relay")
+
+        // The router first, then a webhook behind it, then the router again.
+        let second = try RawHTTPConnection(port: relay.port)
+        second.send(Self.healthz + Self.post(Self.candidate("wire-3"), key: "k3") + Self.healthz)
+        var statuses: [Int] = []
+        for _ in 0..<3 { if let answer = await second.readAnswer() { statuses.append(answer.status) } }
+        #expect(statuses == [200, 202, 200])
+        #expect(try await Self.storedCount(relay) == 3)
+    }
+
+    @Test func expectContinueGetsAHundredBeforeTheBody() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        let body = Self.candidate("wire-continue")
+        connection.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                        + "Content-Length: \(body.utf8.count)\r\nExpect: 100-continue\r\n\r\n")
+        #expect(await connection.readAnswer()?.status == 100)
+        connection.send(body)
+        #expect(await connection.readAnswer()?.status == 202)
+        // The connection is still good for the next request.
+        connection.send(Self.healthz)
+        #expect(await connection.readAnswer()?.status == 200)
+    }
+
+    @Test func refusalsBeforeTheBodyCloseTheConnectionAndStoreNothing() async throws {
+        let relay = try await RelayHarness { $0.ingest.maxBodyBytes = 1_000 }
+        defer { Task { await relay.stop() } }
+        // A declared length over the limit: 413 at once (the body is never sent).
+        let declared = try RawHTTPConnection(port: relay.port)
+        declared.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
+        let tooLarge = await declared.readAnswer()
+        #expect(tooLarge?.status == 413)
+        #expect(tooLarge?.json["error"] as? String == "payload_too_large")
+        #expect(tooLarge?.headers["connection"] == "close")
+        #expect(await declared.isClosedByServer())
+
+        // A chunked body that grows past the limit.
+        let chunked = try RawHTTPConnection(port: relay.port)
+        let chunk = String(repeating: "a", count: 600)
+        chunked.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + "258\r\n\(chunk)\r\n258\r\n\(chunk)\r\n")
+        #expect(await chunked.readAnswer()?.status == 413)
+        #expect(await chunked.isClosedByServer())
+
+        // An unknown account: 404 before the body.
+        let unknown = try RawHTTPConnection(port: relay.port)
+        unknown.send(Self.post(Self.candidate("wire-nobody"), path: "/v1/accounts/nobody/candidates"))
+        let notFound = await unknown.readAnswer()
+        #expect(notFound?.status == 404)
+        #expect(notFound?.json["error"] as? String == "unknown_account")
+        #expect(await unknown.isClosedByServer())
+        #expect(try await Self.storedCount(relay) == 0)
+
+        // And a good request on a new connection is served.
+        let good = try RawHTTPConnection(port: relay.port)
+        good.send(Self.post(Self.candidate("wire-ok")))
+        #expect(await good.readAnswer()?.status == 202)
+    }
+
+    @Test func connectionCloseAndAHalfClosedClientStillGetTheirAnswer() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let closing = try RawHTTPConnection(port: relay.port)
+        closing.send(Self.post(Self.candidate("wire-close"), extra: "Connection: close\r\n"))
+        let answer = await closing.readAnswer()
+        #expect(answer?.status == 202)
+        #expect(answer?.headers["connection"] == "close")
+        #expect(await closing.isClosedByServer())
+
+        // The client sends its request and closes its sending half at once.
+        let halfClosed = try RawHTTPConnection(port: relay.port)
+        halfClosed.send(Self.post(Self.candidate("wire-half")))
+        halfClosed.closeSending()
+        #expect(await halfClosed.readAnswer()?.status == 202)
+        #expect(try await Self.storedCount(relay) == 2)
+    }
+
+    @Test func bytesThatAreNotHTTPAfterAWebhookGetA400AfterItsAnswer() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        connection.send(Self.post(Self.candidate("wire-garbage")) + "NOT HTTP AT ALL\r\n\r\n")
+        #expect(await connection.readAnswer()?.status == 202)
+        #expect(await connection.readAnswer()?.status == 400)
+        #expect(await connection.isClosedByServer())
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+}
