@@ -67,7 +67,11 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case reading(account: String, head: HTTPRequest, limit: Int)
         /// A whole webhook being checked and stored; its answer is not out yet.
         case storing(closeAfter: Bool)
-        /// Refused before its body (413, 404, 503): answered, and the connection closes.
+        /// Refused before the end of its body (413, 404, 503): answered; the rest of the body
+        /// is read and dropped (closing with unread bytes would reset the connection, and the
+        /// client would likely never read the answer), then the next request.
+        case discarding(closeAfter: Bool)
+        /// Answered, and the connection is closing.
         case closing
     }
 
@@ -181,7 +185,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             case .body(let chunk):
                 if body.count + chunk.readableBytes > limit {
                     body = Data()
-                    refuse(.payloadTooLarge(limit: limit), account: account, context: context)
+                    refuse(.payloadTooLarge(limit: limit), account: account, head: head, bodyComing: true, context: context)
                     return
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
@@ -192,6 +196,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             case .head:
                 break  // the decoder sends no head before the end of the one before
             }
+        case .discarding(let closeAfter):
+            guard case .end = part else { return }
+            state = .idle
+            if closeAfter { closeAfterAnswer(context: context) }
         case .storing, .closing:
             break  // nothing is processed while blocked (`channelRead` holds it)
         }
@@ -211,10 +219,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             _ = try ingest.admit(account: account)
             if let declared, declared > limit { throw .payloadTooLarge(limit: limit) }
         } catch {
-            refuse(error, account: account, context: context)
+            refuse(error, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context)
             return
         }
-        if head.headerFields[.expect]?.lowercased() == "100-continue" {
+        if Self.expectsContinue(head) {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         }
         body = Data()
@@ -222,18 +230,38 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         state = .reading(account: account, head: head, limit: limit)
     }
 
-    /// Answers before the body is read, and closes: the rest of the body is not worth reading.
-    private func refuse(_ error: IngestError, account: String, context: ChannelHandlerContext) {
+    /// Answers before the end of the body. A body still coming is read and dropped; a client
+    /// waiting for `100 Continue` sends none, and the connection closes (it cannot tell the
+    /// server that it will not send it).
+    private func refuse(_ error: IngestError, account: String, head: HTTPRequest, bodyComing: Bool, context: ChannelHandlerContext) {
+        let closeAfter = !bodyComing || Self.asksToClose(head)
+        send(ingest.finish(.failure(error), account: account), close: closeAfter, context: context)
+        if bodyComing {
+            state = .discarding(closeAfter: closeAfter)
+        } else {
+            closeAfterAnswer(context: context)
+        }
+    }
+
+    /// Closes after the last answer; nothing more is read.
+    private func closeAfterAnswer(context: ChannelHandlerContext) {
         state = .closing
         held.removeAll()
-        send(ingest.finish(.failure(error), account: account), close: true, context: context)
         context.close(promise: nil)
+    }
+
+    static func expectsContinue(_ head: HTTPRequest) -> Bool {
+        head.headerFields[.expect]?.lowercased() == "100-continue"
+    }
+
+    /// `Connection: close`, as the router reads it.
+    static func asksToClose(_ head: HTTPRequest) -> Bool {
+        head.headerFields[.connection]?.lowercased() == "close"
     }
 
     /// A whole webhook: checked, then stored by the group commit; answered on this loop.
     private func store(account: String, head: HTTPRequest, body: Data, context: ChannelHandlerContext) {
-        let closeAfter = head.headerFields[.connection]?.lowercased() == "close"
-        state = .storing(closeAfter: closeAfter)
+        state = .storing(closeAfter: Self.asksToClose(head))
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
         let headers = head.headerFields
@@ -278,9 +306,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard let context, case .storing(let closeAfter) = state else { return }
         send(answer, close: closeAfter, context: context)
         if closeAfter {
-            state = .closing
-            held.removeAll()
-            context.close(promise: nil)
+            closeAfterAnswer(context: context)
             return
         }
         state = .idle
