@@ -247,7 +247,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func closeAfterAnswer(context: ChannelHandlerContext) {
         state = .closing
         held.removeAll()
-        context.close(promise: nil)
+        // A close the router asked for meanwhile is this one (its promise must complete).
+        let promise = heldClose?.promise
+        heldClose = nil
+        context.close(promise: promise)
     }
 
     static func expectsContinue(_ head: HTTPRequest) -> Bool {
