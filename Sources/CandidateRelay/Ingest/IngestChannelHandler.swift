@@ -95,22 +95,34 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
     /// Parts passed on to the router so far.
     private var forwarded = 0
+    /// The connection takes more output. While it does not (a client that pipelines webhooks
+    /// and reads no answers), nothing more is read: the answers wait in the kernel, not in
+    /// memory here. The router's side does the same through its async channel.
+    private var writable = true
 
     init(ingest: IngestHandler, serverName: String) {
         self.ingest = ingest
         self.serverName = serverName
     }
 
-    /// No part is processed now: one is being stored, or one waits for the router's answers.
+    /// No part is processed now: one is being stored, one waits for the router's answers, or
+    /// the answers before it are not taken.
     private var isBlocked: Bool {
         switch state {
         case .storing, .closing: true
-        default: waitingForRouter
+        default: waitingForRouter || !writable
         }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        writable = context.channel.isWritable
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writable = context.channel.isWritable
+        context.fireChannelWritabilityChanged()
+        if writable { resume(context: context) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
