@@ -11,6 +11,8 @@ public final class RelayHarness: Sendable {
     public let application: RelayApplication
     public let logs: LogCapture
     public let client: HTTPTestClient
+    /// The port the relay listens on.
+    public let port: Int
     private let task: Task<Void, any Error>
 
     /// Builds and starts both; `configure` adjusts the relay configuration first.
@@ -37,11 +39,10 @@ public final class RelayHarness: Sendable {
         let application = self.application
         task = Task { try await application.run() }
         _ = await eventually(timeout: 30) { port.withLock { $0 } != nil }
-        client = HTTPTestClient(port: port.withLock { $0 } ?? 0)
+        self.port = port.withLock { $0 } ?? 0
+        client = HTTPTestClient(port: self.port)
     }
 
-    /// The port the relay listens on.
-    public var port: Int { Int(client.baseURL.split(separator: ":").last ?? "") ?? 0 }
 
     /// Posts a candidate and returns the event id (fails the caller's expectation on non-202 by returning nil).
     /// `account`: posted to `/v1/accounts/{account}/candidates` (nil: `/v1/candidates`).

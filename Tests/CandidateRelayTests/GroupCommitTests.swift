@@ -102,3 +102,17 @@ import Testing
         await #expect(throws: OutboxError.self) { try await outbox.accept(OutboxTests.submission(), maxBacklog: 200) }
     }
 }
+
+extension GroupCommit {
+    /// A batch written by an async function, each on a task of its own (the outbox's batches
+    /// are jobs on SQLite's writer queue instead).
+    typealias Commit = @Sendable ([Item]) async throws -> [Swift.Result<Result, any Error>]
+
+    func submit(_ item: Item, commit: @escaping Commit) async throws -> Result {
+        try await submit(item) { items, done in
+            Task {
+                do { done(.success(try await commit(items))) } catch { done(.failure(error)) }
+            }
+        }
+    }
+}

@@ -270,12 +270,11 @@ public struct CandidateValidator: Sendable {
     static func plainHTTPHost(_ string: String) -> String? {
         let bytes = string.utf8
         var index = bytes.startIndex
-        func lowered(_ byte: UInt8) -> UInt8 { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte + 32 : byte }
         for expected in "http".utf8 {
-            guard index != bytes.endIndex, lowered(bytes[index]) == expected else { return nil }
+            guard index != bytes.endIndex, bytes[index].asciiLowercased == expected else { return nil }
             index = bytes.index(after: index)
         }
-        if index != bytes.endIndex, lowered(bytes[index]) == UInt8(ascii: "s") { index = bytes.index(after: index) }
+        if index != bytes.endIndex, bytes[index].asciiLowercased == UInt8(ascii: "s") { index = bytes.index(after: index) }
         for expected in "://".utf8 {
             guard index != bytes.endIndex, bytes[index] == expected else { return nil }
             index = bytes.index(after: index)
@@ -302,7 +301,7 @@ public struct CandidateValidator: Sendable {
             guard isPlainPathByte(bytes[index]) else { return nil }
             index = bytes.index(after: index)
         }
-        return String(decoding: host.map(lowered), as: UTF8.self)
+        return String(decoding: host.map(\.asciiLowercased), as: UTF8.self)
     }
 
     /// Letters, digits, `-` and `.`: a registered name without escapes.
@@ -372,4 +371,9 @@ public struct CandidateValidator: Sendable {
         guard symbols > 0, symbols % 4 == 0 else { return nil }
         return symbols / 4 * 3 - padding
     }
+}
+
+extension UInt8 {
+    /// An ASCII capital letter lowercased; any other byte as it is.
+    var asciiLowercased: UInt8 { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(self) ? self + 32 : self }
 }

@@ -219,9 +219,7 @@ public struct IngestHandler: Sendable {
     static func isJSON(_ contentType: String?) -> Bool {
         guard let contentType else { return false }
         // What nearly every sender sends, compared without the general path's allocations.
-        if contentType.utf8.elementsEqual("application/json".utf8, by: { sent, expected in
-            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(sent) ? sent + 32 == expected : sent == expected
-        }) { return true }
+        if contentType.utf8.elementsEqual("application/json".utf8, by: { $0.asciiLowercased == $1 }) { return true }
         var parts = contentType.split(separator: ";", omittingEmptySubsequences: false).makeIterator()
         let media = (parts.next() ?? "").trimmingCharacters(in: .whitespaces).lowercased()
         guard media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json") && media.count > 17)

@@ -32,14 +32,21 @@ public final class RelayMetrics: Sendable {
         circuitOpen = Metrics.Gauge(label: "candidate_relay_partner_circuit_open", factory: factory)
     }
 
-    private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Gauge {
-        var key = label  // built in place: this runs for every request
+    /// The cache key of a metric: its label and dimensions, built in place (this runs for
+    /// every request).
+    private static func key(_ label: String, _ dimensions: [(String, String)]) -> String {
+        var key = label
         for (name, value) in dimensions {
             key += "|"
             key += name
             key += "="
             key += value
         }
+        return key
+    }
+
+    private func gauge(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Gauge {
+        let key = Self.key(label, dimensions)
         return gauges.withLock { gauges in
             if let existing = gauges[key] { return existing }
             let created = Metrics.Gauge(label: label, dimensions: dimensions, factory: factory)
@@ -62,13 +69,7 @@ public final class RelayMetrics: Sendable {
 
     /// Increments a counter, creating it on first use (label + dimensions identify it).
     public func count(_ label: String, _ dimensions: [(String, String)] = [], by amount: Int = 1) {
-        var key = label  // built in place: this runs for every request
-        for (name, value) in dimensions {
-            key += "|"
-            key += name
-            key += "="
-            key += value
-        }
+        let key = Self.key(label, dimensions)
         let counter = counters.withLock { counters in
             if let existing = counters[key] { return existing }
             let created = Metrics.Counter(label: label, dimensions: dimensions, factory: factory)

@@ -20,8 +20,6 @@ final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
     typealias BatchResult = Swift.Result<[Swift.Result<Result, any Error>], any Error>
     /// Commits a batch and calls its second argument once, when the transaction is over.
     typealias Run = @Sendable ([Item], @escaping @Sendable (BatchResult) -> Void) -> Void
-    /// A `Run` written as an async function (tests).
-    typealias Commit = @Sendable ([Item]) async throws -> [Swift.Result<Result, any Error>]
     typealias Completion = @Sendable (Swift.Result<Result, any Error>) -> Void
 
     private struct Waiter {
@@ -50,11 +48,6 @@ final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
         }
     }
 
-    /// `submit` with the batch written by an async function.
-    func submit(_ item: Item, commit: @escaping Commit) async throws -> Result {
-        try await submit(item, run: Self.run(commit))
-    }
-
     /// Queues `item`; `completion` is called once, from the drain, after the transaction holding
     /// it committed (or with the error that kept it out).
     func submit(_ item: Item, run: @escaping Run, completion: @escaping Completion) {
@@ -67,15 +60,6 @@ final class GroupCommit<Item: Sendable, Result: Sendable>: Sendable {
         // The drain outlives the request that started it: a client that disconnects does not
         // stop the commit of the others.
         if startDrain { drainNext(run) }
-    }
-
-    /// An async commit as a `Run`: each batch on a task of its own.
-    static func run(_ commit: @escaping Commit) -> Run {
-        { items, done in
-            Task {
-                do { done(.success(try await commit(items))) } catch { done(.failure(error)) }
-            }
-        }
     }
 
     /// Commits the next batch, or ends the drain when nothing is queued.
