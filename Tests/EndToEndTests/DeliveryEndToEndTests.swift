@@ -82,6 +82,45 @@ import Testing
         await relay.stop()
     }
 
+    /// An event claimed ahead whose account is paused (a 429 with Retry-After on the request in
+    /// flight) before it is sent: back to pending with no attempt used and no history row — a row
+    /// would count as a request in the rate windows rebuilt at the next start.
+    @Test func anEventNotSentBecauseOfAPauseLeavesNoHistory() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 800
+        sim.faults.retryAfter = "60"  // on injected answers only: none yet
+        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
+        let ids = [
+            try #require(try await relay.post(Candidates.json(partnerID: "pause-0"))),
+            try #require(try await relay.post(Candidates.json(partnerID: "pause-1"))),
+            try #require(try await relay.post(Candidates.json(partnerID: "pause-2"))),
+        ]
+        // The first goes alone; once it is delivered the worker sends the second and claims
+        // the third ahead. The simulator decides its answer after the latency: the second's
+        // is a 429 with Retry-After.
+        _ = try #require(try await relay.waitFor(ids[0], states: ["delivered"]))
+        var faults = sim.faults
+        faults.failNext = 1
+        faults.injectStatus = 429
+        await relay.simulator.setFaults(faults)
+        let claimedAhead = try await eventually {
+            try await relay.client.record(ids[2])?["state"] as? String == "in_flight"
+        }
+        #expect(claimedAhead)
+        let retried = try #require(try await relay.waitFor(ids[1], states: ["pending"]))
+        #expect(retried["last_status"] as? Int == 429)
+        let handedBack = try await eventually { try await relay.client.record(ids[2])?["state"] as? String == "pending" }
+        #expect(handedBack)
+        await relay.shutdownAndWait()
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        let record = try #require(try await outbox.record(id: ids[2]))
+        #expect(record.state == .pending && record.attempts == 0)
+        #expect(try await outbox.history(id: ids[2]).isEmpty)
+        #expect(try await outbox.history(id: ids[1]).map(\.outcome) == ["retry"])
+        #expect(await relay.simulator.snapshot().requests.count == 2)
+        await relay.stop()
+    }
+
     @Test func conflictBecomesALinkToTheExistingCandidate() async throws {
         let relay = try await RelayHarness()
         let first = try #require(try await relay.post(Candidates.json(partnerID: "dup"), key: "k1"))

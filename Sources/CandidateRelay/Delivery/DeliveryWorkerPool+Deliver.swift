@@ -29,11 +29,14 @@ extension DeliveryWorkerPool {
             await self.exchange(event, permit: permit, leaseSeconds: settings.leaseSeconds)
         }
         guard case .some(.some(let exchange)) = sent else {
-            // Nothing was sent (the lease was taken back, the account was paused meanwhile) or
-            // the grace period ran out: hand the event back if the lease is still ours (the CAS
-            // ignores it otherwise).
+            // Hand the event back if the lease is still ours (the CAS ignores it otherwise),
+            // without using an attempt. The grace period ran out (`sent == nil`): a request
+            // may have reached the partner, and the history says so (`interrupted`). Nothing
+            // was sent (the lease was taken back, the account paused or removed meanwhile): no
+            // history row, which would count as a request in the rate windows rebuilt at the
+            // next start.
             await gate.settle(permit, .nothingSent)
-            await record(event, .interrupted, latencyMs: nil, now: now())
+            await record(event, sent == nil ? .interrupted : .unsent, latencyMs: nil, now: now())
             if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt") }
             return
         }

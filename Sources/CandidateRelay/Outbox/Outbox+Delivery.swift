@@ -26,9 +26,10 @@ public enum RecordedOutcome: Sendable, Equatable {
     case dead(status: Int?, error: String)
     /// Handed back at shutdown: pending again now, the attempt not counted.
     case interrupted
-    /// Claimed ahead by a busy worker and never sent (shutdown, fewer workers): pending again,
-    /// the attempt not counted and no history row (no request to remember, none to count in the
-    /// rate windows after a restart).
+    /// Claimed and never sent (claimed ahead by a busy worker at shutdown or when workers were
+    /// removed; the account paused, removed or its lease taken back before the request):
+    /// pending again, the attempt not counted and no history row (no request to remember, none
+    /// to count in the rate windows after a restart).
     case unsent
 
     var state: EventState {
