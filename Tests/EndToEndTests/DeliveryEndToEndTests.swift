@@ -121,6 +121,32 @@ import Testing
         await relay.stop()
     }
 
+    /// `forget` (another process) while an event is claimed ahead behind another request: the
+    /// payload already read for it must not reach the partner; the event goes dead instead.
+    @Test func anEventClaimedAheadIsNotSentAfterForget() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 800
+        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "erase-\(n)")))) }
+        // The first goes alone; then the second is sent and the third claimed ahead.
+        _ = try #require(try await relay.waitFor(ids[0], states: ["delivered"]))
+        let claimedAhead = try await eventually {
+            try await relay.client.record(ids[2])?["state"] as? String == "in_flight"
+        }
+        #expect(claimedAhead)
+        let admin = try Outbox(path: relay.application.configuration.storage.path)
+        let report = try await admin.forget(partnerCandidateID: "erase-2", now: Date())
+        #expect(report.events == [ids[2]] && report.pendingStopped == 0)
+        let dead = try #require(try await relay.waitFor(ids[2], states: ["dead"]))
+        #expect(dead["last_error"] as? String == "payload_erased")
+        _ = try #require(try await relay.waitFor(ids[1], states: ["delivered"]))
+        let sent = await relay.simulator.snapshot().requests.map(\.partnerCandidateID)
+        #expect(sent == ["erase-0", "erase-1"])
+        #expect(try await admin.history(id: ids[2]).isEmpty)
+        await relay.stop()
+    }
+
     @Test func conflictBecomesALinkToTheExistingCandidate() async throws {
         let relay = try await RelayHarness()
         let first = try #require(try await relay.post(Candidates.json(partnerID: "dup"), key: "k1"))

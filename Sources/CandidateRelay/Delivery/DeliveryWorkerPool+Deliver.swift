@@ -96,16 +96,15 @@ extension DeliveryWorkerPool {
         return second
     }
 
-    /// One request: the lease renewed if half of it has run (never send an event another
-    /// worker may hold now), the account's token, then the POST in the permit's place of the
+    /// Claimed longer ago than this, an event is checked again before its request (`forget`).
+    static let recheckAfterSeconds = 0.1
+
+    /// One request: the account's token; the lease renewed if half of it has run (never send an
+    /// event another worker may hold now), or the event read again if it was claimed a while
+    /// ago (never send a payload erased since); then the POST in the permit's place of the
     /// rate windows (the resend after a 401, `permit == nil`, waits for a place of its own).
     /// Nil when nothing was sent.
     private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange? {
-        // Only this daemon takes leases back, and only expired ones: while less than half of the
-        // lease has run it is certainly still ours, and the renewal (an fsync) is skipped.
-        if now().timeIntervalSince(event.leasedAt) > leaseSeconds / 2 {
-            guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return nil }
-        }
         // The account left the config meanwhile (a reload): its events wait for it.
         guard let provider = tokens.value[event.account] else { return nil }
         let token: String
@@ -115,6 +114,17 @@ extension DeliveryWorkerPool {
             if Task.isCancelled { return nil }
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
+        }
+        // Only this daemon takes leases back, and only expired ones: while less than half of the
+        // lease has run it is certainly still ours, and the renewal (an fsync) is skipped. An
+        // event that waited since its claim (claimed ahead behind another request, a slow
+        // token) is read again: `forget` may have erased its payload meanwhile, and the copy
+        // in memory must not reach the partner after that.
+        let waited = now().timeIntervalSince(event.leasedAt)
+        if waited > leaseSeconds / 2 {
+            guard (try? await outbox.renewLease(event, seconds: leaseSeconds, now: now())) == true else { return nil }
+        } else if waited > Self.recheckAfterSeconds {
+            guard (try? await outbox.mayStillSend(event)) == true else { return nil }
         }
         let client = self.client
         let timed: (answer: PartnerAnswer, elapsed: Duration)

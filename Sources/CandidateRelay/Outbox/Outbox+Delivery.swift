@@ -282,13 +282,25 @@ extension Outbox {
     }
 
     /// Extends a lease that is still ours; false when it was taken back (rescued, or the
-    /// outbox changed under us), in which case the caller must not send.
+    /// outbox changed under us) or the payload was erased since the claim, in which case the
+    /// caller must not send.
     public func renewLease(_ event: ClaimedEvent, seconds: Double, now: Date) async throws -> Bool {
         try await write { db in
             try db.execute(
-                sql: "UPDATE events SET lease_expires_at = ? WHERE id = ? AND state = 'in_flight' AND lease = ?",
+                sql: "UPDATE events SET lease_expires_at = ? WHERE id = ? AND state = 'in_flight' AND lease = ? AND payload_erased_at IS NULL",
                 arguments: [now.addingTimeInterval(seconds).millis, event.id, event.lease])
             return db.changesCount == 1
+        }
+    }
+
+    /// Whether a claimed event may still be sent: the lease is still ours and `forget` (another
+    /// process) has not erased the payload since the claim. A read, for an event that waited
+    /// between its claim and its request (claimed ahead behind another request, a slow token).
+    public func mayStillSend(_ event: ClaimedEvent) async throws -> Bool {
+        try await read { db in
+            try Bool.fetchOne(
+                db.cachedStatement(sql: "SELECT payload_erased_at IS NULL FROM events WHERE id = ? AND state = 'in_flight' AND lease = ?"),
+                arguments: [event.id, event.lease]) ?? false
         }
     }
 
