@@ -66,7 +66,7 @@ import Testing
         #expect(IngestHandler.idempotencyKey(webhookID: "", idempotencyKey: nil) == nil)
         // Blank as Foundation's `.whitespaces` sees it: tab and space separators, not newlines.
         for key in [" ", "\t", "\u{00A0}", "\u{2003}", " \u{3000}\t", "", "\n", "a", " a ", "\u{200B}", "\u{180E}", "\u{FEFF}", "\u{2028}", "\u{85}"] {
-            #expect(IngestHandler.isBlank(key) == key.trimmingCharacters(in: .whitespaces).isEmpty, "\(key.unicodeScalars.map(\.value))")
+            #expect(IngestHandler.isBlankKey(key) == key.trimmingCharacters(in: .whitespaces).isEmpty, "\(key.unicodeScalars.map(\.value))")
         }
     }
 

@@ -201,13 +201,14 @@ public struct IngestHandler: Sendable {
     /// The idempotency key: `webhook-id`, else `Idempotency-Key`. A blank value is no key at all
     /// (it would otherwise be one key shared by every sender that sends it blank).
     static func idempotencyKey(webhookID: String?, idempotencyKey: String?) -> String? {
-        [webhookID, idempotencyKey].lazy.compactMap { $0 }.first { !isBlank($0) }
+        [webhookID, idempotencyKey].lazy.compactMap { $0 }.first { !isBlankKey($0) }
     }
 
-    /// Nothing but `CharacterSet.whitespaces` (tab, the space separators and, as Foundation
-    /// has it, U+200B): decided byte by byte for ASCII, without Foundation's trimming (a copy
-    /// and a bridge per request).
-    static func isBlank(_ value: String) -> Bool {
+    /// An idempotency key of nothing but `CharacterSet.whitespaces` (tab, the space separators
+    /// and, as Foundation has it, U+200B): decided byte by byte for ASCII, without Foundation's
+    /// trimming (a copy and a bridge per request). Not the validator's `isBlank` (a field's
+    /// value), which also counts line breaks and Unicode's other whitespace.
+    static func isBlankKey(_ value: String) -> Bool {
         value.unicodeScalars.allSatisfy { scalar in
             scalar.isASCII ? scalar == " " || scalar == "\t"
                 : scalar.properties.generalCategory == .spaceSeparator || scalar.value == 0x200B
