@@ -56,6 +56,9 @@ public final class RawHTTPConnection: @unchecked Sendable {
     /// Closes the sending half: the server sees the end of the input.
     public func closeSending() { shutdown(fd, Int32(SHUT_WR)) }
 
+    /// Ends the connection both ways (the descriptor itself is closed with the object).
+    public func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
     /// The next answer, or nil when the connection closed (or timed out) before a whole one came.
     public func readAnswer() async -> Answer? {
         await withCheckedContinuation { continuation in

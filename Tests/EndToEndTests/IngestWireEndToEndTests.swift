@@ -1,6 +1,7 @@
 import CandidateRelay
 import CandidateRelayTesting
 import Foundation
+import Synchronization
 import Testing
 
 /// The webhook as the wire carries it, answered by the ingest channel handler on the event
@@ -128,6 +129,61 @@ import Testing
         #expect(try await Self.storedCount(relay) == 2)
     }
 
+    /// Pipelined webhooks and router requests, then the client's half-close, in one write: the
+    /// end of input reaches the router after the requests before it, so every request is
+    /// answered (the router used to see it first and close: a stored webhook went unanswered,
+    /// and its sender would retry it).
+    @Test func aHalfCloseAfterPipelinedWebhooksWaitsForEveryAnswer() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        connection.send(Self.post(Self.candidate("half-1")) + Self.post(Self.candidate("half-2")) + Self.healthz
+                        + Self.post(Self.candidate("half-3")) + Self.healthz)
+        connection.closeSending()
+        var statuses: [Int] = []
+        for _ in 0..<5 { if let answer = await connection.readAnswer() { statuses.append(answer.status) } }
+        #expect(statuses == [202, 202, 200, 202, 200])
+        #expect(await connection.isClosedByServer())
+        #expect(try await Self.storedCount(relay) == 3)
+    }
+
+    /// A stop while a webhook's body is still coming (a stalled or slow sender): the webhook is
+    /// answered 503 at once, nothing is stored, and the stop does not wait for the rest of the
+    /// body — nor for a slow body on a path the router answers (closed a few seconds later).
+    @Test func aStopDoesNotWaitForABodyStillComing() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let webhook = try RawHTTPConnection(port: relay.port)
+        webhook.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        let routed = try RawHTTPConnection(port: relay.port)
+        routed.send("POST /v1/candidates/ HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        // Both heads are read before the stop begins (if not, the connection is idle, closes
+        // without an answer, and the expectations below fail).
+        try await Task.sleep(for: .milliseconds(300))
+        let stopped = StopTask { await relay.shutdownAndWait() }
+        let answer = await webhook.readAnswer()
+        #expect(answer?.status == 503)
+        #expect(answer?.json["error"] as? String == "unavailable")
+        #expect(answer?.headers["connection"] == "close")
+        // Neither sender stops sending nor closes: the stop must end on its own. (Before, it
+        // waited for the bodies for ever; 30 s is a bound for a hang, not a speed goal.)
+        let trickle = Task {
+            while !Task.isCancelled {
+                webhook.send(" ")
+                routed.send(" ")
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let ended = await eventually(timeout: 30, interval: 0.1) { stopped.isFinished }
+        trickle.cancel()
+        #expect(ended, "the stop waited for the senders")
+        webhook.close()
+        routed.close()
+        await stopped.value
+        let outbox = try Outbox(path: relay.application.configuration.storage.path)
+        #expect(try await outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
+    }
+
     @Test func bytesThatAreNotHTTPAfterAWebhookGetA400AfterItsAnswer() async throws {
         let relay = try await RelayHarness()
         defer { Task { await relay.stop() } }
@@ -138,4 +194,24 @@ import Testing
         #expect(await connection.isClosedByServer())
         #expect(try await Self.storedCount(relay) == 1)
     }
+}
+
+/// A task whose end can be polled.
+final class StopTask: Sendable {
+    private final class Flag: Sendable {
+        let done = Mutex(false)
+    }
+    private let flag = Flag()
+    private let task: Task<Void, Never>
+
+    init(_ body: @escaping @Sendable () async -> Void) {
+        let flag = self.flag
+        task = Task {
+            await body()
+            flag.done.withLock { $0 = true }
+        }
+    }
+
+    var isFinished: Bool { flag.done.withLock { $0 } }
+    var value: Void { get async { await task.value } }
 }

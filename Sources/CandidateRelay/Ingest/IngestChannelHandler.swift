@@ -29,7 +29,10 @@ struct RelayHTTP1Channel: ServerChildChannel {
             // the server quiesces), which must count these requests too; before the router.
             let operations = channel.pipeline.syncOperations
             let state = try operations.handler(type: HTTPConnectionStateHandler.self)
-            try operations.addHandler(IngestChannelHandler(ingest: ingest, serverName: serverName), position: .after(state))
+            let handler = IngestChannelHandler(ingest: ingest, serverName: serverName)
+            try operations.addHandler(handler, position: .after(state))
+            // Before the connection-state handler, which keeps the server's stop to itself.
+            try operations.addHandler(StopWatcher(ingest: handler), position: .before(state))
             return value
         }
     }
@@ -89,7 +92,13 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var routerAnswersOwed = 0
     /// A webhook waits (held) for the router's answers before it.
     private var waitingForRouter = false
-    private var held = CircularBuffer<HTTPRequestPart>()
+    /// What arrived while blocked, in order: request parts, and events such as the client's
+    /// half-close, which the router must see after the requests before it, not ahead of them.
+    private enum Held {
+        case part(HTTPRequestPart)
+        case event(Any)
+    }
+    private var held = CircularBuffer<Held>()
     private var heldError: (any Error)?
     private var heldRead = false
     private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
@@ -133,10 +142,19 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let part = unwrapInboundIn(data)
         if isBlocked || !held.isEmpty {
             if case .closing = state { return }
-            held.append(part)
+            held.append(.part(part))
             return
         }
         process(part, context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if isBlocked || !held.isEmpty {
+            if case .closing = state { return }
+            held.append(.event(event))
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -178,7 +196,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if case .head(let head) = part, let account = Self.ingestAccount(head) {
                 if routerAnswersOwed > 0 {
                     waitingForRouter = true
-                    held.prepend(part)  // first again: it may have come from the front of `held`
+                    held.prepend(.part(part))  // first again: it may have come from the front of `held`
                 } else {
                     begin(head, account: account, context: context)
                 }
@@ -265,6 +283,28 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         context.close(promise: promise)
     }
 
+    /// The server is stopping (its quiesce event). A webhook whose body is still coming is
+    /// answered 503 now and the connection closed: the rest of its body (a slow or stalled
+    /// sender) must not hold the daemon's exit. One being stored is answered, then the
+    /// connection closes; anything pipelined after it is not read. Requests the router has
+    /// are the connection-state handler's: it closes after their answers.
+    fileprivate func stop() {
+        guard let context else { return }
+        switch state {
+        case .reading(let account, _, _):
+            body = Data()
+            send(ingest.finish(.failure(.unavailable(reason: "shutting down", retryAfterSeconds: 5)), account: account),
+                 close: true, context: context)
+            closeAfterAnswer(context: context)
+        case .discarding:
+            closeAfterAnswer(context: context)
+        case .storing:
+            state = .storing(closeAfter: true)
+        case .idle, .passing, .closing:
+            break
+        }
+    }
+
     static func expectsContinue(_ head: HTTPRequest) -> Bool {
         head.headerFields[.expect]?.lowercased() == "100-continue"
     }
@@ -335,8 +375,11 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Processes what was held, in order, until a part blocks again; then the held error and read.
     private func resume(context: ChannelHandlerContext) {
         let forwardedBefore = forwarded
-        while !isBlocked, let part = held.popFirst() {
-            process(part, context: context)
+        while !isBlocked, let next = held.popFirst() {
+            switch next {
+            case .part(let part): process(part, context: context)
+            case .event(let event): context.fireUserInboundEventTriggered(event)
+            }
         }
         // The router's end of the pipeline hands reads on at the end of a read cycle: parts
         // passed on outside one need a read-complete of their own.
@@ -374,6 +417,44 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard parts.count == 5, parts[0].isEmpty, parts[1] == "v1", parts[2] == "accounts", parts[4] == "candidates",
               !parts[3].isEmpty, !parts[3].contains("%") else { return nil }
         return String(parts[3])
+    }
+}
+
+/// Sees the server's stop (`ChannelShouldQuiesceEvent`) before the connection-state handler
+/// takes it, tells the webhook handler, and closes the connection if it is still open a few
+/// seconds later: a client that sends a body (to any path) a byte at a time, or reads its
+/// answer that way, must not hold the daemon's exit. (The router's quiesce waits for the
+/// current request's answer, however long its body takes to arrive.)
+final class StopWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+
+    /// How long a connection may still take to finish once the server stops.
+    static let closeAfter = TimeAmount.seconds(3)
+
+    private let ingest: IngestChannelHandler
+    private var deadline: Scheduled<Void>?
+
+    init(ingest: IngestChannelHandler) {
+        self.ingest = ingest
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, deadline == nil {
+            let channel = context.channel
+            deadline = context.eventLoop.scheduleTask(in: Self.closeAfter) { channel.close(promise: nil) }
+            ingest.stop()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
     }
 }
 
