@@ -38,6 +38,24 @@ import Testing
         _ = lock
     }
 
+    /// Another path to the same outbox — a symlink to the file, or to its directory — finds the
+    /// same lock (the second daemon used to start through a symlink to the file, take the first
+    /// one's leases back and send its events again).
+    @Test func aSymlinkToTheOutboxFindsTheSameLock() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let path = dir.file("state/o.sqlite3")
+        let outbox = try Outbox(path: path)
+        _ = outbox
+        let lock = try OutboxLock(outboxPath: path)
+        try FileManager.default.createSymbolicLink(atPath: dir.file("link.sqlite3"), withDestinationPath: path)
+        try FileManager.default.createSymbolicLink(atPath: dir.file("linkdir"), withDestinationPath: dir.file("state"))
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("link.sqlite3")) }
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("linkdir/o.sqlite3")) }
+        #expect(OutboxLock.holder(outboxPath: dir.file("link.sqlite3")) == getpid())
+        _ = lock
+    }
+
     @Test func idempotencyKeyReturnsTheSameEventAndRefusesAnotherBody() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

@@ -18,8 +18,8 @@ public final class OutboxLock: Sendable {
     }
 
     public init(outboxPath: String) throws {
-        path = outboxPath + ".lock"
         try Outbox.ensureDirectory(for: outboxPath)
+        path = Self.lockPath(for: outboxPath)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw OutboxError.storage("cannot open lock file \(path): \(String(cString: strerror(errno)))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
@@ -37,7 +37,7 @@ public final class OutboxLock: Sendable {
 
     /// The pid of the daemon holding the lock of `outboxPath`, nil when no process holds it.
     public static func holder(outboxPath: String) -> Int32? {
-        let path = outboxPath + ".lock"
+        let path = lockPath(for: outboxPath)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -50,6 +50,25 @@ public final class OutboxLock: Sendable {
         let count = read(fd, &buffer, buffer.count)
         guard count > 0 else { return nil }
         return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// `<outbox>.lock` beside the file the path leads to, symlinks resolved: a second path to
+    /// the same outbox (a symlink to the file or to a directory on the way) finds the same lock.
+    /// Before the outbox exists, its directory is resolved. (A hard link is another name for
+    /// the same file that no path resolution reveals: it would get a lock of its own.)
+    static func lockPath(for outboxPath: String) -> String {
+        if let resolved = realPath(outboxPath) { return resolved + ".lock" }
+        let directory = (outboxPath as NSString).deletingLastPathComponent
+        if let resolved = realPath(directory.isEmpty ? "." : directory) {
+            return resolved + "/" + (outboxPath as NSString).lastPathComponent + ".lock"
+        }
+        return outboxPath + ".lock"
+    }
+
+    private static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     deinit {
