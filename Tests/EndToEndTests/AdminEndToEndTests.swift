@@ -73,6 +73,42 @@ import Glibc
         await simulator.stop()
     }
 
+    /// `forget` against a running daemon leaves the erased values in none of the outbox's files:
+    /// `secure_delete` zeroes them in the database file, and the WAL, which still held the
+    /// pages as they were, is emptied. A clean stop leaves an empty WAL as well (SQLite's own
+    /// checkpoint at close never ran: the last connection to close is a read-only one).
+    @Test func forgetLeavesTheErasedValuesInNoFile() async throws {
+        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
+        _ = try await simulator.start()
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        let config = ["--config", dir.file("config.yaml")]
+        let daemon = try RelayProcess(arguments: ["serve"] + config)
+        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
+        let id = try #require(try await client.post(Candidates.json(partnerID: "gdpr-1")).json["id"] as? String)
+        #expect(try await eventually(timeout: 10) { try await client.record(id)?["state"] as? String == "delivered" })
+        let files = { () -> [String: Data] in
+            let state = dir.file("state")
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
+            return Dictionary(uniqueKeysWithValues: names.compactMap { name in
+                FileManager.default.contents(atPath: state + "/" + name).map { (name, $0) }
+            })
+        }
+        let holding = { (contents: [String: Data]) -> [String] in
+            contents.filter { _, data in Candidates.personalValues.prefix(5).contains { data.range(of: Data($0.utf8)) != nil } }
+                .keys.sorted()
+        }
+        #expect(!holding(files()).isEmpty)  // the check below can see them
+        let forget = try await runRelay(["forget", "--partner-candidate-id", "gdpr-1"] + config)
+        #expect(forget.status == 0 && forget.output.contains(id) && !forget.output.contains("note:"))
+        #expect(holding(files()) == [])
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+        #expect(files()["outbox.sqlite3-wal"].map(\.count) ?? 0 == 0)
+        #expect(holding(files()) == [])
+        await simulator.stop()
+    }
+
     /// `--account` on every admin command that takes it, as an operator types them: against the
     /// file, with a config naming accounts whose secrets this shell does not have.
     @Test func adminCommandsKeepToOneAccount() async throws {

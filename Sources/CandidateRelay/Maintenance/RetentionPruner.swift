@@ -29,6 +29,10 @@ public struct RetentionPruner: Service {
             payloadBefore: current.addingTimeInterval(-config.payloadRetentionDays * 86_400),
             recordBefore: current.addingTimeInterval(-config.recordRetentionDays * 86_400),
             includeDead: false, now: current)
+        if result.erased > 0 {
+            // Erased payloads' older copies leave the WAL too; a few milliseconds of the writer, hourly.
+            await outbox.truncateWAL()
+        }
         if result.erased > 0 || result.deleted > 0 {
             logger.event(.info, "retention.pruned", "retention applied",
                          LogFields(extra: ["payloads_erased": String(result.erased), "records_deleted": String(result.deleted)]))

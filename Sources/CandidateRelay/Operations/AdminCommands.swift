@@ -95,6 +95,13 @@ public struct AdminCommands: Sendable {
             recordBefore: current.addingTimeInterval(-recordRetentionDays * 86_400),
             includeDead: true, account: account, now: current)
         return "erased the payload of \(result.erased) terminal event(s); deleted \(result.deleted) expired record(s)" + Self.scope(account)
+            + (result.erased > 0 ? await walNote() : "")
+    }
+
+    /// After an erasure: the WAL emptied (the erased values' older copies with it), or why not.
+    private func walNote() async -> String {
+        await outbox.truncateWAL() ? "" : "\nnote: the daemon was too busy to empty the outbox's write-ahead log, which may still hold older copies "
+            + "of the erased data until SQLite reuses it (at the latest, the daemon's next clean stop empties it); run the command again to retry"
     }
 
     /// A GDPR erasure: every account's events for the id unless `account` names one.
@@ -105,7 +112,7 @@ public struct AdminCommands: Sendable {
                      + (account == nil ? " in every account" : Self.scope(account)) + ":"]
         lines += report.events.map { "  \($0)" }
         if report.pendingStopped > 0 { lines.append("\(report.pendingStopped) undelivered event(s) can no longer be sent and are now dead (last_error: erased)") }
-        return lines.joined(separator: "\n")
+        return lines.joined(separator: "\n") + (await walNote())
     }
 
     /// " in account X" when a command was kept to one account.

@@ -141,8 +141,25 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Closes the database (checkpointing the WAL) at shutdown.
+    /// Copies the WAL into the database file and empties it, so that the older versions of
+    /// erased pages (`forget`, `purge`, retention) no longer sit in it: `secure_delete` zeroes
+    /// them in the database file only. False when it could not complete within the busy timeout
+    /// (another process's writes or readers kept it from the WAL's end); the frames are then
+    /// overwritten as the WAL is reused, and emptied at the next clean stop.
+    @discardableResult
+    public func truncateWAL() async -> Bool {
+        (try? await pool.writeWithoutTransaction(Self.truncate)) ?? false
+    }
+
+    private static func truncate(_ db: Database) throws -> Bool {
+        try db.checkpoint(.truncate).walFrameCount == 0
+    }
+
+    /// Empties the WAL and closes the database at shutdown. (SQLite's own checkpoint when the
+    /// last connection closes does not happen here: GRDB closes the writer first, and a
+    /// read-only connection cannot take the lock it needs.)
     public func close() throws {
+        _ = try? pool.writeWithoutTransaction(Self.truncate)
         try pool.close()
     }
 }
