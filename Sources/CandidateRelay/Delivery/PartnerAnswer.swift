@@ -27,6 +27,7 @@ struct PartnerErrorBody: Sendable, Equatable {
         let document = try? JSONValue.parse(body, allowBOM: true)
         error = document?["error"]?.stringValue
         message = document?["message"]?.stringValue
-        candidateUID = document?["candidate_uid"]?.identifierString
+        // An empty one links to nothing: as good as none (a 2xx's empty `uid` is treated the same).
+        candidateUID = document?["candidate_uid"]?.identifierString.flatMap { $0.isEmpty ? nil : $0 }
     }
 }
