@@ -184,6 +184,32 @@ import Testing
         #expect(try await outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
     }
 
+    /// An idempotency key whose bytes are not UTF-8 is refused (422 `invalid_characters`): the
+    /// HTTP/1 decoder turns each bad byte into U+FFFD, and `a\xffb` and `a\xfeb` were one key
+    /// (a false 409, or a new event answered as a replay). U+FFFD itself is refused with them.
+    @Test func anIdempotencyKeyThatIsNotUTF8IsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        for (n, key) in [Data([0x61, 0xFF, 0x62]), Data([0x61, 0xFE, 0x62])].enumerated() {
+            let body = Self.candidate("bad-key-\(n)")
+            var request = Data("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nIdempotency-Key: ".utf8)
+            request.append(key)
+            request.append(Data("\r\n\r\n\(body)".utf8))
+            connection.send(request)
+            let answer = await connection.readAnswer()
+            #expect(answer?.status == 422)
+            #expect(answer?.json["error"] as? String == "invalid_characters")
+            let details = answer?.json["details"] as? [[String: String]]
+            #expect(details == [["field": "Idempotency-Key", "problem": "invalid_characters"]])
+        }
+        connection.send(Self.post(Self.candidate("fffd-key"), key: "a\u{FFFD}b"))
+        #expect(await connection.readAnswer()?.status == 422)
+        connection.send(Self.post(Self.candidate("ok-key"), key: "a\u{E9}b"))
+        #expect(await connection.readAnswer()?.status == 202)
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+
     @Test func bytesThatAreNotHTTPAfterAWebhookGetA400AfterItsAnswer() async throws {
         let relay = try await RelayHarness()
         defer { Task { await relay.stop() } }

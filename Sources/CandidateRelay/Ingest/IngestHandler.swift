@@ -109,6 +109,13 @@ public struct IngestHandler: Sendable {
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])
+        // A key's bytes that are not UTF-8 arrive as U+FFFD (the HTTP/1 decoder's strings), so
+        // that `a\xffb` and `a\xfeb` would be one key: a false 409, or a new event answered as a
+        // replay. No key holds U+FFFD on purpose: refused, whatever its origin.
+        if let key, key.unicodeScalars.contains("\u{FFFD}") {
+            let header = headers[Self.webhookID] == key ? Self.webhookID : Self.idempotencyKey
+            throw .validationFailed([ValidationProblem(field: header.rawName, problem: "invalid_characters")])
+        }
         let id = EventID.generate(now: receivedAt)
         var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
         var payload = body
