@@ -140,6 +140,17 @@ import Testing
         #expect(problems.contains { $0.hasPrefix("storage.path:") })
     }
 
+    /// A file that is not YAML is a problem that says where, without quoting the file: a
+    /// refused reload logs its problems, and the line may hold a value typed inline.
+    @Test func invalidYAMLIsLocatedNotQuoted() async throws {
+        let dir = try Self.fixture("listen: { host: 127.0.0.1, port: 8080\nclient_secret: hunter2-inline\n  bad: [\n")
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.count == 1)
+        #expect(problems.first?.hasPrefix("config file is not valid YAML: line 2, column ") == true, "\(problems)")
+        #expect(!problems.joined().contains("hunter2"))
+    }
+
     @Test func explicitMissingConfigFileIsAProblem() async {
         do {
             _ = try await ConfigurationLoader(configPath: "/nonexistent/c.yaml", environment: [:]).load()

@@ -105,7 +105,22 @@ public struct ConfigurationLoader: Sendable {
         do {
             return try Yams.compose(yaml: text)
         } catch {
-            throw ConfigurationProblem("", "config file is not valid YAML: \(oneLine(error))")
+            throw ConfigurationProblem("", "config file is not valid YAML: \(yamlProblem(error))")
+        }
+    }
+
+    /// Where and what, without the line of the file that Yams quotes: a refused reload logs its
+    /// problems, and a value typed inline by mistake (a secret) must not reach the log with them.
+    static func yamlProblem(_ error: any Error) -> String {
+        guard let error = error as? YamlError else { return oneLine(error) }
+        switch error {
+        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
+            let around = context.map { "\($0.text) (line \($0.mark.line), column \($0.mark.column)): " } ?? ""
+            return "line \(mark.line), column \(mark.column): \(around)\(problem)"
+        case let .reader(problem, offset, _, _):
+            return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
+        default:
+            return oneLine(error)
         }
     }
 
