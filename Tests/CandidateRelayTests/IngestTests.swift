@@ -196,6 +196,22 @@ import Testing
         #expect(try await f.outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
     }
 
+    /// A body with a content coding is not decoded: 415 (RFC 9110), never stored and sent on as it
+    /// came. `identity` (or an empty header) is no coding.
+    @Test func aContentEncodingIsUnsupported() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            for coding in ["gzip", "GZIP", "br", "deflate, identity"] {
+                let response = try await Self.post(client, Self.valid, headers: [.contentType: "application/json", .contentEncoding: coding])
+                #expect(response.status == .unsupportedMediaType, "\(coding)")
+                #expect(Self.json(response)["error"] as? String == "unsupported_media_type")
+            }
+            #expect(try await Self.post(client, Self.valid, headers: [.contentType: "application/json", .contentEncoding: "identity"]).status == .accepted)
+        }
+        #expect(try await f.outbox.status(now: Date()).counts.values.reduce(0, +) == 1)
+    }
+
     @Test func invalidUTF8IsMalformed() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

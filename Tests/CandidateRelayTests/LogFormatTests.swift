@@ -53,3 +53,16 @@ import Testing
         #expect(document.jsonText == "{\"a\":1.5,\"b\":[\(quoted),3,null,true]}")
     }
 }
+
+/// One line per interval for a failure that repeats per request, and the count left out.
+@Suite struct LogThrottleTests {
+    @Test func oneLineASecondWithTheCountLeftOut() {
+        let throttle = LogThrottle(seconds: 1)
+        let start = Date(timeIntervalSince1970: 1_000)
+        #expect(throttle.admit(now: start) == 0)
+        #expect(throttle.admit(now: start.addingTimeInterval(0.2)) == nil)
+        #expect(throttle.admit(now: start.addingTimeInterval(0.9)) == nil)
+        #expect(throttle.admit(now: start.addingTimeInterval(1.0)) == 2)
+        #expect(throttle.admit(now: start.addingTimeInterval(5)) == 0)
+    }
+}

@@ -17,6 +17,8 @@ public struct IngestHandler: Sendable {
     let logger: Logger
     let stopFlag: StopFlag
     let now: @Sendable () -> Date
+    /// `storage.failed` at most once a second: every webhook fails alike while the disk is full.
+    let storageFailureLog = LogThrottle(seconds: 1)
 
     static let webhookID = HTTPField.Name("webhook-id")!
     static let webhookTimestamp = HTTPField.Name("webhook-timestamp")!
@@ -98,6 +100,8 @@ public struct IngestHandler: Sendable {
         let receivedAt = now()
         guard authenticator.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
+        // A compressed body is not read as such (and would reach the partner as it came).
+        if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedMediaType }
         let document: JSONValue
         let mayHaveControlCharacters: Bool
         do {
@@ -143,7 +147,10 @@ public struct IngestHandler: Sendable {
         case .failure(OutboxError.backlogFull(let limit)):
             return .failure(.unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30))
         case .failure(let error):
-            logger.event(.error, "storage.failed", "outbox write failed", LogFields(error: Self.errorCode(error)))
+            if let suppressed = storageFailureLog.admit(now: now()) {
+                logger.event(.error, "storage.failed", "outbox write failed",
+                             LogFields(error: Self.errorCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+            }
             return .failure(.unavailable(reason: "storage unavailable; retry later", retryAfterSeconds: 5))
         }
         switch result {
