@@ -53,7 +53,59 @@ import Testing
         #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("link.sqlite3")) }
         #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("linkdir/o.sqlite3")) }
         #expect(OutboxLock.holder(outboxPath: dir.file("link.sqlite3")) == getpid())
+        #expect(ReloadReport.path(outboxPath: dir.file("link.sqlite3")) == ReloadReport.path(outboxPath: path))
         _ = lock
+    }
+
+    /// The first start through a symlink to a file that does not exist yet: the lock and the
+    /// file (0600) go where the link leads, and the real path finds that lock.
+    @Test func aSymlinkToAnOutboxNotCreatedYetLeadsToTheSameLockAndFile() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        try FileManager.default.createDirectory(atPath: dir.file("real"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir.file("links"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dir.file("links/o.sqlite3"), withDestinationPath: "../real/o.sqlite3")
+        let lock = try OutboxLock(outboxPath: dir.file("links/o.sqlite3"))
+        let outbox = try Outbox(path: dir.file("links/o.sqlite3"))
+        _ = outbox
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("real/o.sqlite3")) }
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.file("real/o.sqlite3"))[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        #expect(!FileManager.default.fileExists(atPath: dir.file("links/o.sqlite3.lock")))
+        _ = lock
+    }
+
+    /// Emptying the WAL waits for a reader of another process only briefly (it holds the write
+    /// lock meanwhile, so every write of the daemon waited with it, up to 10 s), then says it
+    /// could not; once the reader is gone it succeeds.
+    @Test func emptyingTheWALGivesUpSoonOnAnotherProcesssReader() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission(key: "k1", body: "a"), maxBacklog: 10)
+        let reader = try DatabaseQueue(path: outbox.path)
+        let opened = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let done = DispatchSemaphore(value: 0)
+        // As an `sqlite3` shell would: a read transaction left open (on a thread of its own).
+        Thread {
+            try? reader.inDatabase { db in
+                try db.execute(sql: "BEGIN")
+                _ = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events")
+                opened.signal()
+                // Held 3 s at most: a truncate that waited for it as long as other writes do
+                // (10 s) would succeed after it, instead of giving up.
+                _ = release.wait(timeout: .now() + 3)
+                try db.execute(sql: "COMMIT")
+            }
+            done.signal()
+        }.start()
+        opened.wait()
+        #expect(await outbox.truncateWAL() == false)
+        release.signal()
+        done.wait()
+        #expect(await outbox.truncateWAL() == true)
+        // The writer's own timeout is back to its usual 10 s.
+        #expect(try await outbox.write { db in try Int.fetchOne(db, sql: "PRAGMA busy_timeout") } == 10_000)
     }
 
     @Test func idempotencyKeyReturnsTheSameEventAndRefusesAnotherBody() async throws {

@@ -100,8 +100,9 @@ public struct AdminCommands: Sendable {
 
     /// After an erasure: the WAL emptied (the erased values' older copies with it), or why not.
     private func walNote() async -> String {
-        await outbox.truncateWAL() ? "" : "\nnote: the daemon was too busy to empty the outbox's write-ahead log, which may still hold older copies "
-            + "of the erased data until SQLite reuses it (at the latest, the daemon's next clean stop empties it); run the command again to retry"
+        await outbox.truncateWAL() ? "" : "\nnote: the outbox's write-ahead log could not be emptied (a reader or a writer held it: the daemon "
+            + "under load, or another process reading the file); it may still hold older copies of the erased data until SQLite reuses it: "
+            + "run the command again"
     }
 
     /// A GDPR erasure: every account's events for the id unless `account` names one.

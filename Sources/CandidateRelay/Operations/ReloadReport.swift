@@ -26,7 +26,9 @@ public struct ReloadReport: Codable, Sendable, Equatable {
         self.at = Timestamp.string(at)
     }
 
-    public static func path(outboxPath: String) -> String { outboxPath + ".reload" }
+    /// Beside the file the outbox path leads to, as the lock is: a daemon and a `reload` that
+    /// name the outbox by different paths (a symlink) meet at the same report.
+    public static func path(outboxPath: String) -> String { OutboxLock.canonicalPath(outboxPath) + ".reload" }
 
     /// Writes the report (temporary file, then rename: a reader never sees half of it).
     public func write(outboxPath: String) throws {
@@ -60,7 +62,7 @@ public enum ReloadCommand {
     ///   - pid: the daemon (systemd's `$MAINPID`); nil reads it from the outbox's lock file.
     public static func run(outboxPath: String, pid: Int32?, timeoutSeconds: Double) async -> Outcome {
         guard let target = pid ?? OutboxLock.holder(outboxPath: outboxPath) else {
-            return .noDaemon("no daemon holds \(outboxPath).lock; is candidate-relay running with this config?")
+            return .noDaemon("no daemon holds \(OutboxLock.lockPath(for: outboxPath)); is candidate-relay running with this config?")
         }
         let before = ReloadReport.read(outboxPath: outboxPath).flatMap { $0.pid == target ? $0.generation : nil } ?? 0
         guard kill(target, SIGHUP) == 0 else {

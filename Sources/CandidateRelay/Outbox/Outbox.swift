@@ -27,12 +27,13 @@ public final class Outbox: Sendable {
         let fm = FileManager.default
         if !fm.fileExists(atPath: path) {
             // Create the file ourselves so it is 0600 from its first byte; SQLite gives the
-            // -wal and -shm files the same mode.
-            let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            // -wal and -shm files the same mode. Where the path leads: through a symlink to a
+            // file not created yet, O_EXCL on the link itself would fail.
+            let fd = open(OutboxLock.canonicalPath(path), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             if fd >= 0 { Glibc.close(fd) }
         }
         var configuration = Configuration()
-        configuration.busyMode = .timeout(10)
+        configuration.busyMode = .timeout(TimeInterval(Self.busyTimeoutSeconds))
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
             // Erased payloads (`forget`, retention) are overwritten with zeros in the database
@@ -141,18 +142,27 @@ public final class Outbox: Sendable {
         }
     }
 
+    /// How long a connection waits for another's lock (another process's write, say).
+    static let busyTimeoutSeconds = 10
+
     /// Copies the WAL into the database file and empties it, so that the older versions of
     /// erased pages (`forget`, `purge`, retention) no longer sit in it: `secure_delete` zeroes
-    /// them in the database file only. False when it could not complete within the busy timeout
-    /// (another process's writes or readers kept it from the WAL's end); the frames are then
-    /// overwritten as the WAL is reused, and emptied at the next clean stop.
+    /// them in the database file only. False when a reader (the daemon's, or another process's:
+    /// an `sqlite3` shell, a backup) or another writer kept it from completing within a quarter
+    /// of a second; the frames are then overwritten as SQLite reuses the WAL.
     @discardableResult
     public func truncateWAL() async -> Bool {
         (try? await pool.writeWithoutTransaction(Self.truncate)) ?? false
     }
 
+    /// How long emptying the WAL may wait for readers and writers. It holds the write lock while
+    /// it waits: every write of the daemon, in any process, waits as long.
+    static let truncateWaitMilliseconds = 250
+
     private static func truncate(_ db: Database) throws -> Bool {
-        try db.checkpoint(.truncate).walFrameCount == 0
+        try db.execute(sql: "PRAGMA busy_timeout = \(truncateWaitMilliseconds)")
+        defer { try? db.execute(sql: "PRAGMA busy_timeout = \(busyTimeoutSeconds * 1000)") }
+        return try db.checkpoint(.truncate).walFrameCount == 0
     }
 
     /// Empties the WAL and closes the database at shutdown. (SQLite's own checkpoint when the

@@ -52,17 +52,31 @@ public final class OutboxLock: Sendable {
         return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
-    /// `<outbox>.lock` beside the file the path leads to, symlinks resolved: a second path to
-    /// the same outbox (a symlink to the file or to a directory on the way) finds the same lock.
-    /// Before the outbox exists, its directory is resolved. (A hard link is another name for
-    /// the same file that no path resolution reveals: it would get a lock of its own.)
+    /// `<outbox>.lock` beside the file the path leads to (`canonicalPath`): a second path to the
+    /// same outbox finds the same lock.
     static func lockPath(for outboxPath: String) -> String {
-        if let resolved = realPath(outboxPath) { return resolved + ".lock" }
-        let directory = (outboxPath as NSString).deletingLastPathComponent
-        if let resolved = realPath(directory.isEmpty ? "." : directory) {
-            return resolved + "/" + (outboxPath as NSString).lastPathComponent + ".lock"
+        canonicalPath(outboxPath) + ".lock"
+    }
+
+    /// The file a path to the outbox leads to: symlinks resolved, in the path's directories and
+    /// in its last part, even when that part is a symlink to a file not created yet (the first
+    /// start). The lock, the reload report and the file's creation all go by it. (A hard link
+    /// is another name for the same file that no path resolution reveals.)
+    public static func canonicalPath(_ outboxPath: String) -> String {
+        if let resolved = realPath(outboxPath) { return resolved }
+        var path = outboxPath
+        for _ in 0..<40 {
+            var info = stat()
+            guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK else { break }
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let count = readlink(path, &buffer, Int(PATH_MAX))
+            guard count > 0 else { break }
+            let target = String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            path = target.hasPrefix("/") ? target : (path as NSString).deletingLastPathComponent + "/" + target
         }
-        return outboxPath + ".lock"
+        let directory = (path as NSString).deletingLastPathComponent
+        guard let resolved = realPath(directory.isEmpty ? "." : directory) else { return path }
+        return resolved + "/" + (path as NSString).lastPathComponent
     }
 
     private static func realPath(_ path: String) -> String? {
