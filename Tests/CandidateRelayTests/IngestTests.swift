@@ -206,6 +206,7 @@ import Testing
                 let response = try await Self.post(client, Self.valid, headers: [.contentType: "application/json", .contentEncoding: coding])
                 #expect(response.status == .unsupportedMediaType, "\(coding)")
                 #expect(Self.json(response)["error"] as? String == "unsupported_media_type")
+                #expect((Self.json(response)["message"] as? String)?.hasPrefix("Content-Encoding") == true)
             }
             #expect(try await Self.post(client, Self.valid, headers: [.contentType: "application/json", .contentEncoding: "identity"]).status == .accepted)
         }

@@ -205,7 +205,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
         for expired in result.expired {
             metrics.delivery(outcome: "dead", account: expired.account)
-            logger.event(.error, "delivery.dead", "event expired before it could be sent; it is dead",
+            logger.event(.error, "delivery.dead", "event can no longer be sent (age or attempts used up, or payload erased); it is dead",
                          LogFields(account: expired.account, eventID: expired.id, positionUID: expired.positionUID,
                                    partnerCandidateID: expired.partnerCandidateID, attempt: expired.attempts, error: expired.reason))
         }

@@ -7,6 +7,8 @@ public enum IngestError: Error, Sendable {
     case payloadTooLarge(limit: Int)
     case unauthorized
     case unsupportedMediaType
+    /// A `Content-Encoding` other than identity: 415 too (RFC 9110), with its own message.
+    case unsupportedContentEncoding
     case malformedJSON
     case validationFailed([ValidationProblem])
     case idempotencyKeyReused
@@ -18,7 +20,7 @@ public enum IngestError: Error, Sendable {
         switch self {
         case .payloadTooLarge: .contentTooLarge
         case .unauthorized: .unauthorized
-        case .unsupportedMediaType: .unsupportedMediaType
+        case .unsupportedMediaType, .unsupportedContentEncoding: .unsupportedMediaType
         case .malformedJSON: .badRequest
         case .validationFailed: .unprocessableContent
         case .idempotencyKeyReused: .conflict
@@ -32,7 +34,7 @@ public enum IngestError: Error, Sendable {
         switch self {
         case .payloadTooLarge: "payload_too_large"
         case .unauthorized: "unauthorized"
-        case .unsupportedMediaType: "unsupported_media_type"
+        case .unsupportedMediaType, .unsupportedContentEncoding: "unsupported_media_type"
         case .malformedJSON: "malformed_json"
         case .validationFailed(let problems):
             // CONTRACT section 4 names control characters a code of their own.
@@ -49,6 +51,7 @@ public enum IngestError: Error, Sendable {
         case .payloadTooLarge(let limit): "the body is larger than \(limit) bytes"
         case .unauthorized: "missing or invalid webhook signature or bearer token"
         case .unsupportedMediaType: "Content-Type must be application/json"
+        case .unsupportedContentEncoding: "Content-Encoding must be identity: bodies are not decompressed"
         case .malformedJSON: "the body is not valid UTF-8 JSON"
         case .validationFailed(let problems): "\(problems.count) field(s) would be rejected by the partner"
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"

@@ -101,7 +101,7 @@ public struct IngestHandler: Sendable {
         guard authenticator.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
         // A compressed body is not read as such (and would reach the partner as it came).
-        if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedMediaType }
+        if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
         let document: JSONValue
         let mayHaveControlCharacters: Bool
         do {
