@@ -202,6 +202,7 @@ import Testing
             #expect(answer?.json["error"] as? String == "invalid_characters")
             let details = answer?.json["details"] as? [[String: String]]
             #expect(details == [["field": "Idempotency-Key", "problem": "invalid_characters"]])
+            #expect(answer?.json["message"] as? String == "the Idempotency-Key header is not valid UTF-8")
         }
         connection.send(Self.post(Self.candidate("fffd-key"), key: "a\u{FFFD}b"))
         #expect(await connection.readAnswer()?.status == 422)

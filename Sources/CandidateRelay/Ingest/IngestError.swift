@@ -53,7 +53,13 @@ public enum IngestError: Error, Sendable {
         case .unsupportedMediaType: "Content-Type must be application/json"
         case .unsupportedContentEncoding: "Content-Encoding must be identity: bodies are not decompressed"
         case .malformedJSON: "the body is not valid UTF-8 JSON"
-        case .validationFailed(let problems): "\(problems.count) field(s) would be rejected by the partner"
+        case .validationFailed(let problems):
+            // The one problem that is a header's, not a field's: an idempotency key that is not UTF-8.
+            if problems.count == 1, [IngestHandler.webhookID.rawName, IngestHandler.idempotencyKey.rawName].contains(problems[0].field) {
+                "the \(problems[0].field) header is not valid UTF-8"
+            } else {
+                "\(problems.count) field(s) would be rejected by the partner"
+            }
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
