@@ -211,6 +211,25 @@ import Testing
         #expect(try await Self.storedCount(relay) == 1)
     }
 
+    /// The key header twice is refused (422 `repeated`): read as one value, `a` and `b` became
+    /// the key `a, b`, which a single header of that value would replay.
+    @Test func aRepeatedKeyHeaderIsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        connection.send(Self.post(Self.candidate("twice"), extra: "Idempotency-Key: a\r\nIdempotency-Key: b\r\n"))
+        let answer = await connection.readAnswer()
+        #expect(answer?.status == 422)
+        #expect(answer?.json["details"] as? [[String: String]] == [["field": "Idempotency-Key", "problem": "repeated"]])
+        #expect(answer?.json["message"] as? String == "the Idempotency-Key header is sent more than once: one key per request")
+        // One header whose value holds ", " is one key.
+        connection.send(Self.post(Self.candidate("once"), key: "a, b"))
+        #expect(await connection.readAnswer()?.status == 202)
+        connection.send(Self.post(Self.candidate("once"), key: "a, b"))
+        #expect(await connection.readAnswer()?.status == 200)
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+
     @Test func bytesThatAreNotHTTPAfterAWebhookGetA400AfterItsAnswer() async throws {
         let relay = try await RelayHarness()
         defer { Task { await relay.stop() } }

@@ -54,9 +54,10 @@ public enum IngestError: Error, Sendable {
         case .unsupportedContentEncoding: "Content-Encoding must be identity: bodies are not decompressed"
         case .malformedJSON: "the body is not valid UTF-8 JSON"
         case .validationFailed(let problems):
-            // The one problem that is a header's, not a field's: an idempotency key that is not UTF-8.
+            // A problem that is a header's, not a field's: the idempotency key's.
             if problems.count == 1, [IngestHandler.webhookID.rawName, IngestHandler.idempotencyKey.rawName].contains(problems[0].field) {
-                "the \(problems[0].field) header is not valid UTF-8"
+                problems[0].problem == "repeated" ? "the \(problems[0].field) header is sent more than once: one key per request"
+                    : "the \(problems[0].field) header is not valid UTF-8"
             } else {
                 "\(problems.count) field(s) would be rejected by the partner"
             }

@@ -120,6 +120,14 @@ public struct IngestHandler: Sendable {
             let header = headers[Self.webhookID] == key ? Self.webhookID : Self.idempotencyKey
             throw .validationFailed([ValidationProblem(field: header.rawName, problem: "invalid_characters")])
         }
+        // The same header twice is read as one value joined with ", ": `a` and `b` would become
+        // a third key, `a, b`. One key per request.
+        if let key, key.contains(", ") {
+            let header = headers[Self.webhookID] == key ? Self.webhookID : Self.idempotencyKey
+            if headers[fields: header].count > 1 {
+                throw .validationFailed([ValidationProblem(field: header.rawName, problem: "repeated")])
+            }
+        }
         let id = EventID.generate(now: receivedAt)
         var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
         var payload = body
