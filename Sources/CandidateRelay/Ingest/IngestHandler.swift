@@ -113,21 +113,7 @@ public struct IngestHandler: Sendable {
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])
-        // A key's bytes that are not UTF-8 arrive as U+FFFD (the HTTP/1 decoder's strings), so
-        // that `a\xffb` and `a\xfeb` would be one key: a false 409, or a new event answered as a
-        // replay. No key holds U+FFFD on purpose: refused, whatever its origin.
-        if let key, key.unicodeScalars.contains("\u{FFFD}") {
-            let header = headers[Self.webhookID] == key ? Self.webhookID : Self.idempotencyKey
-            throw .validationFailed([ValidationProblem(field: header.rawName, problem: "invalid_characters")])
-        }
-        // The same header twice is read as one value joined with ", ": `a` and `b` would become
-        // a third key, `a, b`. One key per request.
-        if let key, key.contains(", ") {
-            let header = headers[Self.webhookID] == key ? Self.webhookID : Self.idempotencyKey
-            if headers[fields: header].count > 1 {
-                throw .validationFailed([ValidationProblem(field: header.rawName, problem: "repeated")])
-            }
-        }
+        if let key, let problem = Self.keyProblem(key, headers: headers) { throw .validationFailed([problem]) }
         let id = EventID.generate(now: receivedAt)
         var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
         var payload = body
@@ -224,6 +210,19 @@ public struct IngestHandler: Sendable {
     /// (it would otherwise be one key shared by every sender that sends it blank).
     static func idempotencyKey(webhookID: String?, idempotencyKey: String?) -> String? {
         [webhookID, idempotencyKey].lazy.compactMap { $0 }.first { !isBlankKey($0) }
+    }
+
+    /// What makes a key unusable, if anything; either would make two keys one (a false 409, or
+    /// a new event answered as a replay). Bytes that were not UTF-8: the HTTP/1 decoder's
+    /// strings hold them as U+FFFD, so `a\xffb` and `a\xfeb` meet (no key holds U+FFFD on
+    /// purpose: refused whatever its origin). Its header sent twice: read as one value joined
+    /// with ", ", `a` and `b` become a third key, `a, b`.
+    static func keyProblem(_ key: String, headers: HTTPFields) -> ValidationProblem? {
+        let undecodable = key.unicodeScalars.contains("\u{FFFD}")
+        guard undecodable || key.contains(", ") else { return nil }  // the usual key: no lookup
+        let header = headers[webhookID] == key ? webhookID : idempotencyKey
+        if undecodable { return ValidationProblem(field: header.rawName, problem: "invalid_characters") }
+        return headers[fields: header].count > 1 ? ValidationProblem(field: header.rawName, problem: "repeated") : nil
     }
 
     /// An idempotency key of nothing but `CharacterSet.whitespaces` (tab, the space separators
