@@ -13,17 +13,24 @@ import Glibc
         try? JSONSerialization.jsonObject(with: Data(text.utf8))
     }
 
+    /// A simulator, a config directory naming it, and the daemon serving it, as an operator's
+    /// machine has them (the caller cleans the directory up and stops the two).
+    static func daemon(_ sim: PartnerSimulatorConfiguration = PartnerSimulatorConfiguration()) async throws
+        -> (simulator: PartnerSimulator, dir: TemporaryDirectory, config: [String], daemon: RelayProcess, client: HTTPTestClient) {
+        let simulator = PartnerSimulator(configuration: sim)
+        _ = try await simulator.start()
+        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: simulator.baseURL)
+        let config = ["--config", dir.file("config.yaml")]
+        let daemon = try RelayProcess(arguments: ["serve"] + config)
+        return (simulator, dir, config, daemon, HTTPTestClient(port: try await daemon.waitUntilReady()))
+    }
+
     @Test func operatorFindsADeadLetterRetriesItAndSeesItDelivered() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.failNext = 1
         sim.faults.injectStatus = 403
-        let simulator = PartnerSimulator(configuration: sim)
-        _ = try await simulator.start()
-        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: simulator.baseURL)
+        let (simulator, dir, config, daemon, client) = try await Self.daemon(sim)
         defer { dir.cleanup() }
-        let config = ["--config", dir.file("config.yaml")]
-        let daemon = try RelayProcess(arguments: ["serve"] + config)
-        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
         let id = try #require(try await client.post(Candidates.json(partnerID: "adm-1")).json["id"] as? String)
         // The dead letter shows in the logs with its id...
         #expect(await eventually { daemon.events("delivery.dead").contains { $0["event_id"] as? String == id } })
@@ -78,13 +85,8 @@ import Glibc
     /// pages as they were, is emptied. A clean stop leaves an empty WAL as well (SQLite's own
     /// checkpoint at close never ran: the last connection to close is a read-only one).
     @Test func forgetLeavesTheErasedValuesInNoFile() async throws {
-        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
-        _ = try await simulator.start()
-        let dir = try BinaryEndToEndTests.configDirectory(partnerURL: simulator.baseURL)
+        let (simulator, dir, config, daemon, client) = try await Self.daemon()
         defer { dir.cleanup() }
-        let config = ["--config", dir.file("config.yaml")]
-        let daemon = try RelayProcess(arguments: ["serve"] + config)
-        let client = HTTPTestClient(port: try await daemon.waitUntilReady())
         let id = try #require(try await client.post(Candidates.json(partnerID: "gdpr-1")).json["id"] as? String)
         #expect(try await eventually(timeout: 10) { try await client.record(id)?["state"] as? String == "delivered" })
         let files = { () -> [String: Data] in

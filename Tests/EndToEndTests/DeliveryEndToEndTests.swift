@@ -48,14 +48,23 @@ import Testing
         await relay.stop()
     }
 
+    /// One worker, a partner that answers after `latencyMs` (with `retryAfter` on injected
+    /// answers), and three candidates posted: while one request is out, the worker claims the
+    /// next event ahead.
+    static func oneSlowWorker(latencyMs: Int, retryAfter: String? = nil, prefix: String) async throws -> (RelayHarness, [String]) {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = latencyMs
+        sim.faults.retryAfter = retryAfter
+        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
+        var ids: [String] = []
+        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "\(prefix)-\(n)")))) }
+        return (relay, ids)
+    }
+
     /// With every worker busy, a worker claims its next event while its request is in flight;
     /// at shutdown that event, never sent, goes back to pending without using an attempt.
     @Test func aPrefetchedEventIsHandedBackAtShutdown() async throws {
-        var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 800
-        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
-        var ids: [String] = []
-        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "pf-\(n)")))) }
+        let (relay, ids) = try await Self.oneSlowWorker(latencyMs: 800, prefix: "pf")
         // The first is being sent and the second claimed meanwhile: two in flight.
         let prefetched = try await eventually {
             var count = 0
@@ -86,21 +95,16 @@ import Testing
     /// flight) before it is sent: back to pending with no attempt used and no history row — a row
     /// would count as a request in the rate windows rebuilt at the next start.
     @Test func anEventNotSentBecauseOfAPauseLeavesNoHistory() async throws {
-        var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 2000
-        sim.faults.retryAfter = "60"  // on injected answers only: none yet
-        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
-        let ids = [
-            try #require(try await relay.post(Candidates.json(partnerID: "pause-0"))),
-            try #require(try await relay.post(Candidates.json(partnerID: "pause-1"))),
-            try #require(try await relay.post(Candidates.json(partnerID: "pause-2"))),
-        ]
+        // Retry-After on injected answers only: none yet.
+        let (relay, ids) = try await Self.oneSlowWorker(latencyMs: 2000, retryAfter: "60", prefix: "pause")
         // The first goes alone; once it is delivered the worker sends the second and claims
         // the third ahead. The simulator decides its answer after the latency (2 s: time to
         // see the first delivered and change the faults, even on a loaded machine): the
         // second's is a 429 with Retry-After.
         _ = try #require(try await relay.waitFor(ids[0], states: ["delivered"]))
-        var faults = sim.faults
+        var faults = SimulatorFaults()
+        faults.latencyMs = 2000
+        faults.retryAfter = "60"
         faults.failNext = 1
         faults.injectStatus = 429
         await relay.simulator.setFaults(faults)
@@ -125,11 +129,7 @@ import Testing
     /// `forget` (another process) while an event is claimed ahead behind another request: the
     /// payload already read for it must not reach the partner; the event goes dead instead.
     @Test func anEventClaimedAheadIsNotSentAfterForget() async throws {
-        var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 2000
-        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
-        var ids: [String] = []
-        for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "erase-\(n)")))) }
+        let (relay, ids) = try await Self.oneSlowWorker(latencyMs: 2000, prefix: "erase")
         // The first goes alone; then the second is sent and the third claimed ahead, and the
         // forget runs within the second's 2 s.
         _ = try #require(try await relay.waitFor(ids[0], states: ["delivered"]))
