@@ -76,7 +76,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private func superviseWorkers() async {
         await withDiscardingTaskGroup { group in
             // Cancellation (the group failed, or the shutdown deadline passed) ends it too.
-            while !drain.hasStarted && !Task.isCancelled {
+            while true {
+                let seen = reconfigured.rings  // before the drain check: a ring after it is not lost
+                guard !drain.hasStarted && !Task.isCancelled else { break }
                 let target = settings.value.workers
                 let missing = running.withLock { running -> [Int] in
                     let ids = (0..<target).filter { !running.contains($0) }
@@ -86,7 +88,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 for index in missing {
                     group.addTask { await self.workerLoop(index: index) }
                 }
-                await reconfigured.wait(upTo: 1)
+                await reconfigured.wait(upTo: 1, unlessRungSince: seen)
             }
         }
     }
@@ -109,10 +111,13 @@ public final class DeliveryWorkerPool: Service, Sendable {
     func workerLoop(index: Int) async {
         defer { _ = running.withLock { $0.remove(index) } }
         var prefetched: Prefetched?
-        while !isDraining && !Task.isCancelled && index < settings.value.workers {
+        while true {
+            // Before the drain check and the claim: a ring after them cuts the idle wait short.
+            let rungBefore = doorbell.rings
+            guard !isDraining && !Task.isCancelled && index < settings.value.workers else { break }
             do {
                 // (The gate never admits a claim ahead with several accounts: not even asked then.)
-                prefetched = try await runOnce(prefetched: prefetched.take(), mayPrefetch: { [self] in
+                prefetched = try await runOnce(prefetched: prefetched.take(), rungBefore: rungBefore, mayPrefetch: { [self] in
                     index < settings.value.workers && tokens.value.count == 1
                 })
             } catch is CancellationError {
@@ -136,7 +141,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// Waits for the doorbell, the next due event of the accounts that could send, the end of
     /// another account's pause or full window, or the poll.
-    private func idleWait(accounts: [String]) async {
+    private func idleWait(accounts: [String], rungBefore: Int) async {
         let poll = settings.value.pollSeconds
         var wait = poll
         if !accounts.isEmpty, let due = try? await outbox.nextDueAt(accounts: accounts) {
@@ -145,7 +150,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         if let ready = await gate.nextReadiness() {
             wait = min(wait, max(0.005, ready.timeIntervalSince(now())))
         }
-        await doorbell.wait(upTo: wait)
+        await doorbell.wait(upTo: wait, unlessRungSince: rungBefore)
     }
 
     /// Delivers at most one event: `prefetched`, or the next due one (after waiting idle for
@@ -153,7 +158,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// gate admits one at once (`tryAdmit`), and returns it: the claim's commit then overlaps
     /// the partner's answer instead of adding to each delivery's time. The gate's admission is
     /// released, or bound and then settled, exactly once on every path.
-    func runOnce(prefetched: Prefetched?, mayPrefetch: @Sendable () -> Bool) async throws -> Prefetched? {
+    func runOnce(prefetched: Prefetched?, rungBefore: Int, mayPrefetch: @Sendable () -> Bool) async throws -> Prefetched? {
         let current = settings.value
         let admission: PartnerGate.Admission
         let event: ClaimedEvent
@@ -174,7 +179,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 await gate.release(admitted)
                 // The worker kept free waits for a fresh event (the doorbell), not for the due
                 // backlog it may not take.
-                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts)
+                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts, rungBefore: rungBefore)
                 return nil
             }
             (admission, event) = (admitted, claimed)

@@ -2,12 +2,18 @@ import Foundation
 import Synchronization
 
 /// Wakes idle workers the moment ingest commits an event, so an idle relay has no polling delay;
-/// `wait(upTo:)` also returns after a timeout, the polling fallback that notices changes made by
-/// admin commands in another process.
+/// `wait(upTo:unlessRungSince:)` also returns after a timeout, the polling fallback that notices
+/// changes made by admin commands in another process.
+///
+/// An event count: a waiter reads `rings` *before* it looks for work (or checks for draining),
+/// and its wait returns at once if the bell rang since. A ring between the look and the wait is
+/// never lost, whoever else was waiting then. (It used to be a flag set only when nobody waited:
+/// a worker between its drain check and its wait slept out its 1 s poll after SIGTERM while the
+/// other workers took the ring.)
 public final class Doorbell: Sendable {
     private struct State {
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
-        var rung = false
+        var rings = 0
         /// Waiters' ids: a counter, not `UUID()`, which reads /dev/urandom on Linux (an open and
         /// a close per wait).
         var nextID = 0
@@ -16,35 +22,34 @@ public final class Doorbell: Sendable {
 
     public init() {}
 
-    /// Wakes every waiter (and the next one to wait, if none is waiting now).
+    /// How many times the bell has rung: read before looking for work, then passed to `wait`.
+    public var rings: Int { state.withLock { $0.rings } }
+
+    /// Wakes every waiter, and cuts short every later wait by one who read `rings` before now.
     public func ring() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            if state.waiters.isEmpty {
-                state.rung = true
-                return []
-            }
-            let all = Array(state.waiters.values)
-            state.waiters.removeAll()
-            return all
+            state.rings &+= 1
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
         }
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Returns when rung, after `seconds`, or when the task is cancelled.
-    public func wait(upTo seconds: Double) async {
-        let id = state.withLock { state -> Int in
+    /// Returns when rung after `seen` (a value of `rings`; at once if it has already), after
+    /// `seconds`, or when the task is cancelled.
+    public func wait(upTo seconds: Double, unlessRungSince seen: Int) async {
+        // Rung already (the common case while ingest runs): no task group, no timer.
+        guard let id = state.withLock({ state -> Int? in
+            if state.rings != seen { return nil }
             state.nextID += 1
             return state.nextID
-        }
+        }) else { return }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { continuation in
                         let resumeNow = self.state.withLock { state -> Bool in
-                            if state.rung || Task.isCancelled {
-                                state.rung = false
-                                return true
-                            }
+                            if state.rings != seen || Task.isCancelled { return true }
                             state.waiters[id] = continuation
                             return false
                         }
