@@ -63,11 +63,37 @@ import Testing
         Row(name: "connection reset", answer: .transportFailure(.connectionReset), expected: .retry(error: "connection_reset", retryAfter: nil)),
         Row(name: "tls", answer: .transportFailure(.tls), expected: .retry(error: "tls_error", retryAfter: nil)),
         Row(name: "dns", answer: .transportFailure(.dns), expected: .retry(error: "dns_error", retryAfter: nil)),
+        // A partner that lies: identifiers no one could use, codes that are not codes.
+        Row(name: "201 uid null", answer: response(201, #"{"uid":null}"#), expected: .retry(error: "no_uid_in_response", retryAfter: nil)),
+        Row(name: "201 empty uid", answer: response(201, #"{"uid":""}"#), expected: .retry(error: "invalid_uid_in_response", retryAfter: nil)),
+        Row(name: "201 uid with a NUL", answer: response(201, #"{"uid":"00.A\u0000AA"}"#), expected: .retry(error: "invalid_uid_in_response", retryAfter: nil)),
+        Row(name: "201 uid with a line break", answer: response(201, #"{"uid":"00.AAA\nlevel=error"}"#), expected: .retry(error: "invalid_uid_in_response", retryAfter: nil)),
+        Row(name: "201 uid of 129 characters", answer: response(201, #"{"uid":""# + String(repeating: "A", count: 129) + #""}"#),
+            expected: .retry(error: "invalid_uid_in_response", retryAfter: nil)),
+        Row(name: "201 uid of 128 characters", answer: response(201, #"{"uid":""# + String(repeating: "A", count: 128) + #""}"#),
+            expected: .delivered(candidateUID: String(repeating: "A", count: 128), summary: #"{"uid":""# + String(repeating: "A", count: 128) + #""}"#)),
+        Row(name: "201 uid an object", answer: response(201, #"{"uid":{"a":1}}"#), expected: .retry(error: "invalid_uid_in_response", retryAfter: nil)),
+        Row(name: "409 conflict with a uid holding a space", answer: response(409, #"{"error":"candidate_post_conflict","candidate_uid":"00 AAA"}"#),
+            expected: .dead(error: "candidate_post_conflict")),
+        Row(name: "422 with a sentence for a code", answer: response(422, #"{"error":"ada@example.com is taken","message":"m"}"#),
+            expected: .dead(error: "http_422")),
+        Row(name: "503 with a code of 65 characters", answer: response(503, #"{"error":""# + String(repeating: "e", count: 65) + #""}"#),
+            expected: .retry(error: "http_503", retryAfter: nil)),
+        Row(name: "429 with a code of 64 characters", answer: response(429, #"{"error":""# + String(repeating: "e", count: 64) + #""}"#),
+            expected: .retry(error: String(repeating: "e", count: 64), retryAfter: nil)),
     ]
 
     @Test(arguments: rows)
     func classifies(row: Row) {
         #expect(OutcomeClassifier.classify(row.answer, now: Self.now) == row.expected)
+    }
+
+    /// A code that is not one stays out of the logs, but with the message in the outbox.
+    @Test func anErrorThatIsNotACodeIsKeptWithTheMessage() {
+        let body = Data(#"{"error":"ada@example.com is taken","message":"see support"}"#.utf8)
+        #expect(PartnerErrorBody(body).error == nil)
+        #expect(DeliveryDecision.describe("http_422", body: body) == #"http_422: error "ada@example.com is taken": see support"#)
+        #expect(DeliveryDecision.describe("too_many_requests", body: Data(Self.error(429, "too_many_requests").utf8)) == "too_many_requests: m")
     }
 
     @Test func summaryKeepsOnlyNonPersonalFields() throws {

@@ -91,6 +91,28 @@ import Testing
         #expect(try await provider.token() == "t2")
     }
 
+    /// `expires_in: 0` (or less) would mint a token per request; 1e300 would keep one for ever.
+    @Test func oauthLifetimesOutsideReasonAreBounded() async throws {
+        let clock = ManualClock(Date(timeIntervalSince1970: 1_900_000_000))
+        let calls = Atomic<Int>(0)
+        let lifetime = Atomic<Int>(0)  // 0, then "for ever"
+        let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .body)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in
+            ("t\(calls.add(1, ordering: .relaxed).newValue)", lifetime.load(ordering: .relaxed) == 0 ? 0 : 1e300)
+        }, logger: Self.logger, now: { clock.now })
+        #expect(try await provider.token() == "t1")
+        #expect(try await provider.token() == "t1")  // kept 30 s (margin 3 s), not one per call
+        clock.advance(27.5)
+        #expect(try await provider.token() == "t2")
+        lifetime.store(1, ordering: .relaxed)
+        clock.advance(30)
+        #expect(try await provider.token() == "t3")
+        clock.advance(86_400 - 61)
+        #expect(try await provider.token() == "t3")
+        clock.advance(2)  // a day less 59 s: inside the 60 s margin of the one-day cap
+        #expect(try await provider.token() == "t4")
+    }
+
     @Test func oauthEndpointFailureIsTokenUnavailable() async {
         let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .basic)
         let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in throw TokenUnavailable(reason: "token_endpoint_http_503") },

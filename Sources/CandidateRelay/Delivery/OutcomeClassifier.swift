@@ -22,10 +22,12 @@ public enum OutcomeClassifier {
         case .response(let status, let retryAfterHeader, let body):
             if (200..<300).contains(status) {
                 let document = try? JSONValue.parse(body, allowBOM: true)
-                guard let uid = document?["uid"]?.identifierString, !uid.isEmpty else {
-                    // A 2xx without a Candidate (a proxy's page, a 204): resend; if the partner did
-                    // create it, its 409 then links us to the real uid.
-                    return .retry(error: "no_uid_in_response", retryAfter: nil)
+                guard let uid = PartnerErrorBody.usableUID(document?["uid"]) else {
+                    // A 2xx without a Candidate (a proxy's page, a 204), or with a uid no one
+                    // could use: resend; if the partner did create it, its 409 then links us to
+                    // the real uid.
+                    let given = document?["uid"].map { $0 != .null } ?? false
+                    return .retry(error: given ? "invalid_uid_in_response" : "no_uid_in_response", retryAfter: nil)
                 }
                 return .delivered(candidateUID: uid, summary: CandidateSummary.json(from: document))
             }

@@ -25,9 +25,38 @@ struct PartnerErrorBody: Sendable, Equatable {
 
     init(_ body: Data) {
         let document = try? JSONValue.parse(body, allowBOM: true)
-        error = document?["error"]?.stringValue
-        message = document?["message"]?.stringValue
-        // An empty one links to nothing: as good as none (a 2xx's empty `uid` is treated the same).
-        candidateUID = document?["candidate_uid"]?.identifierString.flatMap { $0.isEmpty ? nil : $0 }
+        let rawError = document?["error"]?.stringValue
+        let rawMessage = document?["message"]?.stringValue
+        // The code goes to logs, metrics and the HTTP record; the message stays in the outbox.
+        // An `error` that is not a code (a sentence, a submitted value echoed back) is kept
+        // with the message, out of the logs.
+        error = rawError.flatMap(Self.usableCode)
+        if let rawError, error == nil {
+            message = "error \"\(rawError.prefix(200))\"" + (rawMessage.map { ": \($0)" } ?? "")
+        } else {
+            message = rawMessage
+        }
+        candidateUID = Self.usableUID(document?["candidate_uid"])
+    }
+
+    /// A partner error code fit for a log line: 1–64 of `A–Z a–z 0–9 _ . -` (Comeet's are
+    /// `candidate_post_conflict`, `duplicate_candidate`...).
+    static func usableCode(_ value: String) -> String? {
+        guard (1...64).contains(value.utf8.count),
+              value.utf8.allSatisfy({ byte in
+                  (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+                      || byte == 0x5F || byte == 0x2E || byte == 0x2D
+              }) else { return nil }
+        return value
+    }
+
+    /// A partner's candidate uid (a string or a number) fit to store, show and log: 1–128
+    /// characters, no control character and no white space. An empty one links to nothing; a
+    /// NUL was stored cut short at it (linking to another uid); a megabyte went into log lines.
+    static func usableUID(_ value: JSONValue?) -> String? {
+        guard let uid = value?.identifierString, (1...128).contains(uid.unicodeScalars.count),
+              !uid.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0.properties.isWhitespace })
+        else { return nil }
+        return uid
     }
 }

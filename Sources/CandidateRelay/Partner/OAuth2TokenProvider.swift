@@ -30,6 +30,9 @@ public actor OAuth2TokenProvider: TokenProvider {
         self.now = now
     }
 
+    /// The token lifetimes believed, in seconds, whatever `expires_in` says.
+    static let lifetimeBounds = 30.0...86_400.0
+
     public func token() async throws -> String {
         if let cached, cached.expires.timeIntervalSince(now()) > cached.margin { return cached.token }
         let task: Task<(token: String, expiresIn: Double), any Error>
@@ -45,8 +48,11 @@ public actor OAuth2TokenProvider: TokenProvider {
             let result = try await Self.value(of: task)
             if inFlight == task {
                 inFlight = nil
-                let expires = now().addingTimeInterval(result.expiresIn)
-                cached = (result.token, expires, min(60, result.expiresIn / 10))
+                // Bounded: an `expires_in` of 0 or less would mint a token for every request,
+                // and 1e300 keep one for ever (a 401 still re-mints at once either way).
+                let lifetime = min(max(result.expiresIn, Self.lifetimeBounds.lowerBound), Self.lifetimeBounds.upperBound)
+                let expires = now().addingTimeInterval(lifetime)
+                cached = (result.token, expires, min(60, lifetime / 10))
                 metrics?.tokenMinted(mode: "oauth2_client_credentials", account: account)
                 logger.event(.info, "auth.token_minted", "partner token obtained",
                              LogFields(account: account, extra: ["mode": "oauth2_client_credentials", "expires_at": Timestamp.string(expires)]))
