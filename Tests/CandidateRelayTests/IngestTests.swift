@@ -82,6 +82,33 @@ import Testing
         #expect(payload == Data(Self.valid.utf8))
     }
 
+    /// A method or path no route takes gets the API's JSON error (it was an empty 404), and HEAD
+    /// answers wherever GET does.
+    @Test func unroutedRequestsGetJSONErrorsAndHeadFollowsGet() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            for (method, uri, allow) in [(HTTPRequest.Method.put, "/v1/candidates", "GET, HEAD, POST"), (.delete, "/v1/candidates/evt_x", "GET, HEAD"),
+                                         (.patch, "/v1/accounts/default/candidates", "GET, HEAD, POST"), (.post, "/healthz", "GET, HEAD"),
+                                         (.post, "/v1/candidates/evt_x", "GET, HEAD")] {
+                let response = try await client.execute(uri: uri, method: method)
+                #expect(response.status == .methodNotAllowed, "\(method) \(uri)")
+                #expect(response.headers[.allow] == allow, "\(method) \(uri)")
+                #expect(Self.json(response)["error"] as? String == "method_not_allowed")
+            }
+            for uri in ["/", "/v2/candidates", "/v1/candidates/a/b", "/v1/accounts", "/healthz/x"] {
+                let response = try await client.execute(uri: uri, method: .get)
+                #expect(response.status == .notFound, "\(uri)")
+                #expect(Self.json(response)["error"] as? String == "not_found", "\(uri)")
+            }
+            let head = try await client.execute(uri: "/healthz", method: .head)
+            #expect(head.status == .ok)
+            #expect(head.body.readableBytes == 0)
+            // The routes' own 404s are unchanged.
+            #expect(Self.json(try await client.execute(uri: "/v1/candidates/evt_nope", method: .get))["message"] as? String == "no such event")
+        }
+    }
+
     @Test func generatesPartnerCandidateIDAndSaysSo() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

@@ -15,6 +15,10 @@ public enum IngestError: Error, Sendable {
     case unavailable(reason: String, retryAfterSeconds: Int)
     case notFound
     case unknownAccount
+    /// No route has this path (any method).
+    case noSuchPath
+    /// The path exists, but not for this method; `allow` lists the methods it answers.
+    case methodNotAllowed(allow: String)
 
     var status: HTTPResponse.Status {
         switch self {
@@ -25,7 +29,8 @@ public enum IngestError: Error, Sendable {
         case .validationFailed: .unprocessableContent
         case .idempotencyKeyReused: .conflict
         case .unavailable: .serviceUnavailable
-        case .notFound, .unknownAccount: .notFound
+        case .notFound, .unknownAccount, .noSuchPath: .notFound
+        case .methodNotAllowed: .methodNotAllowed
         }
     }
 
@@ -41,8 +46,9 @@ public enum IngestError: Error, Sendable {
             problems.contains { $0.problem == "invalid_characters" } ? "invalid_characters" : "validation_failed"
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
-        case .notFound: "not_found"
+        case .notFound, .noSuchPath: "not_found"
         case .unknownAccount: "unknown_account"
+        case .methodNotAllowed: "method_not_allowed"
         }
     }
 
@@ -65,6 +71,8 @@ public enum IngestError: Error, Sendable {
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
         case .unknownAccount: "no such account"
+        case .noSuchPath: "no such path"
+        case .methodNotAllowed(let allow): "this path answers \(allow) only"
         }
     }
 
@@ -76,6 +84,7 @@ public enum IngestError: Error, Sendable {
         }
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
+        if case .methodNotAllowed(let allow) = self { headers[.allow] = allow }
         let body = ContractJSON.data(["error": code, "message": message, "details": details])
         return IngestAnswer(status: status, headers: headers, body: ByteBuffer(bytes: body))
     }

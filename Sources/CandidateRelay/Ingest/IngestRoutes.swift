@@ -5,7 +5,9 @@ import Hummingbird
 /// The inbound HTTP API (CONTRACT section 4): the webhook, the read endpoints, health and metrics.
 public enum IngestRoutes {
     public static func router(handler: IngestHandler) -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+        // HEAD wherever GET is (monitors probe /healthz so); the middleware before any route.
+        let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
+        router.add(middleware: UnroutedRequests())
         // `/v1/candidates...` is the `default` account's; `/v1/accounts/{account}/...` names one
         // (CONTRACT section 8). Without `accounts:` in the config, `default` is the only one.
         // An unknown account is 404 before anything else: nothing is read, nothing stored.
@@ -82,6 +84,38 @@ public enum IngestRoutes {
                 body: .init(byteBuffer: ByteBuffer(string: handler.metrics.exposition())))
         }
         return router
+    }
+}
+
+/// Requests no route takes get the API's JSON errors, not Hummingbird's empty 404: 405 with
+/// `Allow` on a path that exists for other methods (a `PUT` of a candidate), else 404
+/// `not_found`.
+struct UnroutedRequests<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            // Only the router's own "no route" throws it: the routes answer their 404s.
+            if let allow = Self.allowedMethods(path: request.uri.path) {
+                return IngestError.methodNotAllowed(allow: allow).response
+            }
+            return IngestError.noSuchPath.response
+        }
+    }
+
+    /// The methods the routes answer on `path`, nil if none has it.
+    static func allowedMethods(path: String) -> String? {
+        var parts = path.split(separator: "/", omittingEmptySubsequences: true)[...]
+        if parts.count == 1, ["healthz", "readyz", "metrics"].contains(parts[0]) { return "GET, HEAD" }
+        guard parts.first == "v1" else { return nil }
+        parts = parts.dropFirst()
+        if parts.count >= 2, parts.first == "accounts" { parts = parts.dropFirst(2) }
+        guard parts.first == "candidates" else { return nil }
+        switch parts.count {
+        case 1: return "GET, HEAD, POST"
+        case 2: return "GET, HEAD"
+        default: return nil
+        }
     }
 }
 
