@@ -230,6 +230,21 @@ import Testing
         #expect(try await Self.storedCount(relay) == 1)
     }
 
+    /// A key over 1,024 bytes is refused: it was stored, and indexed, for the retention.
+    @Test func aKeyOverTheLimitIsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let connection = try RawHTTPConnection(port: relay.port)
+        connection.send(Self.post(Self.candidate("long-key"), key: String(repeating: "k", count: 1_025)))
+        let answer = await connection.readAnswer()
+        #expect(answer?.status == 422)
+        #expect(answer?.json["details"] as? [[String: String]] == [["field": "Idempotency-Key", "problem": "string_size_limit"]])
+        #expect(answer?.json["message"] as? String == "the Idempotency-Key header is longer than 1024 bytes")
+        connection.send(Self.post(Self.candidate("long-key"), key: String(repeating: "k", count: 1_024)))
+        #expect(await connection.readAnswer()?.status == 202)
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+
     @Test func bytesThatAreNotHTTPAfterAWebhookGetA400AfterItsAnswer() async throws {
         let relay = try await RelayHarness()
         defer { Task { await relay.stop() } }

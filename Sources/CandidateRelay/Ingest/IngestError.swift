@@ -62,8 +62,11 @@ public enum IngestError: Error, Sendable {
         case .validationFailed(let problems):
             // A problem that is a header's, not a field's: the idempotency key's.
             if problems.count == 1, [IngestHandler.webhookID.rawName, IngestHandler.idempotencyKey.rawName].contains(problems[0].field) {
-                problems[0].problem == "repeated" ? "the \(problems[0].field) header is sent more than once: one key per request"
-                    : "the \(problems[0].field) header is not valid UTF-8"
+                switch problems[0].problem {
+                case "repeated": "the \(problems[0].field) header is sent more than once: one key per request"
+                case "string_size_limit": "the \(problems[0].field) header is longer than \(IngestHandler.maxKeyBytes) bytes"
+                default: "the \(problems[0].field) header is not valid UTF-8"
+                }
             } else {
                 "\(problems.count) field(s) would be rejected by the partner"
             }

@@ -219,11 +219,17 @@ public struct IngestHandler: Sendable {
     /// with ", ", `a` and `b` become a third key, `a, b`.
     static func keyProblem(_ key: String, headers: HTTPFields) -> ValidationProblem? {
         let undecodable = key.unicodeScalars.contains("\u{FFFD}")
-        guard undecodable || key.contains(", ") else { return nil }  // the usual key: no lookup
+        let tooLong = key.utf8.count > maxKeyBytes
+        guard undecodable || tooLong || key.contains(", ") else { return nil }  // the usual key: no lookup
         let header = headers[webhookID] == key ? webhookID : idempotencyKey
         if undecodable { return ValidationProblem(field: header.rawName, problem: "invalid_characters") }
-        return headers[fields: header].count > 1 ? ValidationProblem(field: header.rawName, problem: "repeated") : nil
+        if headers[fields: header].count > 1 { return ValidationProblem(field: header.rawName, problem: "repeated") }
+        return tooLong ? ValidationProblem(field: header.rawName, problem: "string_size_limit") : nil
     }
+
+    /// The longest idempotency key kept (a message id; a 70 KB one was stored, and indexed,
+    /// for the record's whole retention).
+    static let maxKeyBytes = 1_024
 
     /// An idempotency key of nothing but `CharacterSet.whitespaces` (tab, the space separators
     /// and, as Foundation has it, U+200B): decided byte by byte for ASCII, without Foundation's
