@@ -21,7 +21,7 @@ public enum OutcomeClassifier {
             return .retry(error: failure.rawValue, retryAfter: nil)
         case .response(let status, let retryAfterHeader, let body):
             if (200..<300).contains(status) {
-                let document = try? JSONValue.parse(body, allowBOM: true)
+                let document = try? StrictJSONParser.parseAnswer(body)
                 guard let uid = PartnerErrorBody.usableUID(document?["uid"]) else {
                     // A 2xx without a Candidate (a proxy's page, a 204), or with a uid no one
                     // could use: resend; if the partner did create it, its 409 then links us to

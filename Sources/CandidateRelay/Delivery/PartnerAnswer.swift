@@ -24,7 +24,7 @@ struct PartnerErrorBody: Sendable, Equatable {
     var candidateUID: String?
 
     init(_ body: Data) {
-        let document = try? JSONValue.parse(body, allowBOM: true)
+        let document = try? StrictJSONParser.parseAnswer(body)
         let rawError = document?["error"]?.stringValue
         let rawMessage = document?["message"]?.stringValue
         // The code goes to logs, metrics and the HTTP record; the message stays in the outbox.

@@ -62,7 +62,7 @@ public enum JSONValue: Sendable, Equatable, Codable {
         case .null: text += "null"
         case .bool(let value): text += value ? "true" : "false"
         case .number(let value):
-            text += value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+            text += value == value.rounded() && abs(value) <= Self.largestExactInteger ? String(Int64(value)) : String(value)
         case .string(let value): ContractJSON.appendQuoted(value, to: &text)
         case .array(let elements):
             text += "["
@@ -98,9 +98,14 @@ public enum JSONValue: Sendable, Equatable, Codable {
         switch self {
         case .string(let value): return value
         case .number(let value):
-            if value.rounded() == value, abs(value) < 1e15 { return String(Int64(value)) }
+            if value.rounded() == value, abs(value) <= Self.largestExactInteger { return String(Int64(value)) }
             return String(value)
         default: return nil
         }
     }
+
+    /// 2^53: every integer up to it is a Double exactly, written without a fraction (up to
+    /// 1e15 only, it was `1.234567890123456e+15` for a 16-digit id). Beyond it, partner answers
+    /// keep the literal (`StrictJSONParser.parseAnswer`).
+    static let largestExactInteger = 9_007_199_254_740_992.0
 }

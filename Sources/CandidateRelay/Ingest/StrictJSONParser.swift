@@ -29,15 +29,29 @@ public struct StrictJSONParser {
     /// Set when a string holds U+0000–U+001F or U+007F (raw DEL, or an escape), so that the
     /// validator's scan for them can be skipped for the common body that has none.
     private var sawControlCharacter = false
+    /// Integers a Double cannot hold exactly (2^53 and beyond) become their text: a partner's
+    /// 64-bit id, 9007199254740993, is otherwise read as ...992 (partner answers only).
+    private let bigIntegersAsText: Bool
 
-    private init(bytes: UnsafeRawBufferPointer) {
+    private init(bytes: UnsafeRawBufferPointer, bigIntegersAsText: Bool = false) {
         self.bytes = bytes
+        self.bigIntegersAsText = bigIntegersAsText
     }
 
     /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
     /// never for ingest, where the forwarded bytes must be exactly what was validated).
     public static func parse(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> JSONValue {
         try parseDocument(data, allowBOM: allowBOM).value
+    }
+
+    /// A partner's answer: a BOM allowed, and integers beyond a Double's exact range kept as
+    /// their text (`.string`), so that an identifier is never rounded.
+    public static func parseAnswer(_ data: Data) throws(StrictJSONError) -> JSONValue {
+        let result: Result<JSONValue, StrictJSONError> = data.withUnsafeBytes { raw in
+            var parser = StrictJSONParser(bytes: raw, bigIntegersAsText: true)
+            do throws(StrictJSONError) { return .success(try parser.document(allowBOM: true)) } catch { return .failure(error) }
+        }
+        return try result.get()
     }
 
     /// `parse`, and whether any string may hold a control character (false: none does).
@@ -86,7 +100,14 @@ public struct StrictJSONParser {
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "n"): try literal("null"); return .null
-        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            let start = index
+            let value = try number()
+            if bigIntegersAsText, abs(value) >= 9_007_199_254_740_992,
+               !bytes[start..<index].contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) {
+                return .string(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self))
+            }
+            return .number(value)
         default: throw .unexpected(offset: index)
         }
     }
