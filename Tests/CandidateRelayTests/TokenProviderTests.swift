@@ -113,6 +113,24 @@ import Testing
         #expect(try await provider.token() == "t4")
     }
 
+    /// A token with a CR/LF could never be sent: it is refused, not cached, and the next call
+    /// asks the endpoint again.
+    @Test func oauthTokenThatCannotBeAHeaderIsNotKept() async throws {
+        let calls = Atomic<Int>(0)
+        let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .basic)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in
+            let n = calls.add(1, ordering: .relaxed).newValue
+            return (n == 1 ? "abc\r\nX-Injected: yes" : n == 2 ? "" : "good-token", 3600)
+        }, logger: Self.logger)
+        await #expect(throws: TokenUnavailable.self) { try await provider.token() }
+        await #expect(throws: TokenUnavailable.self) { try await provider.token() }
+        #expect(try await provider.token() == "good-token")
+        #expect(calls.load(ordering: .relaxed) == 3)
+        #expect(!OAuth2TokenProvider.isUsable("a b"))
+        #expect(!OAuth2TokenProvider.isUsable(String(repeating: "a", count: 16_385)))
+        #expect(OAuth2TokenProvider.isUsable("eyJhbGciOi.J9-_~+/="))
+    }
+
     @Test func oauthEndpointFailureIsTokenUnavailable() async {
         let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .basic)
         let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in throw TokenUnavailable(reason: "token_endpoint_http_503") },

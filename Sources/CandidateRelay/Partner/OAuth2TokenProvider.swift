@@ -30,6 +30,12 @@ public actor OAuth2TokenProvider: TokenProvider {
         self.now = now
     }
 
+    /// An access token fit for an `Authorization` header: 1–16,384 visible ASCII characters
+    /// (RFC 6750's b64token is narrower; anything outside this could not be sent at all).
+    static func isUsable(_ token: String) -> Bool {
+        (1...16_384).contains(token.utf8.count) && token.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+    }
+
     /// The token lifetimes believed, in seconds, whatever `expires_in` says.
     static let lifetimeBounds = 30.0...86_400.0
 
@@ -46,6 +52,9 @@ public actor OAuth2TokenProvider: TokenProvider {
         }
         do {
             let result = try await Self.value(of: task)
+            // Not cached: a CR/LF in it failed every request before it left (and was kept for
+            // its whole `expires_in`).
+            guard Self.isUsable(result.token) else { throw TokenUnavailable(reason: "token_response_invalid_access_token") }
             if inFlight == task {
                 inFlight = nil
                 // Bounded: an `expires_in` of 0 or less would mint a token for every request,
