@@ -229,6 +229,8 @@ import Testing
         let b = await gate.bind(offered, to: "b")
         let last = try await gate.admit()
         #expect(last.keptFree)
+        // Only for a quiet account: a and b have requests in flight (they may be stuck).
+        #expect(last.accounts == ["c"])
         await gate.release(last)
         await gate.settle(a1, AttemptReport(health: .up, status: 201))
         let next = try await gate.admit()
@@ -237,6 +239,23 @@ import Testing
         await gate.release(next)
         await gate.settle(a2, .nothingSent)
         await gate.settle(b, .nothingSent)
+        // No account quiet: the kept worker is offered none (it waits for a fresh event).
+        let two = Self.gate(clock, accounts: ["a", "b"], workers: 3)
+        let twoA = await two.bind(try await two.admit(), to: "a")
+        let twoB = await two.bind(try await two.admit(), to: "b")
+        let none = try await two.admit()
+        #expect(none.keptFree)
+        #expect(none.accounts.isEmpty)
+        await two.release(none)
+        await two.settle(twoB, .nothingSent)
+        let looking = try await two.admit()  // a worker looking (not kept): every account
+        #expect(looking.accounts == ["b", "a"])
+        let kept = try await two.admit()     // b is quiet again: offered to the kept worker
+        #expect(kept.keptFree)
+        #expect(kept.accounts == ["b"])
+        await two.release(kept)
+        await two.release(looking)
+        await two.settle(twoA, .nothingSent)
         // One account only: no worker is kept.
         let single = Self.gate(clock, accounts: ["a"], workers: 2)
         _ = await single.bind(try await single.admit(), to: "a")

@@ -104,7 +104,8 @@ public actor PartnerGate {
     /// `freshSeconds` (a quiet account's new event; not a backlog, not a retry). Backlogs and
     /// retries, however many accounts have them, share the other workers, so a quiet account's
     /// event goes at once whatever the partner's latency and the others' trouble (CONTRACT
-    /// section 8). Fresh events of busy accounts may take it too: only for their first seconds.
+    /// section 8). Only an account with no request in flight may take it: a busy account's fresh
+    /// events wait for the other workers, or one stuck account would hold them all.
     private var workers: Int
     public static let freshSeconds = 5.0
     private var backoff: BackoffConfiguration
@@ -184,10 +185,21 @@ public actor PartnerGate {
                 continue
             }
             let keptFree = configuredCount > 1 && workers > 1 && held.count >= workers - 1
-            let places = reservePlaces(now: current)
+            var places = reservePlaces(now: current)
             if places.isEmpty {
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
+            }
+            if keptFree {
+                // Only a quiet account (nothing in flight) may have it: an account whose
+                // requests hang (its token endpoint, a partner slow for its key) took it with
+                // its own fresh events too, and every other account's waited for its timeout.
+                // With none quiet the admission offers nothing: the worker waits for the next
+                // stored event, as it does when none is fresh.
+                for (id, ticket) in places where (accounts[id]?.permits ?? 0) > 0 {
+                    accounts[id]?.limiter.cancel(ticket)
+                    places[id] = nil
+                }
             }
             switch breaker.admit(now: current) {
             case .wait(let until):
