@@ -100,8 +100,10 @@ struct Reload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reload the running daemon's config and secrets (SIGHUP) and wait until it is applied.",
         discussion: """
-            Exits 0 once the new configuration is live; 1 with the daemon's reasons when it refused it \
-            (the old one stays), or when no daemon answers. systemd's ExecReload runs this.
+            Exits 0 once the new configuration is live (naming the changed keys that wait for a \
+            restart: listen, storage.path, partner.base_url, partner.timeout_seconds); 1 with the \
+            daemon's reasons when it refused it (the old one stays), or when no daemon answers. \
+            systemd's ExecReload runs this.
             """)
     @OptionGroup var options: ConfigOption
     @Option(help: "The daemon's pid (systemd: $MAINPID); default: the holder of the outbox lock.") var pid: Int32?
@@ -119,8 +121,11 @@ struct Reload: AsyncParsableCommand {
             throw ExitCode(1)
         }
         switch await ReloadCommand.run(outboxPath: config.storage.path, pid: pid, timeoutSeconds: timeout) {
-        case .applied:
+        case .applied(let restartNeeded) where restartNeeded.isEmpty:
             Console.out("reloaded: the new configuration is live")
+        case .applied(let restartNeeded):
+            Console.out("reloaded: the new configuration is live except \(restartNeeded.joined(separator: ", ")), "
+                + "which the daemon keeps as it started until a restart (systemctl restart candidate-relay)")
         case .refused(let problems):
             Console.error("reload refused; the daemon keeps its previous configuration:")
             for problem in problems { Console.error("  \(problem)") }

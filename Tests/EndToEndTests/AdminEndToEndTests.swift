@@ -204,7 +204,13 @@ import Glibc
             #expect(reload.status == 0, "\(reload.output)")
             // Applied before the command returned: the log line is already there.
             #expect(daemon.events("config.reloaded").count == round)
+            #expect(reload.output.contains("reloaded: the new configuration is live\n"), "\(reload.output)")
         }
+        // A key that waits for a restart is named, not called live (exit 0: the rest is).
+        try dir.write("config.yaml", original.replacingOccurrences(of: "http://127.0.0.1:9", with: "http://127.0.0.1:10"))
+        let partly = try await runRelay(["reload"] + config)
+        #expect(partly.status == 0, "\(partly.output)")
+        #expect(partly.output.contains("live except partner.base_url, which the daemon keeps as it started until a restart"), "\(partly.output)")
         try dir.write("config.yaml", original.replacingOccurrences(of: "heartbeat_seconds: 1", with: "heartbeat_seconds: -1"))
         let refused = try await runRelay(["reload"] + config)
         #expect(refused.status == 1)

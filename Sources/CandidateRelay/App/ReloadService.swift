@@ -28,10 +28,11 @@ extension RelayApplication {
         notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
         defer { notifier.notify("READY=1") }
         var problems: [String] = []
+        var restartNeeded: [String] = []
         do {
             let new = try await loader.load()
             problems = await removalProblems(new)
-            if problems.isEmpty { await apply(new) }
+            if problems.isEmpty { restartNeeded = await apply(new) }
         } catch let error as ConfigurationError {
             problems = error.problems.map(\.description)
             logger.event(.error, "config.reload_rejected", "new configuration is invalid; keeping the old one",
@@ -40,18 +41,18 @@ extension RelayApplication {
             problems = ["the configuration could not be read"]
             logger.event(.error, "config.reload_rejected", "new configuration could not be read; keeping the old one")
         }
-        reportReload(ok: problems.isEmpty, problems: problems)
+        reportReload(ok: problems.isEmpty, problems: problems, restartNeeded: restartNeeded)
         return problems.isEmpty
     }
 
     /// Writes `<outbox>.reload` for `candidate-relay reload`: generation 0 at start-up
     /// (`generation: 0`), then one more after each reload, once it is applied or refused.
-    func reportReload(ok: Bool, problems: [String], generation: Int? = nil) {
+    func reportReload(ok: Bool, problems: [String], restartNeeded: [String] = [], generation: Int? = nil) {
         let number = generation ?? reloadGeneration.withLock { value -> Int in
             value += 1
             return value
         }
-        let report = ReloadReport(pid: getpid(), generation: number, ok: ok, problems: problems, at: Date())
+        let report = ReloadReport(pid: getpid(), generation: number, ok: ok, problems: problems, restartNeeded: restartNeeded, at: Date())
         do {
             try report.write(outboxPath: configuration.storage.path)
         } catch {
@@ -81,7 +82,8 @@ extension RelayApplication {
         return problems
     }
 
-    func apply(_ new: RelayConfiguration) async {
+    /// Applies what can change live; returns the changed keys that wait for a restart.
+    func apply(_ new: RelayConfiguration) async -> [String] {
         let old = configuration
         live.authenticators.set(AccountWiring.authenticators(new))
         live.ingest.set(new.ingest)
@@ -117,5 +119,6 @@ extension RelayApplication {
         logger.event(.notice, "config.reloaded", "configuration reloaded", LogFields(extra: extra))
         // Last, so that the reload itself is logged whatever the new level.
         logSettings.update(level: new.logging.level, format: new.logging.format)
+        return restartNeeded
     }
 }

@@ -16,13 +16,17 @@ public struct ReloadReport: Codable, Sendable, Equatable {
     public var ok: Bool
     /// Why the new configuration was refused (one problem per line), empty when applied.
     public var problems: [String]
+    /// Changed keys that apply only after a restart (the rest is live); nil from a daemon that
+    /// predates it.
+    public var restartNeeded: [String]?
     public var at: String
 
-    public init(pid: Int32, generation: Int, ok: Bool, problems: [String], at: Date) {
+    public init(pid: Int32, generation: Int, ok: Bool, problems: [String], restartNeeded: [String] = [], at: Date) {
         self.pid = pid
         self.generation = generation
         self.ok = ok
         self.problems = problems
+        self.restartNeeded = restartNeeded
         self.at = Timestamp.string(at)
     }
 
@@ -52,7 +56,8 @@ public struct ReloadReport: Codable, Sendable, Equatable {
 /// `candidate-relay reload`: SIGHUP to the daemon serving the outbox, then wait for its report.
 public enum ReloadCommand {
     public enum Outcome: Equatable, Sendable {
-        case applied
+        /// Live, except the keys named, which wait for a restart.
+        case applied(restartNeeded: [String])
         case refused([String])
         case noDaemon(String)
         case noAnswer
@@ -71,7 +76,7 @@ public enum ReloadCommand {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeoutSeconds * 1000))
         while ContinuousClock.now < deadline {
             if let report = ReloadReport.read(outboxPath: outboxPath), report.pid == target, report.generation > before {
-                return report.ok ? .applied : .refused(report.problems)
+                return report.ok ? .applied(restartNeeded: report.restartNeeded ?? []) : .refused(report.problems)
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
