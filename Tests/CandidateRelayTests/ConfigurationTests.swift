@@ -140,6 +140,35 @@ import Testing
         #expect(problems.contains { $0.hasPrefix("storage.path:") })
     }
 
+    /// A device or a FIFO (directly or through a symlink) is refused by validation, as serve
+    /// would fail on it at the first commit.
+    @Test func storagePathThatIsNotARegularFileIsAProblem() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/link }\n")
+        defer { dir.cleanup() }
+        try FileManager.default.createSymbolicLink(atPath: dir.file("link"), withDestinationPath: "/dev/null")
+        #expect(await Self.problems(dir).contains("storage.path: \(dir.file("link")) is not a regular file (a device, a FIFO or a socket)"))
+        try FileManager.default.removeItem(atPath: dir.file("link"))
+        #expect(mkfifo(dir.file("link"), 0o600) == 0)
+        #expect(await Self.problems(dir).contains { $0.hasPrefix("storage.path:") && $0.contains("not a regular file") })
+    }
+
+    /// Durations beyond reason (1e300 passed and then trapped in serve) are refused.
+    @Test func durationsBeyondAYearAreProblems() async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3, record_retention_days: 1e300 }
+            partner: { timeout_seconds: 1e300, rate_limit: { requests: 100, per_seconds: 1e10 } }
+            delivery: { max_age_seconds: 31536001, backoff: { multiplier: 1e9 } }
+            """)
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.contains("partner.timeout_seconds: must be at most 31536000 (a year)"))
+        #expect(problems.contains("partner.rate_limit.per_seconds: must be at most 31536000 (a year)"))
+        #expect(problems.contains("delivery.max_age_seconds: must be at most 31536000 (a year)"))
+        #expect(problems.contains("delivery.backoff.multiplier: must be at most 1000"))
+        #expect(problems.contains("storage.record_retention_days: must be at most 36500 (100 years)"))
+        #expect(problems.count == 5, "\(problems)")
+    }
+
     /// A file that is not YAML is a problem that says where, without quoting the file: a
     /// refused reload logs its problems, and the line may hold a value typed inline.
     @Test func invalidYAMLIsLocatedNotQuoted() async throws {

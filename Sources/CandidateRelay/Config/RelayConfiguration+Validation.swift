@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension ConfigurationLoader {
     /// Range and consistency checks on an otherwise well-typed configuration.
@@ -38,8 +41,35 @@ extension ConfigurationLoader {
         check(delivery.circuitBreaker.failures >= 1, "delivery.circuit_breaker.failures", "must be >= 1")
         check(delivery.circuitBreaker.cooldownSeconds > 0, "delivery.circuit_breaker.cooldown_seconds", "must be > 0")
         check(config.logging.heartbeatSeconds > 0, "logging.heartbeat_seconds", "must be > 0")
+        // Upper bounds: 1e300 passed every check above and then trapped converting to a whole
+        // number of milliseconds or nanoseconds (serve died with SIGILL at start or at the first
+        // delivery, a crash loop under systemd).
+        var durations: [(String, Double)] = [
+            ("partner.timeout_seconds", config.partner.timeoutSeconds),
+            ("partner.rate_limit.per_seconds", config.partner.rateLimit.perSeconds),
+            ("partner.global_rate_limit.per_seconds", config.partner.globalRateLimit.perSeconds),
+            ("delivery.backoff.initial_seconds", delivery.backoff.initialSeconds),
+            ("delivery.backoff.max_seconds", delivery.backoff.maxSeconds),
+            ("delivery.max_age_seconds", delivery.maxAgeSeconds),
+            ("delivery.shutdown_grace_seconds", delivery.shutdownGraceSeconds),
+            ("delivery.circuit_breaker.cooldown_seconds", delivery.circuitBreaker.cooldownSeconds),
+            ("logging.heartbeat_seconds", config.logging.heartbeatSeconds),
+        ]
+        for account in config.namedAccounts ?? [] {
+            durations.append(("accounts.\(account.id).rate_limit.per_seconds", account.rateLimit.perSeconds))
+        }
+        for (key, value) in durations {
+            check(value <= maxSeconds, key, "must be at most \(Int(maxSeconds)) (a year)")
+        }
+        check(delivery.backoff.multiplier <= 1000, "delivery.backoff.multiplier", "must be at most 1000")
+        check(config.storage.payloadRetentionDays <= maxDays, "storage.payload_retention_days", "must be at most \(Int(maxDays)) (100 years)")
+        check(config.storage.recordRetentionDays <= maxDays, "storage.record_retention_days", "must be at most \(Int(maxDays)) (100 years)")
         return problems
     }
+
+    /// The longest duration any `*_seconds` key may name, and any `*_days` key.
+    static let maxSeconds = 31_536_000.0
+    static let maxDays = 36_500.0
 
     /// Each account's inbound secrets are well-formed, and some inbound authentication exists.
     static func inboundProblems(_ config: RelayConfiguration, secretsRequired: Bool) -> [ConfigurationProblem] {
@@ -117,6 +147,12 @@ extension ConfigurationLoader {
         var isDir: ObjCBool = false
         if fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
             return [.init("storage.path", "\(path) is a directory, not a file")]
+        }
+        // Through a symlink too: /dev/null or a FIFO passed here and failed in serve (a disk
+        // I/O error at the first commit, with /dev/null-journal left behind).
+        var info = stat()
+        if stat(path, &info) == 0, info.st_mode & S_IFMT != S_IFREG {
+            return [.init("storage.path", "\(path) is not a regular file (a device, a FIFO or a socket)")]
         }
         var probe = directory
         while !fm.fileExists(atPath: probe) {
