@@ -42,6 +42,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// Wakes the supervisor: a reload (the number of workers may have changed) or draining.
     /// Not the doorbell, which rings for every event ingest stores.
     private let reconfigured = Doorbell()
+    private let workerErrorLog = LogThrottle(seconds: 5)
     /// Outcome writes still running: a worker does not wait for one before its next claim.
     let outcomes = TaskTracker()
     private let running = Mutex<Set<Int>>([])
@@ -123,8 +124,13 @@ public final class DeliveryWorkerPool: Service, Sendable {
             } catch is CancellationError {
                 break
             } catch {
-                logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
-                             LogFields(error: Self.errorCode(error)))
+                // At most one line in 5 s for every worker together (with the number left out):
+                // a full disk wrote two a second per worker, 122 a second with 64 workers, on
+                // the disk that was full.
+                if let suppressed = workerErrorLog.admit(now: now()) {
+                    logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
+                                 LogFields(error: Self.errorCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+                }
                 try? await TimerSleep.sleep(seconds: 0.5)
             }
         }
