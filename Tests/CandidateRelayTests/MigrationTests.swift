@@ -206,4 +206,19 @@ import Testing
         #expect(try await snapshot(second) == migrated)
         try second.close()
     }
+
+    /// An outbox a newer version migrated is refused: this version does not know its schema (it
+    /// was opened, and written, without a word).
+    @Test func anOutboxOfANewerVersionIsRefused() async throws {
+        let (dir, path) = try Self.copy()
+        defer { dir.cleanup() }
+        let current = try Outbox(path: path)
+        try await current.pool.write { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99_future')") }
+        try current.close()
+        #expect {
+            _ = try Outbox(path: path)
+        } throws: { error in
+            "\(error)".contains("written by a newer candidate-relay") && "\(error)".contains("v99_future")
+        }
+    }
 }

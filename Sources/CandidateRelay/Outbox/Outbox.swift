@@ -54,7 +54,20 @@ public final class Outbox: Sendable {
                 try db.execute(sql: "PRAGMA synchronous = FULL")
                 try db.execute(sql: "PRAGMA cache_size = -2000")
             }
+            // An outbox a newer version migrated (a downgrade): this binary does not know its
+            // schema, so it must not write to it (it opened it without a word).
+            let unknown = try pool.read { db -> [String] in
+                guard try db.tableExists("grdb_migrations") else { return [] }
+                let known = Set(OutboxSchema.migrator.migrations)
+                return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").filter { !known.contains($0) }.sorted()
+            }
+            if !unknown.isEmpty {
+                throw OutboxError.storage("cannot open \(path): it was written by a newer candidate-relay (schema migrations "
+                    + "\(unknown.joined(separator: ", ")) are unknown to this version); run that version, or restore a copy made before it")
+            }
             try OutboxSchema.migrator.migrate(pool)
+        } catch let error as OutboxError {
+            throw error
         } catch {
             throw OutboxError.storage("cannot open \(path): \(error)")
         }
