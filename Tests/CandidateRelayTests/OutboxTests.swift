@@ -30,6 +30,40 @@ import Testing
         #expect(dirMode == 0o700)
     }
 
+    /// The WAL deleted while open: ingest is refused and readiness fails (they went on, into a
+    /// file no restart reads), and what the WAL held is copied into the database file, which a
+    /// restart after a kill -9 still reads.
+    @Test func aWALDeletedWhileOpenStopsIngestAndSavesWhatItHeld() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        for n in 0..<3 { _ = try await outbox.accept(Self.submission(partnerID: "before-\(n)"), maxBacklog: 100) }
+        #expect(await outbox.probeWritable())
+        try FileManager.default.removeItem(atPath: dir.file("o.sqlite3-wal"))
+        #expect(await !outbox.probeWritable())
+        await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(partnerID: "after"), maxBacklog: 100) }
+        // The checkpoint runs on the writer queue: a write after it has seen it done.
+        _ = await outbox.probeWritable()
+        try await outbox.pool.writeWithoutTransaction { _ in }
+        // What a restart would read: the database file alone (this connection makes a new WAL).
+        let reader = try DatabaseQueue(path: dir.file("o.sqlite3"))
+        #expect(try await reader.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM events") } == 3)
+        try reader.close()
+    }
+
+    @Test func theOutboxFileDeletedWhileOpenStopsIngest() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 100)
+        try FileManager.default.removeItem(atPath: dir.file("o.sqlite3"))
+        #expect(await !outbox.probeWritable())
+        do {
+            _ = try await outbox.accept(Self.submission(), maxBacklog: 100)
+            Issue.record("accepted into a deleted file")
+        } catch OutboxError.fileGone(let problem) {
+            #expect(problem.contains("o.sqlite3 was deleted or replaced while open"))
+        }
+    }
+
     @Test func secondDaemonLockIsRefused() throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }

@@ -285,6 +285,7 @@ public struct IngestHandler: Sendable {
 
     static func errorCode(_ error: any Error) -> String {
         if case OutboxError.storage = error { return "storage_error" }
+        if case OutboxError.fileGone = error { return "outbox_file_gone" }
         return String(describing: type(of: error))
     }
 }

@@ -78,6 +78,8 @@ extension Outbox {
     }
 
     private func acceptRows(_ db: Database, _ batch: [PendingAccept]) throws -> [Result<AcceptResult, any Error>] {
+        // A look at most once a second: a stat of two files.
+        if let problem = filesProblem(atMostEvery: 1) { throw OutboxError.fileGone(problem) }
         var results: [Result<AcceptResult, any Error>] = []
         results.reserveCapacity(batch.count)
         // Deliveries only lower the counts between refreshes: the cache errs on the high side

@@ -18,6 +18,7 @@ public final class Outbox: Sendable {
     /// The workers' claims and outcomes, grouped the same way, in one queue (two fsyncs per
     /// delivery would otherwise bound delivery at half the disk's commit rate).
     let deliveryQueue = GroupCommit<DeliveryWrite, DeliveryWriteResult>()
+    let files = OutboxFileWatch()
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
@@ -66,6 +67,8 @@ public final class Outbox: Sendable {
                     + "\(unknown.joined(separator: ", ")) are unknown to this version); run that version, or restore a copy made before it")
             }
             try OutboxSchema.migrator.migrate(pool)
+            let canonical = OutboxLock.canonicalPath(path)
+            files.record([canonical, canonical + "-wal"])
         } catch let error as OutboxError {
             throw error
         } catch {
@@ -93,6 +96,7 @@ public final class Outbox: Sendable {
     /// A real write (one row rewritten, so a WAL frame and an fsync) for `/readyz`: false
     /// when the disk is full or read-only, when ingest would answer 503 too.
     public func probeWritable() async -> Bool {
+        if filesProblem() != nil { return false }
         do {
             try await pool.write { db in
                 try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
@@ -101,6 +105,16 @@ public final class Outbox: Sendable {
             return true
         } catch {
             return false
+        }
+    }
+
+    /// Nil while the outbox's file and its WAL are those opened; else why not (for good). When
+    /// the WAL is first found gone, what it holds is checkpointed into the database file, which
+    /// a restart still reads (a kill -9 lost every event committed before the `rm`).
+    func filesProblem(atMostEvery seconds: Double = 0) -> String? {
+        files.problem(now: Date().timeIntervalSince1970, atMostEvery: seconds) { problem in
+            guard problem.hasPrefix(OutboxLock.canonicalPath(path) + "-wal ") else { return }
+            pool.asyncWriteWithoutTransaction { db in try? db.execute(sql: "PRAGMA wal_checkpoint(FULL)") }
         }
     }
 

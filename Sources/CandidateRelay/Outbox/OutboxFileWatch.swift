@@ -1,0 +1,54 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Notices the outbox's file or its `-wal` deleted or replaced while the daemon has them open.
+/// SQLite goes on writing to the open files, so every 202 after an `rm` went to a file no
+/// restart would read, and `/readyz` said ready. Found from outside.
+final class OutboxFileWatch: Sendable {
+    private struct Identity: Sendable {
+        var path: String
+        var device: UInt64
+        var inode: UInt64
+    }
+    private struct State {
+        var opened: [Identity] = []
+        var checkedAt = -Double.infinity
+        var problem: String?
+    }
+    private let state = Mutex(State())
+
+    /// Remembers what `paths` are now (after the outbox is open: its WAL exists then).
+    func record(_ paths: [String]) {
+        let identities = paths.compactMap { path -> Identity? in
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            return Identity(path: path, device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        }
+        state.withLock { $0.opened = identities }
+    }
+
+    /// Nil while every file is still the one opened; once one is not, the problem, for good
+    /// (a file put back later is not the one SQLite writes to). `atMostEvery`: seconds between
+    /// two looks (the ingest path's; a readiness probe looks every time). `firstFound` runs once,
+    /// when the problem is first seen.
+    func problem(now: Double, atMostEvery seconds: Double = 0, firstFound: (String) -> Void = { _ in }) -> String? {
+        let found = state.withLock { state -> (String?, Bool) in
+            if let problem = state.problem { return (problem, false) }
+            guard now - state.checkedAt >= seconds else { return (nil, false) }
+            state.checkedAt = now
+            for file in state.opened {
+                var info = stat()
+                if stat(file.path, &info) != 0 || UInt64(info.st_dev) != file.device || UInt64(info.st_ino) != file.inode {
+                    state.problem = "\(file.path) was deleted or replaced while open: what is written now reaches no file a restart reads"
+                    return (state.problem, true)
+                }
+            }
+            return (nil, false)
+        }
+        if let problem = found.0, found.1 { firstFound(problem) }
+        return found.0
+    }
+}
