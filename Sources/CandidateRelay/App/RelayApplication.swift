@@ -143,7 +143,10 @@ public final class RelayApplication: Sendable {
         do {
             try await group.run()
         } catch {
-            logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error))))
+            // A system call's failure says which and why (the port in use was only on stderr);
+            // other errors only their type (a message could quote stored data).
+            let reason = (error as? IOError).map { ["reason": $0.description] } ?? [:]
+            logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error)), extra: reason))
             await close()
             throw error
         }
