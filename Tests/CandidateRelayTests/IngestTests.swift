@@ -104,6 +104,11 @@ import Testing
             let head = try await client.execute(uri: "/healthz", method: .head)
             #expect(head.status == .ok)
             #expect(head.body.readableBytes == 0)
+            // A lookup without one of its parameters says so (it said fields "would be rejected by the partner").
+            let incomplete = try await client.execute(uri: "/v1/candidates?position_uid=11.11", method: .get)
+            #expect(incomplete.status == .unprocessableContent)
+            #expect(Self.json(incomplete)["message"] as? String == "a lookup needs both query parameters, position_uid and partner_candidate_id")
+            #expect(Self.json(incomplete)["details"] as? [[String: String]] == [["field": "partner_candidate_id", "problem": "required"]])
             // The routes' own 404s are unchanged.
             #expect(Self.json(try await client.execute(uri: "/v1/candidates/evt_nope", method: .get))["message"] as? String == "no such event")
         }

@@ -11,6 +11,8 @@ public enum IngestError: Error, Sendable {
     case unsupportedContentEncoding
     case malformedJSON
     case validationFailed([ValidationProblem])
+    /// A lookup by natural key without one of its two query parameters.
+    case lookupIncomplete([ValidationProblem])
     case idempotencyKeyReused
     case unavailable(reason: String, retryAfterSeconds: Int)
     case notFound
@@ -26,7 +28,7 @@ public enum IngestError: Error, Sendable {
         case .unauthorized: .unauthorized
         case .unsupportedMediaType, .unsupportedContentEncoding: .unsupportedMediaType
         case .malformedJSON: .badRequest
-        case .validationFailed: .unprocessableContent
+        case .validationFailed, .lookupIncomplete: .unprocessableContent
         case .idempotencyKeyReused: .conflict
         case .unavailable: .serviceUnavailable
         case .notFound, .unknownAccount, .noSuchPath: .notFound
@@ -44,6 +46,7 @@ public enum IngestError: Error, Sendable {
         case .validationFailed(let problems):
             // CONTRACT section 4 names control characters a code of their own.
             problems.contains { $0.problem == "invalid_characters" } ? "invalid_characters" : "validation_failed"
+        case .lookupIncomplete: "validation_failed"
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
         case .notFound, .noSuchPath: "not_found"
@@ -70,6 +73,7 @@ public enum IngestError: Error, Sendable {
             } else {
                 "\(problems.count) field(s) would be rejected by the partner"
             }
+        case .lookupIncomplete: "a lookup needs both query parameters, position_uid and partner_candidate_id"
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
@@ -83,6 +87,9 @@ public enum IngestError: Error, Sendable {
     var answer: IngestAnswer {
         var details: [[String: String]] = []
         if case .validationFailed(let problems) = self {
+            details = problems.map { ["field": $0.field, "problem": $0.problem] }
+        }
+        if case .lookupIncomplete(let problems) = self {
             details = problems.map { ["field": $0.field, "problem": $0.problem] }
         }
         var headers: HTTPFields = [.contentType: "application/json"]

@@ -43,7 +43,7 @@ public enum IngestRoutes {
             do throws(IngestError) { account = try readableAccount(request, context) } catch { return error.response }
             let query = request.uri.queryParameters
             guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
-                return IngestError.validationFailed([
+                return IngestError.lookupIncomplete([
                     ValidationProblem(field: "position_uid", problem: query["position_uid"] == nil ? "required" : "ok"),
                     ValidationProblem(field: "partner_candidate_id", problem: query["partner_candidate_id"] == nil ? "required" : "ok"),
                 ].filter { $0.problem == "required" }).response
