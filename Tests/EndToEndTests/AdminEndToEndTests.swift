@@ -42,9 +42,14 @@ import Glibc
         #expect(counts == ["pending": 0, "in_flight": 0, "delivered": 0, "linked": 0, "dead": 1])
         let list = try await runRelay(["events", "list", "--state", "dead", "--json"] + config)
         #expect((Self.json(list.output) as? [[String: Any]])?.first?["id"] as? String == id)
+        // The list shows the partner's code only (its message may repeat a submitted value); show has both.
+        let listed = (Self.json(list.output) as? [[String: Any]])?.first?["last_error"] as? String
         let table = try await runRelay(["events", "list"] + config)
         #expect(table.output.contains(id) && table.output.contains("dead"))
         let show = try await runRelay(["events", "show", id, "--json"] + config)
+        let shown = (Self.json(show.output) as? [String: Any])?["last_error"] as? String
+        #expect(listed != nil && shown?.hasPrefix(listed! + ": ") == true, "\(String(describing: listed)) / \(String(describing: shown))")
+        #expect(!table.output.contains(String(shown?.drop { $0 != ":" } ?? "")))
         let history = (Self.json(show.output) as? [String: Any])?["history"] as? [[String: Any]]
         #expect(history?.first?["outcome"] as? String == "dead")
         #expect(history?.first?["status"] as? Int == 403)

@@ -40,14 +40,16 @@ public struct AdminCommands: Sendable {
         seconds.map { String(format: "%.1f s", $0) } ?? "-"
     }
 
-    /// Newest first; `account` keeps to that account's events.
+    /// Newest first; `account` keeps to that account's events. `last_error` is the code only,
+    /// as over HTTP: a list is pasted into tickets, and a partner's message may repeat a
+    /// submitted value (`events show` gives one event's whole message).
     public func list(state: EventState?, account: String? = nil, limit: Int, json: Bool) async throws -> String {
         let records = try await outbox.list(state: state, account: account, limit: limit)
-        if json { return ContractJSON.string(records.map { $0.jsonObject() }) }
+        if json { return ContractJSON.string(records.map { $0.jsonObject(includeMessages: false) }) }
         let header = ["ID", "ACCOUNT", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
         let rows = records.map { r in
             [r.id, r.account, r.state.rawValue, String(r.attempts), r.positionUID, r.partnerCandidateID, r.candidateUID ?? "-",
-             Timestamp.string(r.receivedAt), r.lastError ?? "-"]
+             Timestamp.string(r.receivedAt), r.lastError.map { String($0.prefix { $0 != ":" }) } ?? "-"]
         }
         return Self.table(header: header, rows: rows)
     }
