@@ -67,8 +67,10 @@ public final class Outbox: Sendable {
                     + "\(unknown.joined(separator: ", ")) are unknown to this version); run that version, or restore a copy made before it")
             }
             try OutboxSchema.migrator.migrate(pool)
-            let canonical = OutboxLock.canonicalPath(path)
-            files.record([canonical, canonical + "-wal"])
+            // The path as configured (through a symlink: what a restart would open, so a
+            // symlink pointed elsewhere counts as replaced) and the WAL beside the file SQLite
+            // opened (it resolves symlinks).
+            files.record([path, OutboxLock.canonicalPath(path) + "-wal"])
         } catch let error as OutboxError {
             throw error
         } catch {
