@@ -3,11 +3,17 @@ import Foundation
 import Glibc
 #endif
 
-/// One daemon per outbox file: an exclusive `flock` on `<outbox>.lock`, held for the life of the
-/// process. The kernel drops it when the process dies, so a crash never leaves a stale lock
-/// (unlike a PID file). Admin commands do not take it: they share the database through SQLite.
+/// One daemon per outbox file: an exclusive `flock` on `<outbox>.lock` and on the database file
+/// itself, held for the life of the process. The kernel drops them when the process dies, so a
+/// crash never leaves a stale lock (unlike a PID file). Admin commands do not take them: they
+/// share the database through SQLite (whose locks are `fcntl` ones, which `flock` leaves alone
+/// on a local filesystem).
 public final class OutboxLock: Sendable {
     private let fd: Int32
+    /// The database file's: a deleted `.lock` (a cleaner, an `rm` of leftovers) let a second
+    /// daemon start on the same outbox, take the first one's leases back and send its in-flight
+    /// events again; and a hard link, which no path resolution reveals, is the same file.
+    private let databaseFD: Int32
     public let path: String
 
     public struct AlreadyLocked: Error, CustomStringConvertible {
@@ -28,7 +34,22 @@ public final class OutboxLock: Sendable {
             if busy { throw AlreadyLocked(path: path) }
             throw OutboxError.storage("cannot lock \(path)")
         }
+        let database = Self.canonicalPath(outboxPath)
+        let databaseFD = open(database, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard databaseFD >= 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw OutboxError.storage("cannot open \(database): \(reason)")
+        }
+        guard flock(databaseFD, LOCK_EX | LOCK_NB) == 0 else {
+            let busy = errno == EWOULDBLOCK
+            close(databaseFD)
+            close(fd)
+            if busy { throw AlreadyLocked(path: database) }
+            throw OutboxError.storage("cannot lock \(database)")
+        }
         self.fd = fd
+        self.databaseFD = databaseFD
         // The holder's pid, for `candidate-relay reload` (the lock, not this number, is the truth).
         let text = "\(getpid())\n"
         _ = ftruncate(fd, 0)
@@ -86,6 +107,8 @@ public final class OutboxLock: Sendable {
     }
 
     deinit {
+        flock(databaseFD, LOCK_UN)
+        close(databaseFD)
         flock(fd, LOCK_UN)
         close(fd)
     }
