@@ -69,7 +69,25 @@ import Testing
         defer { dir.cleanup() }
         let lock = try OutboxLock(outboxPath: dir.file("o.sqlite3"))
         #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("o.sqlite3")) }
+        // The .lock deleted (a cleaner): the database file's own lock still refuses a second
+        // daemon, and so it does through a hard link, which no path resolution reveals.
+        try FileManager.default.removeItem(atPath: dir.file("o.sqlite3.lock"))
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("o.sqlite3")) }
+        #expect(link(dir.file("o.sqlite3"), dir.file("hard.sqlite3")) == 0)
+        #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("hard.sqlite3")) }
         _ = lock
+    }
+
+    /// The -shm deleted: another process's SQLite would think itself alone, checkpoint and
+    /// delete the live WAL when it closes. Ingest stops at once, and the WAL is checkpointed.
+    @Test func aSharedMemoryFileDeletedWhileOpenStopsIngest() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 100)
+        #expect(outbox.filesProblem() == nil)
+        try FileManager.default.removeItem(atPath: dir.file("o.sqlite3-shm"))
+        await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(), maxBacklog: 100) }
+        #expect(outbox.filesProblem()?.contains("o.sqlite3-shm was deleted or replaced while open") == true)
     }
 
     /// Another path to the same outbox — a symlink to the file, or to its directory — finds the

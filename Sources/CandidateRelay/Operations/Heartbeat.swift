@@ -117,8 +117,15 @@ public struct Heartbeat: Service {
         var nextBeat = Date.distantPast
         var statusChanges = metrics.changeCount
         let tick = min(watchdogInterval ?? 1, 1)
+        var filesGoneLogged = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
+            // Once a second even without traffic: a deleted -wal is then checkpointed at once.
+            if !filesGoneLogged, let problem = outbox.filesProblem() {
+                filesGoneLogged = true
+                logger.event(.error, "storage.failed", "an outbox file was deleted or replaced while open; webhooks are refused "
+                             + "(503) until a restart, deliveries go on: \(problem)", LogFields(error: "outbox_file_gone"))
+            }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.
             if current >= nextBeat && isReady() {

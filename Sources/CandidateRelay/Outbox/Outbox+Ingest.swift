@@ -78,8 +78,9 @@ extension Outbox {
     }
 
     private func acceptRows(_ db: Database, _ batch: [PendingAccept]) throws -> [Result<AcceptResult, any Error>] {
-        // A look at most once a second: a stat of two files.
-        if let problem = filesProblem(atMostEvery: 1) { throw OutboxError.fileGone(problem) }
+        // Every batch: a 202 must not go to a file no restart reads (a look a second let that
+        // second's webhooks through).
+        if let problem = filesProblem() { throw OutboxError.fileGone(problem) }
         var results: [Result<AcceptResult, any Error>] = []
         results.reserveCapacity(batch.count)
         // Deliveries only lower the counts between refreshes: the cache errs on the high side

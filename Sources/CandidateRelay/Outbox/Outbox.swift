@@ -68,9 +68,12 @@ public final class Outbox: Sendable {
             }
             try OutboxSchema.migrator.migrate(pool)
             // The path as configured (through a symlink: what a restart would open, so a
-            // symlink pointed elsewhere counts as replaced) and the WAL beside the file SQLite
-            // opened (it resolves symlinks).
-            files.record([path, OutboxLock.canonicalPath(path) + "-wal"])
+            // symlink pointed elsewhere counts as replaced), and the WAL and shared-memory files
+            // beside the file SQLite opened (it resolves symlinks). A deleted -shm lets another
+            // process's SQLite (an admin command) think it is alone, checkpoint, and delete the
+            // live WAL when it closes.
+            let canonical = OutboxLock.canonicalPath(path)
+            files.record([path, canonical + "-wal", canonical + "-shm"])
         } catch let error as OutboxError {
             throw error
         } catch {
@@ -110,12 +113,14 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Nil while the outbox's file and its WAL are those opened; else why not (for good). When
-    /// the WAL is first found gone, what it holds is checkpointed into the database file, which
-    /// a restart still reads (a kill -9 lost every event committed before the `rm`).
-    func filesProblem(atMostEvery seconds: Double = 0) -> String? {
-        files.problem(now: Date().timeIntervalSince1970, atMostEvery: seconds) { problem in
-            guard problem.hasPrefix(OutboxLock.canonicalPath(path) + "-wal ") else { return }
+    /// Nil while the outbox's file, its WAL and its -shm are those opened; else why not (for
+    /// good). When the WAL or the -shm is first found gone, what the WAL holds is checkpointed
+    /// into the database file, which a restart still reads (a kill -9 lost every event
+    /// committed before the `rm`). Looked at for every ingest batch (two or three `stat`s) and
+    /// every second by the heartbeat.
+    public func filesProblem() -> String? {
+        files.problem { problem in
+            guard !problem.hasPrefix(path + " ") else { return }
             pool.asyncWriteWithoutTransaction { db in try? db.execute(sql: "PRAGMA wal_checkpoint(FULL)") }
         }
     }

@@ -15,7 +15,6 @@ final class OutboxFileWatch: Sendable {
     }
     private struct State {
         var opened: [Identity] = []
-        var checkedAt = -Double.infinity
         var problem: String?
     }
     private let state = Mutex(State())
@@ -31,14 +30,11 @@ final class OutboxFileWatch: Sendable {
     }
 
     /// Nil while every file is still the one opened; once one is not, the problem, for good
-    /// (a file put back later is not the one SQLite writes to). `atMostEvery`: seconds between
-    /// two looks (the ingest path's; a readiness probe looks every time). `firstFound` runs once,
-    /// when the problem is first seen.
-    func problem(now: Double, atMostEvery seconds: Double = 0, firstFound: (String) -> Void = { _ in }) -> String? {
+    /// (a file put back later is not the one SQLite writes to). `firstFound` runs once, when the
+    /// problem is first seen.
+    func problem(firstFound: (String) -> Void = { _ in }) -> String? {
         let found = state.withLock { state -> (String?, Bool) in
             if let problem = state.problem { return (problem, false) }
-            guard now - state.checkedAt >= seconds else { return (nil, false) }
-            state.checkedAt = now
             for file in state.opened {
                 var info = stat()
                 if stat(file.path, &info) != 0 || UInt64(info.st_dev) != file.device || UInt64(info.st_ino) != file.inode {
