@@ -38,6 +38,10 @@ struct ConfigOption: ParsableArguments {
             Console.error("no outbox at \(config.storage.path) (has the daemon ever run with this config?)")
             throw ExitCode(1)
         }
+        if let problem = Outbox.sharingProblem(path: config.storage.path) {
+            Console.error(problem)
+            throw ExitCode(1)
+        }
         do {
             return try Outbox(path: config.storage.path)
         } catch {

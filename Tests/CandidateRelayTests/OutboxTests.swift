@@ -64,6 +64,18 @@ import Testing
         }
     }
 
+    /// Moved away and back, it is the same file again: ingest goes on (it stayed 503 for good).
+    @Test func theOutboxFileMovedAwayAndBackIsServedAgain() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        try FileManager.default.moveItem(atPath: dir.file("o.sqlite3"), toPath: dir.file("away"))
+        await #expect(throws: OutboxError.self) { try await outbox.accept(Self.submission(), maxBacklog: 100) }
+        try FileManager.default.moveItem(atPath: dir.file("away"), toPath: dir.file("o.sqlite3"))
+        #expect(outbox.filesProblem() == nil)
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 100)
+        #expect(await outbox.probeWritable())
+    }
+
     @Test func secondDaemonLockIsRefused() throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }
@@ -75,6 +87,21 @@ import Testing
         #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("o.sqlite3")) }
         #expect(link(dir.file("o.sqlite3"), dir.file("hard.sqlite3")) == 0)
         #expect(throws: OutboxLock.AlreadyLocked.self) { try OutboxLock(outboxPath: dir.file("hard.sqlite3")) }
+        _ = lock
+    }
+
+    /// While a daemon holds the outbox and its -wal or -shm is gone, another process (an admin
+    /// command) must not open it: its SQLite would make a second WAL sharing the daemon's index.
+    @Test func anotherProcessIsToldNotToOpenAnOutboxMissingItsWALWhileServed() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission(), maxBacklog: 100)
+        #expect(Outbox.sharingProblem(path: dir.file("o.sqlite3")) == nil)  // not served
+        let lock = try OutboxLock(outboxPath: dir.file("o.sqlite3"))
+        #expect(OutboxLock.isHeld(outboxPath: dir.file("o.sqlite3")))
+        #expect(Outbox.sharingProblem(path: dir.file("o.sqlite3")) == nil)  // served, files in place
+        try FileManager.default.removeItem(atPath: dir.file("o.sqlite3-wal"))
+        #expect(Outbox.sharingProblem(path: dir.file("o.sqlite3"))?.contains("its -wal file is gone") == true)
         _ = lock
     }
 

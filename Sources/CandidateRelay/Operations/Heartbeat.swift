@@ -121,10 +121,14 @@ public struct Heartbeat: Service {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
-            if !filesGoneLogged, let problem = outbox.filesProblem() {
+            if let problem = outbox.filesProblem() {
+                if !filesGoneLogged {
+                    logger.event(.error, "storage.failed", "an outbox file was deleted or replaced while open; webhooks are refused "
+                                 + "(503) until it is back or the daemon restarts, deliveries go on: \(problem)", LogFields(error: "outbox_file_gone"))
+                }
                 filesGoneLogged = true
-                logger.event(.error, "storage.failed", "an outbox file was deleted or replaced while open; webhooks are refused "
-                             + "(503) until a restart, deliveries go on: \(problem)", LogFields(error: "outbox_file_gone"))
+            } else {
+                filesGoneLogged = false
             }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.

@@ -113,8 +113,8 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Nil while the outbox's file, its WAL and its -shm are those opened; else why not (for
-    /// good). When the WAL or the -shm is first found gone, what the WAL holds is checkpointed
+    /// Nil while the outbox's file, its WAL and its -shm are those opened; else why not (until
+    /// they are again). When the WAL or the -shm is found gone, what the WAL holds is checkpointed
     /// into the database file, which a restart still reads (a kill -9 lost every event
     /// committed before the `rm`). Looked at for every ingest batch (two or three `stat`s) and
     /// every second by the heartbeat.
@@ -123,6 +123,23 @@ public final class Outbox: Sendable {
             guard !problem.hasPrefix(path + " ") else { return }
             pool.asyncWriteWithoutTransaction { db in try? db.execute(sql: "PRAGMA wal_checkpoint(FULL)") }
         }
+    }
+
+    /// Why another process must not open the outbox now, nil when it may: a daemon serves it
+    /// and its `-wal` or `-shm` is gone. SQLite would then make a second WAL beside the
+    /// daemon's deleted one, sharing one index: a `status` found the file "malformed", and the
+    /// daemon's next checkpoint wrote pages from the wrong WAL ("not a database" after a clean
+    /// restart that, without it, kept everything). Found from outside.
+    public static func sharingProblem(path: String) -> String? {
+        guard OutboxLock.isHeld(outboxPath: path) else { return nil }
+        let canonical = OutboxLock.canonicalPath(path)
+        let daemon = OutboxLock.holder(outboxPath: path).map { "the daemon (pid \($0))" } ?? "a daemon"
+        for suffix in ["-wal", "-shm"] where !FileManager.default.fileExists(atPath: canonical + suffix) {
+            return "\(daemon) serves \(path), but its \(suffix) file is gone: opening it now could corrupt it. "
+                + "Stop the daemon cleanly first (it copies what the \(suffix == "-wal" ? "deleted WAL" : "WAL") holds into the database file), "
+                + "then run this again"
+        }
+        return nil
     }
 
     /// Bytes an unprivileged writer may still use on the outbox's filesystem (nil if unknown).

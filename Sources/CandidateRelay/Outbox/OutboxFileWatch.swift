@@ -29,22 +29,22 @@ final class OutboxFileWatch: Sendable {
         state.withLock { $0.opened = identities }
     }
 
-    /// Nil while every file is still the one opened; once one is not, the problem, for good
-    /// (a file put back later is not the one SQLite writes to). `firstFound` runs once, when the
-    /// problem is first seen.
-    func problem(firstFound: (String) -> Void = { _ in }) -> String? {
-        let found = state.withLock { state -> (String?, Bool) in
-            if let problem = state.problem { return (problem, false) }
+    /// Nil while every file is the one opened (again: a file moved away and back is the same
+    /// file); else the problem. `found` runs when a problem is seen after none was.
+    func problem(found: (String) -> Void = { _ in }) -> String? {
+        let (problem, isNew) = state.withLock { state -> (String?, Bool) in
+            var current: String?
             for file in state.opened {
                 var info = stat()
                 if stat(file.path, &info) != 0 || UInt64(info.st_dev) != file.device || UInt64(info.st_ino) != file.inode {
-                    state.problem = "\(file.path) was deleted or replaced while open: what is written now reaches no file a restart reads"
-                    return (state.problem, true)
+                    current = "\(file.path) was deleted or replaced while open: what is written now reaches no file a restart reads"
+                    break
                 }
             }
-            return (nil, false)
+            defer { state.problem = current }
+            return (current, current != nil && state.problem == nil)
         }
-        if let problem = found.0, found.1 { firstFound(problem) }
-        return found.0
+        if let problem, isNew { found(problem) }
+        return problem
     }
 }

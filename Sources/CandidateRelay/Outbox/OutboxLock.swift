@@ -73,6 +73,19 @@ public final class OutboxLock: Sendable {
         return Int32(String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
+    /// Whether a daemon holds the outbox (its database file's lock: there even when the `.lock`
+    /// file was deleted).
+    public static func isHeld(outboxPath: String) -> Bool {
+        let fd = open(canonicalPath(outboxPath), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return false
+        }
+        return errno == EWOULDBLOCK
+    }
+
     /// `<outbox>.lock` beside the file the path leads to (`canonicalPath`): a second path to the
     /// same outbox finds the same lock.
     static func lockPath(for outboxPath: String) -> String {
