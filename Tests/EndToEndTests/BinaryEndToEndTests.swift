@@ -55,6 +55,36 @@ import Glibc
         #expect(!second.events("relay.stopped").isEmpty)
     }
 
+    /// The -wal deleted while the daemon runs: it copies the WAL into the database file and
+    /// stops with an error (systemd restarts it); the restart has every accepted event, and an
+    /// admin command run in between refuses instead of corrupting the file. (A `status` then
+    /// made SQLite build a second WAL over the daemon's index: "not a database" after restart.)
+    @Test func aDeletedWALStopsTheDaemonAndTheRestartHasEveryEvent() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let config = ["--config", dir.file("config.yaml")]
+        let first = try RelayProcess(arguments: ["serve"] + config)
+        let client = HTTPTestClient(port: try await first.waitUntilReady())
+        var ids: [String] = []
+        for n in 0..<5 {
+            let reply = try await client.post(Candidates.json(partnerID: "wal-\(n)"))
+            #expect(reply.status == 202)
+            ids.append(try #require(reply.json["id"] as? String))
+        }
+        try FileManager.default.removeItem(atPath: dir.file("state/outbox.sqlite3-wal"))
+        let refused = try await runRelay(["status"] + config)
+        let exit = await first.waitForExit(timeout: 20)
+        #expect(exit != nil && exit != 0, "exit \(String(describing: exit))")
+        #expect(first.events("storage.failed").contains { $0["error"] as? String == "outbox_file_gone" })
+        // The status ran before or after the stop: refused while the daemon held the file.
+        #expect(refused.status == 0 || refused.output.contains("its -wal file is gone"), "\(refused.output)")
+        let second = try RelayProcess(arguments: ["serve"] + config)
+        let again = HTTPTestClient(port: try await second.waitUntilReady())
+        for id in ids { #expect(try await again.record(id) != nil, "\(id) lost") }
+        second.signal(SIGTERM)
+        #expect(await second.waitForExit() == 0)
+    }
+
     @Test func sigkillWhileDeliveringLosesNothingAndDuplicatesNothing() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.latencyMs = 150

@@ -122,6 +122,18 @@ public struct Heartbeat: Service {
             let current = now()
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
+                if outbox.isWALProblem(problem) {
+                    // The -wal or -shm is gone: any new SQLite connection (this daemon's next
+                    // reader, an admin command, sqlite3) would build a second WAL over the
+                    // index and corrupt the file. Everything is in the database file once this
+                    // checkpoint is done: stop with an error, and the restart (systemd's
+                    // Restart=on-failure) opens the outbox afresh, losing nothing.
+                    logger.event(.critical, "storage.failed", "an outbox file was deleted while open; the WAL is copied into the "
+                                 + "database file, then the daemon stops so that a restart opens them afresh: \(problem)",
+                                 LogFields(error: "outbox_file_gone"))
+                    try await outbox.checkpointNow()
+                    throw OutboxError.fileGone(problem)
+                }
                 if !filesGoneLogged {
                     logger.event(.error, "storage.failed", "an outbox file was deleted or replaced while open; webhooks are refused "
                                  + "(503) until it is back or the daemon restarts, deliveries go on: \(problem)", LogFields(error: "outbox_file_gone"))

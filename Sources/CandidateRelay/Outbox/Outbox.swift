@@ -125,6 +125,15 @@ public final class Outbox: Sendable {
         }
     }
 
+    /// Whether the problem `filesProblem` named is the `-wal`'s or the `-shm`'s (not the
+    /// database file's).
+    public func isWALProblem(_ problem: String) -> Bool { !problem.hasPrefix(path + " ") }
+
+    /// Copies the WAL into the database file now (and waits for it).
+    public func checkpointNow() async throws {
+        try await pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(FULL)") }
+    }
+
     /// Why another process must not open the outbox now, nil when it may: a daemon serves it
     /// and its `-wal` or `-shm` is gone. SQLite would then make a second WAL beside the
     /// daemon's deleted one, sharing one index: a `status` found the file "malformed", and the
