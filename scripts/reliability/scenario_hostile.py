@@ -674,7 +674,9 @@ def build_plan(rng, n_bad, long):
         C("signature", f"webhook-timestamp {ts!r}", [UNAUTH], body=enc(valid()), headers={"__ts": ts})
     C("signature", "missing webhook-id", [UNAUTH], body=enc(valid()), headers={"__drop": "webhook-id"})
     C("signature", "missing webhook-timestamp", [UNAUTH], body=enc(valid()), headers={"__drop": "webhook-timestamp"})
-    C("signature", "webhook-id of 60 kB", [ACCEPT, UNAUTH, HTTP], body=enc(valid()), msg_id="m" * 60_000)
+    # a key over 1,024 bytes is refused (422 string_size_limit), signed or not
+    C("signature", "webhook-id of 60 kB", [INVALID, UNAUTH, HTTP], body=enc(valid()), msg_id="m" * 60_000)
+    C("signature", "webhook-id of 1,024 bytes (control)", [ACCEPT], body=enc(valid()), msg_id="m" * 1_024)
     # an empty webhook-id is no key: two different bodies must not share it
     C("signature", "empty webhook-id, signed (1 of 2)", [ACCEPT, UNAUTH], body=enc(valid()), msg_id="")
     C("signature", "empty webhook-id, signed (2 of 2, other body)", [ACCEPT, UNAUTH], body=enc(valid()), msg_id="")
