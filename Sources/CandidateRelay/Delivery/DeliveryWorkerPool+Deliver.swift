@@ -175,7 +175,7 @@ extension DeliveryWorkerPool {
             } catch {
                 if !logged {
                     logger.event(.error, "storage.failed", "could not record a delivery outcome; retrying while the lease lasts",
-                                 fields(event, error: Self.errorCode(error)))
+                                 fields(event, error: OutboxError.logCode(error)))
                     logged = true
                 }
                 guard !isDraining, self.now() < deadline else { return }

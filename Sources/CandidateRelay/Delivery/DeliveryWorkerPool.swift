@@ -129,7 +129,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 // the disk that was full.
                 if let suppressed = workerErrorLog.admit(now: now()) {
                     logger.event(.error, "delivery.worker_error", "worker iteration failed; retrying shortly",
-                                 LogFields(error: Self.errorCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+                                 LogFields(error: OutboxError.logCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
                 }
                 try? await TimerSleep.sleep(seconds: 0.5)
             }
@@ -250,11 +250,5 @@ public final class DeliveryWorkerPool: Service, Sendable {
             }
             return first
         }
-    }
-
-    static func errorCode(_ error: any Error) -> String {
-        if case OutboxError.storage = error { return "storage_error" }
-        if case OutboxError.fileGone = error { return "outbox_file_gone" }
-        return String(describing: type(of: error))
     }
 }

@@ -143,7 +143,7 @@ public struct IngestHandler: Sendable {
         case .failure(let error):
             if let suppressed = storageFailureLog.admit(now: now()) {
                 logger.event(.error, "storage.failed", "outbox write failed",
-                             LogFields(error: Self.errorCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+                             LogFields(error: OutboxError.logCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
             }
             return .failure(.unavailable(reason: "storage unavailable; retry later", retryAfterSeconds: 5))
         }
@@ -281,11 +281,5 @@ public struct IngestHandler: Sendable {
         result.append(Data("\"partner_candidate_id\":\"\(id)\",".utf8))
         result.append(body[body.index(after: brace)...])
         return result
-    }
-
-    static func errorCode(_ error: any Error) -> String {
-        if case OutboxError.storage = error { return "storage_error" }
-        if case OutboxError.fileGone = error { return "outbox_file_gone" }
-        return String(describing: type(of: error))
     }
 }

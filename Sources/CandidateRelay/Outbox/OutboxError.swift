@@ -6,6 +6,14 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
     case backlogFull(Int)
     case idempotencyKeyReused(existingID: String)
 
+    /// The `error` field of a log line about a failed outbox call (ingest's and the workers'):
+    /// a code, never the message, which may quote a stored value.
+    static func logCode(_ error: any Error) -> String {
+        if case OutboxError.storage = error { return "storage_error" }
+        if case OutboxError.fileGone = error { return "outbox_file_gone" }
+        return String(describing: type(of: error))
+    }
+
     public var description: String {
         switch self {
         case .storage(let message): "storage: \(message)"
