@@ -86,12 +86,8 @@ public enum IngestError: Error, Sendable {
     /// The JSON answer `{"error", "message", "details"}` (plus Retry-After for 503).
     var answer: IngestAnswer {
         var details: [[String: String]] = []
-        if case .validationFailed(let problems) = self {
-            details = problems.map { ["field": $0.field, "problem": $0.problem] }
-        }
-        if case .lookupIncomplete(let problems) = self {
-            details = problems.map { ["field": $0.field, "problem": $0.problem] }
-        }
+        if case .validationFailed(let problems) = self { details = problems.map(\.detail) }
+        if case .lookupIncomplete(let problems) = self { details = problems.map(\.detail) }
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
         if case .methodNotAllowed(let allow) = self { headers[.allow] = allow }

@@ -10,4 +10,7 @@ public struct ValidationProblem: Sendable, Equatable, Codable, Hashable {
         self.field = field
         self.problem = problem
     }
+
+    /// One entry of an error answer's `details`.
+    var detail: [String: String] { ["field": field, "problem": problem] }
 }
