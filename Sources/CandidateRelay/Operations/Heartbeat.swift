@@ -122,7 +122,7 @@ public struct Heartbeat: Service {
             let current = now()
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
-                if outbox.isWALProblem(problem) {
+                if outbox.isWALProblem {
                     // The -wal or -shm is gone: any new SQLite connection (this daemon's next
                     // reader, an admin command, sqlite3) would build a second WAL over the
                     // index and corrupt the file. Everything is in the database file once this

@@ -119,15 +119,15 @@ public final class Outbox: Sendable {
     /// committed before the `rm`). Looked at for every ingest batch (two or three `stat`s) and
     /// every second by the heartbeat.
     public func filesProblem() -> String? {
-        files.problem { problem in
-            guard !problem.hasPrefix(path + " ") else { return }
+        files.problem { _, isDatabaseFile in
+            guard !isDatabaseFile else { return }
             pool.asyncWriteWithoutTransaction { db in try? db.execute(sql: "PRAGMA wal_checkpoint(FULL)") }
         }
     }
 
-    /// Whether the problem `filesProblem` named is the `-wal`'s or the `-shm`'s (not the
+    /// Whether the problem `filesProblem` last named is the `-wal`'s or the `-shm`'s (not the
     /// database file's).
-    public func isWALProblem(_ problem: String) -> Bool { !problem.hasPrefix(path + " ") }
+    public var isWALProblem: Bool { !files.problemIsDatabaseFile }
 
     /// Copies the WAL into the database file now (and waits for it).
     public func checkpointNow() async throws {

@@ -14,12 +14,15 @@ final class OutboxFileWatch: Sendable {
         var inode: UInt64
     }
     private struct State {
+        /// The database file first, then the others (`record`'s order).
         var opened: [Identity] = []
         var problem: String?
+        var problemIsDatabaseFile = false
     }
     private let state = Mutex(State())
 
-    /// Remembers what `paths` are now (after the outbox is open: its WAL exists then).
+    /// Remembers what `paths` are now (after the outbox is open: its WAL exists then); the
+    /// database file's path first.
     func record(_ paths: [String]) {
         let identities = paths.compactMap { path -> Identity? in
             var info = stat()
@@ -29,22 +32,28 @@ final class OutboxFileWatch: Sendable {
         state.withLock { $0.opened = identities }
     }
 
+    /// Whether the last problem seen is the database file's (not the -wal's or the -shm's).
+    var problemIsDatabaseFile: Bool { state.withLock { $0.problemIsDatabaseFile } }
+
     /// Nil while every file is the one opened (again: a file moved away and back is the same
-    /// file); else the problem. `found` runs when a problem is seen after none was.
-    func problem(found: (String) -> Void = { _ in }) -> String? {
-        let (problem, isNew) = state.withLock { state -> (String?, Bool) in
+    /// file); else the problem. `found` runs when a problem is seen after none was, with
+    /// whether it is the database file's.
+    func problem(found: (String, Bool) -> Void = { _, _ in }) -> String? {
+        let (problem, isDatabase, isNew) = state.withLock { state -> (String?, Bool, Bool) in
             var current: String?
-            for file in state.opened {
+            var isDatabase = false
+            for (index, file) in state.opened.enumerated() {
                 var info = stat()
                 if stat(file.path, &info) != 0 || UInt64(info.st_dev) != file.device || UInt64(info.st_ino) != file.inode {
                     current = "\(file.path) was deleted or replaced while open: what is written now reaches no file a restart reads"
+                    isDatabase = index == 0
                     break
                 }
             }
-            defer { state.problem = current }
-            return (current, current != nil && state.problem == nil)
+            defer { (state.problem, state.problemIsDatabaseFile) = (current, isDatabase) }
+            return (current, isDatabase, current != nil && state.problem == nil)
         }
-        if let problem, isNew { found(problem) }
+        if let problem, isNew { found(problem, isDatabase) }
         return problem
     }
 }
