@@ -77,7 +77,10 @@ import Testing
         await relay.shutdownAndWait()
         let outbox = try Outbox(path: relay.application.configuration.storage.path)
         var records: [String: EventRecord] = [:]
-        for id in ids { records[id] = try #require(try await outbox.record(id: id)) }
+        for id in ids {
+            let record: EventRecord = try #require(await outbox.record(id: id))
+            records[id] = record
+        }
         let delivered = records.values.filter { $0.state == .delivered }
         #expect(delivered.allSatisfy { $0.attempts == 1 })
         #expect(await relay.simulator.snapshot().requests.count == delivered.count)
