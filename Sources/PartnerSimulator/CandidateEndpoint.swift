@@ -48,7 +48,9 @@ struct CandidateEndpoint: Sendable {
             // Nothing reaches the client: the channel is already closed when this is written.
             return Response(status: .internalServerError)
         }
-        if faults.latencyMs > 0 {
+        if let key = record.apiKey, let delay = faults.latencyMsByAPIKey[key] {
+            await store.stall(milliseconds: delay) { $0.latencyMsByAPIKey[key] != nil }
+        } else if faults.latencyMs > 0 {
             try? await Task.sleep(for: .milliseconds(faults.latencyMs))
         }
         let response: (Response, String?)

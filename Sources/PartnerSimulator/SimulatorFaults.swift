@@ -16,6 +16,9 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
     public var retryAfter: String? = nil
     /// Delay added before answering, in milliseconds.
     public var latencyMs: Int = 0
+    /// Per api-key (the JWT `iss`) delays that replace `latencyMs` for that key's requests (a
+    /// partner slow for some customers only). Cleared or stopped, a waiting request goes on.
+    public var latencyMsByAPIKey: [String: Int] = [:]
     /// Probability (0...1) of closing the connection without answering.
     public var closeRate: Double = 0
     /// A bearer first seen more than this many seconds ago is refused with 401 `unauthorized`
@@ -50,7 +53,8 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         tokenEndpointDown: Bool = false,
         stallBodyMs: Int = 0,
         tokenLatencyMs: Int = 0,
-        injectOnlyForAPIKey: String? = nil
+        injectOnlyForAPIKey: String? = nil,
+        latencyMsByAPIKey: [String: Int] = [:]
     ) {
         self.errorRate = errorRate
         self.injectStatus = injectStatus
@@ -64,11 +68,12 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         self.stallBodyMs = stallBodyMs
         self.tokenLatencyMs = tokenLatencyMs
         self.injectOnlyForAPIKey = injectOnlyForAPIKey
+        self.latencyMsByAPIKey = latencyMsByAPIKey
     }
 
     private enum CodingKeys: String, CodingKey {
         case errorRate, injectStatus, failNext, retryAfter, latencyMs, closeRate
-        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown, stallBodyMs, tokenLatencyMs, injectOnlyForAPIKey
+        case tokenMaxAgeSeconds, rejectAllTokens, tokenEndpointDown, stallBodyMs, tokenLatencyMs, injectOnlyForAPIKey, latencyMsByAPIKey
     }
 
     /// Decodes a partial document: absent keys keep their defaults.
@@ -89,5 +94,6 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
         self.stallBodyMs = try container.decodeIfPresent(Int.self, forKey: .stallBodyMs) ?? defaults.stallBodyMs
         self.tokenLatencyMs = try container.decodeIfPresent(Int.self, forKey: .tokenLatencyMs) ?? defaults.tokenLatencyMs
         self.injectOnlyForAPIKey = try container.decodeIfPresent(String.self, forKey: .injectOnlyForAPIKey)
+        self.latencyMsByAPIKey = try container.decodeIfPresent([String: Int].self, forKey: .latencyMsByAPIKey) ?? defaults.latencyMsByAPIKey
     }
 }

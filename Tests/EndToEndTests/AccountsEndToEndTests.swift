@@ -219,6 +219,49 @@ import Testing
         await relay.stop()
     }
 
+    @Test func twoAccountsHangingAtOnceDoNotHoldAThirdsFreshEvent() async throws {
+        // Two workers. The partner hangs on acme's and on globex's requests. acme's first event
+        // takes one worker; globex was quiet, so its fresh event takes the worker kept free,
+        // and hangs too. initech's fresh event then found no worker until a timeout (60 s
+        // here): a spare worker must start for it once every worker has been busy a while.
+        var sim = Self.simulator(knowing: ["acme-key", "globex-key", "initech-key"])
+        sim.rateLimitRequests = 0
+        sim.faults.latencyMsByAPIKey = ["acme-key": 60_000, "globex-key": 60_000]
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.namedAccounts = [
+                Self.account("acme", apiKey: "acme-key"),
+                Self.account("globex", apiKey: "globex-key"),
+                Self.account("initech", apiKey: "initech-key"),
+            ]
+            config.delivery.workers = 2
+            config.partner.timeoutSeconds = 60
+            config.delivery.shutdownGraceSeconds = 0.2
+        }
+        let acme = try #require(try await relay.post(Candidates.json(partnerID: "acme-0"), account: "acme"))
+        #expect(try await relay.waitFor(acme, states: ["in_flight"], account: "acme")?["state"] as? String == "in_flight")
+        let acmeWaiting = try #require(try await relay.post(Candidates.json(partnerID: "acme-1"), account: "acme"))
+        let globex = try #require(try await relay.post(Candidates.json(partnerID: "globex-0"), account: "globex"))
+        #expect(try await relay.waitFor(globex, states: ["in_flight"], account: "globex")?["state"] as? String == "in_flight")
+
+        let initech = try #require(try await relay.post(Candidates.json(partnerID: "initech-0"), account: "initech"))
+        // Far below the hung requests' 60 s, whatever the machine's load.
+        let delivered = try await relay.waitFor(initech, states: ["delivered", "dead"], account: "initech", timeout: 15)
+        #expect(delivered?["state"] as? String == "delivered", "initech's fresh event waited for the hung requests")
+        // The spare takes quiet accounts' fresh events only: acme's second event (acme has a
+        // request out) still waits for acme's own worker.
+        #expect(try await relay.client.record(acmeWaiting, account: "acme")?["state"] as? String == "pending")
+
+        // The partner recovers: every event is delivered, each exactly once.
+        await relay.simulator.setFaults(SimulatorFaults())
+        for (id, account) in [(acme, "acme"), (acmeWaiting, "acme"), (globex, "globex")] {
+            let record = try await relay.waitFor(id, states: ["delivered", "dead"], account: account, timeout: 30)
+            #expect(record?["state"] as? String == "delivered")
+        }
+        let requests = await relay.simulator.snapshot().requests
+        #expect(requests.count == 4)
+        await relay.stop()
+    }
+
     // MARK: - 3. Each account's webhooks are authenticated by its own secrets only
 
     @Test func aSignatureOfAnotherAccountIs401AndStoresNothing() async throws {

@@ -65,9 +65,12 @@ public final class RelayApplication: Sendable {
 
         var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10)))
         // One connection per worker (the default, 8, would queue a larger pool's requests
-        // behind each other); the workers may grow on reload, hence the margin.
+        // behind each other); the workers may grow on reload, hence the margin, and spares may
+        // join them while every worker waits on a slow answer (a spare's request must not queue
+        // behind the hung ones).
         clientConfiguration.connectionPool = .init(
-            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers))
+            idleTimeout: .seconds(60),
+            concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers) + DeliveryWorkerPool.maxSpares)
         // No distributed tracing here: without this the client opens a (no-op) span per request
         // and parses the URL again for its attributes, ~2 % of the daemon's CPU while delivering.
         clientConfiguration.tracing.tracer = nil

@@ -45,7 +45,25 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private let workerErrorLog = LogThrottle(seconds: 5)
     /// Outcome writes still running: a worker does not wait for one before its next claim.
     let outcomes = TaskTracker()
+    /// The workers' indexes: `0..<settings.workers`, and spares above them (`spareWanted`).
     private let running = Mutex<Set<Int>>([])
+    private let occupancy = Mutex(Occupancy())
+
+    /// How many workers have a request out, and since when all of them have had one.
+    private struct Occupancy {
+        var busy = 0
+        /// Set when a bind leaves no worker idle, cleared when any request ends.
+        var allBusySince: Date?
+    }
+
+    /// With several accounts, every worker busy this long with no request ending starts a spare
+    /// worker, which (the gate sees more requests out than `workers − 1`) is offered only quiet
+    /// accounts' fresh events. The worker kept free covers one account in trouble; when a second
+    /// one's request took that worker too and hangs, a third account's new event waited for a
+    /// timeout. Spares stop as soon as another worker is idle, and number at most one per
+    /// account (each quiet account binds at most one while the others are busy), and 64.
+    static let spareAfterSeconds = 0.25
+    static let maxSpares = 64
 
     public init(outbox: Outbox, gate: PartnerGate, client: PartnerClient, tokens: Live<[String: any TokenProvider]>,
                 settings: Live<DeliverySettings>, doorbell: Doorbell, metrics: RelayMetrics, logger: Logger,
@@ -81,15 +99,59 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 let seen = reconfigured.rings  // before the drain check: a ring after it is not lost
                 guard !drain.hasStarted && !Task.isCancelled else { break }
                 let target = settings.value.workers
+                let severalAccounts = tokens.value.count > 1
                 let missing = running.withLock { running -> [Int] in
-                    let ids = (0..<target).filter { !running.contains($0) }
+                    var ids = (0..<target).filter { !running.contains($0) }
+                    if ids.isEmpty, severalAccounts, spareWanted(running: running.count, target: target) {
+                        ids = [(target...).first { !running.contains($0) }!]
+                    }
                     running.formUnion(ids)
                     return ids
                 }
                 for index in missing {
                     group.addTask { await self.workerLoop(index: index) }
                 }
-                await reconfigured.wait(upTo: 1, unlessRungSince: seen)
+                // With several accounts, looks often enough to start a spare soon.
+                await reconfigured.wait(upTo: severalAccounts ? 0.1 : 1, unlessRungSince: seen)
+            }
+        }
+    }
+
+    /// Every worker busy, none freed for `spareAfterSeconds`, and fewer spares than the cap.
+    private func spareWanted(running: Int, target: Int) -> Bool {
+        let spares = running - target
+        guard spares < min(tokens.value.count, Self.maxSpares) else { return false }
+        return occupancy.withLock { occupancy in
+            guard occupancy.busy >= running, let since = occupancy.allBusySince else { return false }
+            return now().timeIntervalSince(since) >= Self.spareAfterSeconds
+        }
+    }
+
+    /// Whether a worker beyond `settings.workers` goes on: a spare stays while it is the only
+    /// idle worker (decided under the lock, so two idle spares never both leave, nor both stay).
+    private func staysAsSpare(index: Int) -> Bool {
+        let target = settings.value.workers
+        let severalAccounts = tokens.value.count > 1
+        return running.withLock { running in
+            let busy = occupancy.withLock { $0.busy }
+            let stays = severalAccounts && running.count - busy <= 1 && running.count - target <= min(tokens.value.count, Self.maxSpares)
+            if !stays { running.remove(index) }
+            return stays
+        }
+    }
+
+    /// A worker bound a request (`true`) or its request ended.
+    private func noteBusy(_ busy: Bool) {
+        let workers = running.withLock { $0.count }
+        let current = now()
+        occupancy.withLock { occupancy in
+            if busy {
+                occupancy.busy += 1
+                // From the latest bind: a spare that just took a request gets its own quarter second.
+                if occupancy.busy >= workers { occupancy.allBusySince = current }
+            } else {
+                occupancy.busy -= 1
+                occupancy.allBusySince = nil
             }
         }
     }
@@ -115,7 +177,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         while true {
             // Before the drain check and the claim: a ring after them cuts the idle wait short.
             let rungBefore = doorbell.rings
-            guard !isDraining && !Task.isCancelled && index < settings.value.workers else { break }
+            guard !isDraining && !Task.isCancelled && (index < settings.value.workers || staysAsSpare(index: index)) else { break }
             do {
                 // (The gate never admits a claim ahead with several accounts: not even asked then.)
                 prefetched = try await runOnce(prefetched: prefetched.take(), rungBefore: rungBefore, mayPrefetch: { [self] in
@@ -194,9 +256,11 @@ public final class DeliveryWorkerPool: Service, Sendable {
             (admission, event) = (admitted, claimed)
         }
         let permit = await gate.bind(admission, to: event.account)
+        noteBusy(true)
         async let delivered: Void = deliver(event, permit: permit, settings: current)
         let next = mayPrefetch() ? await prefetch(settings: current) : nil
         await delivered
+        noteBusy(false)
         return next
     }
 
