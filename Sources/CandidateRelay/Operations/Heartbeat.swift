@@ -153,7 +153,7 @@ public struct Heartbeat: Service {
             } else if metrics.changeCount != statusChanges {
                 // `systemctl status` follows the counts within a second, not a heartbeat.
                 statusChanges = metrics.changeCount
-                try? await refreshStatus()
+                _ = try? await refreshStatus()
             }
             // systemd wants READY=1 before the first WATCHDOG=1.
             if watchdogInterval != nil, isReady(), await outbox.probeResponsive() {

@@ -179,7 +179,11 @@ extension Outbox {
         if FileManager.default.fileExists(atPath: destination) {
             throw OutboxError.storage("\(destination) already exists")
         }
-        FileManager.default.createFile(atPath: destination, contents: nil, attributes: [.posixPermissions: 0o600])
+        // Created 0600 here, or not at all: SQLite would create it with the umask's mode (0644),
+        // and the copy holds every stored candidate.
+        guard FileManager.default.createFile(atPath: destination, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+            throw OutboxError.storage("cannot create \(destination)")
+        }
         do {
             let target = try DatabaseQueue(path: destination)
             try pool.backup(to: target)
