@@ -266,10 +266,40 @@ import Testing
         let now = Date()
         _ = try await outbox.accept(Self.submission("e1", at: now), maxBacklog: 10)
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
-        #expect(try await outbox.complete(claimed, outcome: .interrupted, now: now, latencyMs: nil))
+        #expect(try await outbox.complete(claimed, outcome: .interrupted(resendAt: now), now: now, latencyMs: nil))
         let record = try #require(try await outbox.record(id: "e1"))
         #expect(record.state == .pending)
         #expect(record.attempts == 0)
+    }
+
+    @Test func anAbandonedRequestsEventIsNotDueUntilThePartnerHadItsTimeout() async throws {
+        // A request cut off unanswered (shutdown, crash) may still be at work at the partner: a
+        // resend at once put two requests for one candidate there together (found from outside).
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        _ = try await outbox.accept(Self.submission("cut", partnerID: "p1", at: start), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("crashed", partnerID: "p2", at: start.addingTimeInterval(0.001)), maxBacklog: 10)
+        // Handed back at shutdown, 2 s into its request, with a 30 s hold: due at 32 s.
+        let cut = try #require(try await outbox.claimNext(now: start, leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(cut.id == "cut")
+        let stop = start.addingTimeInterval(2)
+        #expect(try await outbox.complete(cut, outcome: .interrupted(resendAt: stop.addingTimeInterval(30)), now: stop, latencyMs: nil))
+        // Left in flight by a crash, claimed at 3 s; the restart at 10 s holds it until 3 + 30 s.
+        let crashed = try #require(try await outbox.claimNext(now: start.addingTimeInterval(3), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(crashed.id == "crashed")
+        #expect(try await outbox.recoverLeases(expiredBefore: nil, now: start.addingTimeInterval(10), holdSeconds: 30) == 1)
+        #expect(try await outbox.claimNext(now: start.addingTimeInterval(31.9), leaseSeconds: 600, maxAgeSeconds: 10_000) == nil)
+        #expect(try await outbox.claimNext(now: start.addingTimeInterval(32), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "cut")
+        #expect(try await outbox.claimNext(now: start.addingTimeInterval(32.9), leaseSeconds: 600, maxAgeSeconds: 10_000) == nil)
+        #expect(try await outbox.claimNext(now: start.addingTimeInterval(33), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "crashed")
+        // A restart long after the claim holds nothing back.
+        let (dir2, other) = try Self.open()
+        defer { dir2.cleanup() }
+        _ = try await other.accept(Self.submission("old", at: start), maxBacklog: 10)
+        _ = try #require(try await other.claimNext(now: start, leaseSeconds: 600, maxAgeSeconds: 10_000))
+        try await other.recoverLeases(expiredBefore: nil, now: start.addingTimeInterval(100), holdSeconds: 30)
+        #expect(try await other.claimNext(now: start.addingTimeInterval(100), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
     @Test func retryMovesDeadBackWithAFreshBudget() async throws {

@@ -34,6 +34,32 @@ import Testing
         await relay.stop()
     }
 
+    /// A request that timed out may still be at work at the partner: the resend waits as long
+    /// again as the timeout, not just the backoff (0.05 s here), so that the partner had the
+    /// time we gave the first request to finish it before a second one for the same candidate.
+    @Test func aTimedOutRequestIsResentOnlyAfterATimeoutMore() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 1_200
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.partner.timeoutSeconds = 0.5
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "slow-1")))
+        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 2 })
+        let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        // The first timed out 0.5 s after it was sent; its resend came no sooner than 0.5 s later.
+        let gap = arrivals[1].timeIntervalSince(arrivals[0])
+        #expect(gap >= 0.95, "resent \(gap) s after the first request")
+        let retry = try #require(relay.logs.events("delivery.retry_scheduled").first)
+        #expect(retry["error"] as? String == "timeout")
+        await relay.simulator.setFaults(SimulatorFaults())
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "linked", "dead"]))
+        #expect(["delivered", "linked"].contains(record["state"] as? String))
+        #expect(await relay.simulator.snapshot().createdCount(positionUID: "11.11", partnerCandidateID: "slow-1") == 1)
+        await relay.stop()
+    }
+
     static func oauthRelay(tokenLatencyMs: Int, timeoutSeconds: Double) async throws -> RelayHarness {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.tokenLatencyMs = tokenLatencyMs

@@ -55,7 +55,7 @@ public final class RelayApplication: Sendable {
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()
-        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now)
+        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: configuration.partner.timeoutSeconds)
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))

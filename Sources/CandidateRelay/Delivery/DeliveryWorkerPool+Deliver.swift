@@ -36,14 +36,21 @@ extension DeliveryWorkerPool {
             // history row, which would count as a request in the rate windows rebuilt at the
             // next start.
             await gate.settle(permit, .nothingSent)
-            await record(event, sent == nil ? .interrupted : .unsent, latencyMs: nil, now: now())
+            let current = now()
+            await record(event, sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.abandonedHoldSeconds)) : .unsent,
+                         latencyMs: nil, now: current)
             if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt") }
             return
         }
         let current = now()
-        let decision = DeliveryDecision.decide(
+        var decision = DeliveryDecision.decide(
             exchange.classification, status: exchange.status, body: exchange.body, attempt: event.attempt,
             budgetStartedAt: event.budgetStartedAt, policy: settings.policy, now: current)
+        // Given up without an answer after the request may have reached the partner: the
+        // partner may still be creating the candidate, so the resend waits for it too.
+        if case .retry(let at, let status, let error) = decision.outcome, exchange.answer.mayStillBeAtThePartner {
+            decision.outcome = .retry(at: max(at, current.addingTimeInterval(settings.abandonedHoldSeconds)), status: status, error: error)
+        }
         // A 429's Retry-After is this account's (its api-key's limit); any other (a 503's) is
         // the partner's, for every account.
         let accountPause = exchange.status == 429
@@ -56,7 +63,7 @@ extension DeliveryWorkerPool {
         // workers delivery was bound by those waits). Shutdown waits for every outcome.
         var recorded = event
         recorded.payload = Data()  // not needed to record: not held (a large one) until the commit
-        outcomes.run { [self, recorded] in
+        outcomes.run { [self, recorded, decision] in
             await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current)
             log(recorded, decision: decision, exchange: exchange)
         }

@@ -11,6 +11,10 @@ public struct DeliverySettings: Sendable {
     public var leaseSeconds: Double
     /// The idle fallback poll: how soon a change made by an admin command is noticed.
     public var pollSeconds: Double
+    /// A request given up without an answer (timed out, reset, cut off at shutdown) may still
+    /// be at work at the partner: its resend waits this long (`partner.timeout_seconds`), so
+    /// that two requests for one candidate are not open there at once.
+    public var abandonedHoldSeconds: Double
 
     public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double, rateWindowSeconds: Double) {
         workers = configuration.workers
@@ -20,6 +24,7 @@ public struct DeliverySettings: Sendable {
         // write; the rescuer only takes back leases older than this.
         leaseSeconds = partnerTimeoutSeconds * 2 + rateWindowSeconds + 60
         pollSeconds = 1
+        abandonedHoldSeconds = partnerTimeoutSeconds
     }
 }
 

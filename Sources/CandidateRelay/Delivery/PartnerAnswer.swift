@@ -4,6 +4,20 @@ import Foundation
 public enum PartnerAnswer: Sendable, Equatable {
     case response(status: Int, retryAfter: String?, body: Data)
     case transportFailure(TransportFailure)
+
+    /// No answer, though the request may have reached the partner (which may then still be
+    /// working on it): a timeout, a reset or another failure mid-exchange; not a refused
+    /// connection, a name or TLS failure, or no token (nothing was sent).
+    var mayStillBeAtThePartner: Bool {
+        switch self {
+        case .response: false
+        case .transportFailure(let failure):
+            switch failure {
+            case .timeout, .connectionReset, .other: true
+            case .connectionRefused, .tls, .dns, .tokenUnavailable: false
+            }
+        }
+    }
 }
 
 /// Failures below HTTP; all retryable. The raw value is the `last_error` code operators see.

@@ -24,8 +24,10 @@ public enum RecordedOutcome: Sendable, Equatable {
     case linked(candidateUID: String, status: Int, error: String?)
     case retry(at: Date, status: Int?, error: String)
     case dead(status: Int?, error: String)
-    /// Handed back at shutdown: pending again now, the attempt not counted.
-    case interrupted
+    /// Handed back at shutdown, its request cut off unanswered: pending again from `resendAt`
+    /// (the partner may still be at work on it: `DeliverySettings.abandonedHoldSeconds`), the
+    /// attempt not counted.
+    case interrupted(resendAt: Date)
     /// Claimed and never sent (claimed ahead by a busy worker at shutdown or when workers were
     /// removed; the account paused, removed or its lease taken back before the request):
     /// pending again, the attempt not counted and no history row (no request to remember, none
@@ -255,7 +257,10 @@ extension Outbox {
             status = code
             sets += ", next_attempt_at = NULL, last_status = ?"
             arguments += [code]
-        case .interrupted, .unsent:
+        case .interrupted(let resendAt):
+            sets += ", next_attempt_at = ?, attempts = attempts - 1"
+            arguments += [max(now, resendAt).millis]
+        case .unsent:
             sets += ", next_attempt_at = ?, attempts = attempts - 1"
             arguments += [now.millis]
         }
@@ -315,18 +320,26 @@ extension Outbox {
     }
 
     /// Puts leases back to pending: all of them at start-up (`expiredBefore == nil`; we hold the
-    /// file lock, so no other daemon owns them), or only expired ones while running.
+    /// file lock, so no other daemon owns them), or only expired ones while running. At start-up
+    /// a lease's request may have been cut off by the crash while the partner still works on it:
+    /// it is due no sooner than `holdSeconds` after its claim (a resend at once was a second
+    /// request for the same candidate at the partner while the first was open, which two
+    /// concurrent creates can turn into a duplicate). An expired lease is older than that.
     @discardableResult
-    public func recoverLeases(expiredBefore: Date?, now: Date) async throws -> Int {
+    public func recoverLeases(expiredBefore: Date?, now: Date, holdSeconds: Double = 0) async throws -> Int {
         try await write { db in
             if let expiredBefore {
                 try db.execute(
                     sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight' AND lease_expires_at < ?",
                     arguments: [now.millis, now.millis, expiredBefore.millis])
             } else {
+                // updated_at of an in-flight event is its claim's time.
                 try db.execute(
-                    sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight'",
-                    arguments: [now.millis, now.millis])
+                    sql: """
+                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at + ?), updated_at = ?
+                        WHERE state = 'in_flight'
+                        """,
+                    arguments: [now.millis, Int64(holdSeconds * 1000), now.millis])
             }
             return db.changesCount
         }
