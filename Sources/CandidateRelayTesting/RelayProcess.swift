@@ -24,10 +24,17 @@ public final class RelayProcess: Sendable {
         return url.appendingPathComponent(".build/debug/candidate-relay").path
     }
 
-    public init(arguments: [String], environment: [String: String] = [:]) throws {
+    /// - Parameter fileLimit: the open-files limit (soft and hard) to run the binary under.
+    public init(arguments: [String], environment: [String: String] = [:], fileLimit: Int? = nil) throws {
         process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binaryPath())
-        process.arguments = arguments
+        if let fileLimit {
+            // The shell sets the limit and is replaced by the binary (same pid).
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", Self.binaryPath()] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binaryPath())
+            process.arguments = arguments
+        }
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CANDIDATE_RELAY_") && $0.key != "NOTIFY_SOCKET" }
         env.merge(environment) { $1 }
         process.environment = env

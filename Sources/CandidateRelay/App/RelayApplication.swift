@@ -103,6 +103,7 @@ public final class RelayApplication: Sendable {
     public func run() async throws {
         let config = configuration
         let router = IngestRoutes.router(handler: handler)
+        let connections = ConnectionCap.fromFileLimit()
         let app = Application(
             router: router,
             // A connection that completes no request part for a minute is closed: slow senders
@@ -110,7 +111,8 @@ public final class RelayApplication: Sendable {
             // The webhook itself is answered on the event loop (`IngestChannelHandler`).
             server: RelayHTTP1Channel.builder(ingest: handler, serverName: Self.serverName,
                                               configuration: .init(idleTimeout: .seconds(60))),
-            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Self.serverName),
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Self.serverName,
+                                 availableConnectionsDelegate: ConnectionCap(limit: connections.cap, logger: logger)),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? config.listen.port
                 notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")
@@ -118,6 +120,7 @@ public final class RelayApplication: Sendable {
                 logger.event(.notice, "relay.started", "candidate-relay is ready",
                              LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
                                                "storage": config.storage.path, "workers": String(config.delivery.workers),
+                                               "max_connections": String(connections.cap), "open_files_limit": String(connections.fileLimit),
                                                "accounts": config.accounts.map(\.id).joined(separator: ",")]))
                 onReady(port)
             },
