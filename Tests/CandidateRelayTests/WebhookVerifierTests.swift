@@ -26,6 +26,27 @@ import Testing
                             body: Self.body, now: Self.signedAt)
     }
 
+    @Test func theHeadersAloneRefuseWhatNoBodyCanMakeAuthentic() throws {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        // The published vector's headers pass the precheck (only the body can fail it now).
+        #expect(try verifier.precheck(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, now: Self.signedAt).count == 1)
+        #expect(throws: WebhookVerifier.Failure.timestampOutOfTolerance) {
+            try verifier.precheck(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, now: Self.signedAt.addingTimeInterval(301))
+        }
+        #expect(throws: WebhookVerifier.Failure.noMatchingSignature) {
+            try verifier.precheck(id: Self.id, timestamp: Self.timestamp, signatureHeader: "v1,bm9wZQ== v2,abc", now: Self.signedAt)
+        }
+        #expect(throws: WebhookVerifier.Failure.missingHeaders) {
+            try verifier.precheck(id: "", timestamp: Self.timestamp, signatureHeader: Self.signature, now: Self.signedAt)
+        }
+        let bearer = IngestAuthenticator(signingSecrets: [], bearerToken: Secret("t0ken", source: "test"), allowUnauthenticated: false)
+        #expect(bearer.mayBeAuthentic(.init(authorization: "Bearer t0ken"), now: Self.signedAt))
+        #expect(!bearer.mayBeAuthentic(.init(authorization: "Bearer nope"), now: Self.signedAt))
+        #expect(!bearer.mayBeAuthentic(.init(), now: Self.signedAt))
+        let open = IngestAuthenticator(signingSecrets: [], bearerToken: nil, allowUnauthenticated: true)
+        #expect(open.mayBeAuthentic(.init(), now: Self.signedAt))
+    }
+
     @Test func rejectsTheWrongSecret() {
         let other = WebhookSecret(Secret("whsec_" + Data(repeating: 7, count: 24).base64EncodedString(), source: "test"))!
         let verifier = WebhookVerifier(secrets: [other])

@@ -50,6 +50,57 @@ import Testing
         #expect(try await Self.storedCount(relay) == 3)
     }
 
+    /// Found from outside: unsigned bodies were held whole (up to 25 MB each, any number of
+    /// connections) only to fail the signature at their end. A head no body can make authentic
+    /// is refused at once, and the bodies being read share one budget.
+    @Test func aHeadThatCannotBeAuthenticIsRefusedBeforeItsBodyAndBodiesShareABudget() async throws {
+        let secret = Secret("whsec_" + Data("wire-inbound-secret-0123456789".utf8).base64EncodedString(), source: "test")
+        let relay = try await RelayHarness { config in
+            config.ingest.allowUnauthenticated = false
+            config.ingest.signingSecrets = [secret]
+            config.ingest.maxBodyBytes = 30_000_000  // the budget: 64 MiB, room for two declared 30 MB bodies
+        }
+        defer { Task { await relay.stop() } }
+        let shaped = "v1," + Data(count: 32).base64EncodedString()
+        func head(length: Int, timestamp: Int64, id: String) -> String {
+            "POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: \(length)\r\n"
+                + "webhook-id: \(id)\r\nwebhook-timestamp: \(timestamp)\r\nwebhook-signature: \(shaped)\r\n\r\n"
+        }
+        let now = Int64(Date().timeIntervalSince1970)
+        // Out of tolerance: 401 while 1 MB of its body is still to come.
+        let stale = try RawHTTPConnection(port: relay.port)
+        stale.send(head(length: 1_000_000, timestamp: 1, id: "w-stale") + "{\"first_name\":")
+        #expect(await stale.readAnswer()?.status == 401)
+        // No signature of an HMAC's length: the same.
+        let unshaped = try RawHTTPConnection(port: relay.port)
+        unshaped.send(head(length: 1_000_000, timestamp: now, id: "w-short").replacingOccurrences(of: shaped, with: "v1,AAAA") + "{")
+        #expect(await unshaped.readAnswer()?.status == 401)
+
+        // Well-formed heads wait for their bodies (only the body can prove them). Two declared
+        // 30 MB bodies take the budget; the third is 503 at once.
+        let first = try RawHTTPConnection(port: relay.port)
+        first.send(head(length: 30_000_000, timestamp: now, id: "w-1"))
+        let second = try RawHTTPConnection(port: relay.port)
+        second.send(head(length: 30_000_000, timestamp: now, id: "w-2"))
+        try await Task.sleep(for: .milliseconds(200))
+        let third = try RawHTTPConnection(port: relay.port)
+        third.send(head(length: 30_000_000, timestamp: now, id: "w-3"))
+        let refused = await third.readAnswer()
+        #expect(refused?.status == 503)
+        #expect(refused?.headers["retry-after"] == "1")
+        // Their connections gone, their share comes back: a signed webhook is stored.
+        first.close()
+        second.close()
+        let body = Self.candidate("after-the-budget")
+        let signature = WebhookVerifier.sign(id: "w-4", timestamp: now, body: Data(body.utf8), secret: try #require(WebhookSecret(secret)))
+        let stored = await eventually(timeout: 10) {
+            let connection = try? RawHTTPConnection(port: relay.port)
+            connection?.send(Self.post(body, extra: "webhook-id: w-4\r\nwebhook-timestamp: \(now)\r\nwebhook-signature: \(signature)\r\n"))
+            return await connection?.readAnswer()?.status == 202
+        }
+        #expect(stored)
+    }
+
     @Test func expectContinueGetsAHundredBeforeTheBody() async throws {
         let relay = try await RelayHarness()
         defer { Task { await relay.stop() } }

@@ -52,6 +52,19 @@ public struct IngestAuthenticator: Sendable {
         return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
     }
 
+    /// False when no body can make the request authentic: decided from its headers, before its
+    /// body is read (`WebhookVerifier.precheck`; the bearer token is checked whole).
+    func mayBeAuthentic(_ headers: Headers, now: Date) -> Bool {
+        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
+        if let verifier, headers.webhookSignature != nil,
+           (try? verifier.precheck(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                   signatureHeader: headers.webhookSignature, now: now)) != nil {
+            return true
+        }
+        if bearerMatches(headers.authorization) { return true }
+        return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
+    }
+
     /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
     func bearerMatches(_ authorization: String?) -> Bool {
         guard let bearerDigest, let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }

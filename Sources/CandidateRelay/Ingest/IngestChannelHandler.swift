@@ -88,6 +88,9 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var state = State.idle
     /// The body of the webhook being read: kept out of `state` so that it grows in place.
     private var body = Data()
+    /// What `body` holds of the ingest-wide budget (`IngestHandler.reserveBody`): its declared
+    /// length from the start, or what arrived.
+    private var bodyReserved = 0
     /// Requests passed to the router whose answer's end has not been written yet.
     private var routerAnswersOwed = 0
     /// A webhook waits (held) for the router's answers before it.
@@ -136,6 +139,8 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        // A connection closed part-way through a body: its share of the budget goes back.
+        dropBody()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -214,14 +219,23 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             switch part {
             case .body(let chunk):
                 if body.count + chunk.readableBytes > limit {
-                    body = Data()
+                    dropBody()
                     refuse(.payloadTooLarge(limit: limit), account: account, head: head, bodyComing: true, context: context)
                     return
+                }
+                let more = body.count + chunk.readableBytes - bodyReserved
+                if more > 0 {
+                    guard ingest.reserveBody(more) else {
+                        dropBody()
+                        refuse(Self.tooManyBodies, account: account, head: head, bodyComing: true, context: context, close: true)
+                        return
+                    }
+                    bodyReserved += more
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             case .end:
                 let whole = body
-                body = Data()
+                dropBody()
                 store(account: account, head: head, body: whole, context: context)
             case .head:
                 break  // the decoder sends no head before the end of the one before
@@ -248,23 +262,43 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         do throws(IngestError) {
             _ = try ingest.admit(account: account)
             if let declared, declared > limit { throw .payloadTooLarge(limit: limit) }
+            try ingest.admitHead(account: account, headers: head.headerFields)
         } catch {
             refuse(error, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context)
             return
         }
+        dropBody()
+        if let declared, declared > 0 {
+            // Its whole length from the start, since that much memory is set aside for it now.
+            guard ingest.reserveBody(declared) else {
+                refuse(Self.tooManyBodies, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context, close: true)
+                return
+            }
+            bodyReserved = declared
+            body.reserveCapacity(declared)
+        }
         if Self.expectsContinue(head) {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         }
-        body = Data()
-        if let declared, declared > 0 { body.reserveCapacity(declared) }
         state = .reading(account: account, head: head, limit: limit)
+    }
+
+    /// Bodies being read on all connections hold the whole ingest budget.
+    static let tooManyBodies = IngestError.unavailable(reason: "too many webhook bodies being received at once", retryAfterSeconds: 1)
+
+    /// Empties `body` and gives back its share of the budget.
+    private func dropBody() {
+        body = Data()
+        ingest.releaseBody(bodyReserved)
+        bodyReserved = 0
     }
 
     /// Answers before the end of the body. A body still coming is read and dropped; a client
     /// waiting for `100 Continue` sends none, and the connection closes (it cannot tell the
-    /// server that it will not send it).
-    private func refuse(_ error: IngestError, account: String, head: HTTPRequest, bodyComing: Bool, context: ChannelHandlerContext) {
-        let closeAfter = !bodyComing || Self.asksToClose(head)
+    /// server that it will not send it). `close`: close after the rest of the body anyway.
+    private func refuse(_ error: IngestError, account: String, head: HTTPRequest, bodyComing: Bool, context: ChannelHandlerContext,
+                        close: Bool = false) {
+        let closeAfter = close || !bodyComing || Self.asksToClose(head)
         send(ingest.finish(.failure(error), account: account), close: closeAfter, context: context)
         if bodyComing {
             state = .discarding(closeAfter: closeAfter)
@@ -292,7 +326,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard let context else { return }
         switch state {
         case .reading(let account, _, _):
-            body = Data()
+            dropBody()
             send(ingest.finish(.failure(.unavailable(reason: "shutting down", retryAfterSeconds: 5)), account: account),
                  close: true, context: context)
             closeAfterAnswer(context: context)

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -19,6 +20,33 @@ public struct IngestHandler: Sendable {
     let now: @Sendable () -> Date
     /// `storage.failed` at most once a second: every webhook fails alike while the disk is full.
     let storageFailureLog = LogThrottle(seconds: 1)
+    /// Bytes of webhook bodies being read, on every connection together (`reserveBody`).
+    private let bodyBytesInFlight = SharedCount()
+
+    /// A count every copy of the handler shares.
+    final class SharedCount: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    /// Room for `bytes` more of bodies being read, taken if there is (false: answer 503). The
+    /// whole of every body is held until it is checked, and bodies that arrive slowly from many
+    /// connections added up without a bound (8 stalled 20 MB bodies: +160 MB, found from
+    /// outside). The budget is 64 MiB, or two of the largest bodies allowed if that is more.
+    func reserveBody(_ bytes: Int) -> Bool {
+        let budget = max(64 << 20, 2 * settings.value.maxBodyBytes)
+        var current = bodyBytesInFlight.value.load(ordering: .relaxed)
+        while true {
+            guard current + bytes <= budget else { return false }
+            let (exchanged, original) = bodyBytesInFlight.value.compareExchange(expected: current, desired: current + bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+    }
+
+    /// Gives back what `reserveBody` took.
+    func releaseBody(_ bytes: Int) {
+        if bytes > 0 { bodyBytesInFlight.value.subtract(bytes, ordering: .relaxed) }
+    }
 
     static let webhookID = HTTPField.Name("webhook-id")!
     static let webhookTimestamp = HTTPField.Name("webhook-timestamp")!
@@ -90,13 +118,25 @@ public struct IngestHandler: Sendable {
         return authenticator
     }
 
+    /// `admit`, and a 401 when the headers alone show that no body could be authentic (a
+    /// timestamp out of tolerance, no signature of the right shape, a wrong bearer token): the
+    /// body is then never held.
+    func admitHead(account: String, headers: HTTPFields) throws(IngestError) {
+        let authenticator = try admit(account: account)
+        guard authenticator.mayBeAuthentic(Self.authHeaders(headers), now: now()) else { throw .unauthorized }
+    }
+
+    static func authHeaders(_ headers: HTTPFields) -> IngestAuthenticator.Headers {
+        IngestAuthenticator.Headers(
+            webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
+            webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
+    }
+
     /// The contract's checks on a whole body, in order (401, 415, 400, 422), and the submission
     /// they let through. Synchronous: the channel handler runs it on the event loop.
     func prepare(account: String, headers: HTTPFields, body: Data) throws(IngestError) -> Prepared {
         let authenticator = try admit(account: account)
-        let auth = IngestAuthenticator.Headers(
-            webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
-            webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
+        let auth = Self.authHeaders(headers)
         let receivedAt = now()
         guard authenticator.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }

@@ -30,15 +30,8 @@ public struct WebhookVerifier: Sendable {
     }
 
     public func verify(id: String?, timestamp: String?, signatureHeader: String?, body: some DataProtocol, now: Date) throws(Failure) {
-        guard let id, !id.isEmpty, let timestamp, let signatureHeader else { throw .missingHeaders }
-        guard let seconds = Int64(timestamp) else { throw .invalidTimestamp }
-        guard abs(now.timeIntervalSince1970 - Double(seconds)) <= tolerance else { throw .timestampOutOfTolerance }
-        let prefix = Data("\(id).\(timestamp).".utf8)
-        let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
-            let parts = entry.split(separator: ",", maxSplits: 1)
-            guard parts.count == 2, parts[0] == "v1" else { return nil }
-            return Data(base64Encoded: String(parts[1]))
-        }
+        let candidates = try precheck(id: id, timestamp: timestamp, signatureHeader: signatureHeader, now: now)
+        let prefix = Data("\(id ?? "").\(timestamp ?? "").".utf8)
         // One HMAC per configured secret, however many signatures the header lists: a header of
         // thousands of `v1,` entries over a 25 MB body must not cost thousands of passes over
         // the body. Every pair is compared (no early exit), each in constant time.
@@ -54,6 +47,24 @@ public struct WebhookVerifier: Sendable {
             }
         }
         if !matched { throw .noMatchingSignature }
+    }
+
+    /// What the headers alone decide, before the body is read: the id, a timestamp within the
+    /// tolerance, and at least one `v1,` signature of an HMAC-SHA256's length. Returns those
+    /// signatures. A request that fails this is refused (401) before its body: an outsider's
+    /// bodies were held in memory whole (25 MB each) only to fail the signature at their end.
+    func precheck(id: String?, timestamp: String?, signatureHeader: String?, now: Date) throws(Failure) -> [Data] {
+        guard let id, !id.isEmpty, let timestamp, let signatureHeader else { throw .missingHeaders }
+        guard let seconds = Int64(timestamp) else { throw .invalidTimestamp }
+        guard abs(now.timeIntervalSince1970 - Double(seconds)) <= tolerance else { throw .timestampOutOfTolerance }
+        let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
+            let parts = entry.split(separator: ",", maxSplits: 1)
+            guard parts.count == 2, parts[0] == "v1", let signature = Data(base64Encoded: String(parts[1])),
+                  signature.count == SHA256.byteCount else { return nil }
+            return signature
+        }
+        if candidates.isEmpty { throw .noMatchingSignature }
+        return candidates
     }
 
     /// Equal length and bytes, in time that depends on the length only.
