@@ -96,8 +96,12 @@ extension RelayApplication {
         tokenConfiguration.partner.timeoutSeconds = old.partner.timeoutSeconds
         live.tokens.set(AccountWiring.tokenProviders(tokenConfiguration, httpClient: httpClient, logger: logger, metrics: metrics))
         // Awaited: when `candidate-relay reload` returns, the new accounts and limits are in force.
+        // Sends already made stay in the windows, also a window this reload turns on or widens:
+        // those are rebuilt from the history, as at start-up.
+        let history = try? await outbox.requestTimes(since: Date().addingTimeInterval(-new.longestRateWindowSeconds))
         await gate.reconfigure(accounts: AccountWiring.rateLimits(new), globalRateLimit: new.partner.globalRateLimit,
-                               breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff)
+                               breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff,
+                               history: history)
         let before = live.accounts.value.ids
         live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
         let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()

@@ -141,20 +141,27 @@ public actor PartnerGate {
 
     private func now() -> Date { clock.now }
 
-    /// Applies a reload: accounts added (empty windows) or removed, new limits, breaker, workers.
+    /// Applies a reload: accounts added or removed, new limits, breaker, workers. `history`: the
+    /// answer times the outbox recorded within the longest new window, per account, for the
+    /// windows a reload widens or turns on (`SlidingWindowLimiter.reconfigure`) and for accounts
+    /// added (sent before, under an earlier config and a restart).
     public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
-                            breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration) {
+                            breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration,
+                            history: [String: [Date]]? = nil) {
         for id in accounts.keys where limits[id] == nil { accounts[id]?.configured = false }
         for (id, limit) in limits {
             if accounts[id] == nil {
-                accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds))
+                accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds,
+                                                                          history: history?[id] ?? []))
             } else {
                 // Back after a removal: its window still holds what it sent before.
                 accounts[id]?.configured = true
-                accounts[id]?.limiter.reconfigure(limit: limit.requests, window: limit.perSeconds)
+                accounts[id]?.limiter.reconfigure(limit: limit.requests, window: limit.perSeconds,
+                                                  history: history.map { $0[id] ?? [] })
             }
         }
-        global.reconfigure(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds)
+        global.reconfigure(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds,
+                           history: history.map { $0.values.flatMap { $0 } })
         breaker.failures = configuration.failures
         breaker.cooldown = configuration.cooldownSeconds
         self.workers = max(1, workers)

@@ -20,7 +20,8 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     public var window: Double
     /// Answer times still inside the window, oldest first.
     private(set) var finished: [Date] = []
-    /// Requests sent and not yet answered, by ticket.
+    /// Requests sent and not yet answered, by ticket; kept unlimited too, so that a limit turned
+    /// on by a reload counts them.
     private(set) var inFlight: [Int: Date] = [:]
     private var nextTicket = 0
 
@@ -51,13 +52,14 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     public mutating func reserve(now: Date) -> Ticket? {
         guard earliestAllowed(now: now) == now else { return nil }
         nextTicket += 1
-        if limit > 0 { inFlight[nextTicket] = now }
+        inFlight[nextTicket] = now
         return Ticket(id: nextTicket)
     }
 
     /// The request's answer (or failure) came at `now`: it leaves the window `window` later.
     public mutating func finish(_ ticket: Ticket, now: Date) {
-        guard inFlight.removeValue(forKey: ticket.id) != nil else { return }
+        // Unlimited, answer times are not kept here (the outbox's history has them: `reseed`).
+        guard inFlight.removeValue(forKey: ticket.id) != nil, limit > 0 else { return }
         let index = finished.lastIndex(where: { $0 <= now }).map { $0 + 1 } ?? 0
         finished.insert(now, at: index)
     }
@@ -73,9 +75,19 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
         return finished.count + inFlight.count
     }
 
-    /// Applies a new limit (SIGHUP), keeping the requests already made.
-    public mutating func reconfigure(limit: Int, window: Double) {
+    /// Applies a new limit (SIGHUP), keeping the requests already made. When the limit is turned
+    /// on, or the window widened, what this window kept is not enough (nothing while unlimited;
+    /// nothing older than the old window): `history`, the answer times the outbox recorded
+    /// within the new window, replaces it, with the answers newer than its newest (their
+    /// outcomes may not be committed yet). Without it, a reload that set a limit let a whole
+    /// window's worth of requests go again at once (found from outside).
+    public mutating func reconfigure(limit: Int, window: Double, history: [Date]? = nil) {
+        let widened = (self.limit == 0 && limit > 0) || window > self.window
         self.limit = limit
         self.window = window
+        if widened, let history {
+            let newest = history.max() ?? .distantPast
+            finished = (history + finished.filter { $0 > newest }).sorted()
+        }
     }
 }
