@@ -169,6 +169,18 @@ import Testing
         #expect(problems.count == 5, "\(problems)")
     }
 
+    /// Records younger than the rate window rebuild it at start: deleting them sooner let a
+    /// restart send a window's worth again (found from outside).
+    @Test func recordRetentionShorterThanTheRateWindowIsAProblem() async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3, payload_retention_days: 0, record_retention_days: 0.0001 }
+            partner: { rate_limit: { requests: 5, per_seconds: 20 } }
+            """)
+        defer { dir.cleanup() }
+        #expect(await Self.problems(dir) == ["storage.record_retention_days: must cover the longest rate window (20 s): "
+            + "the history of requests inside it rebuilds the rate windows at start"])
+    }
+
     /// A file that is not YAML is a problem that says where, without quoting the file: a
     /// refused reload logs its problems, and the line may hold a value typed inline.
     @Test func invalidYAMLIsLocatedNotQuoted() async throws {
