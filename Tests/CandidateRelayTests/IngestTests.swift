@@ -109,6 +109,17 @@ import Testing
             #expect(incomplete.status == .unprocessableContent)
             #expect(Self.json(incomplete)["message"] as? String == "a lookup needs both query parameters, position_uid and partner_candidate_id")
             #expect(Self.json(incomplete)["details"] as? [[String: String]] == [["field": "partner_candidate_id", "problem": "required"]])
+            // A control character (no stored key has one): 422, not a lookup cut at the NUL
+            // (`K1%00ZZZ` found K1's events).
+            let stored = try await Self.post(client, #"{"position_uid":"11.11","partner_candidate_id":"K1","first_name":"A","last_name":"B"}"#)
+            #expect(stored.status == .accepted)
+            let found = try await client.execute(uri: "/v1/candidates?position_uid=11.11&partner_candidate_id=K1", method: .get)
+            #expect((Self.json(found)["events"] as? [Any])?.count == 1)
+            for uri in ["/v1/candidates?position_uid=11.11&partner_candidate_id=K1%00ZZZ", "/v1/candidates?position_uid=11.11%00&partner_candidate_id=K1"] {
+                let cut = try await client.execute(uri: uri, method: .get)
+                #expect(cut.status == .unprocessableContent, "\(uri)")
+                #expect((Self.json(cut)["details"] as? [[String: String]])?.first?["problem"] == "invalid_characters", "\(uri)")
+            }
             // The routes' own 404s are unchanged.
             #expect(Self.json(try await client.execute(uri: "/v1/candidates/evt_nope", method: .get))["message"] as? String == "no such event")
         }

@@ -13,6 +13,9 @@ public enum IngestError: Error, Sendable {
     case validationFailed([ValidationProblem])
     /// A lookup by natural key without one of its two query parameters.
     case lookupIncomplete([ValidationProblem])
+    /// A lookup parameter holding a control character, which no stored key has (and which the
+    /// database would read as the end of the value: `K1%00ZZZ` found K1's events).
+    case lookupInvalid([ValidationProblem])
     case idempotencyKeyReused
     case unavailable(reason: String, retryAfterSeconds: Int)
     case notFound
@@ -28,7 +31,7 @@ public enum IngestError: Error, Sendable {
         case .unauthorized: .unauthorized
         case .unsupportedMediaType, .unsupportedContentEncoding: .unsupportedMediaType
         case .malformedJSON: .badRequest
-        case .validationFailed, .lookupIncomplete: .unprocessableContent
+        case .validationFailed, .lookupIncomplete, .lookupInvalid: .unprocessableContent
         case .idempotencyKeyReused: .conflict
         case .unavailable: .serviceUnavailable
         case .notFound, .unknownAccount, .noSuchPath: .notFound
@@ -46,7 +49,7 @@ public enum IngestError: Error, Sendable {
         case .validationFailed(let problems):
             // CONTRACT section 4 names control characters a code of their own.
             problems.contains { $0.problem == "invalid_characters" } ? "invalid_characters" : "validation_failed"
-        case .lookupIncomplete: "validation_failed"
+        case .lookupIncomplete, .lookupInvalid: "validation_failed"
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
         case .notFound, .noSuchPath: "not_found"
@@ -74,6 +77,7 @@ public enum IngestError: Error, Sendable {
                 "\(problems.count) field(s) would be rejected by the partner"
             }
         case .lookupIncomplete: "a lookup needs both query parameters, position_uid and partner_candidate_id"
+        case .lookupInvalid: "a lookup's query parameters hold no control characters (no stored key does)"
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
@@ -88,6 +92,7 @@ public enum IngestError: Error, Sendable {
         var details: [[String: String]] = []
         if case .validationFailed(let problems) = self { details = problems.map(\.detail) }
         if case .lookupIncomplete(let problems) = self { details = problems.map(\.detail) }
+        if case .lookupInvalid(let problems) = self { details = problems.map(\.detail) }
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
         if case .methodNotAllowed(let allow) = self { headers[.allow] = allow }

@@ -48,6 +48,10 @@ public enum IngestRoutes {
                     ValidationProblem(field: "partner_candidate_id", problem: query["partner_candidate_id"] == nil ? "required" : "ok"),
                 ].filter { $0.problem == "required" }).response
             }
+            let invalid = [("position_uid", position), ("partner_candidate_id", partnerID)]
+                .filter { $0.1.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } }
+                .map { ValidationProblem(field: $0.0, problem: "invalid_characters") }
+            if !invalid.isEmpty { return IngestError.lookupInvalid(invalid).response }
             do {
                 let records = try await handler.outbox.records(account: account, positionUID: position, partnerCandidateID: partnerID)
                 return Response.json(.ok, ["events": records.map { $0.jsonObject(includeMessages: false) }])
