@@ -193,4 +193,14 @@ import Testing
         #expect(kept == 1)  // a-wait: another candidate
         #expect(try await outbox.record(id: "a-dead")?.lastError == "position_not_found")
     }
+
+    /// A sender's value reached an operator's terminal raw through `events list`: U+009B made
+    /// an escape sequence of it (found from outside).
+    @Test func tablesShowControlCharactersAsEscapes() {
+        #expect(AdminCommands.printable("plain é 東京") == "plain é 東京")
+        #expect(AdminCommands.printable("a\u{9B}2Jb\u{85}c\u{1B}[31m\u{202E}") == #"a\u{9B}2Jb\u{85}c\u{1B}[31m\u{202E}"#)
+        let table = AdminCommands.table(header: ["A"], rows: [["x\u{9B}31m"]])
+        #expect(!table.unicodeScalars.contains { $0.value == 0x9B })
+    }
+
 }

@@ -68,9 +68,9 @@ public struct AdminCommands: Sendable {
         for key in ["id", "account", "state", "attempts", "position_uid", "partner_candidate_id", "candidate_uid", "received_at",
                     "updated_at", "next_attempt_at", "last_status", "last_error"] {
             let value = object[key].map { $0 is NSNull ? "-" : "\($0)" } ?? "-"
-            lines.append("\(key.padding(toLength: 21, withPad: " ", startingAt: 0)) \(value)")
+            lines.append("\(key.padding(toLength: 21, withPad: " ", startingAt: 0)) \(Self.printable(value))")
         }
-        lines.append("partner_response      \(record.partnerResponse ?? "-")")
+        lines.append("partner_response      \(Self.printable(record.partnerResponse ?? "-"))")
         lines.append("")
         lines.append("history:")
         lines.append(Self.table(
@@ -123,7 +123,26 @@ public struct AdminCommands: Sendable {
         account.map { " in account \($0)" } ?? ""
     }
 
+    /// A value as a terminal may show it: control characters (C0, DEL, C1), line and paragraph
+    /// separators and bidi controls written as `\u{XXXX}`. A sender's value reached the
+    /// operator's terminal raw: U+009B (an 8-bit CSI) made escape sequences of it.
+    static func printable(_ text: String) -> String {
+        func unsafe(_ value: UInt32) -> Bool {
+            switch value {
+            case 0..<0x20, 0x7F...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+            default: false
+            }
+        }
+        guard text.unicodeScalars.contains(where: { unsafe($0.value) }) else { return text }
+        var result = ""
+        for scalar in text.unicodeScalars {
+            if unsafe(scalar.value) { result += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}" } else { result.unicodeScalars.append(scalar) }
+        }
+        return result
+    }
+
     static func table(header: [String], rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(printable) }
         var widths = header.map(\.count)
         for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
         func line(_ cells: [String]) -> String {

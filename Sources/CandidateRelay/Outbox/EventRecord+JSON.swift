@@ -91,8 +91,9 @@ public enum ContractJSON {
     /// whole after one pass over its bytes.
     public static func appendQuoted(_ text: String, to result: inout String) {
         result.append("\"")
-        // 0xE2 starts U+2028/9 (and other characters, which the slow path then keeps as they are).
-        let plain = !text.utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xE2 }
+        // 0xC2 starts the C1 controls, 0xE2 U+2028/9 and the bidi controls (and other
+        // characters, which the slow path then keeps as they are).
+        let plain = !text.utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xC2 || $0 == 0xE2 }
         if plain {
             result.append(text)
         } else {
@@ -103,7 +104,10 @@ public enum ContractJSON {
                 case 0x0A: result += "\\n"
                 case 0x0D: result += "\\r"
                 case 0x09: result += "\\t"
-                case 0..<0x20, 0x7F, 0x2028, 0x2029:
+                // C1 controls (U+009B is an 8-bit CSI: a sender's value put terminal escape
+                // sequences on an operator's `tail -f`; U+0085 split lines for some readers),
+                // and the bidi overrides, which reorder what a terminal shows.
+                case 0..<0x20, 0x7F, 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069:
                     let hex = String(scalar.value, radix: 16)
                     result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                 default: result.unicodeScalars.append(scalar)
