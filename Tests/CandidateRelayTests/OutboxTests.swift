@@ -302,6 +302,17 @@ import Testing
         #expect(try await other.claimNext(now: start.addingTimeInterval(100), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
+    @Test func holdsAreKeptForTheNextStart() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let until = Date(timeIntervalSince1970: 2_000_000)
+        outbox.saveHolds(["partner": until, "account:acme": until.addingTimeInterval(60)])
+        outbox.saveHolds(["account:acme": until.addingTimeInterval(90)])  // the set in force replaces the one before
+        try await outbox.recoverLeases(expiredBefore: nil, now: until)  // a write queued after them: they are done
+        let reopened = try Outbox(path: dir.file("o.sqlite3"))
+        #expect(try await reopened.loadHolds() == ["account:acme": until.addingTimeInterval(90)])
+    }
+
     @Test func retryMovesDeadBackWithAFreshBudget() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

@@ -394,4 +394,41 @@ import Testing
         #expect(await gate.view("a")?.windowRequests == 1)
         #expect(await gate.view("a")?.busy == 0)
     }
+
+    /// A restart kept none of the partner's pauses, the open circuit or a refused account's
+    /// back-off, and sent at once (found from outside). The gate reports them when set, and a
+    /// new gate given them waits as the old one did.
+    @Test func holdsOutliveARestart() async throws {
+        let clock = ManualClock()
+        let first = Self.gate(clock, accounts: ["a", "b"], workers: 4)
+        let reported = Mutex<[String: Date]>([:])
+        await first.onHoldsChanged { holds in reported.withLock { $0 = holds } }
+        let start = clock.now
+        try await Self.send(first, "a", AttemptReport(health: .up, status: 401, credentialsRejected: true))
+        try await Self.send(first, "b", AttemptReport(health: .up, status: 429, accountPauseUntil: start.addingTimeInterval(120),
+                                                      partnerPauseUntil: start.addingTimeInterval(60)))
+        let holds = reported.withLock { $0 }
+        #expect(holds["account:b"] == start.addingTimeInterval(120))
+        #expect(holds["partner"] == start.addingTimeInterval(60))
+        #expect(holds["credentials:a"] == start.addingTimeInterval(5))
+        #expect(holds == (await first.holds()))
+
+        // The next run, 10 s later: every hold still in force; an old one is dropped.
+        clock.advance(10)
+        let second = Self.gate(clock, accounts: ["a", "b"], workers: 4)
+        await second.restore(holds.merging(["circuit": start.addingTimeInterval(30), "account:gone": start.addingTimeInterval(99),
+                                            "account:a": start.addingTimeInterval(1)]) { $1 })
+        #expect(await second.view("b")?.pausedUntil == start.addingTimeInterval(120))
+        #expect(await second.view("a")?.pausedUntil == nil)  // ended before the restart
+        #expect(await second.view("a")?.credentialsRejectedUntil == nil)  // its 5 s back-off too
+        #expect(await second.holds()["partner"] == start.addingTimeInterval(60))
+        #expect(await second.holds()["circuit"] == start.addingTimeInterval(30))
+        // Nothing is admitted before the partner's pause ends.
+        let waiting = await Self.parked(clock) { try await second.admit() }
+        clock.advance(40)  // 50 s: still paused
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(await second.holds()["partner"] != nil)
+        waiting.cancel()
+    }
+
 }

@@ -82,6 +82,10 @@ public final class RelayApplication: Sendable {
             accounts: AccountWiring.rateLimits(configuration), globalRateLimit: configuration.partner.globalRateLimit,
             breaker: configuration.delivery.circuitBreaker, workers: configuration.delivery.workers,
             backoff: configuration.delivery.backoff, history: history, logger: logger, metrics: metrics)
+        // The partner's pauses, an open circuit, a refused account's back-off: still in force
+        // after a restart, and kept for the next one.
+        await gate.restore(try await outbox.loadHolds())
+        await gate.onHoldsChanged { [outbox] holds in outbox.saveHolds(holds) }
         pool = DeliveryWorkerPool(
             outbox: outbox, gate: gate,
             client: partnerClient ?? HTTPPartnerClient(httpClient: httpClient, baseURL: configuration.partner.baseURL,

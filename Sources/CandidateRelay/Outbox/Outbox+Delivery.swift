@@ -380,6 +380,26 @@ extension Outbox {
         }
     }
 
+    /// The gate's holds (`PartnerGate.holds`), replacing those stored: queued on the writer in
+    /// call order, without waiting (the gate calls it while it decides).
+    func saveHolds(_ holds: [String: Date]) {
+        writeBatch({ db in
+            try db.execute(sql: "DELETE FROM holds")
+            for (scope, until) in holds {
+                try db.execute(sql: "INSERT INTO holds (scope, until) VALUES (?, ?)", arguments: [scope, until.millis])
+            }
+        }, then: { _ in })
+    }
+
+    /// The holds the last run stored.
+    public func loadHolds() async throws -> [String: Date] {
+        try await read { db in
+            var holds: [String: Date] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT scope, until FROM holds") { holds[row[0]] = Date(millis: row[1]) }
+            return holds
+        }
+    }
+
     /// In-flight events, per account, that a crash left (recovered at start-up), to seed the windows.
     public func inFlightByAccount() async throws -> [String: Int] {
         try await read { db in

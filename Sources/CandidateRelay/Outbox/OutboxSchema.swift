@@ -151,6 +151,12 @@ enum OutboxSchema {
                 CREATE INDEX events_natural_key ON events(partner_candidate_id, position_uid, account);
                 """)
         }
+        migrator.registerMigration("v5_holds") { db in
+            // The partner's Retry-After pauses, the open circuit and a refused account's
+            // credentials back-off, until when: a restart lost them and sent at once (a crash
+            // loop ignored the partner's "retry later" every time).
+            try db.execute(sql: "CREATE TABLE holds (scope TEXT PRIMARY KEY NOT NULL, until INTEGER NOT NULL)")
+        }
         return migrator
     }
 }

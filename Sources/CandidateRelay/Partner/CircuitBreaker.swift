@@ -23,6 +23,11 @@ public struct CircuitBreaker: Sendable, Equatable {
         self.cooldown = cooldown
     }
 
+    /// Open until `until` (a restart keeping the cooldown the last run started).
+    public mutating func restoreOpen(until: Date) {
+        state = .open(until: until)
+    }
+
     public var isOpen: Bool {
         if case .closed = state { return false }
         return true

@@ -113,6 +113,9 @@ public actor PartnerGate {
     private let logger: Logger
     private let metrics: RelayMetrics
     private let clock: any RelayClock
+    /// Told every hold in force whenever one is set (`holds`): the outbox keeps them, and the
+    /// next start restores them (`restore`).
+    private var holdsChanged: (@Sendable ([String: Date]) -> Void)?
 
     /// - Parameters:
     ///   - accounts: each account's rate limit.
@@ -140,6 +143,57 @@ public actor PartnerGate {
     }
 
     private func now() -> Date { clock.now }
+
+    // MARK: - Holds that outlive a restart
+
+    /// Every pause, open circuit and credentials back-off still in force, by scope: `partner`,
+    /// `circuit`, `account:<id>`, `credentials:<id>`.
+    public func holds() -> [String: Date] {
+        let current = now()
+        var holds: [String: Date] = [:]
+        if pausedUntil > current { holds["partner"] = pausedUntil }
+        if case .open(let until) = breaker.state, until > current { holds["circuit"] = until }
+        for (id, account) in accounts {
+            if account.pausedUntil > current { holds["account:" + id] = account.pausedUntil }
+            if account.credentialsBlockedUntil > current { holds["credentials:" + id] = account.credentialsBlockedUntil }
+        }
+        return holds
+    }
+
+    /// Where the holds go when one is set (the outbox, written off the gate).
+    public func onHoldsChanged(_ handler: @escaping @Sendable ([String: Date]) -> Void) {
+        holdsChanged = handler
+    }
+
+    /// The holds a previous run left (`holds`), those still in the future: a restart no longer
+    /// sends at once to a partner that asked it to wait (found from outside: 4 requests within
+    /// 4 s of a restart, 114 s before the Retry-After ended; a circuit open for 120 s, and a
+    /// refused account's back-off, the same).
+    public func restore(_ holds: [String: Date]) {
+        let current = now()
+        for (scope, until) in holds where until > current {
+            let fields = LogFields(extra: ["until": Timestamp.string(until)])
+            if scope == "partner" {
+                pausedUntil = max(pausedUntil, until)
+                logger.event(.warning, "partner.paused", "the partner's pause from before the restart is still in force; every account waits", fields)
+            } else if scope == "circuit" {
+                breaker.restoreOpen(until: until)
+                metrics.circuitOpen.record(1)
+                logger.event(.error, "partner.circuit_opened", "the circuit opened before the restart is still open; sending paused", fields)
+            } else if scope.hasPrefix("account:"), accounts[String(scope.dropFirst(8))] != nil {
+                let id = String(scope.dropFirst(8))
+                accounts[id]!.pausedUntil = max(accounts[id]!.pausedUntil, until)
+                logger.event(.warning, "partner.paused", "the partner's pause of this account from before the restart is still in force; its events wait",
+                             LogFields(account: id, extra: ["until": Timestamp.string(until)]))
+            } else if scope.hasPrefix("credentials:"), accounts[String(scope.dropFirst(12))] != nil {
+                let id = String(scope.dropFirst(12))
+                accounts[id]!.credentialsBlockedUntil = max(accounts[id]!.credentialsBlockedUntil, until)
+                accounts[id]!.credentialFailures = max(accounts[id]!.credentialFailures, 1)
+                logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
+                             LogFields(account: id, extra: ["until": Timestamp.string(until)]))
+            }
+        }
+    }
 
     /// Applies a reload: accounts added or removed, new limits, breaker, workers. `history`: the
     /// answer times the outbox recorded within the longest new window, per account, for the
@@ -383,6 +437,13 @@ public actor PartnerGate {
     /// that sent nothing is given back), the account's pause, back-off and share are updated,
     /// and places never used go back.
     public func settle(_ permit: Permit, _ report: AttemptReport) {
+        let before = holdsChanged == nil ? [:] : holds()
+        defer {
+            if let holdsChanged {
+                let after = holds()
+                if after.contains(where: { before[$0.key] != $0.value }) { holdsChanged(after) }
+            }
+        }
         let current = now()
         if let entry = held.removeValue(forKey: permit.id) {
             cancelPlaces(entry)
