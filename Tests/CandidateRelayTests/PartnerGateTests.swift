@@ -423,12 +423,19 @@ import Testing
         #expect(await second.view("a")?.credentialsRejectedUntil == nil)  // its 5 s back-off too
         #expect(await second.holds()["partner"] == start.addingTimeInterval(60))
         #expect(await second.holds()["circuit"] == start.addingTimeInterval(30))
-        // Nothing is admitted before the partner's pause ends.
-        let waiting = await Self.parked(clock) { try await second.admit() }
+        // Nothing is admitted before the partner's pause ends (60 s), then a's request is.
+        let admitted = Mutex(false)
+        let waiting = await Self.parked(clock) {
+            let admission = try await second.admit()
+            admitted.withLock { $0 = true }
+            return admission
+        }
         clock.advance(40)  // 50 s: still paused
-        try await Task.sleep(for: .milliseconds(20))
-        #expect(await second.holds()["partner"] != nil)
-        waiting.cancel()
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(!admitted.withLock { $0 })
+        clock.advance(11)  // 61 s
+        #expect(await eventually(timeout: 10) { admitted.withLock { $0 } })
+        #expect(try await waiting.value.accounts == ["a"])
     }
 
 }

@@ -83,10 +83,12 @@ import Testing
                 #expect(span >= window, "\(account): 4 arrivals within \(span) s")
             }
         }
-        // The windows are each account's, not one shared by all: the first 2 s saw more than 3.
+        // The windows are each account's, not one shared by all: some 2 s saw more than 3 (a
+        // shared window never would). Not "the first 2 s saw 6": on a loaded machine the posts
+        // themselves can take longer than that.
         let all = snapshot.requests.map(\.at).sorted()
-        let first = try #require(all.first)
-        #expect(all.filter { $0.timeIntervalSince(first) < window }.count >= 6)
+        let busiest = all.indices.map { i in all[i...].prefix { $0.timeIntervalSince(all[i]) < window }.count }.max() ?? 0
+        #expect(busiest >= 4, "at most \(busiest) arrivals in any \(window) s")
         await relay.stop()
     }
 

@@ -26,7 +26,7 @@ extension ConfigurationLoader {
         // restart sent a window's worth again (found from outside: 0.0001 days, then 10 requests
         // in 40 s under a limit of 5).
         check(config.storage.recordRetentionDays * 86_400 >= config.longestRateWindowSeconds,
-              "storage.record_retention_days", "must cover the longest rate window (\(Self.seconds(config.longestRateWindowSeconds)) s): "
+              "storage.record_retention_days", "must cover the longest rate window (\(RelayConfiguration.number(config.longestRateWindowSeconds)) s): "
               + "the history of requests inside it rebuilds the rate windows at start")
         problems += storagePathProblems(config.storage.path)
         check(isHTTPURL(config.partner.baseURL), "partner.base_url", "must be an http(s) URL")
@@ -176,10 +176,5 @@ extension ConfigurationLoader {
             return [.init("storage.path", "\(path) is not readable and writable")]
         }
         return []
-    }
-
-    /// A number of seconds without a needless fraction.
-    static func seconds(_ value: Double) -> String {
-        value.rounded() == value && abs(value) < 1e15 ? String(Int64(value)) : String(value)
     }
 }

@@ -52,6 +52,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
     let outcomes = TaskTracker()
     /// The workers' indexes: `0..<settings.workers`, and spares above them (`spareWanted`).
     private let running = Mutex<Set<Int>>([])
+    /// The indexes started as spares (a worker left above `settings.workers` by a reload that
+    /// lowered it is not one: it stops at the top of its loop, as before spares existed).
+    private let spares = Mutex<Set<Int>>([])
     private let occupancy = Mutex(Occupancy())
 
     /// How many workers have a request out, and since when all of them have had one.
@@ -65,8 +68,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// worker, which (the gate sees more requests out than `workers − 1`) is offered only quiet
     /// accounts' fresh events. The worker kept free covers one account in trouble; when a second
     /// one's request took that worker too and hangs, a third account's new event waited for a
-    /// timeout. Spares stop as soon as another worker is idle, and number at most one per
-    /// account (each quiet account binds at most one while the others are busy), and 64.
+    /// timeout. A spare stops at the top of its loop when another worker is idle; there are at
+    /// most one per account (each quiet account binds at most one while the others are busy)
+    /// and 64, and none with fewer than 2 workers (nothing is kept free then).
     static let spareAfterSeconds = 0.25
     static let maxSpares = 64
 
@@ -96,7 +100,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
         logger.event(.info, "delivery.drained", "delivery workers stopped")
     }
 
-    /// Keeps `settings.workers` workers running (SIGHUP may change it) until draining.
+    /// Keeps `settings.workers` workers running (SIGHUP may change it), and the spares
+    /// `spareWanted` asks for, until draining.
     private func superviseWorkers() async {
         await withDiscardingTaskGroup { group in
             // Cancellation (the group failed, or the shutdown deadline passed) ends it too.
@@ -107,8 +112,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 let severalAccounts = tokens.value.count > 1
                 let missing = running.withLock { running -> [Int] in
                     var ids = (0..<target).filter { !running.contains($0) }
-                    if ids.isEmpty, severalAccounts, spareWanted(running: running.count, target: target) {
-                        ids = [(target...).first { !running.contains($0) }!]
+                    if ids.isEmpty, severalAccounts, target >= 2, spareWanted(running: running.count, target: target) {
+                        let spare = (target...).first { !running.contains($0) }!
+                        spares.withLock { _ = $0.insert(spare) }
+                        ids = [spare]
                     }
                     running.formUnion(ids)
                     return ids
@@ -133,14 +140,20 @@ public final class DeliveryWorkerPool: Service, Sendable {
     }
 
     /// Whether a worker beyond `settings.workers` goes on: a spare stays while it is the only
-    /// idle worker (decided under the lock, so two idle spares never both leave, nor both stay).
+    /// idle worker (decided under the lock, so two idle spares never both leave, nor both stay);
+    /// any other stops. Looked at the top of its loop: a spare waiting at the gate (a pause, a
+    /// full window) stops once that wait is over.
     private func staysAsSpare(index: Int) -> Bool {
         let target = settings.value.workers
         let severalAccounts = tokens.value.count > 1
         return running.withLock { running in
             let busy = occupancy.withLock { $0.busy }
-            let stays = severalAccounts && running.count - busy <= 1 && running.count - target <= min(tokens.value.count, Self.maxSpares)
-            if !stays { running.remove(index) }
+            let stays = spares.withLock { $0.contains(index) } && severalAccounts && target >= 2
+                && running.count - busy <= 1 && running.count - target <= min(tokens.value.count, Self.maxSpares)
+            if !stays {
+                running.remove(index)
+                spares.withLock { _ = $0.remove(index) }
+            }
             return stays
         }
     }
@@ -177,7 +190,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// One worker: claim, deliver, repeat; idle waits on the doorbell or the next due time.
     func workerLoop(index: Int) async {
-        defer { _ = running.withLock { $0.remove(index) } }
+        defer {
+            _ = running.withLock { $0.remove(index) }
+            _ = spares.withLock { $0.remove(index) }
+        }
         var prefetched: Prefetched?
         while true {
             // Before the drain check and the claim: a ring after them cuts the idle wait short.

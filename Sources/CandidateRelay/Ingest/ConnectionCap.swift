@@ -59,8 +59,9 @@ struct ConnectionCap: AvailableConnectionsDelegate {
         return (cap(fileLimit: fileLimit), fileLimit)
     }
 
-    /// A quarter of the limit, at least 256 descriptors, kept for the rest; never under 32.
+    /// A quarter of the limit, at least 512 descriptors, kept for the rest (the partner
+    /// connections alone may reach `max(64, workers) + 64`); never under 32.
     static func cap(fileLimit: Int) -> Int {
-        max(32, fileLimit - max(256, fileLimit / 4))
+        max(32, fileLimit - max(512, fileLimit / 4))
     }
 }

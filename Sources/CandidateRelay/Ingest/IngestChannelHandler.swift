@@ -70,7 +70,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case reading(account: String, head: HTTPRequest, limit: Int)
         /// A whole webhook being checked and stored; its answer is not out yet.
         case storing(closeAfter: Bool)
-        /// Refused before the end of its body (413, 404, 503): answered; the rest of the body
+        /// Refused before the end of its body (413, 404, 401, 503): answered; the rest of the body
         /// is read and dropped (closing with unread bytes would reset the connection, and the
         /// client would likely never read the answer), then the next request.
         case discarding(closeAfter: Bool)
@@ -88,9 +88,12 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var state = State.idle
     /// The body of the webhook being read: kept out of `state` so that it grows in place.
     private var body = Data()
-    /// What `body` holds of the ingest-wide budget (`IngestHandler.reserveBody`): its declared
-    /// length from the start, or what arrived.
+    /// What `body` holds of the ingest-wide budget (`IngestHandler.reserveBody`): the bytes that
+    /// arrived beyond the first `freeBodyBytes`, until the webhook is answered.
     private var bodyReserved = 0
+    /// Every body's first bytes are not counted: a webhook of usual size (a few KB) is never
+    /// refused for the budget, whoever holds it.
+    static let freeBodyBytes = 64 << 10
     /// Requests passed to the router whose answer's end has not been written yet.
     private var routerAnswersOwed = 0
     /// A webhook waits (held) for the router's answers before it.
@@ -223,7 +226,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     refuse(.payloadTooLarge(limit: limit), account: account, head: head, bodyComing: true, context: context)
                     return
                 }
-                let more = body.count + chunk.readableBytes - bodyReserved
+                let more = body.count + chunk.readableBytes - Self.freeBodyBytes - bodyReserved
                 if more > 0 {
                     guard ingest.reserveBody(more) else {
                         dropBody()
@@ -234,8 +237,9 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             case .end:
+                // The budget's share stays taken until the answer: the body lives on until then.
                 let whole = body
-                dropBody()
+                body = Data()
                 store(account: account, head: head, body: whole, context: context)
             case .head:
                 break  // the decoder sends no head before the end of the one before
@@ -268,15 +272,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         dropBody()
-        if let declared, declared > 0 {
-            // Its whole length from the start, since that much memory is set aside for it now.
-            guard ingest.reserveBody(declared) else {
-                refuse(Self.tooManyBodies, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context, close: true)
-                return
-            }
-            bodyReserved = declared
-            body.reserveCapacity(declared)
-        }
+        // Address space only: pages count (and the budget with them) as bytes arrive. Counting
+        // a declared length at the head let three connections that sent nothing hold the
+        // whole budget.
+        if let declared, declared > 0 { body.reserveCapacity(declared) }
         if Self.expectsContinue(head) {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         }
@@ -392,6 +391,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// The stored webhook's answer, on the loop: written, then whatever waited for it.
     private func answered(_ answer: IngestAnswer) {
+        dropBody()  // its share of the budget, kept while it was checked and stored
         guard let context, case .storing(let closeAfter) = state else { return }
         send(answer, close: closeAfter, context: context)
         if closeAfter {

@@ -49,7 +49,8 @@ public enum IngestError: Error, Sendable {
         case .validationFailed(let problems):
             // CONTRACT section 4 names control characters a code of their own.
             problems.contains { $0.problem == "invalid_characters" } ? "invalid_characters" : "validation_failed"
-        case .lookupIncomplete, .lookupInvalid: "validation_failed"
+        case .lookupIncomplete: "validation_failed"
+        case .lookupInvalid: "invalid_characters"
         case .idempotencyKeyReused: "idempotency_key_reused"
         case .unavailable: "unavailable"
         case .notFound, .noSuchPath: "not_found"

@@ -127,16 +127,10 @@ public struct AdminCommands: Sendable {
     /// separators and bidi controls written as `\u{XXXX}`. A sender's value reached the
     /// operator's terminal raw: U+009B (an 8-bit CSI) made escape sequences of it.
     static func printable(_ text: String) -> String {
-        func unsafe(_ value: UInt32) -> Bool {
-            switch value {
-            case 0..<0x20, 0x7F...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
-            default: false
-            }
-        }
-        guard text.unicodeScalars.contains(where: { unsafe($0.value) }) else { return text }
+        guard text.unicodeScalars.contains(where: { ContractJSON.mustEscape($0.value) }) else { return text }
         var result = ""
         for scalar in text.unicodeScalars {
-            if unsafe(scalar.value) { result += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}" } else { result.unicodeScalars.append(scalar) }
+            if ContractJSON.mustEscape(scalar.value) { result += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}" } else { result.unicodeScalars.append(scalar) }
         }
         return result
     }

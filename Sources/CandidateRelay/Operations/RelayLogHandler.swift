@@ -89,12 +89,11 @@ public struct RelayLogHandler: LogHandler {
     }
 
     /// A logfmt value: bare when it is plain, else quoted with `\\`, `\"`, `\n`, `\r`, `\t` and
-    /// `\u{XX}` escapes for every other control character (C0, DEL, C1, line separators), so
-    /// that a value from a request can neither forge a line nor reach a terminal as an escape.
+    /// `\u{XX}` escapes for every other character no output carries raw (`ContractJSON.mustEscape`:
+    /// C0, DEL, C1, line separators, bidi controls), so that a value from a request can neither
+    /// forge a line nor reach a terminal as an escape.
     static func quoted(_ text: String) -> String {
-        func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
-            scalar.properties.generalCategory == .control || scalar.value == 0x2028 || scalar.value == 0x2029
-        }
+        func needsEscape(_ scalar: Unicode.Scalar) -> Bool { ContractJSON.mustEscape(scalar.value) }
         let plain = !text.isEmpty && !text.unicodeScalars.contains {
             $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || needsEscape($0)
         }

@@ -89,6 +89,17 @@ public enum ContractJSON {
 
     /// `quoted`, appended to `result`. A string with nothing to escape (nearly all) is copied
     /// whole after one pass over its bytes.
+    /// Characters no output of the daemon carries raw (JSON, logfmt, the admin CLI's text):
+    /// the controls (C0, DEL, C1: U+009B is an 8-bit CSI, and a sender's value put terminal
+    /// escape sequences on an operator's `tail -f`; U+0085 split lines for some readers), the
+    /// line and paragraph separators, and the bidi controls, which reorder what a terminal shows.
+    static func mustEscape(_ value: UInt32) -> Bool {
+        switch value {
+        case 0..<0x20, 0x7F...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+        default: false
+        }
+    }
+
     public static func appendQuoted(_ text: String, to result: inout String) {
         result.append("\"")
         // 0xC2 starts the C1 controls, 0xE2 U+2028/9 and the bidi controls (and other
@@ -104,10 +115,7 @@ public enum ContractJSON {
                 case 0x0A: result += "\\n"
                 case 0x0D: result += "\\r"
                 case 0x09: result += "\\t"
-                // C1 controls (U+009B is an 8-bit CSI: a sender's value put terminal escape
-                // sequences on an operator's `tail -f`; U+0085 split lines for some readers),
-                // and the bidi overrides, which reorder what a terminal shows.
-                case 0..<0x20, 0x7F, 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069:
+                case let value where ContractJSON.mustEscape(value):
                     let hex = String(scalar.value, radix: 16)
                     result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                 default: result.unicodeScalars.append(scalar)

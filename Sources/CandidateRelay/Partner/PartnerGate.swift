@@ -437,13 +437,10 @@ public actor PartnerGate {
     /// that sent nothing is given back), the account's pause, back-off and share are updated,
     /// and places never used go back.
     public func settle(_ permit: Permit, _ report: AttemptReport) {
-        let before = holdsChanged == nil ? [:] : holds()
-        defer {
-            if let holdsChanged {
-                let after = holds()
-                if after.contains(where: { before[$0.key] != $0.value }) { holdsChanged(after) }
-            }
-        }
+        // Set where a hold starts or ends before its time (the circuit closing): the outbox is
+        // told the holds in force then, and only then (not per request).
+        var holdsMoved = false
+        defer { if holdsMoved, let holdsChanged { holdsChanged(holds()) } }
         let current = now()
         if let entry = held.removeValue(forKey: permit.id) {
             cancelPlaces(entry)
@@ -457,11 +454,13 @@ public actor PartnerGate {
             if permit.probe { breaker.cancelProbe() }
         case .up:
             if breaker.recordSuccess() {
+                holdsMoved = true
                 metrics.circuitOpen.record(0)
                 logger.event(.notice, "partner.circuit_closed", "partner answers again; circuit closed")
             }
         case .down:
             if breaker.recordFailure(now: current) {
+                holdsMoved = true
                 metrics.circuitOpen.record(1)
                 logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
                              LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
@@ -469,6 +468,7 @@ public actor PartnerGate {
         }
         if let until = report.partnerPauseUntil, until > pausedUntil {
             pausedUntil = until
+            holdsMoved = true
             logger.event(.warning, "partner.paused", "partner asked to retry later; every account waits",
                          LogFields(extra: ["until": Timestamp.string(until)]))
         }
@@ -476,6 +476,7 @@ public actor PartnerGate {
         if report.status == 429 { noteRateLimited(permit.account, now: current) }
         if let until = report.accountPauseUntil, until > accounts[permit.account]!.pausedUntil {
             accounts[permit.account]!.pausedUntil = until
+            holdsMoved = true
             logger.event(.warning, "partner.paused", "partner asked this account to retry later; its events wait",
                          LogFields(account: permit.account, extra: ["until": Timestamp.string(until)]))
         }
@@ -485,6 +486,7 @@ public actor PartnerGate {
             let delay = backoff.baseDelay(attempt: failures)
             let until = current.addingTimeInterval(delay)
             accounts[permit.account]!.credentialsBlockedUntil = until
+            holdsMoved = true
             logger.event(.error, "auth.rejected", "the partner refuses this account's credentials even freshly minted; its events wait",
                          LogFields(account: permit.account, status: 401,
                                    extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))

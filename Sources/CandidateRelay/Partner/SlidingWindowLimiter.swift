@@ -58,7 +58,8 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
 
     /// The request's answer (or failure) came at `now`: it leaves the window `window` later.
     public mutating func finish(_ ticket: Ticket, now: Date) {
-        // Unlimited, answer times are not kept here (the outbox's history has them: `reseed`).
+        // Unlimited, answer times are not kept here (the outbox's history has them, for a
+        // reload that sets a limit: `reconfigure(limit:window:history:)`).
         guard inFlight.removeValue(forKey: ticket.id) != nil, limit > 0 else { return }
         let index = finished.lastIndex(where: { $0 <= now }).map { $0 + 1 } ?? 0
         finished.insert(now, at: index)
@@ -82,7 +83,7 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     /// outcomes may not be committed yet). Without it, a reload that set a limit let a whole
     /// window's worth of requests go again at once (found from outside).
     public mutating func reconfigure(limit: Int, window: Double, history: [Date]? = nil) {
-        let widened = (self.limit == 0 && limit > 0) || window > self.window
+        let widened = limit > 0 && (self.limit == 0 || window > self.window)
         self.limit = limit
         self.window = window
         if widened, let history {
