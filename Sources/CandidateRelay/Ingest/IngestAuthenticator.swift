@@ -40,27 +40,26 @@ public struct IngestAuthenticator: Sendable {
 
     /// True when any configured method accepts the request.
     public func isAuthentic(_ headers: Headers, body: some DataProtocol, now: Date) -> Bool {
-        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
-        if let verifier, headers.webhookSignature != nil {
-            do {
-                try verifier.verify(id: headers.webhookID, timestamp: headers.webhookTimestamp,
-                                    signatureHeader: headers.webhookSignature, body: body, now: now)
-                return true
-            } catch {}
+        accepts(headers) { verifier in
+            (try? verifier.verify(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                  signatureHeader: headers.webhookSignature, body: body, now: now)) != nil
         }
-        if bearerMatches(headers.authorization) { return true }
-        return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
     }
 
     /// False when no body can make the request authentic: decided from its headers, before its
     /// body is read (`WebhookVerifier.precheck`; the bearer token is checked whole).
     func mayBeAuthentic(_ headers: Headers, now: Date) -> Bool {
-        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
-        if let verifier, headers.webhookSignature != nil,
-           (try? verifier.precheck(id: headers.webhookID, timestamp: headers.webhookTimestamp,
-                                   signatureHeader: headers.webhookSignature, now: now)) != nil {
-            return true
+        accepts(headers) { verifier in
+            (try? verifier.precheck(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                    signatureHeader: headers.webhookSignature, now: now)) != nil
         }
+    }
+
+    /// The methods in order, the signature judged by `signature` (the whole check, or what the
+    /// headers alone decide).
+    private func accepts(_ headers: Headers, signature: (WebhookVerifier) -> Bool) -> Bool {
+        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
+        if let verifier, headers.webhookSignature != nil, signature(verifier) { return true }
         if bearerMatches(headers.authorization) { return true }
         return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
     }

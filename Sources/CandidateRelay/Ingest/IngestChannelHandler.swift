@@ -264,8 +264,6 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let limit = ingest.settings.value.maxBodyBytes
         let declared = head.headerFields[.contentLength].flatMap(Int.init)
         do throws(IngestError) {
-            _ = try ingest.admit(account: account)
-            if let declared, declared > limit { throw .payloadTooLarge(limit: limit) }
             try ingest.admitHead(account: account, headers: head.headerFields)
         } catch {
             refuse(error, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context)

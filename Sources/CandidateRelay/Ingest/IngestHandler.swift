@@ -86,9 +86,6 @@ public struct IngestHandler: Sendable {
     public func accept(_ request: Request, account: String = AccountConfiguration.defaultID) async -> Response {
         let outcome: Result<StoredAnswer, IngestError>
         do throws(IngestError) {
-            // 413 before 401 (the contract's order), as far as the head can tell.
-            let limit = settings.value.maxBodyBytes
-            if let declared = request.headers[.contentLength].flatMap(Int.init), declared > limit { throw .payloadTooLarge(limit: limit) }
             try admitHead(account: account, headers: request.headers)
             let prepared = try prepare(account: account, headers: request.headers, body: try await readBody(request))
             let stored: Result<AcceptResult, any Error>
@@ -127,8 +124,12 @@ public struct IngestHandler: Sendable {
     /// `admit`, and a 401 when the headers alone show that no body could be authentic (a
     /// timestamp out of tolerance, no signature of the right shape, a wrong bearer token): the
     /// body is then never held.
+    /// Also 413 for a declared length over the limit, first (the contract's order, as far as the
+    /// head can tell). The channel handler and the router's `accept` both start here.
     func admitHead(account: String, headers: HTTPFields) throws(IngestError) {
         let authenticator = try admit(account: account)
+        let limit = settings.value.maxBodyBytes
+        if let declared = headers[.contentLength].flatMap(Int.init), declared > limit { throw .payloadTooLarge(limit: limit) }
         guard authenticator.mayBeAuthentic(Self.authHeaders(headers), now: now()) else { throw .unauthorized }
     }
 
