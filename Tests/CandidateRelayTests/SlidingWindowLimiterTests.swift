@@ -154,40 +154,36 @@ import Testing
         #expect(breaker.admit(now: t0) == .send(probe: false))
     }
 
+    /// Each request of `times` sent and answered at once.
+    static func sendAndAnswer(_ limiter: inout SlidingWindowLimiter, at times: [Date]) {
+        for at in times {
+            let ticket = limiter.reserve(now: at)!
+            limiter.finish(ticket, now: at)
+        }
+    }
+
     /// A reload that turns a limit on, or widens its window, counts what was sent before (the
     /// outbox's history, and requests still out). It forgot them: 10 more went at once, and the
     /// partner saw 20 in 60 s under a limit of 10 (found from outside).
     @Test func aLimitTurnedOnOrWidenedCountsWhatWasAlreadySent() {
         let t0 = Date(timeIntervalSince1970: 1_000)
+        let tenthsApart = (0..<10).map { t0.addingTimeInterval(Double($0) * 0.1) }
         // Unlimited: 9 answered (the history) and one still out.
         var limiter = SlidingWindowLimiter(limit: 0, window: 60)
-        var answered: [Date] = []
-        for n in 0..<9 {
-            let at = t0.addingTimeInterval(Double(n) * 0.1)
-            let ticket = limiter.reserve(now: at)!
-            limiter.finish(ticket, now: at)
-            answered.append(at)
-        }
+        let answered = Array(tenthsApart.prefix(9))
+        Self.sendAndAnswer(&limiter, at: answered)
         _ = limiter.reserve(now: t0.addingTimeInterval(1))!
         limiter.reconfigure(limit: 10, window: 60, history: answered)
         #expect(limiter.reserve(now: t0.addingTimeInterval(3)) == nil)
         #expect(limiter.earliestAllowed(now: t0.addingTimeInterval(3)) == t0.addingTimeInterval(60))
 
         // 10 per 10 s, 10 sent; 12 s later the window widens to 60 s: full until they are 60 s old.
+        let sent = tenthsApart
         var widened = SlidingWindowLimiter(limit: 10, window: 10)
-        var sent: [Date] = []
-        for n in 0..<10 {
-            let at = t0.addingTimeInterval(Double(n) * 0.1)
-            let ticket = widened.reserve(now: at)!
-            widened.finish(ticket, now: at)
-            sent.append(at)
-        }
+        Self.sendAndAnswer(&widened, at: sent)
         #expect(widened.reserve(now: t0.addingTimeInterval(12)) != nil)  // the old window let it go
         var again = SlidingWindowLimiter(limit: 10, window: 10)
-        for at in sent {
-            let ticket = again.reserve(now: at)!
-            again.finish(ticket, now: at)
-        }
+        Self.sendAndAnswer(&again, at: sent)
         _ = again.earliestAllowed(now: t0.addingTimeInterval(12))  // the 10 s window drops them
         again.reconfigure(limit: 10, window: 60, history: sent)
         #expect(again.reserve(now: t0.addingTimeInterval(12)) == nil)
