@@ -71,6 +71,12 @@ public final class RelayApplication: Sendable {
         clientConfiguration.connectionPool = .init(
             idleTimeout: .seconds(60),
             concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers) + DeliveryWorkerPool.maxSpares)
+        // A connection the partner refuses fails the request at once: the client's own retries
+        // would hold the worker for the whole connect timeout (10 s an attempt against a partner
+        // that is down), and a request timeout shorter than that would record the refusal as a
+        // `timeout`, held back as if the partner might be working on it. Nothing was sent:
+        // the worker's backoff, the circuit breaker and the next attempt are the retry.
+        clientConfiguration.connectionPool.retryConnectionEstablishment = false
         // No distributed tracing here: without this the client opens a (no-op) span per request
         // and parses the URL again for its attributes, ~2 % of the daemon's CPU while delivering.
         clientConfiguration.tracing.tracer = nil
