@@ -72,11 +72,21 @@ import Testing
         }
     }
 
-    @Test(arguments: [-300.0, 299.0])
+    /// Whole seconds either way: 300.5 s after the timestamp is its 300th second, as 300 s
+    /// before it is (the fraction once refused the first and took the second).
+    @Test(arguments: [-300.0, -299.5, 299.0, 300.0, 300.5])
     func acceptsTimestampsInsideTolerance(offset: Double) throws {
         let verifier = WebhookVerifier(secrets: [Self.secret])
         try verifier.verify(id: Self.id, timestamp: Self.timestamp, signatureHeader: Self.signature, body: Self.body,
                             now: Self.signedAt.addingTimeInterval(offset))
+    }
+
+    @Test(arguments: ["-9223372036854775808", "9223372036854775807"])
+    func rejectsTimestampsAtTheEndsOfTheIntegerRange(timestamp: String) {
+        let verifier = WebhookVerifier(secrets: [Self.secret])
+        #expect(throws: WebhookVerifier.Failure.timestampOutOfTolerance) {
+            try verifier.verify(id: Self.id, timestamp: timestamp, signatureHeader: Self.signature, body: Self.body, now: Self.signedAt)
+        }
     }
 
     @Test func rejectsATamperedBodyOrId() {

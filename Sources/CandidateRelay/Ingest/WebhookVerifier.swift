@@ -56,7 +56,11 @@ public struct WebhookVerifier: Sendable {
     func precheck(id: String?, timestamp: String?, signatureHeader: String?, now: Date) throws(Failure) -> [Data] {
         guard let id, !id.isEmpty, let timestamp, let signatureHeader else { throw .missingHeaders }
         guard let seconds = Int64(timestamp) else { throw .invalidTimestamp }
-        guard abs(now.timeIntervalSince1970 - Double(seconds)) <= tolerance else { throw .timestampOutOfTolerance }
+        // In whole seconds, as the sender's clock writes them: compared with a fractional `now`,
+        // a timestamp `tolerance` seconds old failed while one as far ahead passed.
+        let nowSeconds = Int64(now.timeIntervalSince1970.rounded(.down))
+        let (skew, overflow) = nowSeconds.subtractingReportingOverflow(seconds)
+        guard !overflow, skew.magnitude <= UInt64(max(0, tolerance)) else { throw .timestampOutOfTolerance }
         let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
             let parts = entry.split(separator: ",", maxSplits: 1)
             guard parts.count == 2, parts[0] == "v1", let signature = Data(base64Encoded: String(parts[1])),
