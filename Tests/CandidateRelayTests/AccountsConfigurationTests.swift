@@ -37,6 +37,18 @@ import Testing
         return (apiKey.value, secret.value)
     }
 
+    /// With `accounts:`, partner.auth holds defaults only: a default not given is rendered
+    /// `null`, not as a secret read "from missing".
+    @Test func checkConfigShowsAnUnsetDefaultAsNull() async throws {
+        let dir = try Self.fixture(accounts: ["acme": "acme-key"])
+        defer { dir.cleanup() }
+        let rendered = try await ConfigurationTests.load(dir).renderedYAML()
+        #expect(!rendered.contains("missing"), "\(rendered)")
+        #expect(rendered.contains("partner:\n  base_url:"))
+        #expect(rendered.contains("    api_key: null\n"))
+        #expect(rendered.contains("acme:\n    api_key: \"<redacted: file"))
+    }
+
     @Test func withoutAccountsThereIsExactlyTheDefaultAccount() async throws {
         let dir = try Self.fixture("""
             storage: { path: $DIR/o.sqlite3 }

@@ -4,7 +4,12 @@ extension RelayConfiguration {
     /// The effective configuration as YAML, secrets shown only by their source, for
     /// `check-config` and the start-up log.
     public func renderedYAML() -> String {
-        func secret(_ s: Secret?) -> String { s.map { "\"<redacted: \($0.source)>\"" } ?? "null" }
+        // An empty secret is one not given (partner.auth's defaults with `accounts:`): null, as in
+        // the file, rather than a redacted value "from missing".
+        func secret(_ s: Secret?) -> String {
+            guard let s, !s.value.isEmpty else { return "null" }
+            return "\"<redacted: \(s.source)>\""
+        }
         var lines: [String] = []
         lines.append("listen: { host: \(listen.host), port: \(listen.port) }")
         lines.append("ingest:")
@@ -58,7 +63,7 @@ extension RelayConfiguration {
     private static func renderAuth(_ auth: PartnerAuthConfiguration, indent: String, secret: (Secret?) -> String) -> [String] {
         switch auth {
         case .comeetJWT(let apiKey, let key, let ttl):
-            return ["\(indent)api_key: \(apiKey.value.isEmpty ? "null" : secret(apiKey))", "\(indent)secret: \(secret(key))", "\(indent)token_ttl_seconds: \(number(ttl))"]
+            return ["\(indent)api_key: \(secret(apiKey))", "\(indent)secret: \(secret(key))", "\(indent)token_ttl_seconds: \(number(ttl))"]
         case .oauth2ClientCredentials(let oauth):
             return ["\(indent)token_url: \(oauth.tokenURL)", "\(indent)client_id: \(oauth.clientID)",
                     "\(indent)client_secret: \(secret(oauth.clientSecret))", "\(indent)scope: \(oauth.scope ?? "null")",
