@@ -100,6 +100,29 @@ import Testing
         #expect(try await Self.storedCount(f.outbox) == 0)
     }
 
+    /// The message says what is wrong (nesting used to read "not valid UTF-8 JSON"), by byte
+    /// offset at most: nothing of the body is quoted back.
+    @Test(arguments: [
+        (String(repeating: "[", count: 100) + String(repeating: "]", count: 100), "deeper than 64 levels"),
+        (#"{"first_name":"Secret-Name","first_name":"Other"}"#, "repeats an object key (byte "),
+        (#"{"first_name":"Secret-Name"} x"#, "goes on after its JSON value"),
+        ("\u{FEFF}{}", "byte order mark"),
+    ])
+    func malformedBodiesSayWhy(body: String, reason: String) async throws {
+        let f = try IngestTests.fixture()
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            let response = try await client.execute(uri: "/v1/candidates", method: .post, headers: [.contentType: "application/json"],
+                                                    body: ByteBuffer(string: body))
+            #expect(response.status == .badRequest)
+            let answer = IngestTests.json(response)
+            #expect(answer["error"] as? String == "malformed_json")
+            let message = try #require(answer["message"] as? String)
+            #expect(message.contains(reason), "\(message)")
+            #expect(!message.contains("Secret") && !message.contains("Other"))
+        }
+    }
+
     /// A NUL in `first_name` was accepted and forwarded.
     @Test(arguments: [
         (#"{"position_uid":"p","first_name":"A\u0000","last_name":"L"}"#, "first_name"),

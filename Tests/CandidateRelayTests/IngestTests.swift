@@ -135,8 +135,18 @@ import Testing
             let id = try #require(json["id"] as? String)
             #expect(json["partner_candidate_id"] as? String == id)
             #expect(json["partner_candidate_id_generated"] as? Bool == true)
+            // A replay under the same key says so too: its answer names the same generated id.
+            let keyed: HTTPFields = [.contentType: "application/json", IngestHandler.idempotencyKey: "gen-1"]
+            let first = Self.json(try await Self.post(client, body, headers: keyed))
+            let replay = try await Self.post(client, body, headers: keyed)
+            #expect(replay.status == .ok)
+            let again = Self.json(replay)
+            #expect(again["duplicate"] as? Bool == true)
+            #expect(again["id"] as? String == first["id"] as? String)
+            #expect(again["partner_candidate_id"] as? String == first["id"] as? String)
+            #expect(again["partner_candidate_id_generated"] as? Bool == true)
         }
-        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads") }
+        let payload = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads ORDER BY event_id LIMIT 1") }
         let stored = try JSONValue.parse(try #require(payload))
         #expect(stored["partner_candidate_id"]?.stringValue?.hasPrefix("evt_") == true)
         #expect(stored["first_name"] == .string("A"))

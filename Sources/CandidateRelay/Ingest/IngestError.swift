@@ -9,7 +9,9 @@ public enum IngestError: Error, Sendable {
     case unsupportedMediaType
     /// A `Content-Encoding` other than identity: 415 too (RFC 9110), with its own message.
     case unsupportedContentEncoding
-    case malformedJSON
+    /// Not the strict JSON the relay forwards; the parser's reason when it got that far (a
+    /// byte offset at most: nothing of the body is quoted).
+    case malformedJSON(StrictJSONError?)
     case validationFailed([ValidationProblem])
     /// A lookup by natural key without one of its two query parameters.
     case lookupIncomplete([ValidationProblem])
@@ -65,7 +67,7 @@ public enum IngestError: Error, Sendable {
         case .unauthorized: "missing or invalid webhook signature or bearer token"
         case .unsupportedMediaType: "Content-Type must be application/json"
         case .unsupportedContentEncoding: "Content-Encoding must be identity: bodies are not decompressed"
-        case .malformedJSON: "the body is not valid UTF-8 JSON"
+        case .malformedJSON(let reason): Self.malformedMessage(reason)
         case .validationFailed(let problems):
             // A problem that is a header's, not a field's: the idempotency key's.
             if problems.count == 1, [IngestHandler.webhookID.rawName, IngestHandler.idempotencyKey.rawName].contains(problems[0].field) {
@@ -85,6 +87,20 @@ public enum IngestError: Error, Sendable {
         case .unknownAccount: "no such account"
         case .noSuchPath: "no such path"
         case .methodNotAllowed(let allow): "this path answers \(allow) only"
+        }
+    }
+
+    static func malformedMessage(_ reason: StrictJSONError?) -> String {
+        switch reason {
+        case nil: "the body is not valid UTF-8 JSON"
+        case .byteOrderMark: "the body starts with a byte order mark: plain UTF-8 JSON only"
+        case .invalidUTF8(let offset): "the body is not valid UTF-8 (byte \(offset))"
+        case .unexpected(let offset): "the body is not valid JSON (byte \(offset))"
+        case .duplicateKey(let offset): "the body repeats an object key (byte \(offset)): each key once"
+        case .tooDeep(let limit): "the body nests objects or arrays deeper than \(limit) levels"
+        case .numberOutOfRange(let offset): "the body holds a number out of range (byte \(offset))"
+        case .loneSurrogate(let offset): "the body escapes a lone UTF-16 surrogate (byte \(offset))"
+        case .trailingData(let offset): "the body goes on after its JSON value (byte \(offset))"
         }
     }
 

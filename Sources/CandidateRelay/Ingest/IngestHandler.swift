@@ -75,7 +75,7 @@ public struct IngestHandler: Sendable {
         } catch let error as IngestError {
             throw error
         } catch {
-            throw .malformedJSON
+            throw .malformedJSON(nil)
         }
         return body
     }
@@ -151,10 +151,10 @@ public struct IngestHandler: Sendable {
         if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
         let document: JSONValue
         let mayHaveControlCharacters: Bool
-        do {
+        do throws(StrictJSONError) {
             (document, mayHaveControlCharacters) = try StrictJSONParser.parseDocument(body)
         } catch {
-            throw .malformedJSON
+            throw .malformedJSON(error)
         }
         let problems = validator.validate(document, mayHaveControlCharacters: mayHaveControlCharacters)
         guard problems.isEmpty else { throw .validationFailed(problems) }
@@ -208,7 +208,9 @@ public struct IngestHandler: Sendable {
                                                partnerCandidateID: record.partnerCandidateID)))
         case .duplicate(let record):
             metrics.ingest(result: "duplicate", account: account)
-            let object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID, "duplicate": true]
+            var object: [String: Any] = ["id": record.id, "state": record.state.rawValue, "partner_candidate_id": record.partnerCandidateID, "duplicate": true]
+            // Same key, same body: the first request had no partner_candidate_id either.
+            if generated { object["partner_candidate_id_generated"] = true }
             let answer = IngestAnswer(
                 status: .ok, headers: [.contentType: "application/json", .location: Self.location(record)],
                 body: ByteBuffer(bytes: ContractJSON.data(object)))
