@@ -60,7 +60,7 @@ public struct WebhookVerifier: Sendable {
         // a timestamp `tolerance` seconds old failed while one as far ahead passed.
         let nowSeconds = Int64(now.timeIntervalSince1970.rounded(.down))
         let (skew, overflow) = nowSeconds.subtractingReportingOverflow(seconds)
-        guard !overflow, skew.magnitude <= UInt64(max(0, tolerance)) else { throw .timestampOutOfTolerance }
+        guard !overflow, Double(skew.magnitude) <= tolerance else { throw .timestampOutOfTolerance }
         let candidates = signatureHeader.split(separator: " ").compactMap { entry -> Data? in
             let parts = entry.split(separator: ",", maxSplits: 1)
             guard parts.count == 2, parts[0] == "v1", let signature = Data(base64Encoded: String(parts[1])),
