@@ -119,8 +119,20 @@ public struct ConfigurationLoader: Sendable {
             return "line \(mark.line), column \(mark.column): \(around)\(problem)"
         case let .reader(problem, offset, _, _):
             return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
+        case let .duplicatedKeysInMapping(duplicates, context):
+            // Yams's own description quotes the whole mapping (the whole file, comments and all).
+            let names = duplicates.sorted().map { Self.isPlainKey($0) ? "'\($0)'" : "(a key not shown)" }
+            return "line \(context.mark.line), column \(context.mark.column): the mapping repeats \(names.joined(separator: ", ")): each key once"
         default:
             return oneLine(error)
+        }
+    }
+
+    /// A key as the configuration spells them (`max_body_bytes`, an account id), fit to be named
+    /// in a problem; anything else is not echoed.
+    static func isPlainKey(_ key: String) -> Bool {
+        !key.isEmpty && key.utf8.count <= 64 && key.utf8.allSatisfy { byte in
+            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x5F || byte == 0x2D
         }
     }
 
