@@ -49,6 +49,38 @@ import Testing
         #expect(status.accounts["globex"]?.counts[.pending] == 1)
     }
 
+    /// A reload removing an account closes it, then counts: whatever was committed before is
+    /// counted, whatever comes after is refused, so nothing is stored for an account the reload
+    /// then removes (counting before closing let a webhook in between: stored, never delivered).
+    @Test func aClosedAccountIsCountedThenRefusesEvents() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "C1"), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme", partnerID: "C2"), maxBacklog: 10)
+        _ = try #require(try await Self.claim(outbox, ["acme"]))
+        let counts = try await outbox.closeAccounts(["acme", "initech"])
+        #expect(counts["acme"]?.pending == 1 && counts["acme"]?.inFlight == 1)
+        #expect(counts["initech"]?.pending == 0 && counts["initech"]?.inFlight == 0)
+        let refused = await #expect(throws: OutboxError.self) {
+            try await outbox.accept(Self.submission("a3", account: "acme", partnerID: "C3"), maxBacklog: 10)
+        }
+        guard case .accountClosed? = refused else {
+            Issue.record("a closed account's submission: \(String(describing: refused))")
+            return
+        }
+        // Other accounts are untouched, and an account opened again takes events.
+        guard case .created = try await outbox.accept(Self.submission("g1", account: "globex"), maxBacklog: 10) else {
+            Issue.record("globex refused")
+            return
+        }
+        outbox.openAccounts(["acme"])
+        guard case .created = try await outbox.accept(Self.submission("a4", account: "acme", partnerID: "C4"), maxBacklog: 10) else {
+            Issue.record("acme refused after it was opened again")
+            return
+        }
+        #expect(try await outbox.record(id: "a3") == nil)
+    }
+
     @Test func oneInFlightPerAccountAndNaturalKey() async throws {
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }

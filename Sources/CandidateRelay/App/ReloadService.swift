@@ -31,8 +31,13 @@ extension RelayApplication {
         var restartNeeded: [String] = []
         do {
             let new = try await loader.load()
-            problems = await removalProblems(new)
-            if problems.isEmpty { restartNeeded = await apply(new) }
+            let removed = live.accounts.value.ids.subtracting(new.accounts.map(\.id))
+            problems = await removalProblems(removed)
+            if problems.isEmpty {
+                restartNeeded = await apply(new)
+            } else {
+                outbox.openAccounts(removed)
+            }
         } catch let error as ConfigurationError {
             problems = error.problems.map(\.description)
             logger.event(.error, "config.reload_rejected", "new configuration is invalid; keeping the old one",
@@ -62,19 +67,17 @@ extension RelayApplication {
 
     /// An account may leave the config only when it has nothing left to deliver (CONTRACT
     /// section 8): otherwise the reload is refused, each such account logged with its counts.
-    func removalProblems(_ new: RelayConfiguration) async -> [String] {
-        let kept = Set(new.accounts.map(\.id))
-        let removed = live.accounts.value.ids.subtracting(kept)
+    /// The removed accounts are closed to new events first, then counted (`Outbox.closeAccounts`):
+    /// the caller opens them again when the removal is refused.
+    func removalProblems(_ removed: Set<String>) async -> [String] {
         guard !removed.isEmpty else { return [] }
-        guard let status = try? await outbox.status(now: Date()) else {
+        guard let counts = try? await outbox.closeAccounts(removed) else {
             logger.event(.error, "config.reload_rejected", "could not check the outbox for the accounts the new configuration drops")
             return ["accounts: could not check the outbox for the events of the accounts removed"]
         }
         var problems: [String] = []
         for account in removed.sorted() {
-            guard let figures = status.accounts[account], figures.undelivered > 0 else { continue }
-            let pending = figures.counts[.pending] ?? 0
-            let inFlight = figures.counts[.inFlight] ?? 0
+            guard let (pending, inFlight) = counts[account], pending + inFlight > 0 else { continue }
             problems.append("accounts.\(account): still has \(pending) pending and \(inFlight) in-flight event(s); it can leave once they are delivered or dead")
             logger.event(.error, "config.reload_rejected", "the new configuration drops an account that still has events to deliver; keeping the old one",
                          LogFields(account: account, numbers: ["count_pending": Double(pending), "count_in_flight": Double(inFlight)]))
@@ -85,6 +88,8 @@ extension RelayApplication {
     /// Applies what can change live; returns the changed keys that wait for a restart.
     func apply(_ new: RelayConfiguration) async -> [String] {
         let old = configuration
+        // An account added back after a removal takes events again.
+        outbox.openAccounts(Set(new.accounts.map(\.id)))
         live.authenticators.set(AccountWiring.authenticators(new))
         live.ingest.set(new.ingest)
         live.delivery.set(DeliverySettings(configuration: new.delivery, partnerTimeoutSeconds: old.partner.timeoutSeconds,

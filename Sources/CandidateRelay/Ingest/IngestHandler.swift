@@ -185,6 +185,10 @@ public struct IngestHandler: Sendable {
             result = value
         case .failure(OutboxError.idempotencyKeyReused):
             return .failure(.idempotencyKeyReused)
+        case .failure(OutboxError.accountClosed):
+            // A reload is deciding whether this account may leave (it stays when it still has
+            // events): "later", not a 404 that a sender could take as final for an account that stays.
+            return .failure(.unavailable(reason: "the account is being reconfigured; retry later", retryAfterSeconds: 1))
         case .failure(OutboxError.backlogFull(let limit)):
             return .failure(.unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30))
         case .failure(let error):

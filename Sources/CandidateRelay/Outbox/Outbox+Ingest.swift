@@ -86,8 +86,13 @@ extension Outbox {
         // Deliveries only lower the counts between refreshes: the cache errs on the high side
         // by at most a second's worth of deliveries; near the limit it is exact.
         var backlogs: [String: Int] = [:]
+        let closed = closedAccounts.withLock { $0 }
         for pending in batch {
             let submission = pending.submission
+            if !closed.isEmpty, closed.contains(submission.account) {
+                results.append(.failure(OutboxError.accountClosed))
+                continue
+            }
             // A probe first (nearly every key is new), the whole record only for a replay.
             if let key = submission.idempotencyKey,
                try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key = ?"),
@@ -138,6 +143,35 @@ extension Outbox {
             arguments: [account]) ?? 0
         backlog.withLock { $0[account] = (count, now) }
         return count
+    }
+
+    /// Closes `accounts` to new events and returns what they still have to deliver (pending,
+    /// in flight), in one job on SQLite's writer queue, the queue every accept commits on: a
+    /// submission committed before it is counted, one after it is refused (`accountClosed`).
+    /// A reload that removes accounts calls this before it decides; counting first and closing
+    /// after let a webhook accepted in between be stored for an account then removed, which
+    /// nothing delivered. `openAccounts` undoes it.
+    public func closeAccounts(_ accounts: Set<String>) async throws -> [String: (pending: Int, inFlight: Int)] {
+        try await write { db in
+            self.closedAccounts.withLock { $0.formUnion(accounts) }
+            var counts: [String: (pending: Int, inFlight: Int)] = [:]
+            for account in accounts {
+                let rows = try Row.fetchAll(
+                    db, sql: "SELECT state, COUNT(*) AS n FROM events WHERE account = ? AND state IN ('pending', 'in_flight') GROUP BY state",
+                    arguments: [account])
+                var figures = (pending: 0, inFlight: 0)
+                for row in rows {
+                    if (row["state"] as String) == "pending" { figures.pending = row["n"] } else { figures.inFlight = row["n"] }
+                }
+                counts[account] = figures
+            }
+            return counts
+        }
+    }
+
+    /// Accepts submissions for `accounts` again (a refused removal, an account added back).
+    public func openAccounts(_ accounts: Set<String>) {
+        closedAccounts.withLock { $0.subtract(accounts) }
     }
 
     /// One event's record, `nil` when unknown.

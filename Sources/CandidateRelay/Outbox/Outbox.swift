@@ -19,6 +19,9 @@ public final class Outbox: Sendable {
     /// delivery would otherwise bound delivery at half the disk's commit rate).
     let deliveryQueue = GroupCommit<DeliveryWrite, DeliveryWriteResult>()
     let files = OutboxFileWatch()
+    /// Accounts a reload is removing: their submissions are refused inside the write transaction
+    /// (`closeAccounts`).
+    let closedAccounts = Mutex<Set<String>>([])
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {

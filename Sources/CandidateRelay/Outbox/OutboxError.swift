@@ -5,6 +5,8 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
     case fileGone(String)
     case backlogFull(Int)
     case idempotencyKeyReused(existingID: String)
+    /// The account is being removed by a reload (`Outbox.closeAccounts`): nothing more is stored for it.
+    case accountClosed
 
     /// The `error` field of a log line about a failed outbox call (ingest's and the workers'):
     /// a code, never the message, which may quote a stored value.
@@ -20,6 +22,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         case .fileGone(let message): "storage: \(message)"
         case .backlogFull(let limit): "backlog above \(limit) events"
         case .idempotencyKeyReused(let id): "idempotency key already used for \(id) with a different body"
+        case .accountClosed: "the account is being removed"
         }
     }
 }
