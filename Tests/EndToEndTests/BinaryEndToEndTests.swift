@@ -28,6 +28,27 @@ import Glibc
         return dir
     }
 
+    /// A partner (or a proxy before it) answering a status below 100: AsyncHTTPClient 1.37.0
+    /// crashed the whole process on the answer's body or end, and the restart resent the request
+    /// and crashed again (Vendor/README.md). Now the attempt fails as a transport error.
+    @Test(arguments: ["HTTP/1.1 000 X\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n"])
+    func aStatusBelow100DoesNotCrashTheDaemon(answer: String) async throws {
+        let partner = try RawPartner(answer: answer)
+        defer { partner.stop() }
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
+        defer { dir.cleanup() }
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let client = HTTPTestClient(port: try await relay.waitUntilReady())
+        let reply = try await client.post(Candidates.json(partnerID: "status-000"))
+        #expect(reply.status == 202)
+        #expect(await eventually(timeout: 20) { !relay.events("delivery.retry_scheduled").isEmpty })
+        #expect(relay.events("delivery.retry_scheduled").first?["error"] as? String == "transport_error")
+        #expect(partner.requests >= 1)
+        #expect(try await client.request("GET", "/healthz").status == 200)
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == 0)
+    }
+
     @Test func acceptedEventSurvivesSIGKILLAndReplayReturnsTheSameID() async throws {
         // A partner that is not there: the event stays pending across the crash.
         let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
