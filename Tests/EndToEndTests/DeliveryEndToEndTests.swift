@@ -291,7 +291,11 @@ import Testing
         await relay.stop()
     }
 
-    @Test func oauthTokenEndpointDownForAWhileIsRetriedNeverDead() async throws {
+    /// A token endpoint that is down (or refuses the client: a revoked secret) sent nothing to
+    /// the partner: no event uses an attempt, and the account waits with a back-off, instead of
+    /// each event asking the token endpoint in turn and spending its budget (with
+    /// `max_attempts: 2` the whole backlog went dead in a second).
+    @Test func oauthTokenEndpointDownForAWhileHoldsTheAccountAndUsesNoAttempt() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.tokenEndpointDown = true
         let relay = try await RelayHarness(simulator: sim) { config in
@@ -299,18 +303,33 @@ import Testing
             config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
                 tokenURL: url + "/oauth/token", clientID: sim.oauthClientID,
                 clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
+            config.delivery.maxAttempts = 2
         }
-        let id = try #require(try await relay.post(Candidates.json(partnerID: "o-1")))
-        _ = await eventually { relay.logs.events("delivery.retry_scheduled").count >= 2 }
-        // Retried, not dead: pending, or already claimed again (the backoff here is 0.05–0.2 s).
-        let state = try await relay.client.record(id)?["state"] as? String
-        #expect(state == "pending" || state == "in_flight")
-        await relay.simulator.setFaults(SimulatorFaults())
-        let record = try #require(try await relay.waitFor(id, states: ["delivered", "dead"]))
-        #expect(record["state"] as? String == "delivered")
-        #expect(relay.logs.events("delivery.retry_scheduled").allSatisfy { $0["error"] as? String == "token_unavailable" })
-        #expect(await relay.simulator.snapshot().tokensIssued == 1)
+        var ids: [String] = []
+        for n in 0..<5 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "o-\(n)")))) }
+        // The back-off doubles from 0.05 s to its 0.2 s cap: a handful of waits in a second.
+        #expect(await eventually { relay.logs.events("auth.rejected").count >= 3 })
+        try await Task.sleep(for: .milliseconds(500))
+        for id in ids {
+            let record = try #require(try await relay.client.record(id))
+            #expect(["pending", "in_flight"].contains(record["state"] as? String), "\(record)")
+        }
+        let rejected = try #require(relay.logs.events("auth.rejected").first)
+        #expect(rejected["error"] as? String == "token_unavailable")
+        #expect(rejected["account"] as? String == "default")
         #expect(relay.logs.events("auth.token_failed").first?["error"] as? String == "token_endpoint_http_503")
+        // The endpoint was asked about once per wait, not once per event and attempt.
+        let asked = await relay.simulator.snapshot().tokenRequests
+        #expect(asked <= relay.logs.events("auth.rejected").count + 16, "\(asked) token requests")
+        await relay.simulator.setFaults(SimulatorFaults())
+        for id in ids {
+            let record = try #require(try await relay.waitFor(id, states: ["delivered", "dead"]))
+            #expect(record["state"] as? String == "delivered")
+            #expect(record["attempts"] as? Int == 1)
+        }
+        #expect(relay.logs.events("delivery.retry_scheduled").isEmpty)
+        #expect(relay.logs.events("delivery.dead").isEmpty)
+        #expect(await relay.simulator.snapshot().tokensIssued == 1)
         await relay.stop()
     }
 

@@ -95,13 +95,16 @@ import Testing
     }
 
     /// An OAuth2 token endpoint that answers its head and stalls, or never answers: the fetch
-    /// is bounded by the timeout, retried, never dead, and delivered once it recovers.
+    /// is bounded by the timeout, the account waits (no attempt used), never dead, and the
+    /// event is delivered once it recovers.
     @Test func stallingTokenEndpointIsBounded() async throws {
         let relay = try await Self.oauthRelay(tokenLatencyMs: 600_000, timeoutSeconds: 0.5)
         let id = try #require(try await relay.post(Candidates.json(partnerID: "tok-1")))
-        #expect(await eventually(timeout: 20) { relay.logs.events("delivery.retry_scheduled").contains { $0["error"] as? String == "token_unavailable" } })
+        #expect(await eventually(timeout: 20) { relay.logs.events("auth.rejected").contains { $0["error"] as? String == "token_unavailable" } })
         #expect(relay.logs.events("auth.token_failed").contains { $0["error"] as? String == "timeout" })
-        #expect(try await relay.client.record(id)?["state"] as? String != "dead")
+        let waiting = try await relay.client.record(id)
+        #expect(waiting?["state"] as? String != "dead")
+        #expect(waiting?["attempts"] as? Int ?? 0 <= 1)
         await relay.simulator.setFaults(SimulatorFaults())
         #expect(try await relay.waitFor(id, states: ["delivered"])?["state"] as? String == "delivered")
         await relay.stop()

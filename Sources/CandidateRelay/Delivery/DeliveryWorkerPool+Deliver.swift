@@ -42,6 +42,16 @@ extension DeliveryWorkerPool {
             if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt") }
             return
         }
+        // No token could be had (an OAuth2 token endpoint refusing the client, failing or not
+        // answering): nothing of this event reached the partner. Its attempt is not used, and
+        // the account waits (the credentials back-off) instead of every event of its backlog
+        // asking the token endpoint in turn and spending its attempts: a revoked client secret
+        // for a few hours turned a whole backlog dead.
+        if case .transportFailure(.tokenUnavailable) = exchange.answer {
+            await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true))
+            await record(event, .unsent, latencyMs: nil, now: now())
+            return
+        }
         let current = now()
         var decision = DeliveryDecision.decide(
             exchange.classification, status: exchange.status, body: exchange.body, attempt: event.attempt,

@@ -25,14 +25,18 @@ public struct AttemptReport: Sendable, Equatable {
     public var partnerPauseUntil: Date?
     /// A 401 even with a freshly minted token: this account's credentials are refused.
     public var credentialsRejected: Bool
+    /// No token could be had for this account (its OAuth2 token endpoint refused the client,
+    /// failed or did not answer): nothing was sent, and the account waits as for refused credentials.
+    public var tokenUnavailable: Bool
 
     public init(health: PartnerHealth, status: Int? = nil, accountPauseUntil: Date? = nil, partnerPauseUntil: Date? = nil,
-                credentialsRejected: Bool = false) {
+                credentialsRejected: Bool = false, tokenUnavailable: Bool = false) {
         self.health = health
         self.status = status
         self.accountPauseUntil = accountPauseUntil
         self.partnerPauseUntil = partnerPauseUntil
         self.credentialsRejected = credentialsRejected
+        self.tokenUnavailable = tokenUnavailable
     }
 
     /// Nothing reached the partner.
@@ -489,6 +493,18 @@ public actor PartnerGate {
             holdsMoved = true
             logger.event(.error, "auth.rejected", "the partner refuses this account's credentials even freshly minted; its events wait",
                          LogFields(account: permit.account, status: 401,
+                                   extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))
+        } else if report.tokenUnavailable {
+            // Every worker holding one of the account's events meets the same failure: one
+            // back-off step per wait, not one per event.
+            guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
+            accounts[permit.account]!.credentialFailures += 1
+            let failures = accounts[permit.account]!.credentialFailures
+            let until = current.addingTimeInterval(backoff.baseDelay(attempt: failures))
+            accounts[permit.account]!.credentialsBlockedUntil = until
+            holdsMoved = true
+            logger.event(.error, "auth.rejected", "no token could be had for this account; its events wait",
+                         LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue,
                                    extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))
         } else if report.status != nil && report.status != 401 {
             accounts[permit.account]!.credentialFailures = 0
