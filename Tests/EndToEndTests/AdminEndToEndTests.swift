@@ -216,6 +216,12 @@ import Glibc
         let partly = try await runRelay(["reload"] + config)
         #expect(partly.status == 0, "\(partly.output)")
         #expect(partly.output.contains("live except partner.base_url, which the daemon keeps as it started until a restart"), "\(partly.output)")
+        // A new storage.path waits for a restart too; the daemon named by pid (systemd's
+        // ExecReload passes $MAINPID) answers beside the outbox it runs on.
+        try dir.write("config.yaml", original.replacingOccurrences(of: "/state/outbox.sqlite3", with: "/moved/outbox.sqlite3"))
+        let moved = try await runRelay(["reload", "--pid", String(daemon.process.processIdentifier), "--timeout", "10"] + config)
+        #expect(moved.status == 0, "\(moved.output)")
+        #expect(moved.output.contains("live except storage.path"), "\(moved.output)")
         try dir.write("config.yaml", original.replacingOccurrences(of: "heartbeat_seconds: 1", with: "heartbeat_seconds: -1"))
         let refused = try await runRelay(["reload"] + config)
         #expect(refused.status == 1)

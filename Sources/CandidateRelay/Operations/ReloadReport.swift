@@ -65,10 +65,16 @@ public enum ReloadCommand {
 
     /// - Parameters:
     ///   - pid: the daemon (systemd's `$MAINPID`); nil reads it from the outbox's lock file.
-    public static func run(outboxPath: String, pid: Int32?, timeoutSeconds: Double) async -> Outcome {
-        guard let target = pid ?? OutboxLock.holder(outboxPath: outboxPath) else {
-            return .noDaemon("no daemon holds \(OutboxLock.lockPath(for: outboxPath)); is candidate-relay running with this config?")
+    public static func run(outboxPath configuredPath: String, pid: Int32?, timeoutSeconds: Double) async -> Outcome {
+        guard let target = pid ?? OutboxLock.holder(outboxPath: configuredPath) else {
+            return .noDaemon("no daemon holds \(OutboxLock.lockPath(for: configuredPath)); is candidate-relay running with this config?")
         }
+        // The daemon answers beside the outbox it runs on. A new `storage.path` in the file
+        // waits for a restart, so the daemon named by pid answers beside its old one: found
+        // through the lock it holds (the command waited at the new path and reported a hung
+        // daemon, failing `systemctl reload`).
+        let outboxPath = OutboxLock.holder(outboxPath: configuredPath) == target
+            ? configuredPath : (Self.outboxHeld(by: target) ?? configuredPath)
         let before = ReloadReport.read(outboxPath: outboxPath).flatMap { $0.pid == target ? $0.generation : nil } ?? 0
         guard kill(target, SIGHUP) == 0 else {
             return .noDaemon("cannot signal process \(target): \(String(cString: strerror(errno)))")
@@ -81,5 +87,19 @@ public enum ReloadCommand {
             try? await Task.sleep(for: .milliseconds(20))
         }
         return .noAnswer
+    }
+
+    /// The outbox whose lock `pid` holds, read from the process's open files (Linux's
+    /// `/proc/<pid>/fd`: the same user as the daemon, or root, as systemd's `ExecReload` is).
+    static func outboxHeld(by pid: Int32) -> String? {
+        let directory = "/proc/\(pid)/fd"
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
+        for entry in entries {
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + entry),
+                  target.hasSuffix(".lock") else { continue }
+            let outbox = String(target.dropLast(".lock".count))
+            if OutboxLock.holder(outboxPath: outbox) == pid { return outbox }
+        }
+        return nil
     }
 }
