@@ -45,6 +45,18 @@ import Testing
         zeros.merging(changes) { $1 }
     }
 
+    /// `purge --older-than`: units, plain seconds, and no value that is not a finite number of
+    /// seconds within 100 years (`inf` and `999999999999w` crashed the command).
+    @Test func durationsAreFiniteAndBounded() {
+        #expect(DurationParser.seconds("7d") == 604_800)
+        #expect(DurationParser.seconds("90") == 90)
+        #expect(DurationParser.seconds("1.5h") == 5_400)
+        #expect(DurationParser.seconds("36500d") == 3_153_600_000.0)
+        for bad in ["inf", "infd", "1e400", "999999999999w", "nan", "nand", "-1", "-1d", "", "d", "7x"] {
+            #expect(DurationParser.seconds(bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func statusJSONHasAnAccountsBlock() async throws {
         let (dir, _, admin) = try await Self.populated()
         defer { dir.cleanup() }

@@ -147,12 +147,23 @@ public struct AdminCommands: Sendable {
     }
 }
 
-/// Durations for `purge --older-than`: `30s`, `15m`, `12h`, `7d`, or plain seconds.
+/// Durations for `purge --older-than`: `30s`, `15m`, `12h`, `7d`, or plain seconds, at most
+/// `maxSeconds` (`inf`, `1e400` or `999999999999w` crashed the command converting the cut-off
+/// date to milliseconds).
 public enum DurationParser {
+    /// 100 years: older than anything the outbox can hold.
+    public static let maxSeconds: Double = 100 * 366 * 86_400
+
     public static func seconds(_ text: String) -> Double? {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800]
-        if let last = text.last, let unit = units[last], let value = Double(text.dropLast()), value >= 0 { return value * unit }
-        if let value = Double(text), value >= 0 { return value }
-        return nil
+        let seconds: Double
+        if let last = text.last, let unit = units[last], let value = Double(text.dropLast()) {
+            seconds = value * unit
+        } else if let value = Double(text) {
+            seconds = value
+        } else {
+            return nil
+        }
+        return seconds.isFinite && seconds >= 0 && seconds <= maxSeconds ? seconds : nil
     }
 }
