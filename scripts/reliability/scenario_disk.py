@@ -13,13 +13,18 @@ Needs root (tmpfs mounts); otherwise every part is reported SKIP (not passed, no
    prints no crash trace.
 3. A state directory that vanished under a writable parent: recreated 0700 (outbox 0600) and
    the relay starts, as docs/operations.md says.
+4. `backup` to a disk that fills up: it fails, says so, and leaves nothing there (a cut-off copy
+   full of candidates, and its journal, once stayed and blocked the retry); the retry to a disk
+   with room makes a whole copy.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import stat
+import subprocess
 import time
 
 import lib
@@ -246,10 +251,54 @@ def unusable_state(results: lib.Results, long: bool) -> dict:
     return out
 
 
+def backup_to_full_disk(results: lib.Results, long: bool) -> dict:
+    root = lib.make_workdir(NAME + "-backup")
+    mnt = os.path.join(root, "tmpfs")
+    os.makedirs(mnt)
+    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"], mnt)
+    if not ok:
+        results.skip(f"{NAME}: backup to a full disk", f"cannot mount a tmpfs: {err}")
+        return {}
+    try:
+        sim = lib.Simulator().start()
+        relay = lib.Relay(os.path.join(root, "relay"), sim=sim, config={"ingest": {"max_body_bytes": 65536}})
+        relay.start()
+        for i in range(80):  # ~8 KB each: an outbox well over the tmpfs's 256 KB
+            status, _, _ = lib.signed_post(relay, big_candidate(20_000 + i), msg_id=lib.new_msg_id(), timeout=15)
+            if status not in (200, 202):
+                break
+        def backup(destination):
+            out = subprocess.run([lib.BINARY, "backup", destination, "--config", relay.config_path],
+                                 capture_output=True, text=True, timeout=60, env=lib._child_env(None))
+            return out.returncode, out.stdout + out.stderr
+        rc, output = backup(os.path.join(mnt, "copy.sqlite3"))
+        left = sorted(os.listdir(mnt))
+        results.check(f"{NAME}: backup to a full disk fails and says so", rc != 0 and "failed" in output,
+                      f"rc={rc}, output={output.strip()[:200]!r}")
+        results.check(f"{NAME}: a failed backup leaves nothing behind", not left, f"left: {left}")
+        results.check(f"{NAME}: a failed backup prints no crash trace", not CRASH_MARKERS.search(output), output[:300])
+        roomy = os.path.join(root, "copy.sqlite3")
+        rc2, output2 = backup(roomy)
+        rows = None
+        if rc2 == 0:
+            with sqlite3.connect(roomy) as db:
+                rows = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        stored = sum(relay.state_counts().values())
+        results.check(f"{NAME}: the retry to a disk with room is a whole copy", rc2 == 0 and rows == stored,
+                      f"rc={rc2}, rows={rows}, outbox={stored}, output={output2.strip()[:200]!r}")
+        relay.stop()
+        sim.stop()
+        return {"backup_full_disk_rc": rc, "backup_rows": rows}
+    finally:
+        lib.kill_all_processes()
+        lib.umount(mnt)
+
+
 def run(results: lib.Results, long: bool) -> dict:
     if not lib.is_root():
         results.skip(f"{NAME}", "needs root for tmpfs mounts (run the suite as root to cover full and read-only disks)")
         return {"skipped": "not root"}
     counts = full_disk(results, long)
     counts.update(unusable_state(results, long))
+    counts.update(backup_to_full_disk(results, long))
     return counts

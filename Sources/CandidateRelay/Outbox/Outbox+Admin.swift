@@ -1,5 +1,8 @@
 import Foundation
 import GRDB
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What `forget` erased, reported to the operator.
 public struct ForgetReport: Sendable, Equatable {
@@ -176,20 +179,36 @@ extension Outbox {
 
     /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.
     public func backup(to destination: String) throws {
-        if FileManager.default.fileExists(atPath: destination) {
-            throw OutboxError.storage("\(destination) already exists")
+        // Created 0600 here, and only if it is not there, or not at all: SQLite would create it
+        // with the umask's mode (0644), and the copy holds every stored candidate.
+        let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw OutboxError.storage(errno == EEXIST ? "\(destination) already exists" : "cannot create \(destination): \(String(cString: strerror(errno)))")
         }
-        // Created 0600 here, or not at all: SQLite would create it with the umask's mode (0644),
-        // and the copy holds every stored candidate.
-        guard FileManager.default.createFile(atPath: destination, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-            throw OutboxError.storage("cannot create \(destination)")
-        }
+        Glibc.close(fd)
         do {
             let target = try DatabaseQueue(path: destination)
-            try pool.backup(to: target)
+            do {
+                try pool.backup(to: target)
+            } catch {
+                try? target.close()
+                throw error
+            }
             try target.close()
         } catch {
-            throw OutboxError.storage("backup to \(destination) failed: \(error)")
+            // A copy cut short (a full disk) is no backup, holds personal data, and would make
+            // the retry fail with "already exists": it goes, with the journal SQLite left.
+            for leftover in [destination, destination + "-journal", destination + "-wal", destination + "-shm"] {
+                unlink(leftover)
+            }
+            throw OutboxError.storage("backup to \(destination) failed, nothing left there: \(Self.describe(error))")
         }
+    }
+
+    /// A database error as an operator reads it: SQLite's "not an error" for a full disk
+    /// (error 13, SQLITE_FULL, as GRDB words a backup that failed) named as such.
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? DatabaseError, error.resultCode == .SQLITE_FULL { return "the disk is full" }
+        return "\(error)"
     }
 }
