@@ -243,5 +243,11 @@ import Glibc
         let none = try await runRelay(["reload", "--timeout", "2"] + config)
         #expect(none.status == 1)
         #expect(none.output.contains("no daemon"))
+        // A wait that is no number of seconds is refused before anything is signalled.
+        for bad in ["inf", "nan", "1e300", "0"] {
+            let refusedWait = try await runRelay(["reload", "--timeout", bad] + config)
+            #expect(refusedWait.status == 64, "\(bad): \(refusedWait.output)")
+            #expect(refusedWait.output.contains("--timeout must be"), "\(bad): \(refusedWait.output)")
+        }
     }
 }
