@@ -485,30 +485,32 @@ public actor PartnerGate {
                          LogFields(account: permit.account, extra: ["until": Timestamp.string(until)]))
         }
         if report.credentialsRejected {
-            accounts[permit.account]!.credentialFailures += 1
-            let failures = accounts[permit.account]!.credentialFailures
-            let delay = backoff.baseDelay(attempt: failures)
-            let until = current.addingTimeInterval(delay)
-            accounts[permit.account]!.credentialsBlockedUntil = until
+            blockCredentials(permit.account, now: current, "the partner refuses this account's credentials even freshly minted; its events wait",
+                             LogFields(account: permit.account, status: 401))
             holdsMoved = true
-            logger.event(.error, "auth.rejected", "the partner refuses this account's credentials even freshly minted; its events wait",
-                         LogFields(account: permit.account, status: 401,
-                                   extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))
         } else if report.tokenUnavailable {
             // Every worker holding one of the account's events meets the same failure: one
             // back-off step per wait, not one per event.
             guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
-            accounts[permit.account]!.credentialFailures += 1
-            let failures = accounts[permit.account]!.credentialFailures
-            let until = current.addingTimeInterval(backoff.baseDelay(attempt: failures))
-            accounts[permit.account]!.credentialsBlockedUntil = until
+            blockCredentials(permit.account, now: current, "no token could be had for this account; its events wait",
+                             LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue))
             holdsMoved = true
-            logger.event(.error, "auth.rejected", "no token could be had for this account; its events wait",
-                         LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue,
-                                   extra: ["until": Timestamp.string(until)], numbers: ["consecutive_rejections": Double(failures)]))
         } else if report.status != nil && report.status != 401 {
             accounts[permit.account]!.credentialFailures = 0
         }
+    }
+
+    /// The account's credentials back-off: its n-th failure in a row blocks it for the
+    /// backoff's n-th delay, logged as `auth.rejected` with `fields` plus `until` and the count.
+    private func blockCredentials(_ account: String, now current: Date, _ message: String, _ fields: LogFields) {
+        accounts[account]!.credentialFailures += 1
+        let failures = accounts[account]!.credentialFailures
+        let until = current.addingTimeInterval(backoff.baseDelay(attempt: failures))
+        accounts[account]!.credentialsBlockedUntil = until
+        var fields = fields
+        fields.extra["until"] = Timestamp.string(until)
+        fields.numbers["consecutive_rejections"] = Double(failures)
+        logger.event(.error, "auth.rejected", message, fields)
     }
 
     /// A 429 although the account's own window had room: the partner's limit is not what the
