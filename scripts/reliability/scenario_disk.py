@@ -40,14 +40,24 @@ def big_candidate(i: int) -> dict:
     return body
 
 
-def full_disk(results: lib.Results, long: bool) -> dict:
-    root = lib.make_workdir(NAME + "-full")
+def tmpfs_workdir(results: lib.Results, label: str, size: str) -> tuple[str, str] | None:
+    """A work folder holding a fresh tmpfs of `size` at `<root>/tmpfs`; None (the part
+    reported SKIP) when it cannot be mounted."""
+    root = lib.make_workdir(NAME + "-" + label.replace(" ", "-"))
     mnt = os.path.join(root, "tmpfs")
     os.makedirs(mnt)
-    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs"], mnt)
+    ok, err = lib.mount(["-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs"], mnt)
     if not ok:
-        results.skip(f"{NAME}: full disk", f"cannot mount a tmpfs: {err}")
+        results.skip(f"{NAME}: {label}", f"cannot mount a tmpfs: {err}")
+        return None
+    return root, mnt
+
+
+def full_disk(results: lib.Results, long: bool) -> dict:
+    work = tmpfs_workdir(results, "full disk", "2m")
+    if work is None:
         return {}
+    root, mnt = work
     try:
         filler = os.path.join(mnt, "filler")
         with open(filler, "wb") as f:
@@ -252,13 +262,10 @@ def unusable_state(results: lib.Results, long: bool) -> dict:
 
 
 def backup_to_full_disk(results: lib.Results, long: bool) -> dict:
-    root = lib.make_workdir(NAME + "-backup")
-    mnt = os.path.join(root, "tmpfs")
-    os.makedirs(mnt)
-    ok, err = lib.mount(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"], mnt)
-    if not ok:
-        results.skip(f"{NAME}: backup to a full disk", f"cannot mount a tmpfs: {err}")
+    work = tmpfs_workdir(results, "backup to a full disk", "256k")
+    if work is None:
         return {}
+    root, mnt = work
     try:
         sim = lib.Simulator().start()
         relay = lib.Relay(os.path.join(root, "relay"), sim=sim, config={"ingest": {"max_body_bytes": 65536}})
