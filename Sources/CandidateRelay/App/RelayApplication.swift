@@ -10,6 +10,9 @@ import Synchronization
 /// leftovers before any service starts, and runs the services in one `ServiceGroup` (registered
 /// in dependency order so that shutdown stops ingest first and drains the workers last).
 public final class RelayApplication: Sendable {
+    /// How long the partner client may take to connect, its own retries included (see `init`).
+    static let connectTimeoutSeconds = 3.0
+
     public let configuration: RelayConfiguration
     public let outbox: Outbox
     public let metrics = RelayMetrics()
@@ -63,7 +66,16 @@ public final class RelayApplication: Sendable {
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds))
         for (account, count) in leftInFlight { history[account, default: []] += Array(repeating: now, count: count) }
 
-        var clientConfiguration = HTTPClient.Configuration(redirectConfiguration: .disallow, timeout: .init(connect: .seconds(10)))
+        // A connection gets `connectTimeoutSeconds`, the client's own retries of a failed
+        // connect included: a partner that refuses connections (down) costs an attempt that
+        // much, not 10 s, and with a shorter wait than the request's the refusal is recorded as
+        // `connection_refused` (nothing sent: the plain backoff), not as a `timeout` held back
+        // as if the partner might be working on it. The retries stay on: turned off, one failed
+        // connect failed every request waiting for a connection (all workers' after an idle
+        // spell), each an attempt used and a failure for the breaker.
+        var clientConfiguration = HTTPClient.Configuration(
+            redirectConfiguration: .disallow,
+            timeout: .init(connect: .milliseconds(Int64(Self.connectTimeoutSeconds * 1000))))
         // One connection per worker (the default, 8, would queue a larger pool's requests
         // behind each other); the workers may grow on reload, hence the margin, and spares may
         // join them while every worker waits on a slow answer (a spare's request must not queue
@@ -71,12 +83,6 @@ public final class RelayApplication: Sendable {
         clientConfiguration.connectionPool = .init(
             idleTimeout: .seconds(60),
             concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers) + DeliveryWorkerPool.maxSpares)
-        // A connection the partner refuses fails the request at once: the client's own retries
-        // would hold the worker for the whole connect timeout (10 s an attempt against a partner
-        // that is down), and a request timeout shorter than that would record the refusal as a
-        // `timeout`, held back as if the partner might be working on it. Nothing was sent:
-        // the worker's backoff, the circuit breaker and the next attempt are the retry.
-        clientConfiguration.connectionPool.retryConnectionEstablishment = false
         // No distributed tracing here: without this the client opens a (no-op) span per request
         // and parses the URL again for its attributes, ~2 % of the daemon's CPU while delivering.
         clientConfiguration.tracing.tracer = nil
