@@ -111,13 +111,13 @@ struct Reload: AsyncParsableCommand {
             """)
     @OptionGroup var options: ConfigOption
     @Option(help: "The daemon's pid (systemd: $MAINPID); default: the holder of the outbox lock.") var pid: Int32?
-    @Option(help: "Seconds to wait for the daemon's answer (at most 3600).") var timeout: Double = 30
+    @Option(help: "Seconds to wait for the daemon's answer (0.1 to 3600).") var timeout: Double = 30
 
     /// Before the signal: `inf`, `nan` or `1e300` crashed the command converting the wait to
     /// milliseconds, after the daemon had been signalled.
     func validate() throws {
-        guard timeout.isFinite, timeout > 0, timeout <= 3600 else {
-            throw ValidationError("--timeout must be a number of seconds above 0 and at most 3600")
+        guard timeout.isFinite, timeout >= 0.1, timeout <= 3600 else {
+            throw ValidationError("--timeout must be a number of seconds from 0.1 to 3600")
         }
     }
 

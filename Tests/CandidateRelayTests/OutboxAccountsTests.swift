@@ -55,7 +55,7 @@ import Testing
     @Test func aClosedAccountIsCountedThenRefusesEvents() async throws {
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
-        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "C1"), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", key: "k1", partnerID: "C1"), maxBacklog: 10)
         _ = try await outbox.accept(Self.submission("a2", account: "acme", partnerID: "C2"), maxBacklog: 10)
         _ = try #require(try await Self.claim(outbox, ["acme"]))
         let counts = try await outbox.closeAccounts(["acme", "initech"])
@@ -66,6 +66,12 @@ import Testing
         }
         guard case .accountClosed? = refused else {
             Issue.record("a closed account's submission: \(String(describing: refused))")
+            return
+        }
+        // A replay adds nothing: answered as always.
+        guard case .duplicate(let replay) = try await outbox.accept(Self.submission("a1-again", account: "acme", key: "k1", partnerID: "C1"), maxBacklog: 10),
+              replay.id == "a1" else {
+            Issue.record("a replay for a closed account was not answered with its event")
             return
         }
         // Other accounts are untouched, and an account opened again takes events.

@@ -510,5 +510,11 @@ import Testing
         let copy = try Outbox(path: dir.file("copy.sqlite3"))
         #expect(try await copy.record(id: "e1") != nil)
         #expect(throws: OutboxError.self) { try outbox.backup(to: dir.file("copy.sqlite3")) }
+        // Another database's side file by that name: refused, and left as it was (a failed
+        // copy once deleted -wal and -shm it had not written).
+        try dir.write("other.sqlite3-wal", "not ours")
+        #expect(throws: OutboxError.self) { try outbox.backup(to: dir.file("other.sqlite3")) }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("other.sqlite3")))
+        #expect(try String(contentsOfFile: dir.file("other.sqlite3-wal"), encoding: .utf8) == "not ours")
     }
 }

@@ -222,6 +222,16 @@ import Glibc
         let moved = try await runRelay(["reload", "--pid", String(daemon.process.processIdentifier), "--timeout", "10"] + config)
         #expect(moved.status == 0, "\(moved.output)")
         #expect(moved.output.contains("live except storage.path"), "\(moved.output)")
+        // A pid that holds no outbox is not signalled (SIGHUP would end it).
+        let bystander = Process()
+        bystander.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        bystander.arguments = ["30"]
+        try bystander.run()
+        defer { bystander.terminate() }
+        let wrongPid = try await runRelay(["reload", "--pid", String(bystander.processIdentifier), "--timeout", "2"] + config)
+        #expect(wrongPid.status == 1, "\(wrongPid.output)")
+        #expect(wrongPid.output.contains("holds no candidate-relay outbox"), "\(wrongPid.output)")
+        #expect(bystander.isRunning)
         try dir.write("config.yaml", original.replacingOccurrences(of: "heartbeat_seconds: 1", with: "heartbeat_seconds: -1"))
         let refused = try await runRelay(["reload"] + config)
         #expect(refused.status == 1)
@@ -244,7 +254,7 @@ import Glibc
         #expect(none.status == 1)
         #expect(none.output.contains("no daemon"))
         // A wait that is no number of seconds is refused before anything is signalled.
-        for bad in ["inf", "nan", "1e300", "0"] {
+        for bad in ["inf", "nan", "1e300", "0", "1e-300"] {
             let refusedWait = try await runRelay(["reload", "--timeout", bad] + config)
             #expect(refusedWait.status == 64, "\(bad): \(refusedWait.output)")
             #expect(refusedWait.output.contains("--timeout must be"), "\(bad): \(refusedWait.output)")

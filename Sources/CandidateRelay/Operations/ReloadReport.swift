@@ -73,8 +73,16 @@ public enum ReloadCommand {
         // waits for a restart, so the daemon named by pid answers beside its old one: found
         // through the lock it holds (the command waited at the new path and reported a hung
         // daemon, failing `systemctl reload`).
-        let outboxPath = OutboxLock.holder(outboxPath: configuredPath) == target
-            ? configuredPath : (Self.outboxHeld(by: target) ?? configuredPath)
+        // A pid that holds no outbox is not signalled: SIGHUP ends most other processes (a
+        // mistyped or stale pid, run as root).
+        let outboxPath: String
+        if OutboxLock.holder(outboxPath: configuredPath) == target {
+            outboxPath = configuredPath
+        } else if let held = Self.outboxHeld(by: target) {
+            outboxPath = held
+        } else {
+            return .noDaemon("process \(target) holds no candidate-relay outbox (\(OutboxLock.lockPath(for: configuredPath)) is not its); not signalled")
+        }
         let before = ReloadReport.read(outboxPath: outboxPath).flatMap { $0.pid == target ? $0.generation : nil } ?? 0
         guard kill(target, SIGHUP) == 0 else {
             return .noDaemon("cannot signal process \(target): \(String(cString: strerror(errno)))")

@@ -179,6 +179,11 @@ extension Outbox {
 
     /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.
     public func backup(to destination: String) throws {
+        // SQLite's side files of another database by that name: a hot journal would be rolled
+        // into the copy, and a failed copy must not delete what it did not write.
+        for side in ["-journal", "-wal", "-shm"] where FileManager.default.fileExists(atPath: destination + side) {
+            throw OutboxError.storage("\(destination + side) already exists")
+        }
         // Created 0600 here, and only if it is not there, or not at all: SQLite would create it
         // with the umask's mode (0644), and the copy holds every stored candidate.
         let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
@@ -197,10 +202,10 @@ extension Outbox {
             try target.close()
         } catch {
             // A copy cut short (a full disk) is no backup, holds personal data, and would make
-            // the retry fail with "already exists": it goes, with the journal SQLite left.
-            for leftover in [destination, destination + "-journal", destination + "-wal", destination + "-shm"] {
-                unlink(leftover)
-            }
+            // the retry fail with "already exists": it goes, with the journal SQLite left (the
+            // copy is in rollback-journal mode: no -wal or -shm of its own; none was there before).
+            unlink(destination)
+            unlink(destination + "-journal")
             throw OutboxError.storage("backup to \(destination) failed, nothing left there: \(Self.describe(error))")
         }
     }
@@ -208,7 +213,11 @@ extension Outbox {
     /// A database error as an operator reads it: SQLite's "not an error" for a full disk
     /// (error 13, SQLITE_FULL, as GRDB words a backup that failed) named as such.
     static func describe(_ error: any Error) -> String {
-        if let error = error as? DatabaseError, error.resultCode == .SQLITE_FULL { return "the disk is full" }
-        return "\(error)"
+        guard let error = error as? DatabaseError else { return "\(error)" }
+        switch error.resultCode {
+        case .SQLITE_FULL: return "the disk is full"
+        case .SQLITE_IOERR: return "an I/O error writing the copy (a file size limit, a failing disk)"
+        default: return "\(error)"
+        }
     }
 }

@@ -89,10 +89,6 @@ extension Outbox {
         let closed = closedAccounts.withLock { $0 }
         for pending in batch {
             let submission = pending.submission
-            if !closed.isEmpty, closed.contains(submission.account) {
-                results.append(.failure(OutboxError.accountClosed))
-                continue
-            }
             // A probe first (nearly every key is new), the whole record only for a replay.
             if let key = submission.idempotencyKey,
                try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key = ?"),
@@ -109,6 +105,12 @@ extension Outbox {
                 continue
             }
             let account = submission.account
+            // A replay is answered as always (it adds nothing); a new event for an account a
+            // reload is removing is not stored.
+            if !closed.isEmpty, closed.contains(account) {
+                results.append(.failure(OutboxError.accountClosed))
+                continue
+            }
             let backlog = try backlogs[account] ?? self.backlogCount(
                 db, account: account, now: submission.receivedAt, limit: pending.maxBacklog,
                 margin: max(batch.count, pending.maxBacklog / 10))
