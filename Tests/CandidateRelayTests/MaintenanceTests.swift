@@ -66,4 +66,29 @@ import Testing
         #expect(try await outbox.record(id: "e1")?.state == .pending)
         #expect(logs.events("lease.recovered").first?["count"] as? String == "1")
     }
+
+    /// A lease a live worker still holds is not taken back, however late: the process was
+    /// frozen (SIGSTOP) past its expiry, and the worker has the partner's answer to record
+    /// (taken back, the 201 was thrown away and the candidate sent again).
+    @Test func rescuerLeavesTheLeasesItsWorkersHold() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let clock = ManualClock(Date(timeIntervalSince1970: 2_000_000_000))
+        _ = try await outbox.accept(OutboxTests.submission("e1", partnerID: "C1", at: clock.now), maxBacklog: 100)
+        _ = try await outbox.accept(OutboxTests.submission("e2", partnerID: "C2", at: clock.now), maxBacklog: 100)
+        _ = try #require(try await outbox.claimNext(now: clock.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        _ = try #require(try await outbox.claimNext(now: clock.now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        let held = Mutex<Set<String>>(["e1"])
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: LogCapture().output) }
+        let rescuer = LeaseRescuer(outbox: outbox, logger: logger, now: { clock.now }, held: { held.withLock { $0 } })
+        clock.advance(3_600)
+        #expect(try await rescuer.runOnce() == 1)
+        #expect(try await outbox.record(id: "e1")?.state == .inFlight)
+        #expect(try await outbox.record(id: "e2")?.state == .pending)
+        // Once its worker lets go (recorded, or given up), the rescuer takes it back.
+        held.withLock { $0 = [] }
+        #expect(try await rescuer.runOnce() == 1)
+        #expect(try await outbox.record(id: "e1")?.state == .pending)
+    }
 }

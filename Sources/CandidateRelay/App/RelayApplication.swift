@@ -143,7 +143,7 @@ public final class RelayApplication: Sendable {
             logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: pool, serviceName: "delivery"),
-            .init(service: LeaseRescuer(outbox: outbox, logger: logger), serviceName: "lease-rescuer"),
+            .init(service: LeaseRescuer(outbox: outbox, logger: logger, held: { [pool] in pool.heldLeases() }), serviceName: "lease-rescuer"),
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,

@@ -181,6 +181,8 @@ extension DeliveryWorkerPool {
     /// outcome lands as soon as space is back; after that, or at shutdown, the lease stays and
     /// the rescuer returns the event to pending (it is sent again, and a 409 links it).
     private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
+        // Recorded, found taken back, or given up: no longer this worker's to keep from the rescuer.
+        defer { _ = held.withLock { $0.remove(event.id) } }
         let deadline = event.leasedAt.addingTimeInterval(settings.value.leaseSeconds / 2)
         var logged = false
         while true {

@@ -56,6 +56,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// lowered it is not one: it stops at the top of its loop, as before spares existed).
     private let spares = Mutex<Set<Int>>([])
     private let occupancy = Mutex(Occupancy())
+    /// Events claimed by this process's workers whose outcome is not recorded yet: their leases
+    /// are not the rescuer's to take back (`heldLeases`).
+    let held = Mutex<Set<String>>([])
 
     /// How many workers have a request out, and since when all of them have had one.
     private struct Occupancy {
@@ -182,6 +185,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     var isDraining: Bool { drain.hasStarted }
 
+    /// The events this process's workers hold, from their claim until their outcome is
+    /// recorded (or given up: a full disk past half the lease).
+    public func heldLeases() -> Set<String> { held.withLock { $0 } }
+
     /// An event claimed, with its admission, while the worker's previous request was in flight.
     struct Prefetched: Sendable {
         var admission: PartnerGate.Admission
@@ -302,6 +309,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly,
                                                    now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
+        if let claimed = result.claimed { _ = held.withLock { $0.insert(claimed.id) } }
         for expired in result.expired {
             metrics.delivery(outcome: "dead", account: expired.account)
             logger.event(.error, "delivery.dead", "event can no longer be sent (age or attempts used up, or payload erased); it is dead",

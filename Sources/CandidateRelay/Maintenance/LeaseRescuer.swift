@@ -9,19 +9,24 @@ public struct LeaseRescuer: Service {
     let interval: Double
     let logger: Logger
     let now: @Sendable () -> Date
+    /// The events whose leases this process's workers hold (`DeliveryWorkerPool.heldLeases`):
+    /// never taken back, however late.
+    let held: @Sendable () -> Set<String>
 
-    public init(outbox: Outbox, interval: Double = 5, logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+    public init(outbox: Outbox, interval: Double = 5, logger: Logger, now: @escaping @Sendable () -> Date = Date.init,
+                held: @escaping @Sendable () -> Set<String> = { [] }) {
         self.outbox = outbox
         self.interval = interval
         self.logger = logger
         self.now = now
+        self.held = held
     }
 
     /// One pass; returns how many leases were taken back.
     @discardableResult
     public func runOnce() async throws -> Int {
         let current = now()
-        let count = try await outbox.recoverLeases(expiredBefore: current, now: current)
+        let count = try await outbox.recoverLeases(expiredBefore: current, now: current, excluding: held())
         if count > 0 {
             logger.event(.warning, "lease.recovered", "expired leases returned to pending", LogFields(extra: ["count": String(count)]))
         }

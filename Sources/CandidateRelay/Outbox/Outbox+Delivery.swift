@@ -326,12 +326,23 @@ extension Outbox {
     /// request for the same candidate at the partner while the first was open, which two
     /// concurrent creates can turn into a duplicate). An expired lease is older than that.
     @discardableResult
-    public func recoverLeases(expiredBefore: Date?, now: Date, holdSeconds: Double = 0) async throws -> Int {
+    public func recoverLeases(expiredBefore: Date?, now: Date, holdSeconds: Double = 0, excluding held: Set<String> = []) async throws -> Int {
         try await write { db in
             if let expiredBefore {
-                try db.execute(
-                    sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE state = 'in_flight' AND lease_expires_at < ?",
-                    arguments: [now.millis, now.millis, expiredBefore.millis])
+                // Leases a live worker of this process still holds are not taken back, however
+                // old: the process was frozen (SIGSTOP, a paused VM) past their expiry, and the
+                // worker is about to record the answer it has (taken back, a 201 in hand was
+                // thrown away and the candidate sent again).
+                let expired = try String.fetchAll(
+                    db, sql: "SELECT id FROM events WHERE state = 'in_flight' AND lease_expires_at < ?", arguments: [expiredBefore.millis])
+                var count = 0
+                for id in expired where !held.contains(id) {
+                    try db.execute(
+                        sql: "UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'in_flight'",
+                        arguments: [now.millis, now.millis, id])
+                    count += db.changesCount
+                }
+                return count
             } else {
                 // updated_at of an in-flight event is its claim's time.
                 try db.execute(
