@@ -115,12 +115,30 @@ struct Backup: AsyncParsableCommand {
     func run() async throws {
         let outbox = try await options.outbox()
         do {
-            try outbox.backup(to: path)
+            try outbox.backup(to: path, created: removeOnSignal)
         } catch {
             Console.error("\(error)")
             throw ExitCode(1)
         }
         Console.out("backup written to \(path)")
+    }
+}
+
+/// The backup being written and its journal, for the signal handlers of `removeOnSignal` (plain
+/// pointers: a handler may touch nothing that counts references).
+nonisolated(unsafe) private var backupInProgress: (UnsafeMutablePointer<CChar>?, UnsafeMutablePointer<CChar>?) = (nil, nil)
+
+/// Ctrl-C, `timeout`'s SIGTERM or a hang-up while `backup` copies: the cut-off copy (candidates'
+/// personal data, and no backup) goes with its journal, so that the retry needs no cleaning up.
+/// Only `unlink` and `_exit` run in the handler. (A SIGKILL cannot be caught: its copy stays.)
+private func removeOnSignal(_ destination: String) {
+    backupInProgress = (strdup(destination), strdup(destination + "-journal"))
+    for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
+        signal(signalNumber) { received in
+            if let path = backupInProgress.0 { unlink(path) }
+            if let path = backupInProgress.1 { unlink(path) }
+            _exit(128 + received)
+        }
     }
 }
 

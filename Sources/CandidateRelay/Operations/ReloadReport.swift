@@ -92,6 +92,11 @@ public enum ReloadCommand {
             if let report = ReloadReport.read(outboxPath: outboxPath), report.pid == target, report.generation > before {
                 return report.ok ? .applied(restartNeeded: report.restartNeeded ?? []) : .refused(report.problems)
             }
+            // A daemon that died meanwhile never answers: said at once, not after the timeout
+            // (its outbox's lock is gone with it, even before it is reaped).
+            if (kill(target, 0) != 0 && errno == ESRCH) || !OutboxLock.isHeld(outboxPath: outboxPath) {
+                return .noDaemon("process \(target) exited before it answered")
+            }
             try? await Task.sleep(for: .milliseconds(20))
         }
         return .noAnswer

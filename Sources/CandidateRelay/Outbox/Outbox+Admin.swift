@@ -178,7 +178,9 @@ extension Outbox {
     }
 
     /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.
-    public func backup(to destination: String) throws {
+    /// `created` runs once the destination is created (it is the backup's from then on): the CLI
+    /// arms its signal handlers with it.
+    public func backup(to destination: String, created: (String) -> Void = { _ in }) throws {
         // SQLite's side files of another database by that name: a hot journal would be rolled
         // into the copy, and a failed copy must not delete what it did not write.
         for side in ["-journal", "-wal", "-shm"] where FileManager.default.fileExists(atPath: destination + side) {
@@ -191,6 +193,7 @@ extension Outbox {
             throw OutboxError.storage(errno == EEXIST ? "\(destination) already exists" : "cannot create \(destination): \(String(cString: strerror(errno)))")
         }
         Glibc.close(fd)
+        created(destination)
         do {
             let target = try DatabaseQueue(path: destination)
             do {
