@@ -116,6 +116,8 @@ struct Backup: AsyncParsableCommand {
         let outbox = try await options.outbox()
         do {
             try outbox.backup(to: path, created: removeOnSignal)
+            // Whole now: a signal from here on must not delete it.
+            backupInProgress = (nil, nil)
         } catch {
             Console.error("\(error)")
             throw ExitCode(1)

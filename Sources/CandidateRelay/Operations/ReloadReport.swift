@@ -93,8 +93,10 @@ public enum ReloadCommand {
                 return report.ok ? .applied(restartNeeded: report.restartNeeded ?? []) : .refused(report.problems)
             }
             // A daemon that died meanwhile never answers: said at once, not after the timeout
-            // (its outbox's lock is gone with it, even before it is reaped).
-            if (kill(target, 0) != 0 && errno == ESRCH) || !OutboxLock.isHeld(outboxPath: outboxPath) {
+            // (its outbox's lock is gone with it, even before it is reaped; a file this command
+            // cannot open, or one deleted under the daemon, says nothing either way).
+            let gone = kill(target, 0) != 0 && errno == ESRCH
+            if gone || (access(outboxPath, R_OK) == 0 && !OutboxLock.isHeld(outboxPath: outboxPath)) {
                 return .noDaemon("process \(target) exited before it answered")
             }
             try? await Task.sleep(for: .milliseconds(20))
