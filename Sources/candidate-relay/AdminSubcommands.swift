@@ -114,10 +114,14 @@ struct Backup: AsyncParsableCommand {
 
     func run() async throws {
         let outbox = try await options.outbox()
+        // A file size limit (`ulimit -f`) would kill the process (SIGXFSZ) with the copy half
+        // written; ignored, the write fails and the copy is removed like any failed one.
+        signal(SIGXFSZ, SIG_IGN)
         do {
             try outbox.backup(to: path, created: removeOnSignal)
             // Whole now: a signal from here on must not delete it.
-            backupInProgress = (nil, nil)
+            backupInProgress[0] = nil
+            backupInProgress[1] = nil
         } catch {
             Console.error("\(error)")
             throw ExitCode(1)
@@ -126,20 +130,28 @@ struct Backup: AsyncParsableCommand {
     }
 }
 
-/// The backup being written and its journal, for the signal handlers of `removeOnSignal` (plain
-/// pointers: a handler may touch nothing that counts references).
-nonisolated(unsafe) private var backupInProgress: (UnsafeMutablePointer<CChar>?, UnsafeMutablePointer<CChar>?) = (nil, nil)
+/// The backup being written and its journal, for the signal handlers of `removeOnSignal`: two
+/// C strings in memory allocated once (a handler reads them through a plain pointer: no
+/// reference counting, no exclusivity check on a Swift variable).
+nonisolated(unsafe) private let backupInProgress: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = {
+    let slots = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: 2)
+    slots.initialize(repeating: nil, count: 2)
+    return slots
+}()
 
 /// Ctrl-C, `timeout`'s SIGTERM or a hang-up while `backup` copies: the cut-off copy (candidates'
-/// personal data, and no backup) goes with its journal, so that the retry needs no cleaning up.
-/// Only `unlink` and `_exit` run in the handler. (A SIGKILL cannot be caught: its copy stays.)
+/// personal data, and no backup) goes with its journal, so that the retry needs no cleaning up;
+/// then the signal ends the process as it would have (a shell script sees a Ctrl-C). Only
+/// `unlink`, `signal` and `raise` run in the handler. (A SIGKILL cannot be caught: its copy stays.)
 private func removeOnSignal(_ destination: String) {
-    backupInProgress = (strdup(destination), strdup(destination + "-journal"))
+    backupInProgress[0] = strdup(destination)
+    backupInProgress[1] = strdup(destination + "-journal")
     for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
         signal(signalNumber) { received in
-            if let path = backupInProgress.0 { unlink(path) }
-            if let path = backupInProgress.1 { unlink(path) }
-            _exit(128 + received)
+            if let path = backupInProgress[0] { unlink(path) }
+            if let path = backupInProgress[1] { unlink(path) }
+            signal(received, SIG_DFL)
+            raise(received)
         }
     }
 }

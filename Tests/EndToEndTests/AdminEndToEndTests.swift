@@ -246,6 +246,12 @@ import Glibc
         #expect(daemon.events("config.reload_rejected").count == 1)
         try dir.write("comeet-secret", "demo-secret\n")
         #expect(try await HTTPTestClient(port: port).request("GET", "/readyz").status == 200)
+        // The `.lock` file deleted (the daemon survives it): systemd's `reload --pid` still
+        // reaches the daemon, which holds the database file itself.
+        try dir.write("config.yaml", original)
+        try FileManager.default.removeItem(atPath: dir.file("state/outbox.sqlite3.lock"))
+        let noLockFile = try await runRelay(["reload", "--pid", String(daemon.process.processIdentifier), "--timeout", "10"] + config)
+        #expect(noLockFile.status == 0, "\(noLockFile.output)")
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit() == 0)
         // No daemon: a clear failure, not a hang.

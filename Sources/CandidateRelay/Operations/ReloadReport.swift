@@ -78,7 +78,7 @@ public enum ReloadCommand {
         let outboxPath: String
         if OutboxLock.holder(outboxPath: configuredPath) == target {
             outboxPath = configuredPath
-        } else if let held = Self.outboxHeld(by: target) {
+        } else if let held = Self.outboxHeld(by: target, configuredPath: configuredPath) {
             outboxPath = held
         } else {
             return .noDaemon("process \(target) holds no candidate-relay outbox (\(OutboxLock.lockPath(for: configuredPath)) is not its); not signalled")
@@ -93,10 +93,8 @@ public enum ReloadCommand {
                 return report.ok ? .applied(restartNeeded: report.restartNeeded ?? []) : .refused(report.problems)
             }
             // A daemon that died meanwhile never answers: said at once, not after the timeout
-            // (its outbox's lock is gone with it, even before it is reaped; a file this command
-            // cannot open, or one deleted under the daemon, says nothing either way).
-            let gone = kill(target, 0) != 0 && errno == ESRCH
-            if gone || (access(outboxPath, R_OK) == 0 && !OutboxLock.isHeld(outboxPath: outboxPath)) {
+            // (gone, or a zombie its parent has not reaped yet).
+            if (kill(target, 0) != 0 && errno == ESRCH) || Self.isZombie(target) {
                 return .noDaemon("process \(target) exited before it answered")
             }
             try? await Task.sleep(for: .milliseconds(20))
@@ -104,17 +102,26 @@ public enum ReloadCommand {
         return .noAnswer
     }
 
-    /// The outbox whose lock `pid` holds, read from the process's open files (Linux's
-    /// `/proc/<pid>/fd`: the same user as the daemon, or root, as systemd's `ExecReload` is).
-    static func outboxHeld(by pid: Int32) -> String? {
+    /// The outbox `pid` runs on, read from the process's open files (Linux's `/proc/<pid>/fd`:
+    /// the same user as the daemon, or root, as systemd's `ExecReload` is): the configured one
+    /// when it holds that file open and locked (its `.lock` may have been deleted, which the
+    /// daemon survives), else the one whose `.lock` it holds (`storage.path` edited since).
+    static func outboxHeld(by pid: Int32, configuredPath: String) -> String? {
         let directory = "/proc/\(pid)/fd"
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
-        for entry in entries {
-            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + entry),
-                  target.hasSuffix(".lock") else { continue }
-            let outbox = String(target.dropLast(".lock".count))
+        let links = entries.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0) }
+        if links.contains(OutboxLock.canonicalPath(configuredPath)), OutboxLock.isHeld(outboxPath: configuredPath) { return configuredPath }
+        for link in links where link.hasSuffix(".lock") {
+            let outbox = String(link.dropLast(".lock".count))
             if OutboxLock.holder(outboxPath: outbox) == pid { return outbox }
         }
         return nil
+    }
+
+    /// Whether `pid` has exited and waits to be reaped (`/proc/<pid>/stat` state `Z`).
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first == "Z"
     }
 }
