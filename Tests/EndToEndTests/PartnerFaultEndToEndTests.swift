@@ -69,15 +69,15 @@ import Testing
             config.partner.timeoutSeconds = 30
         }
         let id = try #require(try await relay.post(Candidates.json(partnerID: "refused-1")))
-        // Two attempts within 8 s, where one used to take 10.
-        #expect(await eventually(timeout: 8) { relay.logs.events("delivery.retry_scheduled").count >= 2 })
+        #expect(await eventually(timeout: 30) { relay.logs.events("delivery.retry_scheduled").count >= 2 })
         let retries = relay.logs.events("delivery.retry_scheduled")
         #expect(retries.count >= 2)
         for retry in retries {
             #expect(retry["error"] as? String == "connection_refused")
             #expect(retry["event_id"] as? String == id)
             let latency = try #require(retry["latency_ms"] as? Int, "\(retry)")
-            #expect(latency <= 3_500, "\(retry)")
+            // 3 s and a loaded machine's lateness, where it was 10 s: a bound, not a speed.
+            #expect(latency < 8_000, "\(retry)")
         }
         await relay.stop()
     }
