@@ -46,11 +46,11 @@ public struct DeliveryDecision: Sendable, Equatable {
         // A Retry-After beyond the longest backoff (a proxy's or a partner's bug) is capped, so
         // that it cannot pause every worker for days; one already past pauses nobody.
         let pause = retryAfter.map { min($0, now.addingTimeInterval(policy.backoff.maxSeconds)) }.flatMap { $0 > now ? $0 : nil }
-        // 429 and 401 are the partner answering about this account (its pace, its credentials),
-        // and a token that could not be had is this account's trouble too: not an outage, so
-        // they do not count towards opening the circuit for every account (CONTRACT section 8).
-        let health: PartnerHealth = status == 429 || status == 401 || error == TransportFailure.tokenUnavailable.rawValue
-            ? .untested : .down
+        // 429 and 401 are the partner answering about this account (its pace, its credentials):
+        // not an outage, so they do not count towards opening the circuit for every account
+        // (CONTRACT section 8). (A token that could not be had never comes here: nothing was
+        // sent, and the worker hands the event back and holds the account.)
+        let health: PartnerHealth = status == 429 || status == 401 ? .untested : .down
         guard let next = policy.nextAttempt(after: attempt, budgetStartedAt: budgetStartedAt, now: now, retryAfter: pause, unit: unit) else {
             let reason = attempt >= policy.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
             return DeliveryDecision(outcome: .dead(status: status, error: "\(reason): \(error)"), health: health, pauseUntil: pause)
