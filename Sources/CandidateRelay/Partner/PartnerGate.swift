@@ -184,19 +184,24 @@ public actor PartnerGate {
                 breaker.restoreOpen(until: until)
                 metrics.circuitOpen.record(1)
                 logger.event(.error, "partner.circuit_opened", "the circuit opened before the restart is still open; sending paused", fields)
-            } else if scope.hasPrefix("account:"), accounts[String(scope.dropFirst(8))] != nil {
-                let id = String(scope.dropFirst(8))
+            } else if let id = configuredAccount(scope, prefix: "account:") {
                 accounts[id]!.pausedUntil = max(accounts[id]!.pausedUntil, until)
                 logger.event(.warning, "partner.paused", "the partner's pause of this account from before the restart is still in force; its events wait",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
-            } else if scope.hasPrefix("credentials:"), accounts[String(scope.dropFirst(12))] != nil {
-                let id = String(scope.dropFirst(12))
+            } else if let id = configuredAccount(scope, prefix: "credentials:") {
                 accounts[id]!.credentialsBlockedUntil = max(accounts[id]!.credentialsBlockedUntil, until)
                 accounts[id]!.credentialFailures = max(accounts[id]!.credentialFailures, 1)
                 logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
             }
         }
+    }
+
+    /// The account a hold's scope names (`account:<id>`, `credentials:<id>`), if it is configured.
+    private func configuredAccount(_ scope: String, prefix: String) -> String? {
+        guard scope.hasPrefix(prefix) else { return nil }
+        let id = String(scope.dropFirst(prefix.count))
+        return accounts[id] != nil ? id : nil
     }
 
     /// Applies a reload: accounts added or removed, new limits, breaker, workers. `history`: the
