@@ -182,7 +182,7 @@ extension DeliveryWorkerPool {
     /// the rescuer returns the event to pending (it is sent again, and a 409 links it).
     private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
         // Recorded, found taken back, or given up: no longer this worker's to keep from the rescuer.
-        defer { held.withLock { if $0[event.id] == event.lease { $0[event.id] = nil } } }
+        defer { leasesHeld.withLock { if $0[event.id] == event.lease { $0[event.id] = nil } } }
         let deadline = event.leasedAt.addingTimeInterval(settings.value.leaseSeconds / 2)
         var logged = false
         while true {

@@ -60,7 +60,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// are not the rescuer's to take back (`heldLeases`).
     /// Keyed by event id, with the lease generation claimed: a worker letting go of an event
     /// never removes another worker's later claim of it (a hand-back is due at once).
-    let held = Mutex<[String: Int]>([:])
+    let leasesHeld = Mutex<[String: Int]>([:])
 
     /// How many workers have a request out, and since when all of them have had one.
     private struct Occupancy {
@@ -189,7 +189,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// The events this process's workers hold, from their claim until their outcome is
     /// recorded (or given up: a full disk past half the lease).
-    public func heldLeases() -> Set<String> { held.withLock { Set($0.keys) } }
+    public func heldLeases() -> Set<String> { leasesHeld.withLock { Set($0.keys) } }
 
     /// An event claimed, with its admission, while the worker's previous request was in flight.
     struct Prefetched: Sendable {
@@ -311,7 +311,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
         let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly,
                                                    now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
-        if let claimed = result.claimed { held.withLock { $0[claimed.id] = claimed.lease } }
+        if let claimed = result.claimed { leasesHeld.withLock { $0[claimed.id] = claimed.lease } }
         for expired in result.expired {
             metrics.delivery(outcome: "dead", account: expired.account)
             logger.event(.error, "delivery.dead", "event can no longer be sent (age or attempts used up, or payload erased); it is dead",
