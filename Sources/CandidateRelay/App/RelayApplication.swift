@@ -106,7 +106,9 @@ public final class RelayApplication: Sendable {
         handler = IngestHandler(
             outbox: outbox, authenticators: live.authenticators, settings: live.ingest, doorbell: doorbell,
             metrics: metrics, logger: logger, stopFlag: stopFlag, now: Date.init)
-        if let status = try? await outbox.status(now: now) {
+        // Pending and in-flight only: counting every event here made READY=1 wait ~0.3 s per
+        // 1,000,000 events stored.
+        if let status = try? await outbox.unsettledStatus(now: now) {
             Heartbeat.logUnknownAccounts(status, known: live.accounts.value, logger: logger)
         }
         reportReload(ok: true, problems: [], generation: 0)

@@ -47,6 +47,9 @@ public struct Heartbeat: Service {
 
     /// Logs one heartbeat; `previous` are the delivery totals at the previous beat.
     public func beat(previous: [String: Int]) async throws -> [String: Int] {
+        // Each beat counts the settled events afresh (a scan of them); between beats their
+        // counts move with what this daemon settles (`Outbox.liveStatus`).
+        try await outbox.recountSettled()
         let status = try await refreshStatus()
         let totals = metrics.deliveryTotals()
         var numbers: [String: Double] = [:]
@@ -106,7 +109,7 @@ public struct Heartbeat: Service {
     /// when the counts changed, at most once a tick).
     @discardableResult
     public func refreshStatus() async throws -> OutboxStatus {
-        let status = try await outbox.status(now: now())
+        let status = try await outbox.liveStatus(now: now())
         metrics.update(from: status)
         notifier.notify("STATUS=" + Self.statusLine(status))
         return status

@@ -88,7 +88,7 @@ extension Outbox {
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
     public func retry(ids: [String]?, account: String? = nil, now: Date) async throws -> (retried: [String], skipped: [String]) {
-        try await write { db in
+        let result = try await write { db -> (retried: [String], skipped: [String]) in
             let targets: [String]
             if let ids {
                 targets = ids
@@ -114,6 +114,8 @@ extension Outbox {
             }
             return (retried, skipped)
         }
+        if !result.retried.isEmpty { invalidateSettled() }  // dead events left the settled states
+        return result
     }
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
@@ -122,7 +124,7 @@ extension Outbox {
     /// given. Returns (erased, deleted).
     public func prune(payloadBefore: Date, recordBefore: Date, includeDead: Bool, account: String? = nil,
                       now: Date) async throws -> (erased: Int, deleted: Int) {
-        try await write { db in
+        let result = try await write { db -> (erased: Int, deleted: Int) in
             let states = includeDead ? "('delivered', 'linked', 'dead')" : "('delivered', 'linked')"
             let inAccount = account == nil ? "" : "AND account = ?"
             let accountArgument: StatementArguments = account.map { [$0] } ?? []
@@ -141,6 +143,8 @@ extension Outbox {
                 arguments: [recordBefore.millis] + accountArgument)
             return (erased, db.changesCount)
         }
+        if result.deleted > 0 { invalidateSettled() }  // settled events deleted
+        return result
     }
 
     /// GDPR erasure of one candidate: every payload and full partner answer for the
@@ -148,7 +152,7 @@ extension Outbox {
     /// become dead with `last_error = "erased"`. In every account unless `account` names one
     /// (the same person may have come through several customers).
     public func forget(partnerCandidateID: String, account: String? = nil, now: Date) async throws -> ForgetReport {
-        try await write { db in
+        let report = try await write { db -> ForgetReport in
             let condition = "partner_candidate_id = ?" + (account == nil ? "" : " AND account = ?")
             let arguments: StatementArguments = [partnerCandidateID] + (account.map { [$0] } ?? [])
             let ids = try String.fetchAll(db, sql: "SELECT id FROM events WHERE \(condition) ORDER BY received_at", arguments: arguments)
@@ -163,6 +167,8 @@ extension Outbox {
             try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
             return ForgetReport(events: ids, pendingStopped: stopped)
         }
+        if report.pendingStopped > 0 { invalidateSettled() }  // pending events made dead
+        return report
     }
 
     /// Keeps only the code of `last_error` and of the history's errors (`code: message` → `code`):

@@ -155,7 +155,11 @@ extension Outbox {
                     case .complete(let completion): .success(.completed(try Self.completeOne(db, completion)))
                     }
                 }
-            }, then: done)
+            }, then: { result in
+                // On the writer queue, right after the commit: see `SettledCounts`.
+                if case .success(let results) = result { self.noteSettled(batch, results) }
+                done(result)
+            })
         }
     }
 

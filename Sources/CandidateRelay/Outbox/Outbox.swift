@@ -22,6 +22,9 @@ public final class Outbox: Sendable {
     /// Accounts a reload is removing: their submissions are refused inside the write transaction
     /// (`closeAccounts`).
     let closedAccounts = Mutex<Set<String>>([])
+    /// The settled states' counts (`liveStatus`): a scan from a snapshot, plus what this
+    /// process settled since.
+    let settled = Mutex(SettledCounts())
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {

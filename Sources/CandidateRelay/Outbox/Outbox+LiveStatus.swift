@@ -1,0 +1,150 @@
+import Foundation
+import GRDB
+import Synchronization
+
+/// How many events each account has in the settled states (delivered, linked, dead), kept so
+/// that the daemon's status does not count them again and again.
+///
+/// `status` counts every event: a scan of the whole `events_due` index, ~0.26 s of CPU with
+/// 1,000,000 events stored. The daemon asked for it before READY=1 (start-up grew with the
+/// outbox) and, under traffic, once a second for `systemctl status` (a quarter of a core with
+/// 1,000,000 events; more than a core with ten times that). The unsettled states are few (the
+/// backlog) and counted through an index each time; the settled ones are counted once from a
+/// snapshot (`recountSettled`, each heartbeat) and then moved by what this process settles.
+///
+/// Exact for this process's own writes: the snapshot is taken on SQLite's writer queue (GRDB's
+/// `spawnConcurrentRead`), where the deltas are reset and where every delivery commit adds its
+/// own, so an outcome is in the snapshot or in the deltas, never both, never neither. Another
+/// process's changes (`events retry`, `purge`, `forget`) show at the next recount; the
+/// daemon's own retention pruner asks for one.
+struct SettledCounts: Sendable {
+    /// Per account, per settled state, at the snapshot; nil: none yet, or a failed recount.
+    var base: [String: [EventState: Int]]?
+    /// Settled by this process since the snapshot.
+    var delta: [String: [EventState: Int]] = [:]
+    /// Bumped by each snapshot: a slower, older recount never replaces a newer one's base.
+    var generation = 0
+}
+
+extension Outbox {
+    /// `status` for the daemon: the same figures, without scanning the settled events. The
+    /// first call (and the first after a failed recount) counts them.
+    public func liveStatus(now: Date) async throws -> OutboxStatus {
+        let settled: [String: [EventState: Int]]
+        if let current = currentSettled() {
+            settled = current
+        } else {
+            try await recountSettled()
+            guard let current = currentSettled() else { throw OutboxError.storage("the settled events could not be counted") }
+            settled = current
+        }
+        var status = try await unsettledStatus(now: now)
+        for (account, counts) in settled {
+            for (state, n) in counts where n != 0 {
+                status.counts[state, default: 0] += n
+                status.accounts[account, default: AccountStatus()].counts[state, default: 0] += n
+            }
+        }
+        return status
+    }
+
+    /// Pending and in-flight events per account, their oldest, and the last delivery: what
+    /// changes every second, through indexes (the backlog, not the outbox).
+    public func unsettledStatus(now: Date) async throws -> OutboxStatus {
+        try await read { db in
+            var status = OutboxStatus(counts: [:])
+            func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
+            for row in try Row.fetchAll(db.cachedStatement(sql: """
+                    SELECT account, state, COUNT(*) AS n, MIN(received_at) AS oldest FROM events
+                    WHERE state IN ('pending', 'in_flight') GROUP BY account, state
+                    """)) {
+                guard let state = EventState(rawValue: row["state"]) else { continue }
+                let account: String = row["account"]
+                status.counts[state, default: 0] += row["n"] as Int
+                status.accounts[account, default: AccountStatus()].counts[state] = row["n"]
+                let oldest = age(row["oldest"])
+                let previous = status.accounts[account]?.oldestPendingAgeSeconds ?? 0
+                status.accounts[account]?.oldestPendingAgeSeconds = max(previous, oldest)
+                status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
+            }
+            status.lastDeliveryAt = try Millis.fetchOne(
+                db.cachedStatement(sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")).map(Date.init(millis:))
+            return status
+        }
+    }
+
+    /// Counts the settled events afresh from a snapshot taken on the writer queue (a scan of
+    /// them: the heartbeat calls it once a beat).
+    public func recountSettled() async throws {
+        let counted: Result<Void, any Error> = await withCheckedContinuation { continuation in
+            pool.asyncWriteWithoutTransaction { _ in
+                // Outcomes committed before this point are in the snapshot; later ones in the deltas.
+                let generation = self.settled.withLock { settled -> Int in
+                    settled.generation += 1
+                    settled.delta = [:]
+                    return settled.generation
+                }
+                self.pool.spawnConcurrentRead { dbResult in
+                    do {
+                        let db = try dbResult.get()
+                        var base: [String: [EventState: Int]] = [:]
+                        for row in try Row.fetchAll(db, sql: """
+                                SELECT account, state, COUNT(*) AS n FROM events
+                                WHERE state IN ('delivered', 'linked', 'dead') GROUP BY account, state
+                                """) {
+                            guard let state = EventState(rawValue: row["state"]) else { continue }
+                            base[row["account"], default: [:]][state] = row["n"]
+                        }
+                        self.settled.withLock { if $0.generation == generation { $0.base = base } }
+                        continuation.resume(returning: .success(()))
+                    } catch {
+                        self.settled.withLock { if $0.generation == generation { $0.base = nil } }
+                        continuation.resume(returning: .failure(OutboxError.storage("\(error)")))
+                    }
+                }
+            }
+        }
+        try counted.get()
+    }
+
+    /// Forgets the settled counts (after this process deleted or changed settled events other
+    /// than through delivery): the next `liveStatus` counts them again.
+    func invalidateSettled() {
+        settled.withLock { settled in
+            settled.generation += 1
+            settled.base = nil
+            settled.delta = [:]
+        }
+    }
+
+    private func currentSettled() -> [String: [EventState: Int]]? {
+        settled.withLock { settled in
+            guard var counts = settled.base else { return nil }
+            for (account, delta) in settled.delta {
+                for (state, n) in delta { counts[account, default: [:]][state, default: 0] += n }
+            }
+            return counts
+        }
+    }
+
+    /// What one committed delivery batch settled (on the writer queue, right after its commit).
+    func noteSettled(_ batch: [DeliveryWrite], _ results: [Result<DeliveryWriteResult, any Error>]) {
+        var settledNow: [String: [EventState: Int]] = [:]
+        for (item, result) in zip(batch, results) {
+            switch (item, result) {
+            case (.complete(let completion), .success(.completed(true))) where completion.outcome.state.isTerminal:
+                settledNow[completion.event.account, default: [:]][completion.outcome.state, default: 0] += 1
+            case (.claim, .success(.claimed(let claim))):
+                for expired in claim.expired { settledNow[expired.account, default: [:]][.dead, default: 0] += 1 }
+            default:
+                break
+            }
+        }
+        guard !settledNow.isEmpty else { return }
+        settled.withLock { settled in
+            for (account, counts) in settledNow {
+                for (state, n) in counts { settled.delta[account, default: [:]][state, default: 0] += n }
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Testing
+@testable import CandidateRelay
+
+/// `liveStatus` (the daemon's heartbeat, `systemctl status` and `/metrics`) keeps the settled
+/// states' counts instead of scanning them: it must always say what `status` (the full count)
+/// says, whatever this process settled, retried, erased or deleted since the last recount.
+@Suite struct LiveStatusTests {
+    static let start = OutboxAccountsTests.start
+
+    static func expectSame(_ outbox: Outbox, _ now: Date, _ step: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let full = try await outbox.status(now: now)
+        let live = try await outbox.liveStatus(now: now)
+        #expect(live == full, "\(step): live \(live.counts) \(live.accounts) against full \(full.counts) \(full.accounts)",
+                sourceLocation: sourceLocation)
+    }
+
+    @Test func liveCountsFollowEveryChangeOfTheSettledStates() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(1)
+        for n in 0..<8 {
+            let account = n.isMultiple(of: 2) ? "acme" : "globex"
+            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: account, partnerID: "C\(n)"), maxBacklog: 100)
+        }
+        try await Self.expectSame(outbox, now, "before any recount")  // the first live status counts them itself
+        try await outbox.recountSettled()
+        let outcomes: [RecordedOutcome] = [
+            .delivered(candidateUID: "u1", status: 201, summary: nil, fullResponse: nil),
+            .linked(candidateUID: "u2", status: 409, error: "candidate_post_conflict"),
+            .dead(status: 422, error: "invalid"),
+            .retry(at: now, status: 503, error: "unavailable"),
+            .delivered(candidateUID: "u3", status: 201, summary: nil, fullResponse: nil),
+        ]
+        for outcome in outcomes {
+            let event = try #require(try await OutboxAccountsTests.claim(outbox, ["acme", "globex"], at: now))
+            try await Self.expectSame(outbox, now, "claimed")
+            #expect(try await outbox.complete(event, outcome: outcome, now: now, latencyMs: 5))
+            try await Self.expectSame(outbox, now, "after \(outcome.name)")
+        }
+        // A late outcome for a lease taken back changes nothing, and is not counted.
+        let late = try #require(try await OutboxAccountsTests.claim(outbox, ["acme", "globex"], at: now))
+        try await outbox.recoverLeases(expiredBefore: nil, now: now)
+        #expect(try await !outbox.complete(late, outcome: .delivered(candidateUID: "x", status: 201, summary: nil, fullResponse: nil),
+                                           now: now, latencyMs: 1))
+        try await Self.expectSame(outbox, now, "stale outcome")
+        // Dead at claim (its age budget spent): settled without a request.
+        let expired = try await outbox.claimNextDue(accounts: ["acme", "globex"], now: now.addingTimeInterval(10_000), leaseSeconds: 60,
+                                                    maxAgeSeconds: 1, maxAttempts: 5)
+        #expect(!expired.expired.isEmpty)
+        try await Self.expectSame(outbox, now, "expired at claim")
+        // Changes made outside delivery.
+        #expect(try await !outbox.retry(ids: nil, now: now).retried.isEmpty)
+        try await Self.expectSame(outbox, now, "retry")
+        #expect(try await outbox.forget(partnerCandidateID: "C7", now: now).events.count == 1)
+        try await Self.expectSame(outbox, now, "forget")
+        #expect(try await outbox.prune(payloadBefore: now.addingTimeInterval(1), recordBefore: now.addingTimeInterval(1),
+                                       includeDead: true, now: now).deleted > 0)
+        try await Self.expectSame(outbox, now, "prune")
+    }
+
+    /// Outcomes committed while a recount runs are counted once: in its snapshot or after it.
+    @Test func aRecountRacingOutcomesCountsEachOnce() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(1)
+        for n in 0..<200 {
+            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 1000)
+        }
+        try await outbox.recountSettled()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    while let event = try await OutboxAccountsTests.claim(outbox, ["acme"], at: now) {
+                        try await outbox.complete(event, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                                  now: now, latencyMs: 1)
+                    }
+                }
+            }
+            group.addTask {
+                for _ in 0..<20 {
+                    try await outbox.recountSettled()
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await Self.expectSame(outbox, now, "after the race")
+        #expect(try await outbox.liveStatus(now: now).counts[.delivered] == 200)
+        // A recount asked for while an outcome's commit is under way, then still: exact each time.
+        for n in 0..<30 {
+            _ = try await outbox.accept(OutboxAccountsTests.submission("f\(n)", account: "acme", partnerID: "F\(n)"), maxBacklog: 1000)
+            let event = try #require(try await OutboxAccountsTests.claim(outbox, ["acme"], at: now))
+            let outcome = Task {
+                try await outbox.complete(event, outcome: .dead(status: 422, error: "invalid"), now: now, latencyMs: 1)
+            }
+            try await Task.sleep(for: .microseconds(200))
+            try await outbox.recountSettled()
+            #expect(try await outcome.value)
+            try await Self.expectSame(outbox, now, "recount during outcome \(n)")
+        }
+    }
+}
