@@ -44,9 +44,41 @@ import Testing
         #expect(try await Self.payload(outbox, "d1") != nil)
         #expect(try await outbox.record(id: "e1")?.candidateUID == "u-e1")
         #expect(logs.events("retention.pruned").first?["payloads_erased"] as? String == "1")
+        // The partner's full answer goes with the payload; the next pass finds nothing more.
+        let full = try await outbox.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT partner_response_full FROM events WHERE id = 'e1'")?["partner_response_full"] as Data?
+        }
+        #expect(full == nil)
+        #expect(try await pruner.runOnce() == (0, 0))
         clock.advance(23 * 86_400)
         #expect(try await pruner.runOnce().deleted == 2)
         #expect(try await outbox.record(id: "e1") == nil)
+    }
+
+    /// Erasing a payload keeps only the code of the partner's messages (they may quote the
+    /// candidate), in the record and in the history; a later pass leaves them alone.
+    @Test func purgeErasesMessagesWithThePayloadsItFinds() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date(timeIntervalSince1970: 2_000_000_000)
+        for (id, partnerID) in [("d1", "A"), ("d2", "B")] {
+            _ = try await outbox.accept(OutboxTests.submission(id, body: "{}", partnerID: partnerID, at: now), maxBacklog: 100)
+            let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+            try await outbox.complete(claimed, outcome: .dead(status: 422, error: "invalid_email: ada@example.test is not valid"),
+                                      now: now, latencyMs: 1)
+        }
+        _ = try await outbox.accept(OutboxTests.submission("p1", body: "{}", partnerID: "C", at: now), maxBacklog: 100)
+        let later = now.addingTimeInterval(10)
+        #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: false, now: later) == (0, 0))
+        #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later) == (2, 0))
+        for id in ["d1", "d2"] {
+            #expect(try await Self.payload(outbox, id) == nil)
+            #expect(try await outbox.record(id: id)?.lastError == "invalid_email")
+            #expect(try await outbox.history(id: id).map(\.error) == ["invalid_email"])
+        }
+        #expect(try await Self.payload(outbox, "p1") != nil)  // pending: never erased by retention
+        #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later) == (0, 0))
     }
 
     @Test func rescuerReturnsOnlyExpiredLeases() async throws {
