@@ -88,11 +88,11 @@ extension Outbox {
                     do {
                         let db = try dbResult.get()
                         var base: [String: [EventState: Int]] = [:]
-                        for row in try Row.fetchAll(db, sql: """
-                                SELECT account, state, COUNT(*) AS n FROM events
-                                WHERE state IN ('delivered', 'linked', 'dead') GROUP BY account, state
-                                """) {
-                            guard let state = EventState(rawValue: row["state"]) else { continue }
+                        // Every state, read off the covering `events_due` index (0.4 s per
+                        // 1,000,000 events here); `WHERE state IN (the settled ones)` took SQLite
+                        // through `events_state_updated` and a table read per event: 2.1 s.
+                        for row in try Row.fetchAll(db, sql: "SELECT account, state, COUNT(*) AS n FROM events GROUP BY account, state") {
+                            guard let state = EventState(rawValue: row["state"]), state.isTerminal else { continue }
                             base[row["account"], default: [:]][state] = row["n"]
                         }
                         self.settled.withLock { if $0.generation == generation { $0.base = base } }
