@@ -72,8 +72,8 @@ import Testing
             return count == 2
         }
         #expect(prefetched)
-        // The grace period (2 s) lets a 0.8 s request finish; the pool hears of the shutdown
-        // after the services started after it, so it may deliver one more meanwhile.
+        // The grace period (2 s) lets a 0.8 s request finish; the claim made ahead meanwhile is
+        // handed back unsent.
         await relay.shutdownAndWait()
         let outbox = try Outbox(path: relay.application.configuration.storage.path)
         var records: [String: EventRecord] = [:]

@@ -191,13 +191,15 @@ public final class RelayApplication: Sendable {
     }
 }
 
-/// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, tells systemd.
+/// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, starts the
+/// delivery drain (and its grace period), tells systemd.
 struct ShutdownAnnouncer: Service {
     let application: RelayApplication
 
     func run() async throws {
         try? await gracefulShutdown()
         application.stopFlag.stop()
+        application.pool.beginDraining()
         application.notifier.notify("STOPPING=1")
         application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
                                  LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))

@@ -97,12 +97,24 @@ public final class DeliveryWorkerPool: Service, Sendable {
         await withGracefulShutdownHandler {
             await self.superviseWorkers()
         } onGracefulShutdown: {
-            self.drain.start()
-            self.reconfigured.ring()
-            self.doorbell.ring()
+            self.beginDraining()
         }
         await outcomes.waitForAll()
         logger.event(.info, "delivery.drained", "delivery workers stopped")
+        // Drained at the announcer's word: a service may not end before the group asks it to
+        // (the group would take it for a failure).
+        try? await gracefulShutdown()
+    }
+
+    /// No new delivery from now on, and the grace period of those in flight starts. The
+    /// shutdown announcer calls it at the first word of a shutdown: the service group tells the
+    /// pool only after every service started after it has stopped, the HTTP server among them,
+    /// which waits for the requests it is reading (a slow client's upload held the drain back
+    /// for as long, while the workers went on starting new deliveries past SIGTERM).
+    public func beginDraining() {
+        drain.start()
+        reconfigured.ring()
+        doorbell.ring()
     }
 
     /// Keeps `settings.workers` workers running (SIGHUP may change it), and the spares
