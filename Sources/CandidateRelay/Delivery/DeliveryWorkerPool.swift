@@ -108,9 +108,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     /// No new delivery from now on, and the grace period of those in flight starts. The
     /// shutdown announcer calls it at the first word of a shutdown: the service group tells the
-    /// pool only after every service started after it has stopped, the HTTP server among them,
-    /// which waits for the requests it is reading (a slow client's upload held the drain back
-    /// for as long, while the workers went on starting new deliveries past SIGTERM).
+    /// pool only after every service started after it has stopped, one after the other (the
+    /// HTTP server waits up to 3 s for busy connections), and until then the workers went on
+    /// starting new deliveries past SIGTERM and the grace period had not begun.
     public func beginDraining() {
         drain.start()
         reconfigured.ring()
