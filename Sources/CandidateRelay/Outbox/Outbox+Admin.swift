@@ -133,11 +133,11 @@ extension Outbox {
             // ever stored beside a payload): the last days' events and the backlog. Reading every
             // settled event past the cutoff instead held SQLite's writer, and every 202 with it,
             // for over a second per 1,000,000 events stored, at start and every hour, even with
-            // nothing to erase. (CROSS JOIN: SQLite keeps that order.)
+            // nothing to erase. (CROSS JOIN: SQLite keeps that order; `account` is only events'.)
             let ids = try String.fetchAll(
                 db, sql: """
                     SELECT e.id FROM payloads p CROSS JOIN events e ON e.id = p.event_id
-                    WHERE e.state IN \(states) AND e.updated_at < ? \(account == nil ? "" : "AND e.account = ?")
+                    WHERE e.state IN \(states) AND e.updated_at < ? \(inAccount)
                     """,
                 arguments: [payloadBefore.millis] + accountArgument)
             for chunk in stride(from: 0, to: ids.count, by: 500).map({ ids[$0..<min($0 + 500, ids.count)] }) {
