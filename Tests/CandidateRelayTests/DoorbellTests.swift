@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import CandidateRelay
 
@@ -47,6 +48,45 @@ import Testing
         try await Task.sleep(for: .milliseconds(50))
         bell.ring()
         for waiter in waiters { #expect(await returnsSoon { await waiter.value }) }
+    }
+
+    /// An event stored wakes one idle worker, the one waiting longest, not all of them; the
+    /// others wait on until another ring (or their poll).
+    @Test func aRingForOneWakesTheLongestWaitingOnly() async throws {
+        let bell = Doorbell()
+        let seen = bell.rings
+        let returned = Returned()
+        var started: [Task<Void, Never>] = []
+        for index in 0..<3 {
+            started.append(Task {
+                await bell.wait(upTo: 3600, unlessRungSince: seen)
+                returned.order.withLock { $0.append(index) }
+            })
+            try await Task.sleep(for: .milliseconds(50))  // registered in this order
+        }
+        let waiters = started
+        bell.ring(waking: 1)
+        #expect(await returnsSoon { await waiters[0].value })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(returned.order.withLock { $0 } == [0])
+        bell.ring(waking: 5)  // more than wait: every one left
+        #expect(await returnsSoon { await waiters[1].value })
+        #expect(await returnsSoon { await waiters[2].value })
+    }
+
+    /// Waking one waiter does not lose the ring for a worker on its way to its wait.
+    @Test func aRingForOneStillCutsShortTheWaitOfOneOnItsWay() async throws {
+        let bell = Doorbell()
+        let other = Task { await bell.wait(upTo: 3600, unlessRungSince: bell.rings) }
+        try await Task.sleep(for: .milliseconds(50))
+        let seen = bell.rings
+        bell.ring(waking: 1)  // takes the registered waiter
+        #expect(await returnsSoon { await bell.wait(upTo: 3600, unlessRungSince: seen) })
+        #expect(await returnsSoon { await other.value })
+    }
+
+    private final class Returned: Sendable {
+        let order = Mutex<[Int]>([])
     }
 
     @Test func cancellationEndsTheWait() async throws {

@@ -241,6 +241,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
         // Claimed but not sent (draining, fewer workers after a reload): back to pending
         // without using an attempt.
         if let prefetched { await handBack(prefetched) }
+        // A worker leaving (fewer workers after a reload, a spare no longer needed) may have
+        // been the one an event's ring woke (`ring(waking: 1)`): it passes the ring on.
+        if !isDraining { doorbell.ring(waking: 1) }
     }
 
     private func handBack(_ prefetched: Prefetched) async {

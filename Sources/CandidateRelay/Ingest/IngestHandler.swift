@@ -200,7 +200,7 @@ public struct IngestHandler: Sendable {
         }
         switch result {
         case .created(let record):
-            doorbell.ring()
+            doorbell.ring(waking: 1)  // one event: one idle worker
             metrics.ingest(result: "accepted", account: account)
             // Written directly (keys sorted, as every contract object): this is the hot path.
             let body = "{\"id\":\(ContractJSON.quoted(record.id)),\"partner_candidate_id\":\(ContractJSON.quoted(record.partnerCandidateID)),"
