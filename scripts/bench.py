@@ -168,6 +168,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_hwm(pid: int) -> bool:
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -897,11 +903,13 @@ class Bench:
             conn.close()
 
         threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(senders)]
+        cpu0 = (cpu_seconds(relay.proc.pid), cpu_seconds(sim.proc.pid))
         for th in threads:
             th.start()
         for th in threads:
             th.join(self.e2e_seconds + 120)
         relay.wait_drained(60)
+        cpu = (cpu_seconds(relay.proc.pid) - cpu0[0], cpu_seconds(sim.proc.pid) - cpu0[1])
         with relay.db() as conn:
             lat = [u - r for r, u in conn.execute(
                 "SELECT received_at, updated_at FROM events WHERE state IN ('delivered', 'linked')")]
@@ -910,10 +918,11 @@ class Bench:
         sim.stop()
         self.r["e2e"] = dict(n=n, statuses=statuses, delivered=len(lat), undelivered=other, p50=pct(lat, 50),
                              p99=pct(lat, 99), max=max(lat) if lat else float("nan"),
-                             late_p99=pct(lateness, 99) * 1000)
+                             late_p99=pct(lateness, 99) * 1000, cpu_ms=cpu[0] * 1000 / n, sim_cpu_ms=cpu[1] * 1000 / n)
         e = self.r["e2e"]
         log(f"  p50 {e['p50']:.1f} ms p99 {e['p99']:.1f} ms max {e['max']:.0f} ms; {len(lat)}/{n} delivered; "
-            f"answers {statuses}; sender lateness p99 {e['late_p99']:.1f} ms")
+            f"answers {statuses}; sender lateness p99 {e['late_p99']:.1f} ms; CPU per event: daemon "
+            f"{e['cpu_ms']:.2f} ms, simulator {e['sim_cpu_ms']:.2f} ms")
 
     # ---- 6. a 20 MB payload
 
@@ -1132,7 +1141,8 @@ class Bench:
                         "≥ 0.80 of 1 account", verdict(d["rate"] > 0 and da["rate"] / d["rate"] >= 0.8 and da["left"] == 0)))
         e = r["e2e"]
         rows.append(Row(f"End to end at 200 events/s for {self.e2e_seconds} s: received_at → updated_at, p50 / p99",
-                        f"{e['p50']:.1f} / {e['p99']:.1f} ms", f"{e['delivered']}/{e['n']} delivered", "",
+                        f"{e['p50']:.1f} / {e['p99']:.1f} ms",
+                        f"{e['delivered']}/{e['n']} delivered; daemon CPU {e['cpu_ms']:.2f} ms per event", "",
                         "p99 ≤ 25 ms", verdict(e["p99"] <= 25 and e["delivered"] == e["n"])))
         rows.append(Row("RSS idle (fresh start, empty outbox)", f"{mib(r['rss_idle_kb']):.1f} MiB", "", "", "", "—"))
         rows.append(Row("RSS peak, unsigned ingest at 64 connections", f"{mib(r['rss_ingest_kb']):.1f} MiB", "", "",
@@ -1225,7 +1235,10 @@ class Bench:
             f"{r['sim_ceiling'].answers()}.",
             f"End to end: a Python sender (8 threads, keep-alive) at a steady 200/s for {self.e2e_seconds} s (sender "
             f"lateness p99 {e['late_p99']:.1f} ms; answers {e['statuses']}); latency = `updated_at − received_at` of "
-            "each delivered record, read from the outbox (ms resolution; updated_at is the commit of the outcome).",
+            "each delivered record, read from the outbox (ms resolution; updated_at is the outcome's time, taken when "
+            "the partner's answer is in, before the outcome's commit). CPU per event: the daemon's and the simulator's "
+            "user + system time (/proc) from the first send to the drained outbox, over the events sent "
+            f"({e['sim_cpu_ms']:.2f} ms for the simulator).",
             "RSS: VmRSS/VmHWM from /proc (peak via `clear_refs` reset of VmHWM plus 20 ms sampling). 20 MB payload: "
             "4 `files[]` of 3.75 MB decoded each (the partner's limit is 6 MB per file), delivery held while it is "
             "received and stored, then opened; RSS added = peak − RSS just before.",
