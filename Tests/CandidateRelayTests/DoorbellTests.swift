@@ -62,7 +62,7 @@ import Testing
                 await bell.wait(upTo: 3600, unlessRungSince: seen)
                 returned.order.withLock { $0.append(index) }
             })
-            try await Task.sleep(for: .milliseconds(50))  // registered in this order
+            try await registered(bell, index + 1)  // registered in this order
         }
         let waiters = started
         bell.ring(waking: 1)
@@ -78,11 +78,18 @@ import Testing
     @Test func aRingForOneStillCutsShortTheWaitOfOneOnItsWay() async throws {
         let bell = Doorbell()
         let other = Task { await bell.wait(upTo: 3600, unlessRungSince: bell.rings) }
-        try await Task.sleep(for: .milliseconds(50))
+        try await registered(bell, 1)
         let seen = bell.rings
         bell.ring(waking: 1)  // takes the registered waiter
         #expect(await returnsSoon { await bell.wait(upTo: 3600, unlessRungSince: seen) })
         #expect(await returnsSoon { await other.value })
+    }
+
+    /// Returns once `count` tasks wait on `bell` (at most 60 s).
+    private func registered(_ bell: Doorbell, _ count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while bell.waiting < count && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        try #require(bell.waiting == count)
     }
 
     private final class Returned: Sendable {

@@ -26,6 +26,9 @@ public final class Doorbell: Sendable {
     /// How many times the bell has rung: read before looking for work, then passed to `wait`.
     public var rings: Int { state.withLock { $0.rings } }
 
+    /// How many wait for a ring now.
+    var waiting: Int { state.withLock { $0.waiters.count } }
+
     /// Wakes every waiter, and cuts short every later wait by one who read `rings` before now.
     public func ring() { ring(waking: .max) }
 
