@@ -16,36 +16,9 @@ extension Outbox {
     /// `accounts` holds that one account (zeros when it has no events).
     public func status(now: Date, account: String? = nil) async throws -> OutboxStatus {
         try await read { db in
-            let filter = account == nil ? "" : "WHERE account = ?"
-            let arguments: StatementArguments = account.map { [$0] } ?? []
-            var status = OutboxStatus(counts: [:])
-            for row in try Row.fetchAll(
-                db, sql: "SELECT account, state, COUNT(*) AS n FROM events \(filter) GROUP BY account, state", arguments: arguments) {
-                guard let state = EventState(rawValue: row["state"]) else { continue }
-                let n: Int = row["n"]
-                status.counts[state, default: 0] += n
-                status.accounts[row["account"], default: AccountStatus()].counts[state] = n
-            }
-            func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
-            for row in try Row.fetchAll(db, sql: """
-                    SELECT account, MIN(received_at) AS oldest FROM events
-                    WHERE state IN ('pending', 'in_flight') \(account == nil ? "" : "AND account = ?") GROUP BY account
-                    """, arguments: arguments) {
-                let oldest = age(row["oldest"])
-                status.accounts[row["account"], default: AccountStatus()].oldestPendingAgeSeconds = oldest
-                status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
-            }
-            let last: Millis?
-            if let account {
-                if status.accounts[account] == nil { status.accounts[account] = AccountStatus() }
-                last = try Millis.fetchOne(db, sql: """
-                    SELECT MAX(a.at) FROM attempts a JOIN events e ON e.id = a.event_id
-                    WHERE a.outcome IN ('delivered', 'linked') AND e.account = ?
-                    """, arguments: [account])
-            } else {
-                last = try Millis.fetchOne(db, sql: "SELECT MAX(at) FROM attempts WHERE outcome IN ('delivered', 'linked')")
-            }
-            status.lastDeliveryAt = last.map(Date.init(millis:))
+            var status = try Self.unsettledStatus(db, now: now, account: account)
+            status.addSettled(try Self.countsByAccount(db, account: account))
+            if let account, status.accounts[account] == nil { status.accounts[account] = AccountStatus() }
             return status
         }
     }
