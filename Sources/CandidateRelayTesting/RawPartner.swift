@@ -11,7 +11,6 @@ public final class RawPartner: Sendable {
     public let port: Int
     private let fd: Int32
     private let answered = Mutex(0)
-    private let reads = Mutex<[Int]>([])
 
     public init(answer: String) throws {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -39,8 +38,7 @@ public final class RawPartner: Sendable {
             while true {
                 let connection = accept(listener, nil, nil)
                 if connection < 0 { return }  // stopped
-                let count = Self.readRequest(connection)
-                self.reads.withLock { $0.append(count) }
+                Self.readRequest(connection)
                 _ = bytes.withUnsafeBytes { send(connection, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
                 self.answered.withLock { $0 += 1 }
                 shutdown(connection, Int32(SHUT_RDWR))
@@ -52,35 +50,28 @@ public final class RawPartner: Sendable {
     /// Requests answered so far.
     public var requests: Int { answered.withLock { $0 } }
 
-    /// How many `recv` calls each request took to arrive whole, in arrival order.
-    public var readsPerRequest: [Int] { reads.withLock { $0 } }
-
     /// Stops accepting (the thread ends at its next `accept`).
     public func stop() {
         shutdown(fd, Int32(SHUT_RDWR))
         Glibc.close(fd)
     }
 
-    /// Reads one request: its head, then `Content-Length` bytes of body. Returns the number of
-    /// `recv` calls it took.
-    @discardableResult
-    private static func readRequest(_ connection: Int32) -> Int {
+    /// Reads one request: its head, then `Content-Length` bytes of body.
+    private static func readRequest(_ connection: Int32) {
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var received = Data()
         var chunk = [UInt8](repeating: 0, count: 65_536)
         let separator = Data("\r\n\r\n".utf8)
-        var calls = 0
         while true {
             if let end = received.range(of: separator) {
                 let head = String(decoding: received[..<end.lowerBound], as: UTF8.self).lowercased()
                 let declared = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
                     .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
-                if received.count - end.upperBound >= declared { return calls }
+                if received.count - end.upperBound >= declared { return }
             }
             let count = recv(connection, &chunk, chunk.count, 0)
-            calls += 1
-            if count <= 0 { return calls }
+            if count <= 0 { return }
             received.append(contentsOf: chunk[0..<count])
         }
     }
