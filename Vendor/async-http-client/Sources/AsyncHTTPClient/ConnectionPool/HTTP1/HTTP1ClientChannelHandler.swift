@@ -417,17 +417,9 @@ final class HTTP1ClientChannelHandler: ChannelDuplexHandler {
             context.write(self.wrapOutboundOut(.end(nil)), promise: nil)
             context.flush()
         } else {
-            // candidate-relay patch: the head is flushed with the body that follows it. An
-            // in-memory body is written (and flushed) synchronously by `headSent()`'s action
-            // below, so head and body leave in one write and one TCP segment instead of two
-            // (the partner reads the request once); the flush after it sends the head alone
-            // when the body is a stream that has produced nothing yet, as before.
-            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(self.wrapOutboundOut(.head(head)), promise: nil)
         }
         self.run(self.state.headSent(), context: context)
-        if !sendEnd {
-            context.flush()
-        }
     }
 
     private func runTimeoutAction(_ action: IdleReadStateMachine.Action, context: ChannelHandlerContext) {
