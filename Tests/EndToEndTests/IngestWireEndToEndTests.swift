@@ -245,6 +245,29 @@ import Testing
         #expect(try await outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
     }
 
+    /// A body that trickles (a byte every 100 ms, here against a 1 s grace and 1 KiB/s) gets
+    /// its connection closed, logged once; the daemon goes on taking webhooks. In the daemon the
+    /// grace is 60 s: before, the idle timeout counted body reads as activity and such a
+    /// connection stayed open for as long as its sender liked.
+    @Test func aBodyThatTricklesLosesItsConnection() async throws {
+        let relay = try await RelayHarness(bodyDeadline: BodyDeadlinePolicy(graceSeconds: 1, bytesPerSecond: 1024))
+        defer { Task { await relay.stop() } }
+        let slow = try RawHTTPConnection(port: relay.port)
+        slow.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        let trickle = Task {
+            while !Task.isCancelled {
+                slow.send(" ")
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        // The connection's own receive timeout (10 s) bounds a hang: a close is what it waits for.
+        #expect(await slow.isClosedByServer())
+        trickle.cancel()
+        slow.close()
+        #expect(relay.logs.events("ingest.body_too_slow").count == 1)
+        #expect(try await relay.post(Candidates.json(partnerID: "after-trickle")) != nil)
+    }
+
     /// An idempotency key whose bytes are not UTF-8 is refused (422 `invalid_characters`): the
     /// HTTP/1 decoder turns each bad byte into U+FFFD, and `a\xffb` and `a\xfeb` were one key
     /// (a false 409, or a new event answered as a replay). U+FFFD itself is refused with them.

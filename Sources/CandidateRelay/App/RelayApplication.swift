@@ -33,6 +33,8 @@ public final class RelayApplication: Sendable {
     let group = Live<ServiceGroup?>(nil)
     /// Set once READY=1 has been sent (the watchdog must not be petted before).
     let ready = Live(false)
+    /// How slowly a request's body may arrive before its connection is closed.
+    let bodyDeadline: BodyDeadlinePolicy
     /// Reloads handled so far (`<outbox>.reload`'s generation).
     let reloadGeneration = Mutex(0)
 
@@ -41,8 +43,10 @@ public final class RelayApplication: Sendable {
     public init(configuration: RelayConfiguration, logSettings: LogSettings, output: LogOutput = .standardOutput,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
                 reloader: ConfigurationLoader? = nil, partnerClient: (any PartnerClient)? = nil,
+                bodyDeadline: BodyDeadlinePolicy = BodyDeadlinePolicy(),
                 onReady: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         self.configuration = configuration
+        self.bodyDeadline = bodyDeadline
         self.logSettings = logSettings
         self.reloader = reloader
         self.onReady = onReady
@@ -127,7 +131,7 @@ public final class RelayApplication: Sendable {
             // A connection that completes no request part for a minute is closed: slow senders
             // that never finish their headers cannot hold sockets (and file descriptors) for ever.
             // The webhook itself is answered on the event loop (`IngestChannelHandler`).
-            server: RelayHTTP1Channel.builder(ingest: handler, serverName: Self.serverName,
+            server: RelayHTTP1Channel.builder(ingest: handler, serverName: Self.serverName, bodyDeadline: bodyDeadline,
                                               configuration: .init(idleTimeout: .seconds(60))),
             configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: Self.serverName,
                                  availableConnectionsDelegate: ConnectionCap(limit: connections.cap, logger: logger)),

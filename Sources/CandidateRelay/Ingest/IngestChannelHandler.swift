@@ -14,12 +14,15 @@ struct RelayHTTP1Channel: ServerChildChannel {
     let inner: HTTP1Channel
     let ingest: IngestHandler
     let serverName: String
+    /// One for the server: its log line is throttled across connections.
+    let slowBodies: SlowBodyLog
 
     /// Hummingbird's `.http1(...)` with the ingest handler in each connection's pipeline.
-    static func builder(ingest: IngestHandler, serverName: String, configuration: HTTP1Channel.Configuration) -> HTTPServerBuilder {
+    static func builder(ingest: IngestHandler, serverName: String, bodyDeadline: BodyDeadlinePolicy,
+                        configuration: HTTP1Channel.Configuration) -> HTTPServerBuilder {
         HTTPServerBuilder { responder in
             RelayHTTP1Channel(inner: HTTP1Channel(responder: responder, configuration: configuration),
-                              ingest: ingest, serverName: serverName)
+                              ingest: ingest, serverName: serverName, slowBodies: SlowBodyLog(logger: ingest.logger, policy: bodyDeadline))
         }
     }
 
@@ -33,6 +36,8 @@ struct RelayHTTP1Channel: ServerChildChannel {
             try operations.addHandler(handler, position: .after(state))
             // Before the connection-state handler, which keeps the server's stop to itself.
             try operations.addHandler(StopWatcher(ingest: handler), position: .before(state))
+            let slowBodies = self.slowBodies
+            try operations.addHandler(BodyDeadlineHandler(policy: slowBodies.policy) { slowBodies.report() }, position: .before(state))
             return value
         }
     }
