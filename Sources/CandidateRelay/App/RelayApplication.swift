@@ -130,6 +130,7 @@ public final class RelayApplication: Sendable {
             router: router,
             // A connection that completes no request part for a minute is closed: slow senders
             // that never finish their headers cannot hold sockets (and file descriptors) for ever.
+            // A body that trickles is cut off by `BodyDeadlineHandler` (`bodyDeadline`).
             // The webhook itself is answered on the event loop (`IngestChannelHandler`).
             server: RelayHTTP1Channel.builder(ingest: handler, serverName: Self.serverName, bodyDeadline: bodyDeadline,
                                               configuration: .init(idleTimeout: .seconds(60))),

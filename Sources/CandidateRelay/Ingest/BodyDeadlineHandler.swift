@@ -12,6 +12,7 @@ public struct BodyDeadlinePolicy: Sendable {
     public var bytesPerSecond: Int64
 
     public init(graceSeconds: Int64 = 60, bytesPerSecond: Int64 = 1024) {
+        precondition(graceSeconds >= 0 && graceSeconds <= 86_400 && bytesPerSecond > 0, "a body deadline needs a grace of 0 to 86,400 s and a positive rate")
         self.graceSeconds = graceSeconds
         self.bytesPerSecond = bytesPerSecond
     }
@@ -24,10 +25,15 @@ public struct BodyDeadlinePolicy: Sendable {
 ///
 /// Found from outside: the idle timeout (60 s) counts request parts, and every read of a body is
 /// one, so a body sent a byte every few seconds kept its connection open for as long as the
-/// sender liked (150 s and counting in the test, for a declared 100,000 bytes). Enough such
-/// connections, without a valid signature (that is checked once the body is in), held every
-/// place under the connection cap, and no webhook got in. Headers that trickle were already
-/// closed by the idle timeout: a head is a single part.
+/// sender liked (still open after 150 s in a probe from outside, for a declared 100,000 bytes).
+/// Enough such connections, without a valid signature (that is checked once the body is in),
+/// held every place under the connection cap, and no webhook got in. Headers that trickle were already
+/// closed by the idle timeout: a head is a single part. A request that stops altogether is closed
+/// by whichever comes first, this deadline or the idle timeout (60 s after its last part), so the
+/// log line says "too slowly or stopped".
+///
+/// This stops trickling bodies only: a client can still keep a connection by completing a tiny
+/// request every 59 s. A limit per client address belongs in the proxy in front (operations.md).
 ///
 /// Every request on the connection is watched, the webhook and the router's alike. A request
 /// that arrives in one read (a webhook of a few KB usually does) sets no timer.
@@ -85,7 +91,9 @@ final class BodyDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler 
             } else {
                 deadline = nil
                 report()
-                context.close(promise: nil)
+                // Through the whole pipeline: the ingest handler holds a close while it stores a
+                // webhook, so that an event committed still gets its answer.
+                context.channel.close(promise: nil)
             }
         }
     }
@@ -105,7 +113,7 @@ struct SlowBodyLog: Sendable {
     func report() {
         guard let suppressed = throttle.admit(now: Date()) else { return }
         logger.event(.warning, "ingest.body_too_slow",
-                     "closed a connection whose request arrived too slowly (its body under \(policy.bytesPerSecond) bytes/s after its first \(policy.graceSeconds) s)",
+                     "closed a connection whose request arrived too slowly or stopped (not complete \(policy.graceSeconds) s after its head plus 1 s per \(policy.bytesPerSecond) bytes of body)",
                      LogFields(numbers: ["suppressed": Double(suppressed)]))
     }
 }

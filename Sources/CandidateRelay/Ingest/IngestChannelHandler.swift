@@ -36,6 +36,8 @@ struct RelayHTTP1Channel: ServerChildChannel {
             try operations.addHandler(handler, position: .after(state))
             // Before the connection-state handler, which keeps the server's stop to itself.
             try operations.addHandler(StopWatcher(ingest: handler), position: .before(state))
+            // Anywhere before the ingest handler (which keeps the webhook's parts to itself): it
+            // times every request, the webhook and the router's alike.
             let slowBodies = self.slowBodies
             try operations.addHandler(BodyDeadlineHandler(policy: slowBodies.policy) { slowBodies.report() }, position: .before(state))
             return value
