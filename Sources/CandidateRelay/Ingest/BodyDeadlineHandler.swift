@@ -27,10 +27,10 @@ public struct BodyDeadlinePolicy: Sendable {
 /// one, so a body sent a byte every few seconds kept its connection open for as long as the
 /// sender liked (still open after 150 s in a probe from outside, for a declared 100,000 bytes).
 /// Enough such connections, without a valid signature (that is checked once the body is in),
-/// held every place under the connection cap, and no webhook got in. Headers that trickle were already
-/// closed by the idle timeout: a head is a single part. A request that stops altogether is closed
-/// by whichever comes first, this deadline or the idle timeout (60 s after its last part), so the
-/// log line says "too slowly or stopped".
+/// held every place under the connection cap, and no webhook got in. Headers that trickle were
+/// already closed by the idle timeout: a head is a single part. A request that stops altogether
+/// is closed by whichever comes first, this deadline or the idle timeout (60 s after its last
+/// part), so the log line says "too slowly or stopped".
 ///
 /// This stops trickling bodies only: a client can still keep a connection by completing a tiny
 /// request every 59 s. A limit per client address belongs in the proxy in front (operations.md).
