@@ -29,13 +29,22 @@ import Testing
         var closedCount: Int { reports.count.withLock { $0 } }
         var isOpen: Bool { channel.isActive }
 
-        func head() throws {
-            try channel.writeInbound(HTTPRequestPart.head(HTTPRequest(method: .post, scheme: nil, authority: "relay", path: "/v1/candidates")))
-        }
+        static let headPart = HTTPRequestPart.head(HTTPRequest(method: .post, scheme: nil, authority: "relay", path: "/v1/candidates"))
+
+        func head() throws { try channel.writeInbound(Self.headPart) }
         func body(_ bytes: Int) throws { try channel.writeInbound(HTTPRequestPart.body(ByteBuffer(repeating: 0x20, count: bytes))) }
         func end() throws { try channel.writeInbound(HTTPRequestPart.end(nil)) }
         func advance(seconds: Int64) { channel.embeddedEventLoop.advanceTime(by: .seconds(seconds)) }
         func finish() { _ = try? channel.finish(acceptAlreadyClosed: true) }
+
+        /// Still open `seconds` from now, closed (and reported once) 2 s later.
+        func expectCutOff(openFor seconds: Int64, sourceLocation: SourceLocation = #_sourceLocation) {
+            advance(seconds: seconds)
+            #expect(isOpen, sourceLocation: sourceLocation)
+            advance(seconds: 2)
+            #expect(!isOpen, sourceLocation: sourceLocation)
+            #expect(closedCount == 1, sourceLocation: sourceLocation)
+        }
     }
 
     /// A byte every 5 s: cut off once the first 60 s are over (its 11 bytes earned 11 ms more).
@@ -47,11 +56,7 @@ import Testing
             f.advance(seconds: 5)
             try f.body(1)
         }
-        f.advance(seconds: 4)  // 59 s since the head
-        #expect(f.isOpen)
-        f.advance(seconds: 2)
-        #expect(!f.isOpen)
-        #expect(f.closedCount == 1)
+        f.expectCutOff(openFor: 4)  // open 59 s after the head, closed at 61 s
     }
 
     /// 2 KiB a second for five minutes (a slow link, above the 1 KiB/s floor), then the end:
@@ -77,11 +82,7 @@ import Testing
         defer { f.finish() }
         try f.head()
         try f.body(100 * 1024)
-        f.advance(seconds: 159)
-        #expect(f.isOpen)
-        f.advance(seconds: 2)
-        #expect(!f.isOpen)
-        #expect(f.closedCount == 1)
+        f.expectCutOff(openFor: 159)
     }
 
     /// A request that arrives whole in one read, then another one later on the same connection:
@@ -90,7 +91,7 @@ import Testing
         let f = try Fixture()
         defer { f.finish() }
         let pipeline = f.channel.pipeline.syncOperations
-        pipeline.fireChannelRead(NIOAny(HTTPRequestPart.head(HTTPRequest(method: .post, scheme: nil, authority: "relay", path: "/v1/candidates"))))
+        pipeline.fireChannelRead(NIOAny(Fixture.headPart))
         pipeline.fireChannelRead(NIOAny(HTTPRequestPart.body(ByteBuffer(repeating: 0x20, count: 2048))))
         pipeline.fireChannelRead(NIOAny(HTTPRequestPart.end(nil)))
         pipeline.fireChannelReadComplete()
