@@ -19,11 +19,16 @@ import Testing
 
     /// Several accounts (each `requests`/`perSeconds`), `workers` workers.
     static func gate(_ clock: ManualClock, accounts: [String], requests: Int = 100, perSeconds: Double = 60, workers: Int = 4,
-                     global: RateLimitConfiguration = .init(requests: 0), logger: Logger = logger) -> PartnerGate {
-        PartnerGate(accounts: Dictionary(uniqueKeysWithValues: accounts.map { ($0, RateLimitConfiguration(requests: requests, perSeconds: perSeconds)) }),
+                     global: RateLimitConfiguration = .init(requests: 0), credentials: [String: String] = [:],
+                     logger: Logger = logger) -> PartnerGate {
+        PartnerGate(accounts: limits(accounts, requests: requests, perSeconds: perSeconds),
                     globalRateLimit: global, breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30), workers: workers,
-                    backoff: BackoffConfiguration(initialSeconds: 5, multiplier: 2, maxSeconds: 60),
+                    backoff: BackoffConfiguration(initialSeconds: 5, multiplier: 2, maxSeconds: 60), credentials: credentials,
                     logger: logger, metrics: RelayMetrics(), clock: clock)
+    }
+
+    static func limits(_ accounts: [String], requests: Int = 100, perSeconds: Double = 60) -> [String: RateLimitConfiguration] {
+        Dictionary(uniqueKeysWithValues: accounts.map { ($0, RateLimitConfiguration(requests: requests, perSeconds: perSeconds)) })
     }
 
     /// Starts `operation` and waits (for a signal, not a guess) until it sleeps on the clock.
@@ -299,6 +304,50 @@ import Testing
         let lines = logs.events("auth.rejected")
         #expect(lines.count == 3)
         #expect(lines.allSatisfy { $0["account"] as? String == "a" })
+    }
+
+    /// A refused account's back-off belongs to the credentials refused: other credentials (the
+    /// operator's fix) lift it, at a reload or across a restart; the same ones do not. Found
+    /// from outside: a fixed secret, a restart, and the account still waited out its back-off.
+    @Test func changedCredentialsLiftARefusal() async throws {
+        let clock = ManualClock()
+        let reported = Mutex<[String: Date]>([:])
+        let gate = Self.gate(clock, accounts: ["a", "b"], credentials: ["a": "old", "b": "b1"])
+        await gate.onHoldsChanged { holds in reported.withLock { $0 = holds } }
+        let until = clock.now.addingTimeInterval(5)
+        try await Self.send(gate, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
+        #expect(reported.withLock { $0 } == ["credentials:a#old": until])
+
+        // A reload with the same credentials (or none given) changes nothing.
+        for same in [["a": "old", "b": "b1"], [:]] {
+            #expect(await gate.reconfigure(accounts: Self.limits(["a", "b"]), globalRateLimit: .init(requests: 0),
+                                           breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
+                                           credentials: same).isEmpty)
+            #expect(await gate.view("a")?.credentialsRejectedUntil == until)
+        }
+        // New credentials for a: its back-off ends at once, and the stored holds say so.
+        let lifted = await gate.reconfigure(accounts: Self.limits(["a", "b"]), globalRateLimit: .init(requests: 0),
+                                            breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
+                                            credentials: ["a": "new", "b": "b1"])
+        #expect(lifted == ["a": until])
+        #expect(await gate.view("a")?.credentialsRejectedUntil == nil)
+        #expect(Set(try await gate.admit().accounts) == ["a", "b"])
+        #expect(reported.withLock { $0 }.isEmpty)
+
+        // Across a restart: the hold is restored only for the credentials it was set for (and
+        // for a hold stored before fingerprints, which says for none).
+        let stored = ["credentials:a#old": until]
+        let changed = Self.gate(clock, accounts: ["a", "b"], credentials: ["a": "new", "b": "b1"])
+        #expect(await changed.restore(stored) == ["a": until])
+        #expect(await changed.view("a")?.credentialsRejectedUntil == nil)
+        #expect(await changed.holds().isEmpty)
+        let same = Self.gate(clock, accounts: ["a", "b"], credentials: ["a": "old", "b": "b1"])
+        #expect(await same.restore(stored).isEmpty)
+        #expect(await same.view("a")?.credentialsRejectedUntil == until)
+        #expect(await same.holds() == stored)
+        let unmarked = Self.gate(clock, accounts: ["a", "b"], credentials: ["a": "new", "b": "b1"])
+        #expect(await unmarked.restore(["credentials:a": until]).isEmpty)
+        #expect(await unmarked.view("a")?.credentialsRejectedUntil == until)
     }
 
     /// 401, 403 and 429 never open the circuit (one account's trouble is not an outage).

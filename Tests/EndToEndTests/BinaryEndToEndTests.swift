@@ -173,6 +173,47 @@ import Glibc
         await simulator.stop()
     }
 
+    /// The partner refused the account's secret; the operator fixes the file and restarts. The
+    /// back-off stored in the outbox (a minute here, up to an hour) was for the refused secret:
+    /// the event goes at once. With the same wrong secret, the restart still waits.
+    @Test func aRestartWithFixedCredentialsSendsAtOnce() async throws {
+        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
+        _ = try await simulator.start()
+        let dir = try Self.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        // A second `delivery:` block would be a duplicate key: the back-off is edited in place.
+        let text = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+            .replacingOccurrences(of: "initial_seconds: 0.05, multiplier: 2, max_seconds: 0.2", with: "initial_seconds: 60, multiplier: 2, max_seconds: 3600")
+        try dir.write("config.yaml", text)
+        try dir.write("comeet-secret", "a-wrong-secret\n")
+        let config = ["serve", "--config", dir.file("config.yaml")]
+        let first = try RelayProcess(arguments: config)
+        let reply = try await HTTPTestClient(port: try await first.waitUntilReady()).post(Candidates.json(partnerID: "cred-r1"))
+        let id = try #require(reply.json["id"] as? String)
+        #expect(await eventually { !first.events("auth.rejected").isEmpty })
+        first.signal(SIGTERM)
+        #expect(await first.waitForExit() == 0)
+
+        // Restarted with the same wrong secret: the back-off from before the restart holds.
+        let same = try RelayProcess(arguments: config)
+        _ = try await same.waitUntilReady()
+        #expect(same.events("auth.rejected").first?["msg"] as? String
+                == "the partner refused this account's credentials before the restart; its events wait until the back-off ends")
+        same.signal(SIGTERM)
+        #expect(await same.waitForExit() == 0)
+
+        try dir.write("comeet-secret", "demo-secret\n")
+        let fixed = try RelayProcess(arguments: config)
+        let client = HTTPTestClient(port: try await fixed.waitUntilReady())
+        #expect(await eventually(timeout: 10) { (try? await client.record(id)?["state"] as? String) == "delivered" })
+        let changed = try #require(fixed.events("auth.credentials_changed").first)
+        #expect(changed["count_released"] as? Double == 1)
+        #expect(fixed.events("auth.rejected").isEmpty)
+        fixed.signal(SIGTERM)
+        #expect(await fixed.waitForExit() == 0)
+        await simulator.stop()
+    }
+
     @Test func sigtermDuringDeliveriesLosesNothingAndUsesNoAttempt() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.latencyMs = 4000

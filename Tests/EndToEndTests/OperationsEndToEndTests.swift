@@ -100,4 +100,75 @@ import Testing
         #expect(parallel[2].timeIntervalSince(parallel[0]) < 0.5)
         await relay.stop()
     }
+
+    /// The partner refused the account's secret; the operator fixes it and reloads. Its events
+    /// go at once, not when the refusal's back-off (here a minute) ends.
+    @Test func aReloadWithFixedCredentialsSendsAtOnce() async throws {
+        let slowBackoff = "delivery: { backoff: { initial_seconds: 60, multiplier: 2, max_seconds: 3600 } }"
+        let relay = try await RelayHarness { config in
+            config.partner.auth = .comeetJWT(apiKey: Secret("demo-api-key", source: "test"), secret: Secret("a-wrong-secret", source: "test"),
+                                             tokenTTLSeconds: 600)
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 60, multiplier: 2, maxSeconds: 3600)
+        }
+        let refused = try #require(try await relay.post(Candidates.json(partnerID: "cred-1")))
+        #expect(await eventually { !relay.logs.events("auth.rejected").isEmpty })
+        let waiting = try #require(try await relay.post(Candidates.json(partnerID: "cred-2")))
+
+        // The same wrong credentials again: nothing moves.
+        try relay.directory.write("comeet-api-key", "demo-api-key")
+        try relay.directory.write("config.yaml", """
+            storage: { path: \(relay.application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner: { base_url: \(relay.simulator.baseURL) }
+            \(slowBackoff)
+            """)
+        try relay.directory.write("comeet-secret", "a-wrong-secret")
+        #expect(await relay.application.reload(using: ConfigurationLoader(configPath: relay.directory.file("config.yaml"), environment: [:])))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(relay.logs.events("auth.credentials_changed").isEmpty)
+        #expect(try await relay.client.record(waiting)?["state"] as? String == "pending")
+
+        // The right secret: both are delivered within seconds.
+        #expect(await relay.application.reload(using: try relay.writeReloadConfig(slowBackoff)))
+        for id in [refused, waiting] {
+            #expect(try await relay.waitFor(id, states: ["delivered"], timeout: 10)?["state"] as? String == "delivered")
+        }
+        let changed = try #require(relay.logs.events("auth.credentials_changed").first)
+        #expect(changed["account"] as? String == "default")
+        #expect(changed["count_released"] as? Double == 1)  // the refused event's retry, pulled forward
+        #expect(changed["back_off_was_until"] is String)
+        await relay.stop()
+    }
+
+    /// A reload that leaves an account's credentials as they were keeps its token: an OAuth2
+    /// token endpoint that is down meanwhile stops nothing (each reload used to fetch anew).
+    @Test func aReloadKeepsTheTokenOfUnchangedCredentials() async throws {
+        let relay = try await RelayHarness { config in
+            config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
+                tokenURL: config.partner.baseURL + "/oauth/token", clientID: "demo-client",
+                clientSecret: Secret("demo-client-secret", source: "test"), scope: "candidates", clientAuth: .basic))
+        }
+        let before = try #require(try await relay.post(Candidates.json(partnerID: "tok-1")))
+        _ = try await relay.waitFor(before, states: ["delivered"])
+        #expect(await relay.simulator.snapshot().tokensIssued == 1)
+        var faults = SimulatorFaults()
+        faults.tokenEndpointDown = true
+        await relay.simulator.setFaults(faults)
+        try relay.directory.write("oauth-client-secret", "demo-client-secret")
+        try relay.directory.write("config.yaml", """
+            storage: { path: \(relay.application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner:
+              base_url: \(relay.simulator.baseURL)
+              auth: { mode: oauth2_client_credentials, token_url: \(relay.simulator.baseURL)/oauth/token, client_id: demo-client,
+                      client_secret_file: oauth-client-secret, scope: candidates, client_auth: basic }
+            """)
+        let loader = ConfigurationLoader(configPath: relay.directory.file("config.yaml"), environment: [:])
+        for _ in 0..<3 { #expect(await relay.application.reload(using: loader)) }
+        let after = try #require(try await relay.post(Candidates.json(partnerID: "tok-2")))
+        #expect(try await relay.waitFor(after, states: ["delivered"], timeout: 10)?["state"] as? String == "delivered")
+        #expect(await relay.simulator.snapshot().tokenRequests == 1)
+        #expect(relay.logs.events("auth.token_failed").isEmpty)
+        await relay.stop()
+    }
 }

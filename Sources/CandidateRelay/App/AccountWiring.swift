@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import Logging
 
@@ -14,12 +15,43 @@ enum AccountWiring {
         })
     }
 
-    /// Each account's token provider, minting with its own credentials.
-    static func tokenProviders(_ configuration: RelayConfiguration, httpClient: HTTPClient, logger: Logger,
-                               metrics: RelayMetrics) -> [String: any TokenProvider] {
+    /// Each account's token provider, minting with its own credentials. `keeping`: the
+    /// providers in use, with the fingerprints of the credentials they were built from; an
+    /// account whose credentials did not change keeps its provider, and so its token (a reload
+    /// no longer asks an OAuth2 token endpoint for a new one, nor fails to when it is down).
+    static func tokenProviders(_ configuration: RelayConfiguration, httpClient: HTTPClient, logger: Logger, metrics: RelayMetrics,
+                               keeping current: (providers: [String: any TokenProvider], fingerprints: [String: String])? = nil)
+        -> [String: any TokenProvider] {
         Dictionary(uniqueKeysWithValues: configuration.accounts.map { account in
-            (account.id, tokenProvider(account, partner: configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))
+            if let current, let kept = current.providers[account.id],
+               current.fingerprints[account.id] == credentialsFingerprint(account.auth) {
+                return (account.id, kept)
+            }
+            return (account.id, tokenProvider(account, partner: configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))
         })
+    }
+
+    /// Each account's `credentialsFingerprint`.
+    static func credentialsFingerprints(_ configuration: RelayConfiguration) -> [String: String] {
+        Dictionary(uniqueKeysWithValues: configuration.accounts.map { ($0.id, credentialsFingerprint($0.auth)) })
+    }
+
+    /// Tells one set of partner credentials from another without holding them: 16 hex digits
+    /// of a SHA-256 over the mode and every value of it (the secrets' values, not where they
+    /// were read from). Any change may be the operator's fix for a refusal (a new secret, scope
+    /// or token lifetime). Kept in the outbox with a refused account's back-off.
+    static func credentialsFingerprint(_ auth: PartnerAuthConfiguration) -> String {
+        let parts: [String]
+        switch auth {
+        case .comeetJWT(let apiKey, let secret, let ttl):
+            parts = ["comeet_jwt", apiKey.value, secret.value, String(ttl)]
+        case .oauth2ClientCredentials(let oauth):
+            parts = ["oauth2_client_credentials", oauth.tokenURL, oauth.clientID, oauth.clientSecret.value,
+                     oauth.scope ?? "", oauth.clientAuth.rawValue]
+        }
+        // Each part with its length, so that no two different lists hash the same text.
+        let text = parts.map { "\($0.utf8.count):\($0)" }.joined()
+        return String(IngestHandler.hex(SHA256.hash(data: Data(text.utf8))).prefix(16))
     }
 
     /// The token provider of the configured auth mode for one account.

@@ -65,6 +65,21 @@ extension RelayApplication {
         }
     }
 
+    /// Accounts whose partner credentials changed (`lifted`: those the partner had refused,
+    /// with the end of the back-off lifted): their events retried after the refusal are due
+    /// now, and each account that waited logs `auth.credentials_changed`.
+    static func credentialsChanged(_ changed: Set<String>, lifted: [String: Date], outbox: Outbox, logger: Logger) async {
+        let accounts = changed.union(lifted.keys)
+        guard !accounts.isEmpty else { return }
+        let released = (try? await outbox.releaseRefused(accounts: accounts, now: Date())) ?? [:]
+        for account in accounts.sorted() where lifted[account] != nil || released[account, default: 0] > 0 {
+            var fields = LogFields(account: account, numbers: ["count_released": Double(released[account, default: 0])])
+            if let until = lifted[account] { fields.extra["back_off_was_until"] = Timestamp.string(until) }
+            logger.event(.notice, "auth.credentials_changed",
+                         "this account's partner credentials changed since the partner refused them: its events are sent again now", fields)
+        }
+    }
+
     /// An account may leave the config only when it has nothing left to deliver (CONTRACT
     /// section 8): otherwise the reload is refused, each such account logged with its counts.
     /// The removed accounts are closed to new events first, then counted (`Outbox.closeAccounts`):
@@ -99,14 +114,21 @@ extension RelayApplication {
         live.heartbeat.set(new.logging.heartbeatSeconds)
         var tokenConfiguration = new
         tokenConfiguration.partner.timeoutSeconds = old.partner.timeoutSeconds
-        live.tokens.set(AccountWiring.tokenProviders(tokenConfiguration, httpClient: httpClient, logger: logger, metrics: metrics))
+        // Credentials compared with those in use (not the start's: reloads may have changed them).
+        let credentials = (before: live.credentials.value, after: AccountWiring.credentialsFingerprints(new))
+        live.tokens.set(AccountWiring.tokenProviders(tokenConfiguration, httpClient: httpClient, logger: logger, metrics: metrics,
+                                                     keeping: (live.tokens.value, credentials.before)))
+        live.credentials.set(credentials.after)
         // Awaited: when `candidate-relay reload` returns, the new accounts and limits are in force.
         // Sends already made stay in the windows, also a window this reload turns on or widens:
         // those are rebuilt from the history, as at start-up.
         let history = try? await outbox.requestTimes(since: Date().addingTimeInterval(-new.longestRateWindowSeconds))
-        await gate.reconfigure(accounts: AccountWiring.rateLimits(new), globalRateLimit: new.partner.globalRateLimit,
-                               breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff,
-                               history: history)
+        let lifted = await gate.reconfigure(
+            accounts: AccountWiring.rateLimits(new), globalRateLimit: new.partner.globalRateLimit,
+            breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff,
+            history: history, credentials: credentials.after)
+        let changed = credentials.after.filter { id, after in credentials.before[id].map { $0 != after } ?? false }
+        await Self.credentialsChanged(Set(changed.keys), lifted: lifted, outbox: outbox, logger: logger)
         let before = live.accounts.value.ids
         live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
         let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()

@@ -406,6 +406,26 @@ extension Outbox {
         }, then: { _ in })
     }
 
+    /// The pending events of `accounts` that wait only because the partner refused their
+    /// credentials (the retry after a 401 even with a freshly minted token, `unauthorized`)
+    /// are due now: those credentials changed. Returns how many, per account.
+    public func releaseRefused(accounts: Set<String>, now: Date) async throws -> [String: Int] {
+        guard !accounts.isEmpty else { return [:] }
+        return try await write { db in
+            var released: [String: Int] = [:]
+            for account in accounts {
+                try db.execute(
+                    sql: """
+                        UPDATE events SET next_attempt_at = ?
+                        WHERE account = ? AND state = 'pending' AND last_error = 'unauthorized' AND next_attempt_at > ?
+                        """,
+                    arguments: [now.millis, account, now.millis])
+                released[account] = db.changesCount
+            }
+            return released
+        }
+    }
+
     /// The holds the last run stored.
     public func loadHolds() async throws -> [String: Date] {
         try await read { db in

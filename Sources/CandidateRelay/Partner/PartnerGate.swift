@@ -86,6 +86,9 @@ public actor PartnerGate {
         /// False once a reload removed the account. Its state stays: places and permits still
         /// held refer to its limiter's tickets, which a fresh limiter would hand out again.
         var configured = true
+        /// The fingerprint of its credentials (`AccountWiring.credentialsFingerprint`), kept
+        /// with its back-off: a refusal of other credentials is no reason to wait.
+        var credentials: String?
     }
 
     private struct Held {
@@ -124,11 +127,14 @@ public actor PartnerGate {
     /// - Parameters:
     ///   - accounts: each account's rate limit.
     ///   - history: when requests of a previous run were answered (or given up), per account, to seed the windows.
+    ///   - credentials: each account's credentials fingerprint (none: a refusal is never lifted by a change).
     public init(accounts: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration = .init(requests: 0),
                 breaker: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration = .init(),
-                history: [String: [Date]] = [:], logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
+                history: [String: [Date]] = [:], credentials: [String: String] = [:],
+                logger: Logger, metrics: RelayMetrics, clock: any RelayClock = SystemClock()) {
         for (id, limit) in accounts {
-            self.accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds, history: history[id] ?? []))
+            self.accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds, history: history[id] ?? []),
+                                             credentials: credentials[id])
         }
         global = SlidingWindowLimiter(limit: globalRateLimit.requests, window: globalRateLimit.perSeconds, history: history.values.flatMap { $0 })
         self.breaker = CircuitBreaker(failures: breaker.failures, cooldown: breaker.cooldownSeconds)
@@ -151,7 +157,8 @@ public actor PartnerGate {
     // MARK: - Holds that outlive a restart
 
     /// Every pause, open circuit and credentials back-off still in force, by scope: `partner`,
-    /// `circuit`, `account:<id>`, `credentials:<id>`.
+    /// `circuit`, `account:<id>`, `credentials:<id>#<fingerprint of the credentials refused>`
+    /// (`credentials:<id>` when the gate was given none).
     public func holds() -> [String: Date] {
         let current = now()
         var holds: [String: Date] = [:]
@@ -159,7 +166,9 @@ public actor PartnerGate {
         if case .open(let until) = breaker.state, until > current { holds["circuit"] = until }
         for (id, account) in accounts {
             if account.pausedUntil > current { holds["account:" + id] = account.pausedUntil }
-            if account.credentialsBlockedUntil > current { holds["credentials:" + id] = account.credentialsBlockedUntil }
+            if account.credentialsBlockedUntil > current {
+                holds["credentials:" + id + (account.credentials.map { "#" + $0 } ?? "")] = account.credentialsBlockedUntil
+            }
         }
         return holds
     }
@@ -172,9 +181,14 @@ public actor PartnerGate {
     /// The holds a previous run left (`holds`), those still in the future: a restart no longer
     /// sends at once to a partner that asked it to wait (found from outside: 4 requests within
     /// 4 s of a restart, 114 s before the Retry-After ended; a circuit open for 120 s, and a
-    /// refused account's back-off, the same).
-    public func restore(_ holds: [String: Date]) {
+    /// refused account's back-off, the same). A back-off for credentials other than the
+    /// account's now is not restored: the operator changed them, maybe to fix the refusal (found
+    /// from outside: a fixed secret and a restart, and the account still waited out an hour's
+    /// back-off). Returns those accounts, with the end of the back-off not restored.
+    @discardableResult
+    public func restore(_ holds: [String: Date]) -> [String: Date] {
         let current = now()
+        var lifted: [String: Date] = [:]
         for (scope, until) in holds where until > current {
             let fields = LogFields(extra: ["until": Timestamp.string(until)])
             if scope == "partner" {
@@ -188,13 +202,21 @@ public actor PartnerGate {
                 accounts[id]!.pausedUntil = max(accounts[id]!.pausedUntil, until)
                 logger.event(.warning, "partner.paused", "the partner's pause of this account from before the restart is still in force; its events wait",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
-            } else if let id = configuredAccount(scope, prefix: "credentials:") {
+            } else if scope.hasPrefix("credentials:") {
+                // `credentials:<id>#<fingerprint>`; a hold written before fingerprints has none.
+                let parts = scope.split(separator: "#", maxSplits: 1)
+                guard let id = configuredAccount(String(parts[0]), prefix: "credentials:") else { continue }
+                if parts.count == 2, let credentials = accounts[id]!.credentials, credentials != parts[1] {
+                    lifted[id] = until
+                    continue
+                }
                 accounts[id]!.credentialsBlockedUntil = max(accounts[id]!.credentialsBlockedUntil, until)
                 accounts[id]!.credentialFailures = max(accounts[id]!.credentialFailures, 1)
                 logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
             }
         }
+        return lifted
     }
 
     /// The account a hold's scope names (`account:<id>`, `credentials:<id>`), if it is configured.
@@ -208,15 +230,30 @@ public actor PartnerGate {
     /// answer times the outbox recorded within the longest new window, per account, for the
     /// windows a reload widens or turns on (`SlidingWindowLimiter.reconfigure`) and for accounts
     /// added (sent before, under an earlier config and a restart).
+    /// `credentials`: each account's credentials fingerprint; an account whose credentials
+    /// changed while refused is refused no longer. Returns those accounts, with the end of the
+    /// back-off lifted.
+    @discardableResult
     public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
                             breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration,
-                            history: [String: [Date]]? = nil) {
+                            history: [String: [Date]]? = nil, credentials: [String: String] = [:]) -> [String: Date] {
+        let current = now()
+        var lifted: [String: Date] = [:]
         for id in accounts.keys where limits[id] == nil { accounts[id]?.configured = false }
         for (id, limit) in limits {
             if accounts[id] == nil {
                 accounts[id] = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds,
-                                                                          history: history?[id] ?? []))
+                                                                          history: history?[id] ?? []),
+                                            credentials: credentials[id])
             } else {
+                if let new = credentials[id], new != accounts[id]!.credentials {
+                    accounts[id]!.credentials = new
+                    if accounts[id]!.credentialsBlockedUntil > current {
+                        lifted[id] = accounts[id]!.credentialsBlockedUntil
+                        accounts[id]!.credentialsBlockedUntil = .distantPast
+                    }
+                    accounts[id]!.credentialFailures = 0
+                }
                 // Back after a removal: its window still holds what it sent before.
                 accounts[id]?.configured = true
                 accounts[id]?.limiter.reconfigure(limit: limit.requests, window: limit.perSeconds,
@@ -229,6 +266,8 @@ public actor PartnerGate {
         breaker.cooldown = configuration.cooldownSeconds
         self.workers = max(1, workers)
         self.backoff = backoff
+        if !lifted.isEmpty, let holdsChanged { holdsChanged(holds()) }
+        return lifted
     }
 
     // MARK: - Admission
