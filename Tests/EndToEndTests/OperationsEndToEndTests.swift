@@ -137,6 +137,15 @@ import Testing
         #expect(changed["account"] as? String == "default")
         #expect(changed["count_released"] as? Double == 1)  // the refused event's retry, pulled forward
         #expect(changed["back_off_was_until"] is String)
+
+        // Reloaded again as it is now: the credentials are compared with those in use, not the
+        // start's (wrong) ones, so the token is kept and nothing is said to have changed.
+        let minted = relay.logs.events("auth.token_minted").count
+        #expect(await relay.application.reload(using: try relay.writeReloadConfig(slowBackoff)))
+        let later = try #require(try await relay.post(Candidates.json(partnerID: "cred-3")))
+        #expect(try await relay.waitFor(later, states: ["delivered"])?["state"] as? String == "delivered")
+        #expect(relay.logs.events("auth.token_minted").count == minted)
+        #expect(relay.logs.events("auth.credentials_changed").count == 1)
         await relay.stop()
     }
 
