@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 
 import lib  # noqa: E402
 
-SCENARIOS = ["crash_loop", "outage", "auth", "rate_limit", "disk", "shutdown", "hostile"]
+SCENARIOS = ["crash_loop", "outage", "auth", "rate_limit", "disk", "shutdown", "reload", "hostile"]
 
 
 def main() -> int:
