@@ -302,6 +302,40 @@ import Testing
         #expect(try await other.claimNext(now: start.addingTimeInterval(100), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
+    /// Changed credentials make due the events retried after a refusal of the old ones, and
+    /// only those: not another account's, not a retry for another reason, not an event handed
+    /// back since (its hold waits for a request that may still be at the partner).
+    @Test func releaseRefusedTakesOnlyTheRefusalsRetries() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        let later = start.addingTimeInterval(3600)
+        for (n, id) in ["refused", "refused-then-cut", "timeout", "other-account"].enumerated() {
+            var submission = Self.submission(id, partnerID: id, at: start.addingTimeInterval(Double(n) * 0.001))
+            if id == "other-account" { submission.account = "acme" }
+            _ = try await outbox.accept(submission, maxBacklog: 10)
+            let claimed = try #require(try await outbox.claimNext(accounts: ["default", "acme"], now: start.addingTimeInterval(1),
+                                                                  leaseSeconds: 600, maxAgeSeconds: 100_000))
+            #expect(claimed.id == id)
+            let error = id == "timeout" ? "timeout" : "unauthorized"
+            let at = id.hasPrefix("refused") ? later : later.addingTimeInterval(7200)
+            #expect(try await outbox.complete(claimed, outcome: .retry(at: at, status: id == "timeout" ? nil : 401, error: error),
+                                              now: start, latencyMs: 1))
+        }
+        // Claimed again at the hour, and handed back at shutdown with a hold of its own.
+        let cut = try #require(try await outbox.claimNext(accounts: ["default", "acme"], now: later, leaseSeconds: 600, maxAgeSeconds: 100_000))
+        #expect(cut.id == "refused")
+        let again = try #require(try await outbox.claimNext(accounts: ["default", "acme"], now: later, leaseSeconds: 600, maxAgeSeconds: 100_000))
+        #expect(again.id == "refused-then-cut")
+        #expect(try await outbox.complete(cut, outcome: .retry(at: later.addingTimeInterval(3600), status: 401, error: "unauthorized"),
+                                          now: later, latencyMs: 1))
+        #expect(try await outbox.complete(again, outcome: .interrupted(resendAt: later.addingTimeInterval(30)), now: later, latencyMs: nil))
+        let now = later.addingTimeInterval(1)
+        #expect(try await outbox.releaseRefused(accounts: ["default"], now: now) == ["default": 1])
+        #expect(try await outbox.claimNext(accounts: ["default", "acme"], now: now, leaseSeconds: 600, maxAgeSeconds: 100_000)?.id == "refused")
+        #expect(try await outbox.claimNext(accounts: ["default", "acme"], now: now, leaseSeconds: 600, maxAgeSeconds: 100_000) == nil)
+    }
+
     @Test func holdsAreKeptForTheNextStart() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

@@ -350,6 +350,22 @@ import Testing
         #expect(await unmarked.view("a")?.credentialsRejectedUntil == until)
     }
 
+    /// A refusal counts against the credentials it was made with: one of credentials a reload
+    /// replaced while the request was out does not hold back the new ones.
+    @Test func aRefusalOfReplacedCredentialsIsNotTheNewOnes() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a"], credentials: ["a": "new"])
+        // Three requests out together (a wrongly counted refusal must fail the test, not leave
+        // the next admission waiting on the manual clock).
+        var permits: [PartnerGate.Permit] = []
+        for _ in 0..<3 { permits.append(await gate.bind(try await gate.admit(), to: "a")) }
+        await gate.settle(permits[0], AttemptReport(health: .untested, status: 401, credentialsRejected: true, credentials: "old"))
+        await gate.settle(permits[1], AttemptReport(health: .untested, tokenUnavailable: true, credentials: "old"))
+        #expect(await gate.view("a")?.credentialsRejectedUntil == nil)
+        await gate.settle(permits[2], AttemptReport(health: .untested, status: 401, credentialsRejected: true, credentials: "new"))
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))
+    }
+
     /// 401, 403 and 429 never open the circuit (one account's trouble is not an outage).
     @Test func oneAccountsRefusalsDoNotOpenTheCircuit() async throws {
         let clock = ManualClock()

@@ -16,15 +16,13 @@ enum AccountWiring {
     }
 
     /// Each account's token provider, minting with its own credentials. `keeping`: the
-    /// providers in use, with the fingerprints of the credentials they were built from; an
-    /// account whose credentials did not change keeps its provider, and so its token (a reload
-    /// no longer asks an OAuth2 token endpoint for a new one, nor fails to when it is down).
+    /// providers in use; an account whose credentials did not change keeps its provider, and so
+    /// its token (a reload no longer asks an OAuth2 token endpoint for a new one, nor fails to
+    /// when it is down).
     static func tokenProviders(_ configuration: RelayConfiguration, httpClient: HTTPClient, logger: Logger, metrics: RelayMetrics,
-                               keeping current: (providers: [String: any TokenProvider], fingerprints: [String: String])? = nil)
-        -> [String: any TokenProvider] {
+                               keeping current: [String: any TokenProvider] = [:]) -> [String: any TokenProvider] {
         Dictionary(uniqueKeysWithValues: configuration.accounts.map { account in
-            if let current, let kept = current.providers[account.id],
-               current.fingerprints[account.id] == credentialsFingerprint(account.auth) {
+            if let kept = current[account.id], kept.credentials == credentialsFingerprint(account.auth) {
                 return (account.id, kept)
             }
             return (account.id, tokenProvider(account, partner: configuration.partner, httpClient: httpClient, logger: logger, metrics: metrics))
@@ -59,11 +57,12 @@ enum AccountWiring {
                               logger: Logger, metrics: RelayMetrics) -> any TokenProvider {
         switch account.auth {
         case .comeetJWT(let apiKey, let secret, let ttl):
-            return ComeetTokenProvider(apiKey: apiKey, secret: secret, ttlSeconds: ttl, logger: logger, metrics: metrics, account: account.id)
+            return ComeetTokenProvider(apiKey: apiKey, secret: secret, ttlSeconds: ttl, logger: logger, metrics: metrics, account: account.id,
+                                       credentials: credentialsFingerprint(account.auth))
         case .oauth2ClientCredentials(let oauth):
             return OAuth2TokenProvider(
                 configuration: oauth, fetch: OAuth2TokenProvider.httpFetch(client: httpClient, timeoutSeconds: partner.timeoutSeconds),
-                logger: logger, metrics: metrics, account: account.id)
+                logger: logger, metrics: metrics, account: account.id, credentials: credentialsFingerprint(account.auth))
         }
     }
 

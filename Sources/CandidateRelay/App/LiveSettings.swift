@@ -10,15 +10,11 @@ final class LiveSettings: Sendable {
     let heartbeat: Live<Double>
     /// Each account's partner token provider.
     let tokens: Live<[String: any TokenProvider]>
-    /// The fingerprints of the credentials those providers were built from
-    /// (`AccountWiring.credentialsFingerprint`).
-    let credentials: Live<[String: String]>
     /// The configured account ids.
     let accounts: Live<KnownAccounts>
 
     init(configuration: RelayConfiguration, tokens: [String: any TokenProvider]) {
         self.tokens = Live(tokens)
-        credentials = Live(AccountWiring.credentialsFingerprints(configuration))
         authenticators = Live(AccountWiring.authenticators(configuration))
         accounts = Live(KnownAccounts(ids: Set(configuration.accounts.map(\.id)), named: configuration.namedAccounts != nil))
         ingest = Live(configuration.ingest)

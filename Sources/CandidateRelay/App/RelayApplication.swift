@@ -98,14 +98,14 @@ public final class RelayApplication: Sendable {
             accounts: AccountWiring.rateLimits(configuration), globalRateLimit: configuration.partner.globalRateLimit,
             breaker: configuration.delivery.circuitBreaker, workers: configuration.delivery.workers,
             backoff: configuration.delivery.backoff, history: history,
-            credentials: AccountWiring.credentialsFingerprints(configuration), logger: logger, metrics: metrics)
+            credentials: live.tokens.value.compactMapValues(\.credentials), logger: logger, metrics: metrics)
         // The partner's pauses, an open circuit, a refused account's back-off: still in force
         // after a restart, and kept for the next one. Not a back-off for credentials changed since.
         let lifted = await gate.restore(try await outbox.loadHolds())
         await gate.onHoldsChanged { [outbox] holds in outbox.saveHolds(holds) }
         if !lifted.isEmpty {
-            outbox.saveHolds(await gate.holds())
             await Self.credentialsChanged([], lifted: lifted, outbox: outbox, logger: logger)
+            outbox.saveHolds(await gate.holds())
         }
         pool = DeliveryWorkerPool(
             outbox: outbox, gate: gate,

@@ -71,7 +71,15 @@ extension RelayApplication {
     static func credentialsChanged(_ changed: Set<String>, lifted: [String: Date], outbox: Outbox, logger: Logger) async {
         let accounts = changed.union(lifted.keys)
         guard !accounts.isEmpty else { return }
-        let released = (try? await outbox.releaseRefused(accounts: accounts, now: Date())) ?? [:]
+        let released: [String: Int]
+        do {
+            released = try await outbox.releaseRefused(accounts: accounts, now: Date())
+        } catch {
+            // They go when their own retry is due (within `delivery.backoff`).
+            logger.event(.error, "storage.failed", "could not make the events retried after a credentials refusal due now",
+                         LogFields(error: OutboxError.logCode(error)))
+            released = [:]
+        }
         for account in accounts.sorted() where lifted[account] != nil || released[account, default: 0] > 0 {
             var fields = LogFields(account: account, numbers: ["count_released": Double(released[account, default: 0])])
             if let until = lifted[account] { fields.extra["back_off_was_until"] = Timestamp.string(until) }
@@ -115,10 +123,9 @@ extension RelayApplication {
         var tokenConfiguration = new
         tokenConfiguration.partner.timeoutSeconds = old.partner.timeoutSeconds
         // Credentials compared with those in use (not the start's: reloads may have changed them).
-        let credentials = (before: live.credentials.value, after: AccountWiring.credentialsFingerprints(new))
+        let credentials = (before: live.tokens.value.compactMapValues(\.credentials), after: AccountWiring.credentialsFingerprints(new))
         live.tokens.set(AccountWiring.tokenProviders(tokenConfiguration, httpClient: httpClient, logger: logger, metrics: metrics,
-                                                     keeping: (live.tokens.value, credentials.before)))
-        live.credentials.set(credentials.after)
+                                                     keeping: live.tokens.value))
         // Awaited: when `candidate-relay reload` returns, the new accounts and limits are in force.
         // Sends already made stay in the windows, also a window this reload turns on or widens:
         // those are rebuilt from the history, as at start-up.

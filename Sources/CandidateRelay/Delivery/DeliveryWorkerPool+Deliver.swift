@@ -9,6 +9,8 @@ extension DeliveryWorkerPool {
         var latencyMs: Int
         /// A 401 again right after the resend with a freshly minted token.
         var credentialsRejected = false
+        /// The fingerprint of the credentials the (last) request was made with.
+        var credentials: String?
 
         var status: Int? {
             if case .response(let code, _, _) = answer { return code }
@@ -48,7 +50,7 @@ extension DeliveryWorkerPool {
         // asking the token endpoint in turn and spending its attempts: a revoked client secret
         // for a few hours turned a whole backlog dead.
         if case .transportFailure(.tokenUnavailable) = exchange.answer {
-            await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true))
+            await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true, credentials: exchange.credentials))
             await record(event, .unsent, latencyMs: nil, now: now())
             return
         }
@@ -67,7 +69,13 @@ extension DeliveryWorkerPool {
         await gate.settle(permit, AttemptReport(
             health: decision.health, status: exchange.status,
             accountPauseUntil: accountPause ? decision.pauseUntil : nil, partnerPauseUntil: accountPause ? nil : decision.pauseUntil,
-            credentialsRejected: exchange.credentialsRejected))
+            credentialsRejected: exchange.credentialsRejected, credentials: exchange.credentials))
+        // Refused credentials that a reload replaced while the request was out: the retry is
+        // due at once (the reload made the others due already, before this outcome was written).
+        if exchange.credentialsRejected, let used = exchange.credentials, let inForce = tokens.value[event.account]?.credentials,
+           used != inForce, case .retry(_, let status, let error) = decision.outcome {
+            decision.outcome = .retry(at: current, status: status, error: error)
+        }
         // The worker goes on to its next claim without waiting for this outcome's commit: the
         // two usually share one transaction (one fsync wait per delivery, not two; with 16
         // workers delivery was bound by those waits). Shutdown waits for every outcome.
@@ -130,7 +138,8 @@ extension DeliveryWorkerPool {
         } catch {
             if Task.isCancelled { return nil }
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
-            return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0)
+            return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0,
+                            credentials: provider.credentials)
         }
         // Only this daemon takes leases back, and only expired ones: while less than half of the
         // lease has run it is certainly still ours, and the renewal (an fsync) is skipped. An
@@ -168,7 +177,7 @@ extension DeliveryWorkerPool {
         case .transportFailure(let failure): metrics.partnerResponse(status: failure.rawValue, account: event.account)
         }
         if classification == .refreshTokenAndResend { await provider.invalidate(token) }
-        return Exchange(answer: answer, classification: classification, latencyMs: latencyMs)
+        return Exchange(answer: answer, classification: classification, latencyMs: latencyMs, credentials: provider.credentials)
     }
 
     /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write

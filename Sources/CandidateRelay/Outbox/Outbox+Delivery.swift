@@ -407,7 +407,8 @@ extension Outbox {
     }
 
     /// The pending events of `accounts` that wait only because the partner refused their
-    /// credentials (the retry after a 401 even with a freshly minted token, `unauthorized`)
+    /// credentials (the retry after a 401 even with a freshly minted token, `unauthorized`, as
+    /// their last attempt: not an event handed back since, whose hold is for another reason)
     /// are due now: those credentials changed. Returns how many, per account.
     public func releaseRefused(accounts: Set<String>, now: Date) async throws -> [String: Int] {
         guard !accounts.isEmpty else { return [:] }
@@ -418,6 +419,7 @@ extension Outbox {
                     sql: """
                         UPDATE events SET next_attempt_at = ?
                         WHERE account = ? AND state = 'pending' AND last_error = 'unauthorized' AND next_attempt_at > ?
+                          AND (SELECT outcome FROM attempts WHERE event_id = events.id ORDER BY at DESC, rowid DESC LIMIT 1) = 'retry'
                         """,
                     arguments: [now.millis, account, now.millis])
                 released[account] = db.changesCount

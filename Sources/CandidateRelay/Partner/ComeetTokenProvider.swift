@@ -13,12 +13,15 @@ public actor ComeetTokenProvider: TokenProvider {
     let metrics: RelayMetrics?
     /// The account whose credentials these are (its log lines and metrics say so).
     let account: String
+    public nonisolated let credentials: String?
     let now: @Sendable () -> Date
     private var cached: (token: String, expires: Date)?
 
     public init(apiKey: Secret, secret: Secret, ttlSeconds: Double, logger: Logger, metrics: RelayMetrics? = nil,
-                account: String = AccountConfiguration.defaultID, now: @escaping @Sendable () -> Date = Date.init) {
+                account: String = AccountConfiguration.defaultID, credentials: String? = nil,
+                now: @escaping @Sendable () -> Date = Date.init) {
         self.account = account
+        self.credentials = credentials
         self.apiKey = apiKey
         self.secret = secret
         self.ttl = ttlSeconds

@@ -16,13 +16,16 @@ public actor OAuth2TokenProvider: TokenProvider {
     let metrics: RelayMetrics?
     /// The account whose credentials these are (its log lines and metrics say so).
     let account: String
+    public nonisolated let credentials: String?
     let now: @Sendable () -> Date
     private var cached: (token: String, expires: Date, margin: Double)?
     private var inFlight: Task<(token: String, expiresIn: Double), any Error>?
 
     public init(configuration: OAuth2Configuration, fetch: @escaping Fetch, logger: Logger, metrics: RelayMetrics? = nil,
-                account: String = AccountConfiguration.defaultID, now: @escaping @Sendable () -> Date = Date.init) {
+                account: String = AccountConfiguration.defaultID, credentials: String? = nil,
+                now: @escaping @Sendable () -> Date = Date.init) {
         self.account = account
+        self.credentials = credentials
         self.configuration = configuration
         self.fetch = fetch
         self.logger = logger

@@ -28,15 +28,19 @@ public struct AttemptReport: Sendable, Equatable {
     /// No token could be had for this account (its OAuth2 token endpoint refused the client,
     /// failed or did not answer): nothing was sent, and the account waits as for refused credentials.
     public var tokenUnavailable: Bool
+    /// The fingerprint of the credentials the request was made with (`TokenProvider.credentials`):
+    /// a refusal of credentials a reload has replaced since is not the new ones' back-off.
+    public var credentials: String?
 
     public init(health: PartnerHealth, status: Int? = nil, accountPauseUntil: Date? = nil, partnerPauseUntil: Date? = nil,
-                credentialsRejected: Bool = false, tokenUnavailable: Bool = false) {
+                credentialsRejected: Bool = false, tokenUnavailable: Bool = false, credentials: String? = nil) {
         self.health = health
         self.status = status
         self.accountPauseUntil = accountPauseUntil
         self.partnerPauseUntil = partnerPauseUntil
         self.credentialsRejected = credentialsRejected
         self.tokenUnavailable = tokenUnavailable
+        self.credentials = credentials
     }
 
     /// Nothing reached the partner.
@@ -527,6 +531,11 @@ public actor PartnerGate {
             holdsMoved = true
             logger.event(.warning, "partner.paused", "partner asked this account to retry later; its events wait",
                          LogFields(account: permit.account, extra: ["until": Timestamp.string(until)]))
+        }
+        if report.credentialsRejected || report.tokenUnavailable, let used = report.credentials,
+           let inForce = accounts[permit.account]!.credentials, used != inForce {
+            // Refused or unusable credentials that a reload replaced while the request was out.
+            return
         }
         if report.credentialsRejected {
             blockCredentials(permit.account, now: current, "the partner refuses this account's credentials even freshly minted; its events wait",

@@ -5,6 +5,14 @@ import Foundation
 public protocol TokenProvider: Sendable {
     func token() async throws -> String
     func invalidate(_ token: String) async
+    /// The fingerprint of the credentials it mints or fetches with
+    /// (`AccountWiring.credentialsFingerprint`), nil when not given: a refusal is charged to
+    /// the credentials that were refused, not to those a reload put in force meanwhile.
+    var credentials: String? { get }
+}
+
+extension TokenProvider {
+    public var credentials: String? { nil }
 }
 
 /// The token could not be obtained (OAuth endpoint down): a retryable failure, never `dead`.
