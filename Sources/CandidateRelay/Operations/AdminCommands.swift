@@ -82,7 +82,7 @@ public struct AdminCommands: Sendable {
 
     /// `ids == nil`: every dead event (of `account` only, when given).
     public func retry(ids: [String]?, account: String? = nil) async throws -> (text: String, allFound: Bool) {
-        let result = try await outbox.retry(ids: ids, account: account, now: now())
+        let result = try await outbox.retry(ids: ids, account: account, now: now(), pause: .shareTheWriter)
         var lines = result.retried.map { "retried \($0)" }
         lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }
         lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
@@ -95,7 +95,7 @@ public struct AdminCommands: Sendable {
         let result = try await outbox.prune(
             payloadBefore: current.addingTimeInterval(-olderThanSeconds),
             recordBefore: current.addingTimeInterval(-recordRetentionDays * 86_400),
-            includeDead: true, account: account, now: current)
+            includeDead: true, account: account, now: current, pause: .shareTheWriter)
         return "erased the payload of \(result.erased) terminal event(s); deleted \(result.deleted) expired record(s)" + Self.scope(account)
             + (result.erased > 0 ? await walNote() : "")
     }

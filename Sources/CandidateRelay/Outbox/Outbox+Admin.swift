@@ -57,78 +57,136 @@ extension Outbox {
         }
     }
 
+    /// How many events one transaction of `retry`, `prune` erasure or deletion takes. Each
+    /// such transaction holds SQLite's writer, and with it every 202 of the daemon (in another
+    /// process too: the admin CLI): one transaction over a whole outbox held them for seconds
+    /// (`purge` of 300,000 payloads: 7.9 s, one webhook answered after 6 s; past the daemon's
+    /// 10 s busy timeout, they fail). 500 takes ~10–20 ms.
+    static let maintenanceChunk = 500
+
     /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
-    public func retry(ids: [String]?, account: String? = nil, now: Date) async throws -> (retried: [String], skipped: [String]) {
-        let result = try await write { db -> (retried: [String], skipped: [String]) in
-            let targets: [String]
-            if let ids {
-                targets = ids
-            } else {
-                targets = try String.fetchAll(
+    /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
+    public func retry(ids: [String]?, account: String? = nil, now: Date,
+                      pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String]) {
+        let targets: [String]
+        if let ids {
+            targets = ids
+        } else {
+            targets = try await read { db in
+                try String.fetchAll(
                     db, sql: """
                         SELECT id FROM events WHERE state = 'dead' AND \(PayloadStore.exists) \(account == nil ? "" : "AND account = ?")
                         ORDER BY received_at
                         """,
                     arguments: account.map { [$0] } ?? [])
             }
-            var retried: [String] = []
-            var skipped: [String] = []
-            for id in targets {
-                try db.execute(
-                    sql: """
-                        UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
-                          budget_started_at = ?, last_error = NULL
-                        WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
-                        """,
-                    arguments: [now.millis, now.millis, now.millis, id, account])
-                if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
-            }
-            return (retried, skipped)
         }
-        if !result.retried.isEmpty { invalidateSettled() }  // dead events left the settled states
-        return result
+        var retried: [String] = []
+        var skipped: [String] = []
+        // Dead events leave the settled states: recounted, even if a later chunk fails.
+        defer { if !retried.isEmpty { invalidateSettled() } }
+        for chunk in Self.chunks(targets) {
+            let started = ContinuousClock.now
+            let result = try await write { db -> (retried: [String], skipped: [String]) in
+                var retried: [String] = []
+                var skipped: [String] = []
+                for id in chunk {
+                    // The condition again: the event may have changed since it was read.
+                    try db.execute(
+                        sql: """
+                            UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
+                              budget_started_at = ?, last_error = NULL
+                            WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
+                            """,
+                        arguments: [now.millis, now.millis, now.millis, id, account])
+                    if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
+                }
+                return (retried, skipped)
+            }
+            retried += result.retried
+            skipped += result.skipped
+            try await pause.after(ContinuousClock.now - started)
+        }
+        return (retried, skipped)
     }
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
     /// last updated before `payloadBefore` — and of dead ones too when `includeDead` — and
     /// deletes whole records last updated before `recordBefore`, of `account` only when it is
     /// given. Returns (erased, deleted).
+    ///
+    /// The events to erase are found in a read, off the writer, and erased in transactions of
+    /// `maintenanceChunk`, each checking the condition again; records are deleted likewise.
+    /// `pause` runs between them: the admin CLI leaves the daemon's writes room in between
+    /// (SQLite's lock is not fair: a process that takes it back at once can starve the other).
+    /// A failure part way keeps what was done: the next run does the rest.
     public func prune(payloadBefore: Date, recordBefore: Date, includeDead: Bool, account: String? = nil,
-                      now: Date) async throws -> (erased: Int, deleted: Int) {
-        let result = try await write { db -> (erased: Int, deleted: Int) in
-            let states = includeDead ? "('delivered', 'linked', 'dead')" : "('delivered', 'linked')"
-            let inAccount = account == nil ? "" : "AND account = ?"
-            let accountArgument: StatementArguments = account.map { [$0] } ?? []
-            // What to erase is found from the payloads table, which holds only what is not
-            // erased yet (erasing deletes the payload, and the partner's full answer is only
-            // ever stored beside a payload): the last days' events and the backlog. Reading every
-            // settled event past the cutoff instead held SQLite's writer, and every 202 with it,
-            // for over a second per 1,000,000 events stored, at start and every hour, even with
-            // nothing to erase. (CROSS JOIN: SQLite keeps that order; `account` is only events'.)
-            let ids = try String.fetchAll(
+                      now: Date, pause: MaintenancePause = .none) async throws -> (erased: Int, deleted: Int) {
+        let states = includeDead ? "('delivered', 'linked', 'dead')" : "('delivered', 'linked')"
+        let inAccount = account == nil ? "" : "AND account = ?"
+        let accountArgument: StatementArguments = account.map { [$0] } ?? []
+        // What to erase is found from the payloads table, which holds only what is not erased
+        // yet (erasing deletes the payload, and the partner's full answer is only ever stored
+        // beside a payload): the last days' events and the backlog. Reading every settled event
+        // past the cutoff instead took over a second per 1,000,000 events stored, at start and
+        // every hour, even with nothing to erase. (CROSS JOIN: SQLite keeps that order;
+        // `account` is only events'.) A read: it no longer holds the writer either.
+        let candidates = try await read { db in
+            try String.fetchAll(
                 db, sql: """
                     SELECT e.id FROM payloads p CROSS JOIN events e ON e.id = p.event_id
                     WHERE e.state IN \(states) AND e.updated_at < ? \(inAccount)
                     """,
                 arguments: [payloadBefore.millis] + accountArgument)
-            for chunk in stride(from: 0, to: ids.count, by: 500).map({ ids[$0..<min($0 + 500, ids.count)] }) {
-                let condition = "id IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))"
-                let arguments = StatementArguments(Array(chunk))
+        }
+        var erased = 0
+        var deleted = 0
+        defer { if deleted > 0 { invalidateSettled() } }  // settled events deleted
+        for chunk in Self.chunks(candidates) {
+            let started = ContinuousClock.now
+            erased += try await write { db in
+                // Still settled, still before the cutoff, still with a payload: an event retried
+                // or erased since the read is left alone.
+                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ", ")
+                let ids = try String.fetchAll(
+                    db, sql: """
+                        SELECT id FROM events WHERE id IN (\(marks)) AND state IN \(states) AND updated_at < ?
+                          AND \(PayloadStore.exists)
+                        """,
+                    arguments: StatementArguments(chunk) + [payloadBefore.millis])
+                guard !ids.isEmpty else { return 0 }
+                let condition = "id IN (\(Array(repeating: "?", count: ids.count).joined(separator: ", ")))"
+                let arguments = StatementArguments(ids)
                 try db.execute(sql: "UPDATE events SET partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
                                arguments: [now.millis] + arguments)
                 try PayloadStore.erase(db, eventsWhere: condition, arguments: arguments)
                 try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
+                return ids.count
             }
-            let erased = ids.count
-            try db.execute(
-                sql: "DELETE FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount)",
-                arguments: [recordBefore.millis] + accountArgument)
-            return (erased, db.changesCount)
+            try await pause.after(ContinuousClock.now - started)
         }
-        if result.deleted > 0 { invalidateSettled() }  // settled events deleted
-        return result
+        while true {
+            let started = ContinuousClock.now
+            let count = try await write { db in
+                try db.execute(
+                    sql: """
+                        DELETE FROM events WHERE id IN (
+                          SELECT id FROM events WHERE state IN \(states) AND updated_at < ? \(inAccount) LIMIT ?)
+                        """,
+                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk])
+                return db.changesCount
+            }
+            deleted += count
+            if count < Self.maintenanceChunk { break }
+            try await pause.after(ContinuousClock.now - started)
+        }
+        return (erased, deleted)
+    }
+
+    static func chunks(_ ids: [String]) -> [ArraySlice<String>] {
+        stride(from: 0, to: ids.count, by: maintenanceChunk).map { ids[$0..<min($0 + maintenanceChunk, ids.count)] }
     }
 
     /// GDPR erasure of one candidate: every payload and full partner answer for the
@@ -213,4 +271,24 @@ extension Outbox {
         default: return "\(error)"
         }
     }
+}
+
+/// What a long maintenance command (`retry --all-dead`, `purge`, the retention pass) does
+/// between its transactions, given how long the last one took.
+public struct MaintenancePause: Sendable {
+    let body: @Sendable (Duration) async throws -> Void
+
+    public init(_ body: @escaping @Sendable (Duration) async throws -> Void) { self.body = body }
+
+    /// Nothing: in the daemon, the writer's queue already interleaves its transactions with the
+    /// group commits of ingest and delivery.
+    public static let none = MaintenancePause { _ in }
+
+    /// As long as the last transaction took, and at least 10 ms: from another process (the
+    /// admin CLI), whose lock the daemon's writes can only take while it is released.
+    public static let shareTheWriter = MaintenancePause { elapsed in
+        try await Task.sleep(for: max(elapsed, .milliseconds(10)))
+    }
+
+    func after(_ elapsed: Duration) async throws { try await body(elapsed) }
 }
