@@ -147,7 +147,8 @@ import Testing
         let pause = MaintenancePause { _ in
             guard !retried.withLock({ $0 }) else { return }
             retried.withLock { $0 = true }
-            #expect(try await outbox.retry(ids: ["d00599"], now: now).retried == ["d00599"])
+            let result = try await outbox.retry(ids: ["d00599"], now: now)
+            #expect(result.retried == ["d00599"])
         }
         let later = now.addingTimeInterval(10)
         #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later, pause: pause) == (600, 0))

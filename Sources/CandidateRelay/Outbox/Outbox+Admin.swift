@@ -167,13 +167,14 @@ extension Outbox {
             }
             try await pause.after(ContinuousClock.now - started)
         }
+        // Whole records: of every settled state, dead ones too, whatever `includeDead` says.
         while true {
             let started = ContinuousClock.now
             let count = try await write { db in
                 try db.execute(
                     sql: """
                         DELETE FROM events WHERE id IN (
-                          SELECT id FROM events WHERE state IN \(states) AND updated_at < ? \(inAccount) LIMIT ?)
+                          SELECT id FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount) LIMIT ?)
                         """,
                     arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk])
                 return db.changesCount
