@@ -148,11 +148,13 @@ extension Outbox {
             let started = ContinuousClock.now
             erased += try await write { db in
                 // Still settled, still before the cutoff, still with a payload: an event retried
-                // or erased since the read is left alone.
+                // or erased since the read is left alone. (The `+`s keep SQLite on the primary
+                // key: for a list of 500 ids it chose `events_state_updated` and walked every
+                // settled event, 40 ms a chunk with 100,000 of them.)
                 let marks = Array(repeating: "?", count: chunk.count).joined(separator: ", ")
                 let ids = try String.fetchAll(
                     db, sql: """
-                        SELECT id FROM events WHERE id IN (\(marks)) AND state IN \(states) AND updated_at < ?
+                        SELECT id FROM events WHERE id IN (\(marks)) AND +state IN \(states) AND +updated_at < ?
                           AND \(PayloadStore.exists)
                         """,
                     arguments: StatementArguments(chunk) + [payloadBefore.millis])
