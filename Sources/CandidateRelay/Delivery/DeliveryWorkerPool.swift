@@ -257,7 +257,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private func idleWait(accounts: [String], rungBefore: Int, atMost: Double? = nil) async {
         let poll = settings.value.pollSeconds
         var wait = min(poll, atMost ?? poll)
-        if !accounts.isEmpty, let due = try? await outbox.nextDueAt(accounts: accounts) {
+        if !accounts.isEmpty, let due = try? await outbox.nextDueAt(accounts: accounts, now: now()) {
             wait = min(wait, max(0.005, due.timeIntervalSince(now())))
         }
         if let ready = await gate.nextReadiness() {
@@ -278,7 +278,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
         if let prefetched {
             (admission, event) = (prefetched.admission, prefetched.event)
         } else {
-            guard let admitted = try await admit() else { return nil }
+            // Accounts with nothing due take no place at the gate and no query in the claim.
+            let quiet = outbox.quiet.accounts(at: now())
+            guard let admitted = try await admit(skipping: quiet) else { return nil }
             let claimed: ClaimedEvent?
             do {
                 claimed = try await claim(accounts: admitted.accounts,
@@ -294,7 +296,9 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 // backlog it may not take; and looks again soon, since it is kept only while
                 // the others are busy, and an answer may make an account quiet again (it sat
                 // out its 1 s poll during a drain of fresh events: 20 accounts fell to 0.85).
-                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts, rungBefore: rungBefore,
+                // The quiet accounts' next due times count too (from their marks: always ahead,
+                // so a paused one's never makes the worker spin).
+                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts + quiet.sorted(), rungBefore: rungBefore,
                                atMost: admitted.keptFree ? 0.05 : nil)
                 return nil
             }
@@ -337,11 +341,11 @@ public final class DeliveryWorkerPool: Service, Sendable {
     }
 
     /// Waits at the gate, giving up (nil) when draining starts.
-    private func admit() async throws -> PartnerGate.Admission? {
+    private func admit(skipping quiet: Set<String>) async throws -> PartnerGate.Admission? {
         if isDraining { return nil }
         let gate = self.gate
         return try await withThrowingTaskGroup(of: PartnerGate.Admission?.self) { group in
-            group.addTask { try await gate.admit() }
+            group.addTask { try await gate.admit(skipping: quiet) }
             group.addTask {
                 await self.drain.wait()
                 return nil

@@ -90,6 +90,7 @@ extension Outbox {
         for chunk in Self.chunks(targets) {
             let started = ContinuousClock.now
             let result = try await write { db -> (retried: [String], skipped: [String]) in
+                self.quiet.clearAll()
                 var retried: [String] = []
                 var skipped: [String] = []
                 for id in chunk {

@@ -151,8 +151,12 @@ extension Outbox {
             self.writeBatch({ db in
                 try batch.map { item -> Result<DeliveryWriteResult, any Error> in
                     switch item {
-                    case .claim(let request): .success(.claimed(try Self.claimOne(db, request)))
-                    case .complete(let completion): .success(.completed(try Self.completeOne(db, completion)))
+                    case .claim(let request):
+                        return .success(.claimed(try Self.claimOne(db, request, quiet: self.quiet)))
+                    case .complete(let completion):
+                        // A retry, a hand-back: the account may have an event due sooner.
+                        self.quiet.clear(completion.event.account)
+                        return .success(.completed(try Self.completeOne(db, completion)))
                     }
                 }
             }, then: { result in
@@ -165,18 +169,29 @@ extension Outbox {
 
     /// One claim inside a (shared) transaction: the claims of one batch run in order, each
     /// seeing the rows the ones before it leased, so "never two in flight per natural key" holds.
-    static func claimOne(_ db: Database, _ request: ClaimRequest) throws -> ClaimResult {
+    /// Accounts `quiet` marks are skipped; one found with nothing due is marked.
+    static func claimOne(_ db: Database, _ request: ClaimRequest, quiet: QuietAccounts) throws -> ClaimResult {
         var expired: [ExpiredEvent] = []
-        for account in request.accounts {
-            if let claimed = try claimOne(db, request, account: account, expired: &expired) {
+        for account in request.accounts where !quiet.isQuiet(account, at: request.now) {
+            var nothingDue = false
+            if let claimed = try claimOne(db, request, account: account, expired: &expired, nothingDue: &nothingDue) {
                 return ClaimResult(claimed: claimed, expired: expired)
+            }
+            if nothingDue {
+                let earliest = try Millis.fetchOne(
+                    db.cachedStatement(sql: "SELECT MIN(next_attempt_at) FROM events WHERE account = ? AND state = 'pending'"),
+                    arguments: [account])
+                quiet.note(account, earliest: earliest.map(Date.init(millis:)), now: request.now)
             }
         }
         return ClaimResult(claimed: nil, expired: expired)
     }
 
     /// The oldest due event of one account (walking its part of `events_due` in order).
-    private static func claimOne(_ db: Database, _ request: ClaimRequest, account: String, expired: inout [ExpiredEvent]) throws -> ClaimedEvent? {
+    /// `nothingDue`: none was due (not one left for another worker: too old for the one kept
+    /// free, too large to claim ahead).
+    private static func claimOne(_ db: Database, _ request: ClaimRequest, account: String, expired: inout [ExpiredEvent],
+                                 nothingDue: inout Bool) throws -> ClaimedEvent? {
         let now = request.now
         while true {
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
@@ -186,7 +201,10 @@ extension Outbox {
                           AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
                     ORDER BY next_attempt_at, id LIMIT 1
                     """),
-                arguments: [account, now.millis]) else { return nil }
+                arguments: [account, now.millis]) else {
+                nothingDue = true
+                return nil
+            }
             let id: String = row["id"]
             let receivedAt = Date(millis: row["received_at"])
             // A backlog or a retry at the head of the account: not for the worker kept free.
@@ -332,6 +350,7 @@ extension Outbox {
     @discardableResult
     public func recoverLeases(expiredBefore: Date?, now: Date, holdSeconds: Double = 0, excluding held: Set<String> = []) async throws -> Int {
         try await write { db in
+            self.quiet.clearAll()
             if let expiredBefore {
                 // Leases a live worker of this process still holds are not taken back, however
                 // old: the process was frozen (SIGSTOP, a paused VM) past their expiry, and the
@@ -363,10 +382,15 @@ extension Outbox {
     /// When the next claimable pending event of `accounts` becomes due, to sleep exactly that
     /// long when idle. Events whose natural key is in flight are left out: they wait for that
     /// delivery, and counting them would make idle workers spin.
-    public func nextDueAt(accounts: [String] = [AccountConfiguration.defaultID]) async throws -> Date? {
-        try await read { db in
+    public func nextDueAt(accounts: [String] = [AccountConfiguration.defaultID], now: Date = Date()) async throws -> Date? {
+        try await read { [quiet] db in
             var earliest: Millis?
             for account in accounts {
+                // A quiet account (`QuietAccounts`): its earliest pending event when the claim looked.
+                if let mark = quiet.mark(account, at: now) {
+                    if let due = mark.due { earliest = min(earliest ?? due.millis, due.millis) }
+                    continue
+                }
                 // Walks the account's pending events in due order and stops at the first free one.
                 guard let due = try Millis.fetchOne(db.cachedStatement(sql: """
                     SELECT next_attempt_at FROM events e WHERE account = ? AND state = 'pending'
@@ -413,6 +437,7 @@ extension Outbox {
     public func releaseRefused(accounts: Set<String>, now: Date) async throws -> [String: Int] {
         guard !accounts.isEmpty else { return [:] }
         return try await write { db in
+            self.quiet.clearAll()
             var released: [String: Int] = [:]
             for account in accounts {
                 try db.execute(

@@ -127,6 +127,7 @@ extension Outbox {
                 arguments: [submission.id, account, submission.idempotencyKey, submission.bodySHA256, submission.positionUID,
                             submission.partnerCandidateID, now, now, now, now])
             try PayloadStore.insert(db, eventID: submission.id, body: submission.payload)
+            quiet.clear(account)  // due now: the claims after this transaction look again
             backlogs[account] = backlog + 1
             results.append(.success(.created(EventRecord(inserted: submission))))
         }

@@ -25,6 +25,8 @@ public final class Outbox: Sendable {
     /// The settled states' counts (`liveStatus`): a scan from a snapshot, plus what this
     /// process settled since.
     let settled = Mutex(SettledCounts())
+    /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
+    let quiet = QuietAccounts()
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
