@@ -169,6 +169,65 @@ import Testing
         #expect(try await outbox.nextDueAt(accounts: []) == nil)
     }
 
+    /// An account the claim found with nothing due is skipped (no query) until its earliest
+    /// pending event is due, at most a second; this process's own writes clear the mark at once.
+    /// With 500 accounts and traffic on 5, asking about each one per claim cost ~5 ms a delivery.
+    @Test func aClaimSkipsAnAccountWithNothingDueUntilItMayHaveSome() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(1)
+        // acme: one event, retried in 10 s; globex: nothing.
+        _ = try await outbox.accept(Self.submission("a1", account: "acme"), maxBacklog: 10)
+        let first = try #require(try await Self.claim(outbox, ["acme"], at: now))
+        try await outbox.complete(first, outcome: .retry(at: now.addingTimeInterval(10), status: 503, error: "http_503"), now: now, latencyMs: 1)
+        #expect(try await Self.claim(outbox, ["acme", "globex"], at: now) == nil)
+        #expect(outbox.quiet.accounts(at: now) == ["acme", "globex"])
+        // The idle wait takes acme's next due time from its mark, not from a query.
+        #expect(try await outbox.nextDueAt(accounts: ["acme", "globex"], now: now) == now.addingTimeInterval(10))
+
+        // An event written by another process (`events retry` from the CLI) is not seen while
+        // the mark lasts, and is claimed once it ends, a second later.
+        try await outbox.pool.write { db in
+            try db.execute(sql: """
+                INSERT INTO events (id, account, body_sha256, state, attempts, position_uid, partner_candidate_id,
+                  received_at, budget_started_at, updated_at, next_attempt_at)
+                VALUES ('g0', 'globex', 'x', 'pending', 0, 'P1', 'G0', ?, ?, ?, ?)
+                """, arguments: [now.millis, now.millis, now.millis, now.millis])
+            try db.execute(sql: "INSERT INTO payloads (event_id, body) VALUES ('g0', x'7B7D')")
+        }
+        #expect(try await Self.claim(outbox, ["globex"], at: now.addingTimeInterval(0.5)) == nil)
+        let late = try #require(try await Self.claim(outbox, ["globex"], at: now.addingTimeInterval(1.01)))
+        #expect(late.id == "g0")
+
+        // This process's own new event is claimed at once.
+        #expect(try await Self.claim(outbox, ["globex"], at: now.addingTimeInterval(1.1)) == nil)
+        #expect(outbox.quiet.isQuiet("globex", at: now.addingTimeInterval(1.1)))
+        _ = try await outbox.accept(Self.submission("g1", account: "globex", partnerID: "G1", at: now.addingTimeInterval(1.1)), maxBacklog: 10)
+        #expect(try await Self.claim(outbox, ["globex"], at: now.addingTimeInterval(1.1))?.id == "g1")
+
+        // An outcome clears its account's mark: a hand-back is due at once.
+        let acme = try #require(try await Self.claim(outbox, ["acme"], at: now.addingTimeInterval(11)))
+        #expect(try await Self.claim(outbox, ["acme"], at: now.addingTimeInterval(11)) == nil)
+        #expect(outbox.quiet.isQuiet("acme", at: now.addingTimeInterval(11)))
+        try await outbox.complete(acme, outcome: .unsent, now: now.addingTimeInterval(11), latencyMs: nil)
+        #expect(try await Self.claim(outbox, ["acme"], at: now.addingTimeInterval(11))?.id == "a1")
+    }
+
+    /// A due event held back by one in flight for its natural key marks nothing: it waits for
+    /// that answer, not for time, and is claimed as soon as the answer is recorded.
+    @Test func aDueEventBehindOneInFlightIsNeverQuiet() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("a1", account: "acme", partnerID: "C1"), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("a2", account: "acme", partnerID: "C1"), maxBacklog: 10)
+        let first = try #require(try await Self.claim(outbox, ["acme"]))
+        #expect(try await Self.claim(outbox, ["acme"]) == nil)
+        #expect(!outbox.quiet.isQuiet("acme", at: Self.start.addingTimeInterval(1)))
+        try await outbox.complete(first, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                  now: Self.start.addingTimeInterval(1), latencyMs: 1)
+        #expect(try await Self.claim(outbox, ["acme"])?.id == "a2")
+    }
+
     @Test func requestTimesAreGroupedByAccount() async throws {
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
