@@ -134,6 +134,55 @@ import Testing
         #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM events") } == 0)
     }
 
+    /// A chunk is also bounded by its payloads' bytes: `secure_delete` overwrites each, and 500
+    /// payloads of 1 MB held the writer for seconds again.
+    @Test func chunksAreBoundedByCountAndBytes() async throws {
+        let mb = 1 << 20
+        let sizes = [3 * mb, 3 * mb, 3 * mb, 20 * mb, 1, 1]
+        let items = sizes.enumerated().map { (id: "e\($0.offset)", bytes: $0.element) }
+        #expect(Outbox.chunks(items).map(Array.init) == [["e0", "e1"], ["e2"], ["e3"], ["e4", "e5"]])
+        let many = (0..<1_001).map { (id: "s\($0)", bytes: 100) }
+        #expect(Outbox.chunks(many).map(\.count) == [500, 500, 1])
+        #expect(Outbox.chunks([(id: String, bytes: Int)]()).isEmpty)
+
+        // In a purge: five 3 MB payloads are erased two, two, then one at a time.
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let now = Date(timeIntervalSince1970: 2_000_000_000)
+        _ = try await outbox.accept(OutboxTests.submission("e", body: String(repeating: "x", count: 3 * mb), partnerID: "A", at: now),
+                                    maxBacklog: 100)
+        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                  now: now, latencyMs: 1)
+        try await Self.clone(outbox, "e", prefix: "c", count: 4)
+        let left = Mutex<[Int]>([])
+        let pause = MaintenancePause { _ in
+            let count = try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM payloads")! }
+            left.withLock { $0.append(count) }
+        }
+        let later = now.addingTimeInterval(10)
+        #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later, pause: pause) == (5, 0))
+        #expect(left.withLock { $0 } == [3, 1, 0])
+
+        // Deleting records deletes their payloads too: bounded the same way.
+        let dir2 = try TemporaryDirectory()
+        defer { dir2.cleanup() }
+        let records = try Outbox(path: dir2.file("o.sqlite3"))
+        _ = try await records.accept(OutboxTests.submission("e", body: String(repeating: "x", count: 3 * mb), partnerID: "A", at: now),
+                                     maxBacklog: 100)
+        let first = try #require(try await records.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1e9))
+        try await records.complete(first, outcome: .dead(status: 404, error: "position_not_found"), now: now, latencyMs: 1)
+        try await Self.clone(records, "e", prefix: "c", count: 4)
+        let recordsLeft = Mutex<[Int]>([])
+        let countRecords = MaintenancePause { _ in
+            let count = try await records.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM events")! }
+            recordsLeft.withLock { $0.append(count) }
+        }
+        #expect(try await records.prune(payloadBefore: .distantPast, recordBefore: later, includeDead: false, now: later, pause: countRecords) == (0, 5))
+        #expect(recordsLeft.withLock { $0 } == [3, 1])
+    }
+
     /// The events to erase are read first, then erased a chunk at a time: one that changed in
     /// between (retried, so pending again and about to be sent) keeps its payload.
     @Test func aPurgeLeavesAnEventRetriedSinceItsRead() async throws {

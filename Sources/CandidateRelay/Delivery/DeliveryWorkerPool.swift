@@ -279,8 +279,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             (admission, event) = (prefetched.admission, prefetched.event)
         } else {
             // Accounts with nothing due take no place at the gate and no query in the claim.
-            let quiet = outbox.quiet.accounts(at: now())
-            guard let admitted = try await admit(skipping: quiet) else { return nil }
+            guard let admitted = try await admit(skipping: { [outbox, now] in outbox.quiet.accounts(at: now()) }) else { return nil }
             let claimed: ClaimedEvent?
             do {
                 claimed = try await claim(accounts: admitted.accounts,
@@ -298,7 +297,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 // out its 1 s poll during a drain of fresh events: 20 accounts fell to 0.85).
                 // The quiet accounts' next due times count too (from their marks: always ahead,
                 // so a paused one's never makes the worker spin).
-                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts + quiet.sorted(), rungBefore: rungBefore,
+                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts + outbox.quiet.accounts(at: now()).sorted(),
+                               rungBefore: rungBefore,
                                atMost: admitted.keptFree ? 0.05 : nil)
                 return nil
             }
@@ -341,7 +341,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     }
 
     /// Waits at the gate, giving up (nil) when draining starts.
-    private func admit(skipping quiet: Set<String>) async throws -> PartnerGate.Admission? {
+    private func admit(skipping quiet: @escaping @Sendable () -> Set<String>) async throws -> PartnerGate.Admission? {
         if isDraining { return nil }
         let gate = self.gate
         return try await withThrowingTaskGroup(of: PartnerGate.Admission?.self) { group in

@@ -63,6 +63,10 @@ extension Outbox {
     /// (`purge` of 300,000 payloads: 7.9 s, one webhook answered after 6 s; past the daemon's
     /// 10 s busy timeout, they fail). 500 takes ~10–20 ms.
     static let maintenanceChunk = 500
+    /// And how many payload bytes one erasure or deletion takes (one payload more than this is a
+    /// chunk of its own): `secure_delete` overwrites each (~80 MB/s here), so 500 payloads of
+    /// 1 MB would hold the writer for seconds again.
+    static let maintenanceChunkBytes = 8 << 20
 
     /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
@@ -134,13 +138,17 @@ extension Outbox {
         // past the cutoff instead took over a second per 1,000,000 events stored, at start and
         // every hour, even with nothing to erase. (CROSS JOIN: SQLite keeps that order;
         // `account` is only events'.) A read: it no longer holds the writer either.
+        // Each payload's size, for chunks of bounded bytes: read only for the events found (a
+        // subquery, so the scan stays on the payloads' key index, not their pages).
         let candidates = try await read { db in
-            try String.fetchAll(
+            try Row.fetchAll(
                 db, sql: """
-                    SELECT e.id FROM payloads p CROSS JOIN events e ON e.id = p.event_id
+                    SELECT e.id, (SELECT length(body) FROM payloads WHERE event_id = e.id) AS size
+                    FROM payloads p CROSS JOIN events e ON e.id = p.event_id
                     WHERE e.state IN \(states) AND e.updated_at < ? \(inAccount)
                     """,
-                arguments: [payloadBefore.millis] + accountArgument)
+                arguments: [payloadBefore.millis] + accountArgument
+            ).map { (id: $0["id"] as String, bytes: ($0["size"] as Int?) ?? 0) }
         }
         var erased = 0
         var deleted = 0
@@ -170,20 +178,25 @@ extension Outbox {
             }
             try await pause.after(ContinuousClock.now - started)
         }
-        // Whole records: of every settled state, dead ones too, whatever `includeDead` says.
+        // Whole records: of every settled state, dead ones too, whatever `includeDead` says (a
+        // dead one's payload goes with it).
         while true {
             let started = ContinuousClock.now
-            let count = try await write { db in
-                try db.execute(
-                    sql: """
-                        DELETE FROM events WHERE id IN (
-                          SELECT id FROM events WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount) LIMIT ?)
+            let (count, more) = try await write { db -> (Int, Bool) in
+                let found = try Row.fetchAll(
+                    db, sql: """
+                        SELECT id, (SELECT length(body) FROM payloads WHERE event_id = events.id) AS size FROM events
+                        WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount) LIMIT ?
                         """,
-                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk])
-                return db.changesCount
+                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk]
+                ).map { (id: $0["id"] as String, bytes: ($0["size"] as Int?) ?? 0) }
+                guard let ids = Self.chunks(found).first else { return (0, false) }
+                let marks = Array(repeating: "?", count: ids.count).joined(separator: ", ")
+                try db.execute(sql: "DELETE FROM events WHERE id IN (\(marks))", arguments: StatementArguments(Array(ids)))
+                return (db.changesCount, ids.count < found.count || found.count == Self.maintenanceChunk)
             }
             deleted += count
-            if count < Self.maintenanceChunk { break }
+            if !more { break }
             try await pause.after(ContinuousClock.now - started)
         }
         return (erased, deleted)
@@ -191,6 +204,25 @@ extension Outbox {
 
     static func chunks(_ ids: [String]) -> [ArraySlice<String>] {
         stride(from: 0, to: ids.count, by: maintenanceChunk).map { ids[$0..<min($0 + maintenanceChunk, ids.count)] }
+    }
+
+    /// Ids in order, in chunks of at most `maintenanceChunk` events and `maintenanceChunkBytes`
+    /// of payload (a larger payload alone).
+    static func chunks(_ items: [(id: String, bytes: Int)]) -> [ArraySlice<String>] {
+        var chunks: [ArraySlice<String>] = []
+        var current: [String] = []
+        var bytes = 0
+        for item in items {
+            if !current.isEmpty && (current.count == maintenanceChunk || bytes + item.bytes > maintenanceChunkBytes) {
+                chunks.append(current[...])
+                current = []
+                bytes = 0
+            }
+            current.append(item.id)
+            bytes += item.bytes
+        }
+        if !current.isEmpty { chunks.append(current[...]) }
+        return chunks
     }
 
     /// GDPR erasure of one candidate: every payload and full partner answer for the

@@ -349,8 +349,7 @@ extension Outbox {
     /// concurrent creates can turn into a duplicate). An expired lease is older than that.
     @discardableResult
     public func recoverLeases(expiredBefore: Date?, now: Date, holdSeconds: Double = 0, excluding held: Set<String> = []) async throws -> Int {
-        try await write { db in
-            self.quiet.clearAll()
+        let recovered = try await write { db -> Int in
             if let expiredBefore {
                 // Leases a live worker of this process still holds are not taken back, however
                 // old: the process was frozen (SIGSTOP, a paused VM) past their expiry, and the
@@ -365,6 +364,8 @@ extension Outbox {
                         arguments: [now.millis, now.millis, id])
                     count += db.changesCount
                 }
+                // Events due again: their accounts' quiet marks go, in this transaction.
+                if count > 0 { self.quiet.clearAll() }
                 return count
             } else {
                 // updated_at of an in-flight event is its claim's time.
@@ -374,21 +375,23 @@ extension Outbox {
                         WHERE state = 'in_flight'
                         """,
                     arguments: [now.millis, Int64(holdSeconds * 1000), now.millis])
+                if db.changesCount > 0 { self.quiet.clearAll() }
+                return db.changesCount
             }
-            return db.changesCount
         }
+        return recovered
     }
 
     /// When the next claimable pending event of `accounts` becomes due, to sleep exactly that
     /// long when idle. Events whose natural key is in flight are left out: they wait for that
     /// delivery, and counting them would make idle workers spin.
-    public func nextDueAt(accounts: [String] = [AccountConfiguration.defaultID], now: Date = Date()) async throws -> Date? {
+    public func nextDueAt(accounts: [String] = [AccountConfiguration.defaultID], now: Date) async throws -> Date? {
         try await read { [quiet] db in
             var earliest: Millis?
             for account in accounts {
-                // A quiet account (`QuietAccounts`): its earliest pending event when the claim looked.
-                if let mark = quiet.mark(account, at: now) {
-                    if let due = mark.due { earliest = min(earliest ?? due.millis, due.millis) }
+                // A quiet account (`QuietAccounts`): nothing of it is due before its mark ends.
+                if let until = quiet.quietUntil(account, at: now) {
+                    earliest = min(earliest ?? until.millis, until.millis)
                     continue
                 }
                 // Walks the account's pending events in due order and stops at the first free one.

@@ -11,35 +11,30 @@ import Synchronization
 /// a core with 500 accounts and nothing to do).
 ///
 /// A mark lasts until the account's earliest pending event is due, and never more than
-/// `horizonSeconds`: an admin command in another process (`events retry`) is seen within that.
+/// `horizonSeconds`: an admin command in another process (`events retry`) is seen when it ends.
 /// In this process, whatever may make an account's event due sooner clears its mark in the same
 /// transaction on the writer's queue (where the claims run too): a new event, an outcome, a
 /// hand-back, a lease rescue, a retry, a release.
 final class QuietAccounts: Sendable {
     static let horizonSeconds = 1.0
 
-    struct Mark {
-        /// Until when the account is skipped.
-        var until: Date
-        /// Its earliest pending event's due time when marked (nil: none was pending).
-        var due: Date?
-    }
-
-    private let marks = Mutex<[String: Mark]>([:])
+    /// Until when each marked account is skipped.
+    private let marks = Mutex<[String: Date]>([:])
 
     /// Whether `account` has nothing due at `now` as far as the last look found.
     func isQuiet(_ account: String, at now: Date) -> Bool {
-        marks.withLock { ($0[account]?.until ?? .distantPast) > now }
+        marks.withLock { ($0[account] ?? .distantPast) > now }
     }
 
-    /// The mark of `account` if it is quiet at `now`.
-    func mark(_ account: String, at now: Date) -> Mark? {
-        marks.withLock { $0[account].flatMap { $0.until > now ? $0 : nil } }
+    /// Until when `account` is quiet, if it is at `now`: nothing of it is due before (the idle
+    /// wait looks again then, so that a change from another process is seen within the mark).
+    func quietUntil(_ account: String, at now: Date) -> Date? {
+        marks.withLock { $0[account].flatMap { $0 > now ? $0 : nil } }
     }
 
     /// The accounts quiet at `now`.
     func accounts(at now: Date) -> Set<String> {
-        marks.withLock { Set($0.filter { $0.value.until > now }.keys) }
+        marks.withLock { Set($0.filter { $0.value > now }.keys) }
     }
 
     /// The claim found nothing due in `account`; `earliest` is its earliest pending event's due
@@ -48,7 +43,7 @@ final class QuietAccounts: Sendable {
     func note(_ account: String, earliest: Date?, now: Date) {
         let end = min(earliest ?? .distantFuture, now.addingTimeInterval(Self.horizonSeconds))
         guard end > now else { return }
-        marks.withLock { $0[account] = Mark(until: end, due: earliest) }
+        marks.withLock { $0[account] = end }
     }
 
     func clear(_ account: String) {

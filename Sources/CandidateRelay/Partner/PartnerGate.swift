@@ -280,12 +280,12 @@ public actor PartnerGate {
     /// closed or this is the probe, and an account with no pause and room in its window).
     /// Cancellation ends the wait (throws).
     ///
-    /// `quiet`: accounts the outbox found with nothing due (`QuietAccounts`). They take no
-    /// place: with 500 accounts, a place in each, a sort of all and 499 places given back made
-    /// half the CPU of every delivery. When every account that could send is quiet, the
-    /// admission offers none at once (the worker waits idle for the next event), as when the
-    /// claim finds nothing.
-    public func admit(skipping quiet: Set<String> = []) async throws -> Admission {
+    /// `quiet`: accounts the outbox finds with nothing due (`QuietAccounts`), asked again after
+    /// every wait here (a pause may end with new events). They take no place: with 500
+    /// accounts, a place in each, a sort of all and 499 places given back made half the CPU of
+    /// every delivery. When every account that could send is quiet, the admission offers none
+    /// at once (the worker waits idle for the next event), as when the claim finds nothing.
+    public func admit(skipping quietAccounts: @Sendable () -> Set<String> = { [] }) async throws -> Admission {
         var waitedForRate = false
         while true {
             try Task.checkCancellation()
@@ -304,6 +304,7 @@ public actor PartnerGate {
                 continue
             }
             let keptFree = configuredCount > 1 && workers > 1 && held.count >= workers - 1
+            let quiet = quietAccounts()
             var places = reservePlaces(now: current, skipping: quiet)
             if places.isEmpty {
                 if !quiet.isEmpty, anyReady(among: quiet, now: current) {
