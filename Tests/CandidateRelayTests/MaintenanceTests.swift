@@ -9,11 +9,16 @@ import Testing
 @Suite struct MaintenanceTests {
     static let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
-    static func deliver(_ outbox: Outbox, id: String, partnerID: String, at: Date) async throws {
-        _ = try await outbox.accept(OutboxTests.submission(id, body: #"{"first_name":"Ada"}"#, partnerID: partnerID, at: at), maxBacklog: 100)
+    /// An event stored, claimed and settled with `outcome`.
+    static func settled(_ outbox: Outbox, id: String, partnerID: String, at: Date, body: String, outcome: RecordedOutcome) async throws {
+        _ = try await outbox.accept(OutboxTests.submission(id, body: body, partnerID: partnerID, at: at), maxBacklog: 100)
         let claimed = try #require(try await outbox.claimNext(now: at, leaseSeconds: 60, maxAgeSeconds: 1e9))
-        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u-\(id)", status: 201, summary: nil, fullResponse: Data("{}".utf8)),
-                                  now: at, latencyMs: 1)
+        try await outbox.complete(claimed, outcome: outcome, now: at, latencyMs: 1)
+    }
+
+    static func deliver(_ outbox: Outbox, id: String, partnerID: String, at: Date, body: String = #"{"first_name":"Ada"}"#) async throws {
+        try await settled(outbox, id: id, partnerID: partnerID, at: at, body: body,
+                          outcome: .delivered(candidateUID: "u-\(id)", status: 201, summary: nil, fullResponse: Data("{}".utf8)))
     }
 
     static func payload(_ outbox: Outbox, _ id: String) async throws -> Data? {
@@ -81,10 +86,8 @@ import Testing
         #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later) == (0, 0))
     }
 
-    static func dead(_ outbox: Outbox, id: String, partnerID: String, at: Date) async throws {
-        _ = try await outbox.accept(OutboxTests.submission(id, body: #"{"first_name":"Ada"}"#, partnerID: partnerID, at: at), maxBacklog: 100)
-        let claimed = try #require(try await outbox.claimNext(now: at, leaseSeconds: 60, maxAgeSeconds: 1e9))
-        try await outbox.complete(claimed, outcome: .dead(status: 404, error: "position_not_found"), now: at, latencyMs: 1)
+    static func dead(_ outbox: Outbox, id: String, partnerID: String, at: Date, body: String = #"{"first_name":"Ada"}"#) async throws {
+        try await settled(outbox, id: id, partnerID: partnerID, at: at, body: body, outcome: .dead(status: 404, error: "position_not_found"))
     }
 
     /// `count` copies of the settled event `seed`, payload included (ids `<prefix>00000`...), in
@@ -112,9 +115,8 @@ import Testing
     /// short transactions: between them another connection takes the write lock at once, as the
     /// daemon's group commits do. In one transaction, 300,000 payloads held every 202 for 7.9 s.
     @Test func aBigPurgeLetsOtherWritersInBetweenItsTransactions() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date(timeIntervalSince1970: 2_000_000_000)
         try await Self.deliver(outbox, id: "e", partnerID: "A", at: now)
         try await Self.clone(outbox, "e", prefix: "c", count: 1_199)
@@ -146,15 +148,11 @@ import Testing
         #expect(Outbox.chunks([(id: String, bytes: Int)]()).isEmpty)
 
         // In a purge: five 3 MB payloads are erased two, two, then one at a time.
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date(timeIntervalSince1970: 2_000_000_000)
-        _ = try await outbox.accept(OutboxTests.submission("e", body: String(repeating: "x", count: 3 * mb), partnerID: "A", at: now),
-                                    maxBacklog: 100)
-        let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1e9))
-        try await outbox.complete(claimed, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
-                                  now: now, latencyMs: 1)
+        let big = String(repeating: "x", count: 3 * mb)
+        try await Self.deliver(outbox, id: "e", partnerID: "A", at: now, body: big)
         try await Self.clone(outbox, "e", prefix: "c", count: 4)
         let left = Mutex<[Int]>([])
         let pause = MaintenancePause { _ in
@@ -166,13 +164,9 @@ import Testing
         #expect(left.withLock { $0 } == [3, 1, 0])
 
         // Deleting records deletes their payloads too: bounded the same way.
-        let dir2 = try TemporaryDirectory()
+        let (dir2, records) = try OutboxTests.open()
         defer { dir2.cleanup() }
-        let records = try Outbox(path: dir2.file("o.sqlite3"))
-        _ = try await records.accept(OutboxTests.submission("e", body: String(repeating: "x", count: 3 * mb), partnerID: "A", at: now),
-                                     maxBacklog: 100)
-        let first = try #require(try await records.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1e9))
-        try await records.complete(first, outcome: .dead(status: 404, error: "position_not_found"), now: now, latencyMs: 1)
+        try await Self.dead(records, id: "e", partnerID: "A", at: now, body: big)
         try await Self.clone(records, "e", prefix: "c", count: 4)
         let recordsLeft = Mutex<[Int]>([])
         let countRecords = MaintenancePause { _ in
@@ -186,9 +180,8 @@ import Testing
     /// The events to erase are read first, then erased a chunk at a time: one that changed in
     /// between (retried, so pending again and about to be sent) keeps its payload.
     @Test func aPurgeLeavesAnEventRetriedSinceItsRead() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date(timeIntervalSince1970: 2_000_000_000)
         try await Self.dead(outbox, id: "a", partnerID: "A", at: now)
         try await Self.clone(outbox, "a", prefix: "d", count: 600)  // d00599 is last: in the second chunk
@@ -208,9 +201,8 @@ import Testing
 
     /// `retry --all-dead` over more dead events than one transaction takes retries them all.
     @Test func retryingManyDeadEventsTakesThemAllInChunks() async throws {
-        let dir = try TemporaryDirectory()
+        let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
-        let outbox = try Outbox(path: dir.file("o.sqlite3"))
         let now = Date(timeIntervalSince1970: 2_000_000_000)
         try await Self.dead(outbox, id: "a", partnerID: "A", at: now)
         try await Self.clone(outbox, "a", prefix: "d", count: 1_100)

@@ -91,7 +91,7 @@ extension Outbox {
         var skipped: [String] = []
         // Dead events leave the settled states: recounted, even if a later chunk fails.
         defer { if !retried.isEmpty { invalidateSettled() } }
-        for chunk in Self.chunks(targets) {
+        for chunk in Self.chunks(targets.map { (id: $0, bytes: 0) }) {
             let started = ContinuousClock.now
             let result = try await write { db -> (retried: [String], skipped: [String]) in
                 self.quiet.clearAll()
@@ -141,14 +141,13 @@ extension Outbox {
         // Each payload's size, for chunks of bounded bytes: read only for the events found (a
         // subquery, so the scan stays on the payloads' key index, not their pages).
         let candidates = try await read { db in
-            try Row.fetchAll(
+            try Self.fetchSized(
                 db, sql: """
-                    SELECT e.id, (SELECT length(body) FROM payloads WHERE event_id = e.id) AS size
+                    SELECT e.id, (SELECT length(body) FROM payloads WHERE event_id = e.id)
                     FROM payloads p CROSS JOIN events e ON e.id = p.event_id
                     WHERE e.state IN \(states) AND e.updated_at < ? \(inAccount)
                     """,
-                arguments: [payloadBefore.millis] + accountArgument
-            ).map { (id: $0["id"] as String, bytes: ($0["size"] as Int?) ?? 0) }
+                arguments: [payloadBefore.millis] + accountArgument)
         }
         var erased = 0
         var deleted = 0
@@ -160,15 +159,14 @@ extension Outbox {
                 // or erased since the read is left alone. (The `+`s keep SQLite on the primary
                 // key: for a list of 500 ids it chose `events_state_updated` and walked every
                 // settled event, 40 ms a chunk with 100,000 of them.)
-                let marks = Array(repeating: "?", count: chunk.count).joined(separator: ", ")
                 let ids = try String.fetchAll(
                     db, sql: """
-                        SELECT id FROM events WHERE id IN (\(marks)) AND +state IN \(states) AND +updated_at < ?
+                        SELECT id FROM events WHERE id IN (\(Self.placeholders(chunk.count))) AND +state IN \(states) AND +updated_at < ?
                           AND \(PayloadStore.exists)
                         """,
                     arguments: StatementArguments(chunk) + [payloadBefore.millis])
                 guard !ids.isEmpty else { return 0 }
-                let condition = "id IN (\(Array(repeating: "?", count: ids.count).joined(separator: ", ")))"
+                let condition = "id IN (\(Self.placeholders(ids.count)))"
                 let arguments = StatementArguments(ids)
                 try db.execute(sql: "UPDATE events SET partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
                                arguments: [now.millis] + arguments)
@@ -183,16 +181,14 @@ extension Outbox {
         while true {
             let started = ContinuousClock.now
             let (count, more) = try await write { db -> (Int, Bool) in
-                let found = try Row.fetchAll(
+                let found = try Self.fetchSized(
                     db, sql: """
-                        SELECT id, (SELECT length(body) FROM payloads WHERE event_id = events.id) AS size FROM events
+                        SELECT id, (SELECT length(body) FROM payloads WHERE event_id = events.id) FROM events
                         WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount) LIMIT ?
                         """,
-                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk]
-                ).map { (id: $0["id"] as String, bytes: ($0["size"] as Int?) ?? 0) }
+                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk])
                 guard let ids = Self.chunks(found).first else { return (0, false) }
-                let marks = Array(repeating: "?", count: ids.count).joined(separator: ", ")
-                try db.execute(sql: "DELETE FROM events WHERE id IN (\(marks))", arguments: StatementArguments(Array(ids)))
+                try db.execute(sql: "DELETE FROM events WHERE id IN (\(Self.placeholders(ids.count)))", arguments: StatementArguments(Array(ids)))
                 return (db.changesCount, ids.count < found.count || found.count == Self.maintenanceChunk)
             }
             deleted += count
@@ -202,8 +198,14 @@ extension Outbox {
         return (erased, deleted)
     }
 
-    static func chunks(_ ids: [String]) -> [ArraySlice<String>] {
-        stride(from: 0, to: ids.count, by: maintenanceChunk).map { ids[$0..<min($0 + maintenanceChunk, ids.count)] }
+    /// `(id, payload size)` rows of a statement selecting an id and a size (NULL: no payload).
+    private static func fetchSized(_ db: Database, sql: String, arguments: StatementArguments) throws -> [(id: String, bytes: Int)] {
+        try Row.fetchAll(db, sql: sql, arguments: arguments).map { (id: $0[0] as String, bytes: ($0[1] as Int?) ?? 0) }
+    }
+
+    /// `?, ?, ...`: `count` placeholders for an `IN` list.
+    private static func placeholders(_ count: Int) -> String {
+        Array(repeating: "?", count: count).joined(separator: ", ")
     }
 
     /// Ids in order, in chunks of at most `maintenanceChunk` events and `maintenanceChunkBytes`

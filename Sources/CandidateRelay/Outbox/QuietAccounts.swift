@@ -23,7 +23,7 @@ final class QuietAccounts: Sendable {
 
     /// Whether `account` has nothing due at `now` as far as the last look found.
     func isQuiet(_ account: String, at now: Date) -> Bool {
-        marks.withLock { ($0[account] ?? .distantPast) > now }
+        quietUntil(account, at: now) != nil
     }
 
     /// Until when `account` is quiet, if it is at `now`: nothing of it is due before (the idle
