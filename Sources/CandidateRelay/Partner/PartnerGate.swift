@@ -280,7 +280,7 @@ public actor PartnerGate {
     /// closed or this is the probe, and an account with no pause and room in its window).
     /// Cancellation ends the wait (throws).
     ///
-    /// `quiet`: accounts the outbox finds with nothing due (`QuietAccounts`), asked again after
+    /// `skipping`: accounts the outbox finds with nothing due (`QuietAccounts`), asked again after
     /// every wait here (a pause may end with new events). They take no place: with 500
     /// accounts, a place in each, a sort of all and 499 places given back made half the CPU of
     /// every delivery. When every account that could send is quiet, the admission offers none
@@ -365,18 +365,21 @@ public actor PartnerGate {
     /// refused, and with room in its window.
     private func reservePlaces(now current: Date, skipping quiet: Set<String> = []) -> [String: SlidingWindowLimiter.Ticket] {
         var places: [String: SlidingWindowLimiter.Ticket] = [:]
-        for (id, account) in accounts where account.configured && account.pausedUntil <= current && account.credentialsBlockedUntil <= current
-            && !quiet.contains(id) {
+        for (id, account) in accounts where Self.mayAsk(account, now: current) && !quiet.contains(id) {
             if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
         }
         return places
     }
 
-    /// Whether one of `ids` could send now (configured, no pause, room in its window).
+    /// Configured, and neither paused nor refused: it may have a place if its window has room.
+    private static func mayAsk(_ account: AccountState, now current: Date) -> Bool {
+        account.configured && account.pausedUntil <= current && account.credentialsBlockedUntil <= current
+    }
+
+    /// Whether one of `ids` could send now (as `reservePlaces` would take it: room in its window too).
     private func anyReady(among ids: Set<String>, now current: Date) -> Bool {
         ids.contains { id in
-            guard let account = accounts[id], account.configured, account.pausedUntil <= current,
-                  account.credentialsBlockedUntil <= current else { return false }
+            guard let account = accounts[id], Self.mayAsk(account, now: current) else { return false }
             return accounts[id]?.limiter.earliestAllowed(now: current).map { $0 <= current } ?? false
         }
     }
