@@ -21,7 +21,7 @@ import Testing
     }
 
     static func fixture(signed: Bool = false, bearer: String? = nil, maxBody: Int = 26_214_400, maxBacklog: Int = 100,
-                        logs: LogCapture = LogCapture()) throws -> Fixture {
+                        logs: LogCapture = LogCapture(), now: @escaping @Sendable () -> Date = Date.init) throws -> Fixture {
         let dir = try TemporaryDirectory()
         let outbox = try Outbox(path: dir.file("o.sqlite3"))
         var ingest = IngestConfiguration()
@@ -34,7 +34,7 @@ import Testing
             outbox: outbox, authenticators: Live(["default": IngestAuthenticator(configuration: ingest)]), settings: Live(ingest),
             doorbell: Doorbell(), metrics: RelayMetrics(),
             logger: Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) },
-            stopFlag: StopFlag(), now: Date.init)
+            stopFlag: StopFlag(), now: now)
         let app = Application(router: IngestRoutes.router(handler: handler))
         return Fixture(dir: dir, outbox: outbox, handler: handler, app: app)
     }
@@ -348,6 +348,53 @@ import Testing
             #expect(text.contains(#"candidate_relay_outbox_events{account="default",state="pending"} 1"#))
             let names = text.split(separator: "\n").filter { !$0.hasPrefix("#") }.compactMap { $0.split(separator: "{").first?.split(separator: " ").first }
             #expect(names.allSatisfy { $0.hasPrefix("candidate_relay_") })
+        }
+    }
+
+    /// Found from outside: garbage without credentials wrote a log line per request (~8,800 a
+    /// second from one connection), enough to make journald drop the unit's lines for the rest
+    /// of its 30 s interval. Refusals and replays are now a few lines a second of each kind; new
+    /// events are each logged, and every request is counted.
+    @Test func aFloodOfRefusalsWritesAFewLinesAndCountsEveryRequest() async throws {
+        let logs = LogCapture()
+        let clock = ManualClock(Date())
+        let f = try Self.fixture(signed: true, logs: logs, now: { clock.now })
+        defer { f.dir.cleanup() }
+        try await f.app.test(.router) { client in
+            for _ in 0..<40 {
+                #expect(try await Self.post(client, Self.valid).status == .unauthorized)
+            }
+            // Another kind of refusal has a budget of its own.
+            let malformed = try await Self.post(client, "{bad", headers: Self.signedHeaders(id: "m1", body: "{bad"))
+            #expect(malformed.status == .badRequest)
+            // New events are never left out; replays are.
+            for i in 0..<12 {
+                let body = Self.valid.replacingOccurrences(of: "1111A", with: "c\(i)")
+                #expect(try await Self.post(client, body, headers: Self.signedHeaders(id: "new-\(i)", body: body)).status == .accepted)
+            }
+            let replay = Self.signedHeaders(id: "new-0", body: Self.valid.replacingOccurrences(of: "1111A", with: "c0"))
+            for _ in 0..<15 {
+                #expect(try await Self.post(client, Self.valid.replacingOccurrences(of: "1111A", with: "c0"), headers: replay).status == .ok)
+            }
+            let unauthorized = logs.events("ingest.rejected").filter { $0["error"] as? String == "unauthorized" }
+            #expect(unauthorized.count == 10)
+            #expect(unauthorized.allSatisfy { $0["suppressed"] == nil })
+            #expect(logs.events("ingest.rejected").filter { $0["error"] as? String == "malformed_json" }.count == 1)
+            let accepted = logs.events("ingest.accepted")
+            #expect(accepted.filter { $0["duplicate"] == nil }.count == 12)
+            #expect(accepted.filter { $0["duplicate"] as? String == "true" }.count == 10)
+
+            // Half a second later: five more lines; the first says how many were left out.
+            clock.advance(0.5)
+            for _ in 0..<6 {
+                #expect(try await Self.post(client, Self.valid).status == .unauthorized)
+            }
+            let after = logs.events("ingest.rejected").filter { $0["error"] as? String == "unauthorized" }.dropFirst(10)
+            #expect(after.map { $0["suppressed"] as? Int } == [30, nil, nil, nil, nil])
+
+            let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="unauthorized"} 46"#))
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="duplicate"} 15"#))
         }
     }
 }

@@ -20,6 +20,8 @@ public struct IngestHandler: Sendable {
     let now: @Sendable () -> Date
     /// `storage.failed` at most once a second: every webhook fails alike while the disk is full.
     let storageFailureLog = LogThrottle(seconds: 1)
+    /// `ingest.rejected` lines and replays' `ingest.accepted` lines, a few a second of each kind.
+    let logBudget = IngestLogBudget()
     /// Bytes of webhook bodies being read, on every connection together (`reserveBody`).
     private let bodyBytesInFlight = SharedCount()
 
@@ -228,15 +230,23 @@ public struct IngestHandler: Sendable {
     func finish(_ outcome: Result<StoredAnswer, IngestError>, account: String) -> IngestAnswer {
         switch outcome {
         case .success(let stored):
-            let message = stored.answer.status == .accepted ? "candidate accepted" : "replay of a known event"
-            logger.event(.info, "ingest.accepted", message, stored.fields)
+            if stored.answer.status == .accepted {
+                logger.event(.info, "ingest.accepted", "candidate accepted", stored.fields)
+            } else if let suppressed = logBudget.admit("duplicate", now: now()) {
+                var fields = stored.fields
+                if suppressed > 0 { fields.numbers["suppressed"] = Double(suppressed) }
+                logger.event(.info, "ingest.accepted", "replay of a known event", fields)
+            }
             return stored.answer
         case .failure(let error):
             // An unknown account's name is the sender's text: it becomes neither a label nor a field.
             let known = error.code == IngestError.unknownAccount.code ? "" : account
             metrics.ingest(result: error.code, account: known)
-            logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected",
-                         "webhook rejected", LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code))
+            if let suppressed = logBudget.admit(error.code, now: now()) {
+                logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected", "webhook rejected",
+                             LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code,
+                                       numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+            }
             return error.answer
         }
     }
