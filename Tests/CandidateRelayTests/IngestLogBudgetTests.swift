@@ -13,8 +13,8 @@ import Testing
         let later = start.addingTimeInterval(0.25)
         #expect([budget.admit("unauthorized", now: later), budget.admit("unauthorized", now: later),
                  budget.admit("unauthorized", now: later)] == [7, 0, nil])
-        // The half line left over counts: another 0.05 s makes it one.
-        #expect(budget.admit("unauthorized", now: later.addingTimeInterval(0.05)) == 1)
+        // The half line left over counts: another 0.06 s makes it one.
+        #expect(budget.admit("unauthorized", now: later.addingTimeInterval(0.06)) == 1)
         // Idle for long: never more than a burst.
         let idle = start.addingTimeInterval(3600)
         #expect((0..<11).compactMap { _ in budget.admit("unauthorized", now: idle) }.count == 10)
