@@ -22,6 +22,8 @@ public struct IngestHandler: Sendable {
     let storageFailureLog = LogThrottle(seconds: 1)
     /// `ingest.rejected` lines and replays' `ingest.accepted` lines, a few a second of each kind.
     let logBudget = IngestLogBudget()
+    /// The outbox's counts for `/metrics`, read at most once a second whatever the scrape rate.
+    let metricsRefresh = SharedRefresh<Void>()
     /// Bytes of webhook bodies being read, on every connection together (`reserveBody`).
     private let bodyBytesInFlight = SharedCount()
 

@@ -82,7 +82,9 @@ public enum IngestRoutes {
             return Response.json(.ok, ["status": "ready"])
         }
         router.get("/metrics") { _, _ in
-            if let status = try? await handler.outbox.liveStatus(now: handler.now()) { handler.metrics.update(from: status) }
+            await handler.metricsRefresh.value {
+                if let status = try? await handler.outbox.liveStatus(now: handler.now()) { handler.metrics.update(from: status) }
+            }
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: .init(byteBuffer: ByteBuffer(string: handler.metrics.exposition())))

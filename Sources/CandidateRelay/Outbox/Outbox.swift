@@ -27,8 +27,8 @@ public final class Outbox: Sendable {
     let settled = Mutex(SettledCounts())
     /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
     let quiet = QuietAccounts()
-    /// `probeWritable`'s probe in flight and its last success.
-    let readiness = Mutex<(inFlight: Task<Bool, Never>?, lastSuccess: ContinuousClock.Instant?)>((nil, nil))
+    /// `probeWritable`'s write, shared by the callers of `/readyz`.
+    let readiness = SharedRefresh<Bool>(keeping: { $0 })
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
@@ -109,45 +109,23 @@ public final class Outbox: Sendable {
     }
 
     /// A real write (one row rewritten, so a WAL frame and an fsync) for `/readyz`: false
-    /// when the disk is full or read-only, when ingest would answer 503 too.
-    ///
-    /// Callers share it: a probe in flight is joined, and one that succeeded less than a
-    /// second ago is the answer (a failure is never reused: the next caller probes again).
-    /// `/readyz` needs no credentials, and each probe was a transaction of its own on the
-    /// writer queue, in line with ingest's commits: 512 connections asking for it cut ingest
-    /// from 8,300 to 830 webhooks a second, p50 6.5 → 72 ms (found from outside). The files
-    /// are still looked at on every call.
+    /// when the disk is full or read-only, when ingest would answer 503 too. Callers share it
+    /// (`SharedRefresh`): a probe in flight is joined, a success stands for a second, a failure
+    /// is never reused. The files are looked at on every call.
     public func probeWritable() async -> Bool {
         if filesProblem() != nil { return false }
-        let probe = readiness.withLock { state -> Task<Bool, Never>? in
-            if let last = state.lastSuccess, last.duration(to: .now) < Self.readinessReuse { return nil }
-            if let running = state.inFlight { return running }
-            let task = Task { [self] in
-                let ok: Bool
-                do {
-                    try await pool.write { db in
-                        try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                                       arguments: [Date().millis])
-                    }
-                    ok = true
-                } catch {
-                    ok = false
+        return await readiness.value { [pool] in
+            do {
+                try await pool.write { db in
+                    try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                                   arguments: [Date().millis])
                 }
-                self.readiness.withLock { state in
-                    state.inFlight = nil
-                    state.lastSuccess = ok ? .now : nil
-                }
-                return ok
+                return true
+            } catch {
+                return false
             }
-            state.inFlight = task
-            return task
         }
-        guard let probe else { return true }
-        return await probe.value
     }
-
-    /// How long a successful readiness probe answers for the callers after it.
-    static let readinessReuse = Duration.seconds(1)
 
     /// Nil while the outbox's file, its WAL and its -shm are those opened; else why not (until
     /// they are again). When the WAL or the -shm is found gone, what the WAL holds is checkpointed

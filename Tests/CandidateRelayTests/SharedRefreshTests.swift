@@ -1,0 +1,45 @@
+import Synchronization
+import Testing
+@testable import CandidateRelay
+
+@Suite struct SharedRefreshTests {
+    final class Counter: Sendable {
+        let runs = Atomic(0)
+    }
+
+    @Test func concurrentCallersShareOneRunAndARecentResult() async {
+        let shared = SharedRefresh<Int>(reuse: .seconds(3600))
+        let counter = Counter()
+        let values = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<100 {
+                group.addTask {
+                    await shared.value {
+                        try? await Task.sleep(for: .milliseconds(20))
+                        return counter.runs.add(1, ordering: .relaxed).newValue
+                    }
+                }
+            }
+            return await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(values == Array(repeating: 1, count: 100))
+        #expect(await shared.value { counter.runs.add(1, ordering: .relaxed).newValue } == 1)
+        #expect(counter.runs.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func aResultNotKeptIsNotReused() async {
+        let shared = SharedRefresh<Bool>(reuse: .seconds(3600), keeping: { $0 })
+        let counter = Counter()
+        #expect(await shared.value { counter.runs.add(1, ordering: .relaxed); return false } == false)
+        #expect(await shared.value { counter.runs.add(1, ordering: .relaxed); return true } == true)
+        #expect(await shared.value { counter.runs.add(1, ordering: .relaxed); return false } == true)
+        #expect(counter.runs.load(ordering: .relaxed) == 2)
+    }
+
+    @Test func withoutReuseEachCallerAfterARunRunsAgain() async {
+        let shared = SharedRefresh<Int>(reuse: .zero)
+        let counter = Counter()
+        for n in 1...3 {
+            #expect(await shared.value { counter.runs.add(1, ordering: .relaxed).newValue } == n)
+        }
+    }
+}
