@@ -86,6 +86,41 @@ import Testing
         #expect(await outbox.probeWritable())
     }
 
+    /// Found from outside: with a page of the events table overwritten, the daemon went on
+    /// answering 202 while every claim failed, and logged only `storage_error`. The first error
+    /// that says the file is damaged is kept (`damage`), and nothing more is stored in it.
+    @Test func aDamagedFileIsNamedAndNotWrittenAgain() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let path = dir.file("o.sqlite3")
+        var outbox: Outbox? = try Outbox(path: path)
+        for n in 0..<300 { _ = try await outbox!.accept(Self.submission(partnerID: "C\(n)"), maxBacklog: 1000) }
+        try outbox!.close()
+        outbox = nil
+        let page = try await DatabaseQueue(path: path).read { db in
+            try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 2")
+        }
+        let file = try #require(FileHandle(forUpdatingAtPath: path))
+        try file.seek(toOffset: UInt64((try #require(page) - 1) * 4096 + 8))
+        try file.write(contentsOf: Data(repeating: 0xDE, count: 600))
+        try file.close()
+
+        let damaged = try Outbox(path: path)
+        #expect(damaged.damage == nil)
+        do {
+            _ = try await damaged.status(now: Date())
+            Issue.record("a scan of a damaged events table succeeded")
+        } catch OutboxError.damaged(let said) {
+            #expect(said.hasPrefix("SQLite error 11"))
+        }
+        #expect(damaged.damage?.contains("malformed") == true)
+        do {
+            _ = try await damaged.accept(Self.submission(partnerID: "after"), maxBacklog: 1000)
+            Issue.record("accepted into a damaged file")
+        } catch OutboxError.damaged {}
+        #expect(OutboxError.logCode(OutboxError.damaged("x")) == "outbox_damaged")
+    }
+
     @Test func theOutboxFileDeletedWhileOpenStopsIngest() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

@@ -71,6 +71,9 @@ public enum IngestRoutes {
             if handler.stopFlag.isStopping {
                 return Response.json(.serviceUnavailable, ["status": "stopping"], headers: [.retryAfter: "5"])
             }
+            if handler.outbox.damage != nil {
+                return Response.json(.serviceUnavailable, ["status": "storage_damaged"], headers: [.retryAfter: "5"])
+            }
             guard await handler.outbox.probeWritable() else {
                 return Response.json(.serviceUnavailable, ["status": "storage_unwritable"], headers: [.retryAfter: "5"])
             }

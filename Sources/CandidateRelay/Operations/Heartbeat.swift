@@ -105,14 +105,22 @@ public struct Heartbeat: Service {
         EventState.allCases.map { "\($0.rawValue) \(status.counts[$0] ?? 0)" }.joined(separator: ", ")
     }
 
+    /// STATUS= while the outbox is damaged (its counts may not be readable at all).
+    static let damagedStatus = "outbox file damaged: webhooks refused; see the journal (storage.damaged)"
+
     /// Reads the counts, refreshes the gauges and sends STATUS= (each beat, and between beats
     /// when the counts changed, at most once a tick).
     @discardableResult
     public func refreshStatus() async throws -> OutboxStatus {
-        let status = try await outbox.liveStatus(now: now())
-        metrics.update(from: status)
-        notifier.notify("STATUS=" + Self.statusLine(status))
-        return status
+        do {
+            let status = try await outbox.liveStatus(now: now())
+            metrics.update(from: status)
+            notifier.notify("STATUS=" + (outbox.damage == nil ? Self.statusLine(status) : Self.damagedStatus))
+            return status
+        } catch {
+            if outbox.damage != nil { notifier.notify("STATUS=" + Self.damagedStatus) }
+            throw error
+        }
     }
 
     public func run() async throws {
@@ -121,6 +129,7 @@ public struct Heartbeat: Service {
         var statusChanges = metrics.changeCount
         let tick = min(watchdogInterval ?? 1, 1)
         var filesGoneLogged = false
+        var damageLogged = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
@@ -144,6 +153,14 @@ public struct Heartbeat: Service {
                 filesGoneLogged = true
             } else {
                 filesGoneLogged = false
+            }
+            if let damage = outbox.damage, !damageLogged {
+                damageLogged = true
+                logger.event(.critical, "storage.damaged", "the outbox file is damaged (\(damage)); webhooks are refused (503) "
+                             + "and /readyz says storage_damaged until the daemon is restarted on a sound file: stop it, keep a copy of "
+                             + "the file, then recover it (docs/operations.md, \"The outbox file is damaged\")",
+                             LogFields(error: "outbox_damaged"))
+                notifier.notify("STATUS=" + Self.damagedStatus)
             }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.

@@ -111,7 +111,7 @@ extension Outbox {
                         continuation.resume(returning: .success(()))
                     } catch {
                         self.settled.withLock { if $0.generation == generation { $0.base = nil } }
-                        continuation.resume(returning: .failure(OutboxError.storage("\(error)")))
+                        continuation.resume(returning: .failure(self.storageError(error)))
                     }
                 }
             }

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import GRDBSQLite
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -27,6 +28,9 @@ public final class Outbox: Sendable {
     let settled = Mutex(SettledCounts())
     /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
     let quiet = QuietAccounts()
+    /// What SQLite said when it found the file damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`), for
+    /// the rest of this process: see `damage`.
+    let damageFound = Mutex<String?>(nil)
     /// `probeWritable`'s write, shared by the callers of `/readyz`.
     let readiness = SharedRefresh<Bool>(keeping: { $0 })
 
@@ -193,8 +197,32 @@ public final class Outbox: Sendable {
         } catch {
             // A cancelled task (shutdown) is not a storage failure.
             if error is CancellationError || Task.isCancelled { throw CancellationError() }
-            throw OutboxError.storage("\(error)")
+            throw storageError(error)
         }
+    }
+
+    /// Why the outbox is not to be written any more: SQLite found its file damaged (a page that
+    /// is not what its b-tree says, a header that is not SQLite's). Found from outside: with one
+    /// page of the events table overwritten, the daemon went on answering 202 and `/readyz` 200
+    /// while every worker's claim failed, so nothing was delivered, and the log said only
+    /// `storage_error` every 5 s. From the first such error on, ingest answers 503 (a sender
+    /// retries later; nothing more goes into a file that may not be recoverable), `/readyz`
+    /// says `storage_damaged`, and the heartbeat logs `storage.damaged` and puts it in STATUS=.
+    /// It lasts until a restart: the file does not mend itself.
+    public var damage: String? { damageFound.withLock { $0 } }
+
+    /// The error to throw for a failed SQLite call, noting a damaged file (`damage`).
+    func storageError(_ error: any Error) -> OutboxError {
+        if let error = error as? OutboxError { return error }
+        if let error = error as? DatabaseError,
+           error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB {
+            // The code and SQLite's own words for it ("database disk image is malformed"): no SQL,
+            // no values.
+            let said = "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
+            damageFound.withLock { if $0 == nil { $0 = said } }
+            return .damaged(said)
+        }
+        return .storage("\(error)")
     }
 
     /// Runs `body` as one write transaction as a job on SQLite's writer queue and calls `then`
@@ -203,7 +231,7 @@ public final class Outbox: Sendable {
     func writeBatch<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T,
                                  then: @escaping @Sendable (Result<T, any Error>) -> Void) {
         pool.asyncWrite(body) { _, result in
-            then(result.mapError { error in error is OutboxError ? error : OutboxError.storage("\(error)") })
+            then(result.mapError { error in self.storageError(error) })
         }
     }
 
@@ -212,7 +240,7 @@ public final class Outbox: Sendable {
             return try await pool.read(body)
         } catch {
             if error is CancellationError || Task.isCancelled { throw CancellationError() }
-            throw OutboxError.storage("\(error)")
+            throw storageError(error)
         }
     }
 

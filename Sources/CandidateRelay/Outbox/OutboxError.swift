@@ -7,12 +7,15 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
     case idempotencyKeyReused(existingID: String)
     /// The account is being removed by a reload (`Outbox.closeAccounts`): nothing more is stored for it.
     case accountClosed
+    /// SQLite found the file damaged (`Outbox.damage`): nothing more is stored in it.
+    case damaged(String)
 
     /// The `error` field of a log line about a failed outbox call (ingest's and the workers'):
     /// a code, never the message, which may quote a stored value.
     static func logCode(_ error: any Error) -> String {
         if case OutboxError.storage = error { return "storage_error" }
         if case OutboxError.fileGone = error { return "outbox_file_gone" }
+        if case OutboxError.damaged = error { return "outbox_damaged" }
         return String(describing: type(of: error))
     }
 
@@ -23,6 +26,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         case .backlogFull(let limit): "backlog above \(limit) events"
         case .idempotencyKeyReused(let id): "idempotency key already used for \(id) with a different body"
         case .accountClosed: "the account is being removed"
+        case .damaged(let message): "storage: \(message)"
         }
     }
 }
