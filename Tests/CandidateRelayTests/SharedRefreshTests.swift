@@ -42,4 +42,11 @@ import Testing
             #expect(await shared.value { counter.runs.add(1, ordering: .relaxed).newValue } == n)
         }
     }
+
+    /// A read that takes long stands longer: asking for it costs at most a twentieth of a core.
+    @Test func aCostlyResultStandsTwentyTimesWhatItTook() {
+        #expect(SharedRefresh<Void>.standing(reuse: .seconds(1), took: .milliseconds(10)) == .seconds(1))
+        #expect(SharedRefresh<Void>.standing(reuse: .seconds(1), took: .milliseconds(1300)) == .seconds(26))
+        #expect(SharedRefresh<Void>.standing(reuse: .zero, took: .milliseconds(5)) == .milliseconds(100))
+    }
 }
