@@ -392,8 +392,16 @@ import Testing
             let after = logs.events("ingest.rejected").filter { $0["error"] as? String == "unauthorized" }.dropFirst(10)
             #expect(after.map { $0["suppressed"] as? Int } == [30, nil, nil, nil, nil])
 
+            // Quiet for a second: what the last burst left out (the sixth above and these 13) gets
+            // a line of its own.
+            for _ in 0..<13 { _ = try await Self.post(client, Self.valid) }
+            clock.advance(1)
+            f.handler.logQuietLeftOut()
+            let last = try #require(logs.events("ingest.rejected").last)
+            #expect(last["error"] as? String == "unauthorized" && last["suppressed"] as? Int == 14 && last["account"] as? String == "default")
+
             let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="unauthorized"} 46"#))
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="unauthorized"} 59"#))
             #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="duplicate"} 15"#))
         }
     }

@@ -157,7 +157,8 @@ public final class RelayApplication: Sendable {
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
-                                     isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate),
+                                     isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
+                                     tick: { [handler] in handler.logQuietLeftOut() }),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

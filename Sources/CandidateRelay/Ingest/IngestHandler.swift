@@ -23,7 +23,7 @@ public struct IngestHandler: Sendable {
     /// `ingest.rejected` lines and replays' `ingest.accepted` lines, a few a second of each kind.
     let logBudget = IngestLogBudget()
     /// The outbox's counts for `/metrics`, read at most once a second whatever the scrape rate.
-    let metricsRefresh = SharedRefresh<Void>()
+    let metricsRefresh = SharedRefresh<Void>(scalesWithCost: true)
     /// Bytes of webhook bodies being read, on every connection together (`reserveBody`).
     private let bodyBytesInFlight = SharedCount()
 
@@ -234,7 +234,7 @@ public struct IngestHandler: Sendable {
         case .success(let stored):
             if stored.answer.status == .accepted {
                 logger.event(.info, "ingest.accepted", "candidate accepted", stored.fields)
-            } else if let suppressed = logBudget.admit("duplicate", now: now()) {
+            } else if let suppressed = logBudget.admit(.init(code: "duplicate", account: account), now: now()) {
                 var fields = stored.fields
                 if suppressed > 0 { fields.numbers["suppressed"] = Double(suppressed) }
                 logger.event(.info, "ingest.accepted", "replay of a known event", fields)
@@ -244,12 +244,27 @@ public struct IngestHandler: Sendable {
             // An unknown account's name is the sender's text: it becomes neither a label nor a field.
             let known = error.code == IngestError.unknownAccount.code ? "" : account
             metrics.ingest(result: error.code, account: known)
-            if let suppressed = logBudget.admit(error.code, now: now()) {
+            if let suppressed = logBudget.admit(.init(code: error.code, account: known), now: now()) {
                 logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected", "webhook rejected",
                              LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code,
                                        numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
             }
             return error.answer
+        }
+    }
+
+    /// A line for each kind of refusal (or replay) whose flood is over with lines left out
+    /// (`IngestLogBudget.quietLeftOut`): the heartbeat calls it every tick.
+    func logQuietLeftOut() {
+        for (kind, suppressed) in logBudget.quietLeftOut(now: now()) {
+            let fields = LogFields(account: kind.account.isEmpty ? nil : kind.account, error: kind.code == "duplicate" ? nil : kind.code,
+                                   extra: kind.code == "duplicate" ? ["duplicate": "true"] : [:],
+                                   numbers: ["suppressed": Double(suppressed)])
+            if kind.code == "duplicate" {
+                logger.event(.info, "ingest.accepted", "replays of known events whose lines were left out", fields)
+            } else {
+                logger.event(kind.code == "unavailable" ? .warning : .notice, "ingest.rejected", "webhooks rejected whose lines were left out", fields)
+            }
         }
     }
 

@@ -28,11 +28,14 @@ public struct Heartbeat: Service {
     let accounts: @Sendable () -> KnownAccounts
     let gate: PartnerGate?
     let now: @Sendable () -> Date
+    /// Called every tick (ingest's lines left out at the end of a flood).
+    let tick: @Sendable () -> Void
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
                 accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
-                gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init) {
+                gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {}) {
+        self.tick = tick
         self.isReady = isReady
         self.accounts = accounts
         self.gate = gate
@@ -172,7 +175,7 @@ public struct Heartbeat: Service {
             if current >= nextBeat && isReady() {
                 statusChanges = metrics.changeCount
                 do { previous = try await beat(previous: previous) } catch {
-                    logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: "storage_error"))
+                    logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: OutboxError.logCode(error)))
                 }
                 nextBeat = current.addingTimeInterval(interval.value)
             } else if metrics.changeCount != statusChanges, ContinuousClock.now >= refreshAllowedAt {
@@ -183,6 +186,7 @@ public struct Heartbeat: Service {
                 _ = try? await refreshStatus()
                 refreshAllowedAt = .now + SharedRefresh<Void>.standing(reuse: .zero, took: started.duration(to: .now))
             }
+            self.tick()
             // systemd wants READY=1 before the first WATCHDOG=1.
             if watchdogInterval != nil, isReady(), await outbox.probeResponsive() {
                 notifier.notify("WATCHDOG=1")

@@ -18,17 +18,22 @@ final class SharedRefresh<Value: Sendable>: Sendable {
 
     private let state = Mutex(State())
     let reuse: Duration
+    /// Whether a costly result stands longer (`standing`): for a read that costs CPU (the
+    /// counts), not for a write whose time is mostly its wait for the writer queue (readiness,
+    /// which must not answer for long after the disk went bad).
+    let scalesWithCost: Bool
     let keeps: @Sendable (Value) -> Bool
 
-    /// How long a result stands: `reuse`, or 20 times what it took if that is longer. A read of
-    /// the counts that takes 0.25 s (1,000,000 events pending) then stands 5 s, so asking for it
-    /// costs at most a twentieth of a core however often it is asked.
+    /// How long a costly result stands: `reuse`, or 20 times what it took if that is longer. A
+    /// read of the counts that takes 0.25 s (1,000,000 events pending) then stands 5 s, so asking
+    /// for it costs at most a twentieth of a core however often it is asked.
     static func standing(reuse: Duration, took: Duration) -> Duration {
         max(reuse, took * 20)
     }
 
-    init(reuse: Duration = .seconds(1), keeping keeps: @escaping @Sendable (Value) -> Bool = { _ in true }) {
+    init(reuse: Duration = .seconds(1), scalesWithCost: Bool, keeping keeps: @escaping @Sendable (Value) -> Bool = { _ in true }) {
         self.reuse = reuse
+        self.scalesWithCost = scalesWithCost
         self.keeps = keeps
     }
 
@@ -43,7 +48,8 @@ final class SharedRefresh<Value: Sendable>: Sendable {
                 let took = started.duration(to: .now)
                 self.state.withLock { state in
                     state.inFlight = nil
-                    state.recent = keeps(value) ? (.now, Self.standing(reuse: reuse, took: took), value) : nil
+                    let stands = scalesWithCost ? Self.standing(reuse: reuse, took: took) : reuse
+                    state.recent = keeps(value) ? (.now, stands, value) : nil
                 }
                 return value
             }
@@ -51,7 +57,8 @@ final class SharedRefresh<Value: Sendable>: Sendable {
             return task
         }
         guard let task else {
-            // Read again: `recent` is only ever replaced by a newer result.
+            // Read again: since the look above, a newer result may have replaced it, or a result
+            // not kept may have cleared it (then compute, or join the computation under way).
             if let recent = state.withLock({ $0.recent }) { return recent.value }
             return await value(compute)
         }

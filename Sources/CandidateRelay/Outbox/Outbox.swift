@@ -32,7 +32,7 @@ public final class Outbox: Sendable {
     /// the rest of this process: see `damage`.
     let damageFound = Mutex<String?>(nil)
     /// `probeWritable`'s write, shared by the callers of `/readyz`.
-    let readiness = SharedRefresh<Bool>(keeping: { $0 })
+    let readiness = SharedRefresh<Bool>(scalesWithCost: false, keeping: { $0 })
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
     public init(path: String) throws {
@@ -118,7 +118,7 @@ public final class Outbox: Sendable {
     /// is never reused. The files are looked at on every call.
     public func probeWritable() async -> Bool {
         if filesProblem() != nil { return false }
-        return await readiness.value { [pool] in
+        return await readiness.value { [self] in
             do {
                 try await pool.write { db in
                     try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
@@ -126,6 +126,7 @@ public final class Outbox: Sendable {
                 }
                 return true
             } catch {
+                _ = storageError(error)  // a damaged file is noted, whoever finds it
                 return false
             }
         }
@@ -184,12 +185,14 @@ public final class Outbox: Sendable {
             try await pool.write { db in try db.execute(sql: "PRAGMA user_version = 0") }
             return true
         } catch {
+            _ = storageError(error)
             return false
         }
     }
 
     /// Runs `body` as one write transaction, mapping any database error to `OutboxError.storage`.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        if let damage { throw OutboxError.damaged(damage) }
         do {
             return try await pool.write(body)
         } catch let error as OutboxError {
@@ -205,17 +208,22 @@ public final class Outbox: Sendable {
     /// is not what its b-tree says, a header that is not SQLite's). Found from outside: with one
     /// page of the events table overwritten, the daemon went on answering 202 and `/readyz` 200
     /// while every worker's claim failed, so nothing was delivered, and the log said only
-    /// `storage_error` every 5 s. From the first such error on, ingest answers 503 (a sender
-    /// retries later; nothing more goes into a file that may not be recoverable), `/readyz`
+    /// `storage_error` every 5 s. From the first such error on, `write` and `writeBatch` refuse
+    /// (SQLite warns that writing to a damaged file can spread the damage): ingest answers 503
+    /// (a sender retries later), deliveries, rescues and retention stop; reads go on. `/readyz`
     /// says `storage_damaged`, and the heartbeat logs `storage.damaged` and puts it in STATUS=.
-    /// It lasts until a restart: the file does not mend itself.
+    /// It lasts until a restart: the file does not mend itself. (The two probes write on their
+    /// own: the watchdog's must not restart the daemon, which would forget what it found.)
+    /// Not noted while `filesProblem` names a file deleted or replaced: that error is the
+    /// replacement's, and it clears when the file is back.
     public var damage: String? { damageFound.withLock { $0 } }
 
     /// The error to throw for a failed SQLite call, noting a damaged file (`damage`).
     func storageError(_ error: any Error) -> OutboxError {
         if let error = error as? OutboxError { return error }
         if let error = error as? DatabaseError,
-           error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB {
+           error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB,
+           filesProblem() == nil {
             // The code and SQLite's own words for it ("database disk image is malformed"): no SQL,
             // no values.
             let said = "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
@@ -230,6 +238,10 @@ public final class Outbox: Sendable {
     /// group commits chain their batches this way.
     func writeBatch<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T,
                                  then: @escaping @Sendable (Result<T, any Error>) -> Void) {
+        if let damage {
+            then(.failure(OutboxError.damaged(damage)))
+            return
+        }
         pool.asyncWrite(body) { _, result in
             then(result.mapError { error in self.storageError(error) })
         }
