@@ -36,7 +36,7 @@ public struct LeaseRescuer: Service {
     public func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do { try await runOnce() } catch {
-                logger.event(.error, "storage.failed", "lease rescue failed", LogFields(error: "storage_error"))
+                logger.event(.error, "storage.failed", "lease rescue failed", LogFields(error: OutboxError.logCode(error)))
             }
             try? await gracefulSleep(seconds: interval)
         }

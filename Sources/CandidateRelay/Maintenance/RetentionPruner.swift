@@ -43,7 +43,7 @@ public struct RetentionPruner: Service {
     public func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do { try await runOnce() } catch {
-                logger.event(.error, "storage.failed", "retention pass failed", LogFields(error: "storage_error"))
+                logger.event(.error, "storage.failed", "retention pass failed", LogFields(error: OutboxError.logCode(error)))
             }
             try? await gracefulSleep(seconds: interval)
         }
