@@ -134,9 +134,9 @@ public struct Heartbeat: Service {
         var filesGoneLogged = false
         var damageLogged = false
         // Between beats, a refresh waits out 20 times what the last one took: the counts walk the
-        // backlog (0.25 s of CPU with 1,000,000 events pending; 1.3 s before they were read off the
-        // index), and refreshing them every second
-        // under traffic took 70 % of a core (found from outside).
+        // backlog (0.25 s of CPU with 1,000,000 events pending; 1.3 s before they were read off
+        // the index), and refreshing them every second under traffic took 70 % of a core (found
+        // from outside).
         var refreshAllowedAt = ContinuousClock.now
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
@@ -164,9 +164,10 @@ public struct Heartbeat: Service {
             }
             if let damage = outbox.damage, !damageLogged {
                 damageLogged = true
-                logger.event(.critical, "storage.damaged", "the outbox file is damaged (\(damage)); webhooks are refused (503) "
-                             + "and /readyz says storage_damaged until the daemon is restarted on a sound file: stop it, keep a copy of "
-                             + "the file, then recover it (docs/operations.md, \"The outbox file is damaged\")",
+                logger.event(.critical, "storage.damaged", "the outbox file is damaged (\(damage)); nothing more is written to it "
+                             + "(webhooks are refused with 503, deliveries stop) and /readyz says storage_damaged until the daemon is "
+                             + "restarted on a sound file: stop it, keep a copy of the file, then recover it (docs/operations.md, "
+                             + "\"The outbox file is damaged\")",
                              LogFields(error: "outbox_damaged"))
                 notifier.notify("STATUS=" + Self.damagedStatus)
             }

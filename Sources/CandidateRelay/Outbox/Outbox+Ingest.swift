@@ -81,7 +81,6 @@ extension Outbox {
         // Every batch: a 202 must not go to a file no restart reads (a look a second let that
         // second's webhooks through).
         if let problem = filesProblem() { throw OutboxError.fileGone(problem) }
-        if let damage { throw OutboxError.damaged(damage) }  // found within this batch's transaction
         var results: [Result<AcceptResult, any Error>] = []
         results.reserveCapacity(batch.count)
         // Deliveries only lower the counts between refreshes: the cache errs on the high side

@@ -238,13 +238,15 @@ public final class Outbox: Sendable {
     /// group commits chain their batches this way.
     func writeBatch<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T,
                                  then: @escaping @Sendable (Result<T, any Error>) -> Void) {
-        if let damage {
-            then(.failure(OutboxError.damaged(damage)))
-            return
-        }
-        pool.asyncWrite(body) { _, result in
+        // The damage is looked at inside the job, on the writer queue: damage found by the batch
+        // before is seen, and `then` is never called from here (a group commit's drain that
+        // failed at once would recurse into its next batch on the caller's stack).
+        pool.asyncWrite({ db in
+            if let damage = self.damage { throw OutboxError.damaged(damage) }
+            return try body(db)
+        }, completion: { _, result in
             then(result.mapError { error in self.storageError(error) })
-        }
+        })
     }
 
     func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
