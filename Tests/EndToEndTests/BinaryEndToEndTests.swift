@@ -1,6 +1,7 @@
 import CandidateRelay
 import CandidateRelayTesting
 import Foundation
+import GRDB
 import PartnerSimulator
 import Testing
 #if canImport(Glibc)
@@ -305,6 +306,41 @@ import Glibc
         #expect(await relay.waitForExit() == 0)
         let outbox = try Outbox(path: dir.file("state/outbox.sqlite3"))
         #expect(try await outbox.status(now: Date()).counts.values.reduce(0, +) == 0)
+    }
+
+    /// Found from outside: a page of the events table overwritten (a disk error, a bad copy),
+    /// and the daemon went on answering 202 and `/readyz` 200 while no claim could succeed.
+    /// Now the first worker's claim that meets the page names the damage, and nothing more is
+    /// written: 503 to webhooks, `/readyz` 503 `storage_damaged`, `storage.damaged` logged.
+    @Test func aDamagedOutboxIsNamedAndRefusesWebhooks() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let path = dir.file("state/outbox.sqlite3")
+        let outbox = try Outbox(path: path)
+        for n in 0..<300 {
+            _ = try await outbox.accept(Submission(id: EventID.generate(), idempotencyKey: nil, bodySHA256: "x", positionUID: "P1",
+                                                   partnerCandidateID: "D\(n)", payload: Data("{}".utf8), receivedAt: Date()),
+                                        maxBacklog: 1000)
+        }
+        try outbox.close()
+        // The first leaf of the events table: the oldest events, the ones the workers claim first.
+        let page = try #require(try await DatabaseQueue(path: path).read { db in
+            try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1")
+        })
+        let file = try #require(FileHandle(forUpdatingAtPath: path))
+        try file.seek(toOffset: UInt64((page - 1) * 4096 + 8))
+        try file.write(contentsOf: Data(repeating: 0xDE, count: 600))
+        try file.close()
+
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let client = HTTPTestClient(port: try await relay.waitUntilReady())
+        #expect(await eventually { !relay.events("storage.damaged").isEmpty })
+        #expect(relay.events("storage.damaged").first?["error"] as? String == "outbox_damaged")
+        #expect(try await client.post(Candidates.json(partnerID: "after-damage")).status == 503)
+        let ready = try await client.request("GET", "/readyz")
+        #expect(ready.status == 503 && ready.json["status"] as? String == "storage_damaged")
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() != nil)
     }
 
     /// Sends a chunked POST over a plain socket and returns the status line and headers.
