@@ -45,6 +45,7 @@ public final class RelayApplication: Sendable {
                 reloader: ConfigurationLoader? = nil, partnerClient: (any PartnerClient)? = nil,
                 bodyDeadline: BodyDeadlinePolicy = BodyDeadlinePolicy(),
                 onReady: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+        MallocTuning.apply()
         self.configuration = configuration
         self.bodyDeadline = bodyDeadline
         self.logSettings = logSettings

@@ -1,0 +1,41 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Keeps glibc's malloc from handing the writer's scratch memory back to the kernel after every
+/// statement.
+///
+/// By default glibc returns the free top of a thread's heap to the kernel (`madvise`) as soon as
+/// 128 KiB of it lie unused. SQLite allocates and frees two such blocks per write statement on
+/// the outbox's paths: the statement journal's first 64 KiB chunk (any statement that may abort
+/// halfway: a trigger, a foreign key) and an 85 KiB page-cache bulk for each ephemeral table
+/// (`RETURNING`, `IN (...)`). Each came back from the kernel as fresh pages that had to be
+/// faulted in and zeroed, and each return flushed the TLB of every core (an IPI): measured
+/// during a 20,000-event drain, ~14 page faults per delivery and about a quarter of the writer
+/// thread's CPU. Up to 1 MiB left free at the top of a heap is kept for reuse; more than that is
+/// still returned, so memory after a burst (a 20 MB candidate) still goes back.
+///
+/// Setting the threshold also fixes glibc's mmap threshold at its 128 KiB default (glibc stops
+/// raising both after each large free: a 20 MB body freed would otherwise let up to 40 MB sit
+/// in a heap untrimmed).
+public enum MallocTuning {
+    /// Free memory at the top of a heap that stays with the process (bytes).
+    public static let trimThreshold: Int32 = 1 << 20
+
+    /// Applies the tuning once per process; false where there is no glibc `mallopt` (musl's
+    /// does nothing, and the call is then harmless).
+    @discardableResult
+    public static func apply() -> Bool { applied }
+
+    private static let applied: Bool = {
+        #if canImport(Glibc)
+        // `mallopt` is not in Swift's Glibc module; malloc.h's M_TRIM_THRESHOLD is -1.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return false }
+        let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+        return mallopt(-1, trimThreshold) == 1
+        #else
+        return false
+        #endif
+    }()
+}
