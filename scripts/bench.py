@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -970,14 +971,42 @@ class Bench:
         after_bursts = relay.rss_kb()
         burst_stored = relay.count("partner_candidate_id LIKE 'burst%' AND state = 'delivered'")
         relay.stop()
+        # A backlog of large candidates: 16 stored, then 16 workers deliver them to a partner
+        # that takes 2 s to answer, so each body would be held at once were nothing to stop it.
+        slow = Simulator(self, "sim-slow")
+        request = urllib.request.Request(slow.url + "/_sim/faults", data=json.dumps({"latencyMs": 2000}).encode(),
+                                         method="PUT", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+        relay = Relay(self, "big-backlog", sim_url=slow.url)
+        relay.start()
+        backlog_answers = []
+        for k in range(16):
+            bkey = f"backlog{k}-" + uuid.uuid4().hex[:6]
+            backlog_answers.append(self.post(relay.port, body.replace(key, bkey), bkey))
+        time.sleep(0.5)
+        backlog_base = relay.rss_kb()
+        sampler = RSSSampler(relay.proc.pid, interval=0.01)
+        t_open = time.monotonic()
+        relay.reload(rate=(0, 60))
+        backlog_left = relay.wait_drained(180, poll=0.1)
+        backlog_wall = time.monotonic() - t_open
+        backlog_peak = sampler.stop()
+        backlog_delivered = relay.count("state = 'delivered'")
+        relay.stop()
+        slow.stop()
         self.r["big"] = dict(size=size, status=status, base=base, peak_in=peak_in, after_in=after_in, base_out=base_out,
                              peak_out=peak_out, delivered=state >= 2, after_bursts=after_bursts,
                              burst_sent=len(burst_answers), burst_accepted=burst_answers.count(202), burst_delivered=burst_stored,
+                             backlog_accepted=backlog_answers.count(202), backlog_delivered=backlog_delivered,
+                             backlog_left=backlog_left, backlog_base=backlog_base, backlog_peak=backlog_peak,
+                             backlog_wall=backlog_wall,
                              burst_refused=", ".join(f"{n} × {c}" for c, n in sorted(collections.Counter(
                                  a for a in burst_answers if a != 202).items())) or "none")
         log(f"  body {size / 1e6:.1f} MB answered {status}; RSS {mib(base):.1f} -> peak {mib(peak_in):.1f} MiB while "
             f"received and stored; delivery peak {mib(peak_out):.1f} MiB (delivered: {state >= 2}); after 3 bursts of 8 "
-            f"({burst_answers.count(202)} accepted, {burst_stored} delivered): RSS {mib(after_bursts):.1f} MiB")
+            f"({burst_answers.count(202)} accepted, {burst_stored} delivered): RSS {mib(after_bursts):.1f} MiB; a backlog of "
+            f"16 delivered to a partner taking 2 s in {backlog_wall:.1f} s: RSS {mib(backlog_base):.1f} -> peak "
+            f"{mib(backlog_peak):.1f} MiB")
 
     def post(self, port: int, body: str, key: str) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -1190,6 +1219,12 @@ class Bench:
         rows.append(Row("20 MB payload delivered to the simulator: RSS added", f"+{add_out / 1e6:.1f} MB",
                         f"{mib(b['base_out']):.1f} MiB before", f"{add_out / b['size']:.2f}× size", "≤ 3× size",
                         verdict(b["delivered"] and add_out <= 3 * b["size"])))
+        added = (b["backlog_peak"] - b["backlog_base"]) * 1024
+        rows.append(Row(f"A backlog of {b['backlog_accepted']} stored 20 MB candidates delivered by 16 workers to a partner "
+                        f"taking 2 s an answer ({b['backlog_delivered']} delivered in {b['backlog_wall']:.1f} s): RSS added",
+                        f"+{added / 1e6:.1f} MB", f"{mib(b['backlog_base']):.1f} MiB before", f"{added / b['size']:.2f}× one payload",
+                        "≤ +134 MB (ours: twice the 64 MiB payload budget)",
+                        verdict(added <= 2 * 64 * 1048576 and b["backlog_left"] == 0 and b["backlog_delivered"] == b["backlog_accepted"])))
         rows.append(Row(f"RSS after 3 bursts of 8 concurrent 20 MB candidates ({b['burst_accepted']} of {b['burst_sent']} "
                         f"accepted; refused: {b['burst_refused']}), all delivered, 2 s later", f"{mib(b['after_bursts']):.1f} MiB",
                         f"{mib(b['base']):.1f} MiB before any", "", "≤ 64 MB (ours)",
@@ -1268,7 +1303,8 @@ class Bench:
             "4 `files[]` of 3.75 MB decoded each (the partner's limit is 6 MB per file), delivery held while it is "
             "received and stored, then opened; RSS added = peak − RSS just before. Bursts: then the same daemon, "
             "its delivery open, gets 3 rounds of 8 such candidates at once (distinct keys): 202 within the ingest "
-            "body budget (64 MiB), 503 past it; VmRSS 2 s after every accepted one is delivered.",
+            "body budget (64 MiB), 503 past it; VmRSS 2 s after every accepted one is delivered. Backlog: a fresh daemon "
+            "stores 16 of them with delivery held, then delivers them to a simulator answering after 2 s.",
             "Leak check: after the 1-account drain, the same process is filled (delivery held) and drained three "
             "times more; VmRSS after each drain. A leak grows it round after round (a cancelled `Task.sleep` once "
             "added ~17 MB per 20,000 deliveries, every round); glibc's free lists move it a few MB either way "

@@ -550,6 +550,44 @@ import Testing
         #expect(next.id == "e3" && next.payload == body)
     }
 
+    /// A claim takes a large payload only while it fits in the payload memory, or alone when it
+    /// is larger than all of it; until then the account waits (a small event behind it too) and
+    /// the result says why.
+    @Test func largePayloadsAreClaimedOnlyWhileTheyFitInThePayloadMemory() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"), payloadMemory: PayloadMemory(budget: 250_000))
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        for (index, size) in [100_000, 100_000, 100_000, 10, 300_000].enumerated() {
+            var submission = Self.submission("e\(index + 1)", partnerID: "C\(index + 1)", at: start.addingTimeInterval(Double(index)))
+            submission.payload = Data(repeating: 0x41, count: size)
+            _ = try await outbox.accept(submission, maxBacklog: 10)
+        }
+        let now = start.addingTimeInterval(10)
+        func claim() async throws -> ClaimResult {
+            try await outbox.claimNextDue(now: now, leaseSeconds: 60, maxAgeSeconds: 1_000, maxAttempts: 10)
+        }
+        let first = try #require(try await claim().claimed)
+        let second = try #require(try await claim().claimed)
+        #expect([first.id, second.id] == ["e1", "e2"] && first.heldBytes == 100_000)
+        let full = try await claim()
+        #expect(full.claimed == nil && full.waitingForMemory)
+        #expect(outbox.payloadMemory.heldBytes == 200_000)
+        #expect(outbox.releasePayload(first))
+        let third = try #require(try await claim().claimed)
+        let small = try #require(try await claim().claimed)
+        #expect(third.id == "e3" && small.id == "e4" && small.heldBytes == 0 && !outbox.releasePayload(small))
+        // Larger than the whole budget: it waits for the others, then goes alone.
+        let waiting = try await claim()
+        #expect(waiting.claimed == nil && waiting.waitingForMemory)
+        outbox.releasePayload(second)
+        outbox.releasePayload(third)
+        let alone = try #require(try await claim().claimed)
+        #expect(alone.id == "e5" && outbox.payloadMemory.heldBytes == 300_000)
+        outbox.releasePayload(alone)
+        #expect(outbox.payloadMemory.heldBytes == 0)
+    }
+
     /// An erased body is gone from the file's bytes too, not only from its tables (SQLite
     /// keeps deleted content in freed pages unless secure_delete is on, which the outbox sets
     /// itself: some SQLite builds have it on by default, others not), small or large.

@@ -249,6 +249,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     private func handBack(_ prefetched: Prefetched) async {
         await gate.release(prefetched.admission)
         await record(prefetched.event, .unsent, latencyMs: nil, now: now())
+        releasePayload(prefetched.event)
         logInterrupted(prefetched.event, "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt")
     }
 
@@ -280,17 +281,23 @@ public final class DeliveryWorkerPool: Service, Sendable {
         } else {
             // Accounts with nothing due take no place at the gate and no query in the claim.
             guard let admitted = try await admit(skipping: { [outbox, now] in outbox.quiet.accounts(at: now()) }) else { return nil }
-            let claimed: ClaimedEvent?
+            let result: ClaimResult
             do {
-                claimed = try await claim(accounts: admitted.accounts,
-                                          freshSince: admitted.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
-                                          settings: current)
+                result = try await claim(accounts: admitted.accounts,
+                                         freshSince: admitted.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
+                                         settings: current)
             } catch {
                 await gate.release(admitted)
                 throw error
             }
-            guard let claimed else {
+            guard let claimed = result.claimed else {
                 await gate.release(admitted)
+                if result.waitingForMemory {
+                    // A large payload is due and the ones in flight fill `payloadMemory`: the
+                    // end of one rings the doorbell (its due time is now: no spinning on it).
+                    await idleWait(accounts: [], rungBefore: rungBefore)
+                    return nil
+                }
                 // The worker kept free waits for a fresh event (the doorbell), not for the due
                 // backlog it may not take; and looks again soon, since it is kept only while
                 // the others are busy, and an answer may make an account quiet again (it sat
@@ -309,14 +316,21 @@ public final class DeliveryWorkerPool: Service, Sendable {
         async let delivered: Void = deliver(event, permit: permit, settings: current)
         let next = mayPrefetch() ? await prefetch(settings: current) : nil
         await delivered
+        releasePayload(event)
         noteBusy(false)
         return next
+    }
+
+    /// The delivery of `event` is over: its payload's share of the outbox's payload memory goes
+    /// back, and a worker waiting for that room is woken.
+    private func releasePayload(_ event: ClaimedEvent) {
+        if outbox.releasePayload(event) { doorbell.ring(waking: 1) }
     }
 
     /// The next due event, claimed now if the gate admits one without waiting; nil otherwise.
     private func prefetch(settings current: DeliverySettings) async -> Prefetched? {
         guard !isDraining, let admission = await gate.tryAdmit() else { return nil }
-        if let event = try? await claim(accounts: admission.accounts, freshSince: nil, smallPayloadOnly: true, settings: current) {
+        if let event = try? await claim(accounts: admission.accounts, freshSince: nil, smallPayloadOnly: true, settings: current).claimed {
             return Prefetched(admission: admission, event: event)
         }
         await gate.release(admission)
@@ -326,7 +340,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
     /// Leases the next due event of the first of `accounts` that has one; logs those that
     /// expired at claim time instead.
     private func claim(accounts: [String], freshSince: Date?, smallPayloadOnly: Bool = false,
-                       settings current: DeliverySettings) async throws -> ClaimedEvent? {
+                       settings current: DeliverySettings) async throws -> ClaimResult {
         let result = try await outbox.claimNextDue(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly,
                                                    now: now(), leaseSeconds: current.leaseSeconds,
                                                    maxAgeSeconds: current.policy.maxAgeSeconds, maxAttempts: current.policy.maxAttempts)
@@ -337,7 +351,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
                          LogFields(account: expired.account, eventID: expired.id, positionUID: expired.positionUID,
                                    partnerCandidateID: expired.partnerCandidateID, attempt: expired.attempts, error: expired.reason))
         }
-        return result.claimed
+        return result
     }
 
     /// Waits at the gate, giving up (nil) when draining starts.

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 
 /// An event leased to one worker: its payload, its attempt number and the lease generation.
 public struct ClaimedEvent: Sendable {
@@ -16,6 +17,9 @@ public struct ClaimedEvent: Sendable {
     public var budgetStartedAt: Date
     /// When the lease was taken (or last renewed); it runs `leaseSeconds` from here.
     public var leasedAt: Date
+    /// What the payload holds of `Outbox.payloadMemory` (0 for a small one): given back with
+    /// `Outbox.releasePayload` once the delivery is over.
+    public var heldBytes = 0
 }
 
 /// How one attempt ended, as the outbox records it.
@@ -91,6 +95,15 @@ struct ClaimRequest: Sendable {
     var leaseSeconds: Double
     var maxAgeSeconds: Double
     var maxAttempts: Int
+    /// Where a large payload must find room; nil: anywhere (tools).
+    var memory: PayloadMemory? = nil
+    /// What this claim took of `memory`, so that a batch that fails to commit gives it back.
+    let taken = TakenBytes()
+}
+
+/// The bytes one claim took of `PayloadMemory` inside a transaction that may yet fail.
+final class TakenBytes: Sendable {
+    let bytes = Atomic<Int>(0)
 }
 
 /// One recorded outcome, as queued for the completion group commit.
@@ -116,6 +129,9 @@ enum DeliveryWriteResult: Sendable {
 public struct ClaimResult: Sendable {
     public var claimed: ClaimedEvent?
     public var expired: [ExpiredEvent]
+    /// Nothing claimed because a due event's large payload did not fit in `payloadMemory`:
+    /// wait for a delivery to end (a release rings the doorbell), not for a due time.
+    public var waitingForMemory = false
 }
 
 extension Outbox {
@@ -136,11 +152,28 @@ extension Outbox {
                              leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
         guard !accounts.isEmpty else { return ClaimResult(claimed: nil, expired: []) }
         let request = ClaimRequest(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly, now: now,
-                                   leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts)
-        guard case .claimed(let result) = try await deliveryWrite(.claim(request)) else {
+                                   leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts,
+                                   memory: payloadMemory)
+        let written: DeliveryWriteResult
+        do {
+            written = try await deliveryWrite(.claim(request))
+        } catch {
+            // The claim was rolled back with its batch: the payload it read is not held.
+            payloadMemory.release(request.taken.bytes.exchange(0, ordering: .relaxed))
+            throw error
+        }
+        guard case .claimed(let result) = written else {
             throw OutboxError.storage("claim answered with another kind of result")
         }
         return result
+    }
+
+    /// Gives back what `event`'s payload held of `payloadMemory`; true if it held any (the
+    /// caller then wakes a worker that may be waiting for the room).
+    @discardableResult
+    public func releasePayload(_ event: ClaimedEvent) -> Bool {
+        payloadMemory.release(event.heldBytes)
+        return event.heldBytes > 0
     }
 
     /// The workers' claims and outcomes share one group commit: a worker records an outcome and
@@ -172,9 +205,11 @@ extension Outbox {
     /// Accounts `quiet` marks are skipped; one found with nothing due is marked.
     static func claimOne(_ db: Database, _ request: ClaimRequest, quiet: QuietAccounts) throws -> ClaimResult {
         var expired: [ExpiredEvent] = []
+        var waitingForMemory = false
         for account in request.accounts where !quiet.isQuiet(account, at: request.now) {
             var nothingDue = false
-            if let claimed = try claimOne(db, request, account: account, expired: &expired, nothingDue: &nothingDue) {
+            if let claimed = try claimOne(db, request, account: account, expired: &expired, nothingDue: &nothingDue,
+                                          waitingForMemory: &waitingForMemory) {
                 return ClaimResult(claimed: claimed, expired: expired)
             }
             if nothingDue {
@@ -184,14 +219,15 @@ extension Outbox {
                 quiet.note(account, earliest: earliest.map(Date.init(millis:)), now: request.now)
             }
         }
-        return ClaimResult(claimed: nil, expired: expired)
+        return ClaimResult(claimed: nil, expired: expired, waitingForMemory: waitingForMemory)
     }
 
     /// The oldest due event of one account (walking its part of `events_due` in order).
     /// `nothingDue`: none was due (not one left for another worker: too old for the one kept
-    /// free, too large to claim ahead).
+    /// free, too large to claim ahead). `waitingForMemory`: set when the one due has a large
+    /// payload with no room for it in `request.memory`.
     private static func claimOne(_ db: Database, _ request: ClaimRequest, account: String, expired: inout [ExpiredEvent],
-                                 nothingDue: inout Bool) throws -> ClaimedEvent? {
+                                 nothingDue: inout Bool, waitingForMemory: inout Bool) throws -> ClaimedEvent? {
         let now = request.now
         while true {
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
@@ -213,11 +249,23 @@ extension Outbox {
             let attempts: Int = row["attempts"]
             let spent = now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
             var payload: Data?
+            var held = 0
             if !spent {
-                switch try PayloadStore.read(db, eventID: id, smallOnly: request.smallPayloadOnly) {
+                let stored = try PayloadStore.read(db, eventID: id, smallOnly: request.smallPayloadOnly) { size in
+                    guard let memory = request.memory else { return true }
+                    guard memory.reserve(size) else { return false }
+                    held = size
+                    request.taken.bytes.add(size, ordering: .relaxed)
+                    return true
+                }
+                switch stored {
                 case .body(let body): payload = body
                 case .erased: payload = nil
-                case .large: return nil  // for a free worker, not one claiming ahead
+                case .large:
+                    // For a free worker, not one claiming ahead; or no room until a large
+                    // delivery ends.
+                    if !request.smallPayloadOnly { waitingForMemory = true }
+                    return nil
                 }
             }
             if spent || payload == nil {
@@ -238,7 +286,7 @@ extension Outbox {
             return ClaimedEvent(
                 id: id, account: account, attempt: attempt, lease: lease, positionUID: row["position_uid"],
                 partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt,
-                budgetStartedAt: budgetStartedAt, leasedAt: now)
+                budgetStartedAt: budgetStartedAt, leasedAt: now, heldBytes: held)
         }
     }
 

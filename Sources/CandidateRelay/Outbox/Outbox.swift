@@ -28,6 +28,8 @@ public final class Outbox: Sendable {
     let settled = Mutex(SettledCounts())
     /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
     let quiet = QuietAccounts()
+    /// Large payloads held by the workers between claim and outcome (`PayloadMemory`).
+    public let payloadMemory: PayloadMemory
     /// What SQLite said when it found the file damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`), for
     /// the rest of this process: see `damage`.
     let damageFound = Mutex<String?>(nil)
@@ -35,8 +37,9 @@ public final class Outbox: Sendable {
     let readiness = SharedRefresh<Bool>(scalesWithCost: false, keeping: { $0 })
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
-    public init(path: String) throws {
+    public init(path: String, payloadMemory: PayloadMemory = PayloadMemory()) throws {
         self.path = path
+        self.payloadMemory = payloadMemory
 
         try Self.ensureDirectory(for: path)
         let fm = FileManager.default

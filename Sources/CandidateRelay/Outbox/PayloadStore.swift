@@ -32,12 +32,15 @@ enum PayloadStore {
     enum Stored {
         case body(Data)
         case erased
-        /// Over `directLimit`, and the caller asked for small bodies only (nothing was read).
+        /// Over `directLimit`, and the caller asked for small bodies only or had no room for it
+        /// (nothing was read).
         case large
     }
 
-    /// The event's payload, or that it was erased; with `smallOnly`, a large one is not read.
-    static func read(_ db: Database, eventID: String, smallOnly: Bool = false) throws -> Stored {
+    /// The event's payload, or that it was erased; with `smallOnly`, or when `admitLarge` says
+    /// no to its size, a large one is not read.
+    static func read(_ db: Database, eventID: String, smallOnly: Bool = false,
+                     admitLarge: (Int) -> Bool = { _ in true }) throws -> Stored {
         guard let row = try Row.fetchOne(
             db.cachedStatement(sql: """
                 SELECT rowid, length(body) AS size, CASE WHEN length(body) <= ? THEN body END AS body
@@ -45,8 +48,8 @@ enum PayloadStore {
                 """),
             arguments: [directLimit, eventID]) else { return .erased }
         if let body = row["body"] as Data? { return .body(body) }
-        if smallOnly { return .large }
         let size: Int = row["size"]
+        if smallOnly || !admitLarge(size) { return .large }
         let blob = try openBlob(db, rowID: row["rowid"], writable: false)
         defer { sqlite3_blob_close(blob) }
         var body = Data(count: size)
