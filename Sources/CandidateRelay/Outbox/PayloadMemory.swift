@@ -11,7 +11,10 @@ import Synchronization
 /// usual candidate is a few kB: a backlog of them never waits for this). A body larger than the
 /// whole budget is still taken when nothing else is held, so every event can go out.
 public final class PayloadMemory: Sendable {
-    /// 64 MiB, as ingest's: three 20 MB candidates in flight at once.
+    /// 64 MiB, as ingest's: three 20 MB candidates in flight at once. The daemon uses two of
+    /// the largest bodies `ingest.max_body_bytes` allows at start if that is more (ingest's
+    /// rule). A body larger than the budget (a limit raised by a reload) waits until nothing
+    /// else is held, then goes alone.
     public static let defaultBudget = 64 << 20
 
     public let budget: Int
