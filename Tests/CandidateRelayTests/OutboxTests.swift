@@ -588,6 +588,30 @@ import Testing
         #expect(outbox.payloadMemory.heldBytes == 0)
     }
 
+    /// A claim whose batch was rolled back runs again alone (`GroupCommit` retries each item):
+    /// what its first run reserved is not held twice.
+    @Test func aClaimRunAgainAfterARollbackHoldsItsPayloadOnce() async throws {
+        struct Rollback: Error {}
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"), payloadMemory: PayloadMemory(budget: 250_000))
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        var submission = Self.submission("e1", partnerID: "C1", at: start)
+        submission.payload = Data(repeating: 0x41, count: 100_000)
+        _ = try await outbox.accept(submission, maxBacklog: 10)
+        let request = ClaimRequest(accounts: ["default"], freshSince: nil, now: start.addingTimeInterval(1), leaseSeconds: 60,
+                                   maxAgeSeconds: 1_000, maxAttempts: 10, memory: outbox.payloadMemory)
+        await #expect(throws: Rollback.self) {
+            try await outbox.pool.write { db in
+                #expect(try Outbox.claimOne(db, request, quiet: outbox.quiet).claimed?.heldBytes == 100_000)
+                throw Rollback()
+            }
+        }
+        let claimed = try await outbox.pool.write { db in try Outbox.claimOne(db, request, quiet: outbox.quiet).claimed }
+        #expect(claimed?.id == "e1" && claimed?.heldBytes == 100_000)
+        #expect(outbox.payloadMemory.heldBytes == 100_000)
+    }
+
     /// An erased body is gone from the file's bytes too, not only from its tables (SQLite
     /// keeps deleted content in freed pages unless secure_delete is on, which the outbox sets
     /// itself: some SQLite builds have it on by default, others not), small or large.

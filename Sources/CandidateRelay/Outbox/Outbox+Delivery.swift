@@ -95,7 +95,7 @@ struct ClaimRequest: Sendable {
     var leaseSeconds: Double
     var maxAgeSeconds: Double
     var maxAttempts: Int
-    /// Where a large payload must find room; nil: anywhere (tools).
+    /// Where a large payload must find room; nil: not counted (`claimNext`, for tests).
     var memory: PayloadMemory? = nil
     /// What this claim took of `memory`, so that a batch that fails to commit gives it back.
     let taken = TakenBytes()
@@ -135,25 +135,28 @@ public struct ClaimResult: Sendable {
 }
 
 extension Outbox {
-    /// `claimNextDue` for callers that do not log expirations (tests, tools).
+    /// `claimNextDue` for callers that do not log expirations nor release payloads (tests):
+    /// the payload memory is not counted.
     public func claimNext(accounts: [String] = [AccountConfiguration.defaultID], now: Date, leaseSeconds: Double,
                           maxAgeSeconds: Double, maxAttempts: Int = .max) async throws -> ClaimedEvent? {
         try await claimNextDue(accounts: accounts, now: now, leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds,
-                               maxAttempts: maxAttempts).claimed
+                               maxAttempts: maxAttempts, countingPayloadMemory: false).claimed
     }
 
     /// Leases the pending event due longest (fresh events: the oldest) of the first of `accounts`
     /// that has one, whose natural key has nothing in flight. Events past
     /// `maxAge`, with `maxAttempts` used (a crash after the last attempt, a lowered limit), or
     /// whose payload was erased are moved to `dead` instead of being sent, and returned so that
-    /// the worker can log them.
+    /// the worker can log them. A large payload claimed holds its size of `payloadMemory`
+    /// until `releasePayload` (unless `countingPayloadMemory` is false).
     public func claimNextDue(accounts: [String] = [AccountConfiguration.defaultID], freshSince: Date? = nil,
                              smallPayloadOnly: Bool = false, now: Date,
-                             leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int) async throws -> ClaimResult {
+                             leaseSeconds: Double, maxAgeSeconds: Double, maxAttempts: Int,
+                             countingPayloadMemory: Bool = true) async throws -> ClaimResult {
         guard !accounts.isEmpty else { return ClaimResult(claimed: nil, expired: []) }
         let request = ClaimRequest(accounts: accounts, freshSince: freshSince, smallPayloadOnly: smallPayloadOnly, now: now,
                                    leaseSeconds: leaseSeconds, maxAgeSeconds: maxAgeSeconds, maxAttempts: maxAttempts,
-                                   memory: payloadMemory)
+                                   memory: countingPayloadMemory ? payloadMemory : nil)
         let written: DeliveryWriteResult
         do {
             written = try await deliveryWrite(.claim(request))
@@ -204,6 +207,9 @@ extension Outbox {
     /// seeing the rows the ones before it leased, so "never two in flight per natural key" holds.
     /// Accounts `quiet` marks are skipped; one found with nothing due is marked.
     static func claimOne(_ db: Database, _ request: ClaimRequest, quiet: QuietAccounts) throws -> ClaimResult {
+        // A request runs again only after its batch was rolled back (`GroupCommit` retries each
+        // item alone): what its first run took of the payload memory is not held.
+        request.memory?.release(request.taken.bytes.exchange(0, ordering: .relaxed))
         var expired: [ExpiredEvent] = []
         var waitingForMemory = false
         for account in request.accounts where !quiet.isQuiet(account, at: request.now) {

@@ -28,7 +28,7 @@ public final class Outbox: Sendable {
     let settled = Mutex(SettledCounts())
     /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
     let quiet = QuietAccounts()
-    /// Large payloads held by the workers between claim and outcome (`PayloadMemory`).
+    /// Large payloads held by the workers from the claim until the delivery is over (`PayloadMemory`).
     public let payloadMemory: PayloadMemory
     /// What SQLite said when it found the file damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`), for
     /// the rest of this process: see `damage`.

@@ -8,8 +8,10 @@ import Synchronization
 /// sixteen were held at once: the daemon went from 50 to 373 MiB delivering them to a partner
 /// taking 2 s an answer. Ingest has had a budget of its own for bodies being received; this is
 /// the one for bodies being sent. Bodies up to `PayloadStore.directLimit` are not counted (a
-/// usual candidate is a few kB: a backlog of them never waits for this). A body larger than the
-/// whole budget is still taken when nothing else is held, so every event can go out.
+/// usual candidate is a few kB), but the events behind a large one in its account wait with it,
+/// as a claim walks each account in order. A body larger than the whole budget is still taken
+/// when nothing else is held, so every event can go out; a steady flow of other large ones
+/// can keep it waiting (it has no turn of its own).
 public final class PayloadMemory: Sendable {
     /// 64 MiB, as ingest's: three 20 MB candidates in flight at once. The daemon uses two of
     /// the largest bodies `ingest.max_body_bytes` allows at start if that is more (ingest's
