@@ -295,7 +295,8 @@ public final class DeliveryWorkerPool: Service, Sendable {
                 if result.waitingForMemory {
                     // A large payload is due and the ones in flight fill `payloadMemory`: the
                     // end of one rings the doorbell (its due time is now: no spinning on it).
-                    await idleWait(accounts: [], rungBefore: rungBefore)
+                    // The worker kept free looks again as soon as it does below.
+                    await idleWait(accounts: [], rungBefore: rungBefore, atMost: admitted.keptFree ? 0.05 : nil)
                     return nil
                 }
                 // The worker kept free waits for a fresh event (the doorbell), not for the due

@@ -10,7 +10,8 @@ import Glibc
 /// the outbox's paths: the statement journal's first 64 KiB chunk (any statement that may abort
 /// halfway: a trigger, a foreign key) and an 85 KiB page-cache bulk for each ephemeral table
 /// (`RETURNING`, `IN (...)`). Each came back from the kernel as fresh pages that had to be
-/// faulted in and zeroed, and each return flushed the TLB of every core (an IPI): measured
+/// faulted in and zeroed, and each return flushed the TLB of the other cores the process ran
+/// on (an IPI): measured
 /// during a 20,000-event drain, ~14 page faults per delivery and about a quarter of the writer
 /// thread's CPU. Up to 1 MiB left free at the top of a heap is kept for reuse; more than that is
 /// still returned, so memory after a burst (a 20 MB candidate) still goes back.
@@ -24,12 +25,15 @@ public enum MallocTuning {
     public static let trimThreshold: Int32 = 1 << 20
 
     /// Applies the tuning once per process; false where there is no glibc `mallopt` (musl's
-    /// does nothing, and the call is then harmless).
+    /// does nothing, and the call is then harmless), or where the operator set the threshold
+    /// (`MALLOC_TRIM_THRESHOLD_`, or `malloc.trim_threshold` in `GLIBC_TUNABLES`): theirs stands.
     @discardableResult
     public static func apply() -> Bool { applied }
 
     private static let applied: Bool = {
         #if canImport(Glibc)
+        if getenv("MALLOC_TRIM_THRESHOLD_") != nil { return false }
+        if let tunables = getenv("GLIBC_TUNABLES"), String(cString: tunables).contains("malloc.trim_threshold") { return false }
         // `mallopt` is not in Swift's Glibc module; malloc.h's M_TRIM_THRESHOLD is -1.
         typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return false }
