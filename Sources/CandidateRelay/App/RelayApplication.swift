@@ -58,9 +58,9 @@ public final class RelayApplication: Sendable {
         notifier = SystemdNotifier(environment: environment)
 
         lock = try OutboxLock(outboxPath: configuration.storage.path)
-        // As ingest's budget for bodies being received: two of the largest allowed at start.
-        let payloadBudget = max(PayloadMemory.defaultBudget, 2 * configuration.ingest.maxBodyBytes)
-        outbox = try Outbox(path: configuration.storage.path, payloadMemory: PayloadMemory(budget: payloadBudget))
+        // Ingest's rule, with the largest body allowed at start.
+        outbox = try Outbox(path: configuration.storage.path,
+                            payloadMemory: PayloadMemory(budget: PayloadMemory.budget(maxBodyBytes: configuration.ingest.maxBodyBytes)))
         let now = Date()
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).

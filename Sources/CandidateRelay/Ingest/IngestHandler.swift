@@ -40,7 +40,7 @@ public struct IngestHandler: Sendable {
     /// webhooks of the usual few KB are never refused for it. (The router's path, used for a
     /// percent-encoded account name and by in-process tests, is not counted.)
     func reserveBody(_ bytes: Int) -> Bool {
-        let budget = max(64 << 20, 2 * settings.value.maxBodyBytes)
+        let budget = PayloadMemory.budget(maxBodyBytes: settings.value.maxBodyBytes)
         var current = bodyBytesInFlight.value.load(ordering: .relaxed)
         while true {
             guard current + bytes <= budget else { return false }

@@ -19,6 +19,12 @@ public final class PayloadMemory: Sendable {
     /// else is held, then goes alone.
     public static let defaultBudget = 64 << 20
 
+    /// The rule both budgets follow (this one, and ingest's for bodies being received): 64 MiB,
+    /// or two of the largest bodies allowed if that is more.
+    public static func budget(maxBodyBytes: Int) -> Int {
+        max(defaultBudget, 2 * maxBodyBytes)
+    }
+
     public let budget: Int
     private let held = Atomic<Int>(0)
 
