@@ -8,6 +8,7 @@ import Glibc
 public final class RelayProcess: Sendable {
     public let process: Process
     private let output = TextBuffer()
+    private let outputPipe = Pipe()
 
     /// The binary SwiftPM built next to the tests (`.build/debug/candidate-relay`).
     public static func binaryPath(file: String = #filePath) -> String {
@@ -38,7 +39,7 @@ public final class RelayProcess: Sendable {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CANDIDATE_RELAY_") && $0.key != "NOTIFY_SOCKET" }
         env.merge(environment) { $1 }
         process.environment = env
-        let pipe = Pipe()
+        let pipe = outputPipe
         process.standardOutput = pipe
         process.standardError = pipe
         pipe.fileHandleForReading.readabilityHandler = { [output] handle in
@@ -46,6 +47,13 @@ public final class RelayProcess: Sendable {
             if !data.isEmpty { output.append(String(decoding: data, as: UTF8.self)) }
         }
         try process.run()
+    }
+
+    /// Stops reading the process's output and closes it, as a log shipper that exits does: what
+    /// the process writes from then on fails (EPIPE) and is no longer in `text`.
+    public func closeOutput() {
+        outputPipe.fileHandleForReading.readabilityHandler = nil
+        try? outputPipe.fileHandleForReading.close()
     }
 
     /// Everything the process printed so far.

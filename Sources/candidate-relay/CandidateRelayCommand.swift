@@ -51,13 +51,14 @@ struct ConfigOption: ParsableArguments {
     }
 }
 
-/// stdout/stderr helpers.
+/// stdout/stderr helpers. A closed reader (`cr events list | head -1`) or a full disk loses the
+/// text, not the command: the command goes on and exits with its own status.
 enum Console {
     static func out(_ text: String) {
-        FileHandle.standardOutput.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+        StandardStream.write(text.hasSuffix("\n") ? text : text + "\n", to: STDOUT_FILENO)
     }
     static func error(_ text: String) {
-        FileHandle.standardError.write(Data((text.hasSuffix("\n") ? text : text + "\n").utf8))
+        StandardStream.write(text.hasSuffix("\n") ? text : text + "\n", to: STDERR_FILENO)
     }
 }
 
@@ -70,6 +71,10 @@ struct Serve: AsyncParsableCommand {
     var port: Int = 0
 
     func run() async throws {
+        // A reader of stdout that goes away (a pipe into a log shipper that exited) must cost
+        // log lines, not the daemon: ignored, such a write fails with EPIPE and is counted
+        // (`LogOutput`). SwiftNIO ignores SIGPIPE too, but only once it opens its first socket.
+        signal(SIGPIPE, SIG_IGN)
         if demo {
             try await DemoMode.run(port: port, print: { Console.out($0) })
             return

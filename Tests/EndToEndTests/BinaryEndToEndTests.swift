@@ -215,6 +215,39 @@ import Glibc
         await simulator.stop()
     }
 
+    /// The reader of the daemon's stdout goes away (a pipe into a log shipper that exited; found
+    /// from outside with `serve | cat` and `cat` gone): Foundation's `FileHandle.write` trapped
+    /// on EPIPE, so the next log line killed the daemon with its deliveries. Now the lines are
+    /// dropped and counted, and the webhooks go on being accepted and delivered.
+    @Test func aStdoutReaderThatGoesAwayCostsLogLinesNotTheDaemon() async throws {
+        let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
+        _ = try await simulator.start()
+        let dir = try Self.configDirectory(partnerURL: simulator.baseURL)
+        defer { dir.cleanup() }
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let client = HTTPTestClient(port: try await relay.waitUntilReady())
+        relay.closeOutput()
+        var ids: [String] = []
+        for n in 0..<3 {
+            let reply = try await client.post(Candidates.json(partnerID: "no-reader-\(n)"))
+            #expect(reply.status == 202)
+            if let id = reply.json["id"] as? String { ids.append(id) }
+        }
+        #expect(ids.count == 3)
+        let delivered = try await eventually(timeout: 20) {
+            for id in ids where try await client.record(id)?["state"] as? String != "delivered" { return false }
+            return true
+        }
+        #expect(delivered)
+        #expect(relay.process.isRunning)
+        let metrics = String(decoding: try await client.request("GET", "/metrics").body, as: UTF8.self)
+        let dropped = metrics.split(separator: "\n").first { $0.hasPrefix("candidate_relay_log_lines_dropped_total ") }
+        #expect((dropped?.split(separator: " ").last.flatMap { Double($0) } ?? 0) >= 3)
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == 0)
+        await simulator.stop()
+    }
+
     @Test func sigtermDuringDeliveriesLosesNothingAndUsesNoAttempt() async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.latencyMs = 4000

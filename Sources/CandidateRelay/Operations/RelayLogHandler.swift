@@ -114,16 +114,30 @@ public struct RelayLogHandler: LogHandler {
     }
 }
 
-/// Where log lines go: stdout (line-buffered writes, safe across threads) or a capture for tests.
+/// Where log lines go: stdout (whole lines, one writer at a time) or a capture for tests.
 public final class LogOutput: Sendable {
     private let sink: @Sendable (String) -> Void
     public init(_ sink: @escaping @Sendable (String) -> Void) { self.sink = sink }
     public func write(_ line: String) { sink(line) }
 
     private static let lock = Mutex(())
-    public static let standardOutput = LogOutput { line in
-        lock.withLock { _ in
-            FileHandle.standardOutput.write(Data(line.utf8))
+    public static let standardOutput = LogOutput.descriptor(STDOUT_FILENO)
+
+    /// Lines a descriptor refused (its reader gone, its disk full), in this process: dropped,
+    /// never a crash. `/metrics` shows them (`candidate_relay_log_lines_dropped_total`), and the
+    /// first one is said once on stderr, in case that still goes somewhere.
+    public static var droppedLines: Int { dropped.load(ordering: .relaxed) }
+    private static let dropped = Atomic<Int>(0)
+
+    /// Lines written to `descriptor` (stdout for the daemon; a pipe in tests).
+    public static func descriptor(_ descriptor: Int32) -> LogOutput {
+        LogOutput { line in
+            let refusal: Int32? = lock.withLock { _ in StandardStream.write(line, to: descriptor) ? nil : errno }
+            guard let refusal else { return }
+            if dropped.add(1, ordering: .relaxed).oldValue == 0 {
+                StandardStream.write("candidate-relay: log lines are being dropped: their output refused a write (\(String(cString: strerror(refusal))))\n",
+                                     to: STDERR_FILENO)
+            }
         }
     }
 }

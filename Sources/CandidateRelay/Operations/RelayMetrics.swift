@@ -122,5 +122,17 @@ public final class RelayMetrics: Sendable {
     }
 
     /// Prometheus text exposition.
-    public func exposition() -> String { registry.emitToString() }
+    public func exposition() -> String {
+        // Log lines the process's output refused since the last exposition: a log handler has no
+        // metrics of its own (and its reader being gone is exactly when a log line cannot say so).
+        let dropped = LogOutput.droppedLines
+        let unseen = droppedLinesSeen.withLock { seen in
+            defer { seen = max(seen, dropped) }
+            return dropped - seen
+        }
+        if unseen > 0 { count("candidate_relay_log_lines_dropped_total", by: unseen) }
+        return registry.emitToString()
+    }
+    /// `LogOutput.droppedLines` already counted in this registry.
+    private let droppedLinesSeen = Mutex(0)
 }

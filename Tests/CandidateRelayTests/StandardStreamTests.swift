@@ -1,0 +1,69 @@
+import Foundation
+import Testing
+@testable import CandidateRelay
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Log lines and command output whose reader is gone, or slow: never a crash, never a torn line.
+@Suite(.serialized) struct StandardStreamTests {
+    /// A pipe: (read end, write end).
+    static func pipePair() throws -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw POSIXError(.EMFILE) }
+        return (fds[0], fds[1])
+    }
+
+    /// Foundation's `FileHandle.write` trapped on EPIPE: a shipper reading the daemon's stdout
+    /// that exited took the daemon down at its next log line.
+    @Test func aLineToAReaderThatIsGoneIsDroppedAndCounted() throws {
+        signal(SIGPIPE, SIG_IGN)  // as `serve` does: the write then fails with EPIPE
+        let (reader, writer) = try Self.pipePair()
+        defer { close(writer) }
+        close(reader)
+        let metrics = RelayMetrics()
+        _ = metrics.exposition()  // what earlier tests of this process dropped is counted here
+        let before = LogOutput.droppedLines
+        let output = LogOutput.descriptor(writer)
+        output.write("{\"event\":\"one\"}\n")
+        output.write("{\"event\":\"two\"}\n")
+        #expect(LogOutput.droppedLines == before + 2)
+        #expect(!StandardStream.write("text\n", to: writer))
+        #expect(metrics.exposition().contains("candidate_relay_log_lines_dropped_total 2"))
+    }
+
+    /// A stdout left non-blocking by whoever started the process: a full pipe is waited out, as
+    /// a blocking one would be, and the line arrives whole.
+    @Test func aNonBlockingOutputThatIsFullIsWaitedForNotDropped() async throws {
+        let (reader, writer) = try Self.pipePair()
+        defer { close(reader); close(writer) }
+        _ = fcntl(writer, F_SETFL, fcntl(writer, F_GETFL) | O_NONBLOCK)
+        let filler = [UInt8](repeating: UInt8(ascii: "x"), count: 4096)
+        var filled = 0
+        while true {
+            let n = filler.withUnsafeBytes { Glibc.write(writer, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            filled += n
+        }
+        #expect(errno == EAGAIN)
+        let before = LogOutput.droppedLines
+        let line = "{\"event\":\"after the full pipe\"}\n"
+        // On a thread of its own: it blocks (in poll) until the reader below makes room.
+        let written = DispatchSemaphore(value: 0)
+        Thread {
+            LogOutput.descriptor(writer).write(line)
+            written.signal()
+        }.start()
+        try await Task.sleep(for: .milliseconds(100))
+        var received = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while received.count < filled + line.utf8.count {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            received += buffer[0..<n]
+        }
+        written.wait()
+        #expect(String(decoding: received.suffix(line.utf8.count), as: UTF8.self) == line)
+        #expect(LogOutput.droppedLines == before)
+    }
+}
