@@ -30,12 +30,17 @@ public struct Heartbeat: Service {
     let now: @Sendable () -> Date
     /// Called every tick (ingest's lines left out at the end of a flood).
     let tick: @Sendable () -> Void
+    /// Seconds since boot, suspends included (`ClockStepDetector`): with `now`, tells a step
+    /// of the wall clock from time passing.
+    let bootTime: @Sendable () -> Double
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
                 accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
-                gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {}) {
+                gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {},
+                bootTime: @escaping @Sendable () -> Double = ClockStepDetector.bootSeconds) {
         self.tick = tick
+        self.bootTime = bootTime
         self.isReady = isReady
         self.accounts = accounts
         self.gate = gate
@@ -104,6 +109,19 @@ public struct Heartbeat: Service {
         }
     }
 
+    /// The wall clock stepped by `step` seconds: the gate's and the outbox's times move with it
+    /// (`PartnerGate.clockStepped`, `Outbox.rebaseSchedules`), so nothing waits the step's length.
+    func clockStepped(_ step: Double, now: Date) async {
+        logger.event(.warning, "clock.stepped", "the wall clock stepped; pauses, rate windows and scheduled attempts keep the wait they had left",
+                     LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
+        await gate?.clockStepped(by: step)
+        do {
+            try await outbox.rebaseSchedules(by: step, now: now)
+        } catch {
+            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step", LogFields(error: OutboxError.logCode(error)))
+        }
+    }
+
     static func statusLine(_ status: OutboxStatus) -> String {
         EventState.allCases.map { "\($0.rawValue) \(status.counts[$0] ?? 0)" }.joined(separator: ", ")
     }
@@ -138,8 +156,14 @@ public struct Heartbeat: Service {
         // the index), and refreshing them every second under traffic took 70 % of a core (found
         // from outside).
         var refreshAllowedAt = ContinuousClock.now
+        var steps = ClockStepDetector()
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
+            if let step = steps.observe(wall: current, boot: bootTime()) {
+                await clockStepped(step, now: current)
+                // The beat's schedule was the old clock's too.
+                nextBeat = nextBeat.addingTimeInterval(step)
+            }
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
                 if outbox.isWALProblem {

@@ -28,6 +28,11 @@ public struct CircuitBreaker: Sendable, Equatable {
         state = .open(until: until)
     }
 
+    /// The wall clock stepped by `seconds`: an open circuit keeps the cooldown it had left.
+    public mutating func shift(by seconds: Double) {
+        if case .open(let until) = state { state = .open(until: until.addingTimeInterval(seconds)) }
+    }
+
     public var isOpen: Bool {
         if case .closed = state { return false }
         return true

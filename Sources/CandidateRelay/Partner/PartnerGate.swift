@@ -223,6 +223,21 @@ public actor PartnerGate {
         return lifted
     }
 
+    /// The wall clock stepped back by `-seconds` (`ClockStepDetector`). Every pause, open
+    /// circuit and credentials back-off moves with it, so each keeps the wait it had left: a
+    /// clock an hour fast, set right, no longer held them for an hour. The outbox moves the
+    /// stored holds (`Outbox.rebaseSchedules`). The rate windows need nothing: an answer "ahead"
+    /// of the clock counts as answered at the step (`SlidingWindowLimiter.earliestAllowed`).
+    public func clockStepped(by seconds: Double) {
+        func moved(_ date: Date) -> Date { date == .distantPast ? date : date.addingTimeInterval(seconds) }
+        pausedUntil = moved(pausedUntil)
+        breaker.shift(by: seconds)
+        for id in Array(accounts.keys) {
+            accounts[id]!.pausedUntil = moved(accounts[id]!.pausedUntil)
+            accounts[id]!.credentialsBlockedUntil = moved(accounts[id]!.credentialsBlockedUntil)
+        }
+    }
+
     /// The account a hold's scope names (`account:<id>`, `credentials:<id>`), if it is configured.
     private func configuredAccount(_ scope: String, prefix: String) -> String? {
         guard scope.hasPrefix(prefix) else { return nil }

@@ -36,6 +36,11 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     /// requests leave the window; `nil` when that depends on requests still in flight.
     public mutating func earliestAllowed(now: Date) -> Date? {
         guard limit > 0 else { return now }
+        // An answer time after `now` means the wall clock went back since: it counts as
+        // answered now, so a step back holds the window one window at most, not the length of
+        // the step (a clock an hour fast, set right, held a full window for an hour: found from
+        // outside). At most one window late, never early: no burst beyond the limit.
+        if let last = finished.last, last > now { finished = finished.map { min($0, now) } }
         if let firstKept = finished.firstIndex(where: { now.timeIntervalSince($0) < window }) {
             finished.removeFirst(firstKept)
         } else {

@@ -1,0 +1,136 @@
+import CandidateRelayTesting
+import Foundation
+import GRDB
+import Logging
+import Synchronization
+import Testing
+@testable import CandidateRelay
+
+/// A step of the wall clock (NTP setting a wrong clock right): whatever was scheduled by the old
+/// clock keeps the wait it had left. Found from outside: a daemon an hour fast, set right,
+/// held its deliveries for an hour (a full rate window's answers, and every stored event's next
+/// attempt, an hour "ahead" of the new time).
+@Suite struct ClockStepTests {
+    static let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+
+    @Test func theDetectorTellsAStepBackFromTimePassingASuspendAndASlew() {
+        var detector = ClockStepDetector()
+        #expect(detector.observe(wall: Self.t0, boot: 100) == nil)  // the first look sets the baseline
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(1), boot: 101) == nil)  // a second passes
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(601), boot: 701) == nil)  // a suspend: both move
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(601.0005), boot: 702) == nil)  // NTP's slew... (0.9995 s behind)
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(602.5), boot: 703) == nil)  // ...and back (0.4995 s ahead)
+        let back = detector.observe(wall: Self.t0.addingTimeInterval(603.5 - 3600), boot: 704)
+        #expect(back.map { abs($0 + 3600) < 0.01 } == true)
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(604.5 - 3600), boot: 705) == nil)  // said once
+        // Forward: not reported (it only makes things due sooner; a paused VM's catch-up looks the same).
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(605.5), boot: 706) == nil)
+    }
+
+    /// An answer time after `now` (the clock went back) holds the window one window at most.
+    @Test func aWindowWhoseAnswersAreAheadOfTheClockWaitsOneWindowAtMost() {
+        var limiter = SlidingWindowLimiter(limit: 2, window: 60, history: [Self.t0.addingTimeInterval(3600), Self.t0.addingTimeInterval(3601)])
+        let allowed = limiter.earliestAllowed(now: Self.t0)
+        #expect(allowed == Self.t0.addingTimeInterval(60))
+        let ticket = limiter.reserve(now: Self.t0.addingTimeInterval(60))
+        #expect(ticket != nil)
+    }
+
+    /// Told of the step, an open circuit keeps what was left of its cooldown.
+    @Test func aShiftedCircuitKeepsWhatWasLeftOfItsCooldown() {
+        var breaker = CircuitBreaker(failures: 1, cooldown: 30)
+        let opened = breaker.recordFailure(now: Self.t0)
+        #expect(opened)
+        breaker.shift(by: -3600)
+        let early = breaker.admit(now: Self.t0.addingTimeInterval(29 - 3600))
+        #expect(early == .wait(until: Self.t0.addingTimeInterval(30 - 3600)))
+        let then = breaker.admit(now: Self.t0.addingTimeInterval(30 - 3600))
+        #expect(then == .send(probe: true))
+    }
+
+    /// The gate, on a clock set back an hour: a full window and a partner's pause each end when
+    /// they would have, not an hour later (the circuit's cooldown: the breaker's own test above).
+    @Test func theGateToldOfAStepBackWaitsWhatWasLeftNotTheStep() async throws {
+        let clock = ManualClock(Self.t0)
+        let gate = PartnerGateTests.gate(clock, requests: 1, perSeconds: 60)
+        try await PartnerGateTests.send(gate, "default")
+        clock.advance(-3600)
+        // The window's answer is "ahead": it counts as answered now (one window, not an hour).
+        #expect(await gate.nextReadiness() == clock.now.addingTimeInterval(60))
+        await gate.clockStepped(by: -3600)
+        clock.advance(60)
+        #expect(await gate.nextReadiness() == nil)
+        // A 429's Retry-After, then another step back.
+        let pausedAt = clock.now
+        try await PartnerGateTests.send(gate, "default", AttemptReport(health: .untested, status: 429,
+                                                                       accountPauseUntil: pausedAt.addingTimeInterval(120)))
+        clock.advance(-3600)
+        await gate.clockStepped(by: -3600)
+        #expect(await gate.nextReadiness() == pausedAt.addingTimeInterval(120 - 3600))
+        #expect(await gate.holds()["account:default"] == pausedAt.addingTimeInterval(120 - 3600))
+    }
+
+    /// The outbox's schedules move with the step: a retry keeps its wait, an event that was due
+    /// stays due, a lease and a budget keep what they had left, the stored holds too.
+    @Test func theOutboxsSchedulesKeepTheWaitTheyHadLeft() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        for id in ["a-retrying", "b-leased", "c-due"] {
+            _ = try await outbox.accept(OutboxTests.submission(id, partnerID: id, at: Self.t0), maxBacklog: 10)
+        }
+        let retrying = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 1000))
+        #expect(retrying.id == "a-retrying")
+        #expect(try await outbox.complete(retrying, outcome: .retry(at: Self.t0.addingTimeInterval(600), status: 503, error: "http_503"),
+                                          now: Self.t0, latencyMs: 1))
+        let leased = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 1000))
+        #expect(leased.id == "b-leased")
+        outbox.saveHolds(["partner": Self.t0.addingTimeInterval(120), "circuit": Self.t0.addingTimeInterval(-1)])
+        #expect(try await outbox.latestRecordedTime() == Self.t0)
+
+        let now = Self.t0.addingTimeInterval(5 - 3600)  // 5 s later, on a clock set back an hour
+        #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000) == nil)  // "c-due" is an hour away
+        #expect(try await outbox.rebaseSchedules(by: -3600, now: now) == 3)
+        let rows = try await Self.schedules(outbox)
+        #expect(rows["a-retrying"]?.next == Self.t0.addingTimeInterval(600 - 3600).millis)
+        #expect(rows["a-retrying"]?.budget == Self.t0.addingTimeInterval(-3600).millis)
+        #expect(rows["b-leased"]?.lease == Self.t0.addingTimeInterval(30 - 3600).millis)
+        #expect(rows["c-due"]?.next == now.millis)
+        let holds = try await outbox.loadHolds()
+        #expect(holds["partner"] == Self.t0.addingTimeInterval(120 - 3600))
+        #expect(holds["circuit"] == now)  // over before the step: over after it
+        #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000)?.id == "c-due")
+    }
+
+    static func schedules(_ outbox: Outbox) async throws -> [String: (next: Millis?, budget: Millis, lease: Millis?)] {
+        try await outbox.read { db in
+            var rows: [String: (next: Millis?, budget: Millis, lease: Millis?)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT id, next_attempt_at, budget_started_at, lease_expires_at FROM events") {
+                rows[row[0]] = (row[1], row[2], row[3])
+            }
+            return rows
+        }
+    }
+
+    /// The heartbeat notices the step within a tick, says so, and moves the outbox's schedules.
+    @Test func theHeartbeatNoticesAStepAndMovesTheSchedules() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(OutboxTests.submission("e1", partnerID: "e1", at: Self.t0), maxBacklog: 10)
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let clock = ManualClock(Self.t0)
+        let boot = Mutex(1000.0)
+        let heartbeat = Heartbeat(outbox: outbox, interval: Live(3600), metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
+                                  watchdogInterval: 0.2, logger: logger, now: { clock.now }, bootTime: { boot.withLock { $0 } })
+        let running = Task { try await heartbeat.run() }
+        defer { running.cancel() }
+        #expect(await eventually(timeout: 10) { !logs.events("relay.heartbeat").isEmpty })
+        clock.advance(-3600)
+        #expect(await eventually(timeout: 10) { !logs.events("clock.stepped").isEmpty })
+        #expect(logs.events("clock.stepped").first?["step_seconds"] as? Double == -3600)
+        let due = try await eventually(timeout: 10) {
+            try await outbox.claimNext(now: clock.now, leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e1"
+        }
+        #expect(due)
+    }
+}
