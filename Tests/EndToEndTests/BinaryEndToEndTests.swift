@@ -299,7 +299,8 @@ import Glibc
         let stepped = try #require(second.events("clock.stepped").first)
         #expect(stepped["while_stopped"] as? String == "true")
         #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3599)
-        let delivered = try await eventually(timeout: 20) {
+        // Interrupted at the first run's stop, they wait `timeout_seconds` (5) before a resend.
+        let delivered = try await eventually(timeout: 30) {
             for id in ids where try await again.record(id)?["state"] as? String != "delivered" { return false }
             return true
         }

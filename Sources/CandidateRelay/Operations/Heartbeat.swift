@@ -112,7 +112,7 @@ public struct Heartbeat: Service {
     /// The wall clock stepped by `step` seconds: the gate's and the outbox's times move with it
     /// (`PartnerGate.clockStepped`, `Outbox.rebaseSchedules`), so nothing waits the step's length.
     func clockStepped(_ step: Double, now: Date) async {
-        logger.event(.warning, "clock.stepped", "the wall clock stepped; pauses, rate windows and scheduled attempts keep the wait they had left",
+        logger.event(.warning, "clock.stepped", "the wall clock stepped back; pauses and scheduled attempts keep the wait they had left",
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
         await gate?.clockStepped(by: step)
         do {
