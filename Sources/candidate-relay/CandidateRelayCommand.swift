@@ -51,8 +51,9 @@ struct ConfigOption: ParsableArguments {
     }
 }
 
-/// stdout/stderr helpers. A closed reader (`cr events list | head -1`) or a full disk loses the
-/// text, not the command: the command goes on and exits with its own status.
+/// stdout/stderr helpers. A full disk, or a reader gone while SIGPIPE is ignored (`serve`,
+/// and any command once SwiftNIO opened a socket), loses the text, not the process; otherwise
+/// a reader gone ends a command with SIGPIPE as usual (`cr events list | head -1`).
 enum Console {
     static func out(_ text: String) {
         StandardStream.write(text.hasSuffix("\n") ? text : text + "\n", to: STDOUT_FILENO)

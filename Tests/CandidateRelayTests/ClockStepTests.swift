@@ -85,12 +85,18 @@ import Testing
         let leased = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 1000))
         #expect(leased.id == "b-leased")
         outbox.saveHolds(["partner": Self.t0.addingTimeInterval(120), "circuit": Self.t0.addingTimeInterval(-1)])
-        #expect(try await outbox.latestRecordedTime() == Self.t0)
+        outbox.noteWallClock(Self.t0)  // queued on the writer, not waited for
+        #expect(try await eventually(timeout: 10) { try await outbox.wallClockSeen() == Self.t0 })
 
         let now = Self.t0.addingTimeInterval(5 - 3600)  // 5 s later, on a clock set back an hour
         #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000) == nil)  // "c-due" is an hour away
-        #expect(try await outbox.rebaseSchedules(by: -3600, now: now) == 3)
+        // Stored after the step, before it was noticed: by the new clock, so not moved.
+        _ = try await outbox.accept(OutboxTests.submission("d-after", partnerID: "d-after", at: now), maxBacklog: 10)
+        #expect(try await outbox.rebaseSchedules(by: -3600, now: now, holds: true) == 3)
+        #expect(try await outbox.wallClockSeen() == now)
         let rows = try await Self.schedules(outbox)
+        #expect(rows["d-after"]?.next == now.millis)
+        #expect(rows["d-after"]?.budget == now.millis)
         #expect(rows["a-retrying"]?.next == Self.t0.addingTimeInterval(600 - 3600).millis)
         #expect(rows["a-retrying"]?.budget == Self.t0.addingTimeInterval(-3600).millis)
         #expect(rows["b-leased"]?.lease == Self.t0.addingTimeInterval(30 - 3600).millis)
@@ -99,6 +105,28 @@ import Testing
         #expect(holds["partner"] == Self.t0.addingTimeInterval(120 - 3600))
         #expect(holds["circuit"] == now)  // over before the step: over after it
         #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000)?.id == "c-due")
+    }
+
+    /// A backlog larger than one chunk is rewritten a chunk per transaction, every row once.
+    @Test func aBacklogLargerThanAChunkIsMovedOnceEach() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let count = Int(Outbox.rebaseChunkRows) + 500
+        try await outbox.write { db in
+            for n in 0..<count {
+                try db.execute(sql: """
+                    INSERT INTO events (id, account, body_sha256, state, position_uid, partner_candidate_id, received_at,
+                      budget_started_at, updated_at, next_attempt_at) VALUES (?, 'default', 'x', 'pending', 'P', ?, ?, ?, ?, ?)
+                    """, arguments: ["e\(n)", "c\(n)", Self.t0.millis, Self.t0.millis, Self.t0.millis, Self.t0.addingTimeInterval(60).millis])
+            }
+        }
+        let now = Self.t0.addingTimeInterval(-3600)
+        #expect(try await outbox.rebaseSchedules(by: -3600, now: now, holds: false) == count)
+        let wrong = try await outbox.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE next_attempt_at <> ? OR budget_started_at <> ?",
+                             arguments: [now.addingTimeInterval(60).millis, now.millis]) ?? -1
+        }
+        #expect(wrong == 0)
     }
 
     static func schedules(_ outbox: Outbox) async throws -> [String: (next: Millis?, budget: Millis, lease: Millis?)] {
@@ -128,6 +156,8 @@ import Testing
         clock.advance(-3600)
         #expect(await eventually(timeout: 10) { !logs.events("clock.stepped").isEmpty })
         #expect(logs.events("clock.stepped").first?["step_seconds"] as? Double == -3600)
+        // The clock seen is stored each tick, in the new frame once the step is followed.
+        #expect(await eventually(timeout: 10) { (try? await outbox.wallClockSeen())?.map { $0 <= clock.now } ?? false })
         let due = try await eventually(timeout: 10) {
             try await outbox.claimNext(now: clock.now, leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e1"
         }

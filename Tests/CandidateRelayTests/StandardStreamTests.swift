@@ -55,14 +55,17 @@ import Glibc
             written.signal()
         }.start()
         try await Task.sleep(for: .milliseconds(100))
+        // The reader never blocks: a line dropped instead of waited for ends the loop at the
+        // deadline, and the test fails rather than hangs.
+        _ = fcntl(reader, F_SETFL, fcntl(reader, F_GETFL) | O_NONBLOCK)
         var received = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65_536)
-        while received.count < filled + line.utf8.count {
+        let deadline = Date().addingTimeInterval(10)
+        while received.count < filled + line.utf8.count && Date() < deadline {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            received += buffer[0..<n]
+            if n > 0 { received += buffer[0..<n] } else { try await Task.sleep(for: .milliseconds(5)) }
         }
-        written.wait()
+        #expect(written.wait(timeout: .now() + 10) == .success)
         #expect(String(decoding: received.suffix(line.utf8.count), as: UTF8.self) == line)
         #expect(LogOutput.droppedLines == before)
     }

@@ -248,58 +248,61 @@ import Glibc
         await simulator.stop()
     }
 
-    /// The clock was an hour fast during the last run and was set right before this one: what
-    /// that run scheduled (retries of a partner that was down) is an hour "ahead". Before, it
-    /// waited that hour; now the start notices (the outbox recorded times later than the clock)
-    /// and moves the schedules back, and the events go as soon as they would have.
+    /// The clock was an hour fast during the last run, which was killed with deliveries in
+    /// flight, and was set right before this one: what that run scheduled, and the crash's
+    /// leases, are an hour "ahead". Before, the events waited that hour; now the start notices
+    /// (the wall clock the last run saw is later than now) and moves the schedules back, and
+    /// the events go as soon as they would have (the crash's hold of `timeout_seconds`).
     @Test func aClockSetBackWhileStoppedDoesNotHoldTheEventsForTheStep() async throws {
-        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")  // nothing listens: connection refused
+        var slow = PartnerSimulatorConfiguration()
+        slow.faults.latencyMs = 8_000  // past the daemon's 5 s timeout: in flight when killed
+        let stalling = PartnerSimulator(configuration: slow)
+        _ = try await stalling.start()
+        let dir = try Self.configDirectory(partnerURL: stalling.baseURL)
         defer { dir.cleanup() }
-        func writeConfig(partnerURL: String) throws {
-            // The breaker stays closed: an open circuit's cooldown would hold the restart too.
-            try dir.write("config.yaml", """
-                listen: { host: 127.0.0.1, port: 0 }
-                ingest: { signing_secrets_file: null, allow_unauthenticated: true }
-                storage: { path: \(dir.path)/state/outbox.sqlite3 }
-                partner: { base_url: \(partnerURL), timeout_seconds: 5 }
-                delivery:
-                  backoff: { initial_seconds: 0.05, multiplier: 2, max_seconds: 0.2 }
-                  circuit_breaker: { failures: 1000, cooldown_seconds: 1 }
-                  shutdown_grace_seconds: 1
-                logging: { level: debug, heartbeat_seconds: 1 }
-                """)
-        }
-        try writeConfig(partnerURL: "http://127.0.0.1:9")
         let first = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let client = HTTPTestClient(port: try await first.waitUntilReady())
         var ids: [String] = []
         for n in 0..<2 { ids.append(try #require(try await client.post(Candidates.json(partnerID: "fast-clock-\(n)")).json["id"] as? String)) }
-        #expect(await eventually(timeout: 20) { first.events("delivery.retry_scheduled").count >= 2 })
-        first.signal(SIGTERM)
-        #expect(await first.waitForExit() == 0)
+        let inFlight = try await eventually {
+            for id in ids where try await client.record(id)?["state"] as? String != "in_flight" { return false }
+            return true
+        }
+        #expect(inFlight)
+        // The heartbeat stores the clock it sees once a tick (a second here).
+        try await Task.sleep(for: .seconds(1.5))
+        first.signal(SIGKILL)
+        _ = await first.waitForExit()
+        let stallingURL = stalling.baseURL  // (stopped, a simulator forgets its port)
+        await stalling.stop()
         // What the last run wrote, as its clock (an hour fast) said.
         let hour: Int64 = 3_600_000
         let queue = try DatabaseQueue(path: dir.file("state/outbox.sqlite3"))
         try await queue.write { db in
             try db.execute(sql: """
                 UPDATE events SET received_at = received_at + ?, updated_at = updated_at + ?, next_attempt_at = next_attempt_at + ?,
-                  budget_started_at = budget_started_at + ?
-                """, arguments: [hour, hour, hour, hour])
+                  budget_started_at = budget_started_at + ?, lease_expires_at = lease_expires_at + ?
+                """, arguments: [hour, hour, hour, hour, hour])
             try db.execute(sql: "UPDATE attempts SET at = at + ?", arguments: [hour])
             try db.execute(sql: "UPDATE holds SET until = until + ?", arguments: [hour])
+            try db.execute(sql: "UPDATE wall_clock SET seen = seen + ?", arguments: [hour])
         }
         try queue.close()
 
         let simulator = PartnerSimulator(configuration: PartnerSimulatorConfiguration())
         _ = try await simulator.start()
         defer { Task { await simulator.stop() } }
-        try writeConfig(partnerURL: simulator.baseURL)
+        let config = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+        try dir.write("config.yaml", config.replacingOccurrences(of: stallingURL, with: simulator.baseURL))
         let second = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let again = HTTPTestClient(port: try await second.waitUntilReady())
+        #expect(second.events("lease.recovered").count == 1)
         let stepped = try #require(second.events("clock.stepped").first)
         #expect(stepped["while_stopped"] as? String == "true")
-        #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3599)
-        // Interrupted at the first run's stop, they wait `timeout_seconds` (5) before a resend.
+        // An hour less the time the daemon was stopped (which cannot be known).
+        #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3500)
+        // The crash's requests may still reach the partner: resent `timeout_seconds` (5) after
+        // their claim, not an hour later.
         let delivered = try await eventually(timeout: 30) {
             for id in ids where try await again.record(id)?["state"] as? String != "delivered" { return false }
             return true

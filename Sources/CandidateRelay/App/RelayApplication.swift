@@ -62,18 +62,6 @@ public final class RelayApplication: Sendable {
         outbox = try Outbox(path: configuration.storage.path,
                             payloadMemory: PayloadMemory(budget: PayloadMemory.budget(maxBodyBytes: configuration.ingest.maxBodyBytes)))
         let now = Date()
-        // The clock went back while the daemon was stopped (the outbox recorded times later than
-        // now): what the last run scheduled moves back with it, at least by how much the outbox
-        // is ahead (the downtime cannot be known). Else a clock an hour fast, set right during a
-        // restart, held every stored event, pause and rate window for an hour.
-        var stepBack = 0.0
-        if let latest = try await outbox.latestRecordedTime(), latest.timeIntervalSince(now) >= ClockStepDetector.threshold {
-            stepBack = now.timeIntervalSince(latest)
-            try await outbox.rebaseSchedules(by: stepBack, now: now)
-            logger.event(.warning, "clock.stepped", "the outbox recorded times later than the clock: it went back while the daemon was stopped; "
-                         + "what was scheduled moves back with it",
-                         LogFields(extra: ["while_stopped": "true"], numbers: ["step_seconds": (stepBack * 1000).rounded() / 1000]))
-        }
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()
@@ -81,6 +69,18 @@ public final class RelayApplication: Sendable {
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))
+        }
+        // The clock went back while the daemon was stopped (the wall clock its last run saw is
+        // later than now): what that run scheduled, and the holds recovered just above, move
+        // back by as much (by no more: the downtime cannot be known). Else a clock an hour fast,
+        // set right during a restart, held every stored event and pause for an hour.
+        var stepBack = 0.0
+        if let seen = try await outbox.wallClockSeen(), seen.timeIntervalSince(now) >= ClockStepDetector.threshold {
+            stepBack = now.timeIntervalSince(seen)
+            try await outbox.rebaseSchedules(by: stepBack, now: now, holds: true)
+            logger.event(.warning, "clock.stepped", "the wall clock the last run saw is later than now: it went back while the daemon was stopped; "
+                         + "what was scheduled moves back with it",
+                         LogFields(extra: ["while_stopped": "true"], numbers: ["step_seconds": (stepBack * 1000).rounded() / 1000]))
         }
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds - stepBack))
             .mapValues { times in times.map { $0.addingTimeInterval(stepBack) } }

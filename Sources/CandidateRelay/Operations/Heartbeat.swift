@@ -109,16 +109,28 @@ public struct Heartbeat: Service {
         }
     }
 
-    /// The wall clock stepped by `step` seconds: the gate's and the outbox's times move with it
-    /// (`PartnerGate.clockStepped`, `Outbox.rebaseSchedules`), so nothing waits the step's length.
-    func clockStepped(_ step: Double, now: Date) async {
+    /// The wall clock stepped back by `-step` seconds: the gate's times move back with it at
+    /// once (`PartnerGate.clockStepped`), and the gate's holds are stored moved (its memory is
+    /// what counts: the outbox does not move them a second time). The outbox's schedules follow
+    /// in `rebase` (`Outbox.rebaseSchedules`), tried again each tick until they are written.
+    func clockStepped(_ step: Double) async {
         logger.event(.warning, "clock.stepped", "the wall clock stepped back; pauses and scheduled attempts keep the wait they had left",
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
-        await gate?.clockStepped(by: step)
+        if let gate {
+            await gate.clockStepped(by: step)
+            outbox.saveHolds(await gate.holds())
+        }
+    }
+
+    /// Moves the outbox's schedules back by `-step`; false (logged) when the outbox failed.
+    func rebase(_ step: Double, now: Date) async -> Bool {
         do {
-            try await outbox.rebaseSchedules(by: step, now: now)
+            try await outbox.rebaseSchedules(by: step, now: now, holds: gate == nil)
+            return true
         } catch {
-            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step", LogFields(error: OutboxError.logCode(error)))
+            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
+                         LogFields(error: OutboxError.logCode(error)))
+            return false
         }
     }
 
@@ -157,13 +169,20 @@ public struct Heartbeat: Service {
         // from outside).
         var refreshAllowedAt = ContinuousClock.now
         var steps = ClockStepDetector()
+        // A step back the outbox's schedules have not followed yet (a failed write).
+        var unrebased = 0.0
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             if let step = steps.observe(wall: current, boot: bootTime()) {
-                await clockStepped(step, now: current)
+                await clockStepped(step)
+                unrebased += step
                 // The beat's schedule was the old clock's too.
                 nextBeat = nextBeat.addingTimeInterval(step)
             }
+            if unrebased != 0, await rebase(unrebased, now: current) { unrebased = 0 }
+            // The clock seen, for the next start to tell a step back while stopped (not while a
+            // step is still to be followed: that start would then miss it).
+            if unrebased == 0 { outbox.noteWallClock(current) }
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
                 if outbox.isWALProblem {

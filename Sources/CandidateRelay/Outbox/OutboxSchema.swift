@@ -157,6 +157,12 @@ enum OutboxSchema {
             // loop ignored the partner's "retry later" every time).
             try db.execute(sql: "CREATE TABLE holds (scope TEXT PRIMARY KEY NOT NULL, until INTEGER NOT NULL)")
         }
+        migrator.registerMigration("v6_wall_clock") { db in
+            // The wall clock the daemon last saw (each heartbeat tick), in the frame of the
+            // schedules stored: later than the clock at the next start means the clock went back
+            // while the daemon was stopped (`Outbox.rebaseSchedules`).
+            try db.execute(sql: "CREATE TABLE wall_clock (id INTEGER PRIMARY KEY CHECK (id = 1), seen INTEGER NOT NULL)")
+        }
         return migrator
     }
 }
