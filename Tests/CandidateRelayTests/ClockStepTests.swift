@@ -25,6 +25,9 @@ import Testing
         #expect(detector.observe(wall: Self.t0.addingTimeInterval(604.5 - 3600), boot: 705) == nil)  // said once
         // Forward: not reported (it only makes things due sooner; a paused VM's catch-up looks the same).
         #expect(detector.observe(wall: Self.t0.addingTimeInterval(605.5), boot: 706) == nil)
+        // With a baseline (the start's reading), the first look already tells a step.
+        var seeded = ClockStepDetector(baseline: (Self.t0, 100))
+        #expect(seeded.observe(wall: Self.t0.addingTimeInterval(1 - 60), boot: 101).map { abs($0 + 60) < 0.01 } == true)
     }
 
     /// An answer time after `now` (the clock went back) holds the window one window at most.
@@ -92,7 +95,7 @@ import Testing
         #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000) == nil)  // "c-due" is an hour away
         // Stored after the step, before it was noticed: by the new clock, so not moved.
         _ = try await outbox.accept(OutboxTests.submission("d-after", partnerID: "d-after", at: now), maxBacklog: 10)
-        #expect(try await outbox.rebaseSchedules(by: -3600, now: now, holds: true) == 3)
+        #expect(try await outbox.rebaseSchedules(by: -3600, now: now) == 3)
         #expect(try await outbox.wallClockSeen() == now)
         let rows = try await Self.schedules(outbox)
         #expect(rows["d-after"]?.next == now.millis)
@@ -107,7 +110,8 @@ import Testing
         #expect(try await outbox.claimNext(now: now, leaseSeconds: 30, maxAgeSeconds: 1000)?.id == "c-due")
     }
 
-    /// A backlog larger than one chunk is rewritten a chunk per transaction, every row once.
+    /// A backlog larger than one chunk is rewritten a chunk per transaction, every row once, even
+    /// when the rebase is cut short and carried on.
     @Test func aBacklogLargerThanAChunkIsMovedOnceEach() async throws {
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
@@ -121,7 +125,17 @@ import Testing
             }
         }
         let now = Self.t0.addingTimeInterval(-3600)
-        #expect(try await outbox.rebaseSchedules(by: -3600, now: now, holds: false) == count)
+        // Cut short after the first chunk (a stop, a crash: its progress is committed with it),
+        // then carried on: every row moved once.
+        outbox.noteWallClock(Self.t0)
+        #expect(try await outbox.beginRebase(by: -3600, now: now, holds: nil))
+        let chunks = Mutex(0)
+        let first = try await outbox.finishRebase(onChunk: { chunks.withLock { $0 += 1 } }, stop: { chunks.withLock { $0 } >= 1 })
+        #expect(first == Int(Outbox.rebaseChunkRows))
+        #expect(try await outbox.wallClockSeen() == Self.t0)  // not finished: the clock seen is still the old one
+        #expect(try await outbox.finishRebase() == count - first)
+        #expect(try await outbox.wallClockSeen() == now)
+        #expect(try await outbox.finishRebase() == 0)  // nothing in progress
         let wrong = try await outbox.read { db in
             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE next_attempt_at <> ? OR budget_started_at <> ?",
                              arguments: [now.addingTimeInterval(60).millis, now.millis]) ?? -1
@@ -148,8 +162,14 @@ import Testing
         let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
         let clock = ManualClock(Self.t0)
         let boot = Mutex(1000.0)
+        // A partner's pause of two minutes, in force when the clock goes back.
+        let gate = PartnerGateTests.gate(clock)
+        await gate.onHoldsChanged { holds in outbox.saveHolds(holds) }
+        try await PartnerGateTests.send(gate, "default", AttemptReport(health: .untested, status: 429,
+                                                                       accountPauseUntil: Self.t0.addingTimeInterval(120)))
+        #expect(try await eventually(timeout: 10) { try await outbox.loadHolds()["account:default"] == Self.t0.addingTimeInterval(120) })
         let heartbeat = Heartbeat(outbox: outbox, interval: Live(3600), metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
-                                  watchdogInterval: 0.2, logger: logger, now: { clock.now }, bootTime: { boot.withLock { $0 } })
+                                  watchdogInterval: 0.2, logger: logger, gate: gate, now: { clock.now }, bootTime: { boot.withLock { $0 } })
         let running = Task { try await heartbeat.run() }
         defer { running.cancel() }
         #expect(await eventually(timeout: 10) { !logs.events("relay.heartbeat").isEmpty })
@@ -162,5 +182,8 @@ import Testing
             try await outbox.claimNext(now: clock.now, leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e1"
         }
         #expect(due)
+        // The gate's pause moved back, and stored so (once: not moved again by the outbox).
+        #expect(await gate.holds()["account:default"] == Self.t0.addingTimeInterval(120 - 3600))
+        #expect(try await outbox.loadHolds()["account:default"] == Self.t0.addingTimeInterval(120 - 3600))
     }
 }

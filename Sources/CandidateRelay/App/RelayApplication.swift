@@ -23,6 +23,9 @@ public final class RelayApplication: Sendable {
     let httpClient: HTTPClient
     let stopFlag = StopFlag()
     let doorbell = Doorbell()
+    /// The wall clock and the boot clock read at the start's check for a step back while
+    /// stopped: the heartbeat's first look compares with it (`ClockStepDetector`).
+    let clockBaseline: (wall: Date, boot: Double)
     let gate: PartnerGate
     let pool: DeliveryWorkerPool
     let handler: IngestHandler
@@ -62,6 +65,7 @@ public final class RelayApplication: Sendable {
         outbox = try Outbox(path: configuration.storage.path,
                             payloadMemory: PayloadMemory(budget: PayloadMemory.budget(maxBodyBytes: configuration.ingest.maxBodyBytes)))
         let now = Date()
+        clockBaseline = (now, ClockStepDetector.bootSeconds())
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()
@@ -74,10 +78,13 @@ public final class RelayApplication: Sendable {
         // later than now): what that run scheduled, and the holds recovered just above, move
         // back by as much (by no more: the downtime cannot be known). Else a clock an hour fast,
         // set right during a restart, held every stored event and pause for an hour.
+        // A rebase the last run began and did not finish (its stop, a crash) goes on first:
+        // its chunks are committed with their progress, none is moved twice.
+        try await outbox.finishRebase()
         var stepBack = 0.0
         if let seen = try await outbox.wallClockSeen(), seen.timeIntervalSince(now) >= ClockStepDetector.threshold {
             stepBack = now.timeIntervalSince(seen)
-            try await outbox.rebaseSchedules(by: stepBack, now: now, holds: true)
+            try await outbox.rebaseSchedules(by: stepBack, now: now)
             logger.event(.warning, "clock.stepped", "the wall clock the last run saw is later than now: it went back while the daemon was stopped; "
                          + "what was scheduled moves back with it",
                          LogFields(extra: ["while_stopped": "true"], numbers: ["step_seconds": (stepBack * 1000).rounded() / 1000]))
@@ -174,7 +181,7 @@ public final class RelayApplication: Sendable {
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
-                                     tick: { [handler] in handler.logQuietLeftOut() }),
+                                     tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

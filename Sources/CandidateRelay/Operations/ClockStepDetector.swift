@@ -18,7 +18,10 @@ public struct ClockStepDetector: Sendable {
     public static let threshold = 1.0
     private var offset: Double?
 
-    public init() {}
+    /// `baseline`: both clocks read earlier (the start), the first look's reference.
+    public init(baseline: (wall: Date, boot: Double)? = nil) {
+        offset = baseline.map { $0.wall.timeIntervalSince1970 - $0.boot }
+    }
 
     /// The step back since the previous look, in seconds (negative), or nil.
     public mutating func observe(wall: Date, boot: Double) -> Double? {

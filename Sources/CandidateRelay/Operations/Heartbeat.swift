@@ -33,14 +33,19 @@ public struct Heartbeat: Service {
     /// Seconds since boot, suspends included (`ClockStepDetector`): with `now`, tells a step
     /// of the wall clock from time passing.
     let bootTime: @Sendable () -> Double
+    /// Both clocks read at the start's check for a step back while stopped: a step between
+    /// that check and the first tick is a step too.
+    let clockBaseline: (wall: Date, boot: Double)?
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
                 accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
                 gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {},
-                bootTime: @escaping @Sendable () -> Double = ClockStepDetector.bootSeconds) {
+                bootTime: @escaping @Sendable () -> Double = ClockStepDetector.bootSeconds,
+                clockBaseline: (wall: Date, boot: Double)? = nil) {
         self.tick = tick
         self.bootTime = bootTime
+        self.clockBaseline = clockBaseline
         self.isReady = isReady
         self.accounts = accounts
         self.gate = gate
@@ -110,22 +115,26 @@ public struct Heartbeat: Service {
     }
 
     /// The wall clock stepped back by `-step` seconds: the gate's times move back with it at
-    /// once (`PartnerGate.clockStepped`), and the gate's holds are stored moved (its memory is
-    /// what counts: the outbox does not move them a second time). The outbox's schedules follow
-    /// in `rebase` (`Outbox.rebaseSchedules`), tried again each tick until they are written.
+    /// once (`PartnerGate.clockStepped`); the outbox's follow in `rebase`.
     func clockStepped(_ step: Double) async {
         logger.event(.warning, "clock.stepped", "the wall clock stepped back; pauses and scheduled attempts keep the wait they had left",
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
-        if let gate {
-            await gate.clockStepped(by: step)
-            outbox.saveHolds(await gate.holds())
-        }
+        await gate?.clockStepped(by: step)
     }
 
-    /// Moves the outbox's schedules back by `-step`; false (logged) when the outbox failed.
-    func rebase(_ step: Double, now: Date) async -> Bool {
+    /// Moves the outbox's schedules back by `-step` (0: only carries on with a rebase already
+    /// begun), a chunk at a time, petting the watchdog between chunks. The gate's holds, already
+    /// moved, are stored with the rebase's start (with no gate, the stored ones are moved). A
+    /// rebase cut short (a failure, the stop) is recorded as begun, and goes on from where it
+    /// was (the next tick, the next start). False (logged) when the outbox failed.
+    func rebase(_ step: Double) async -> Bool {
         do {
-            try await outbox.rebaseSchedules(by: step, now: now, holds: gate == nil)
+            if step != 0 {
+                try await outbox.beginRebase(by: step, now: now(), holds: await gate?.holds())
+            }
+            let watchdog = watchdogInterval != nil && isReady()
+            try await outbox.finishRebase(onChunk: { [notifier] in if watchdog { notifier.notify("WATCHDOG=1") } },
+                                          stop: { Task.isShuttingDownGracefully || Task.isCancelled })
             return true
         } catch {
             logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
@@ -168,9 +177,11 @@ public struct Heartbeat: Service {
         // the index), and refreshing them every second under traffic took 70 % of a core (found
         // from outside).
         var refreshAllowedAt = ContinuousClock.now
-        var steps = ClockStepDetector()
-        // A step back the outbox's schedules have not followed yet (a failed write).
+        var steps = ClockStepDetector(baseline: clockBaseline)
+        // A step back whose rebase has not begun yet (a failed write), and whether one has
+        // begun and is not finished.
         var unrebased = 0.0
+        var rebasing = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             if let step = steps.observe(wall: current, boot: bootTime()) {
@@ -179,10 +190,18 @@ public struct Heartbeat: Service {
                 // The beat's schedule was the old clock's too.
                 nextBeat = nextBeat.addingTimeInterval(step)
             }
-            if unrebased != 0, await rebase(unrebased, now: current) { unrebased = 0 }
-            // The clock seen, for the next start to tell a step back while stopped (not while a
-            // step is still to be followed: that start would then miss it).
-            if unrebased == 0 { outbox.noteWallClock(current) }
+            // One rebase at a time: the one begun is finished before the next begins (beginning
+            // again would move the rows already done a second time).
+            if rebasing, await rebase(0) { rebasing = false }
+            if !rebasing, unrebased != 0 {
+                rebasing = true
+                let step = unrebased
+                unrebased = 0
+                if await rebase(step) { rebasing = false }
+            }
+            // The clock seen, for the next start to tell a step back while stopped: not while a
+            // step is still being followed (that start would then miss it).
+            if !rebasing && unrebased == 0 { outbox.noteWallClock(current) }
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
                 if outbox.isWALProblem {

@@ -12,41 +12,76 @@ extension Outbox {
     }
 
     /// Stores `now` as the wall clock last seen: queued on the writer without waiting (the
-    /// heartbeat calls it each tick).
+    /// heartbeat calls it each tick, never while a rebase is in progress).
     func noteWallClock(_ now: Date) {
-        writeBatch({ db in try Self.storeWallClock(db, now) }, then: { _ in })
+        writeBatch({ db in
+            try db.execute(sql: "INSERT INTO wall_clock (id, seen) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
+                           arguments: [now.millis])
+        }, then: { _ in })
     }
 
-    private static func storeWallClock(_ db: Database, _ now: Date) throws {
-        try db.execute(sql: "INSERT INTO wall_clock (id, seen) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
-                       arguments: [now.millis])
-    }
-
-    /// Rows rewritten per transaction by `rebaseSchedules`: the writer (every 202, every
-    /// outcome, the watchdog's probe) is never held long, whatever the backlog.
+    /// Rows rewritten per transaction by `finishRebase`: the writer (every 202, every outcome,
+    /// the watchdog's probe) is never held long, whatever the backlog.
     static let rebaseChunkRows: Int64 = 20_000
 
     /// The wall clock stepped back by `-seconds` (negative) before `now`: what was scheduled by
-    /// the old clock keeps the wait it had left. Without this, a clock an hour fast set right
-    /// held every event already stored for an hour (their `next_attempt_at` an hour "ahead").
-    ///
-    /// Of the undelivered events, only the times still after `now` (so written by the old
-    /// clock; a row written since the step, by the new clock, is left as it is): a pending
-    /// event's next attempt moves back by the step (one that was due is due now), its retry
-    /// budget's start moves back (`max_age_seconds` counts the time that passed, not the step),
-    /// and so does an in-flight lease's end. With `holds`, the stored holds too (at start; while
-    /// running the gate stores its own, moved). What happened (received, updated, attempted) is
-    /// not rewritten. The events are rewritten a chunk of rows per transaction; the stored
-    /// wall clock becomes `now` at the end. Returns the events moved.
+    /// the old clock keeps the wait it had left (`beginRebase`, then `finishRebase`). Without
+    /// this, a clock an hour fast set right held every event already stored for an hour (their
+    /// `next_attempt_at` an hour "ahead"). Returns the events moved.
     @discardableResult
-    public func rebaseSchedules(by seconds: Double, now: Date, holds: Bool) async throws -> Int {
+    public func rebaseSchedules(by seconds: Double, now: Date, holds: [String: Date]? = nil) async throws -> Int {
+        guard try await beginRebase(by: seconds, now: now, holds: holds) else { return 0 }
+        return try await finishRebase()
+    }
+
+    /// Records a rebase in progress, in one transaction with the holds: `holds` replaces the
+    /// stored ones (the gate's, already moved, while running); nil moves the stored ones back
+    /// (at start, before the gate reads them). False when `seconds` is no step back.
+    @discardableResult
+    func beginRebase(by seconds: Double, now: Date, holds: [String: Date]?) async throws -> Bool {
         let step = Millis((seconds * 1000).rounded())
-        guard step < 0 else { return 0 }
-        let last = try await read { db in try Int64.fetchOne(db, sql: "SELECT MAX(rowid) FROM events") ?? 0 }
+        guard step < 0 else { return false }
+        try await write { db in
+            if let holds {
+                try db.execute(sql: "DELETE FROM holds")
+                for (scope, until) in holds {
+                    try db.execute(sql: "INSERT INTO holds (scope, until) VALUES (?, ?)", arguments: [scope, until.millis])
+                }
+            } else {
+                try db.execute(sql: "UPDATE holds SET until = MAX(:now, until + :step) WHERE until > :now",
+                               arguments: ["now": now.millis, "step": step])
+            }
+            let last = try Int64.fetchOne(db, sql: "SELECT MAX(rowid) FROM events") ?? 0
+            try db.execute(sql: """
+                INSERT INTO wall_clock (id, seen, rebase_step, rebase_now, rebase_last, rebase_done)
+                VALUES (1, :now, :step, :now, :last, 0)
+                ON CONFLICT (id) DO UPDATE SET rebase_step = :step, rebase_now = :now, rebase_last = :last, rebase_done = 0
+                """, arguments: ["now": now.millis, "step": step, "last": last])
+        }
+        return true
+    }
+
+    /// Carries the rebase in progress (`beginRebase`, or one a stop or a crash cut short) to its
+    /// end, a chunk of rows per transaction, each with its progress. Of the undelivered events
+    /// recorded when it began, only the times still after its `now` move (a row written since
+    /// is the new clock's): a pending event's next attempt moves back by the step (one that was
+    /// due is due now), its retry budget's start too (`max_age_seconds` counts the time that
+    /// passed, not the step), and an in-flight lease's end. What happened (received, updated,
+    /// attempted) is not rewritten. At the end the wall clock stored is its `now`. `onChunk` runs
+    /// after each chunk (the heartbeat pets the watchdog); `stop` ends it early, to go on later.
+    /// Returns the events moved.
+    @discardableResult
+    func finishRebase(onChunk: @Sendable () -> Void = {}, stop: @Sendable () -> Bool = { false }) async throws -> Int {
+        guard let progress = try await read({ db -> (step: Millis, now: Millis, last: Int64, done: Int64)? in
+            try Row.fetchOne(db, sql: "SELECT rebase_step, rebase_now, rebase_last, rebase_done FROM wall_clock WHERE id = 1 AND rebase_step IS NOT NULL")
+                .map { ($0[0], $0[1], $0[2], $0[3]) }
+        }) else { return 0 }
+        let (step, now, last) = (progress.step, progress.now, progress.last)
+        var done = progress.done
         var moved = 0
-        var after: Int64 = 0
-        while after < last {
-            let (from, upTo) = (after, after + Self.rebaseChunkRows)
+        while done < last {
+            if stop() { return moved }
+            let (after, upTo) = (done, min(last, done + Self.rebaseChunkRows))
             moved += try await write { db in
                 try db.execute(sql: """
                     UPDATE events SET
@@ -56,19 +91,21 @@ extension Outbox {
                       lease_expires_at = CASE WHEN lease_expires_at > :now THEN lease_expires_at + :step ELSE lease_expires_at END
                     WHERE rowid > :after AND rowid <= :upTo AND state IN ('pending', 'in_flight')
                       AND (next_attempt_at > :now OR budget_started_at > :now OR lease_expires_at > :now)
-                    """, arguments: ["now": now.millis, "step": step, "after": from, "upTo": upTo])
-                return db.changesCount
+                    """, arguments: ["now": now, "step": step, "after": after, "upTo": upTo])
+                let changed = db.changesCount
+                try db.execute(sql: "UPDATE wall_clock SET rebase_done = ? WHERE id = 1", arguments: [upTo])
+                return changed
             }
-            after = upTo
+            done = upTo
+            onChunk()
         }
         try await write { db in
             // "Nothing due before ..." marks were taken with the old clock.
             self.quiet.clearAll()
-            if holds {
-                try db.execute(sql: "UPDATE holds SET until = MAX(:now, until + :step) WHERE until > :now",
-                               arguments: ["now": now.millis, "step": step])
-            }
-            try Self.storeWallClock(db, now)
+            try db.execute(sql: """
+                UPDATE wall_clock SET seen = rebase_now, rebase_step = NULL, rebase_now = NULL, rebase_last = NULL, rebase_done = NULL
+                WHERE id = 1
+                """)
         }
         return moved
     }

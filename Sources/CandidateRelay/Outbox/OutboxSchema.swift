@@ -160,8 +160,19 @@ enum OutboxSchema {
         migrator.registerMigration("v6_wall_clock") { db in
             // The wall clock the daemon last saw (each heartbeat tick), in the frame of the
             // schedules stored: later than the clock at the next start means the clock went back
-            // while the daemon was stopped (`Outbox.rebaseSchedules`).
-            try db.execute(sql: "CREATE TABLE wall_clock (id INTEGER PRIMARY KEY CHECK (id = 1), seen INTEGER NOT NULL)")
+            // while the daemon was stopped (`Outbox.rebaseSchedules`). And a rebase in progress:
+            // its step, its now, the last rowid it covers and the rowids done, each chunk
+            // committed with its progress, so that one cut short goes on and never moves a row twice.
+            try db.execute(sql: """
+                CREATE TABLE wall_clock (
+                  id INTEGER PRIMARY KEY CHECK (id = 1),
+                  seen INTEGER NOT NULL,
+                  rebase_step INTEGER,
+                  rebase_now INTEGER,
+                  rebase_last INTEGER,
+                  rebase_done INTEGER
+                )
+                """)
         }
         return migrator
     }

@@ -225,8 +225,9 @@ public actor PartnerGate {
 
     /// The wall clock stepped back by `-seconds` (`ClockStepDetector`). Every pause, open
     /// circuit and credentials back-off moves with it, so each keeps the wait it had left: a
-    /// clock an hour fast, set right, no longer held them for an hour. The outbox moves the
-    /// stored holds (`Outbox.rebaseSchedules`). The rate windows need nothing: an answer "ahead"
+    /// clock an hour fast, set right, no longer held them for an hour. The heartbeat stores
+    /// them, moved, with the outbox's rebase (`Outbox.beginRebase`). The rate windows need
+    /// nothing: an answer "ahead"
     /// of the clock counts as answered at the step (`SlidingWindowLimiter.earliestAllowed`).
     public func clockStepped(by seconds: Double) {
         func moved(_ date: Date) -> Date { date == .distantPast ? date : date.addingTimeInterval(seconds) }
