@@ -122,16 +122,24 @@ public struct Heartbeat: Service {
         await gate?.clockStepped(by: step)
     }
 
-    /// Moves the outbox's schedules back by `-step` (0: only carries on with a rebase already
-    /// begun), a chunk at a time, petting the watchdog between chunks. The gate's holds, already
-    /// moved, are stored with the rebase's start (with no gate, the stored ones are moved). A
-    /// rebase cut short (a failure, the stop) is recorded as begun, and goes on from where it
-    /// was (the next tick, the next start). False (logged) when the outbox failed.
-    func rebase(_ step: Double) async -> Bool {
+    /// Records the outbox's rebase by `-step` as begun (`Outbox.beginRebase`), with the gate's
+    /// holds, already moved (with no gate, the stored ones are moved). False (logged) when the
+    /// outbox failed: nothing was recorded, and the step is tried again the next tick.
+    func beginRebase(_ step: Double, now: Date) async -> Bool {
         do {
-            if step != 0 {
-                try await outbox.beginRebase(by: step, now: now(), holds: await gate?.holds())
-            }
+            return try await outbox.beginRebase(by: step, now: now, holds: await gate?.holds())
+        } catch {
+            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
+                         LogFields(error: OutboxError.logCode(error)))
+            return false
+        }
+    }
+
+    /// Carries the rebase begun to its end, a chunk at a time, petting the watchdog between
+    /// chunks (`Outbox.finishRebase`); stopped by the daemon's stop, it goes on at the next
+    /// start. False (logged) when the outbox failed: it goes on from where it was the next tick.
+    func finishRebase() async -> Bool {
+        do {
             let watchdog = watchdogInterval != nil && isReady()
             try await outbox.finishRebase(onChunk: { [notifier] in if watchdog { notifier.notify("WATCHDOG=1") } },
                                           stop: { Task.isShuttingDownGracefully || Task.isCancelled })
@@ -192,15 +200,13 @@ public struct Heartbeat: Service {
             }
             // One rebase at a time: the one begun is finished before the next begins (beginning
             // again would move the rows already done a second time).
-            if rebasing, await rebase(0) { rebasing = false }
-            if !rebasing, unrebased != 0 {
-                rebasing = true
-                let step = unrebased
+            if rebasing { rebasing = !(await finishRebase()) }
+            if !rebasing, unrebased != 0, await beginRebase(unrebased, now: current) {
                 unrebased = 0
-                if await rebase(step) { rebasing = false }
+                rebasing = !(await finishRebase())
             }
             // The clock seen, for the next start to tell a step back while stopped: not while a
-            // step is still being followed (that start would then miss it).
+            // step is still to be recorded (that start would then miss it).
             if !rebasing && unrebased == 0 { outbox.noteWallClock(current) }
             // Once a second even without traffic: a deleted -wal is then checkpointed at once.
             if let problem = outbox.filesProblem() {
