@@ -29,6 +29,24 @@ import Glibc
         return dir
     }
 
+    /// Whether every one of `ids` is in `state` now.
+    static func all(_ ids: [String], are state: String, _ client: HTTPTestClient) async throws -> Bool {
+        for id in ids where try await client.record(id)?["state"] as? String != state { return false }
+        return true
+    }
+
+    /// Posts `count` new candidates (partner ids `prefix-0`...), each answered 202, and returns
+    /// their event ids.
+    static func post(_ count: Int, _ prefix: String, _ client: HTTPTestClient) async throws -> [String] {
+        var ids: [String] = []
+        for n in 0..<count {
+            let reply = try await client.post(Candidates.json(partnerID: "\(prefix)-\(n)"))
+            #expect(reply.status == 202)
+            ids.append(try #require(reply.json["id"] as? String))
+        }
+        return ids
+    }
+
     /// A partner (or a proxy before it) answering a status below 100: AsyncHTTPClient 1.37.0
     /// crashed the whole process on the answer's body or end, and the restart resent the request
     /// and crashed again (Vendor/README.md). Now the attempt fails as a transport error.
@@ -227,18 +245,8 @@ import Glibc
         let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let client = HTTPTestClient(port: try await relay.waitUntilReady())
         relay.closeOutput()
-        var ids: [String] = []
-        for n in 0..<3 {
-            let reply = try await client.post(Candidates.json(partnerID: "no-reader-\(n)"))
-            #expect(reply.status == 202)
-            if let id = reply.json["id"] as? String { ids.append(id) }
-        }
-        #expect(ids.count == 3)
-        let delivered = try await eventually(timeout: 20) {
-            for id in ids where try await client.record(id)?["state"] as? String != "delivered" { return false }
-            return true
-        }
-        #expect(delivered)
+        let ids = try await Self.post(3, "no-reader", client)
+        #expect(try await eventually(timeout: 20) { try await Self.all(ids, are: "delivered", client) })
         #expect(relay.process.isRunning)
         let metrics = String(decoding: try await client.request("GET", "/metrics").body, as: UTF8.self)
         let dropped = metrics.split(separator: "\n").first { $0.hasPrefix("candidate_relay_log_lines_dropped_total ") }
@@ -262,13 +270,8 @@ import Glibc
         defer { dir.cleanup() }
         let first = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let client = HTTPTestClient(port: try await first.waitUntilReady())
-        var ids: [String] = []
-        for n in 0..<2 { ids.append(try #require(try await client.post(Candidates.json(partnerID: "fast-clock-\(n)")).json["id"] as? String)) }
-        let inFlight = try await eventually {
-            for id in ids where try await client.record(id)?["state"] as? String != "in_flight" { return false }
-            return true
-        }
-        #expect(inFlight)
+        let ids = try await Self.post(2, "fast-clock", client)
+        #expect(try await eventually { try await Self.all(ids, are: "in_flight", client) })
         // The heartbeat stores the clock it sees once a tick (a second here).
         try await Task.sleep(for: .seconds(1.5))
         first.signal(SIGKILL)
@@ -303,11 +306,7 @@ import Glibc
         #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3500)
         // The crash's requests may still reach the partner: resent `timeout_seconds` (5) after
         // their claim, not an hour later.
-        let delivered = try await eventually(timeout: 30) {
-            for id in ids where try await again.record(id)?["state"] as? String != "delivered" { return false }
-            return true
-        }
-        #expect(delivered)
+        #expect(try await eventually(timeout: 30) { try await Self.all(ids, are: "delivered", again) })
         second.signal(SIGTERM)
         #expect(await second.waitForExit() == 0)
     }

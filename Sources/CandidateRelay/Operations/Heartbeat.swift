@@ -129,10 +129,14 @@ public struct Heartbeat: Service {
         do {
             return try await outbox.beginRebase(by: step, now: now, holds: await gate?.holds())
         } catch {
-            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
-                         LogFields(error: OutboxError.logCode(error)))
+            logRebaseFailure(error)
             return false
         }
+    }
+
+    private func logRebaseFailure(_ error: any Error) {
+        logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
+                     LogFields(error: OutboxError.logCode(error)))
     }
 
     /// Carries the rebase begun to its end, a chunk at a time, petting the watchdog between
@@ -145,8 +149,7 @@ public struct Heartbeat: Service {
                                           stop: { Task.isShuttingDownGracefully || Task.isCancelled })
             return true
         } catch {
-            logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
-                         LogFields(error: OutboxError.logCode(error)))
+            logRebaseFailure(error)
             return false
         }
     }

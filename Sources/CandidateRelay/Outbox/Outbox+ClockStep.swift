@@ -43,10 +43,7 @@ extension Outbox {
         guard step < 0 else { return false }
         try await write { db in
             if let holds {
-                try db.execute(sql: "DELETE FROM holds")
-                for (scope, until) in holds {
-                    try db.execute(sql: "INSERT INTO holds (scope, until) VALUES (?, ?)", arguments: [scope, until.millis])
-                }
+                try Self.replaceHolds(db, holds)
             } else {
                 try db.execute(sql: "UPDATE holds SET until = MAX(:now, until + :step) WHERE until > :now",
                                arguments: ["now": now.millis, "step": step])

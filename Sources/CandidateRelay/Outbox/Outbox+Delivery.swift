@@ -479,12 +479,15 @@ extension Outbox {
     /// The gate's holds (`PartnerGate.holds`), replacing those stored: queued on the writer in
     /// call order, without waiting (the gate calls it while it decides).
     func saveHolds(_ holds: [String: Date]) {
-        writeBatch({ db in
-            try db.execute(sql: "DELETE FROM holds")
-            for (scope, until) in holds {
-                try db.execute(sql: "INSERT INTO holds (scope, until) VALUES (?, ?)", arguments: [scope, until.millis])
-            }
-        }, then: { _ in })
+        writeBatch({ db in try Self.replaceHolds(db, holds) }, then: { _ in })
+    }
+
+    /// The stored holds become `holds` (in the caller's transaction).
+    static func replaceHolds(_ db: Database, _ holds: [String: Date]) throws {
+        try db.execute(sql: "DELETE FROM holds")
+        for (scope, until) in holds {
+            try db.execute(sql: "INSERT INTO holds (scope, until) VALUES (?, ?)", arguments: [scope, until.millis])
+        }
     }
 
     /// The pending events of `accounts` that wait only because the partner refused their
