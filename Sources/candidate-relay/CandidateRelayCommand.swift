@@ -1,6 +1,7 @@
 import ArgumentParser
 import CandidateRelay
 import Foundation
+import Logging
 
 /// The `candidate-relay` executable: argument parsing and one call into the library per
 /// subcommand. No behaviour lives here.
@@ -86,6 +87,12 @@ struct Serve: AsyncParsableCommand {
         do {
             app = try await RelayApplication(configuration: config, logSettings: settings, reloader: options.loader)
         } catch {
+            // A JSON line too: the runbook's journal queries read only those (found from
+            // outside: a locked, damaged or newer outbox said why only in plain text on stderr).
+            var logger = Logger(label: "relay") { RelayLogHandler(label: $0, settings: settings) }
+            logger.logLevel = .trace
+            logger.event(.error, "relay.failed", "cannot start",
+                         LogFields(error: String(describing: type(of: error)), extra: ["reason": String(describing: error)]))
             Console.error("candidate-relay: cannot start: \(error)")
             throw ExitCode(1)
         }

@@ -347,9 +347,14 @@ import Glibc
         let config = ["serve", "--config", dir.file("config.yaml")]
         let first = try RelayProcess(arguments: config)
         _ = try await first.waitUntilReady()
-        let (status, output) = try await runRelay(config)
-        #expect(status != 0)
-        #expect(output.contains("another candidate-relay daemon is already serving this outbox"))
+        // As a JSON line too (the runbook's journal queries read only those), not only as text
+        // on stderr.
+        let second = try RelayProcess(arguments: config)
+        #expect(await second.waitForExit(timeout: 30) == 1)
+        #expect(second.text.contains("another candidate-relay daemon is already serving this outbox"))
+        let failed = try #require(second.events("relay.failed").first)
+        #expect(failed["msg"] as? String == "cannot start")
+        #expect((failed["reason"] as? String)?.contains("another candidate-relay daemon is already serving this outbox") == true)
         first.signal(SIGTERM)
         #expect(await first.waitForExit() == 0)
     }
