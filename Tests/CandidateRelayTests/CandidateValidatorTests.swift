@@ -184,6 +184,9 @@ private let cases: [CandidateValidationCase] = [
     CandidateValidationCase("user-assigned country XK", candidate(#""address": {"country": "XK"}"#), [problem("address.country", "incorrect_country_code")]),
     CandidateValidationCase("reserved country UK", candidate(#""address": {"country": "UK"}"#), [problem("address.country", "incorrect_country_code")]),
     CandidateValidationCase("numeric country", candidate(#""address": {"country": 840}"#), [problem("address.country", "must_be_string")]),
+    // U+212A KELVIN SIGN is canonically equivalent to "K": a Swift Set found "\u{212A}R" as "KR".
+    CandidateValidationCase("Kelvin sign in a country code", candidate(#""address": {"country": "\#u{212A}R"}"#),
+                            [problem("address.country", "incorrect_country_code")]),
     CandidateValidationCase("address is an array", candidate(#""address": ["US"]"#), [problem("address", "must_be_object")]),
     CandidateValidationCase(
         "address members of other types",

@@ -168,6 +168,50 @@ import Testing
         #expect(text.contains(#""n":80000"#))
     }
 
+    /// Every byte but the `null` is the sender's: re-encoding the document rounded integers past
+    /// 2^53 and reordered the members (found from outside).
+    @Test func aNullPartnerCandidateIDIsReplacedWhereItStandsAndNothingElseChanges() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        let head = #"{ "position_uid":"P", "custom_fields":{"employee_no":9007199254740993,"big":12345678901234567890}, "partner_candidate_id" :  "#
+        let tail = #" , "first_name":"A","last_name":"B","x":1.50}"#
+        try await f.app.test(.router) { client in
+            let response = try await Self.post(client, head + "null" + tail)
+            #expect(response.status == .accepted)
+        }
+        let stored = try await f.outbox.pool.read { db in try Data.fetchOne(db, sql: "SELECT body FROM payloads") }
+        let text = String(decoding: try #require(stored), as: UTF8.self)
+        let id = try #require(try await f.outbox.pool.read { db in try String.fetchOne(db, sql: "SELECT id FROM events") })
+        #expect(text == head + "\"\(id)\"" + tail)
+    }
+
+    /// A 25 MB body of `[1,1,1,...` is twelve million values: refused at once as one problem, not
+    /// parsed into a tree and listed element by element (found from outside: seconds of an event
+    /// loop, a 26 MB answer, 1.4 GB kept).
+    @Test func aDocumentOfTooManyValuesIsOneProblemAndLongListsAreCut() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        let many = (0..<(StrictJSONParser.maxDocumentValues + 1)).map { _ in "1" }.joined(separator: ",")
+        let fewer = (0..<500).map { _ in "1" }.joined(separator: ",")
+        try await f.app.test(.router) { client in
+            let refused = try await Self.post(client, #"{"position_uid":"P","first_name":"A","last_name":"B","links":["# + many + "]}")
+            #expect(refused.status == .unprocessableContent)
+            let json = Self.json(refused)
+            #expect(json["error"] as? String == "validation_failed")
+            #expect((json["details"] as? [[String: String]]) == [["field": "$", "problem": "too_many_values"]])
+            // 500 elements, each refused: the first 100 listed, the message says how many.
+            let long = try await Self.post(client, #"{"position_uid":"P","first_name":"A","last_name":"B","links":["# + fewer + "]}")
+            #expect(long.status == .unprocessableContent)
+            let listed = Self.json(long)
+            let details = try #require(listed["details"] as? [[String: String]])
+            #expect(details.count == IngestError.maxDetails)
+            #expect(details.first == ["field": "links[0]", "problem": "must_be_object"])
+            #expect((listed["message"] as? String)?.contains("500 field(s)") == true)
+        }
+        let rows = try await f.outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events") }
+        #expect(rows == 0)
+    }
+
     @Test func idempotentReplayAndKeyReuse() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

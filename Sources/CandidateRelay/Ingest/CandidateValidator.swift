@@ -35,11 +35,13 @@ public struct CandidateValidator: Sendable {
             return [ValidationProblem(field: "$", problem: "must_be_object")]
         }
         var problems: [ValidationProblem] = []
-        var controlPaths = mayHaveControlCharacters ? Self.controlCharacterPaths(document, at: "") : []
+        let controlPaths = mayHaveControlCharacters ? Self.controlCharacterPaths(document, at: "") : []
+        // Looked up by every field checked: a set (an array searched each time was quadratic in
+        // the elements of a long array, each with a control character).
+        var controlPathsLeft = Set(controlPaths)
         func note(_ field: String, _ problem: String?) {
-            if let index = controlPaths.firstIndex(of: field) {
+            if !controlPathsLeft.isEmpty, controlPathsLeft.remove(field) != nil {
                 // A blank required field ("  \n") is reported as missing, as it always was.
-                controlPaths.remove(at: index)
                 problems.append(ValidationProblem(field: field, problem: problem == "required" ? "required" : "invalid_characters"))
             } else if let problem {
                 problems.append(ValidationProblem(field: field, problem: problem))
@@ -86,7 +88,7 @@ public struct CandidateValidator: Sendable {
         })
         note("salary_expectations", Self.text(fields["salary_expectations"], limit: short))
         note("prospect_status", Self.text(fields["prospect_status"], limit: short) {
-            Self.prospectStatuses.contains($0) ? nil : "invalid_prospect_status"
+            $0.utf8.allSatisfy({ $0 < 0x80 }) && Self.prospectStatuses.contains($0) ? nil : "invalid_prospect_status"
         })
         if let resume = members(fields["resume"], at: "resume") {
             note("resume.name", Self.text(resume["name"], required: true, limit: short) { name in
@@ -121,7 +123,10 @@ public struct CandidateValidator: Sendable {
         }
         if let address = members(fields["address"], at: "address") {
             note("address.country", Self.text(address["country"], limit: short) {
-                CountryCodes.alpha2.contains($0) ? nil : "incorrect_country_code"
+                // ASCII first: a Set of Swift strings compares by canonical equivalence, and
+                // U+212A KELVIN SIGN is one with "K" ("\u{212A}R" passed as "KR").
+                $0.utf8.allSatisfy({ $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) && CountryCodes.alpha2.contains($0)
+                    ? nil : "incorrect_country_code"
             })
             for name in ["city", "state", "zip", "street"] {
                 note("address.\(name)", Self.text(address[name], limit: short))
@@ -138,7 +143,7 @@ public struct CandidateValidator: Sendable {
         note("note", Self.text(fields["note"], limit: Self.noteLimit))
         // Every other string (custom field values and keys, fields the partner page does not
         // list, members of known objects it does not list) is forwarded too: the same rule.
-        for path in controlPaths {
+        for path in controlPaths where controlPathsLeft.contains(path) {
             problems.append(ValidationProblem(field: path, problem: "invalid_characters"))
         }
         return problems

@@ -76,6 +76,10 @@ public enum IngestError: Error, Sendable {
                 case "string_size_limit": "the \(problems[0].field) header is longer than \(IngestHandler.maxKeyBytes) bytes"
                 default: "the \(problems[0].field) header is not valid UTF-8"
                 }
+            } else if problems.count == 1, problems[0].field == "$", problems[0].problem == "too_many_values" {
+                "the body holds more than \(StrictJSONParser.maxDocumentValues) JSON values: no candidate has that many"
+            } else if problems.count > Self.maxDetails {
+                "\(problems.count) field(s) would be rejected by the partner; the first \(Self.maxDetails) are listed"
             } else {
                 "\(problems.count) field(s) would be rejected by the partner"
             }
@@ -101,13 +105,18 @@ public enum IngestError: Error, Sendable {
         case .numberOutOfRange(let offset): "the body holds a number out of range (byte \(offset))"
         case .loneSurrogate(let offset): "the body escapes a lone UTF-16 surrogate (byte \(offset))"
         case .trailingData(let offset): "the body goes on after its JSON value (byte \(offset))"
+        case .tooManyValues(let limit): "the body holds more than \(limit) JSON values"
         }
     }
+
+    /// The most `details` an answer lists (the message gives the whole count): a sender's
+    /// mistake repeated in every element of a long array is the same mistake.
+    static let maxDetails = 100
 
     /// The JSON answer `{"error", "message", "details"}` (plus Retry-After for 503).
     var answer: IngestAnswer {
         var details: [[String: String]] = []
-        if case .validationFailed(let problems) = self { details = problems.map(\.detail) }
+        if case .validationFailed(let problems) = self { details = problems.prefix(Self.maxDetails).map(\.detail) }
         if case .lookupIncomplete(let problems) = self { details = problems.map(\.detail) }
         if case .lookupInvalid(let problems) = self { details = problems.map(\.detail) }
         var headers: HTTPFields = [.contentType: "application/json"]

@@ -37,8 +37,8 @@ public struct IngestHandler: Sendable {
     /// arrived slowly on many connections added up without a bound (8 stalled 20 MB bodies:
     /// +160 MB, found from outside). The budget is 64 MiB, or two of the largest bodies allowed
     /// if that is more; each body's first 64 KiB are not counted (the channel handler's), so
-    /// webhooks of the usual few KB are never refused for it. (The router's path, used for a
-    /// percent-encoded account name and by in-process tests, is not counted.)
+    /// webhooks of the usual few KB are never refused for it. The router's path (a percent-encoded
+    /// path, in-process tests) counts its bodies the same way (`readBody`).
     func reserveBody(_ bytes: Int) -> Bool {
         let budget = PayloadMemory.budget(maxBodyBytes: settings.value.maxBodyBytes)
         var current = bodyBytesInFlight.value.load(ordering: .relaxed)
@@ -62,8 +62,10 @@ public struct IngestHandler: Sendable {
 
     /// Reads the body within the limit (413 without buffering more than `max_body_bytes`),
     /// straight into the `Data` that is validated and stored: a large body is held once, not
-    /// once as a buffer and once more as its copy.
-    func readBody(_ request: Request) async throws(IngestError) -> Data {
+    /// once as a buffer and once more as its copy. What it holds past the first 64 KiB counts
+    /// against the body budget (`reserveBody`, 503 when it is spent), as on the channel
+    /// handler's path; `reserved` says how much, for the caller to give back.
+    func readBody(_ request: Request, reserved: inout Int) async throws(IngestError) -> Data {
         let limit = settings.value.maxBodyBytes
         let declared = request.headers[.contentLength].flatMap(Int.init)
         if let declared, declared > limit {
@@ -74,6 +76,11 @@ public struct IngestHandler: Sendable {
         do {
             for try await chunk in request.body {
                 if body.count + chunk.readableBytes > limit { throw IngestError.payloadTooLarge(limit: limit) }
+                let more = body.count + chunk.readableBytes - IngestChannelHandler.freeBodyBytes - reserved
+                if more > 0 {
+                    guard reserveBody(more) else { throw IngestChannelHandler.tooManyBodies }
+                    reserved += more
+                }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             }
         } catch let error as IngestError {
@@ -89,9 +96,11 @@ public struct IngestHandler: Sendable {
     /// (`IngestChannelHandler`), with the same steps: `admit`, `prepare`, the outbox, `finish`.
     public func accept(_ request: Request, account: String = AccountConfiguration.defaultID) async -> Response {
         let outcome: Result<StoredAnswer, IngestError>
+        var reserved = 0
+        defer { releaseBody(reserved) }
         do throws(IngestError) {
             try admitHead(account: account, headers: request.headers)
-            let prepared = try prepare(account: account, headers: request.headers, body: try await readBody(request))
+            let prepared = try prepare(account: account, headers: request.headers, body: try await readBody(request, reserved: &reserved))
             let stored: Result<AcceptResult, any Error>
             do {
                 stored = .success(try await outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog))
@@ -153,14 +162,16 @@ public struct IngestHandler: Sendable {
         guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
         // A compressed body is not read as such (and would reach the partner as it came).
         if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
-        let document: JSONValue
-        let mayHaveControlCharacters: Bool
+        let parsed: ParsedDocument
         do throws(StrictJSONError) {
-            (document, mayHaveControlCharacters) = try StrictJSONParser.parseDocument(body)
+            parsed = try StrictJSONParser.parseDocument(body, maxValues: StrictJSONParser.maxDocumentValues)
+        } catch .tooManyValues {
+            throw .validationFailed([ValidationProblem(field: "$", problem: "too_many_values")])
         } catch {
             throw .malformedJSON(error)
         }
-        let problems = validator.validate(document, mayHaveControlCharacters: mayHaveControlCharacters)
+        let document = parsed.value
+        let problems = validator.validate(document, mayHaveControlCharacters: parsed.mayHaveControlCharacters)
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])
@@ -171,7 +182,7 @@ public struct IngestHandler: Sendable {
         let generated = partnerCandidateID.isEmpty
         if generated {
             partnerCandidateID = id
-            payload = Self.settingPartnerCandidateID(id, in: body, document: document)
+            payload = Self.settingPartnerCandidateID(id, in: body, at: parsed.partnerCandidateIDRange)
         }
         let submission = Submission(
             id: id, account: account, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
@@ -344,13 +355,16 @@ public struct IngestHandler: Sendable {
     /// Sets the generated id. When the key is absent it is inserted after the opening brace,
     /// keeping every byte the sender sent; when present (null or blank) the object is re-encoded,
     /// so the partner never sees the key twice.
-    static func settingPartnerCandidateID(_ id: String, in body: Data, document: JSONValue) -> Data {
-        guard case .object(var members) = document else { return body }
-        if members["partner_candidate_id"] == nil { return inserting(partnerCandidateID: id, into: body) }
-        members["partner_candidate_id"] = .string(id)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return (try? encoder.encode(JSONValue.object(members))) ?? body
+    /// The body with `partner_candidate_id` set to `id`: its `null` replaced where it stands
+    /// (`range`, from the parser), or the member added when it is absent. Every other byte is
+    /// kept: re-encoding the document (as a `null` once did) rounded integers past 2^53 and
+    /// reordered the members of what the relay had validated.
+    static func settingPartnerCandidateID(_ id: String, in body: Data, at range: Range<Int>?) -> Data {
+        guard let range else { return inserting(partnerCandidateID: id, into: body) }
+        var result = Data(body[body.startIndex..<body.startIndex + range.lowerBound])
+        result.append(Data("\"\(id)\"".utf8))
+        result.append(body[(body.startIndex + range.upperBound)...])
+        return result
     }
 
     /// Adds `"partner_candidate_id"` right after the object's opening brace (the body is a

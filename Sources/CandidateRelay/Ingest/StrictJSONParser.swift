@@ -10,6 +10,18 @@ public enum StrictJSONError: Error, Sendable, Equatable {
     case numberOutOfRange(offset: Int)
     case loneSurrogate(offset: Int)
     case trailingData(offset: Int)
+    /// More values (objects, arrays, strings, numbers, literals) than a document may hold.
+    case tooManyValues(limit: Int)
+}
+
+/// A parsed ingest document, and what the relay needs to know of its bytes.
+public struct ParsedDocument: Sendable {
+    public var value: JSONValue
+    /// False when no string holds a control character (the validator's scan is skipped).
+    public var mayHaveControlCharacters: Bool
+    /// Where the value of the top-level `partner_candidate_id` member sits in the body, so that
+    /// a `null` one can be replaced there without re-encoding the rest.
+    public var partnerCandidateIDRange: Range<Int>?
 }
 
 /// RFC 8259 JSON, strictly: UTF-8 only (no BOM, no UTF-16/32, no overlong forms, no encoded
@@ -32,11 +44,23 @@ public struct StrictJSONParser {
     /// Integers a Double cannot hold exactly (2^53 and beyond) become their text: a partner's
     /// 64-bit id, 9007199254740993, is otherwise read as ...992 (partner answers only).
     private let bigIntegersAsText: Bool
+    /// Values left before `tooManyValues` (nil: no limit).
+    private var valuesLeft: Int?
+    private let valueLimit: Int?
+    private var partnerCandidateIDRange: Range<Int>?
 
-    private init(bytes: UnsafeRawBufferPointer, bigIntegersAsText: Bool = false) {
+    private init(bytes: UnsafeRawBufferPointer, bigIntegersAsText: Bool = false, maxValues: Int? = nil) {
         self.bytes = bytes
         self.bigIntegersAsText = bigIntegersAsText
+        self.valuesLeft = maxValues
+        self.valueLimit = maxValues
     }
+
+    /// The most values an ingest document may hold. A candidate has a few dozen (a few hundred
+    /// with many custom fields or links); a body of 25 MB of `[1,1,1,...` is twelve million,
+    /// each a tree node and then a 422 detail: about 1 GB of memory and seconds of an event
+    /// loop for one small request (found from outside), where the limit answers at once.
+    public static let maxDocumentValues = 10_000
 
     /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
     /// never for ingest, where the forwarded bytes must be exactly what was validated).
@@ -54,13 +78,16 @@ public struct StrictJSONParser {
         return try result.get()
     }
 
-    /// `parse`, and whether any string may hold a control character (false: none does).
-    public static func parseDocument(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> (value: JSONValue, mayHaveControlCharacters: Bool) {
-        let result: Result<(JSONValue, Bool), StrictJSONError> = data.withUnsafeBytes { raw in
-            var parser = StrictJSONParser(bytes: raw)
+    /// `parse`, whether any string may hold a control character (false: none does), and where
+    /// the top-level `partner_candidate_id`'s value is. `maxValues`: refuse a document of more
+    /// values (`tooManyValues`).
+    public static func parseDocument(_ data: Data, allowBOM: Bool = false, maxValues: Int? = nil) throws(StrictJSONError) -> ParsedDocument {
+        let result: Result<ParsedDocument, StrictJSONError> = data.withUnsafeBytes { raw in
+            var parser = StrictJSONParser(bytes: raw, maxValues: maxValues)
             do throws(StrictJSONError) {
                 let value = try parser.document(allowBOM: allowBOM)
-                return .success((value, parser.sawControlCharacter))
+                return .success(ParsedDocument(value: value, mayHaveControlCharacters: parser.sawControlCharacter,
+                                               partnerCandidateIDRange: parser.partnerCandidateIDRange))
             } catch {
                 return .failure(error)
             }
@@ -93,6 +120,10 @@ public struct StrictJSONParser {
 
     private mutating func value(depth: Int) throws(StrictJSONError) -> JSONValue {
         guard let byte = peek() else { throw .unexpected(offset: index) }
+        if let left = valuesLeft {
+            guard left > 0 else { throw .tooManyValues(limit: valueLimit ?? 0) }
+            valuesLeft = left - 1
+        }
         switch byte {
         case UInt8(ascii: "{"): return try object(depth: depth + 1)
         case UInt8(ascii: "["): return try array(depth: depth + 1)
@@ -136,7 +167,9 @@ public struct StrictJSONParser {
             guard peek() == UInt8(ascii: ":") else { throw .unexpected(offset: index) }
             index += 1
             skipWhitespace()
+            let valueStart = index
             let member = try value(depth: depth)
+            if depth == 1, key == "partner_candidate_id" { partnerCandidateIDRange = valueStart..<index }
             // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
             // spellings of one name are a duplicate for some consumer.
             guard members.updateValue(member, forKey: key) == nil else { throw .duplicateKey(offset: keyOffset) }
