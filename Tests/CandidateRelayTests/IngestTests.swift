@@ -212,6 +212,27 @@ import Testing
         #expect(rows == 0)
     }
 
+    /// The router's reading counts against the bodies' budget as the channel handler's does.
+    @Test func theRoutersReadingOfABodyCountsAgainstTheBudget() async throws {
+        let f = try Self.fixture()
+        defer { f.dir.cleanup() }
+        let budget = PayloadMemory.budget(maxBodyBytes: 26_214_400)
+        // Other bodies being received hold all but 100 KB of it.
+        #expect(f.handler.reserveBody(budget - 100_000))
+        let large = #"{"position_uid":"P","first_name":"A","last_name":"B","note":""# + String(repeating: "x", count: 200_000) + #""}"#
+        try await f.app.test(.router) { client in
+            let refused = try await Self.post(client, large)
+            #expect(refused.status == .serviceUnavailable)
+            #expect(refused.headers[.retryAfter] == "1")
+            // A body within the first 64 KiB is never refused for it.
+            #expect(try await Self.post(client, Self.valid).status == .accepted)
+            // What the refused one took went back.
+            f.handler.releaseBody(budget - 100_000)
+            let again = try await Self.post(client, large.replacingOccurrences(of: "\"B\"", with: "\"C\""))
+            #expect(again.status != .serviceUnavailable)
+        }
+    }
+
     @Test func idempotentReplayAndKeyReuse() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

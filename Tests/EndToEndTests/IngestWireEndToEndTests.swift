@@ -90,9 +90,8 @@ import Testing
         #expect(refused?.status == 503)
         #expect(refused?.headers["retry-after"] == "1")
         // The same path spelled as the router also takes it (found from outside: a trailing
-        // slash, read by the router, held twelve 24 MB bodies past the budget), and a path the
-        // router decodes (an escape in the account's name), which the router reads itself.
-        for path in ["/v1/candidates/", "//v1/candidates", "/v1/accounts/defaul%74/candidates"] {
+        // slash, read by the router, held twelve 24 MB bodies past the budget).
+        for path in ["/v1/candidates/", "//v1/candidates", "/v1/accounts/default/candidates/"] {
             let variant = try RawHTTPConnection(port: relay.port)
             variant.send(head(length: 30_000_000, timestamp: now, id: "w-\(path)", path: path) + String(repeating: " ", count: 16_000_000))
             let answer = await variant.readAnswer()
@@ -134,6 +133,13 @@ import Testing
         // The connection is still good for the next request.
         connection.send(Self.healthz)
         #expect(await connection.readAnswer()?.status == 200)
+        // Another spelling of the path is the same webhook, with its 100 (the router sends none).
+        let other = Self.candidate("wire-continue-slash")
+        connection.send("POST /v1/candidates/ HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                        + "Content-Length: \(other.utf8.count)\r\nExpect: 100-continue\r\n\r\n")
+        #expect(await connection.readAnswer()?.status == 100)
+        connection.send(other)
+        #expect(await connection.readAnswer()?.status == 202)
     }
 
     /// A refusal before the end of the body is answered at once; the rest of the body is read

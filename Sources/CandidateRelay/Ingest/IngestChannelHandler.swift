@@ -470,7 +470,8 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// `//v1/candidates`): such a spelling taken by the router read its body outside the body
     /// budget and without `100 Continue` (found from outside: twelve stalled 24 MB bodies
     /// posted to `/v1/candidates/` held 290 MB). A path with an escape goes to the router,
-    /// which decodes it (its reading is budgeted too: `IngestHandler.readBody`).
+    /// which matches it to no account (ids are `[a-z0-9_-]`): 404. The router's own reading is
+    /// budgeted all the same (`IngestHandler.readBody`).
     static func ingestAccount(_ head: HTTPRequest) -> String? {
         guard head.method == .post, let target = head.path else { return nil }
         let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]

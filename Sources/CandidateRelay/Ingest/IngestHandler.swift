@@ -37,8 +37,9 @@ public struct IngestHandler: Sendable {
     /// arrived slowly on many connections added up without a bound (8 stalled 20 MB bodies:
     /// +160 MB, found from outside). The budget is 64 MiB, or two of the largest bodies allowed
     /// if that is more; each body's first 64 KiB are not counted (the channel handler's), so
-    /// webhooks of the usual few KB are never refused for it. The router's path (a percent-encoded
-    /// path, in-process tests) counts its bodies the same way (`readBody`).
+    /// webhooks of the usual few KB are never refused for it. The router's path (in-process tests;
+    /// a live server's webhooks all go to the channel handler) counts its bodies the same way
+    /// (`readBody`).
     func reserveBody(_ bytes: Int) -> Bool {
         let budget = PayloadMemory.budget(maxBodyBytes: settings.value.maxBodyBytes)
         var current = bodyBytesInFlight.value.load(ordering: .relaxed)
