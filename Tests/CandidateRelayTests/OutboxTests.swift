@@ -376,6 +376,76 @@ import Testing
         #expect(try await other.claimNext(now: start.addingTimeInterval(100), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
+    /// Found from outside: after a timeout, another event of the same candidate was sent at once,
+    /// while the partner might still be creating it from the request given up (two creates open
+    /// together can both pass its 409 check). Every event of the candidate now waits as the
+    /// event's own resend does: after a given-up answer (retry or dead), a shutdown's hand-back
+    /// and a crash's recovery.
+    @Test func anotherEventOfTheCandidateWaitsWhileARequestGivenUpMayStillBeAtThePartner() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        func at(_ seconds: Double) -> Date { start.addingTimeInterval(seconds) }
+        func claim(_ seconds: Double) async throws -> String? {
+            try await outbox.claimNext(now: at(seconds), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id
+        }
+        for (n, (id, partner)) in [("first", "p1"), ("second", "p1"), ("other", "p2")].enumerated() {
+            _ = try await outbox.accept(Self.submission(id, partnerID: partner, at: at(Double(n) * 0.001)), maxBacklog: 10)
+        }
+        let first = try #require(try await outbox.claimNext(now: at(0), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(first.id == "first")
+        // Timed out at 1 s with a 30 s timeout: the partner may work on it until 31 s.
+        #expect(try await outbox.complete(first, outcome: .retry(at: at(31), status: nil, error: "timeout"), now: at(1), latencyMs: nil,
+                                          partnerOpenUntil: at(31)))
+        #expect(try await claim(2) == "other")  // another candidate is not held
+        #expect(try await claim(3) == nil)
+        #expect(try await outbox.nextDueAt(now: at(3)) == at(31))
+        // At 31 s both are due: the older due first, the other waits for it in flight.
+        #expect(try await claim(31) == "second")
+        #expect(try await claim(31) == nil)
+
+        // Given up for good (dead) after a reset: still open at the partner for the hold.
+        _ = try await outbox.accept(Self.submission("dying", partnerID: "p3", at: at(40)), maxBacklog: 10)
+        _ = try await outbox.accept(Self.submission("after-dying", partnerID: "p3", at: at(40.001)), maxBacklog: 10)
+        let dying = try #require(try await outbox.claimNext(now: at(41), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(dying.id == "dying")
+        #expect(try await outbox.complete(dying, outcome: .dead(status: nil, error: "connection_reset"), now: at(42), latencyMs: nil,
+                                          partnerOpenUntil: at(72)))
+        #expect(try await claim(71.9) == nil)
+        #expect(try await claim(72) == "after-dying")
+
+    }
+
+    /// `anotherEventOfTheCandidate...`, for a shutdown's hand-back and a crash's recovery.
+    @Test func anotherEventOfTheCandidateWaitsForAHandBackOrACrashsRequest() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        func at(_ seconds: Double) -> Date { start.addingTimeInterval(seconds) }
+        func claim(_ seconds: Double) async throws -> String? {
+            try await outbox.claimNext(now: at(seconds), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id
+        }
+        // Handed back at shutdown (resend at 130 s), and a crash's recovery (claimed at 101 s,
+        // restarted at 105 s, held until 131 s): the same for their candidates' other events.
+        for (n, (id, partner)) in [("cut", "p4"), ("after-cut", "p4"), ("crashed", "p5"), ("after-crash", "p5")].enumerated() {
+            _ = try await outbox.accept(Self.submission(id, partnerID: partner, at: at(99 + Double(n) * 0.001)), maxBacklog: 10)
+        }
+        let cut = try #require(try await outbox.claimNext(now: at(100), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(cut.id == "cut")
+        #expect(try await outbox.complete(cut, outcome: .interrupted(resendAt: at(130)), now: at(100), latencyMs: nil))
+        // ("after-cut" is older, but its candidate is still open at the partner.)
+        let crashed = try #require(try await outbox.claimNext(now: at(101), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(crashed.id == "crashed")
+        #expect(try await outbox.recoverLeases(expiredBefore: nil, now: at(105), holdSeconds: 30) == 1)
+        #expect(try await claim(105) == nil)
+        #expect(try await outbox.nextDueAt(now: at(105)) == at(130))
+        // At 130 s the first window is over: the older event of that candidate goes first, and
+        // the one handed back waits for it in flight; the other candidate's window lasts to 131 s.
+        #expect(try await claim(130) == "after-cut")
+        #expect(try await claim(130) == nil)
+        #expect(try await claim(131) == "after-crash")
+    }
+
     /// Changed credentials make due the events retried after a refusal of the old ones, and
     /// only those: not another account's, not a retry for another reason, not an event handed
     /// back since (its hold waits for a request that may still be at the partner).

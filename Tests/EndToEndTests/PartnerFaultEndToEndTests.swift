@@ -63,6 +63,35 @@ import Testing
         await relay.stop()
     }
 
+    /// The same for another event of the same candidate (found from outside: it was sent as
+    /// soon as the first timed out, while the partner might still be creating the candidate).
+    @Test func anotherEventOfATimedOutCandidateWaitsATimeoutMoreToo() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = 1_200
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.partner.timeoutSeconds = 0.5
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
+        }
+        let first = try #require(try await relay.post(Candidates.json(partnerID: "slow-twice"), key: "slow-twice-1"))
+        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 1 })
+        // The second event of the candidate (an update from the HR system) while the first is out.
+        let second = try #require(try await relay.post(Candidates.json(partnerID: "slow-twice").replacingOccurrences(of: "}", with: #","note":"update"}"#),
+                                                       key: "slow-twice-2"))
+        #expect(first != second)
+        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 2 })
+        let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        let gap = arrivals[1].timeIntervalSince(arrivals[0])
+        #expect(gap >= 0.75, "the candidate's next request came \(gap) s after the first")
+        await relay.simulator.setFaults(SimulatorFaults())
+        for id in [first, second] {
+            let record = try #require(try await relay.waitFor(id, states: ["delivered", "linked", "dead"]))
+            #expect(["delivered", "linked"].contains(record["state"] as? String))
+        }
+        #expect(await relay.simulator.snapshot().createdCount(positionUID: "11.11", partnerCandidateID: "slow-twice") == 1)
+        await relay.stop()
+    }
+
     /// A partner that refuses connections (down, or its port closed): an attempt takes the
     /// client's connect timeout (3 s, its retries included), not 10 s, and is recorded as
     /// `connection_refused` (nothing sent: the plain backoff), not as a `timeout`.

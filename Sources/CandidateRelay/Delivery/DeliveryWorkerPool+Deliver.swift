@@ -59,9 +59,11 @@ extension DeliveryWorkerPool {
             exchange.classification, status: exchange.status, body: exchange.body, attempt: event.attempt,
             budgetStartedAt: event.budgetStartedAt, policy: settings.policy, now: current)
         // Given up without an answer after the request may have reached the partner: the
-        // partner may still be creating the candidate, so the resend waits for it too.
-        if case .retry(let at, let status, let error) = decision.outcome, exchange.answer.mayStillBeAtThePartner {
-            decision.outcome = .retry(at: max(at, current.addingTimeInterval(settings.abandonedHoldSeconds)), status: status, error: error)
+        // partner may still be creating the candidate, so the resend waits for it too, and so
+        // does every other event of the candidate (`partner_open_until`).
+        let partnerOpenUntil = exchange.answer.mayStillBeAtThePartner ? current.addingTimeInterval(settings.abandonedHoldSeconds) : nil
+        if case .retry(let at, let status, let error) = decision.outcome, let partnerOpenUntil {
+            decision.outcome = .retry(at: max(at, partnerOpenUntil), status: status, error: error)
         }
         // A 429's Retry-After is this account's (its api-key's limit); any other (a 503's) is
         // the partner's, for every account.
@@ -82,7 +84,7 @@ extension DeliveryWorkerPool {
         var recorded = event
         recorded.payload = Data()  // not needed to record: not held (a large one) until the commit
         outcomes.run { [self, recorded, decision] in
-            await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current)
+            await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current, partnerOpenUntil: partnerOpenUntil)
             log(recorded, decision: decision, exchange: exchange)
         }
     }
@@ -189,14 +191,15 @@ extension DeliveryWorkerPool {
     /// Retries a failed write (a full disk) once a second while the lease lasts, so that the
     /// outcome lands as soon as space is back; after that, or at shutdown, the lease stays and
     /// the rescuer returns the event to pending (it is sent again, and a 409 links it).
-    private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
+    private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date,
+                           partnerOpenUntil: Date? = nil) async {
         // Recorded, found taken back, or given up: no longer this worker's to keep from the rescuer.
         defer { leasesHeld.withLock { if $0[event.id] == event.lease { $0[event.id] = nil } } }
         let deadline = event.leasedAt.addingTimeInterval(settings.value.leaseSeconds / 2)
         var logged = false
         while true {
             do {
-                if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs) == false {
+                if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs, partnerOpenUntil: partnerOpenUntil) == false {
                     logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))
                 }
                 return

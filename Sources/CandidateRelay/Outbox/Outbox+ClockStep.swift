@@ -85,9 +85,11 @@ extension Outbox {
                       next_attempt_at = CASE WHEN state = 'pending' AND next_attempt_at > :now
                                              THEN MAX(:now, next_attempt_at + :step) ELSE next_attempt_at END,
                       budget_started_at = CASE WHEN budget_started_at > :now THEN budget_started_at + :step ELSE budget_started_at END,
-                      lease_expires_at = CASE WHEN lease_expires_at > :now THEN lease_expires_at + :step ELSE lease_expires_at END
-                    WHERE rowid > :after AND rowid <= :upTo AND state IN ('pending', 'in_flight')
-                      AND (next_attempt_at > :now OR budget_started_at > :now OR lease_expires_at > :now)
+                      lease_expires_at = CASE WHEN lease_expires_at > :now THEN lease_expires_at + :step ELSE lease_expires_at END,
+                      partner_open_until = CASE WHEN partner_open_until > :now THEN MAX(:now, partner_open_until + :step) ELSE partner_open_until END
+                    WHERE rowid > :after AND rowid <= :upTo
+                      AND (state IN ('pending', 'in_flight') AND (next_attempt_at > :now OR budget_started_at > :now OR lease_expires_at > :now)
+                           OR partner_open_until > :now)
                     """, arguments: ["now": now, "step": step, "after": after, "upTo": upTo])
                 let changed = db.changesCount
                 try db.execute(sql: "UPDATE wall_clock SET rebase_done = ? WHERE id = 1", arguments: [upTo])

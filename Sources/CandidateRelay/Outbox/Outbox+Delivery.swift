@@ -112,6 +112,9 @@ struct Completion: Sendable {
     var outcome: RecordedOutcome
     var now: Date
     var latencyMs: Int?
+    /// The request was given up without an answer: until when it may still be at work at the
+    /// partner (no other event of the candidate is sent before).
+    var partnerOpenUntil: Date?
 }
 
 /// One write of the worker pool, as queued for its group commit.
@@ -240,10 +243,11 @@ extension Outbox {
                     SELECT id, attempts, lease, position_uid, partner_candidate_id, received_at, budget_started_at FROM events e
                     WHERE account = ? AND state = 'pending' AND next_attempt_at <= ?
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
-                          AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
+                          AND o.partner_candidate_id = e.partner_candidate_id
+                          AND (o.state = 'in_flight' OR (o.partner_open_until > ? AND o.id <> e.id)))
                     ORDER BY next_attempt_at, id LIMIT 1
                     """),
-                arguments: [account, now.millis]) else {
+                arguments: [account, now.millis, now.millis]) else {
                 nothingDue = true
                 return nil
             }
@@ -300,8 +304,9 @@ extension Outbox {
     /// answer for a lease that was rescued or retried meanwhile changes nothing. Returns whether
     /// the row was updated.
     @discardableResult
-    public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?) async throws -> Bool {
-        let completion = Completion(event: event, outcome: outcome, now: now, latencyMs: latencyMs)
+    public func complete(_ event: ClaimedEvent, outcome: RecordedOutcome, now: Date, latencyMs: Int?,
+                         partnerOpenUntil: Date? = nil) async throws -> Bool {
+        let completion = Completion(event: event, outcome: outcome, now: now, latencyMs: latencyMs, partnerOpenUntil: partnerOpenUntil)
         guard case .completed(let recorded) = try await deliveryWrite(.complete(completion)) else {
             throw OutboxError.storage("outcome answered with another kind of result")
         }
@@ -334,11 +339,21 @@ extension Outbox {
             sets += ", next_attempt_at = NULL, last_status = ?"
             arguments += [code]
         case .interrupted(let resendAt):
-            sets += ", next_attempt_at = ?, attempts = attempts - 1"
-            arguments += [max(now, resendAt).millis]
+            // Cut off at shutdown: the request may still be at the partner until its resend.
+            sets += ", next_attempt_at = ?, attempts = attempts - 1, partner_open_until = ?"
+            arguments += [max(now, resendAt).millis, max(now, resendAt).millis]
         case .unsent:
             sets += ", next_attempt_at = ?, attempts = attempts - 1"
             arguments += [now.millis]
+        }
+        if let until = completion.partnerOpenUntil, until > now {
+            switch outcome {
+            case .retry, .dead:
+                sets += ", partner_open_until = ?"
+                arguments += [until.millis]
+            case .delivered, .linked, .interrupted, .unsent:
+                break
+            }
         }
         switch outcome {
         case .linked, .retry, .dead:
@@ -425,10 +440,11 @@ extension Outbox {
                 // updated_at of an in-flight event is its claim's time.
                 try db.execute(
                     sql: """
-                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at + ?), updated_at = ?
+                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at + ?),
+                          partner_open_until = MAX(?, updated_at + ?), updated_at = ?
                         WHERE state = 'in_flight'
                         """,
-                    arguments: [now.millis, Int64(holdSeconds * 1000), now.millis])
+                    arguments: [now.millis, Int64(holdSeconds * 1000), now.millis, Int64(holdSeconds * 1000), now.millis])
                 if db.changesCount > 0 { self.quiet.clearAll() }
                 return db.changesCount
             }
@@ -449,12 +465,20 @@ extension Outbox {
                     continue
                 }
                 // Walks the account's pending events in due order and stops at the first free one.
+                // Events whose candidate may still be open at the partner (another event's request
+                // given up without an answer) are left out too; the end of the earliest such
+                // window is a time to look again.
+                let opensAgain = try Millis.fetchOne(db.cachedStatement(sql: """
+                    SELECT MIN(partner_open_until) FROM events WHERE account = ? AND partner_open_until > ?
+                    """), arguments: [account, now.millis])
+                if let opensAgain { earliest = min(earliest ?? opensAgain, opensAgain) }
                 guard let due = try Millis.fetchOne(db.cachedStatement(sql: """
                     SELECT next_attempt_at FROM events e WHERE account = ? AND state = 'pending'
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
-                          AND o.partner_candidate_id = e.partner_candidate_id AND o.state = 'in_flight')
+                          AND o.partner_candidate_id = e.partner_candidate_id
+                          AND (o.state = 'in_flight' OR (o.partner_open_until > ? AND o.id <> e.id)))
                     ORDER BY next_attempt_at LIMIT 1
-                    """), arguments: [account]) else { continue }
+                    """), arguments: [account, now.millis]) else { continue }
                 earliest = min(earliest ?? due, due)
             }
             return earliest.map(Date.init(millis:))

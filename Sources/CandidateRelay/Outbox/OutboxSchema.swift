@@ -174,6 +174,19 @@ enum OutboxSchema {
                 )
                 """)
         }
+        migrator.registerMigration("v7_partner_open_until") { db in
+            // Until when a request of this event given up without an answer (a timeout, a
+            // reset, a shutdown's hand-back, a crash) may still be at work at the partner. The
+            // event's own resend waited for it already; another event of the same candidate did
+            // not, and was sent at once (found from outside): two creates of one candidate open
+            // at the partner at the same time can both pass its 409 check. The claim now waits
+            // for it per natural key, as it waits for a request in flight.
+            try db.execute(sql: "ALTER TABLE events ADD COLUMN partner_open_until INTEGER")
+            // The idle workers' next look: when the earliest such window of an account ends.
+            try db.execute(sql: """
+                CREATE INDEX events_partner_open ON events(account, partner_open_until) WHERE partner_open_until IS NOT NULL
+                """)
+        }
         return migrator
     }
 }
