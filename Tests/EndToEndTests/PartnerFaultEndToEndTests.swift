@@ -67,22 +67,27 @@ import Testing
     /// soon as the first timed out, while the partner might still be creating the candidate).
     @Test func anotherEventOfATimedOutCandidateWaitsATimeoutMoreToo() async throws {
         var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 1_200
+        sim.faults.latencyMs = 3_500
         let relay = try await RelayHarness(simulator: sim) { config in
-            config.partner.timeoutSeconds = 0.5
+            config.partner.timeoutSeconds = 1.5
             config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
             config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
         }
         let first = try #require(try await relay.post(Candidates.json(partnerID: "slow-twice"), key: "slow-twice-1"))
-        #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 1 })
+        // (The simulator lists a request once answered: 3.5 s later.)
+        #expect(await eventually(timeout: 20) { (try? await relay.application.outbox.record(id: first))?.state == .inFlight })
         // The second event of the candidate (an update from the HR system) while the first is out.
         let second = try #require(try await relay.post(Candidates.json(partnerID: "slow-twice").replacingOccurrences(of: "}", with: #","note":"update"}"#),
                                                        key: "slow-twice-2"))
         #expect(first != second)
         #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 2 })
         let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        // The first timed out 1.5 s after it was sent; the candidate's next request (the second
+        // event, older than the first's resend) no sooner than 1.5 s later: ~3 s apart. Sent
+        // when the first timed out, it came 1.5-2.5 s after it (the idle workers look again
+        // at least once a second).
         let gap = arrivals[1].timeIntervalSince(arrivals[0])
-        #expect(gap >= 0.75, "the candidate's next request came \(gap) s after the first")
+        #expect(gap >= 2.7, "the candidate's next request came \(gap) s after the first")
         await relay.simulator.setFaults(SimulatorFaults())
         for id in [first, second] {
             let record = try #require(try await relay.waitFor(id, states: ["delivered", "linked", "dead"]))
