@@ -4,7 +4,11 @@ import Foundation
 public enum RetryAfter {
     public static func parse(_ value: String, now: Date) -> Date? {
         let trimmed = value.trimmingCharacters(in: .whitespaces)
-        if let seconds = Double(trimmed), seconds >= 0, seconds.isFinite {
+        // Delay-seconds are digits (RFC 9110; a fraction is tolerated): Swift's Double also
+        // reads "0x10" (16 s, found from outside), "1e3" and "+5".
+        let digits = trimmed.utf8.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
+        if !trimmed.isEmpty, digits.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") } }),
+           let seconds = Double(trimmed), seconds >= 0, seconds.isFinite {
             return now.addingTimeInterval(seconds)
         }
         for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "EEEE, dd-MMM-yy HH:mm:ss zzz", "EEE MMM d HH:mm:ss yyyy"] {
