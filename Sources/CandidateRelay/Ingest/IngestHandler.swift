@@ -353,9 +353,6 @@ public struct IngestHandler: Sendable {
         return true
     }
 
-    /// Sets the generated id. When the key is absent it is inserted after the opening brace,
-    /// keeping every byte the sender sent; when present (null or blank) the object is re-encoded,
-    /// so the partner never sees the key twice.
     /// The body with `partner_candidate_id` set to `id`: its `null` replaced where it stands
     /// (`range`, from the parser), or the member added when it is absent. Every other byte is
     /// kept: re-encoding the document (as a `null` once did) rounded integers past 2^53 and
