@@ -87,8 +87,9 @@ struct Serve: AsyncParsableCommand {
         do {
             app = try await RelayApplication(configuration: config, logSettings: settings, reloader: options.loader)
         } catch {
-            // A JSON line too: the runbook's journal queries read only those (found from
-            // outside: a locked, damaged or newer outbox said why only in plain text on stderr).
+            // A log line too (JSON by default): the runbook's journal queries read only those
+            // (found from outside: a locked, damaged or newer outbox said why only in plain
+            // text on stderr).
             var logger = Logger(label: "relay") { RelayLogHandler(label: $0, settings: settings) }
             logger.logLevel = .trace
             logger.event(.error, "relay.failed", "cannot start",

@@ -207,6 +207,12 @@ import Testing
             #expect(details.count == IngestError.maxDetails)
             #expect(details.first == ["field": "links[0]", "problem": "must_be_object"])
             #expect((listed["message"] as? String)?.contains("500 field(s)") == true)
+            // The sender's own key in a path is cut: a 422 stays small whatever the keys.
+            let longKey = String(repeating: "k", count: 100_000)
+            let keyed = try await Self.post(client, #"{"position_uid":"P","first_name":"A","last_name":"B","custom_fields":{""# + longKey + #"":[]}}"#)
+            let keyedDetails = try #require(Self.json(keyed)["details"] as? [[String: String]])
+            #expect(keyedDetails.first?["field"] == "custom_fields." + String(repeating: "k", count: 256 - "custom_fields.".count) + "…")
+            #expect(keyed.body.readableBytes < 1_000)
         }
         let rows = try await f.outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events") }
         #expect(rows == 0)

@@ -103,6 +103,8 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     static let freeBodyBytes = 64 << 10
     /// The last answer's write, when the connection is to close after it (`closeAfterAnswer`).
     private var answerWritten: EventLoopFuture<Void>?
+    /// How long a closing connection waits for its answer to be written.
+    static let closeWaitSeconds: Int64 = 10
     /// Requests passed to the router whose answer's end has not been written yet.
     private var routerAnswersOwed = 0
     /// A webhook waits (held) for the router's answers before it.
@@ -322,14 +324,20 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         heldClose = nil
         // Once the answer is written: NIO fails the writes still pending when a channel closes,
         // and an answer larger than the socket's buffer (a 422 listing many fields) was cut
-        // short (found from outside). A client that never reads is closed by the idle timeout.
+        // short (found from outside). A client that does not read it is closed anyway after
+        // `closeWaitSeconds` (the idle timeout does not fire while a pipelined request behind
+        // the webhook counts as being answered).
         guard let written = answerWritten else {
             context.close(promise: promise)
             return
         }
         answerWritten = nil
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        written.whenComplete { _ in bound.value.close(promise: promise) }
+        let forced = context.eventLoop.scheduleTask(in: .seconds(Self.closeWaitSeconds)) { bound.value.close(promise: nil) }
+        written.whenComplete { _ in
+            forced.cancel()
+            bound.value.close(promise: promise)
+        }
     }
 
     /// The server is stopping (its quiesce event). A webhook whose body is still coming is

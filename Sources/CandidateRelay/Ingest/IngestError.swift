@@ -112,11 +112,23 @@ public enum IngestError: Error, Sendable {
     /// The most `details` an answer lists (the message gives the whole count): a sender's
     /// mistake repeated in every element of a long array is the same mistake.
     static let maxDetails = 100
+    /// The longest field path a detail shows (longer ones end in "…").
+    static let maxFieldScalars = 256
 
     /// The JSON answer `{"error", "message", "details"}` (plus Retry-After for 503).
     var answer: IngestAnswer {
         var details: [[String: String]] = []
-        if case .validationFailed(let problems) = self { details = problems.prefix(Self.maxDetails).map(\.detail) }
+        if case .validationFailed(let problems) = self {
+            // A field's path names the sender's own keys (`custom_fields.<key>`), of any length:
+            // cut, so that a 422 stays small whatever the body.
+            details = problems.prefix(Self.maxDetails).map { problem in
+                var detail = problem.detail
+                if let field = detail["field"], field.unicodeScalars.count > Self.maxFieldScalars {
+                    detail["field"] = String(String.UnicodeScalarView(field.unicodeScalars.prefix(Self.maxFieldScalars))) + "…"
+                }
+                return detail
+            }
+        }
         if case .lookupIncomplete(let problems) = self { details = problems.map(\.detail) }
         if case .lookupInvalid(let problems) = self { details = problems.map(\.detail) }
         var headers: HTTPFields = [.contentType: "application/json"]

@@ -84,7 +84,8 @@ extension Outbox {
                     UPDATE events SET
                       next_attempt_at = CASE WHEN state = 'pending' AND next_attempt_at > :now
                                              THEN MAX(:now, next_attempt_at + :step) ELSE next_attempt_at END,
-                      budget_started_at = CASE WHEN budget_started_at > :now THEN budget_started_at + :step ELSE budget_started_at END,
+                      budget_started_at = CASE WHEN state IN ('pending', 'in_flight') AND budget_started_at > :now
+                                               THEN budget_started_at + :step ELSE budget_started_at END,
                       lease_expires_at = CASE WHEN lease_expires_at > :now THEN lease_expires_at + :step ELSE lease_expires_at END,
                       partner_open_until = CASE WHEN partner_open_until > :now THEN MAX(:now, partner_open_until + :step) ELSE partner_open_until END
                     WHERE rowid > :after AND rowid <= :upTo
