@@ -199,6 +199,9 @@ import Testing
             let json = Self.json(refused)
             #expect(json["error"] as? String == "validation_failed")
             #expect((json["details"] as? [[String: String]]) == [["field": "$", "problem": "too_many_values"]])
+            // A body that is no object at all says so, however long.
+            let array = try await Self.post(client, " [" + many + "]")
+            #expect((Self.json(array)["details"] as? [[String: String]]) == [["field": "$", "problem": "must_be_object"]])
             // 500 elements, each refused: the first 100 listed, the message says how many.
             let long = try await Self.post(client, #"{"position_uid":"P","first_name":"A","last_name":"B","links":["# + fewer + "]}")
             #expect(long.status == .unprocessableContent)

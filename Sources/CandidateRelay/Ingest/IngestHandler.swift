@@ -167,7 +167,9 @@ public struct IngestHandler: Sendable {
         do throws(StrictJSONError) {
             parsed = try StrictJSONParser.parseDocument(body, maxValues: StrictJSONParser.maxDocumentValues)
         } catch .tooManyValues {
-            throw .validationFailed([ValidationProblem(field: "$", problem: "too_many_values")])
+            // A body that is no object at all says so, as a small one would.
+            let first = body.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
+            throw .validationFailed([ValidationProblem(field: "$", problem: first == UInt8(ascii: "{") ? "too_many_values" : "must_be_object")])
         } catch {
             throw .malformedJSON(error)
         }
