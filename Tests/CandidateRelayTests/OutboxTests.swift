@@ -384,66 +384,69 @@ import Testing
     @Test func anotherEventOfTheCandidateWaitsWhileARequestGivenUpMayStillBeAtThePartner() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let start = Date(timeIntervalSince1970: 1_000_000)
-        func at(_ seconds: Double) -> Date { start.addingTimeInterval(seconds) }
-        func claim(_ seconds: Double) async throws -> String? {
-            try await outbox.claimNext(now: at(seconds), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id
-        }
-        for (n, (id, partner)) in [("first", "p1"), ("second", "p1"), ("other", "p2")].enumerated() {
-            _ = try await outbox.accept(Self.submission(id, partnerID: partner, at: at(Double(n) * 0.001)), maxBacklog: 10)
-        }
-        let first = try #require(try await outbox.claimNext(now: at(0), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        let t = ManuallyTimed(outbox: outbox)
+        try await t.accept([("first", "p1"), ("second", "p1"), ("other", "p2")], from: 0)
+        let first = try #require(try await t.claimed(0))
         #expect(first.id == "first")
         // Timed out at 1 s with a 30 s timeout: the partner may work on it until 31 s.
-        #expect(try await outbox.complete(first, outcome: .retry(at: at(31), status: nil, error: "timeout"), now: at(1), latencyMs: nil,
-                                          partnerOpenUntil: at(31)))
-        #expect(try await claim(2) == "other")  // another candidate is not held
-        #expect(try await claim(3) == nil)
-        #expect(try await outbox.nextDueAt(now: at(3)) == at(31))
+        #expect(try await outbox.complete(first, outcome: .retry(at: t.at(31), status: nil, error: "timeout"), now: t.at(1), latencyMs: nil,
+                                          partnerOpenUntil: t.at(31)))
+        #expect(try await t.claim(2) == "other")  // another candidate is not held
+        #expect(try await t.claim(3) == nil)
+        #expect(try await outbox.nextDueAt(now: t.at(3)) == t.at(31))
         // At 31 s both are due: the older due first, the other waits for it in flight.
-        #expect(try await claim(31) == "second")
-        #expect(try await claim(31) == nil)
+        #expect(try await t.claim(31) == "second")
+        #expect(try await t.claim(31) == nil)
 
         // Given up for good (dead) after a reset: still open at the partner for the hold.
-        _ = try await outbox.accept(Self.submission("dying", partnerID: "p3", at: at(40)), maxBacklog: 10)
-        _ = try await outbox.accept(Self.submission("after-dying", partnerID: "p3", at: at(40.001)), maxBacklog: 10)
-        let dying = try #require(try await outbox.claimNext(now: at(41), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        try await t.accept([("dying", "p3"), ("after-dying", "p3")], from: 40)
+        let dying = try #require(try await t.claimed(41))
         #expect(dying.id == "dying")
-        #expect(try await outbox.complete(dying, outcome: .dead(status: nil, error: "connection_reset"), now: at(42), latencyMs: nil,
-                                          partnerOpenUntil: at(72)))
-        #expect(try await claim(71.9) == nil)
-        #expect(try await claim(72) == "after-dying")
-
+        #expect(try await outbox.complete(dying, outcome: .dead(status: nil, error: "connection_reset"), now: t.at(42), latencyMs: nil,
+                                          partnerOpenUntil: t.at(72)))
+        #expect(try await t.claim(71.9) == nil)
+        #expect(try await t.claim(72) == "after-dying")
     }
 
     /// `anotherEventOfTheCandidate...`, for a shutdown's hand-back and a crash's recovery.
     @Test func anotherEventOfTheCandidateWaitsForAHandBackOrACrashsRequest() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }
-        let start = Date(timeIntervalSince1970: 1_000_000)
-        func at(_ seconds: Double) -> Date { start.addingTimeInterval(seconds) }
-        func claim(_ seconds: Double) async throws -> String? {
-            try await outbox.claimNext(now: at(seconds), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id
-        }
+        let t = ManuallyTimed(outbox: outbox)
         // Handed back at shutdown (resend at 130 s), and a crash's recovery (claimed at 101 s,
         // restarted at 105 s, held until 131 s): the same for their candidates' other events.
-        for (n, (id, partner)) in [("cut", "p4"), ("after-cut", "p4"), ("crashed", "p5"), ("after-crash", "p5")].enumerated() {
-            _ = try await outbox.accept(Self.submission(id, partnerID: partner, at: at(99 + Double(n) * 0.001)), maxBacklog: 10)
-        }
-        let cut = try #require(try await outbox.claimNext(now: at(100), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        try await t.accept([("cut", "p4"), ("after-cut", "p4"), ("crashed", "p5"), ("after-crash", "p5")], from: 99)
+        let cut = try #require(try await t.claimed(100))
         #expect(cut.id == "cut")
-        #expect(try await outbox.complete(cut, outcome: .interrupted(resendAt: at(130)), now: at(100), latencyMs: nil))
+        #expect(try await outbox.complete(cut, outcome: .interrupted(resendAt: t.at(130)), now: t.at(100), latencyMs: nil))
         // ("after-cut" is older, but its candidate is still open at the partner.)
-        let crashed = try #require(try await outbox.claimNext(now: at(101), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        let crashed = try #require(try await t.claimed(101))
         #expect(crashed.id == "crashed")
-        #expect(try await outbox.recoverLeases(expiredBefore: nil, now: at(105), holdSeconds: 30) == 1)
-        #expect(try await claim(105) == nil)
-        #expect(try await outbox.nextDueAt(now: at(105)) == at(130))
+        #expect(try await outbox.recoverLeases(expiredBefore: nil, now: t.at(105), holdSeconds: 30) == 1)
+        #expect(try await t.claim(105) == nil)
+        #expect(try await outbox.nextDueAt(now: t.at(105)) == t.at(130))
         // At 130 s the first window is over: the older event of that candidate goes first, and
         // the one handed back waits for it in flight; the other candidate's window lasts to 131 s.
-        #expect(try await claim(130) == "after-cut")
-        #expect(try await claim(130) == nil)
-        #expect(try await claim(131) == "after-crash")
+        #expect(try await t.claim(130) == "after-cut")
+        #expect(try await t.claim(130) == nil)
+        #expect(try await t.claim(131) == "after-crash")
+    }
+
+    /// An outbox read on a manual clock: `at(s)` is `s` seconds after a fixed start.
+    struct ManuallyTimed {
+        let outbox: Outbox
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        func at(_ seconds: Double) -> Date { start.addingTimeInterval(seconds) }
+        func claimed(_ seconds: Double) async throws -> ClaimedEvent? {
+            try await outbox.claimNext(now: at(seconds), leaseSeconds: 600, maxAgeSeconds: 10_000)
+        }
+        func claim(_ seconds: Double) async throws -> String? { try await claimed(seconds)?.id }
+        /// Accepts `(id, partner_candidate_id)` pairs a millisecond apart from `seconds`.
+        func accept(_ events: [(String, String)], from seconds: Double) async throws {
+            for (n, (id, partner)) in events.enumerated() {
+                _ = try await outbox.accept(OutboxTests.submission(id, partnerID: partner, at: at(seconds + Double(n) * 0.001)), maxBacklog: 10)
+            }
+        }
     }
 
     /// Changed credentials make due the events retried after a refusal of the old ones, and

@@ -34,17 +34,23 @@ import Testing
         await relay.stop()
     }
 
+    /// A relay whose partner answers after `latencyMs`, past its `timeoutSeconds`; a backoff of
+    /// 0.05 s and a circuit that stays closed, so that only the hold spaces the requests.
+    static func slowPartner(latencyMs: Int, timeoutSeconds: Double) async throws -> RelayHarness {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.latencyMs = latencyMs
+        return try await RelayHarness(simulator: sim) { config in
+            config.partner.timeoutSeconds = timeoutSeconds
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
+        }
+    }
+
     /// A request that timed out may still be at work at the partner: the resend waits as long
     /// again as the timeout, not just the backoff (0.05 s here), so that the partner had the
     /// time we gave the first request to finish it before a second one for the same candidate.
     @Test func aTimedOutRequestIsResentOnlyAfterATimeoutMore() async throws {
-        var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 1_200
-        let relay = try await RelayHarness(simulator: sim) { config in
-            config.partner.timeoutSeconds = 0.5
-            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
-            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
-        }
+        let relay = try await Self.slowPartner(latencyMs: 1_200, timeoutSeconds: 0.5)
         let id = try #require(try await relay.post(Candidates.json(partnerID: "slow-1")))
         #expect(await eventually(timeout: 20) { await relay.simulator.snapshot().requests.count >= 2 })
         let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
@@ -66,13 +72,7 @@ import Testing
     /// The same for another event of the same candidate (found from outside: it was sent as
     /// soon as the first timed out, while the partner might still be creating the candidate).
     @Test func anotherEventOfATimedOutCandidateWaitsATimeoutMoreToo() async throws {
-        var sim = PartnerSimulatorConfiguration()
-        sim.faults.latencyMs = 3_500
-        let relay = try await RelayHarness(simulator: sim) { config in
-            config.partner.timeoutSeconds = 1.5
-            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
-            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
-        }
+        let relay = try await Self.slowPartner(latencyMs: 3_500, timeoutSeconds: 1.5)
         let first = try #require(try await relay.post(Candidates.json(partnerID: "slow-twice"), key: "slow-twice-1"))
         // (The simulator lists a request once answered: 3.5 s later.)
         #expect(await eventually(timeout: 20) { (try? await relay.application.outbox.record(id: first))?.state == .inFlight })

@@ -237,14 +237,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     refuse(.payloadTooLarge(limit: limit), account: account, head: head, bodyComing: true, context: context)
                     return
                 }
-                let more = body.count + chunk.readableBytes - Self.freeBodyBytes - bodyReserved
-                if more > 0 {
-                    guard ingest.reserveBody(more) else {
-                        dropBody()
-                        refuse(Self.tooManyBodies, account: account, head: head, bodyComing: true, context: context, close: true)
-                        return
-                    }
-                    bodyReserved += more
+                guard ingest.reserveBody(holding: body.count + chunk.readableBytes, reserved: &bodyReserved) else {
+                    dropBody()
+                    refuse(Self.tooManyBodies, account: account, head: head, bodyComing: true, context: context, close: true)
+                    return
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             case .end:
@@ -463,13 +459,9 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if close { headers[.connection] = "close" }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(answer.body)), promise: nil)
-        if close {
-            let written = context.eventLoop.makePromise(of: Void.self)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
-            answerWritten = written.futureResult
-        } else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        }
+        let written = close ? context.eventLoop.makePromise(of: Void.self) : nil
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: written)
+        if let written { answerWritten = written.futureResult }
     }
 
     /// The account a request posts a webhook to, or nil when the router is to answer it: only

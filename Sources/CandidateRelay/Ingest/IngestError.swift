@@ -105,7 +105,7 @@ public enum IngestError: Error, Sendable {
         case .numberOutOfRange(let offset): "the body holds a number out of range (byte \(offset))"
         case .loneSurrogate(let offset): "the body escapes a lone UTF-16 surrogate (byte \(offset))"
         case .trailingData(let offset): "the body goes on after its JSON value (byte \(offset))"
-        case .tooManyValues(let limit): "the body holds more than \(limit) JSON values"
+        case .tooManyValues(let limit, _): "the body holds more than \(limit) JSON values"
         }
     }
 

@@ -51,6 +51,17 @@ public struct IngestHandler: Sendable {
         }
     }
 
+    /// Takes what a body of `total` bytes holds of the budget beyond its first free bytes and
+    /// what it reserved already (`reserved`, updated). False: no room (answer 503). The channel
+    /// handler and the router's `readBody` both count a body so, as its bytes arrive.
+    func reserveBody(holding total: Int, reserved: inout Int) -> Bool {
+        let more = total - IngestChannelHandler.freeBodyBytes - reserved
+        guard more > 0 else { return true }
+        guard reserveBody(more) else { return false }
+        reserved += more
+        return true
+    }
+
     /// Gives back what `reserveBody` took.
     func releaseBody(_ bytes: Int) {
         if bytes > 0 { bodyBytesInFlight.value.subtract(bytes, ordering: .relaxed) }
@@ -77,10 +88,8 @@ public struct IngestHandler: Sendable {
         do {
             for try await chunk in request.body {
                 if body.count + chunk.readableBytes > limit { throw IngestError.payloadTooLarge(limit: limit) }
-                let more = body.count + chunk.readableBytes - IngestChannelHandler.freeBodyBytes - reserved
-                if more > 0 {
-                    guard reserveBody(more) else { throw IngestChannelHandler.tooManyBodies }
-                    reserved += more
+                guard reserveBody(holding: body.count + chunk.readableBytes, reserved: &reserved) else {
+                    throw IngestChannelHandler.tooManyBodies
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
             }
@@ -166,10 +175,9 @@ public struct IngestHandler: Sendable {
         let parsed: ParsedDocument
         do throws(StrictJSONError) {
             parsed = try StrictJSONParser.parseDocument(body, maxValues: StrictJSONParser.maxDocumentValues)
-        } catch .tooManyValues {
+        } catch .tooManyValues(_, let inObject) {
             // A body that is no object at all says so, as a small one would.
-            let first = body.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
-            throw .validationFailed([ValidationProblem(field: "$", problem: first == UInt8(ascii: "{") ? "too_many_values" : "must_be_object")])
+            throw .validationFailed([ValidationProblem(field: "$", problem: inObject ? "too_many_values" : "must_be_object")])
         } catch {
             throw .malformedJSON(error)
         }

@@ -10,8 +10,9 @@ public enum StrictJSONError: Error, Sendable, Equatable {
     case numberOutOfRange(offset: Int)
     case loneSurrogate(offset: Int)
     case trailingData(offset: Int)
-    /// More values (objects, arrays, strings, numbers, literals) than a document may hold.
-    case tooManyValues(limit: Int)
+    /// More values (objects, arrays, strings, numbers, literals) than a document may hold;
+    /// `inObject`: the document is an object (false: it is no object at all).
+    case tooManyValues(limit: Int, inObject: Bool)
 }
 
 /// A parsed ingest document, and what the relay needs to know of its bytes.
@@ -48,6 +49,8 @@ public struct StrictJSONParser {
     private var valuesLeft: Int?
     private let valueLimit: Int?
     private var partnerCandidateIDRange: Range<Int>?
+    /// Whether the document's top-level value is an object (for `tooManyValues`).
+    private var documentIsObject = false
 
     private init(bytes: UnsafeRawBufferPointer, bigIntegersAsText: Bool = false, maxValues: Int? = nil) {
         self.bytes = bytes
@@ -101,6 +104,7 @@ public struct StrictJSONParser {
             index = 3
         }
         skipWhitespace()
+        documentIsObject = peek() == UInt8(ascii: "{")
         let value = try self.value(depth: 0)
         skipWhitespace()
         guard index == bytes.count else { throw .trailingData(offset: index) }
@@ -121,7 +125,7 @@ public struct StrictJSONParser {
     private mutating func value(depth: Int) throws(StrictJSONError) -> JSONValue {
         guard let byte = peek() else { throw .unexpected(offset: index) }
         if let left = valuesLeft {
-            guard left > 0 else { throw .tooManyValues(limit: valueLimit ?? 0) }
+            guard left > 0 else { throw .tooManyValues(limit: valueLimit ?? 0, inObject: documentIsObject) }
             valuesLeft = left - 1
         }
         switch byte {
