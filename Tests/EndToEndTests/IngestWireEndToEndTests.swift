@@ -211,6 +211,29 @@ import Testing
         #expect(try await Self.storedCount(relay) == 3)
     }
 
+    /// HTTP/1.0 without `keep-alive` ends the connection after its answer (RFC 9112 §9.3): a
+    /// client that reads until the close waited for the idle timeout before (found from outside).
+    @Test func anHTTP10RequestWithoutKeepAliveIsAnsweredThenClosed() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let http10 = { (request: String) in request.replacingOccurrences(of: " HTTP/1.1\r\n", with: " HTTP/1.0\r\n") }
+        let webhook = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        webhook.send(http10(Self.post(Self.candidate("http10-webhook"))))
+        #expect(await webhook.readAnswer()?.status == 202)
+        #expect(await webhook.isClosedByServer())
+        let router = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        router.send(http10(Self.healthz))
+        #expect(await router.readAnswer()?.status == 200)
+        #expect(await router.isClosedByServer())
+        // With `keep-alive` it stays open for the next request.
+        let kept = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        kept.send(http10(Self.post(Self.candidate("http10-kept"), extra: "Connection: keep-alive\r\n")))
+        #expect(await kept.readAnswer()?.status == 202)
+        kept.send(http10(Self.healthz).replacingOccurrences(of: "\r\n\r\n", with: "\r\nConnection: keep-alive\r\n\r\n"))
+        #expect(await kept.readAnswer()?.status == 200)
+        #expect(try await Self.storedCount(relay) == 2)
+    }
+
     /// Pipelined webhooks and router requests, then the client's half-close, in one write: the
     /// end of input reaches the router after the requests before it, so every request is
     /// answered (the router used to see it first and close: a stored webhook went unanswered,

@@ -5,6 +5,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
 import Synchronization
 
 /// The live server's HTTP/1 connection: Hummingbird's, with `IngestChannelHandler` answering the
@@ -40,6 +41,8 @@ struct RelayHTTP1Channel: ServerChildChannel {
             // times every request, the webhook and the router's alike.
             let slowBodies = self.slowBodies
             try operations.addHandler(BodyDeadlineHandler(policy: slowBodies.policy) { slowBodies.report() }, position: .before(state))
+            // Before the conversion to HTTPTypes, which drops the request's version.
+            try operations.addHandler(HTTP10CloseHandler(), position: .before(operations.handler(type: HTTP1ToHTTPServerCodec.self)))
             return value
         }
     }
