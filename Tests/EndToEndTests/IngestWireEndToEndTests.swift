@@ -234,6 +234,31 @@ import Testing
         #expect(try await Self.storedCount(relay) == 2)
     }
 
+    /// HTTP/1.1 without `Host`, or any request with two, is a 400 (RFC 9112 §3.2), answered in
+    /// its turn after what was pipelined before it; nothing of it is stored.
+    @Test func aRequestWithoutHostOrWithTwoIsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let twoHosts = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        twoHosts.send(Self.post(Self.candidate("host-ok")) + Self.post(Self.candidate("host-two"), extra: "Host: other\r\n")
+                      + Self.post(Self.candidate("host-after")))
+        #expect(await twoHosts.readAnswer()?.status == 202)
+        #expect(await twoHosts.readAnswer()?.status == 400)
+        #expect(await twoHosts.isClosedByServer())
+        let noHost = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        noHost.send(Self.healthz.replacingOccurrences(of: "Host: relay\r\n", with: ""))
+        #expect(await noHost.readAnswer()?.status == 400)
+        #expect(await noHost.isClosedByServer())
+        let noHostWebhook = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        noHostWebhook.send(Self.post(Self.candidate("host-none")).replacingOccurrences(of: "Host: relay\r\n", with: ""))
+        #expect(await noHostWebhook.readAnswer()?.status == 400)
+        // HTTP/1.0 has no Host to require.
+        let http10 = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        http10.send("GET /healthz HTTP/1.0\r\n\r\n")
+        #expect(await http10.readAnswer()?.status == 200)
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+
     /// Pipelined webhooks and router requests, then the client's half-close, in one write: the
     /// end of input reaches the router after the requests before it, so every request is
     /// answered (the router used to see it first and close: a stored webhook went unanswered,

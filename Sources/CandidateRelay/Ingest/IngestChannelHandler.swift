@@ -41,8 +41,8 @@ struct RelayHTTP1Channel: ServerChildChannel {
             // times every request, the webhook and the router's alike.
             let slowBodies = self.slowBodies
             try operations.addHandler(BodyDeadlineHandler(policy: slowBodies.policy) { slowBodies.report() }, position: .before(state))
-            // Before the conversion to HTTPTypes, which drops the request's version.
-            try operations.addHandler(HTTP10CloseHandler(), position: .before(operations.handler(type: HTTP1ToHTTPServerCodec.self)))
+            // Before the conversion to HTTPTypes, which drops the version and keeps only the first `Host`.
+            try operations.addHandler(RequestHeadRules(), position: .before(operations.handler(type: HTTP1ToHTTPServerCodec.self)))
             return value
         }
     }
