@@ -84,11 +84,15 @@ import Testing
               initech:
                 api_key_file: initech-key
                 rate_limit: { requests: 3 }
+              hooli:
+                api_key_file: hooli-key
+                inbound: { bearer_token_file: hooli-token }
             """, files: ["acme-key": "acme-api-key", "globex-key": "globex-api-key", "globex-secret": "globex-secret-value",
-                         "globex-inbound": Self.otherWebhookSecret, "initech-key": "initech-api-key", "ingest-token": "ingest-bearer"])
+                         "globex-inbound": Self.otherWebhookSecret, "initech-key": "initech-api-key", "ingest-token": "ingest-bearer",
+                         "hooli-key": "hooli-api-key", "hooli-token": "hooli-bearer"])
         defer { dir.cleanup() }
         let config = try await ConfigurationTests.load(dir)
-        #expect(config.accounts.map(\.id) == ["acme", "globex", "initech"])
+        #expect(config.accounts.map(\.id) == ["acme", "globex", "hooli", "initech"])
 
         let acme = try #require(Self.account(config, "acme"))
         #expect(Self.credentials(acme)?.apiKey == "acme-api-key")
@@ -103,6 +107,12 @@ import Testing
         #expect(globex.rateLimit == RateLimitConfiguration(requests: 7, perSeconds: 10))
         #expect(globex.signingSecrets.map(\.value) == [Self.otherWebhookSecret])
         #expect(globex.bearerToken == nil)  // an explicit null turns the default off
+
+        // An account with an inbound credential of its own takes neither shared one: its own
+        // token, and not the shared signing secret (another customer's sender's).
+        let hooli = try #require(Self.account(config, "hooli"))
+        #expect(hooli.bearerToken?.value == "hooli-bearer")
+        #expect(hooli.signingSecrets.isEmpty)
 
         // A partial rate_limit takes the rest from partner.rate_limit.
         #expect(Self.account(config, "initech")?.rateLimit == RateLimitConfiguration(requests: 3, perSeconds: 30))

@@ -31,6 +31,29 @@ import Testing
         }
     }
 
+    /// Found from outside: an empty variable (a blank line of an EnvironmentFile) set the key's
+    /// default over the file's value; a secrets file of several CRLF lines was one secret; a
+    /// base URL with a query, a fragment or credentials passed.
+    @Test func anEmptyVariableSetsNothingCRLFSecretsSplitAndTheBaseURLIsPlain() async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3 }
+            partner: { base_url: "http://127.0.0.1:1/sandbox/", auth: { api_key_file: comeet-api-key } }
+            delivery: { workers: 7 }
+            """)
+        defer { dir.cleanup() }
+        let second = "whsec_" + Data(repeating: 3, count: 24).base64EncodedString()
+        try dir.write("inbound-secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\r\n\(second)\r\n")
+        let config = try await Self.load(dir, env: ["CANDIDATE_RELAY_PARTNER_BASE_URL": "", "CANDIDATE_RELAY_DELIVERY_WORKERS": " "])
+        #expect(config.partner.baseURL == "http://127.0.0.1:1/sandbox/")
+        #expect(config.delivery.workers == 7)
+        #expect(config.ingest.signingSecrets.map(\.value) == ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", second])
+
+        for url in ["http://127.0.0.1:1/api?x=1", "http://127.0.0.1:1/api/#frag", "http://user:pw@127.0.0.1:1/"] {
+            #expect(await Self.problems(dir, env: ["CANDIDATE_RELAY_PARTNER_BASE_URL": url])
+                == ["partner.base_url: must be an http(s) URL without query, fragment or credentials"])
+        }
+    }
+
     @Test func mapsEveryKeyFromYAML() async throws {
         let dir = try Self.fixture("""
             listen: { host: 0.0.0.0, port: 9000 }

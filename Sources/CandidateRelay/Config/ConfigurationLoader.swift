@@ -51,7 +51,11 @@ public struct ConfigurationLoader: Sendable {
     public func load(secretsRequired: Bool = true) async throws -> RelayConfiguration {
         var problems: [ConfigurationProblem] = []
         var providers: [any ConfigProvider] = [
-            EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: "candidate_relay")
+            // An empty variable sets nothing (as for the secrets): it meant the key's default,
+            // over the file's value (found from outside: `CANDIDATE_RELAY_PARTNER_BASE_URL=` left
+            // blank in an EnvironmentFile sent a sandbox's candidates to the production API).
+            EnvironmentVariablesProvider(environmentVariables: environment.filter { !$0.value.allSatisfy(\.isWhitespace) })
+                .prefixKeys(with: "candidate_relay")
         ]
         let fileExists = FileManager.default.fileExists(atPath: configPath)
         var accountIDs: [String]?

@@ -29,7 +29,8 @@ extension ConfigurationLoader {
               "storage.record_retention_days", "must cover the longest rate window (\(RelayConfiguration.number(config.longestRateWindowSeconds)) s): "
               + "the history of requests inside it rebuilds the rate windows at start")
         problems += storagePathProblems(config.storage.path)
-        check(isHTTPURL(config.partner.baseURL), "partner.base_url", "must be an http(s) URL")
+        check(isHTTPURL(config.partner.baseURL, allowQuery: false), "partner.base_url",
+              "must be an http(s) URL without query, fragment or credentials")
         check(config.partner.timeoutSeconds > 0, "partner.timeout_seconds", "must be > 0")
         check(config.partner.rateLimit.requests >= 0, "partner.rate_limit.requests", "must be >= 0 (0 = unlimited)")
         check(config.partner.rateLimit.perSeconds > 0, "partner.rate_limit.per_seconds", "must be > 0")
@@ -111,7 +112,7 @@ extension ConfigurationLoader {
         case .comeetJWT(_, _, let ttl):
             check(ttl > 0 && ttl <= 600, "partner.auth.token_ttl_seconds", "must be in (0, 600]: the partner refuses longer-lived tokens")
         case .oauth2ClientCredentials(let oauth):
-            check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL")
+            check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL without fragment or credentials")
             if config.namedAccounts == nil {
                 check(!oauth.clientID.isEmpty, "partner.auth.client_id", "required in oauth2_client_credentials mode")
             }
@@ -137,10 +138,15 @@ extension ConfigurationLoader {
         return problems
     }
 
-    static func isHTTPURL(_ text: String) -> Bool {
+    /// An http(s) URL with a host, without credentials in it (`check-config` prints URLs as
+    /// they are) or a fragment; `allowQuery: false` for a base that paths are appended to (a
+    /// query there made `…?x=1/candidates`). Found from outside: all three passed.
+    static func isHTTPURL(_ text: String, allowQuery: Bool = true) -> Bool {
         guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
             return false
         }
+        guard url.user == nil, url.password == nil, url.fragment == nil, !text.contains("#"), allowQuery || url.query == nil,
+              allowQuery || !text.contains("?") else { return false }
         return scheme == "http" || scheme == "https"
     }
 

@@ -69,7 +69,9 @@ final class SecretReader: @unchecked Sendable {
     func readList(fileKey: String, fileName: String?) -> [Secret] {
         guard let combined = read(fileKey: fileKey, fileName: fileName, required: false) else { return [] }
         return combined.value
-            .split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" || $0 == "\t" })
+            // `isWhitespace`, not a list of characters: a CRLF line end is one Character, equal to
+            // neither "\r" nor "\n", so a file of several CRLF lines was one secret (found from outside).
+            .split(whereSeparator: \.isWhitespace)
             .map { Secret(String($0), source: combined.source) }
     }
 }
