@@ -2,6 +2,7 @@ import ArgumentParser
 import CandidateRelay
 import Foundation
 import Logging
+import NIOCore
 
 /// The `candidate-relay` executable: argument parsing and one call into the library per
 /// subcommand. No behaviour lives here.
@@ -97,7 +98,13 @@ struct Serve: AsyncParsableCommand {
             Console.error("candidate-relay: cannot start: \(error)")
             throw ExitCode(1)
         }
-        try await app.run()
+        do {
+            try await app.run()
+        } catch is SocketAddressError.UnknownHost {
+            // A `listen.host` that does not resolve is the configuration's fault: 78, which the
+            // unit does not restart (RestartPreventExitStatus), not a restart every few seconds.
+            throw ExitCode(78)
+        }
     }
 }
 

@@ -377,6 +377,23 @@ import Glibc
         #expect(await daemon.waitForExit() == 0)
     }
 
+    /// A `listen.host` that does not resolve is a configuration error: 78, which the unit does
+    /// not restart, not 1 (found from outside: restarted every few seconds). One that is no host
+    /// name at all is refused by check-config already.
+    @Test func aListenHostThatDoesNotResolveExits78() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let config = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
+        try dir.write("config.yaml", config.replacingOccurrences(of: "host: 127.0.0.1", with: "host: nohost.invalid"))
+        let daemon = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        #expect(await daemon.waitForExit(timeout: 30) == 78)
+        #expect((daemon.events("relay.failed").first?["reason"] as? String)?.contains("nohost.invalid") == true)
+        let check = try RelayProcess(arguments: ["check-config", "--config", dir.file("config.yaml")],
+                                     environment: ["CANDIDATE_RELAY_LISTEN_HOST": "not a host"])
+        #expect(await check.waitForExit(timeout: 30) == 78)
+        #expect(check.text.contains("listen.host: must be an IP address or a host name"))
+    }
+
     @Test func checkConfigExits78WithOneLinePerProblem() async throws {
         let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", extra: "")
         defer { dir.cleanup() }

@@ -201,7 +201,8 @@ public final class RelayApplication: Sendable {
         } catch {
             // A system call's failure says which and why (the port in use was only on stderr);
             // other errors only their type (a message could quote stored data).
-            let reason = (error as? IOError).map { ["reason": $0.description] } ?? [:]
+            let reason = ((error as? IOError)?.description ?? (error as? SocketAddressError.UnknownHost)?.description)
+                .map { ["reason": $0] } ?? [:]
             logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error)), extra: reason))
             await close()
             throw error

@@ -11,7 +11,12 @@ extension ConfigurationLoader {
             if !ok { problems.append(.init(key, message)) }
         }
         check((0...65535).contains(config.listen.port), "listen.port", "must be 0...65535")
-        check(!config.listen.host.isEmpty, "listen.host", "must not be empty")
+        // An IP address or a host name, as characters go (found from outside: `not a host`
+        // passed here, and `serve` failed to resolve it with exit 1, restarted by systemd every
+        // few seconds instead of stopping at a configuration error).
+        check(!config.listen.host.isEmpty && config.listen.host.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || ".-_:%[]".unicodeScalars.contains(scalar))
+        }, "listen.host", "must be an IP address or a host name")
         check(config.ingest.maxBodyBytes >= 1024, "ingest.max_body_bytes", "must be at least 1024")
         // SQLite's own limit on one value (SQLITE_MAX_LENGTH): a larger body could not be stored.
         check(config.ingest.maxBodyBytes <= 1_000_000_000, "ingest.max_body_bytes", "must be at most 1000000000")
