@@ -33,8 +33,8 @@ import Testing
 
     /// Found from outside: an empty variable (a blank line of an EnvironmentFile) set the key's
     /// default over the file's value; a secrets file of several CRLF lines was one secret; a
-    /// base URL with a query, a fragment or credentials passed.
-    @Test func anEmptyVariableSetsNothingCRLFSecretsSplitAndTheBaseURLIsPlain() async throws {
+    /// base URL with a query, a fragment or credentials passed; `0x10` seconds were 16.
+    @Test func anEmptyVariableSetsNothingCRLFSecretsSplitTheBaseURLIsPlainAndSecondsDecimal() async throws {
         let dir = try Self.fixture("""
             storage: { path: $DIR/o.sqlite3 }
             partner: { base_url: "http://127.0.0.1:1/sandbox/", auth: { api_key_file: comeet-api-key } }
@@ -52,6 +52,10 @@ import Testing
             #expect(await Self.problems(dir, env: ["CANDIDATE_RELAY_PARTNER_BASE_URL": url])
                 == ["partner.base_url: must be an http(s) URL without query, fragment or credentials"])
         }
+        // Seconds are decimal: Swift's Double reads hexadecimal too.
+        #expect(await Self.problems(dir, env: ["CANDIDATE_RELAY_PARTNER_TIMEOUT_SECONDS": "0x10"])
+            == ["partner.timeout_seconds: expected a number, got \"0x10\""])
+        #expect(try await Self.load(dir, env: ["CANDIDATE_RELAY_PARTNER_TIMEOUT_SECONDS": "1.5e1"]).partner.timeoutSeconds == 15)
     }
 
     @Test func mapsEveryKeyFromYAML() async throws {

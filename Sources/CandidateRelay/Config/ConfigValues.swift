@@ -48,7 +48,10 @@ struct ConfigValues {
 
     mutating func double(_ key: String, _ fallback: Double) -> Double {
         guard let text = raw(key) else { return fallback }
-        guard let value = Double(text.replacingOccurrences(of: "_", with: "")), value.isFinite else {
+        // Decimal only: Swift's `Double` also reads hexadecimal (`0x10` was 16 s, `0x1p-30` a
+        // nanosecond; found from outside), which the integer keys refuse.
+        guard text.allSatisfy({ "0123456789.eE+-_".contains($0) }),
+              let value = Double(text.replacingOccurrences(of: "_", with: "")), value.isFinite else {
             problems.append(.init(key, "expected a number, got \"\(text)\""))
             return fallback
         }
