@@ -213,6 +213,22 @@ import Testing
         #expect(try await Self.claim(outbox, ["acme"], at: now.addingTimeInterval(11))?.id == "a1")
     }
 
+    /// Marks set within one second end together, at the next whole second but one: marks of a
+    /// fixed length, set as each account's last event went out, ended one by one ever after, and
+    /// the idle workers woke for each (300 accounts: ~300 looks a second, found from outside).
+    @Test func quietMarksSetWithinASecondEndTogether() {
+        let quiet = QuietAccounts()
+        let base = Self.start  // a whole second
+        quiet.note("acme", earliest: nil, now: base.addingTimeInterval(0.2))
+        quiet.note("globex", earliest: nil, now: base.addingTimeInterval(0.9))
+        quiet.note("initech", earliest: base.addingTimeInterval(1.5), now: base.addingTimeInterval(0.9))
+        #expect(quiet.quietUntil("acme", at: base.addingTimeInterval(1)) == base.addingTimeInterval(2))
+        #expect(quiet.quietUntil("globex", at: base.addingTimeInterval(1)) == base.addingTimeInterval(2))
+        // An earlier due event still ends the mark sooner.
+        #expect(quiet.quietUntil("initech", at: base.addingTimeInterval(1)) == base.addingTimeInterval(1.5))
+        #expect(quiet.accounts(at: base.addingTimeInterval(2)).isEmpty)
+    }
+
     /// A due event held back by one in flight for its natural key marks nothing: it waits for
     /// that answer, not for time, and is claimed as soon as the answer is recorded.
     @Test func aDueEventBehindOneInFlightIsNeverQuiet() async throws {
