@@ -584,6 +584,43 @@ import Testing
         #expect(try await outbox.record(id: "e1")?.lastError == "erased")
     }
 
+    /// `forget` and the payload's retention leave an idempotency key only as its SHA-256 (a
+    /// sender may build its keys from personal data; found from outside), and a replay of the
+    /// erased event's webhook is still a duplicate: nothing is stored again.
+    @Test func erasureLeavesAnIdempotencyKeyOnlyAsItsHash() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        for (id, partnerID) in [("e1", "X"), ("e2", "Y"), ("e3", "Z")] {
+            _ = try await outbox.accept(Self.submission(id, key: "cand-\(partnerID)-NID998877", body: "{\"\(id)\":1}", partnerID: partnerID, at: start),
+                                        maxBacklog: 10)
+        }
+        let keys = { try await outbox.pool.read { db in try String?.fetchAll(db, sql: "SELECT idempotency_key FROM events ORDER BY id") } }
+        _ = try await outbox.forget(partnerCandidateID: "X", now: start)
+        let delivered = try #require(try await outbox.claimNextDue(accounts: [AccountConfiguration.defaultID], freshSince: nil, smallPayloadOnly: false, now: start,
+                                                                   leaseSeconds: 60, maxAgeSeconds: 1_000, maxAttempts: 10).claimed)
+        #expect(delivered.id == "e2")
+        #expect(try await outbox.complete(delivered, outcome: .delivered(candidateUID: "u2", status: 201, summary: nil, fullResponse: nil),
+                                          now: start, latencyMs: 5))
+        _ = try await outbox.prune(payloadBefore: start.addingTimeInterval(1), recordBefore: start, includeDead: false,
+                                   now: start.addingTimeInterval(2))
+        #expect(try await keys() == [Outbox.erasedKey("cand-X-NID998877"), Outbox.erasedKey("cand-Y-NID998877"), "cand-Z-NID998877"])
+        #expect(Outbox.erasedKey("cand-X-NID998877").hasPrefix("sha256:") && !Outbox.erasedKey("cand-X-NID998877").contains("NID"))
+
+        // A replay of the forgotten webhook: the same event, nothing stored.
+        let replay = try await outbox.accept(Self.submission("e4", key: "cand-X-NID998877", body: "{\"e1\":1}", partnerID: "X", at: start),
+                                             maxBacklog: 10)
+        guard case .duplicate(let record) = replay else {
+            Issue.record("not a duplicate: \(replay)")
+            return
+        }
+        #expect(record.id == "e1")
+        // Erased again (a second forget): the key stays as it is.
+        _ = try await outbox.forget(partnerCandidateID: "X", now: start)
+        #expect(try await keys().first == Outbox.erasedKey("cand-X-NID998877"))
+        #expect(try await outbox.record(id: "e4") == nil)
+    }
+
     /// Bodies on both sides of `PayloadStore.directLimit` (bound values, and blob I/O into a
     /// zeroblob) come back byte for byte, and every way of erasing one removes its row.
     @Test(arguments: [10, PayloadStore.directLimit, PayloadStore.directLimit + 1, 3_000_000])

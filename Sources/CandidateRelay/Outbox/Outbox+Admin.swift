@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import GRDB
 #if canImport(Glibc)
@@ -172,6 +173,7 @@ extension Outbox {
                                arguments: [now.millis] + arguments)
                 try PayloadStore.erase(db, eventsWhere: condition, arguments: arguments)
                 try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
+                try Self.eraseIdempotencyKeys(db, eventsWhere: condition, arguments: arguments)
                 return ids.count
             }
             try await pause.after(ContinuousClock.now - started)
@@ -245,10 +247,32 @@ extension Outbox {
                 sql: "UPDATE events SET partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",
                 arguments: [now.millis] + arguments)
             try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
+            try Self.eraseIdempotencyKeys(db, eventsWhere: condition, arguments: arguments)
             return ForgetReport(events: ids, pendingStopped: stopped)
         }
         if report.pendingStopped > 0 { invalidateSettled() }  // pending events made dead
         return report
+    }
+
+    /// An idempotency key as an erasure leaves it: its SHA-256, so that a replay is still
+    /// known (`acceptRows` looks for both forms) but the key is no longer readable. A sender
+    /// may build its keys from personal data (`candidate-<national id>`): `forget` and the
+    /// payload's retention left them in the outbox for the record's year (found from outside).
+    static func erasedKey(_ key: String) -> String {
+        "sha256:" + IngestHandler.hex(SHA256.hash(data: Data(key.utf8)))
+    }
+
+    /// Replaces the idempotency keys of the events matched by their erased form (those not in
+    /// that form yet).
+    static func eraseIdempotencyKeys(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {
+        let erasedForm = "sha256:" + String(repeating: "[0-9a-f]", count: 64)
+        let rows = try Row.fetchAll(
+            db, sql: "SELECT id, idempotency_key FROM events WHERE (\(condition)) AND NOT (idempotency_key GLOB '\(erasedForm)')",
+            arguments: arguments)
+        for row in rows {
+            try db.execute(sql: "UPDATE events SET idempotency_key = ? WHERE id = ?",
+                           arguments: [erasedKey(row[1]), row[0] as String])
+        }
     }
 
     /// Keeps only the code of `last_error` and of the history's errors (`code: message` → `code`):

@@ -89,13 +89,7 @@ extension Outbox {
         let closed = closedAccounts.withLock { $0 }
         for pending in batch {
             let submission = pending.submission
-            // A probe first (nearly every key is new), the whole record only for a replay.
-            if let key = submission.idempotencyKey,
-               try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key = ?"),
-                                arguments: [submission.account, key]) != nil,
-               let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key = ?"),
-                arguments: [submission.account, key]) {
+            if let key = submission.idempotencyKey, let row = try Self.replayed(db, account: submission.account, key: key) {
                 let existing = EventRecord(row: row)
                 guard (row["body_sha256"] as String) == submission.bodySHA256 else {
                     results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
@@ -132,6 +126,19 @@ extension Outbox {
             results.append(.success(.created(EventRecord(inserted: submission))))
         }
         return results
+    }
+
+    /// The event an idempotency key already created in `account` (its record and
+    /// `body_sha256`), if any. A probe first (nearly every key is new), the whole record only for
+    /// a replay. The key as sent, or as an erasure left it (`erasedKey`): a replay of a forgotten
+    /// candidate's webhook is still a replay, and stores nothing again.
+    private static func replayed(_ db: Database, account: String, key: String) throws -> Row? {
+        let arguments: StatementArguments = [account, key, erasedKey(key)]
+        guard try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key IN (?, ?)"),
+                               arguments: arguments) != nil else { return nil }
+        return try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key IN (?, ?)"),
+            arguments: arguments)
     }
 
     /// An account's pending + in-flight events at the start of a batch. Far below the limit, a
