@@ -100,9 +100,10 @@ struct Serve: AsyncParsableCommand {
         }
         do {
             try await app.run()
-        } catch is SocketAddressError.UnknownHost {
-            // A `listen.host` that does not resolve is the configuration's fault: 78, which the
+        } catch let error as SocketAddressError.UnknownHost where error.errorCode == Int(EAI_NONAME) {
+            // A `listen.host` that names nothing is the configuration's fault: 78, which the
             // unit does not restart (RestartPreventExitStatus), not a restart every few seconds.
+            // Any other resolver failure (`EAI_AGAIN`: DNS not up yet at boot) stays 1, restarted.
             throw ExitCode(78)
         }
     }

@@ -108,11 +108,12 @@ import Testing
         #expect(globex.signingSecrets.map(\.value) == [Self.otherWebhookSecret])
         #expect(globex.bearerToken == nil)  // an explicit null turns the default off
 
-        // An account with an inbound credential of its own takes neither shared one: its own
-        // token, and not the shared signing secret (another customer's sender's).
+        // Each inbound key falls back on its own (CONTRACT section 8): its own token, the shared
+        // signing secrets. (Taking neither shared one once either is set, tried after an outside
+        // attack, left an account with its own secret and a shared token with open reads.)
         let hooli = try #require(Self.account(config, "hooli"))
         #expect(hooli.bearerToken?.value == "hooli-bearer")
-        #expect(hooli.signingSecrets.isEmpty)
+        #expect(hooli.signingSecrets.map(\.value) == ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
 
         // A partial rate_limit takes the rest from partner.rate_limit.
         #expect(Self.account(config, "initech")?.rateLimit == RateLimitConfiguration(requests: 3, perSeconds: 30))

@@ -137,17 +137,12 @@ extension ConfigurationLoader {
             var rateLimit = config.partner.rateLimit
             rateLimit.requests = values.int(prefix + "rate_limit.requests", rateLimit.requests)
             rateLimit.perSeconds = values.double(prefix + "rate_limit.per_seconds", rateLimit.perSeconds)
-            // An account with an inbound credential of its own takes none of the shared ones:
-            // one that set only a bearer token still accepted the shared signing secret (the
-            // example config sets one), so another customer's sender could post into it (found
-            // from outside).
             let signingKey = prefix + "inbound.signing_secrets_file"
-            let bearerKey = prefix + "inbound.bearer_token_file"
-            let ownInbound = own("inbound.signing_secrets_file") || own("inbound.bearer_token_file")
-            let signingSecrets = ownInbound
+            let signingSecrets = own("inbound.signing_secrets_file")
                 ? secrets.readList(fileKey: signingKey, fileName: values.optionalString(signingKey, default: nil))
                 : config.ingest.signingSecrets
-            let bearerToken = ownInbound
+            let bearerKey = prefix + "inbound.bearer_token_file"
+            let bearerToken = own("inbound.bearer_token_file")
                 ? secrets.read(fileKey: bearerKey, fileName: values.optionalString(bearerKey, default: nil), required: false)
                 : config.ingest.bearerToken
             return AccountConfiguration(id: id, auth: auth, rateLimit: rateLimit, signingSecrets: signingSecrets, bearerToken: bearerToken)

@@ -255,20 +255,26 @@ extension Outbox {
     }
 
     /// An idempotency key as an erasure leaves it: its SHA-256, so that a replay is still
-    /// known (`acceptRows` looks for both forms) but the key is no longer readable. A sender
+    /// known (`acceptRows` looks for both forms) but the key is not stored as sent. A sender
     /// may build its keys from personal data (`candidate-<national id>`): `forget` and the
     /// payload's retention left them in the outbox for the record's year (found from outside).
+    /// A hash, not an erasure proper: a key of few possible values (a national id) can be found
+    /// again by hashing them all.
     static func erasedKey(_ key: String) -> String {
-        "sha256:" + IngestHandler.hex(SHA256.hash(data: Data(key.utf8)))
+        erasedKeyPrefix + IngestHandler.hex(SHA256.hash(data: Data(key.utf8)))
     }
+
+    /// U+FFFD first: ingest refuses keys that hold it (`IngestHandler.keyProblem`), so no sender's
+    /// key is ever in the erased form. With a plain `sha256:` one could be (review): its event's
+    /// erased key then broke the unique index, and `forget` and retention failed on it.
+    static let erasedKeyPrefix = "\u{FFFD}sha256:"
 
     /// Replaces the idempotency keys of the events matched by their erased form (those not in
     /// that form yet).
     static func eraseIdempotencyKeys(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {
-        let erasedForm = "sha256:" + String(repeating: "[0-9a-f]", count: 64)
         let rows = try Row.fetchAll(
-            db, sql: "SELECT id, idempotency_key FROM events WHERE (\(condition)) AND NOT (idempotency_key GLOB '\(erasedForm)')",
-            arguments: arguments)
+            db, sql: "SELECT id, idempotency_key FROM events WHERE (\(condition)) AND NOT (idempotency_key GLOB ?)",
+            arguments: arguments + [erasedKeyPrefix + String(repeating: "[0-9a-f]", count: 64)])
         for row in rows {
             try db.execute(sql: "UPDATE events SET idempotency_key = ? WHERE id = ?",
                            arguments: [erasedKey(row[1]), row[0] as String])
