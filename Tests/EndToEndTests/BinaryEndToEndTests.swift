@@ -11,12 +11,12 @@ import Glibc
 /// The built `candidate-relay` binary: crash, restart, signals, admin commands.
 @Suite(.serialized) struct BinaryEndToEndTests {
     /// A config directory for the binary: secrets next to the config, outbox inside.
-    static func configDirectory(partnerURL: String, extra: String = "") throws -> TemporaryDirectory {
+    static func configDirectory(partnerURL: String, host: String = "127.0.0.1", port: Int = 0, extra: String = "") throws -> TemporaryDirectory {
         let dir = try TemporaryDirectory()
         try dir.write("comeet-api-key", "demo-api-key\n")
         try dir.write("comeet-secret", "demo-secret\n")
         try dir.write("config.yaml", """
-            listen: { host: 127.0.0.1, port: 0 }
+            listen: { host: \(host), port: \(port) }
             ingest: { signing_secrets_file: null, allow_unauthenticated: true }
             storage: { path: \(dir.path)/state/outbox.sqlite3 }
             partner: { base_url: \(partnerURL), timeout_seconds: 5 }
@@ -365,10 +365,8 @@ import Glibc
         defer { first.cleanup() }
         let daemon = try RelayProcess(arguments: ["serve", "--config", first.file("config.yaml")])
         let port = try await daemon.waitUntilReady()
-        let second = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        let second = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", port: port)
         defer { second.cleanup() }
-        let config = try String(contentsOfFile: second.file("config.yaml"), encoding: .utf8)
-        try second.write("config.yaml", config.replacingOccurrences(of: "port: 0", with: "port: \(port)"))
         let other = try RelayProcess(arguments: ["serve", "--config", second.file("config.yaml")])
         #expect(await other.waitForExit(timeout: 30) == 1)
         #expect(other.events("relay.failed").first?["error"] as? String == "IOError")
@@ -381,10 +379,8 @@ import Glibc
     /// not restart, not 1 (found from outside: restarted every few seconds). One that is no host
     /// name at all is refused by check-config already.
     @Test func aListenHostThatDoesNotResolveExits78() async throws {
-        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9", host: "nohost.invalid")
         defer { dir.cleanup() }
-        let config = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
-        try dir.write("config.yaml", config.replacingOccurrences(of: "host: 127.0.0.1", with: "host: nohost.invalid"))
         let daemon = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         #expect(await daemon.waitForExit(timeout: 30) == 78)
         #expect((daemon.events("relay.failed").first?["reason"] as? String)?.contains("nohost.invalid") == true)

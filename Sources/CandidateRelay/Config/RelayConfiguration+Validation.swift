@@ -150,8 +150,7 @@ extension ConfigurationLoader {
         guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), let host = url.host, !host.isEmpty else {
             return false
         }
-        guard url.user == nil, url.password == nil, url.fragment == nil, !text.contains("#"), allowQuery || url.query == nil,
-              allowQuery || !text.contains("?") else { return false }
+        guard url.user == nil, url.password == nil, !text.contains("#"), allowQuery || !text.contains("?") else { return false }
         return scheme == "http" || scheme == "https"
     }
 

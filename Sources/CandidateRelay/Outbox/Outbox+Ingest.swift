@@ -6,7 +6,12 @@ public struct Submission: Sendable {
     public var id: String
     /// The account it arrived for (its path): idempotency and "one in flight" are per account.
     public var account: String
-    public var idempotencyKey: String?
+    public var idempotencyKey: String? {
+        didSet { erasedIdempotencyKey = idempotencyKey.map(Outbox.erasedKey) }
+    }
+    /// The key as an erasure leaves it (`Outbox.erasedKey`), which the accept's probe looks for
+    /// too: hashed where the submission is made (ingest's event loop), not on the writer's queue.
+    private(set) var erasedIdempotencyKey: String?
     public var bodySHA256: String
     public var positionUID: String
     public var partnerCandidateID: String
@@ -19,6 +24,7 @@ public struct Submission: Sendable {
         self.id = id
         self.account = account
         self.idempotencyKey = idempotencyKey
+        self.erasedIdempotencyKey = idempotencyKey.map(Outbox.erasedKey)
         self.bodySHA256 = bodySHA256
         self.positionUID = positionUID
         self.partnerCandidateID = partnerCandidateID
@@ -89,7 +95,8 @@ extension Outbox {
         let closed = closedAccounts.withLock { $0 }
         for pending in batch {
             let submission = pending.submission
-            if let key = submission.idempotencyKey, let row = try Self.replayed(db, account: submission.account, key: key) {
+            if let key = submission.idempotencyKey, let erased = submission.erasedIdempotencyKey,
+               let row = try Self.replayed(db, account: submission.account, key: key, erasedKey: erased) {
                 let existing = EventRecord(row: row)
                 guard (row["body_sha256"] as String) == submission.bodySHA256 else {
                     results.append(.failure(OutboxError.idempotencyKeyReused(existingID: existing.id)))
@@ -132,8 +139,8 @@ extension Outbox {
     /// `body_sha256`), if any. A probe first (nearly every key is new), the whole record only for
     /// a replay. The key as sent, or as an erasure left it (`erasedKey`): a replay of a forgotten
     /// candidate's webhook is still a replay, and stores nothing again.
-    private static func replayed(_ db: Database, account: String, key: String) throws -> Row? {
-        let arguments: StatementArguments = [account, key, erasedKey(key)]
+    private static func replayed(_ db: Database, account: String, key: String, erasedKey: String) throws -> Row? {
+        let arguments: StatementArguments = [account, key, erasedKey]
         guard try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key IN (?, ?)"),
                                arguments: arguments) != nil else { return nil }
         return try Row.fetchOne(
