@@ -298,14 +298,7 @@ public struct IngestHandler: Sendable {
 
     /// Lower-case hex of a digest (without a `String(format:)` per byte on the ingest path).
     static func hex(_ digest: SHA256.Digest) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(64)
-        for byte in digest {
-            bytes.append(digits[Int(byte >> 4)])
-            bytes.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        Hex.string(digest, count: SHA256.Digest.byteCount)
     }
 
     /// The idempotency key: `webhook-id`, else `Idempotency-Key`. A blank value is no key at all

@@ -24,9 +24,44 @@ extension Date {
 /// by arrival and never collide across restarts.
 public enum EventID {
     public static func generate(now: Date = Date()) -> String {
-        let time = String(UInt64(max(0, now.millis)), radix: 16)
-        let padded = String(repeating: "0", count: max(0, 12 - time.count)) + time
-        let random = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        return "evt_" + padded + String(repeating: "0", count: 16 - random.count) + random
+        let time = UInt64(max(0, now.millis))
+        // 12 digits until the year 10889; more, as many as it takes (never cut).
+        let timeDigits = max(12, (64 - time.leadingZeroBitCount + 3) / 4)
+        let random = UInt64.random(in: 0...UInt64.max)
+        // Written in one buffer: the `String(radix:)`s, paddings and concatenations took ~1 % of
+        // ingest's CPU (perf).
+        return String(unsafeUninitializedCapacity: 4 + timeDigits + 16) { buffer in
+            for (offset, byte) in "evt_".utf8.enumerated() { buffer[offset] = byte }
+            Hex.write(time, digits: timeDigits, into: buffer, at: 4)
+            Hex.write(random, digits: 16, into: buffer, at: 4 + timeDigits)
+            return 4 + timeDigits + 16
+        }
+    }
+}
+
+/// Lowercase hexadecimal, written straight into a string's bytes.
+enum Hex {
+    static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// `value`'s last `digits` hex digits, zero-padded, at `buffer[start...]`.
+    static func write(_ value: UInt64, digits count: Int, into buffer: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
+        var rest = value
+        for offset in stride(from: start + count - 1, through: start, by: -1) {
+            buffer[offset] = digits[Int(rest & 0x0f)]
+            rest >>= 4
+        }
+    }
+
+    /// Each byte as two digits.
+    static func string<Bytes: Sequence<UInt8>>(_ bytes: Bytes, count: Int) -> String {
+        String(unsafeUninitializedCapacity: 2 * count) { buffer in
+            var offset = 0
+            for byte in bytes where offset + 1 < buffer.count {
+                buffer[offset] = digits[Int(byte >> 4)]
+                buffer[offset + 1] = digits[Int(byte & 0x0f)]
+                offset += 2
+            }
+            return offset
+        }
     }
 }

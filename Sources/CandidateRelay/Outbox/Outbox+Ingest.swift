@@ -141,8 +141,14 @@ extension Outbox {
     /// candidate's webhook is still a replay, and stores nothing again.
     private static func replayed(_ db: Database, account: String, key: String, erasedKey: String) throws -> Row? {
         let arguments: StatementArguments = [account, key, erasedKey]
-        guard try Int.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM events WHERE account = ? AND idempotency_key IN (?, ?)"),
-                               arguments: arguments) != nil else { return nil }
+        // Two equality seeks: `IN (?, ?)` built and filled a temporary b-tree of the two keys on
+        // every execution (perf: a third of the probe's time).
+        guard try Bool.fetchOne(
+            db.cachedStatement(sql: """
+                SELECT EXISTS (SELECT 1 FROM events WHERE account = ?1 AND idempotency_key = ?2)
+                    OR EXISTS (SELECT 1 FROM events WHERE account = ?1 AND idempotency_key = ?3)
+                """),
+            arguments: arguments) == true else { return nil }
         return try Row.fetchOne(
             db.cachedStatement(sql: "SELECT \(EventRecord.columns), body_sha256 FROM events WHERE account = ? AND idempotency_key IN (?, ?)"),
             arguments: arguments)
