@@ -19,6 +19,22 @@ import Testing
         return (dir, try Outbox(path: dir.file("o.sqlite3")))
     }
 
+    /// `evt_`, the milliseconds in 12 hex digits (more only past them, never cut), 16 random ones;
+    /// ids sort by arrival. Digests in lower-case hex.
+    @Test func eventIDsAndHex() {
+        let at = Date(millis: 0x0123_4567_89AB)
+        let id = EventID.generate(now: at)
+        #expect(id.hasPrefix("evt_0123456789ab") && id.utf8.count == 32)
+        #expect(id.dropFirst(16).allSatisfy { "0123456789abcdef".contains($0) })
+        #expect(EventID.generate(now: Date(millis: 5)).hasPrefix("evt_000000000005"))
+        #expect(EventID.generate(now: Date(millis: 0x1_0000_0000_0000)).hasPrefix("evt_1000000000000"))
+        #expect(EventID.generate(now: Date(millis: 0x1_0000_0000_0000)).utf8.count == 33)
+        #expect(EventID.generate(now: at) < EventID.generate(now: at.addingTimeInterval(0.001)))
+        #expect(Set((0..<100).map { _ in EventID.generate(now: at) }).count == 100)
+        #expect(IngestHandler.hex(SHA256.hash(data: Data("abc".utf8)))
+                == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
     @Test func writerIsSynchronousFullAndFilesArePrivate() throws {
         let dir = try TemporaryDirectory()
         defer { dir.cleanup() }

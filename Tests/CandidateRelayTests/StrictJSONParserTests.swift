@@ -21,6 +21,16 @@ import Testing
         #expect(parsed == valid, "\(text)")
     }
 
+    /// Unescaped strings take two ways: ASCII as it is, anything else through UTF-8 validation.
+    @Test func unescapedStringsAsciiAndNot() throws {
+        #expect(try StrictJSONParser.parse(Data(#"["plain ascii","Zoë Ólafsdóttir 😀"]"#.utf8))
+                == .array([.string("plain ascii"), .string("Zoë Ólafsdóttir 😀")]))
+        for bad: [UInt8] in [[0xFF], [0xC3], [0xE2, 0x82], [0xED, 0xA0, 0x80], [0xC0, 0xAF]] {
+            let body = Data(#"["ok","a"#.utf8) + Data(bad) + Data(#"b"]"#.utf8)
+            #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(body) }
+        }
+    }
+
     @Test func depthIsBounded() {
         let ok = String(repeating: "[", count: 64) + String(repeating: "]", count: 64)
         let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
