@@ -84,9 +84,13 @@ struct Serve: AsyncParsableCommand {
         }
         let config = try await options.load()
         let settings = LogSettings(level: config.logging.level, format: config.logging.format)
+        // A SIGHUP before the reload service traps it (a start that waits for disk space can
+        // last minutes) is dropped, not the daemon's end: its default action terminates, and
+        // systemd counts that a clean exit, not restarted.
+        signal(SIGHUP, SIG_IGN)
         let app: RelayApplication
         do {
-            app = try await RelayApplication(configuration: config, logSettings: settings, reloader: options.loader)
+            app = try await RelayApplication.starting(configuration: config, logSettings: settings, reloader: options.loader)
         } catch {
             // A log line too (JSON by default): the runbook's journal queries read only those
             // (found from outside: a locked, damaged or newer outbox said why only in plain
