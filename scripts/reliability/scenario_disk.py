@@ -16,6 +16,11 @@ Needs root (tmpfs mounts); otherwise every part is reported SKIP (not passed, no
 4. `backup` to a disk that fills up: it fails, says so, and leaves nothing there (a cut-off copy
    full of candidates, and its journal, once stayed and blocked the retry); the retry to a disk
    with room makes a whole copy.
+5. A restart on a full disk (found from outside: it exited 1, and under the unit's restarts
+   systemd's start limit left it failed for good): candidates accepted while the partner is held,
+   a clean stop (or a kill -9 with some in flight), the disk filled, a start: the process waits
+   (no exit within 8 s) and says why (`storage.full_at_start`); the filler deleted, it starts by
+   itself (same process) and delivers every acked candidate once.
 """
 
 from __future__ import annotations
@@ -301,6 +306,85 @@ def backup_to_full_disk(results: lib.Results, long: bool) -> dict:
         lib.umount(mnt)
 
 
+def fill_up(path: str) -> None:
+    """Writes `path` until the filesystem refuses (ENOSPC), down to its last bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
+    out = {}
+    for how in ("after a clean stop", "after kill -9 with deliveries in flight"):
+        label = f"restart on a full disk {how}"
+        work = tmpfs_workdir(results, label, "4m")
+        if work is None:
+            return out
+        root, mnt = work
+        try:
+            sim = lib.Simulator().start()
+            held = {"requests": 1, "per_seconds": 86400}
+            if how.startswith("after kill"):
+                # In flight when killed: the partner answers after 3 s (timeout 5 s).
+                sim.set_faults({"latencyMs": 3000})
+                held = {"requests": 0, "per_seconds": 60}
+            relay = lib.Relay(os.path.join(root, "relay"), sim=sim,
+                              config={"storage": {"path": os.path.join(mnt, "state", "outbox.sqlite3")},
+                                      "ingest": {"max_body_bytes": 65536},
+                                      "partner": {"rate_limit": held}})
+            relay.start()
+            ledger = lib.Ledger()
+            for i in range(12):
+                msg = lib.new_msg_id()
+                status, _, resp = lib.signed_post(relay, lib.candidate(i, "pos-restart-full", f"rfull-{i}"), msg_id=msg)
+                ledger.record(msg, status, resp, ("pos-restart-full", f"rfull-{i}"), 0)
+            if how.startswith("after kill"):
+                lib.wait_until(lambda: relay.state_counts()["in_flight"] > 0, 10)
+                in_flight = relay.state_counts()["in_flight"]
+                relay.kill()
+                out["restart_full_in_flight_at_kill"] = in_flight
+            else:
+                relay.stop()
+            filler = os.path.join(mnt, "filler")
+            fill_up(filler)
+            sim.set_faults({})
+            relay.config["partner"]["rate_limit"] = {"requests": 0, "per_seconds": 60}
+            relay.write_config()
+            mark = len(relay.raw_lines)
+            relay.start(wait=False)
+            exited = relay.wait_exit(8)
+            results.check(f"{NAME}: {label}: the daemon waits instead of exiting", exited is None,
+                          f"rc={exited}; output: {relay.raw_lines[mark:][-3:]}")
+            said = relay.events("storage.full_at_start", since=mark)
+            results.check(f"{NAME}: {label}: storage.full_at_start says why", bool(said) and "directory" in said[0],
+                          f"{said[:1]}")
+            os.unlink(filler)
+            started_port = None
+            try:
+                started_port = relay.wait_started(mark, 20)
+            except lib.RelayStartError as exc:
+                results.check(f"{NAME}: {label}: starts by itself once space is freed", False, str(exc)[:300])
+            if started_port:
+                results.check(f"{NAME}: {label}: starts by itself once space is freed (same process)",
+                              relay.running() and relay.starts == 2, f"starts={relay.starts}")
+                counts = lib.verify_end_state(results, f"{NAME}: {label}", relay, sim, ledger, drain_timeout=40)
+                out[f"restart_full_{'kill' if how.startswith('after kill') else 'stop'}"] = counts
+                rc = relay.stop()
+                results.check(f"{NAME}: {label}: SIGTERM exits 0", rc == 0, f"rc={rc}")
+            sim.stop()
+        finally:
+            lib.kill_all_processes()
+            lib.umount(mnt)
+    return out
+
+
 def run(results: lib.Results, long: bool) -> dict:
     if not lib.is_root():
         results.skip(f"{NAME}", "needs root for tmpfs mounts (run the suite as root to cover full and read-only disks)")
@@ -308,4 +392,5 @@ def run(results: lib.Results, long: bool) -> dict:
     counts = full_disk(results, long)
     counts.update(unusable_state(results, long))
     counts.update(backup_to_full_disk(results, long))
+    counts.update(restart_on_full_disk(results, long))
     return counts
