@@ -105,6 +105,15 @@ import Testing
         #expect(DeliveryDecision.describe("too_many_requests", body: Data(Self.error(429, "too_many_requests").utf8)) == "too_many_requests: m")
     }
 
+    /// Codes are words: a number, a phone or id spelled with dashes, echoed back by a partner,
+    /// is not one (it stays with the message, in the outbox only).
+    @Test(arguments: [("candidate_post_conflict", true), ("duplicate_candidate", true), ("E1001", false),
+                      ("http.429-retry", true), ("v2_error_404", true), ("987654321", false), ("555-123-4567", false),
+                      ("id-123456789", false), ("_x", false), ("", false), (String(repeating: "a", count: 65), false)])
+    func errorCodesAreWordsNotNumbers(code: String, usable: Bool) {
+        #expect((PartnerErrorBody.usableCode(code) != nil) == usable, "\(code)")
+    }
+
     @Test func summaryKeepsOnlyNonPersonalFields() throws {
         let body = #"{"uid":"1","position_uid":"p","status":"s","first_name":"Ada","email":"a@example.com","current_steps":[],"completed_steps":[],"source_contact":{"email":"b@example.com"}}"#
         guard case .delivered(_, let summary?) = OutcomeClassifier.classify(Self.response(201, body), now: Self.now) else {
