@@ -340,6 +340,23 @@ import Testing
         #expect(try await f.outbox.status(now: Date()).counts.values.reduce(0, +) == 1)
     }
 
+    /// The key's own checks, byte by byte: U+FFFD anywhere, ", " (a repeated header folded into
+    /// one), the length; other keys, non-ASCII ones too, pass without a header lookup.
+    @Test func idempotencyKeyProblems() {
+        let headers: HTTPFields = [HTTPField.Name("webhook-id")!: "k"]
+        #expect(IngestHandler.keyProblem("msg_2Kd-é,x", headers: headers) == nil)
+        #expect(IngestHandler.keyProblem("\u{FFFD}", headers: headers)?.problem == "invalid_characters")
+        #expect(IngestHandler.keyProblem("ab\u{FFFD}cd", headers: headers)?.problem == "invalid_characters")
+        #expect(IngestHandler.keyProblem("\u{FFFC}\u{FFFE}", headers: headers) == nil)
+        var repeated = HTTPFields()
+        repeated.append(HTTPField(name: HTTPField.Name("Idempotency-Key")!, value: "a"))
+        repeated.append(HTTPField(name: HTTPField.Name("Idempotency-Key")!, value: "a"))
+        #expect(IngestHandler.keyProblem("a, a", headers: repeated)?.problem == "repeated")
+        #expect(IngestHandler.keyProblem(String(repeating: "k", count: IngestHandler.maxKeyBytes), headers: headers) == nil)
+        #expect(IngestHandler.keyProblem(String(repeating: "k", count: IngestHandler.maxKeyBytes + 1), headers: headers)?.problem
+                == "string_size_limit")
+    }
+
     @Test func invalidUTF8IsMalformed() async throws {
         let f = try Self.fixture()
         defer { f.dir.cleanup() }

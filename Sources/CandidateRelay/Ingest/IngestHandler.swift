@@ -313,9 +313,19 @@ public struct IngestHandler: Sendable {
     /// purpose: refused whatever its origin). Its header sent twice: read as one value joined
     /// with ", ", `a` and `b` become a third key, `a, b`.
     static func keyProblem(_ key: String, headers: HTTPFields) -> ValidationProblem? {
-        let undecodable = key.unicodeScalars.contains("\u{FFFD}")
+        // One pass over the bytes for U+FFFD (EF BF BD) and ", " (a list of keys folded into
+        // one): `String.contains` of a string went through Foundation's search (perf: ~1 % of
+        // ingest's CPU with the scalar scan).
+        var undecodable = false, listed = false
+        var before: UInt8 = 0, previous: UInt8 = 0
+        for byte in key.utf8 {
+            if byte == 0xBD && previous == 0xBF && before == 0xEF { undecodable = true }
+            if byte == 0x20 && previous == 0x2C { listed = true }
+            before = previous
+            previous = byte
+        }
         let tooLong = key.utf8.count > maxKeyBytes
-        guard undecodable || tooLong || key.contains(", ") else { return nil }  // the usual key: no lookup
+        guard undecodable || tooLong || listed else { return nil }  // the usual key: no lookup
         let header = headers[webhookID] == key ? webhookID : idempotencyKey
         if undecodable { return ValidationProblem(field: header.rawName, problem: "invalid_characters") }
         if headers[fields: header].count > 1 { return ValidationProblem(field: header.rawName, problem: "repeated") }
