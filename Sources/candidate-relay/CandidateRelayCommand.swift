@@ -95,9 +95,7 @@ struct Serve: AsyncParsableCommand {
             // A log line too (JSON by default): the runbook's journal queries read only those
             // (found from outside: a locked, damaged or newer outbox said why only in plain
             // text on stderr).
-            var logger = Logger(label: "relay") { RelayLogHandler(label: $0, settings: settings) }
-            logger.logLevel = .trace
-            logger.event(.error, "relay.failed", "cannot start",
+            RelayLogHandler.startLogger(settings).event(.error, "relay.failed", "cannot start",
                          LogFields(error: String(describing: type(of: error)), extra: ["reason": String(describing: error)]))
             Console.error("candidate-relay: cannot start: \(error)")
             throw ExitCode(1)

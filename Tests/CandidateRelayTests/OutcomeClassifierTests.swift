@@ -109,7 +109,8 @@ import Testing
     /// is not one (it stays with the message, in the outbox only).
     @Test(arguments: [("candidate_post_conflict", true), ("duplicate_candidate", true), ("E1001", false),
                       ("http.429-retry", true), ("v2_error_404", true), ("987654321", false), ("555-123-4567", false),
-                      ("id-123456789", false), ("_x", false), ("", false), (String(repeating: "a", count: 65), false)])
+                      ("id-123456789", false), ("_x", false), ("", false), (String(repeating: "a", count: 65), false),
+                      ("RSSMRA85T10A562S", false), ("Lovelace", false), ("INVALID_REQUEST", false)])
     func errorCodesAreWordsNotNumbers(code: String, usable: Bool) {
         #expect((PartnerErrorBody.usableCode(code) != nil) == usable, "\(code)")
     }

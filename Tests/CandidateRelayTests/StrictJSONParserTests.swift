@@ -26,8 +26,10 @@ import Testing
         #expect(try StrictJSONParser.parse(Data(#"["plain ascii","Zoë Ólafsdóttir 😀"]"#.utf8))
                 == .array([.string("plain ascii"), .string("Zoë Ólafsdóttir 😀")]))
         for bad: [UInt8] in [[0xFF], [0xC3], [0xE2, 0x82], [0xED, 0xA0, 0x80], [0xC0, 0xAF]] {
-            let body = Data(#"["ok","a"#.utf8) + Data(bad) + Data(#"b"]"#.utf8)
-            #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(body) }
+            for prefix in [#"a"#, #"a\n"#] {  // without an escape, and with one (the other path)
+                let body = Data(#"["ok",""#.utf8) + Data(prefix.utf8) + Data(bad) + Data(#"b"]"#.utf8)
+                #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(body) }
+            }
         }
     }
 

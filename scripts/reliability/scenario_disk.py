@@ -19,8 +19,9 @@ Needs root (tmpfs mounts); otherwise every part is reported SKIP (not passed, no
 5. A restart on a full disk (found from outside: it exited 1, and under the unit's restarts
    systemd's start limit left it failed for good): candidates accepted while the partner is held,
    a clean stop (or a kill -9 with some in flight), the disk filled, a start: the process waits
-   (no exit within 8 s) and says why (`storage.full_at_start`); the filler deleted, it starts by
-   itself (same process) and delivers every acked candidate once.
+   (no exit within 8 s), says why (`storage.full_at_start`) and holds the one-daemon lock (a
+   second `serve` is refused); the filler deleted, it starts by itself (same process) and
+   delivers every acked candidate once.
 """
 
 from __future__ import annotations
@@ -349,6 +350,7 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
                 lib.wait_until(lambda: relay.state_counts()["in_flight"] > 0, 10)
                 in_flight = relay.state_counts()["in_flight"]
                 relay.kill()
+                results.check(f"{NAME}: {label}: setup: deliveries in flight when killed", in_flight > 0, f"{in_flight}")
                 out["restart_full_in_flight_at_kill"] = in_flight
             else:
                 relay.stop()
@@ -365,6 +367,10 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
             said = relay.events("storage.full_at_start", since=mark)
             results.check(f"{NAME}: {label}: storage.full_at_start says why", bool(said) and "directory" in said[0],
                           f"{said[:1]}")
+            second = subprocess.run([lib.BINARY, "serve", "--config", relay.config_path], capture_output=True, text=True,
+                                    timeout=20, cwd=relay.workdir)
+            results.check(f"{NAME}: {label}: the waiting daemon holds the lock (a second serve exits 1)",
+                          second.returncode == 1 and "already serving" in second.stderr, f"rc={second.returncode} {second.stderr[-200:]!r}")
             os.unlink(filler)
             started_port = None
             try:

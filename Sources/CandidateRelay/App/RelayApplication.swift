@@ -41,12 +41,13 @@ public final class RelayApplication: Sendable {
     /// Reloads handled so far (`<outbox>.reload`'s generation).
     let reloadGeneration = Mutex(0)
 
-    /// Opens the outbox (taking the one-daemon lock), migrates, recovers leases left by a crash
+    /// Opens the outbox (taking the one-daemon lock, unless `lock` holds it already), migrates, recovers leases left by a crash
     /// and wires every component. Throws before anything is listening when storage is unusable.
     public init(configuration: RelayConfiguration, logSettings: LogSettings, output: LogOutput = .standardOutput,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
                 reloader: ConfigurationLoader? = nil, partnerClient: (any PartnerClient)? = nil,
                 bodyDeadline: BodyDeadlinePolicy = BodyDeadlinePolicy(),
+                lock: OutboxLock? = nil,
                 onReady: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         MallocTuning.apply()
         self.configuration = configuration
@@ -60,7 +61,7 @@ public final class RelayApplication: Sendable {
         self.logger = logger
         notifier = SystemdNotifier(environment: environment)
 
-        lock = try OutboxLock(outboxPath: configuration.storage.path)
+        self.lock = try lock ?? OutboxLock(outboxPath: configuration.storage.path)
         // Ingest's rule, with the largest body allowed at start.
         outbox = try Outbox(path: configuration.storage.path,
                             payloadMemory: PayloadMemory(budget: PayloadMemory.budget(maxBodyBytes: configuration.ingest.maxBodyBytes)))

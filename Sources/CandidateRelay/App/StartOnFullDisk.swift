@@ -9,88 +9,81 @@ import Logging
 /// was full then failed every 2 s, and systemd's start limit (5 starts in 10 s) left the unit
 /// failed for good: it stayed down after space came back, until an operator noticed. A running
 /// daemon already rides a full disk out (ingest answers 503); now a starting one waits too: it
-/// says why (`storage.full_at_start`, then once a minute), keeps systemd's start timeout from
-/// running out (`EXTEND_TIMEOUT_USEC`, with a `STATUS=` saying why), tries again every 2 s and
-/// starts as usual once space is back. Nothing listens meanwhile (senders get a refused
-/// connection and retry, as for any stopped daemon); SIGTERM ends the wait at once.
+/// takes the one-daemon lock and keeps it, says why (`storage.full_at_start`, then once a
+/// minute), keeps systemd's start timeout from running out (`EXTEND_TIMEOUT_USEC`, with a
+/// `STATUS=` saying why), tries again (every 2 s at first, then less often, up to every 30 s: an
+/// attempt that needs more room than there is, a migration, fills the disk each time) and starts
+/// as usual once space is back. Only `OutboxError.full` is waited on: a held lock, a damaged or
+/// newer outbox, a permission still end the start at once. Nothing listens meanwhile (senders'
+/// connections are refused; they retry, as for any stopped daemon); SIGTERM ends the wait.
 enum StartOnFullDisk {
-    static let retrySeconds = 2.0
+    static let firstRetrySeconds = 2.0
+    static let maxRetrySeconds = 30.0
     static let logEverySeconds = 60.0
-    /// Below this, a failed start is taken for a full disk whatever SQLite called it (a failed
-    /// grow of the shared-memory file is "disk I/O error").
-    static let nearlyFullBytes = 1 << 20
+    /// What each `EXTEND_TIMEOUT_USEC` asks for: longer than an attempt can take (SQLite waits
+    /// up to 10 s for a lock an operator's `purge` or `backup` holds) plus the wait after it.
+    static let extendSeconds = 60.0
+    /// Asked once an attempt succeeded after a wait: the rest of the start (a migration on a
+    /// large outbox, the recoveries) gets systemd's usual start timeout again.
+    static let finishSeconds = 90.0
 
-    /// Whether `error`, a failed start, is the outbox's filesystem being full.
-    static func isDiskFull(_ error: any Error, storagePath: String) -> Bool {
-        let text = String(describing: error)
-        // SQLITE_FULL (GRDB's "SQLite error 13: database or disk is full"), or ENOSPC / EDQUOT
-        // from a call of our own (the lock file, the directory).
-        if text.contains("SQLite error 13:") || text.contains(String(cString: strerror(ENOSPC)))
-            || text.contains(String(cString: strerror(EDQUOT))) {
-            return true
-        }
-        guard let space = freeSpace(directory: (storagePath as NSString).deletingLastPathComponent) else { return false }
-        return space.bytes < nearlyFullBytes || space.inodes == 0
-    }
-
-    /// Bytes and inodes an unprivileged writer may still use in `directory`'s filesystem, or of
-    /// the nearest existing parent's.
-    static func freeSpace(directory: String) -> (bytes: Int, inodes: Int)? {
-        var directory = directory.isEmpty ? "." : directory
-        var stats = statvfs()
-        while statvfs(directory, &stats) != 0 {
-            let parent = (directory as NSString).deletingLastPathComponent
-            guard !parent.isEmpty, parent != directory else { return nil }
-            directory = parent
-        }
-        return (Int(stats.f_bavail) * Int(stats.f_frsize), Int(stats.f_favail))
-    }
-
-    /// Runs `attempt` until it returns, waiting while it fails for a full disk; any other
-    /// failure is thrown at once. `sleep` and `isFull` are the tests' to replace.
+    /// Runs `attempt` until it returns, waiting while it fails with `OutboxError.full`; any other
+    /// failure is thrown at once. `now` and `sleep` are the tests' to replace.
     static func retrying<T>(
-        storagePath: String, logger: Logger, notifier: SystemdNotifier?,
-        isFull: (any Error) -> Bool,
+        directory: String, logger: Logger, notifier: SystemdNotifier?,
+        now: () -> Double = { Double(SystemdNotifier.monotonicMicroseconds()) / 1e6 },
         sleep: (Double) async throws -> Void = { try await Task.sleep(nanoseconds: UInt64($0 * 1e9)) },
         _ attempt: () async throws -> T
     ) async throws -> T {
-        let directory = (storagePath as NSString).deletingLastPathComponent
-        var waited = 0.0
+        let start = now()
         var lastLog: Double?
+        var retry = firstRetrySeconds
         while true {
+            // Before each attempt as well: systemd's start timeout may have run out while the
+            // daemon waited, and the attempt itself may take a while.
+            if lastLog != nil { _ = notifier?.notify("EXTEND_TIMEOUT_USEC=\(Int(extendSeconds * 1_000_000))") }
             do {
-                return try await attempt()
-            } catch where isFull(error) {
+                let result = try await attempt()
+                if lastLog != nil {
+                    _ = notifier?.notify("STATUS=starting: disk space is back\nEXTEND_TIMEOUT_USEC=\(Int(finishSeconds * 1_000_000))")
+                }
+                return result
+            } catch let error as OutboxError {
+                guard case .full = error else { throw error }
+                let waited = now() - start
                 if lastLog.map({ waited - $0 >= logEverySeconds }) ?? true {
                     lastLog = waited
-                    let space = freeSpace(directory: directory)
+                    var numbers = ["waited_seconds": waited.rounded(), "retry_seconds": retry]
+                    if let free = Outbox.freeSpace(directory: directory)?.bytes { numbers["free_bytes"] = Double(free) }
                     logger.event(.error, "storage.full_at_start",
-                                 "the outbox's filesystem is full: not started; trying again every \(Int(retrySeconds)) s "
-                                 + "(free space in \(directory), and the daemon starts by itself)",
-                                 LogFields(extra: ["reason": String(describing: error), "directory": directory],
-                                           numbers: ["free_bytes": Double(space?.bytes ?? 0), "waited_seconds": waited.rounded()]))
+                                 "the outbox's filesystem is full: not started; trying again every \(Int(firstRetrySeconds)) s at first, "
+                                 + "then less often (free space in \(directory), and the daemon starts by itself)",
+                                 LogFields(extra: ["reason": error.description, "directory": directory], numbers: numbers))
                 }
-                _ = notifier?.notify(
-                    "STATUS=waiting for disk space: the outbox's filesystem (\(directory)) is full\n"
-                    + "EXTEND_TIMEOUT_USEC=\(Int(retrySeconds * 5 * 1_000_000))")
-                try await sleep(retrySeconds)
-                waited += retrySeconds
+                _ = notifier?.notify("STATUS=waiting for disk space: the outbox's filesystem (\(directory)) is full\n"
+                                     + "EXTEND_TIMEOUT_USEC=\(Int(extendSeconds * 1_000_000))")
+                try await sleep(retry)
+                retry = min(maxRetrySeconds, retry * 2)
             }
         }
     }
 }
 
 extension RelayApplication {
-    /// `init`, waiting while the outbox's filesystem is full (`StartOnFullDisk`): what `serve` runs.
+    /// `init`, waiting while the outbox's filesystem is full (`StartOnFullDisk`), with the
+    /// one-daemon lock taken first and kept while it waits (a second daemon, `reload`, the
+    /// admin commands see this one): what `serve` runs.
     public static func starting(configuration: RelayConfiguration, logSettings: LogSettings,
                                 reloader: ConfigurationLoader?) async throws -> RelayApplication {
-        var logger = Logger(label: "relay") { RelayLogHandler(label: $0, settings: logSettings) }
-        logger.logLevel = .trace
+        let logger = RelayLogHandler.startLogger(logSettings)
         let path = configuration.storage.path
-        return try await StartOnFullDisk.retrying(
-            storagePath: path, logger: logger, notifier: SystemdNotifier(),
-            isFull: { StartOnFullDisk.isDiskFull($0, storagePath: path) }) {
-            try await RelayApplication(configuration: configuration, logSettings: logSettings, reloader: reloader)
+        let directory = (OutboxLock.canonicalPath(path) as NSString).deletingLastPathComponent
+        let notifier = SystemdNotifier()
+        let lock = try await StartOnFullDisk.retrying(directory: directory, logger: logger, notifier: notifier) {
+            try OutboxLock(outboxPath: path)
+        }
+        return try await StartOnFullDisk.retrying(directory: directory, logger: logger, notifier: notifier) {
+            try await RelayApplication(configuration: configuration, logSettings: logSettings, reloader: reloader, lock: lock)
         }
     }
 }

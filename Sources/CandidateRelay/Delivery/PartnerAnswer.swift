@@ -53,20 +53,19 @@ struct PartnerErrorBody: Sendable, Equatable {
         candidateUID = Self.usableUID(document?["candidate_uid"])
     }
 
-    /// A partner error code fit for a log line: 1–64 of `A–Z a–z 0–9 _ . -`, a letter first, and
-    /// no more than three digits in a row (Comeet's are `candidate_post_conflict`,
+    /// A partner error code fit for a log line: 1–64 of `a–z 0–9 _ . -`, a letter first, and no
+    /// more than three digits in a row (Comeet's are `candidate_post_conflict`,
     /// `duplicate_candidate`...). Found from outside: a partner answering `{"error":"987654321"}`,
     /// a national id it echoed, had it logged, shown by the read API and kept after `forget`; a
-    /// phone number spelled `555-123-4567` passed too.
+    /// phone number spelled `555-123-4567` passed too, and so would an id such as an Italian
+    /// codice fiscale or a capitalised surname (review): codes are lower case.
     static func usableCode(_ value: String) -> String? {
         let bytes = value.utf8
-        guard (1...64).contains(bytes.count), let first = bytes.first,
-              (0x41...0x5A).contains(first) || (0x61...0x7A).contains(first) else { return nil }
+        guard (1...64).contains(bytes.count), let first = bytes.first, (0x61...0x7A).contains(first) else { return nil }
         var digitsInARow = 0
         for byte in bytes {
             let digit = (0x30...0x39).contains(byte)
-            guard digit || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
-                    || byte == 0x5F || byte == 0x2E || byte == 0x2D else { return nil }
+            guard digit || (0x61...0x7A).contains(byte) || byte == 0x5F || byte == 0x2E || byte == 0x2D else { return nil }
             digitsInARow = digit ? digitsInARow + 1 : 0
             if digitsInARow > 3 { return nil }
         }

@@ -298,7 +298,7 @@ public struct IngestHandler: Sendable {
 
     /// Lower-case hex of a digest (without a `String(format:)` per byte on the ingest path).
     static func hex(_ digest: SHA256.Digest) -> String {
-        Hex.string(digest, count: SHA256.Digest.byteCount)
+        digest.withUnsafeBytes { Hex.string($0) }
     }
 
     /// The idempotency key: `webhook-id`, else `Idempotency-Key`. A blank value is no key at all

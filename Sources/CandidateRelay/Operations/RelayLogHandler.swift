@@ -23,6 +23,13 @@ public struct RelayLogHandler: LogHandler {
     let settings: LogSettings
     let output: LogOutput
 
+    /// The log of a start that has no application yet (why it failed, a wait for disk space).
+    public static func startLogger(_ settings: LogSettings) -> Logger {
+        var logger = Logger(label: "relay") { RelayLogHandler(label: $0, settings: settings) }
+        logger.logLevel = .trace
+        return logger
+    }
+
     public init(label: String, settings: LogSettings, output: LogOutput = .standardOutput) {
         self.label = label
         self.settings = settings

@@ -53,10 +53,10 @@ enum Hex {
     }
 
     /// Each byte as two digits.
-    static func string<Bytes: Sequence<UInt8>>(_ bytes: Bytes, count: Int) -> String {
-        String(unsafeUninitializedCapacity: 2 * count) { buffer in
+    static func string<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> String {
+        String(unsafeUninitializedCapacity: 2 * bytes.count) { buffer in
             var offset = 0
-            for byte in bytes where offset + 1 < buffer.count {
+            for byte in bytes {
                 buffer[offset] = digits[Int(byte >> 4)]
                 buffer[offset + 1] = digits[Int(byte & 0x0f)]
                 offset += 2

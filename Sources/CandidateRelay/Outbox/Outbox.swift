@@ -94,7 +94,7 @@ public final class Outbox: Sendable {
         } catch let error as OutboxError {
             throw error
         } catch {
-            throw OutboxError.storage("cannot open \(path): \(error)")
+            throw Self.fullOrStorage(error, path: path, "cannot open \(path): \(error)")
         }
 
     }
@@ -175,9 +175,41 @@ public final class Outbox: Sendable {
 
     /// Bytes an unprivileged writer may still use on the outbox's filesystem (nil if unknown).
     public func freeBytes() -> Int? {
+        Self.freeSpace(directory: (path as NSString).deletingLastPathComponent)?.bytes
+    }
+
+    /// Bytes an unprivileged writer may still use in `directory`'s filesystem (or the nearest
+    /// existing parent's), and whether it has run out of inodes (never, on a filesystem without
+    /// an inode count: btrfs reports none).
+    static func freeSpace(directory: String) -> (bytes: Int, outOfInodes: Bool)? {
+        var directory = directory.isEmpty ? "." : directory
         var stats = statvfs()
-        guard statvfs((path as NSString).deletingLastPathComponent, &stats) == 0 else { return nil }
-        return Int(stats.f_bavail) * Int(stats.f_frsize)
+        while statvfs(directory, &stats) != 0 {
+            let parent = (directory as NSString).deletingLastPathComponent
+            guard !parent.isEmpty, parent != directory else { return nil }
+            directory = parent
+        }
+        return (Int(stats.f_bavail) * Int(stats.f_frsize), stats.f_files > 0 && stats.f_favail == 0)
+    }
+
+    /// Below this, an I/O error is taken for a full disk (a failed grow of SQLite's
+    /// shared-memory file is "disk I/O error", not "database or disk is full").
+    static let nearlyFullBytes = 1 << 20
+
+    /// `OutboxError.full` for SQLite's `SQLITE_FULL`, and for an I/O error while the outbox's
+    /// filesystem has (nearly) no space or inode left; else `.storage(message)`.
+    static func fullOrStorage(_ error: any Error, path: String, _ message: String) -> OutboxError {
+        guard let error = error as? DatabaseError else { return .storage(message) }
+        switch error.resultCode.primaryResultCode {
+        case .SQLITE_FULL:
+            return .full(message)
+        case .SQLITE_IOERR:
+            guard let space = freeSpace(directory: (OutboxLock.canonicalPath(path) as NSString).deletingLastPathComponent),
+                  space.bytes < nearlyFullBytes || space.outOfInodes else { return .storage(message) }
+            return .full(message)
+        default:
+            return .storage(message)
+        }
     }
 
     /// Whether the writer connection answers (for the watchdog): a write transaction that
@@ -233,7 +265,7 @@ public final class Outbox: Sendable {
             damageFound.withLock { if $0 == nil { $0 = said } }
             return .damaged(said)
         }
-        return .storage("\(error)")
+        return Self.fullOrStorage(error, path: path, "\(error)")
     }
 
     /// Runs `body` as one write transaction as a job on SQLite's writer queue and calls `then`

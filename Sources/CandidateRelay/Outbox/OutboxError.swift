@@ -9,6 +9,9 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
     case accountClosed
     /// SQLite found the file damaged (`Outbox.damage`): nothing more is stored in it.
     case damaged(String)
+    /// The outbox's filesystem is full: SQLite's `SQLITE_FULL`, `ENOSPC`/`EDQUOT` from a call of
+    /// our own, or an I/O error while (nearly) no space or inode is left (`Outbox.fullOrStorage`).
+    case full(String)
 
     /// The `error` field of a log line about a failed outbox call (ingest's and the workers'):
     /// a code, never the message, which may quote a stored value.
@@ -16,6 +19,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         if case OutboxError.storage = error { return "storage_error" }
         if case OutboxError.fileGone = error { return "outbox_file_gone" }
         if case OutboxError.damaged = error { return "outbox_damaged" }
+        if case OutboxError.full = error { return "storage_full" }
         return String(describing: type(of: error))
     }
 
@@ -27,6 +31,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         case .idempotencyKeyReused(let id): "idempotency key already used for \(id) with a different body"
         case .accountClosed: "the account is being removed"
         case .damaged(let message): "storage: \(message)"
+        case .full(let message): "storage: \(message)"
         }
     }
 }

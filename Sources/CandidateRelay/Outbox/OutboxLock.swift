@@ -16,6 +16,12 @@ public final class OutboxLock: Sendable {
     private let databaseFD: Int32
     public let path: String
 
+    /// A failed call's error: `.full` when the filesystem has no room (`ENOSPC`, `EDQUOT`).
+    static func failure(_ code: Int32, _ what: String) -> OutboxError {
+        let message = "\(what): \(String(cString: strerror(code)))"
+        return code == ENOSPC || code == EDQUOT ? .full(message) : .storage(message)
+    }
+
     public struct AlreadyLocked: Error, CustomStringConvertible {
         public let path: String
         public var description: String {
@@ -27,7 +33,7 @@ public final class OutboxLock: Sendable {
         try Outbox.ensureDirectory(for: outboxPath)
         path = Self.lockPath(for: outboxPath)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw OutboxError.storage("cannot open lock file \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw Self.failure(errno, "cannot open lock file \(path)") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let busy = errno == EWOULDBLOCK
             close(fd)
@@ -37,9 +43,9 @@ public final class OutboxLock: Sendable {
         let database = Self.canonicalPath(outboxPath)
         let databaseFD = open(database, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard databaseFD >= 0 else {
-            let reason = String(cString: strerror(errno))
+            let failure = Self.failure(errno, "cannot open \(database)")
             close(fd)
-            throw OutboxError.storage("cannot open \(database): \(reason)")
+            throw failure
         }
         guard flock(databaseFD, LOCK_EX | LOCK_NB) == 0 else {
             let busy = errno == EWOULDBLOCK
