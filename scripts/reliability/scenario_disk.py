@@ -368,7 +368,7 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
             results.check(f"{NAME}: {label}: storage.full_at_start says why", bool(said) and "directory" in said[0],
                           f"{said[:1]}")
             second = subprocess.run([lib.BINARY, "serve", "--config", relay.config_path], capture_output=True, text=True,
-                                    timeout=20, cwd=relay.workdir)
+                                    timeout=20, cwd=relay.workdir, env=lib._child_env({}))
             results.check(f"{NAME}: {label}: the waiting daemon holds the lock (a second serve exits 1)",
                           second.returncode == 1 and "already serving" in second.stderr, f"rc={second.returncode} {second.stderr[-200:]!r}")
             os.unlink(filler)
