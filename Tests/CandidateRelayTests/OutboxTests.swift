@@ -579,6 +579,23 @@ import Testing
         #expect(try await outbox.history(id: "e1").allSatisfy { $0.error?.contains("@") != true })
     }
 
+    /// A value a partner echoed as its error code, stored before codes were checked: the read
+    /// API does not show it, and `forget` does not keep it (review).
+    @Test func aStoredCodeThatIsNotACodeIsNeitherShownNorKept() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("e1", partnerID: "X"), maxBacklog: 10)
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET last_error = '987654321: the partner said so' WHERE id = 'e1'")
+            try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 1, 1, 'retry', 400, '987654321: again')")
+        }
+        let shown = try #require(try await outbox.record(id: "e1")).jsonObject(includeMessages: false)
+        #expect(shown["last_error"] as? String == "partner_error")
+        _ = try await outbox.forget(partnerCandidateID: "X", now: Date())
+        #expect(try await outbox.record(id: "e1")?.lastError == "erased")
+        #expect(try await outbox.history(id: "e1").map(\.error) == ["partner_error"])
+    }
+
     @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {
         let (dir, outbox) = try Self.open()
         defer { dir.cleanup() }

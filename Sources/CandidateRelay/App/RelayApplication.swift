@@ -41,8 +41,9 @@ public final class RelayApplication: Sendable {
     /// Reloads handled so far (`<outbox>.reload`'s generation).
     let reloadGeneration = Mutex(0)
 
-    /// Opens the outbox (taking the one-daemon lock, unless `lock` holds it already), migrates, recovers leases left by a crash
-    /// and wires every component. Throws before anything is listening when storage is unusable.
+    /// Opens the outbox (taking the one-daemon lock, unless `lock` holds it already), migrates,
+    /// recovers leases left by a crash and wires every component. Throws before anything is
+    /// listening when storage is unusable.
     public init(configuration: RelayConfiguration, logSettings: LogSettings, output: LogOutput = .standardOutput,
                 environment: [String: String] = ProcessInfo.processInfo.environment,
                 reloader: ConfigurationLoader? = nil, partnerClient: (any PartnerClient)? = nil,

@@ -72,6 +72,14 @@ struct PartnerErrorBody: Sendable, Equatable {
         return value
     }
 
+    /// The code part of a stored error (`last_error`, an attempt's `error`: "code: message") as
+    /// the read API and `events list` show it and `forget` keeps it. A code stored before codes
+    /// were checked as above (a value a partner echoed: `987654321`) is `partner_error`.
+    static func storedCode(_ text: String) -> String {
+        let code = String(text.prefix { $0 != ":" })
+        return usableCode(code) ?? "partner_error"
+    }
+
     /// A partner's candidate uid (a string or a number) fit to store, show and log: 1–128
     /// characters, no control character and no white space. An empty one links to nothing; a
     /// NUL was stored cut short at it (linking to another uid); a megabyte went into log lines.

@@ -49,7 +49,7 @@ public struct AdminCommands: Sendable {
         let header = ["ID", "ACCOUNT", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
         let rows = records.map { r in
             [r.id, r.account, r.state.rawValue, String(r.attempts), r.positionUID, r.partnerCandidateID, r.candidateUID ?? "-",
-             Timestamp.string(r.receivedAt), r.lastError.map { String($0.prefix { $0 != ":" }) } ?? "-"]
+             Timestamp.string(r.receivedAt), r.lastError.map(PartnerErrorBody.storedCode) ?? "-"]
         }
         return Self.table(header: header, rows: rows)
     }

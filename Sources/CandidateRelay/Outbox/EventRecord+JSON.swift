@@ -12,7 +12,7 @@ extension EventRecord {
     /// (`includeMessages: false`) `last_error` is the code only: the partner's free-text message
     /// may repeat a submitted value, and the read endpoints show no personal data.
     public func jsonObject(includeMessages: Bool = true) -> [String: Any] {
-        let lastError = includeMessages ? self.lastError : self.lastError.map { String($0.prefix { $0 != ":" }) }
+        let lastError = includeMessages ? self.lastError : self.lastError.map(PartnerErrorBody.storedCode)
         var partner: Any = NSNull()
         if let text = partnerResponse, let data = text.data(using: .utf8),
            let object = try? JSONSerialization.jsonObject(with: data) {

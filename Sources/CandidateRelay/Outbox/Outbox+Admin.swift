@@ -284,13 +284,17 @@ extension Outbox {
     /// Keeps only the code of `last_error` and of the history's errors (`code: message` → `code`):
     /// the partner's free-text message may repeat a submitted value, so it goes with the payload.
     static func reduceErrorsToCodes(_ db: Database, eventsWhere condition: String, arguments: StatementArguments) throws {
-        let code = { (column: String) in
-            "CASE WHEN instr(\(column), ':') > 0 THEN substr(\(column), 1, instr(\(column), ':') - 1) ELSE \(column) END"
-        }
-        try db.execute(sql: "UPDATE events SET last_error = \(code("last_error")) WHERE \(condition)", arguments: arguments)
+        db.add(function: storedCodeFunction)
+        try db.execute(sql: "UPDATE events SET last_error = relay_stored_code(last_error) WHERE \(condition)", arguments: arguments)
         try db.execute(
-            sql: "UPDATE attempts SET error = \(code("error")) WHERE event_id IN (SELECT id FROM events WHERE \(condition))",
+            sql: "UPDATE attempts SET error = relay_stored_code(error) WHERE event_id IN (SELECT id FROM events WHERE \(condition))",
             arguments: arguments)
+    }
+
+    /// `PartnerErrorBody.storedCode` in SQL (NULL stays NULL): the code part only, and not a
+    /// value a partner echoed as its code before codes were checked.
+    static let storedCodeFunction = DatabaseFunction("relay_stored_code", argumentCount: 1, pure: true) { values in
+        String.fromDatabaseValue(values[0]).map(PartnerErrorBody.storedCode)
     }
 
     /// A consistent copy of the outbox (SQLite online backup) while the daemon runs; 0600.
