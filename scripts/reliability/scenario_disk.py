@@ -16,8 +16,8 @@ Needs root (tmpfs mounts); otherwise every part is reported SKIP (not passed, no
 4. `backup` to a disk that fills up: it fails, says so, and leaves nothing there (a cut-off copy
    full of candidates, and its journal, once stayed and blocked the retry); the retry to a disk
    with room makes a whole copy.
-5. A restart on a full disk (found from outside: it exited 1, and under the unit's restarts
-   systemd's start limit left it failed for good): candidates accepted while the partner is held,
+5. A restart on a full disk (found from outside: it exited 1, a restart loop under the unit):
+   candidates accepted while the partner is held,
    a clean stop (or a kill -9 with some in flight), the disk filled, a start: the process waits
    (no exit within 8 s), says why (`storage.full_at_start`) and holds the one-daemon lock (a
    second `serve` is refused); the filler deleted, it starts by itself (same process) and

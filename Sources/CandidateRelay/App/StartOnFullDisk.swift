@@ -6,8 +6,9 @@ import Logging
 /// Found from outside: the outbox's first write at start (a new WAL after a clean stop, the
 /// leases a crash left, the schema check) failed with "database or disk is full" and the daemon
 /// exited 1. Under the unit (`Restart=on-failure`, `RestartSec=2`) any restart while the disk
-/// was full then failed every 2 s, and systemd's start limit (5 starts in 10 s) left the unit
-/// failed for good: it stayed down after space came back, until an operator noticed. A running
+/// was full became a restart loop (under systemd 252: nine restarts in 20 s, each exiting 1),
+/// with nothing listening and a crash's worth of lines every 2 s; where systemd's start limit
+/// applies, it would leave the unit failed, down after space came back. A running
 /// daemon already rides a full disk out (ingest answers 503); now a starting one waits too: it
 /// takes the one-daemon lock and keeps it, says why (`storage.full_at_start`, then once a
 /// minute), keeps systemd's start timeout from running out (`EXTEND_TIMEOUT_USEC`, with a
