@@ -46,7 +46,11 @@ import Testing
             notifier: SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path]),
             now: { clock.withLock { $0 } },
             sleep: { seconds in
-                slept.withLock { $0.append(seconds) }
+                // Each wait follows 2k - 1 datagrams (k STATUS, k - 1 extensions before attempts):
+                // taken before going on, as systemd reads them; a burst past the socket's queue
+                // (ten datagrams) would be dropped by the non-blocking sender (a flaky CI run).
+                let waits = slept.withLock { $0.append(seconds); return $0.count }
+                #expect(await eventually(timeout: 10) { socket.messages.count >= 2 * waits - 1 })
                 clock.withLock { $0 += seconds + 1 }  // each attempt takes a second
             }) { try attempts.run() }
         #expect(calls == 9)
