@@ -105,5 +105,6 @@ import Testing
         // A temporary directory has room: an I/O error there is not a full disk.
         #expect((Outbox.freeSpace(directory: dir.file("a/b/c"))?.bytes ?? 0) > Outbox.nearlyFullBytes)
         #expect(!isFull(Outbox.fullOrStorage(DatabaseError(resultCode: .SQLITE_IOERR), path: path, "m")))
+        #expect(!isFull(Outbox.fullOrStorage(DatabaseError(resultCode: .SQLITE_CANTOPEN), path: path, "m")))
     }
 }

@@ -323,9 +323,10 @@ def fill_up(path: str) -> None:
 
 def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
     out = {}
-    for how in ("after a clean stop", "after kill -9 with deliveries in flight"):
+    for how in ("after a clean stop", "after kill -9 with deliveries in flight", "out of inodes, without -wal and -shm"):
         label = f"restart on a full disk {how}"
-        work = tmpfs_workdir(results, label, "4m")
+        inodes = how.startswith("out of inodes")
+        work = tmpfs_workdir(results, label, "4m,nr_inodes=24" if inodes else "4m")
         if work is None:
             return out
         root, mnt = work
@@ -355,7 +356,22 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
             else:
                 relay.stop()
             filler = os.path.join(mnt, "filler")
-            fill_up(filler)
+            fillers = []
+            if inodes:
+                # As after a restore: the outbox alone, then every inode taken (found from
+                # outside: SQLite's "unable to open" for the WAL ended the start at once).
+                for side in ("-wal", "-shm"):
+                    if os.path.exists(relay.db_path + side):
+                        os.unlink(relay.db_path + side)
+                try:
+                    while True:
+                        path = os.path.join(mnt, f"inode-{len(fillers)}")
+                        open(path, "wb").close()
+                        fillers.append(path)
+                except OSError:
+                    pass
+            else:
+                fill_up(filler)
             sim.set_faults({})
             relay.config["partner"]["rate_limit"] = {"requests": 0, "per_seconds": 60}
             relay.write_config()
@@ -371,7 +387,8 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
                                     timeout=20, cwd=relay.workdir, env=lib._child_env({}))
             results.check(f"{NAME}: {label}: the waiting daemon holds the lock (a second serve exits 1)",
                           second.returncode == 1 and "already serving" in second.stderr, f"rc={second.returncode} {second.stderr[-200:]!r}")
-            os.unlink(filler)
+            for path in fillers or [filler]:
+                os.unlink(path)
             started_port = None
             try:
                 started_port = relay.wait_started(mark, 20)
@@ -380,8 +397,12 @@ def restart_on_full_disk(results: lib.Results, long: bool) -> dict:
             if started_port:
                 results.check(f"{NAME}: {label}: starts by itself once space is freed (same process)",
                               relay.running() and relay.starts == 2, f"starts={relay.starts}")
+                with open(relay.db_path + ".lock") as f:
+                    holder = f.read().strip()
+                results.check(f"{NAME}: {label}: the lock file names the daemon (for `reload` without --pid)",
+                              holder == str(relay.pid), f"lock file says {holder!r}, pid {relay.pid}")
                 counts = lib.verify_end_state(results, f"{NAME}: {label}", relay, sim, ledger, drain_timeout=40)
-                out[f"restart_full_{'kill' if how.startswith('after kill') else 'stop'}"] = counts
+                out["restart_full_" + ("inodes" if inodes else "kill" if how.startswith("after kill") else "stop")] = counts
                 rc = relay.stop()
                 results.check(f"{NAME}: {label}: SIGTERM exits 0", rc == 0, f"rc={rc}")
             sim.stop()

@@ -14,9 +14,11 @@ import Logging
 /// minute), keeps systemd's start timeout from running out (`EXTEND_TIMEOUT_USEC`, with a
 /// `STATUS=` saying why), tries again (every 2 s at first, then less often, up to every 30 s: an
 /// attempt that needs more room than there is, a migration, fills the disk each time) and starts
-/// as usual once space is back. Only `OutboxError.full` is waited on: a held lock, a damaged or
-/// newer outbox, a permission still end the start at once. Nothing listens meanwhile (senders'
-/// connections are refused; they retry, as for any stopped daemon); SIGTERM ends the wait.
+/// as usual once space is back. On a filesystem out of inodes where the lock file does not
+/// exist yet, the lock is taken once the file can be made. Only `OutboxError.full` is waited
+/// on: a held lock, a damaged or newer outbox, a permission still end the start at once.
+/// Nothing listens meanwhile (senders' connections are refused; they retry, as for any stopped
+/// daemon); SIGTERM ends the wait.
 enum StartOnFullDisk {
     static let firstRetrySeconds = 2.0
     static let maxRetrySeconds = 30.0
@@ -83,8 +85,10 @@ extension RelayApplication {
         let lock = try await StartOnFullDisk.retrying(directory: directory, logger: logger, notifier: notifier) {
             try OutboxLock(outboxPath: path)
         }
-        return try await StartOnFullDisk.retrying(directory: directory, logger: logger, notifier: notifier) {
+        let app = try await StartOnFullDisk.retrying(directory: directory, logger: logger, notifier: notifier) {
             try await RelayApplication(configuration: configuration, logSettings: logSettings, reloader: reloader, lock: lock)
         }
+        lock.recordHolder()  // its first write may have met the full disk
+        return app
     }
 }

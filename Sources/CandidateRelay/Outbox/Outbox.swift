@@ -106,7 +106,13 @@ public final class Outbox: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
-            throw OutboxError.storage("cannot create directory \(directory): \(error.localizedDescription)")
+            let message = "cannot create directory \(directory): \(error.localizedDescription)"
+            // Out of space or inodes (found from outside: a start waited on a full disk but not
+            // on one whose inodes were used up).
+            if let space = freeSpace(directory: directory), space.bytes < nearlyFullBytes || space.outOfInodes {
+                throw OutboxError.full(message)
+            }
+            throw OutboxError.storage(message)
         }
     }
 
@@ -196,14 +202,16 @@ public final class Outbox: Sendable {
     /// shared-memory file is "disk I/O error", not "database or disk is full").
     static let nearlyFullBytes = 1 << 20
 
-    /// `OutboxError.full` for SQLite's `SQLITE_FULL`, and for an I/O error while the outbox's
-    /// filesystem has (nearly) no space or inode left; else `.storage(message)`.
+    /// `OutboxError.full` for SQLite's `SQLITE_FULL`, and for an I/O or open error while the
+    /// outbox's filesystem has (nearly) no space or inode left; else `.storage(message)`.
     static func fullOrStorage(_ error: any Error, path: String, _ message: String) -> OutboxError {
         guard let error = error as? DatabaseError else { return .storage(message) }
         switch error.resultCode.primaryResultCode {
         case .SQLITE_FULL:
             return .full(message)
-        case .SQLITE_IOERR:
+        case .SQLITE_IOERR, .SQLITE_CANTOPEN:
+            // "disk I/O error" (a failed grow of the shared memory), "unable to open database
+            // file" (no inode for the WAL or the shared memory; found from outside).
             guard let space = freeSpace(directory: (OutboxLock.canonicalPath(path) as NSString).deletingLastPathComponent),
                   space.bytes < nearlyFullBytes || space.outOfInodes else { return .storage(message) }
             return .full(message)

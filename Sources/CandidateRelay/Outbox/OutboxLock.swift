@@ -56,7 +56,14 @@ public final class OutboxLock: Sendable {
         }
         self.fd = fd
         self.databaseFD = databaseFD
-        // The holder's pid, for `candidate-relay reload` (the lock, not this number, is the truth).
+        recordHolder()
+    }
+
+    /// Writes the holder's pid into the lock file, for `candidate-relay reload` (the lock, not
+    /// this number, is the truth). On a full disk the write fails: a start that waited for space
+    /// calls this again once it is back (found from outside: the file stayed empty for the
+    /// daemon's whole life, and `reload` without `--pid` found no daemon).
+    public func recordHolder() {
         let text = "\(getpid())\n"
         _ = ftruncate(fd, 0)
         _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
