@@ -109,10 +109,7 @@ public final class Outbox: Sendable {
             let message = "cannot create directory \(directory): \(error.localizedDescription)"
             // Out of space or inodes (found from outside: a start waited on a full disk but not
             // on one whose inodes were used up).
-            if let space = freeSpace(directory: directory), space.bytes < nearlyFullBytes || space.outOfInodes {
-                throw OutboxError.full(message)
-            }
-            throw OutboxError.storage(message)
+            throw isNearlyFull(directory: directory) ? OutboxError.full(message) : OutboxError.storage(message)
         }
     }
 
@@ -202,6 +199,12 @@ public final class Outbox: Sendable {
     /// shared-memory file is "disk I/O error", not "database or disk is full").
     static let nearlyFullBytes = 1 << 20
 
+    /// Less than `nearlyFullBytes` or no inode left in `directory`'s filesystem.
+    static func isNearlyFull(directory: String) -> Bool {
+        guard let space = freeSpace(directory: directory) else { return false }
+        return space.bytes < nearlyFullBytes || space.outOfInodes
+    }
+
     /// `OutboxError.full` for SQLite's `SQLITE_FULL`, and for an I/O or open error while the
     /// outbox's filesystem has (nearly) no space or inode left; else `.storage(message)`.
     static func fullOrStorage(_ error: any Error, path: String, _ message: String) -> OutboxError {
@@ -212,9 +215,8 @@ public final class Outbox: Sendable {
         case .SQLITE_IOERR, .SQLITE_CANTOPEN:
             // "disk I/O error" (a failed grow of the shared memory), "unable to open database
             // file" (no inode for the WAL or the shared memory; found from outside).
-            guard let space = freeSpace(directory: (OutboxLock.canonicalPath(path) as NSString).deletingLastPathComponent),
-                  space.bytes < nearlyFullBytes || space.outOfInodes else { return .storage(message) }
-            return .full(message)
+            return isNearlyFull(directory: (OutboxLock.canonicalPath(path) as NSString).deletingLastPathComponent)
+                ? .full(message) : .storage(message)
         default:
             return .storage(message)
         }
