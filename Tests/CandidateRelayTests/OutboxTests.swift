@@ -640,6 +640,8 @@ import Testing
                                    now: start.addingTimeInterval(2))
         #expect(try await keys() == [Outbox.erasedKey("cand-X-NID998877"), Outbox.erasedKey("cand-Y-NID998877"), "cand-Z-NID998877"])
         #expect(Outbox.erasedKey("cand-X-NID998877").hasPrefix(Outbox.erasedKeyPrefix) && !Outbox.erasedKey("cand-X-NID998877").contains("NID"))
+        // SHA-256 of the key's UTF-8, as every erased key already stored was made (FIPS 180's "abc").
+        #expect(Outbox.erasedKey("abc") == Outbox.erasedKeyPrefix + "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
 
         // A replay of the forgotten webhook: the same event, nothing stored.
         let replay = try await outbox.accept(Self.submission("e4", key: "cand-X-NID998877", body: "{\"e1\":1}", partnerID: "X", at: start),
@@ -815,6 +817,64 @@ import Testing
             Issue.record("replay refused")
             return
         }
+    }
+
+    /// One commit's batch, in arrival order: a key seen earlier in the same transaction is a
+    /// replay (or, with another body, refused); no key is never one; a forgotten event's key
+    /// (stored only as its hash) is a replay too, with its own body only.
+    @Test func aBatchFindsKeysStoredEarlierInItsOwnTransaction() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 1_000_000)
+        _ = try await outbox.accept(Self.submission("e0", key: "gone", body: "g", partnerID: "F", at: start), maxBacklog: 100)
+        _ = try await outbox.forget(partnerCandidateID: "F", now: start)
+        let batch = [
+            Self.submission("e1", key: "k", body: "a"), Self.submission("e2", key: "k", body: "a"),
+            Self.submission("e3", key: "k", body: "b"), Self.submission("e4", body: "a"), Self.submission("e5", body: "a"),
+            Self.submission("e6", key: "gone", body: "g"), Self.submission("e7", key: "gone", body: "h"),
+            Self.submission("e8", key: "k2", body: "a"),
+        ].map { PendingAccept(submission: $0, maxBacklog: 100) }
+        let outcome = await withCheckedContinuation { continuation in
+            outbox.acceptBatch(batch) { continuation.resume(returning: $0) }
+        }
+        let results = try outcome.get().map { result -> String in
+            switch result {
+            case .success(.created(let record)): "created \(record.id)"
+            case .success(.duplicate(let record)): "duplicate of \(record.id)"
+            case .failure(OutboxError.idempotencyKeyReused(let existing)): "reused \(existing)"
+            case .failure(let error): "\(error)"
+            }
+        }
+        #expect(results == ["created e1", "duplicate of e1", "reused e1", "created e4", "created e5",
+                            "duplicate of e0", "reused e0", "created e8"])
+        let stored = try await outbox.pool.read { db in try String.fetchAll(db, sql: "SELECT id FROM events ORDER BY id") }
+        #expect(stored == ["e0", "e1", "e4", "e5", "e8"])
+        let payloads = try await outbox.pool.read { db in try String.fetchAll(db, sql: "SELECT event_id FROM payloads ORDER BY event_id") }
+        #expect(payloads == ["e1", "e4", "e5", "e8"])
+    }
+
+    /// A replay is answered while its account is being removed (closed); a new event is not stored.
+    @Test func replayIsAnsweredWhileTheAccountIsClosed() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("e1", key: "k", body: "a"), maxBacklog: 10)
+        _ = try await outbox.closeAccounts([AccountConfiguration.defaultID])
+        guard case .duplicate(let record) = try await outbox.accept(Self.submission("e2", key: "k", body: "a"), maxBacklog: 10) else {
+            Issue.record("replay refused")
+            return
+        }
+        #expect(record.id == "e1")
+        do {
+            _ = try await outbox.accept(Self.submission("e3", key: "k3", body: "a"), maxBacklog: 10)
+            Issue.record("stored for a closed account")
+        } catch OutboxError.accountClosed {}
+        do {
+            _ = try await outbox.accept(Self.submission("e4", key: "k", body: "b"), maxBacklog: 10)
+            Issue.record("another body accepted")
+        } catch OutboxError.idempotencyKeyReused(let existing) {
+            #expect(existing == "e1")
+        }
+        #expect(try await outbox.status(now: Date()).counts[.pending] == 1)
     }
 
     @Test func erasureKeepsOnlyErrorCodes() async throws {

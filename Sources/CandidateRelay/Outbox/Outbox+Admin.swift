@@ -261,7 +261,10 @@ extension Outbox {
     /// A hash, not an erasure proper: a key of few possible values (a national id) can be found
     /// again by hashing them all.
     static func erasedKey(_ key: String) -> String {
-        erasedKeyPrefix + IngestHandler.hex(SHA256.hash(data: Data(key.utf8)))
+        var key = key
+        // The key's own bytes, not a `Data` copy of them (ingest hashes every webhook's key).
+        let digest = key.withUTF8 { SHA256.hash(data: UnsafeRawBufferPointer($0)) }
+        return erasedKeyPrefix + IngestHandler.hex(digest)
     }
 
     /// U+FFFD first: ingest refuses keys that hold it (`IngestHandler.keyProblem`), so no sender's
