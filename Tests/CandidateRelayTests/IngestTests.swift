@@ -343,7 +343,7 @@ import Testing
     /// The key's own checks, byte by byte: U+FFFD anywhere, ", " (a repeated header folded into
     /// one), the length; other keys, non-ASCII ones too, pass without a header lookup.
     @Test func idempotencyKeyProblems() {
-        let headers: HTTPFields = [HTTPField.Name("webhook-id")!: "k"]
+        let headers = WebhookHeaders([HTTPField.Name("webhook-id")!: "k"])
         #expect(IngestHandler.keyProblem("msg_2Kd-é,x", headers: headers) == nil)
         #expect(IngestHandler.keyProblem("\u{FFFD}", headers: headers)?.problem == "invalid_characters")
         #expect(IngestHandler.keyProblem("ab\u{FFFD}cd", headers: headers)?.problem == "invalid_characters")
@@ -351,10 +351,44 @@ import Testing
         var repeated = HTTPFields()
         repeated.append(HTTPField(name: HTTPField.Name("Idempotency-Key")!, value: "a"))
         repeated.append(HTTPField(name: HTTPField.Name("Idempotency-Key")!, value: "a"))
-        #expect(IngestHandler.keyProblem("a, a", headers: repeated)?.problem == "repeated")
+        #expect(IngestHandler.keyProblem("a, a", headers: WebhookHeaders(repeated))?.problem == "repeated")
         #expect(IngestHandler.keyProblem(String(repeating: "k", count: IngestHandler.maxKeyBytes), headers: headers) == nil)
         #expect(IngestHandler.keyProblem(String(repeating: "k", count: IngestHandler.maxKeyBytes + 1), headers: headers)?.problem
                 == "string_size_limit")
+    }
+
+    /// The one pass over a webhook's head reads each header as `HTTPFields`' subscript does: any
+    /// case of its name, a repeated one's values joined with ", ", and counts the key's fields.
+    @Test func webhookHeadersReadAsTheFieldsSubscript() {
+        var fields = HTTPFields()
+        let names = ["Content-Length", "content-type", "WEBHOOK-ID", "webhook-timestamp", "Webhook-Signature", "authorization",
+                     "idempotency-key", "Content-Encoding", "expect", "Connection", "X-Other"]
+        for (index, name) in names.enumerated() {
+            fields.append(HTTPField(name: HTTPField.Name(name)!, value: "v\(index)"))
+            if index.isMultiple(of: 2) { fields.append(HTTPField(name: HTTPField.Name(name.uppercased())!, value: "w\(index)")) }
+        }
+        let headers = WebhookHeaders(fields)
+        #expect(headers.contentLength == fields[.contentLength])
+        #expect(headers.contentType == fields[.contentType])
+        #expect(headers.auth.webhookID == fields[IngestHandler.webhookID])
+        #expect(headers.auth.webhookTimestamp == fields[IngestHandler.webhookTimestamp])
+        #expect(headers.auth.webhookSignature == fields[IngestHandler.webhookSignature])
+        #expect(headers.auth.authorization == fields[.authorization])
+        #expect(headers.idempotencyKey == fields[IngestHandler.idempotencyKey])
+        #expect(headers.contentEncoding == fields[.contentEncoding])
+        #expect(headers.expect == fields[.expect])
+        #expect(headers.connection == fields[.connection])
+        #expect(headers.contentLength == "v0, w0" && headers.auth.webhookID == "v2, w2" && headers.contentType == "v1")
+        #expect(headers.webhookIDFields == 2 && headers.idempotencyKeyFields == 2)
+        #expect(WebhookHeaders([:]).auth.webhookID == nil && WebhookHeaders([:]).webhookIDFields == 0)
+
+        var closing = HTTPFields()
+        closing.append(HTTPField(name: .connection, value: "keep-alive"))
+        #expect(!WebhookHeaders(closing).asksToClose)
+        closing.append(HTTPField(name: .connection, value: " Close "))
+        #expect(WebhookHeaders(closing).asksToClose)
+        #expect(WebhookHeaders([.connection: "keep-alive,close"]).asksToClose)
+        #expect(WebhookHeaders([.expect: "100-Continue"]).expectsContinue && !WebhookHeaders([:]).expectsContinue)
     }
 
     @Test func invalidUTF8IsMalformed() async throws {

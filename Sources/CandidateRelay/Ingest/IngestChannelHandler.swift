@@ -77,7 +77,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         /// A request for the router: its parts go on.
         case passing
         /// A webhook's body being collected (into `body`).
-        case reading(account: String, head: HTTPRequest, limit: Int)
+        case reading(account: String, headers: WebhookHeaders, limit: Int)
         /// A whole webhook being checked and stored; its answer is not out yet.
         case storing(closeAfter: Bool)
         /// Refused before the end of its body (413, 404, 401, 503): answered; the rest of the body
@@ -232,17 +232,17 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .passing:
             if case .end = part { state = .idle }
             forward(part, context: context)
-        case .reading(let account, let head, let limit):
+        case .reading(let account, let headers, let limit):
             switch part {
             case .body(let chunk):
                 if body.count + chunk.readableBytes > limit {
                     dropBody()
-                    refuse(.payloadTooLarge(limit: limit), account: account, head: head, bodyComing: true, context: context)
+                    refuse(.payloadTooLarge(limit: limit), account: account, headers: headers, bodyComing: true, context: context)
                     return
                 }
                 guard ingest.reserveBody(holding: body.count + chunk.readableBytes, reserved: &bodyReserved) else {
                     dropBody()
-                    refuse(Self.tooManyBodies, account: account, head: head, bodyComing: true, context: context, close: true)
+                    refuse(Self.tooManyBodies, account: account, headers: headers, bodyComing: true, context: context, close: true)
                     return
                 }
                 chunk.withUnsafeReadableBytes { body.append(contentsOf: $0) }
@@ -250,7 +250,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 // The budget's share stays taken until the answer: the body lives on until then.
                 let whole = body
                 body = Data()
-                store(account: account, head: head, body: whole, context: context)
+                store(account: account, headers: headers, body: whole, context: context)
             case .head:
                 break  // the decoder sends no head before the end of the one before
             }
@@ -272,11 +272,12 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// client waits for it (curl does for bodies over 1 KB).
     private func begin(_ head: HTTPRequest, account: String, context: ChannelHandlerContext) {
         let limit = ingest.settings.value.maxBodyBytes
-        let declared = head.headerFields[.contentLength].flatMap(Int.init)
+        let headers = WebhookHeaders(head.headerFields)
+        let declared = headers.declaredLength
         do throws(IngestError) {
-            try ingest.admitHead(account: account, headers: head.headerFields)
+            try ingest.admitHead(account: account, headers: headers)
         } catch {
-            refuse(error, account: account, head: head, bodyComing: !Self.expectsContinue(head), context: context)
+            refuse(error, account: account, headers: headers, bodyComing: !headers.expectsContinue, context: context)
             return
         }
         dropBody()
@@ -284,10 +285,10 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         // a declared length at the head let three connections that sent nothing hold the
         // whole budget.
         if let declared, declared > 0 { body.reserveCapacity(declared) }
-        if Self.expectsContinue(head) {
+        if headers.expectsContinue {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
         }
-        state = .reading(account: account, head: head, limit: limit)
+        state = .reading(account: account, headers: headers, limit: limit)
     }
 
     /// Bodies being read on all connections hold the whole ingest budget.
@@ -303,9 +304,9 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Answers before the end of the body. A body still coming is read and dropped; a client
     /// waiting for `100 Continue` sends none, and the connection closes (it cannot tell the
     /// server that it will not send it). `close`: close after the rest of the body anyway.
-    private func refuse(_ error: IngestError, account: String, head: HTTPRequest, bodyComing: Bool, context: ChannelHandlerContext,
+    private func refuse(_ error: IngestError, account: String, headers: WebhookHeaders, bodyComing: Bool, context: ChannelHandlerContext,
                         close: Bool = false) {
-        let closeAfter = close || !bodyComing || Self.asksToClose(head)
+        let closeAfter = close || !bodyComing || headers.asksToClose
         send(ingest.finish(.failure(error), account: account), close: closeAfter, context: context)
         if bodyComing {
             state = .discarding(closeAfter: closeAfter)
@@ -361,23 +362,11 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    static func expectsContinue(_ head: HTTPRequest) -> Bool {
-        head.headerFields[.expect]?.lowercased() == "100-continue"
-    }
-
-    /// `Connection: close`, also as one of a list (`keep-alive, close`) or in a second field.
-    static func asksToClose(_ head: HTTPRequest) -> Bool {
-        head.headerFields[values: .connection].contains { field in
-            field.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
-        }
-    }
-
     /// A whole webhook: checked, then stored by the group commit; answered on this loop.
-    private func store(account: String, head: HTTPRequest, body: Data, context: ChannelHandlerContext) {
-        state = .storing(closeAfter: Self.asksToClose(head))
+    private func store(account: String, headers: WebhookHeaders, body: Data, context: ChannelHandlerContext) {
+        state = .storing(closeAfter: headers.asksToClose)
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop)
-        let headers = head.headerFields
         if body.count > Self.inlineCheckBytes {
             let check: @Sendable () -> Void = { [ingest] in
                 Self.check(ingest, account: account, headers: headers, body: body, loop: loop, handler: handler)
@@ -392,7 +381,7 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// the log line), not on the group commit's drain, which goes on to the next batch; the
     /// completion carries no more than it needs across (each capture is a retain and a release
     /// on SQLite's writer queue, which every request waits for).
-    private static func check(_ ingest: IngestHandler, account: String, headers: HTTPFields, body: Data,
+    private static func check(_ ingest: IngestHandler, account: String, headers: WebhookHeaders, body: Data,
                               loop: any EventLoop, handler: NIOLoopBound<IngestChannelHandler>) {
         let prepared: IngestHandler.Prepared
         do throws(IngestError) {

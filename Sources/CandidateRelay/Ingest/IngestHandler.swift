@@ -109,8 +109,9 @@ public struct IngestHandler: Sendable {
         var reserved = 0
         defer { releaseBody(reserved) }
         do throws(IngestError) {
-            try admitHead(account: account, headers: request.headers)
-            let prepared = try prepare(account: account, headers: request.headers, body: try await readBody(request, reserved: &reserved))
+            let headers = WebhookHeaders(request.headers)
+            try admitHead(account: account, headers: headers)
+            let prepared = try prepare(account: account, headers: headers, body: try await readBody(request, reserved: &reserved))
             let stored: Result<AcceptResult, any Error>
             do {
                 stored = .success(try await outbox.accept(prepared.submission, maxBacklog: prepared.maxBacklog))
@@ -149,29 +150,22 @@ public struct IngestHandler: Sendable {
     /// body is then never held.
     /// Also 413 for a declared length over the limit, first (the contract's order, as far as the
     /// head can tell). The channel handler and the router's `accept` both start here.
-    func admitHead(account: String, headers: HTTPFields) throws(IngestError) {
+    func admitHead(account: String, headers: WebhookHeaders) throws(IngestError) {
         let authenticator = try admit(account: account)
         let limit = settings.value.maxBodyBytes
-        if let declared = headers[.contentLength].flatMap(Int.init), declared > limit { throw .payloadTooLarge(limit: limit) }
-        guard authenticator.mayBeAuthentic(Self.authHeaders(headers), now: now()) else { throw .unauthorized }
-    }
-
-    static func authHeaders(_ headers: HTTPFields) -> IngestAuthenticator.Headers {
-        IngestAuthenticator.Headers(
-            webhookID: headers[Self.webhookID], webhookTimestamp: headers[Self.webhookTimestamp],
-            webhookSignature: headers[Self.webhookSignature], authorization: headers[.authorization])
+        if let declared = headers.declaredLength, declared > limit { throw .payloadTooLarge(limit: limit) }
+        guard authenticator.mayBeAuthentic(headers.auth, now: now()) else { throw .unauthorized }
     }
 
     /// The contract's checks on a whole body, in order (401, 415, 400, 422), and the submission
     /// they let through. Synchronous: the channel handler runs it on the event loop.
-    func prepare(account: String, headers: HTTPFields, body: Data) throws(IngestError) -> Prepared {
+    func prepare(account: String, headers: WebhookHeaders, body: Data) throws(IngestError) -> Prepared {
         let authenticator = try admit(account: account)
-        let auth = Self.authHeaders(headers)
         let receivedAt = now()
-        guard authenticator.isAuthentic(auth, body: body, now: receivedAt) else { throw .unauthorized }
-        guard Self.isJSON(headers[.contentType]) else { throw .unsupportedMediaType }
+        guard authenticator.isAuthentic(headers.auth, body: body, now: receivedAt) else { throw .unauthorized }
+        guard Self.isJSON(headers.contentType) else { throw .unsupportedMediaType }
         // A compressed body is not read as such (and would reach the partner as it came).
-        if let coding = headers[.contentEncoding], !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
+        if let coding = headers.contentEncoding, !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
         let parsed: ParsedDocument
         do throws(StrictJSONError) {
             parsed = try StrictJSONParser.parseDocument(body, maxValues: StrictJSONParser.maxDocumentValues)
@@ -185,7 +179,7 @@ public struct IngestHandler: Sendable {
         let problems = validator.validate(document, mayHaveControlCharacters: parsed.mayHaveControlCharacters)
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
-        let key = Self.idempotencyKey(webhookID: headers[Self.webhookID], idempotencyKey: headers[Self.idempotencyKey])
+        let key = Self.idempotencyKey(webhookID: headers.auth.webhookID, idempotencyKey: headers.idempotencyKey)
         if let key, let problem = Self.keyProblem(key, headers: headers) { throw .validationFailed([problem]) }
         let id = EventID.generate(now: receivedAt)
         var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
@@ -312,7 +306,7 @@ public struct IngestHandler: Sendable {
     /// strings hold them as U+FFFD, so `a\xffb` and `a\xfeb` meet (no key holds U+FFFD on
     /// purpose: refused whatever its origin). Its header sent twice: read as one value joined
     /// with ", ", `a` and `b` become a third key, `a, b`.
-    static func keyProblem(_ key: String, headers: HTTPFields) -> ValidationProblem? {
+    static func keyProblem(_ key: String, headers: WebhookHeaders) -> ValidationProblem? {
         // One pass over the bytes for U+FFFD (EF BF BD) and ", " (a list of keys folded into
         // one): `String.contains` of a string went through Foundation's search (perf: ~1 % of
         // ingest's CPU with the scalar scan).
@@ -326,9 +320,12 @@ public struct IngestHandler: Sendable {
         }
         let tooLong = key.utf8.count > maxKeyBytes
         guard undecodable || tooLong || listed else { return nil }  // the usual key: no lookup
-        let header = headers[webhookID] == key ? webhookID : idempotencyKey
+        let fromWebhookID = headers.auth.webhookID == key
+        let header = fromWebhookID ? webhookID : idempotencyKey
         if undecodable { return ValidationProblem(field: header.rawName, problem: "invalid_characters") }
-        if headers[fields: header].count > 1 { return ValidationProblem(field: header.rawName, problem: "repeated") }
+        if (fromWebhookID ? headers.webhookIDFields : headers.idempotencyKeyFields) > 1 {
+            return ValidationProblem(field: header.rawName, problem: "repeated")
+        }
         return tooLong ? ValidationProblem(field: header.rawName, problem: "string_size_limit") : nil
     }
 
