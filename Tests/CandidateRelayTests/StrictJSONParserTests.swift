@@ -33,6 +33,52 @@ import Testing
         }
     }
 
+    /// The eight-bytes-at-a-time scan says "plain" exactly when no byte is a quote, a backslash,
+    /// below 0x20 or 0x7F and above: every byte value at every position of a word of otherwise
+    /// plain bytes, and random words against a byte-by-byte reading.
+    @Test func wordScanAgreesWithBytes() throws {
+        func plainByBytes(_ word: UInt64) -> Bool {
+            (0..<8).allSatisfy { shift in
+                let byte = UInt8(truncatingIfNeeded: word >> (8 * UInt64(shift)))
+                return byte >= 0x20 && byte < 0x7F && byte != 0x22 && byte != 0x5C
+            }
+        }
+        var disagreements: [String] = []
+        for filler: UInt8 in [0x20, 0x41, 0x7E, 0x21, 0x5B, 0x5D, 0x23] {
+            for position in 0..<8 {
+                for value in 0...255 {
+                    var bytes = [UInt8](repeating: filler, count: 8)
+                    bytes[position] = UInt8(value)
+                    let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+                    if StrictJSONParser.isPlain(word) != plainByBytes(word) { disagreements.append("byte \(value) at \(position) among \(filler)") }
+                }
+            }
+        }
+        for _ in 0..<200_000 {
+            let random = UInt64.random(in: 0...UInt64.max)
+            // Any bytes; bytes below 0x80; bytes of 0x20-0x5F (quotes, backslashes, plain).
+            for word in [random, random & 0x7F7F_7F7F_7F7F_7F7F, (random & 0x3F3F_3F3F_3F3F_3F3F) &+ 0x2020_2020_2020_2020]
+            where StrictJSONParser.isPlain(word) != plainByBytes(word) {
+                disagreements.append(String(word, radix: 16))
+            }
+        }
+        #expect(disagreements.isEmpty, "\(disagreements.prefix(10))")
+        // Strings across the eight-byte steps: a quote, an escape, a control character, DEL and
+        // non-ASCII at every offset of a long string are each still found.
+        for offset in 0..<24 {
+            let plain = String(repeating: "a", count: offset)
+            let tail = String(repeating: "b", count: 17)
+            #expect(try StrictJSONParser.parse(Data("[\"\(plain)\\n\(tail)\"]".utf8)) == .array([.string(plain + "\n" + tail)]))
+            #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(Data("[\"\(plain)\u{01}\(tail)\"]".utf8)) }
+            #expect(try StrictJSONParser.parse(Data("[\"\(plain)é\(tail)\"]".utf8)) == .array([.string(plain + "é" + tail)]))
+            #expect(try StrictJSONParser.parseDocument(Data("[\"\(plain)\u{7F}\(tail)\"]".utf8)).mayHaveControlCharacters)
+            #expect(try !StrictJSONParser.parseDocument(Data("[\"\(plain)\(tail)\"]".utf8)).mayHaveControlCharacters)
+            #expect(try StrictJSONParser.parse(Data("[\"\(plain)\",\"\(tail)\"]".utf8)) == .array([.string(plain), .string(tail)]))
+            let invalid = Data("[\"\(plain)".utf8) + Data([0xFF]) + Data("\(tail)\"]".utf8)
+            #expect(throws: StrictJSONError.invalidUTF8(offset: 2)) { try StrictJSONParser.parse(invalid) }
+        }
+    }
+
     @Test func depthIsBounded() {
         let ok = String(repeating: "[", count: 64) + String(repeating: "]", count: 64)
         let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)

@@ -211,16 +211,25 @@ public struct StrictJSONParser {
         let contentStart = index
         var escaped = false
         var ascii = true
-        // Fast path: find the closing quote; most strings have no escape.
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") { break }
-            if byte == UInt8(ascii: "\\") { escaped = true; break }
-            if byte < 0x20 { throw .unexpected(offset: index) }
-            if byte >= 0x7F {
-                if byte == 0x7F { sawControlCharacter = true } else { ascii = false }
+        // Fast path: find the closing quote; most strings have no escape. Eight bytes at a time
+        // while none of them needs a look (a candidate's note is most of its body), then those
+        // eight one by one.
+        scan: while index < bytes.count {
+            if index + 8 <= bytes.count, Self.isPlain(bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+                index += 8
+                continue
             }
-            index += 1
+            let end = min(index + 8, bytes.count)
+            while index < end {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\"") { break scan }
+                if byte == UInt8(ascii: "\\") { escaped = true; break scan }
+                if byte < 0x20 { throw .unexpected(offset: index) }
+                if byte >= 0x7F {
+                    if byte == 0x7F { sawControlCharacter = true } else { ascii = false }
+                }
+                index += 1
+            }
         }
         guard index < bytes.count else { throw .unexpected(offset: start) }
         if !escaped {
@@ -253,6 +262,20 @@ public struct StrictJSONParser {
                 index += 1
             }
         }
+    }
+
+    /// None of the eight bytes is a quote, a backslash, a control character (< 0x20) or 0x7F and
+    /// above: each test is the classic "has a zero / a smaller / a larger byte" word trick,
+    /// exact as a yes or no (a borrow or carry can only mark a byte after one that is marked).
+    static func isPlain(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let quotes = word ^ (ones &* 0x22)
+        let backslashes = word ^ (ones &* 0x5C)
+        let hasQuote = (quotes &- ones) & ~quotes
+        let hasBackslash = (backslashes &- ones) & ~backslashes
+        let hasControl = (word &- ones &* 0x20) & ~word
+        let hasHigh = (word &+ ones) | word
+        return (hasQuote | hasBackslash | hasControl | hasHigh) & (ones &* 0x80) == 0
     }
 
     private mutating func escape() throws(StrictJSONError) {
