@@ -9,6 +9,12 @@ public final class RelayMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     let factory: PrometheusMetricsFactory
     private let counters = Mutex<[String: Metrics.Counter]>([:])
+    /// `candidate_relay_ingest_requests_total`'s counters by their two labels (`ingest`).
+    private let ingestCounters = Mutex<[IngestCounterKey: Metrics.Counter]>([:])
+    private struct IngestCounterKey: Hashable {
+        let account: String
+        let result: String
+    }
     private let totals = Mutex<[String: Int]>([:])
     private let changes = Atomic<Int>(0)
 
@@ -69,22 +75,34 @@ public final class RelayMetrics: Sendable {
 
     /// Increments a counter, creating it on first use (label + dimensions identify it).
     public func count(_ label: String, _ dimensions: [(String, String)] = [], by amount: Int = 1) {
+        counter(label, dimensions).increment(by: amount)
+    }
+
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Counter {
         let key = Self.key(label, dimensions)
-        let counter = counters.withLock { counters in
+        return counters.withLock { counters in
             if let existing = counters[key] { return existing }
             let created = Metrics.Counter(label: label, dimensions: dimensions, factory: factory)
             counters[key] = created
             return created
         }
-        counter.increment(by: amount)
     }
 
     /// `account` is empty when the request named no known account (404 `unknown_account`): an
     /// unknown name never becomes a label.
     public func ingest(result: String, account: String) {
         if result == "accepted" { changes.add(1, ordering: .relaxed) }
-        count("candidate_relay_ingest_requests_total", [("account", account), ("result", result)])
+        // Every webhook: found by its two labels, without building `count`'s key string.
+        let key = IngestCounterKey(account: account, result: result)
+        if let counter = ingestCounters.withLock({ $0[key] }) {
+            counter.increment()
+            return
+        }
+        let counter = counter("candidate_relay_ingest_requests_total", [("account", account), ("result", result)])
+        ingestCounters.withLock { $0[key] = counter }
+        counter.increment()
     }
+
     public func delivery(outcome: String, account: String) {
         changes.add(1, ordering: .relaxed)
         count("candidate_relay_deliveries_total", [("account", account), ("outcome", outcome)])
