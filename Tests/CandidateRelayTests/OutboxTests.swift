@@ -853,6 +853,21 @@ import Testing
         #expect(payloads == ["e1", "e4", "e5", "e8"])
     }
 
+    /// The insert skips a row for any constraint it breaks (`OR IGNORE`); one skipped for
+    /// another reason than its key (here an id already used) fails, never reported stored.
+    @Test func aRowSkippedForAnotherConstraintFails() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("e1", body: "a"), maxBacklog: 10)
+        for key in [nil, "new-key"] as [String?] {
+            do {
+                let result = try await outbox.accept(Self.submission("e1", key: key, body: "b"), maxBacklog: 10)
+                Issue.record("answered \(result)")
+            } catch OutboxError.storage {}
+        }
+        #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events") } == 1)
+    }
+
     /// A replay is answered while its account is being removed (closed); a new event is not stored.
     @Test func replayIsAnsweredWhileTheAccountIsClosed() async throws {
         let (dir, outbox) = try Self.open()

@@ -127,7 +127,7 @@ extension Outbox {
             guard try Self.insertUnlessReplayed(db, submission) else {
                 // Not stored: its key (as sent, or as an erasure left it) names an event already.
                 guard let replay = try Self.replayed(db, submission) else {
-                    throw OutboxError.storage("an idempotency key's event was not found")
+                    throw OutboxError.storage("an event was not stored, and no event has its idempotency key")
                 }
                 results.append(replay)
                 continue
@@ -143,18 +143,23 @@ extension Outbox {
     /// Inserts the submission's event, unless its idempotency key already names one in its
     /// account, as sent or as an erasure left it (`erasedIdempotencyKey`: a replay of a
     /// forgotten candidate's webhook is still a replay, and stores nothing again). True when
-    /// inserted. One statement: the key as sent is the unique index's conflict, which the insert
-    /// looks up anyway; the erased one a `NOT EXISTS`. (A probe statement before each insert
-    /// was ~4 % of ingest's CPU, perf.)
+    /// inserted.
+    ///
+    /// One statement (perf: a probe statement before each insert was ~4 % of ingest's CPU):
+    /// `OR IGNORE` skips the row when the key as sent is taken (the unique index, which the
+    /// insert looks up anyway), and when the erased form is: its `EXISTS` makes `body_sha256`
+    /// NULL, which `NOT NULL` refuses. (`INSERT ... SELECT ... WHERE NOT EXISTS` said the same
+    /// more plainly but reads the table it writes, so SQLite ran it through a temporary table:
+    /// slower than the probe.) A row skipped for any other constraint has no event of its key
+    /// to answer with: the caller fails it, nothing is dropped unsaid.
     private static func insertUnlessReplayed(_ db: Database, _ submission: Submission) throws -> Bool {
         let now = submission.receivedAt.millis
-        // `WHERE` also settles SQLite's parsing ambiguity of an upsert on `INSERT ... SELECT`.
         try db.cachedStatement(sql: """
-                INSERT INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
+                INSERT OR IGNORE INTO events (id, account, idempotency_key, body_sha256, state, attempts, position_uid,
                   partner_candidate_id, received_at, budget_started_at, updated_at, next_attempt_at)
-                SELECT ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?7, ?7, ?7
-                WHERE NOT EXISTS (SELECT 1 FROM events WHERE account = ?2 AND idempotency_key = ?8)
-                ON CONFLICT (account, idempotency_key) DO NOTHING
+                VALUES (?1, ?2, ?3,
+                  CASE WHEN EXISTS (SELECT 1 FROM events WHERE account = ?2 AND idempotency_key = ?8) THEN NULL ELSE ?4 END,
+                  'pending', 0, ?5, ?6, ?7, ?7, ?7, ?7)
                 """).execute(
             arguments: [submission.id, submission.account, submission.idempotencyKey, submission.bodySHA256,
                         submission.positionUID, submission.partnerCandidateID, now, submission.erasedIdempotencyKey])
