@@ -31,6 +31,12 @@ import Testing
         #expect(EventID.generate(now: Date(millis: 0x1_0000_0000_0000)).utf8.count == 33)
         #expect(EventID.generate(now: at) < EventID.generate(now: at.addingTimeInterval(0.001)))
         #expect(Set((0..<100).map { _ in EventID.generate(now: at) }).count == 100)
+        // The random words come 512 to a read: across several reads, none repeats, and their
+        // bits are about half ones (a pool left zeroed, or read twice, would show).
+        let words = (0..<2_000).map { _ in RandomWords.next() }
+        #expect(Set(words).count == words.count)
+        let ones = words.reduce(0) { $0 + $1.nonzeroBitCount }
+        #expect(abs(Double(ones) / Double(words.count * 64) - 0.5) < 0.01)
         #expect(IngestHandler.hex(SHA256.hash(data: Data("abc".utf8)))
                 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }

@@ -445,10 +445,12 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     private func send(_ answer: IngestAnswer, close: Bool, context: ChannelHandlerContext) {
         var headers = answer.headers
-        headers[.contentLength] = String(answer.body.readableBytes)
-        headers[.date] = HTTPDate.now()
-        headers[.server] = serverName
-        if close { headers[.connection] = "close" }
+        // Appended, not set: an answer carries none of these (the setter looked for each first).
+        headers.reserveCapacity(headers.count + 4)
+        headers.append(HTTPField(name: .contentLength, value: String(answer.body.readableBytes)))
+        headers.append(HTTPField(name: .date, value: HTTPDate.now()))
+        headers.append(HTTPField(name: .server, value: serverName))
+        if close { headers.append(HTTPField(name: .connection, value: "close")) }
         context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(answer.body)), promise: nil)
         let written = close ? context.eventLoop.makePromise(of: Void.self) : nil
