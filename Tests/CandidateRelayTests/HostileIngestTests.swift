@@ -64,9 +64,13 @@ import Testing
         #expect(try await Self.storedCount(f.outbox) == 2)
         #expect(IngestHandler.idempotencyKey(webhookID: "", idempotencyKey: "k") == "k")
         #expect(IngestHandler.idempotencyKey(webhookID: "", idempotencyKey: nil) == nil)
-        // Blank as Foundation's `.whitespaces` sees it: tab and space separators, not newlines.
-        for key in [" ", "\t", "\u{00A0}", "\u{2003}", " \u{3000}\t", "", "\n", "a", " a ", "\u{200B}", "\u{180E}", "\u{FEFF}", "\u{2028}", "\u{85}"] {
-            #expect(IngestHandler.isBlankKey(key) == key.trimmingCharacters(in: .whitespaces).isEmpty, "\(key.unicodeScalars.map(\.value))")
+        // Blank: white space of any kind, and characters that print as nothing.
+        for key in [" ", "\t", "\u{00A0}", "\u{2003}", " \u{3000}\t", "", "\u{200B}", "\u{180E}", "\u{FEFF}", "\u{2028}", "\u{2029}",
+                    "\u{85}", "\u{2060}", " \u{2028}\u{FEFF}"] {
+            #expect(IngestHandler.isBlankKey(key), "\(key.unicodeScalars.map(\.value))")
+        }
+        for key in ["a", " a ", "\u{2028}a", "-", "\u{FFFD}", "\u{200D}x", "0"] {
+            #expect(!IngestHandler.isBlankKey(key), "\(key.unicodeScalars.map(\.value))")
         }
     }
 

@@ -333,14 +333,15 @@ public struct IngestHandler: Sendable {
     /// for the record's whole retention).
     static let maxKeyBytes = 1_024
 
-    /// An idempotency key of nothing but `CharacterSet.whitespaces` (tab, the space separators
-    /// and, as Foundation has it, U+200B): decided byte by byte for ASCII, without Foundation's
-    /// trimming (a copy and a bridge per request). Not the validator's `isBlank` (a field's
-    /// value), which also counts line breaks and Unicode's other whitespace.
+    /// An idempotency key of nothing but white space (Unicode's `White_Space`: the space
+    /// separators, U+2028 and U+2029, NEL) or invisible characters that print as nothing (U+200B,
+    /// U+2060, U+FEFF, U+180E), decided byte by byte for ASCII, where a header can hold only space
+    /// and tab. Found from outside: a key of U+2028 alone was a real key, one every sender that
+    /// sends it shares (it followed Foundation's `.whitespaces`, which has no line separators).
     static func isBlankKey(_ value: String) -> Bool {
         value.unicodeScalars.allSatisfy { scalar in
             scalar.isASCII ? scalar == " " || scalar == "\t"
-                : scalar.properties.generalCategory == .spaceSeparator || scalar.value == 0x200B
+                : scalar.properties.isWhitespace || [0x200B, 0x2060, 0xFEFF, 0x180E].contains(scalar.value)
         }
     }
 

@@ -1,10 +1,14 @@
+import Foundation
 import HTTPTypes
 
 /// The request headers ingest reads, found in one pass over a webhook's head.
 ///
 /// Each value is what `HTTPFields`' subscript gives (a header sent more than once: its values
-/// joined with ", "). Looked up one by one, the webhook's ~17 lookups were a scan of every field
-/// and a joined string each (perf: ~3.5 % of ingest's CPU).
+/// joined with ", "), but `webhook-signature`, whose own list is space-separated: its fields are
+/// joined with a space (found from outside: with ", " a valid signature in the first of two
+/// fields became `v1,<signature>,` and failed, in the second it passed). Looked up one by one,
+/// the webhook's ~17 lookups were a scan of every field and a joined string each (perf: ~3.5 %
+/// of ingest's CPU).
 struct WebhookHeaders: Sendable {
     var contentLength: String?
     var contentType: String?
@@ -26,7 +30,7 @@ struct WebhookHeaders: Sendable {
                 Self.add(field.value, to: &auth.webhookID)
                 webhookIDFields += 1
             case IngestHandler.webhookTimestamp: Self.add(field.value, to: &auth.webhookTimestamp)
-            case IngestHandler.webhookSignature: Self.add(field.value, to: &auth.webhookSignature)
+            case IngestHandler.webhookSignature: Self.add(field.value, to: &auth.webhookSignature, separator: " ")
             case .authorization: Self.add(field.value, to: &auth.authorization)
             case IngestHandler.idempotencyKey:
                 Self.add(field.value, to: &idempotencyKey)
@@ -39,15 +43,19 @@ struct WebhookHeaders: Sendable {
         }
     }
 
-    private static func add(_ value: String, to slot: inout String?) {
-        if let first = slot { slot = first + ", " + value } else { slot = value }
+    private static func add(_ value: String, to slot: inout String?, separator: String = ", ") {
+        if let first = slot { slot = first + separator + value } else { slot = value }
     }
 
     /// The declared body length, when it is a number.
     var declaredLength: Int? { contentLength.flatMap(Int.init) }
 
-    /// The client waits for `100 Continue` before its body.
-    var expectsContinue: Bool { expect?.lowercased() == "100-continue" }
+    /// The client waits for `100 Continue` before its body (also said twice, as a list or in two
+    /// fields: found from outside, such a client got no 100 and stalled).
+    var expectsContinue: Bool {
+        guard let expect else { return false }
+        return expect.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "100-continue" }
+    }
 
     /// `Connection: close`, also as one of a list (`keep-alive, close`) or in a second field.
     var asksToClose: Bool {
