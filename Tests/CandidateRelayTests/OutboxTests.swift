@@ -857,6 +857,26 @@ import Testing
         #expect(stored == ["e0", "e1", "e4", "e5", "e8"])
         let payloads = try await outbox.pool.read { db in try String.fetchAll(db, sql: "SELECT event_id FROM payloads ORDER BY event_id") }
         #expect(payloads == ["e1", "e4", "e5", "e8"])
+
+        // A full backlog: replays (the erased key's too) are answered, another body refused,
+        // a new event not stored.
+        let full = [
+            Self.submission("e9", key: "gone", body: "g"), Self.submission("e10", key: "gone", body: "h"),
+            Self.submission("e11", key: "k", body: "b"), Self.submission("e12", key: "k3", body: "a"),
+        ].map { PendingAccept(submission: $0, maxBacklog: 1) }
+        let refused = await withCheckedContinuation { continuation in
+            outbox.acceptBatch(full) { continuation.resume(returning: $0) }
+        }
+        let answers = try refused.get().map { result -> String in
+            switch result {
+            case .success(.created(let record)): "created \(record.id)"
+            case .success(.duplicate(let record)): "duplicate of \(record.id)"
+            case .failure(OutboxError.idempotencyKeyReused(let existing)): "reused \(existing)"
+            case .failure(OutboxError.backlogFull): "backlog full"
+            case .failure(let error): "\(error)"
+            }
+        }
+        #expect(answers == ["duplicate of e0", "reused e0", "reused e1", "backlog full"])
     }
 
     /// The insert skips a row for any constraint it breaks (`OR IGNORE`); one skipped for
@@ -872,6 +892,17 @@ import Testing
             } catch OutboxError.storage {}
         }
         #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events") } == 1)
+    }
+
+    /// The accept's insert skips a replay of an erased key by making `body_sha256` NULL: the
+    /// column must refuse NULL in the schema every migration leaves.
+    @Test func theBodyDigestColumnRefusesNull() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let notNull = try await outbox.pool.read { db in
+            try Bool.fetchOne(db, sql: "SELECT \"notnull\" FROM pragma_table_info('events') WHERE name = 'body_sha256'")
+        }
+        #expect(notNull == true)
     }
 
     /// A replay is answered while its account is being removed (closed); a new event is not stored.

@@ -33,32 +33,34 @@ import Testing
         }
     }
 
-    /// The eight-bytes-at-a-time scan says "plain" exactly when no byte is a quote, a backslash,
-    /// below 0x20 or 0x7F and above: every byte value at every position of a word of otherwise
-    /// plain bytes, and random words against a byte-by-byte reading.
+    /// The eight-bytes-at-a-time scan sorts a word as a byte-by-byte reading does: "special" when
+    /// any byte is a quote, a backslash, below 0x20 or DEL; else "non-ASCII" when any is 0x80 or
+    /// above; else "ASCII". Every byte value at every position of an otherwise plain word, and
+    /// random words.
     @Test func wordScanAgreesWithBytes() throws {
-        func plainByBytes(_ word: UInt64) -> Bool {
-            (0..<8).allSatisfy { shift in
-                let byte = UInt8(truncatingIfNeeded: word >> (8 * UInt64(shift)))
-                return byte >= 0x20 && byte < 0x7F && byte != 0x22 && byte != 0x5C
-            }
+        func classByBytes(_ word: UInt64) -> StrictJSONParser.StringWord {
+            let bytes = (0..<8).map { UInt8(truncatingIfNeeded: word >> (8 * UInt64($0))) }
+            if bytes.contains(where: { $0 < 0x20 || $0 == 0x7F || $0 == 0x22 || $0 == 0x5C }) { return .special }
+            return bytes.contains(where: { $0 >= 0x80 }) ? .nonASCII : .ascii
         }
         var disagreements: [String] = []
-        for filler: UInt8 in [0x20, 0x41, 0x7E, 0x21, 0x5B, 0x5D, 0x23] {
+        for filler: UInt8 in [0x20, 0x41, 0x7E, 0x21, 0x5B, 0x5D, 0x23, 0x80, 0xC3, 0xFF] {
             for position in 0..<8 {
                 for value in 0...255 {
                     var bytes = [UInt8](repeating: filler, count: 8)
                     bytes[position] = UInt8(value)
                     let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
-                    if StrictJSONParser.isPlain(word) != plainByBytes(word) { disagreements.append("byte \(value) at \(position) among \(filler)") }
+                    if StrictJSONParser.classify(word) != classByBytes(word) { disagreements.append("byte \(value) at \(position) among \(filler)") }
                 }
             }
         }
         for _ in 0..<200_000 {
             let random = UInt64.random(in: 0...UInt64.max)
-            // Any bytes; bytes below 0x80; bytes of 0x20-0x5F (quotes, backslashes, plain).
-            for word in [random, random & 0x7F7F_7F7F_7F7F_7F7F, (random & 0x3F3F_3F3F_3F3F_3F3F) &+ 0x2020_2020_2020_2020]
-            where StrictJSONParser.isPlain(word) != plainByBytes(word) {
+            // Any bytes; bytes below 0x80; bytes of 0x20-0x5F (quotes, backslashes, plain);
+            // plain bytes with 0x80 and above mixed in.
+            for word in [random, random & 0x7F7F_7F7F_7F7F_7F7F, (random & 0x3F3F_3F3F_3F3F_3F3F) &+ 0x2020_2020_2020_2020,
+                         (random & 0x3F3F_3F3F_3F3F_3F3F) &+ 0x4040_4040_4040_4040 | (random >> 1 & 0x8080_8080_8080_8080)]
+            where StrictJSONParser.classify(word) != classByBytes(word) {
                 disagreements.append(String(word, radix: 16))
             }
         }
@@ -71,6 +73,14 @@ import Testing
             #expect(try StrictJSONParser.parse(Data("[\"\(plain)\\n\(tail)\"]".utf8)) == .array([.string(plain + "\n" + tail)]))
             #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(Data("[\"\(plain)\u{01}\(tail)\"]".utf8)) }
             #expect(try StrictJSONParser.parse(Data("[\"\(plain)é\(tail)\"]".utf8)) == .array([.string(plain + "é" + tail)]))
+            // Non-ASCII text skipped eight bytes at a time still ends at its quote, is validated,
+            // and still finds what follows it.
+            let hebrew = String(repeating: "שלום ", count: offset + 1)
+            #expect(try StrictJSONParser.parse(Data("[\"\(hebrew)\",\"\(plain)\"]".utf8)) == .array([.string(hebrew), .string(plain)]))
+            #expect(throws: StrictJSONError.self) { try StrictJSONParser.parse(Data("[\"\(hebrew)\u{01}\(tail)\"]".utf8)) }
+            #expect(try StrictJSONParser.parseDocument(Data("[\"\(hebrew)\u{7F}\(tail)\"]".utf8)).mayHaveControlCharacters)
+            let brokenHebrew = Data("[\"\(hebrew)".utf8) + Data([0xD7]) + Data("\(tail)\"]".utf8)  // a lead byte without its follower
+            #expect(throws: StrictJSONError.invalidUTF8(offset: 2)) { try StrictJSONParser.parse(brokenHebrew) }
             #expect(try StrictJSONParser.parseDocument(Data("[\"\(plain)\u{7F}\(tail)\"]".utf8)).mayHaveControlCharacters)
             #expect(try !StrictJSONParser.parseDocument(Data("[\"\(plain)\(tail)\"]".utf8)).mayHaveControlCharacters)
             #expect(try StrictJSONParser.parse(Data("[\"\(plain)\",\"\(tail)\"]".utf8)) == .array([.string(plain), .string(tail)]))

@@ -213,11 +213,21 @@ public struct StrictJSONParser {
         var ascii = true
         // Fast path: find the closing quote; most strings have no escape. Eight bytes at a time
         // while none of them needs a look (a candidate's note is most of its body), then those
-        // eight one by one.
+        // eight one by one. Bytes of 0x80 and above are skipped too: they are never a quote or
+        // a backslash in UTF-8, and a non-ASCII string is validated whole below.
         scan: while index < bytes.count {
-            if index + 8 <= bytes.count, Self.isPlain(bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
-                index += 8
-                continue
+            if index + 8 <= bytes.count {
+                switch Self.classify(bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+                case .ascii:
+                    index += 8
+                    continue
+                case .nonASCII:
+                    ascii = false
+                    index += 8
+                    continue
+                case .special:
+                    break
+                }
             }
             let end = min(index + 8, bytes.count)
             while index < end {
@@ -264,18 +274,30 @@ public struct StrictJSONParser {
         }
     }
 
-    /// None of the eight bytes is a quote, a backslash, a control character (< 0x20) or 0x7F and
-    /// above: each test is the classic "has a zero / a smaller / a larger byte" word trick,
-    /// exact as a yes or no (a borrow or carry can only mark a byte after one that is marked).
-    static func isPlain(_ word: UInt64) -> Bool {
+    /// What eight bytes of a string hold, for the scan of its contents.
+    enum StringWord: Equatable {
+        /// Plain ASCII: nothing to look at.
+        case ascii
+        /// Bytes of 0x80 and above among plain ASCII: nothing to look at but UTF-8 validation.
+        case nonASCII
+        /// A quote, a backslash, a control character (< 0x20) or DEL (0x7F): one by one.
+        case special
+    }
+
+    /// Each test is the classic "has a zero byte" or "has a byte less than n" word trick, exact
+    /// as a yes or no (a borrow can only mark a byte after one that is truly marked).
+    static func classify(_ word: UInt64) -> StringWord {
         let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs = ones &* 0x80
         let quotes = word ^ (ones &* 0x22)
         let backslashes = word ^ (ones &* 0x5C)
-        let hasQuote = (quotes &- ones) & ~quotes
-        let hasBackslash = (backslashes &- ones) & ~backslashes
-        let hasControl = (word &- ones &* 0x20) & ~word
-        let hasHigh = (word &+ ones) | word
-        return (hasQuote | hasBackslash | hasControl | hasHigh) & (ones &* 0x80) == 0
+        let deletes = word ^ (ones &* 0x7F)
+        let special = (quotes &- ones) & ~quotes
+            | (backslashes &- ones) & ~backslashes
+            | (deletes &- ones) & ~deletes
+            | (word &- ones &* 0x20) & ~word
+        if special & highs != 0 { return .special }
+        return word & highs == 0 ? .ascii : .nonASCII
     }
 
     private mutating func escape() throws(StrictJSONError) {

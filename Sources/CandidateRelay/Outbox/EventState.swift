@@ -43,7 +43,9 @@ public enum EventID {
 /// The kernel's random bytes, read from `/dev/urandom` 4 KiB at a time and handed out eight
 /// bytes per word: one system call per 512 event ids, where `UInt64.random` made one
 /// (`getrandom`) per id (perf: ~0.6 % of ingest's CPU in the call). Each word is used once.
-/// Without the device (a sandbox without `/dev`), the standard generator, a call per word.
+/// Without the device (a sandbox without `/dev`; no descriptor left), the standard generator,
+/// a call per word, and the device is tried again at the next read. Its descriptor stays open
+/// for the life of the process, as the pool does.
 enum RandomWords {
     private static let wordsPerRead = 512
     private static let pool = Mutex<(words: [UInt64], next: Int, device: Int32?)>(([], 0, nil))
@@ -51,7 +53,7 @@ enum RandomWords {
     static func next() -> UInt64 {
         pool.withLock { pool in
             if pool.next == pool.words.count {
-                if pool.device == nil { pool.device = open("/dev/urandom", O_RDONLY | O_CLOEXEC) }
+                if (pool.device ?? -1) < 0 { pool.device = open("/dev/urandom", O_RDONLY | O_CLOEXEC) }
                 pool.words = refill(device: pool.device ?? -1)
                 pool.next = 0
             }

@@ -73,8 +73,9 @@ extension Outbox {
         acceptQueue.submit(PendingAccept(submission: submission, maxBacklog: maxBacklog), run: { self.acceptBatch($0, done: $1) }, completion: completion)
     }
 
-    /// The group commit's transaction: each submission's key lookup, backlog check and insert,
-    /// in arrival order (a key repeated within the batch finds the row inserted before it).
+    /// The group commit's transaction: each submission's backlog check and insert (which also
+    /// decides its idempotency key), in arrival order (a key repeated within the batch finds the
+    /// row inserted before it); the event a key names is read only for one not stored.
     /// Once committed, the backlog cache counts the new events.
     func acceptBatch(_ batch: [PendingAccept], done: @escaping @Sendable (GroupCommit<PendingAccept, AcceptResult>.BatchResult) -> Void) {
         writeBatch({ db in try self.acceptRows(db, batch) }, then: { outcome in
@@ -127,7 +128,7 @@ extension Outbox {
             guard try Self.insertUnlessReplayed(db, submission) else {
                 // Not stored: its key (as sent, or as an erasure left it) names an event already.
                 guard let replay = try Self.replayed(db, submission) else {
-                    throw OutboxError.storage("an event was not stored, and no event has its idempotency key")
+                    throw OutboxError.storage("an event was refused by a constraint other than its idempotency key")
                 }
                 results.append(replay)
                 continue

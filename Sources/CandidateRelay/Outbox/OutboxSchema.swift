@@ -1,6 +1,10 @@
 import GRDB
 
 /// Versioned migrations. A shipped migration is never edited: add a new one.
+///
+/// A new migration must keep `events.body_sha256 NOT NULL`: the accept's insert relies on it to
+/// skip a replay of an erased idempotency key (`Outbox.insertUnlessReplayed`; a test checks the
+/// column).
 enum OutboxSchema {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
