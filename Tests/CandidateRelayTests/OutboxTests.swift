@@ -840,17 +840,7 @@ import Testing
             Self.submission("e6", key: "gone", body: "g"), Self.submission("e7", key: "gone", body: "h"),
             Self.submission("e8", key: "k2", body: "a"),
         ].map { PendingAccept(submission: $0, maxBacklog: 100) }
-        let outcome = await withCheckedContinuation { continuation in
-            outbox.acceptBatch(batch) { continuation.resume(returning: $0) }
-        }
-        let results = try outcome.get().map { result -> String in
-            switch result {
-            case .success(.created(let record)): "created \(record.id)"
-            case .success(.duplicate(let record)): "duplicate of \(record.id)"
-            case .failure(OutboxError.idempotencyKeyReused(let existing)): "reused \(existing)"
-            case .failure(let error): "\(error)"
-            }
-        }
+        let results = try await Self.commitBatch(outbox, batch)
         #expect(results == ["created e1", "duplicate of e1", "reused e1", "created e4", "created e5",
                             "duplicate of e0", "reused e0", "created e8"])
         let stored = try await outbox.pool.read { db in try String.fetchAll(db, sql: "SELECT id FROM events ORDER BY id") }
@@ -864,10 +854,16 @@ import Testing
             Self.submission("e9", key: "gone", body: "g"), Self.submission("e10", key: "gone", body: "h"),
             Self.submission("e11", key: "k", body: "b"), Self.submission("e12", key: "k3", body: "a"),
         ].map { PendingAccept(submission: $0, maxBacklog: 1) }
-        let refused = await withCheckedContinuation { continuation in
-            outbox.acceptBatch(full) { continuation.resume(returning: $0) }
+        let answers = try await Self.commitBatch(outbox, full)
+        #expect(answers == ["duplicate of e0", "reused e0", "reused e1", "backlog full"])
+    }
+
+    /// One group commit's transaction of `batch`, each item's result said in a few words.
+    static func commitBatch(_ outbox: Outbox, _ batch: [PendingAccept]) async throws -> [String] {
+        let outcome = await withCheckedContinuation { continuation in
+            outbox.acceptBatch(batch) { continuation.resume(returning: $0) }
         }
-        let answers = try refused.get().map { result -> String in
+        return try outcome.get().map { result -> String in
             switch result {
             case .success(.created(let record)): "created \(record.id)"
             case .success(.duplicate(let record)): "duplicate of \(record.id)"
@@ -876,7 +872,6 @@ import Testing
             case .failure(let error): "\(error)"
             }
         }
-        #expect(answers == ["duplicate of e0", "reused e0", "reused e1", "backlog full"])
     }
 
     /// The insert skips a row for any constraint it breaks (`OR IGNORE`); one skipped for

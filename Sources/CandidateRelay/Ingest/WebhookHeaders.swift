@@ -52,14 +52,14 @@ struct WebhookHeaders: Sendable {
 
     /// The client waits for `100 Continue` before its body (also said twice, as a list or in two
     /// fields: found from outside, such a client got no 100 and stalled).
-    var expectsContinue: Bool {
-        guard let expect else { return false }
-        return expect.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "100-continue" }
-    }
+    var expectsContinue: Bool { Self.list(expect, contains: "100-continue") }
 
     /// `Connection: close`, also as one of a list (`keep-alive, close`) or in a second field.
-    var asksToClose: Bool {
-        guard let connection else { return false }
-        return connection.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
+    var asksToClose: Bool { Self.list(connection, contains: "close") }
+
+    /// A comma-separated header value holds `token` (any case, spaces around it).
+    private static func list(_ value: String?, contains token: String) -> Bool {
+        guard let value else { return false }
+        return value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == token }
     }
 }
