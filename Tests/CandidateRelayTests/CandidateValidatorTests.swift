@@ -227,8 +227,10 @@ private let cases: [CandidateValidationCase] = [
 @Suite struct CandidateValidatorTests {
     @Test(arguments: cases)
     func reportsExactlyTheseProblems(_ row: CandidateValidationCase) throws {
-        let document = try JSONValue.parse(Data(row.json.utf8))
-        #expect(CandidateValidator().validate(document) == row.expected)
+        let parsed = try StrictJSONParser.parseDocument(Data(row.json.utf8))
+        #expect(CandidateValidator().validate(parsed.document, mayHaveControlCharacters: parsed.mayHaveControlCharacters) == row.expected)
+        #expect(CandidateValidator().validate(parsed.document) == row.expected)
+        #expect(ReferenceCandidateValidator().validate(parsed.document.value()) == row.expected)
     }
 
     @Test func tableIsLargeEnough() {
@@ -253,6 +255,80 @@ private let cases: [CandidateValidationCase] = [
         let data = try JSONEncoder().encode(problem("links[0].url", "invalid_url"))
         let object = try JSONSerialization.jsonObject(with: data) as? [String: String]
         #expect(object == ["field": "links[0].url", "problem": "invalid_url"])
+    }
+
+    /// The validator reads a `JSONDocument` (positions in the body); its reference read a
+    /// `JSONValue` tree. Every table row, mutated at random (a field's value swapped for one of
+    /// the edge values, keys and strings written with escapes, keys spelled with non-ASCII twins),
+    /// must give the same problems, in the same order, with and without the control pass.
+    @Test func documentReadingAgreesWithTheReference() throws {
+        let seed = UInt64(Date().timeIntervalSince1970)
+        var g = StrictJSONParserTests.SeededGenerator(state: seed)
+        let edges: [JSONValue] = [
+            .null, .bool(true), .number(7), .number(1.5), .string(""), .string("  \t"), .string("\u{2028}"), .string("\u{FEFF}"),
+            .string("a\u{0}b"), .string("a\u{7F}"), .string("line\nbreak"), .string(String(repeating: "x", count: 255)),
+            .string(String(repeating: "x", count: 256)), .string(String(repeating: "é", count: 255)), .string(String(repeating: "é", count: 256)),
+            .string(String(repeating: "n", count: 10_001)), .string("QUJD"), .string("QUJ"), .string("QU\nJD"), .string("@@"),
+            .string("https://www.linkedin.com/in/x"), .string("https://example.com/a"), .string("http://"), .string("a@b.c"),
+            .string("a@b"), .string("Sourced"), .string("Do not contact"), .string("US"), .string("ZZ"), .string("\u{212A}R"),
+            .string("cv.pdf"), .string("CV.DOCX"), .string(".pdf"), .string("日本"), .array([]), .object([:]),
+            .array([.object(["url": .string("https://a.example")]), .string("x"), .null]),
+            .array([.object(["name": .string("n"), "file": .string("QUJD")]), .object(["file": .number(1)])]),
+            .object(["name": .string("cv.pdf"), "file": .string("QUJD")]), .object(["country": .string("DE"), "city": .null]),
+            .object(["k": .object([:]), "ok": .string("v"), "a\u{1}": .bool(true)]),
+        ]
+        let fields = ["position_uid", "partner_candidate_id", "first_name", "middle_name", "last_name", "email", "phone",
+                      "linkedin_url", "prospect_status", "resume", "picture", "links", "files", "source_contact", "address",
+                      "custom_fields", "note", "extra\u{7}", "K"]
+        func mutate(_ value: JSONValue, depth: Int) -> JSONValue {
+            guard case .object(var members) = value else {
+                return Int.random(in: 0..<3, using: &g) == 0 ? edges.randomElement(using: &g)! : value
+            }
+            for _ in 0..<Int.random(in: 0...3, using: &g) {
+                let key = (members.keys.sorted() + fields).randomElement(using: &g)!
+                members[key] = depth < 2 && Bool.random(using: &g) ? mutate(members[key] ?? .object([:]), depth: depth + 1)
+                    : edges.randomElement(using: &g)!
+            }
+            if Int.random(in: 0..<6, using: &g) == 0, let key = members.keys.sorted().randomElement(using: &g) {
+                // A twin of a key: the Kelvin sign is canonically equivalent to "K".
+                members["\u{212A}" + key.dropFirst()] = members.removeValue(forKey: key)
+            }
+            return .object(members)
+        }
+        /// JSON text with each character written as it is or, at random, as a `\u` escape.
+        func text(_ value: JSONValue) -> String {
+            switch value {
+            case .string(let string):
+                var out = "\""
+                for scalar in string.unicodeScalars {
+                    let mustEscape = scalar == "\"" || scalar == "\\" || scalar.value < 0x20
+                    if mustEscape || Int.random(in: 0..<8, using: &g) == 0 {
+                        for unit in String(scalar).utf16 { out += String(format: "\\u%04x", unit) }
+                    } else {
+                        out.unicodeScalars.append(scalar)
+                    }
+                }
+                return out + "\""
+            case .array(let elements): return "[" + elements.map(text).joined(separator: ",") + "]"
+            case .object(let members):
+                return "{" + members.keys.sorted().map { text(.string($0)) + ":" + text(members[$0]!) }.joined(separator: ",") + "}"
+            default: return value.jsonText
+            }
+        }
+        var compared = 0
+        for row in cases where row.json.utf8.count < 100_000 {
+            let original = try JSONValue.parse(Data(row.json.utf8))
+            for round in 0..<40 {
+                let mutated = round == 0 ? original : mutate(original, depth: 0)
+                guard let parsed = try? StrictJSONParser.parseDocument(Data(text(mutated).utf8)) else { continue }
+                compared += 1
+                let expected = ReferenceCandidateValidator().validate(parsed.document.value())
+                #expect(CandidateValidator().validate(parsed.document) == expected, "seed \(seed), \(row.name), round \(round)")
+                #expect(CandidateValidator().validate(parsed.document, mayHaveControlCharacters: parsed.mayHaveControlCharacters) == expected,
+                        "seed \(seed), \(row.name), round \(round)")
+            }
+        }
+        #expect(compared > 2_000)
     }
 
     /// The one-pass email check agrees with the split-based rule it replaced, on the edges.

@@ -28,119 +28,132 @@ public struct CandidateValidator: Sendable {
     /// Returns every problem of `document`; an empty array means the partner should accept it.
     ///
     /// Control characters are found in one pass over every string (values and keys), and win
-    /// over any other problem of the same field but `required`. `mayHaveControlCharacters: false` (the parser
-    /// saw none) skips that pass.
-    public func validate(_ document: JSONValue, mayHaveControlCharacters: Bool = true) -> [ValidationProblem] {
-        guard case .object(let fields) = document else {
+    /// over any other problem of the same field but `required`. `mayHaveControlCharacters: false`
+    /// (the parser saw none) skips that pass.
+    ///
+    /// Works on the parsed document's positions (`JSONDocument`): a value becomes a `String`
+    /// only where a format is checked.
+    public func validate(_ document: JSONDocument, mayHaveControlCharacters: Bool = true) -> [ValidationProblem] {
+        let root = JSONDocument.root
+        guard document.kind(root) == .object else {
             return [ValidationProblem(field: "$", problem: "must_be_object")]
         }
         var problems: [ValidationProblem] = []
-        let controlPaths = mayHaveControlCharacters ? Self.controlCharacterPaths(document, at: "") : []
+        let controlPaths = mayHaveControlCharacters ? Self.controlCharacterPaths(document, root, at: "") : []
         // Looked up by every field checked: a set (an array searched each time was quadratic in
         // the elements of a long array, each with a control character).
         var controlPathsLeft = Set(controlPaths)
-        func note(_ field: String, _ problem: String?) {
-            if !controlPathsLeft.isEmpty, controlPathsLeft.remove(field) != nil {
+        func note(_ field: @autoclosure () -> String, _ problem: String?) {
+            if !controlPathsLeft.isEmpty, controlPathsLeft.remove(field()) != nil {
                 // A blank required field ("  \n") is reported as missing, as it always was.
-                problems.append(ValidationProblem(field: field, problem: problem == "required" ? "required" : "invalid_characters"))
+                problems.append(ValidationProblem(field: field(), problem: problem == "required" ? "required" : "invalid_characters"))
             } else if let problem {
-                problems.append(ValidationProblem(field: field, problem: problem))
+                problems.append(ValidationProblem(field: field(), problem: problem))
             }
         }
-        /// The members of an optional object field; records `must_be_object` for another type.
-        func members(_ value: JSONValue?, at path: String) -> [String: JSONValue]? {
-            switch value {
-            case nil, .null?: return nil
-            case .object(let members)?: return members
-            case _?: note(path, "must_be_object"); return nil
+        /// An optional object field; records `must_be_object` for another type.
+        func object(_ node: Int?, at path: String) -> Int? {
+            guard let node else { return nil }
+            switch document.kind(node) {
+            case .null: return nil
+            case .object: return node
+            default: note(path, "must_be_object"); return nil
             }
         }
         /// The elements of an optional array field, with their paths; records `must_be_array`.
-        func elements(_ value: JSONValue?, at path: String) -> [(path: String, value: JSONValue)] {
-            switch value {
-            case nil, .null?: return []
-            case .array(let elements)?: return elements.enumerated().map { ("\(path)[\($0)]", $1) }
-            case _?: note(path, "must_be_array"); return []
+        func elements(_ node: Int?, at path: String) -> [(path: String, node: Int)] {
+            guard let node else { return [] }
+            switch document.kind(node) {
+            case .null: return []
+            case .array: return document.elements(node).enumerated().map { ("\(path)[\($0)]", $1) }
+            default: note(path, "must_be_array"); return []
             }
         }
         /// An array element that must be an object (`null` included in the misfits).
-        func element(_ value: JSONValue, at path: String) -> [String: JSONValue]? {
-            if case .object(let members) = value { return members }
+        func element(_ node: Int, at path: String) -> Int? {
+            if document.kind(node) == .object { return node }
             note(path, "must_be_object")
             return nil
         }
+        func text(_ node: Int?, required: Bool = false, limit: Int?, format: ((String) -> String?)? = nil) -> String? {
+            Self.text(document, node, required: required, limit: limit, format: format)
+        }
+        func field(_ object: Int, _ name: String) -> Int? { document.member(object, name) }
 
         let short = Self.shortLimit
-        note("position_uid", Self.text(fields["position_uid"], required: true, limit: short))
-        note("partner_candidate_id", Self.text(fields["partner_candidate_id"], limit: short) {
+        note("position_uid", text(field(root, "position_uid"), required: true, limit: short))
+        note("partner_candidate_id", text(field(root, "partner_candidate_id"), limit: short) {
             // The partner keys its 409 detection on this id: a blank one would match nothing useful.
             Self.isBlank($0) ? "empty" : nil
         })
-        note("first_name", Self.text(fields["first_name"], required: true, limit: short))
-        note("middle_name", Self.text(fields["middle_name"], limit: short))
-        note("last_name", Self.text(fields["last_name"], required: true, limit: short))
-        note("email", Self.text(fields["email"], limit: short, format: Self.emailProblem))
+        note("first_name", text(field(root, "first_name"), required: true, limit: short))
+        note("middle_name", text(field(root, "middle_name"), limit: short))
+        note("last_name", text(field(root, "last_name"), required: true, limit: short))
+        note("email", text(field(root, "email"), limit: short, format: Self.emailProblem))
         for name in Self.plainShortFields {
-            note(name, Self.text(fields[name], limit: short))
+            note(name, text(field(root, name), limit: short))
         }
-        note("linkedin_url", Self.text(fields["linkedin_url"], limit: Self.urlLimit) {
+        note("linkedin_url", text(field(root, "linkedin_url"), limit: Self.urlLimit) {
             Self.isLinkedInURL($0) ? nil : "invalid_linkedin_url"
         })
-        note("salary_expectations", Self.text(fields["salary_expectations"], limit: short))
-        note("prospect_status", Self.text(fields["prospect_status"], limit: short) {
+        note("salary_expectations", text(field(root, "salary_expectations"), limit: short))
+        note("prospect_status", text(field(root, "prospect_status"), limit: short) {
             $0.utf8.allSatisfy({ $0 < 0x80 }) && Self.prospectStatuses.contains($0) ? nil : "invalid_prospect_status"
         })
-        if let resume = members(fields["resume"], at: "resume") {
-            note("resume.name", Self.text(resume["name"], required: true, limit: short) { name in
+        if let resume = object(field(root, "resume"), at: "resume") {
+            note("resume.name", text(field(resume, "name"), required: true, limit: short) { name in
                 let lower = name.lowercased()
                 let known = Self.resumeExtensions.contains {
                     lower.hasSuffix(".\($0)") && lower.count > $0.count + 1
                 }
                 return known ? nil : "invalid_file_extension"
             })
-            note("resume.file", Self.fileProblem(resume["file"]))
+            note("resume.file", Self.fileProblem(document, field(resume, "file")))
         }
-        if let picture = members(fields["picture"], at: "picture") {
-            note("picture.file", Self.fileProblem(picture["file"]))
-            note("picture.name", Self.text(picture["name"], required: true, limit: short))
+        if let picture = object(field(root, "picture"), at: "picture") {
+            note("picture.file", Self.fileProblem(document, field(picture, "file")))
+            note("picture.name", text(field(picture, "name"), required: true, limit: short))
         }
-        for (path, value) in elements(fields["links"], at: "links") {
-            guard let link = element(value, at: path) else { continue }
-            note("\(path).url", Self.text(link["url"], required: true, limit: Self.urlLimit) {
+        for (path, node) in elements(field(root, "links"), at: "links") {
+            guard let link = element(node, at: path) else { continue }
+            note("\(path).url", text(field(link, "url"), required: true, limit: Self.urlLimit) {
                 Self.httpHost($0) == nil ? "invalid_url" : nil
             })
         }
-        for (path, value) in elements(fields["files"], at: "files") {
-            guard let file = element(value, at: path) else { continue }
-            note("\(path).name", Self.text(file["name"], required: true, limit: short))
-            note("\(path).file", Self.fileProblem(file["file"]))
+        for (path, node) in elements(field(root, "files"), at: "files") {
+            guard let file = element(node, at: path) else { continue }
+            note("\(path).name", text(field(file, "name"), required: true, limit: short))
+            note("\(path).file", Self.fileProblem(document, field(file, "file")))
         }
-        if let contact = members(fields["source_contact"], at: "source_contact") {
-            note("source_contact.full_name", Self.text(contact["full_name"], limit: short))
-            note("source_contact.email",
-                 Self.text(contact["email"], required: true, limit: short, format: Self.emailProblem))
-            note("source_contact.phone", Self.text(contact["phone"], limit: short))
+        if let contact = object(field(root, "source_contact"), at: "source_contact") {
+            note("source_contact.full_name", text(field(contact, "full_name"), limit: short))
+            note("source_contact.email", text(field(contact, "email"), required: true, limit: short, format: Self.emailProblem))
+            note("source_contact.phone", text(field(contact, "phone"), limit: short))
         }
-        if let address = members(fields["address"], at: "address") {
-            note("address.country", Self.text(address["country"], limit: short) {
+        if let address = object(field(root, "address"), at: "address") {
+            note("address.country", text(field(address, "country"), limit: short) {
                 // ASCII first: a Set of Swift strings compares by canonical equivalence, and
                 // U+212A KELVIN SIGN is one with "K" ("\u{212A}R" passed as "KR").
                 $0.utf8.allSatisfy({ $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) && CountryCodes.alpha2.contains($0)
                     ? nil : "incorrect_country_code"
             })
             for name in ["city", "state", "zip", "street"] {
-                note("address.\(name)", Self.text(address[name], limit: short))
+                note("address.\(name)", text(field(address, name), limit: short))
             }
         }
-        if let custom = members(fields["custom_fields"], at: "custom_fields") {
-            for key in custom.keys.sorted() {
-                switch custom[key] {
-                case .string?, .number?, .bool?: continue
-                default: note("custom_fields.\(key)", "invalid_custom_candidate_field")
+        if let custom = object(field(root, "custom_fields"), at: "custom_fields") {
+            var misfits: [String] = []
+            for (key, value) in document.members(custom) {
+                switch document.kind(value) {
+                case .string, .number, .bool: continue
+                default: misfits.append(document.string(key))
                 }
             }
+            for key in misfits.sorted() {
+                note("custom_fields.\(key)", "invalid_custom_candidate_field")
+            }
         }
-        note("note", Self.text(fields["note"], limit: Self.noteLimit))
+        note("note", text(field(root, "note"), limit: Self.noteLimit))
         // Every other string (custom field values and keys, fields the partner page does not
         // list, members of known objects it does not list) is forwarded too: the same rule.
         for path in controlPaths where controlPathsLeft.contains(path) {
@@ -152,30 +165,35 @@ public struct CandidateValidator: Sendable {
     // MARK: - Control characters
 
     /// U+0000–U+001F and U+007F (CONTRACT section 4); `multiline` allows tab, CR and LF.
-    static func hasControlCharacter(_ string: String, multiline: Bool = false) -> Bool {
-        func isControl(_ byte: UInt8) -> Bool {
+    static func hasControlCharacter(_ bytes: UnsafeRawBufferPointer, multiline: Bool = false) -> Bool {
+        bytes.contains { byte in
             if byte == 0x7F { return true }
             guard byte < 0x20 else { return false }
             return !(multiline && (byte == 0x09 || byte == 0x0A || byte == 0x0D))
         }
+    }
+
+    static func hasControlCharacter(_ string: String, multiline: Bool = false) -> Bool {
         var string = string
-        return string.withUTF8 { $0.contains(where: isControl) }
+        return string.withUTF8 { hasControlCharacter(UnsafeRawBufferPointer($0), multiline: multiline) }
     }
 
     /// The paths of strings (values and object keys) holding control characters. `note` (multi-
     /// line text) and base64 `file` members (MIME line breaks) may hold tab, CR and LF.
-    static func controlCharacterPaths(_ value: JSONValue, at path: String, multiline: Bool = false) -> [String] {
-        switch value {
-        case .string(let string):
-            return hasControlCharacter(string, multiline: multiline) ? [path.isEmpty ? "$" : path] : []
-        case .array(let elements):
-            return elements.enumerated().flatMap { controlCharacterPaths($1, at: "\(path)[\($0)]") }
-        case .object(let members):
-            return members.keys.sorted().flatMap { key -> [String] in
-                let child = path.isEmpty ? key : "\(path).\(key)"
-                if hasControlCharacter(key) { return [child] }
-                let multiline = (key == "file" && !path.isEmpty) || child == "note"
-                return controlCharacterPaths(members[key]!, at: child, multiline: multiline)
+    static func controlCharacterPaths(_ document: JSONDocument, _ node: Int, at path: String, multiline: Bool = false) -> [String] {
+        switch document.kind(node) {
+        case .string:
+            let found = document.withUTF8(node) { hasControlCharacter($0, multiline: multiline) }
+            return found ? [path.isEmpty ? "$" : path] : []
+        case .array:
+            return document.elements(node).enumerated().flatMap { controlCharacterPaths(document, $1, at: "\(path)[\($0)]") }
+        case .object:
+            let members = document.members(node).map { (key: document.string($0.key), value: $0.value) }
+            return members.sorted { $0.key < $1.key }.flatMap { member -> [String] in
+                let child = path.isEmpty ? member.key : "\(path).\(member.key)"
+                if hasControlCharacter(member.key) { return [child] }
+                let multiline = (member.key == "file" && !path.isEmpty) || child == "note"
+                return controlCharacterPaths(document, member.value, at: child, multiline: multiline)
             }
         case .null, .bool, .number:
             return []
@@ -189,28 +207,35 @@ public struct CandidateValidator: Sendable {
     /// Scalars rather than grapheme clusters because a combining accent counts as a character
     /// in most databases and languages; the stricter count keeps the partner from refusing it.
     static func text(
-        _ value: JSONValue?, required: Bool = false, limit: Int?,
-        format: (String) -> String? = { _ in nil }
+        _ document: JSONDocument, _ node: Int?, required: Bool = false, limit: Int?,
+        format: ((String) -> String?)? = nil
     ) -> String? {
-        switch value {
-        case nil, .null?:
+        guard let node else { return required ? "required" : nil }
+        switch document.kind(node) {
+        case .null:
             return required ? "required" : nil
-        case .string(let string)?:
-            if required, isBlank(string) { return "required" }
+        case .string:
+            if required, isBlank(document, node) { return "required" }
             // UTF-8 length bounds the scalar count: count scalars only when it could matter.
-            if let limit, string.utf8.count > limit, string.unicodeScalars.count > limit { return "string_size_limit" }
-            return format(string)
-        case _?:
+            if let limit, document.utf8Count(node) > limit,
+               document.isASCII(node) || document.string(node).unicodeScalars.count > limit {
+                return "string_size_limit"
+            }
+            return format?(document.string(node))
+        default:
             return "must_be_string"
         }
     }
 
-    /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`.
-    static func fileProblem(_ value: JSONValue?) -> String? {
-        text(value, required: true, limit: nil) { string in
-            guard let size = decodedBase64Size(string) else { return "invalid_base64" }
+    /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`. Measured
+    /// on the body's bytes (a 6 MB file is not copied into a `String` to be checked).
+    static func fileProblem(_ document: JSONDocument, _ node: Int?) -> String? {
+        if let node, document.kind(node) == .string {
+            if isBlank(document, node) { return "required" }
+            guard let size = document.withUTF8(node, decodedBase64Size) else { return "invalid_base64" }
             return size > maxDecodedFileBytes ? "file_size_limit" : nil
         }
+        return text(document, node, required: true, limit: nil)
     }
 
     static func emailProblem(_ string: String) -> String? {
@@ -218,6 +243,12 @@ public struct CandidateValidator: Sendable {
     }
 
     // MARK: - Formats
+
+    /// `isBlank` of a string node: an ASCII one byte by byte.
+    static func isBlank(_ document: JSONDocument, _ node: Int) -> Bool {
+        guard document.isASCII(node) else { return isBlank(document.string(node)) }
+        return document.withUTF8(node) { $0.allSatisfy { $0 == 0x20 || (0x09...0x0D).contains($0) } }
+    }
 
     /// Only whitespace (or nothing). ASCII is decided byte by byte; Unicode properties are
     /// looked up for other scalars only (the profile had Foundation's trimming at ~3% of ingest).
@@ -356,9 +387,14 @@ public struct CandidateValidator: Sendable {
     /// breaks), or nil when the text is not base64. Computed in one pass without decoding, so a
     /// 6 MB file is not held twice in memory just to be measured.
     static func decodedBase64Size(_ string: String) -> Int? {
+        var string = string
+        return string.withUTF8 { decodedBase64Size(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func decodedBase64Size(_ bytes: UnsafeRawBufferPointer) -> Int? {
         var symbols = 0
         var padding = 0
-        for byte in string.utf8 {
+        for byte in bytes {
             switch byte {
             case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"):
                 continue

@@ -175,14 +175,14 @@ public struct IngestHandler: Sendable {
         } catch {
             throw .malformedJSON(error)
         }
-        let document = parsed.value
+        let document = parsed.document
         let problems = validator.validate(document, mayHaveControlCharacters: parsed.mayHaveControlCharacters)
         guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers.auth.webhookID, idempotencyKey: headers.idempotencyKey)
         if let key, let problem = Self.keyProblem(key, headers: headers) { throw .validationFailed([problem]) }
         let id = EventID.generate(now: receivedAt)
-        var partnerCandidateID = document["partner_candidate_id"]?.stringValue ?? ""
+        var partnerCandidateID = document.stringValue(document.member(JSONDocument.root, "partner_candidate_id")) ?? ""
         var payload = body
         let generated = partnerCandidateID.isEmpty
         if generated {
@@ -191,7 +191,7 @@ public struct IngestHandler: Sendable {
         }
         let submission = Submission(
             id: id, account: account, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
-            positionUID: document["position_uid"]?.stringValue ?? "", partnerCandidateID: partnerCandidateID,
+            positionUID: document.stringValue(document.member(JSONDocument.root, "position_uid")) ?? "", partnerCandidateID: partnerCandidateID,
             payload: payload, receivedAt: receivedAt)
         return Prepared(submission: submission, generated: generated, maxBacklog: settings.value.maxBacklog)
     }

@@ -17,7 +17,7 @@ public enum StrictJSONError: Error, Sendable, Equatable {
 
 /// A parsed ingest document, and what the relay needs to know of its bytes.
 public struct ParsedDocument: Sendable {
-    public var value: JSONValue
+    public var document: JSONDocument
     /// False when no string holds a control character (the validator's scan is skipped).
     public var mayHaveControlCharacters: Bool
     /// Where the value of the top-level `partner_candidate_id` member sits in the body, so that
@@ -39,12 +39,11 @@ public struct StrictJSONParser {
     private let bytes: UnsafeRawBufferPointer
     private var index = 0
     private var scratch: [UInt8] = []
+    private var nodes: [JSONDocument.Node] = []
+    private var decoded: [String] = []
     /// Set when a string holds U+0000–U+001F or U+007F (raw DEL, or an escape), so that the
     /// validator's scan for them can be skipped for the common body that has none.
     private var sawControlCharacter = false
-    /// Integers a Double cannot hold exactly (2^53 and beyond) become their text: a partner's
-    /// 64-bit id, 9007199254740993, is otherwise read as ...992 (partner answers only).
-    private let bigIntegersAsText: Bool
     /// Values left before `tooManyValues` (nil: no limit).
     private var valuesLeft: Int?
     private let valueLimit: Int?
@@ -52,9 +51,8 @@ public struct StrictJSONParser {
     /// Whether the document's top-level value is an object (for `tooManyValues`).
     private var documentIsObject = false
 
-    private init(bytes: UnsafeRawBufferPointer, bigIntegersAsText: Bool = false, maxValues: Int? = nil) {
+    private init(bytes: UnsafeRawBufferPointer, maxValues: Int? = nil) {
         self.bytes = bytes
-        self.bigIntegersAsText = bigIntegersAsText
         self.valuesLeft = maxValues
         self.valueLimit = maxValues
     }
@@ -68,17 +66,13 @@ public struct StrictJSONParser {
     /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
     /// never for ingest, where the forwarded bytes must be exactly what was validated).
     public static func parse(_ data: Data, allowBOM: Bool = false) throws(StrictJSONError) -> JSONValue {
-        try parseDocument(data, allowBOM: allowBOM).value
+        try parseDocument(data, allowBOM: allowBOM).document.value()
     }
 
     /// A partner's answer: a BOM allowed, and integers beyond a Double's exact range kept as
     /// their text (`.string`), so that an identifier is never rounded.
     public static func parseAnswer(_ data: Data) throws(StrictJSONError) -> JSONValue {
-        let result: Result<JSONValue, StrictJSONError> = data.withUnsafeBytes { raw in
-            var parser = StrictJSONParser(bytes: raw, bigIntegersAsText: true)
-            do throws(StrictJSONError) { return .success(try parser.document(allowBOM: true)) } catch { return .failure(error) }
-        }
-        return try result.get()
+        try parseDocument(data, allowBOM: true).document.value(bigIntegersAsText: true)
     }
 
     /// `parse`, whether any string may hold a control character (false: none does), and where
@@ -88,8 +82,9 @@ public struct StrictJSONParser {
         let result: Result<ParsedDocument, StrictJSONError> = data.withUnsafeBytes { raw in
             var parser = StrictJSONParser(bytes: raw, maxValues: maxValues)
             do throws(StrictJSONError) {
-                let value = try parser.document(allowBOM: allowBOM)
-                return .success(ParsedDocument(value: value, mayHaveControlCharacters: parser.sawControlCharacter,
+                try parser.document(allowBOM: allowBOM)
+                let document = JSONDocument(bytes: data, nodes: parser.nodes, decoded: parser.decoded)
+                return .success(ParsedDocument(document: document, mayHaveControlCharacters: parser.sawControlCharacter,
                                                partnerCandidateIDRange: parser.partnerCandidateIDRange))
             } catch {
                 return .failure(error)
@@ -98,17 +93,16 @@ public struct StrictJSONParser {
         return try result.get()
     }
 
-    private mutating func document(allowBOM: Bool) throws(StrictJSONError) -> JSONValue {
+    private mutating func document(allowBOM: Bool) throws(StrictJSONError) {
         if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF {
             guard allowBOM else { throw .byteOrderMark }
             index = 3
         }
         skipWhitespace()
         documentIsObject = peek() == UInt8(ascii: "{")
-        let value = try self.value(depth: 0)
+        try value(depth: 0)
         skipWhitespace()
         guard index == bytes.count else { throw .trailingData(offset: index) }
-        return value
     }
 
     private mutating func skipWhitespace() {
@@ -122,29 +116,31 @@ public struct StrictJSONParser {
 
     private func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
 
-    private mutating func value(depth: Int) throws(StrictJSONError) -> JSONValue {
+    /// Parses one value into `nodes` (its node, then those of its contents).
+    private mutating func value(depth: Int) throws(StrictJSONError) {
         guard let byte = peek() else { throw .unexpected(offset: index) }
         if let left = valuesLeft {
             guard left > 0 else { throw .tooManyValues(limit: valueLimit ?? 0, inObject: documentIsObject) }
             valuesLeft = left - 1
         }
+        let start = index
         switch byte {
-        case UInt8(ascii: "{"): return try object(depth: depth + 1)
-        case UInt8(ascii: "["): return try array(depth: depth + 1)
-        case UInt8(ascii: "\""): return .string(try string())
-        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
-        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
-        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "{"): try object(depth: depth + 1)
+        case UInt8(ascii: "["): try array(depth: depth + 1)
+        case UInt8(ascii: "\""): try string()
+        case UInt8(ascii: "t"): try literal("true"); append(.bool, from: start, isTrue: true)
+        case UInt8(ascii: "f"): try literal("false"); append(.bool, from: start)
+        case UInt8(ascii: "n"): try literal("null"); append(.null, from: start)
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            let start = index
-            let value = try number()
-            if bigIntegersAsText, abs(value) >= 9_007_199_254_740_992,
-               !bytes[start..<index].contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) {
-                return .string(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self))
-            }
-            return .number(value)
+            try number()
+            append(.number, from: start)
         default: throw .unexpected(offset: index)
         }
+    }
+
+    /// A scalar's node, from `start` to the current index.
+    private mutating func append(_ kind: JSONDocument.Kind, from start: Int, isTrue: Bool = false) {
+        nodes.append(JSONDocument.Node(kind: kind, isTrue: isTrue, start: start, end: index, next: nodes.count + 1))
     }
 
     private mutating func literal(_ word: StaticString) throws(StrictJSONError) {
@@ -156,56 +152,116 @@ public struct StrictJSONParser {
         index += count
     }
 
-    private mutating func object(depth: Int) throws(StrictJSONError) -> JSONValue {
+    /// A container's node, before its contents; `close` fills in its count and end.
+    private mutating func open(_ kind: JSONDocument.Kind) -> Int {
+        nodes.append(JSONDocument.Node(kind: kind, start: index, end: index))
+        return nodes.count - 1
+    }
+
+    private mutating func close(_ node: Int, count: Int) {
+        nodes[node].end = index
+        nodes[node].count = count
+        nodes[node].next = nodes.count
+    }
+
+    private mutating func object(depth: Int) throws(StrictJSONError) {
         guard depth <= Self.maxDepth else { throw .tooDeep(limit: Self.maxDepth) }
+        let node = open(.object)
         index += 1
-        var members: [String: JSONValue] = [:]
+        var keys = ObjectKeys()
         skipWhitespace()
-        if peek() == UInt8(ascii: "}") { index += 1; return .object(members) }
-        members.reserveCapacity(8)  // a candidate's object grows without rehashing three times
+        if peek() == UInt8(ascii: "}") { index += 1; close(node, count: 0); return }
         while true {
             guard peek() == UInt8(ascii: "\"") else { throw .unexpected(offset: index) }
             let keyOffset = index
-            let key = try string()
+            try string()
+            // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
+            // spellings of one name are a duplicate for some consumer.
+            guard keys.insert(nodes.count - 1, of: self) else { throw .duplicateKey(offset: keyOffset) }
             skipWhitespace()
             guard peek() == UInt8(ascii: ":") else { throw .unexpected(offset: index) }
             index += 1
             skipWhitespace()
             let valueStart = index
-            let member = try value(depth: depth)
-            if depth == 1, key == "partner_candidate_id" { partnerCandidateIDRange = valueStart..<index }
-            // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
-            // spellings of one name are a duplicate for some consumer.
-            guard members.updateValue(member, forKey: key) == nil else { throw .duplicateKey(offset: keyOffset) }
+            try value(depth: depth)
+            if depth == 1, isPartnerCandidateID(keys.last) { partnerCandidateIDRange = valueStart..<index }
             skipWhitespace()
             switch peek() {
             case UInt8(ascii: ",")?: index += 1; skipWhitespace()
-            case UInt8(ascii: "}")?: index += 1; return .object(members)
+            case UInt8(ascii: "}")?: index += 1; close(node, count: keys.count); return
             default: throw .unexpected(offset: index)
             }
         }
     }
 
-    private mutating func array(depth: Int) throws(StrictJSONError) -> JSONValue {
+    private func isPartnerCandidateID(_ key: Int) -> Bool {
+        let node = nodes[key]
+        let name: StaticString = "partner_candidate_id"
+        guard node.plain, node.ascii else { return keyString(key) == name.description }
+        return node.end - node.start == name.utf8CodeUnitCount
+            && UnsafeRawBufferPointer(rebasing: bytes[node.start..<node.end]).elementsEqual(
+                UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+    }
+
+    /// An object's keys so far, to find a repeated one. Plain ASCII keys (the usual object) are
+    /// compared byte for byte, which for ASCII is what Swift's string equality is; once a key
+    /// holds an escape or a non-ASCII byte, or the object is large, every key is compared as a
+    /// Swift string (a set), as a dictionary of them did.
+    private struct ObjectKeys {
+        var nodes: [Int] = []
+        var strings: Set<String>?
+        var count: Int { nodes.count }
+        var last: Int { nodes[nodes.count - 1] }
+        static let linearLimit = 32
+
+        mutating func insert(_ key: Int, of parser: StrictJSONParser) -> Bool {
+            let node = parser.nodes[key]
+            if strings == nil, node.plain, node.ascii, nodes.count < Self.linearLimit {
+                let text = UnsafeRawBufferPointer(rebasing: parser.bytes[node.start..<node.end])
+                for earlier in nodes {
+                    let other = parser.nodes[earlier]
+                    if other.end - other.start == text.count,
+                       text.elementsEqual(UnsafeRawBufferPointer(rebasing: parser.bytes[other.start..<other.end])) {
+                        return false
+                    }
+                }
+                nodes.append(key)
+                return true
+            }
+            if strings == nil { strings = Set(nodes.map(parser.keyString)) }
+            nodes.append(key)
+            return strings!.insert(parser.keyString(key)).inserted
+        }
+    }
+
+    fileprivate func keyString(_ key: Int) -> String {
+        let node = nodes[key]
+        guard node.plain else { return decoded[node.decodedIndex] }
+        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[node.start..<node.end]), as: UTF8.self)
+    }
+
+    private mutating func array(depth: Int) throws(StrictJSONError) {
         guard depth <= Self.maxDepth else { throw .tooDeep(limit: Self.maxDepth) }
+        let node = open(.array)
         index += 1
-        var elements: [JSONValue] = []
+        var count = 0
         skipWhitespace()
-        if peek() == UInt8(ascii: "]") { index += 1; return .array(elements) }
+        if peek() == UInt8(ascii: "]") { index += 1; close(node, count: 0); return }
         while true {
-            elements.append(try value(depth: depth))
+            try value(depth: depth)
+            count += 1
             skipWhitespace()
             switch peek() {
             case UInt8(ascii: ",")?: index += 1; skipWhitespace()
-            case UInt8(ascii: "]")?: index += 1; return .array(elements)
+            case UInt8(ascii: "]")?: index += 1; close(node, count: count); return
             default: throw .unexpected(offset: index)
             }
         }
     }
 
-    /// A string: raw bytes must be valid UTF-8 without control characters; escapes are decoded,
-    /// `\u` surrogates only as a high-low pair.
-    private mutating func string() throws(StrictJSONError) -> String {
+    /// A string's node: raw bytes must be valid UTF-8 without control characters; escapes are
+    /// decoded (into `decoded`), `\u` surrogates only as a high-low pair.
+    private mutating func string() throws(StrictJSONError) {
         let start = index
         index += 1
         let contentStart = index
@@ -243,14 +299,15 @@ public struct StrictJSONParser {
         }
         guard index < bytes.count else { throw .unexpected(offset: start) }
         if !escaped {
-            let slice = UnsafeRawBufferPointer(rebasing: bytes[contentStart..<index])
+            // ASCII is valid UTF-8 as it is; other text is validated here, once (its node then
+            // reads as a String by `decoding`).
+            if !ascii {
+                let slice = UnsafeRawBufferPointer(rebasing: bytes[contentStart..<index])
+                guard String(validating: slice, as: UTF8.self) != nil else { throw .invalidUTF8(offset: contentStart) }
+            }
+            nodes.append(JSONDocument.Node(kind: .string, ascii: ascii, start: contentStart, end: index, next: nodes.count + 1))
             index += 1
-            // ASCII is valid UTF-8 as it is: `decoding` then copies it, where `validating` (an
-            // unspecialised generic) looked up type metadata for every string (perf: ~2 % of
-            // ingest's CPU).
-            if ascii { return String(decoding: slice, as: UTF8.self) }
-            guard let text = String(validating: slice, as: UTF8.self) else { throw .invalidUTF8(offset: contentStart) }
-            return text
+            return
         }
         scratch.removeAll(keepingCapacity: true)
         scratch.append(contentsOf: bytes[contentStart..<index])
@@ -259,9 +316,12 @@ public struct StrictJSONParser {
             let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "\""):
-                index += 1
                 guard let text = String(validating: scratch, as: UTF8.self) else { throw .invalidUTF8(offset: contentStart) }
-                return text
+                nodes.append(JSONDocument.Node(kind: .string, plain: false, ascii: false, start: contentStart, end: index,
+                                               next: nodes.count + 1, decodedIndex: decoded.count))
+                decoded.append(text)
+                index += 1
+                return
             case UInt8(ascii: "\\"):
                 try escape()
             case 0..<0x20:
@@ -352,7 +412,7 @@ public struct StrictJSONParser {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, finite as a Double.
-    private mutating func number() throws(StrictJSONError) -> Double {
+    private mutating func number() throws(StrictJSONError) {
         let start = index
         if peek() == UInt8(ascii: "-") { index += 1 }
         guard let first = peek(), isDigit(first) else { throw .unexpected(offset: index) }
@@ -371,7 +431,6 @@ public struct StrictJSONParser {
         }
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
         guard let value = Double(text), value.isFinite else { throw .numberOutOfRange(offset: start) }
-        return value
     }
 
     private func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
