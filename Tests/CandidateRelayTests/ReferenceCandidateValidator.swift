@@ -62,7 +62,7 @@ struct ReferenceCandidateValidator {
         note("middle_name", Self.text(fields["middle_name"], limit: short))
         note("last_name", Self.text(fields["last_name"], required: true, limit: short))
         note("email", Self.text(fields["email"], limit: short, format: CandidateValidator.emailProblem))
-        for name in CandidateValidator.plainShortFields {
+        for name in ["phone", "mobile_phone", "national_id"] {
             note(name, Self.text(fields[name], limit: short))
         }
         note("linkedin_url", Self.text(fields["linkedin_url"], limit: CandidateValidator.urlLimit) {

@@ -21,7 +21,7 @@ public struct CandidateValidator: Sendable {
     ]
     static let resumeExtensions = ["pdf", "doc", "docx"]
     /// Optional short strings after `middle_name`, in the partner page's order.
-    static let plainShortFields = ["phone", "mobile_phone", "national_id"]
+    static let plainShortFields: [StaticString] = ["phone", "mobile_phone", "national_id"]
 
     public init() {}
 
@@ -34,6 +34,10 @@ public struct CandidateValidator: Sendable {
     /// Works on the parsed document's positions (`JSONDocument`): a value becomes a `String`
     /// only where a format is checked.
     public func validate(_ document: JSONDocument, mayHaveControlCharacters: Bool = true) -> [ValidationProblem] {
+        document.withReader { validate($0, mayHaveControlCharacters: mayHaveControlCharacters) }
+    }
+
+    func validate(_ document: JSONDocument.Reader, mayHaveControlCharacters: Bool) -> [ValidationProblem] {
         let root = JSONDocument.root
         guard document.kind(root) == .object else {
             return [ValidationProblem(field: "$", problem: "must_be_object")]
@@ -78,7 +82,7 @@ public struct CandidateValidator: Sendable {
         func text(_ node: Int?, required: Bool = false, limit: Int?, format: ((String) -> String?)? = nil) -> String? {
             Self.text(document, node, required: required, limit: limit, format: format)
         }
-        func field(_ object: Int, _ name: String) -> Int? { document.member(object, name) }
+        func field(_ object: Int, _ name: StaticString) -> Int? { document.member(object, name) }
 
         let short = Self.shortLimit
         note("position_uid", text(field(root, "position_uid"), required: true, limit: short))
@@ -91,7 +95,7 @@ public struct CandidateValidator: Sendable {
         note("last_name", text(field(root, "last_name"), required: true, limit: short))
         note("email", text(field(root, "email"), limit: short, format: Self.emailProblem))
         for name in Self.plainShortFields {
-            note(name, text(field(root, name), limit: short))
+            note(name.description, text(field(root, name), limit: short))
         }
         note("linkedin_url", text(field(root, "linkedin_url"), limit: Self.urlLimit) {
             Self.isLinkedInURL($0) ? nil : "invalid_linkedin_url"
@@ -137,7 +141,7 @@ public struct CandidateValidator: Sendable {
                 $0.utf8.allSatisfy({ $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) && CountryCodes.alpha2.contains($0)
                     ? nil : "incorrect_country_code"
             })
-            for name in ["city", "state", "zip", "street"] {
+            for name: StaticString in ["city", "state", "zip", "street"] {
                 note("address.\(name)", text(field(address, name), limit: short))
             }
         }
@@ -180,7 +184,7 @@ public struct CandidateValidator: Sendable {
 
     /// The paths of strings (values and object keys) holding control characters. `note` (multi-
     /// line text) and base64 `file` members (MIME line breaks) may hold tab, CR and LF.
-    static func controlCharacterPaths(_ document: JSONDocument, _ node: Int, at path: String, multiline: Bool = false) -> [String] {
+    static func controlCharacterPaths(_ document: JSONDocument.Reader, _ node: Int, at path: String, multiline: Bool = false) -> [String] {
         switch document.kind(node) {
         case .string:
             let found = document.withUTF8(node) { hasControlCharacter($0, multiline: multiline) }
@@ -207,7 +211,7 @@ public struct CandidateValidator: Sendable {
     /// Scalars rather than grapheme clusters because a combining accent counts as a character
     /// in most databases and languages; the stricter count keeps the partner from refusing it.
     static func text(
-        _ document: JSONDocument, _ node: Int?, required: Bool = false, limit: Int?,
+        _ document: JSONDocument.Reader, _ node: Int?, required: Bool = false, limit: Int?,
         format: ((String) -> String?)? = nil
     ) -> String? {
         guard let node else { return required ? "required" : nil }
@@ -229,7 +233,7 @@ public struct CandidateValidator: Sendable {
 
     /// A required base64 file: it must decode, and to at most `maxDecodedFileBytes`. Measured
     /// on the body's bytes (a 6 MB file is not copied into a `String` to be checked).
-    static func fileProblem(_ document: JSONDocument, _ node: Int?) -> String? {
+    static func fileProblem(_ document: JSONDocument.Reader, _ node: Int?) -> String? {
         if let node, document.kind(node) == .string {
             if isBlank(document, node) { return "required" }
             guard let size = document.withUTF8(node, decodedBase64Size) else { return "invalid_base64" }
@@ -245,7 +249,7 @@ public struct CandidateValidator: Sendable {
     // MARK: - Formats
 
     /// `isBlank` of a string node: an ASCII one byte by byte.
-    static func isBlank(_ document: JSONDocument, _ node: Int) -> Bool {
+    static func isBlank(_ document: JSONDocument.Reader, _ node: Int) -> Bool {
         guard document.isASCII(node) else { return isBlank(document.string(node)) }
         return document.withUTF8(node) { $0.allSatisfy { $0 == 0x20 || (0x09...0x0D).contains($0) } }
     }

@@ -3,7 +3,7 @@ import Foundation
 /// A parsed JSON document kept as the positions of its values in the body: one flat array of
 /// nodes, no tree of Swift values. The ingest path checks a candidate through it and forwards
 /// the body's own bytes, so it never needs a `String` per value or a dictionary per object
-/// (building, hashing and freeing that tree was ~12 % of ingest's CPU). `value(at:)` builds the
+/// (building, hashing and freeing that tree was ~12 % of ingest's CPU). `value()` builds the
 /// `JSONValue` tree where one is wanted (partner answers, tests).
 ///
 /// Nodes are in document order. A container's members follow it (an object's as key, value,
@@ -40,121 +40,129 @@ public struct JSONDocument: Sendable {
     /// The document's own value.
     public static let root = 0
 
-    public func kind(_ node: Int) -> Kind { nodes[node].kind }
-
-    /// The number of elements of an array or members of an object.
-    func count(_ node: Int) -> Int { nodes[node].count }
-
-    /// An array's elements.
-    func elements(_ node: Int) -> [Int] {
-        var result: [Int] = []
-        result.reserveCapacity(nodes[node].count)
-        var child = node + 1
-        for _ in 0..<nodes[node].count {
-            result.append(child)
-            child = nodes[child].next
-        }
-        return result
+    /// Runs `body` with the document's reader: one `Data.withUnsafeBytes` for all of it (one
+    /// per value read cost more than the reading).
+    public func withReader<R>(_ body: (Reader) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBytes { try body(Reader(bytes: $0, nodes: nodes, decoded: decoded)) }
     }
 
-    /// An object's members: the key's node and the value's.
-    func members(_ node: Int) -> [(key: Int, value: Int)] {
-        var result: [(key: Int, value: Int)] = []
-        result.reserveCapacity(nodes[node].count)
-        var child = node + 1
-        for _ in 0..<nodes[node].count {
-            result.append((child, child + 1))
-            child = nodes[child + 1].next
-        }
-        return result
+    /// The tree of the document's value (`Reader.value`).
+    public func value(bigIntegersAsText: Bool = false) -> JSONValue {
+        withReader { $0.value(JSONDocument.root, bigIntegersAsText: bigIntegersAsText) }
     }
 
-    /// The value of `object`'s member `name` (nil when `object` is no object or has none).
-    /// Names compare as Swift strings do, as a dictionary's keys did: a key written with
-    /// escapes, or one canonically equivalent, is the same name.
-    public func member(_ object: Int, _ name: String) -> Int? {
-        guard nodes[object].kind == .object else { return nil }
-        var name = name
-        return name.withUTF8 { wanted in
+    /// The document's values, read where they are in the body. Valid only inside `withReader`.
+    public struct Reader {
+        let bytes: UnsafeRawBufferPointer
+        let nodes: [Node]
+        let decoded: [String]
+
+        public func kind(_ node: Int) -> Kind { nodes[node].kind }
+
+        /// An array's elements.
+        func elements(_ node: Int) -> [Int] {
+            var result: [Int] = []
+            result.reserveCapacity(nodes[node].count)
+            var child = node + 1
+            for _ in 0..<nodes[node].count {
+                result.append(child)
+                child = nodes[child].next
+            }
+            return result
+        }
+
+        /// An object's members: the key's node and the value's.
+        func members(_ node: Int) -> [(key: Int, value: Int)] {
+            var result: [(key: Int, value: Int)] = []
+            result.reserveCapacity(nodes[node].count)
+            var child = node + 1
+            for _ in 0..<nodes[node].count {
+                result.append((child, child + 1))
+                child = nodes[child + 1].next
+            }
+            return result
+        }
+
+        /// The value of `object`'s member `name` (nil when `object` is no object or has none).
+        /// Names compare as Swift strings do, as a dictionary's keys did: a key written with
+        /// escapes, or one canonically equivalent, is the same name.
+        public func member(_ object: Int, _ name: StaticString) -> Int? {
+            guard nodes[object].kind == .object else { return nil }
+            let wanted = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
             var child = object + 1
             for _ in 0..<nodes[object].count {
                 let key = nodes[child]
                 if key.plain && key.ascii {
-                    if key.end - key.start == wanted.count, bytesEqual(key.start, wanted) { return child + 1 }
-                } else if string(child) == String(decoding: wanted, as: UTF8.self) {
+                    if key.end - key.start == wanted.count,
+                       wanted.isEmpty || memcmp(bytes.baseAddress! + key.start, wanted.baseAddress!, wanted.count) == 0 {
+                        return child + 1
+                    }
+                } else if string(child) == name.description {
                     return child + 1
                 }
                 child = nodes[child + 1].next
             }
             return nil
         }
-    }
 
-    private func bytesEqual(_ start: Int, _ other: UnsafeBufferPointer<UInt8>) -> Bool {
-        bytes.withUnsafeBytes { raw in
-            other.isEmpty || memcmp(raw.baseAddress! + start, other.baseAddress!, other.count) == 0
+        /// A string node's text.
+        public func string(_ node: Int) -> String {
+            let value = nodes[node]
+            if !value.plain { return decoded[value.decodedIndex] }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value.start..<value.end]), as: UTF8.self)
         }
-    }
 
-    /// A string node's text.
-    public func string(_ node: Int) -> String {
-        let value = nodes[node]
-        if !value.plain { return decoded[value.decodedIndex] }
-        return bytes.withUnsafeBytes { String(decoding: UnsafeRawBufferPointer(rebasing: $0[value.start..<value.end]), as: UTF8.self) }
-    }
-
-    /// The text of `node` when it is a string.
-    public func stringValue(_ node: Int?) -> String? {
-        guard let node, nodes[node].kind == .string else { return nil }
-        return string(node)
-    }
-
-    /// Runs `body` over a string node's UTF-8 bytes (its text as it is when it has no escape).
-    func withUTF8<R>(_ node: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        let value = nodes[node]
-        if value.plain {
-            return try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[value.start..<value.end])) }
+        /// The text of `node` when it is a string.
+        public func stringValue(_ node: Int?) -> String? {
+            guard let node, nodes[node].kind == .string else { return nil }
+            return string(node)
         }
-        var text = decoded[value.decodedIndex]
-        return try text.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
-    }
 
-    /// A string node's length in UTF-8 bytes.
-    func utf8Count(_ node: Int) -> Int {
-        let value = nodes[node]
-        return value.plain ? value.end - value.start : decoded[value.decodedIndex].utf8.count
-    }
+        /// Runs `body` over a string node's UTF-8 bytes (its text as it is when it has no escape).
+        func withUTF8<R>(_ node: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+            let value = nodes[node]
+            if value.plain { return try body(UnsafeRawBufferPointer(rebasing: bytes[value.start..<value.end])) }
+            var text = decoded[value.decodedIndex]
+            return try text.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
+        }
 
-    /// A string node of ASCII bytes only (escaped ones are decoded and looked at).
-    func isASCII(_ node: Int) -> Bool {
-        let value = nodes[node]
-        return value.plain ? value.ascii : decoded[value.decodedIndex].utf8.allSatisfy { $0 < 0x80 }
-    }
+        /// A string node's length in UTF-8 bytes.
+        func utf8Count(_ node: Int) -> Int {
+            let value = nodes[node]
+            return value.plain ? value.end - value.start : decoded[value.decodedIndex].utf8.count
+        }
 
-    /// The tree of `node`'s value. `bigIntegersAsText`: integers a Double cannot hold exactly
-    /// (2^53 and beyond) become their text (a partner's 64-bit id is otherwise rounded).
-    public func value(_ node: Int = JSONDocument.root, bigIntegersAsText: Bool = false) -> JSONValue {
-        let value = nodes[node]
-        switch value.kind {
-        case .null: return .null
-        case .bool: return .bool(value.isTrue)
-        case .number:
-            let text = bytes.withUnsafeBytes { String(decoding: UnsafeRawBufferPointer(rebasing: $0[value.start..<value.end]), as: UTF8.self) }
-            let number = Double(text) ?? 0  // the parser let only finite numbers through
-            if bigIntegersAsText, abs(number) >= JSONValue.largestExactInteger,
-               !text.utf8.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) {
-                return .string(text)
+        /// A string node of ASCII bytes only (escaped ones are decoded and looked at).
+        func isASCII(_ node: Int) -> Bool {
+            let value = nodes[node]
+            return value.plain ? value.ascii : decoded[value.decodedIndex].utf8.allSatisfy { $0 < 0x80 }
+        }
+
+        /// The tree of `node`'s value. `bigIntegersAsText`: integers a Double cannot hold exactly
+        /// (2^53 and beyond) become their text (a partner's 64-bit id is otherwise rounded).
+        public func value(_ node: Int, bigIntegersAsText: Bool = false) -> JSONValue {
+            let value = nodes[node]
+            switch value.kind {
+            case .null: return .null
+            case .bool: return .bool(value.isTrue)
+            case .number:
+                let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value.start..<value.end]), as: UTF8.self)
+                let number = Double(text) ?? 0  // the parser let only finite numbers through
+                if bigIntegersAsText, abs(number) >= JSONValue.largestExactInteger,
+                   !text.utf8.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) {
+                    return .string(text)
+                }
+                return .number(number)
+            case .string: return .string(string(node))
+            case .array: return .array(elements(node).map { self.value($0, bigIntegersAsText: bigIntegersAsText) })
+            case .object:
+                var members: [String: JSONValue] = [:]
+                members.reserveCapacity(value.count)
+                for (key, member) in self.members(node) {
+                    members[string(key)] = self.value(member, bigIntegersAsText: bigIntegersAsText)
+                }
+                return .object(members)
             }
-            return .number(number)
-        case .string: return .string(string(node))
-        case .array: return .array(elements(node).map { self.value($0, bigIntegersAsText: bigIntegersAsText) })
-        case .object:
-            var members: [String: JSONValue] = [:]
-            members.reserveCapacity(value.count)
-            for (key, member) in self.members(node) {
-                members[string(key)] = self.value(member, bigIntegersAsText: bigIntegersAsText)
-            }
-            return .object(members)
         }
     }
 }
