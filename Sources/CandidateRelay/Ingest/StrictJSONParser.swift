@@ -55,6 +55,8 @@ public struct StrictJSONParser {
         self.bytes = bytes
         self.valuesLeft = maxValues
         self.valueLimit = maxValues
+        // A candidate is a few dozen nodes (keys count too): grown once, not five times.
+        nodes.reserveCapacity(min(64, bytes.count / 2 + 1))
     }
 
     /// The most values an ingest document may hold. A candidate has a few dozen (a few hundred
