@@ -259,8 +259,11 @@ private let cases: [CandidateValidationCase] = [
 
     /// The validator reads a `JSONDocument` (positions in the body); its reference read a
     /// `JSONValue` tree. Every table row, mutated at random (a field's value swapped for one of
-    /// the edge values, keys and strings written with escapes, keys spelled with non-ASCII twins),
-    /// must give the same problems, in the same order, with and without the control pass.
+    /// the edge values, keys and strings written with escapes, a key's first letter replaced by
+    /// U+212A KELVIN SIGN: a non-ASCII key, and for "K" its canonical twin), must give the same
+    /// problems, in the same order, with and without the control pass. (The tree the reference
+    /// reads is built from the document; `parsesAsTheTreeParserDid` checks that tree against
+    /// the parser before.)
     @Test func documentReadingAgreesWithTheReference() throws {
         let seed = UInt64(Date().timeIntervalSince1970)
         var g = StrictJSONParserTests.SeededGenerator(state: seed)
@@ -290,7 +293,7 @@ private let cases: [CandidateValidationCase] = [
                     : edges.randomElement(using: &g)!
             }
             if Int.random(in: 0..<6, using: &g) == 0, let key = members.keys.sorted().randomElement(using: &g) {
-                // A twin of a key: the Kelvin sign is canonically equivalent to "K".
+                // A non-ASCII key (the Kelvin sign is canonically equivalent to "K").
                 members["\u{212A}" + key.dropFirst()] = members.removeValue(forKey: key)
             }
             return .object(members)

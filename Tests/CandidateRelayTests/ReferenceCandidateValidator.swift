@@ -4,8 +4,9 @@ import Foundation
 
 /// The validator as it was before it read `JSONDocument`s: it checked a `JSONValue` tree, with
 /// a dictionary per object. Kept here, unchanged but for its name, as the reference that the
-/// document-reading validator must agree with, problem for problem
-/// (`ValidatorReferenceTests`). Its format rules are `CandidateValidator`'s own.
+/// document-reading validator must agree with, problem for problem (`CandidateValidatorTests`'
+/// `documentReadingAgreesWithTheReference`, `StrictJSONParserTests`' mutated bodies). Its
+/// format rules are `CandidateValidator`'s own.
 struct ReferenceCandidateValidator {
     /// Returns every problem of `document`; an empty array means the partner should accept it.
     ///
@@ -194,5 +195,4 @@ struct ReferenceCandidateValidator {
             return size > CandidateValidator.maxDecodedFileBytes ? "file_size_limit" : nil
         }
     }
-
 }

@@ -145,6 +145,82 @@ import Testing
         }
     }
 
+    /// The parser builds `JSONDocument`s; the parser before it built `JSONValue` trees and is
+    /// kept as the reference (`ReferenceStrictJSONParser`). Bodies mutated at random (a byte
+    /// changed, inserted or dropped, a span copied elsewhere, which repeats keys), and a few
+    /// written for the edges, must get the same answer from both: the same tree or the same
+    /// error at the same offset, the same control-character flag and `partner_candidate_id`
+    /// range, with and without a value limit, from a `Data` slice too, and as a partner's answer.
+    @Test func parsesAsTheTreeParserDid() {
+        let seed = UInt64(Date().timeIntervalSince1970)
+        var g = SeededGenerator(state: seed)
+        let forty = (0..<40).map { "\"k\($0)\":\($0)" }.joined(separator: ",")
+        let bases = [
+            #"{"position_uid":"11.11","partner_candidate_id":null,"first_name":"Tést","email":"t@example.com","links":[{"url":"https://example.com"}],"custom_fields":{"a":1,"b":"x"},"note":"n\u00e9\n"}"#,
+            #"{"ab":1,"ac":"x","K":[1,2.5e3,-0,true,false,null],"k":{"é":"é","x\u0041":"a\nb"},"n":9007199254740993,"m":-12345678901234567890}"#,
+            #"{"\u0070artner_candidate_id":"p","position_uid":"x","K":1,"\u212A2":2}"#,
+            "{\(forty),\"z\":{\(forty)}}",
+            #"[[1,[2,{"a":"b","c":{"d":[]}}]],"\ud83d\ude00","\u212a",{}]"#,
+        ]
+        let edges = [
+            #"{"a":1,"a":}"#, #"{"a":1,"a""#, #"{"a":1,"a":{"b":1,"b":2}}"#, "{\"K\":1,\"\u{212A}\":2}", #"{"a":1,"\u0061":2}"#,
+            "{\(forty),\"k0\":0}", "{\(forty),\"\\u006b0\":0}", "{\"\u{212A}\":1,\(forty),\"K\":0}", #"{"a":1,"a":[1e999]}"#,
+            #"{"a":1,"a":"\ud800"}"#, #"{"partner_candidate_id":1,"partner_candidate_id":2}"#, #"{"":1,"":2}"#,
+        ]
+        let interesting: [UInt8] = [0x00, 0x22, 0x5C, 0x7B, 0x7D, 0x5B, 0x5D, 0x2C, 0x3A, 0x80, 0xC0, 0xE2, 0xED, 0xEF, 0xFF, 0x75, 0x30, 0x65, 0x2D, 0x4B]
+        func compare(_ data: Data, _ label: String) {
+            for maxValues in [nil, 12] as [Int?] {
+                let old: Result<ReferenceParsedDocument, StrictJSONError>
+                do throws(StrictJSONError) { old = .success(try ReferenceStrictJSONParser.parseDocument(data, maxValues: maxValues)) } catch { old = .failure(error) }
+                let new: Result<ParsedDocument, StrictJSONError>
+                do throws(StrictJSONError) { new = .success(try StrictJSONParser.parseDocument(data, maxValues: maxValues)) } catch { new = .failure(error) }
+                switch (old, new) {
+                case (.success(let old), .success(let new)):
+                    #expect(new.document.value() == old.value, "\(label) max \(String(describing: maxValues))")
+                    #expect(new.mayHaveControlCharacters == old.mayHaveControlCharacters, "\(label)")
+                    #expect(new.partnerCandidateIDRange == old.partnerCandidateIDRange, "\(label)")
+                case (.failure(let old), .failure(let new)):
+                    #expect(new == old, "\(label) max \(String(describing: maxValues))")
+                default:
+                    Issue.record("\(label): the reference says \(old), the parser \(new)")
+                }
+            }
+            let oldAnswer: Result<JSONValue, StrictJSONError>
+            do throws(StrictJSONError) { oldAnswer = .success(try ReferenceStrictJSONParser.parseAnswer(data)) } catch { oldAnswer = .failure(error) }
+            let newAnswer: Result<JSONValue, StrictJSONError>
+            do throws(StrictJSONError) { newAnswer = .success(try StrictJSONParser.parseAnswer(data)) } catch { newAnswer = .failure(error) }
+            #expect(newAnswer == oldAnswer, "\(label) as an answer")
+        }
+        var agreed = 0
+        for edge in edges {
+            compare(Data(edge.utf8), edge)
+            compare((Data("xyz".utf8) + Data(edge.utf8)).dropFirst(3), "slice of \(edge)")
+        }
+        for (number, base) in bases.enumerated() {
+            compare(Data(base.utf8), "base \(number)")
+            for round in 0..<1_500 {
+                var bytes = Array(base.utf8)
+                for _ in 0..<Int.random(in: 1...3, using: &g) where bytes.count > 2 {
+                    let at = Int.random(in: 0..<bytes.count, using: &g)
+                    switch Int.random(in: 0..<5, using: &g) {
+                    case 0: bytes[at] = interesting.randomElement(using: &g)!
+                    case 1: bytes.insert(interesting.randomElement(using: &g)!, at: at)
+                    case 2: bytes.remove(at: at)
+                    case 3:
+                        let from = Int.random(in: 0..<bytes.count, using: &g)
+                        let span = bytes[from..<min(bytes.count, from + Int.random(in: 1...12, using: &g))]
+                        bytes.insert(contentsOf: span, at: at)
+                    default: bytes = Array(bytes[..<at])
+                    }
+                }
+                let data = Data(bytes)
+                compare(round % 10 == 0 ? (Data("xyz".utf8) + data).dropFirst(3) : data, "seed \(seed) base \(number) round \(round)")
+                if (try? StrictJSONParser.parseDocument(data)) != nil { agreed += 1 }
+            }
+        }
+        #expect(agreed > 500)
+    }
+
     @Test func mutatedBodiesNeverCrashAndNeverDisagree() throws {
         let seed = UInt64(Date().timeIntervalSince1970)
         var g = SeededGenerator(state: seed)

@@ -32,7 +32,8 @@ public struct CandidateValidator: Sendable {
     /// (the parser saw none) skips that pass.
     ///
     /// Works on the parsed document's positions (`JSONDocument`): a value becomes a `String`
-    /// only where a format is checked.
+    /// only where a format is checked, a key only when it has an escape or a non-ASCII byte
+    /// (and in the control-character pass, which sorts them).
     public func validate(_ document: JSONDocument, mayHaveControlCharacters: Bool = true) -> [ValidationProblem] {
         document.withReader { validate($0, mayHaveControlCharacters: mayHaveControlCharacters) }
     }

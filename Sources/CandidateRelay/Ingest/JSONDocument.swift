@@ -88,18 +88,9 @@ public struct JSONDocument: Sendable {
         /// escapes, or one canonically equivalent, is the same name.
         public func member(_ object: Int, _ name: StaticString) -> Int? {
             guard nodes[object].kind == .object else { return nil }
-            let wanted = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
             var child = object + 1
             for _ in 0..<nodes[object].count {
-                let key = nodes[child]
-                if key.plain && key.ascii {
-                    if key.end - key.start == wanted.count,
-                       wanted.isEmpty || memcmp(bytes.baseAddress! + key.start, wanted.baseAddress!, wanted.count) == 0 {
-                        return child + 1
-                    }
-                } else if string(child) == name.description {
-                    return child + 1
-                }
+                if nodes[child].isNamed(name, in: bytes, decoded: decoded) { return child + 1 }
                 child = nodes[child + 1].next
             }
             return nil
@@ -107,9 +98,7 @@ public struct JSONDocument: Sendable {
 
         /// A string node's text.
         public func string(_ node: Int) -> String {
-            let value = nodes[node]
-            if !value.plain { return decoded[value.decodedIndex] }
-            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[value.start..<value.end]), as: UTF8.self)
+            nodes[node].text(in: bytes, decoded: decoded)
         }
 
         /// The text of `node` when it is a string.
@@ -164,5 +153,27 @@ public struct JSONDocument: Sendable {
                 return .object(members)
             }
         }
+    }
+}
+
+extension JSONDocument.Node {
+    /// A string node's text (`decoded`: the document's decoded strings with escapes).
+    func text(in bytes: UnsafeRawBufferPointer, decoded: [String]) -> String {
+        plain ? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) : decoded[decodedIndex]
+    }
+
+    /// A string node whose text is `name` as Swift compares strings (canonical equivalence, as
+    /// a dictionary's keys compared): a plain ASCII one byte for byte, any other as a `String`.
+    /// A text longer than three bytes per character of an ASCII name is never equal to it (each
+    /// of its characters is one scalar, at most U+212A KELVIN SIGN's three bytes for "K"), and
+    /// is not made into a `String` to be compared: a key of megabytes costs nothing per look-up.
+    func isNamed(_ name: StaticString, in bytes: UnsafeRawBufferPointer, decoded: [String]) -> Bool {
+        let count = name.utf8CodeUnitCount
+        if plain && ascii {
+            return end - start == count && (count == 0 || memcmp(bytes.baseAddress! + start, name.utf8Start, count) == 0)
+        }
+        let length = plain ? end - start : decoded[decodedIndex].utf8.count
+        if name.isASCII, length > 3 * count { return false }
+        return text(in: bytes, decoded: decoded) == name.description
     }
 }

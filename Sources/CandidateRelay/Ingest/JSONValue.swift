@@ -1,10 +1,11 @@
 import Foundation
 
-/// A parsed JSON document that keeps JSON's own types apart (a `true` is never a `1`).
+/// A JSON value as a tree that keeps JSON's own types apart (a `true` is never a `1`).
 ///
 /// Foundation's `JSONSerialization` folds booleans and numbers into `NSNumber` on Linux, which
-/// makes "must be a string" checks unreliable. Parsed by `StrictJSONParser`; `Codable` only to
-/// encode a re-written body.
+/// makes "must be a string" checks unreliable. Built from `StrictJSONParser`'s `JSONDocument`
+/// (`JSONValue.parse`, `parseAnswer`) for partner answers and tokens; ingest checks the
+/// document itself and needs no tree. `Codable` only to encode a re-written body.
 public enum JSONValue: Sendable, Equatable, Codable {
     case null
     case bool(Bool)

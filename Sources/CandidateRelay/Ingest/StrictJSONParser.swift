@@ -61,8 +61,9 @@ public struct StrictJSONParser {
 
     /// The most values an ingest document may hold. A candidate has a few dozen (a few hundred
     /// with many custom fields or links); a body of 25 MB of `[1,1,1,...` is twelve million,
-    /// each a tree node and then a 422 detail: about 1 GB of memory and seconds of an event
-    /// loop for one small request (found from outside), where the limit answers at once.
+    /// each a node (a tree node, when this limit came) and then a 422 detail: about 1 GB of
+    /// memory and seconds of an event loop for one small request (found from outside), where
+    /// the limit answers at once.
     public static let maxDocumentValues = 10_000
 
     /// Parses one JSON document. `allowBOM` skips a leading UTF-8 BOM (for partner answers;
@@ -177,16 +178,20 @@ public struct StrictJSONParser {
             guard peek() == UInt8(ascii: "\"") else { throw .unexpected(offset: index) }
             let keyOffset = index
             try string()
-            // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
-            // spellings of one name are a duplicate for some consumer.
-            guard keys.insert(nodes.count - 1, of: self) else { throw .duplicateKey(offset: keyOffset) }
+            let key = nodes.count - 1
             skipWhitespace()
             guard peek() == UInt8(ascii: ":") else { throw .unexpected(offset: index) }
             index += 1
             skipWhitespace()
             let valueStart = index
             try value(depth: depth)
-            if depth == 1, isPartnerCandidateID(keys.last) { partnerCandidateIDRange = valueStart..<index }
+            if depth == 1, nodes[key].isNamed("partner_candidate_id", in: bytes, decoded: decoded) {
+                partnerCandidateIDRange = valueStart..<index
+            }
+            // After the value, as ever: an error inside it wins over the repeated key.
+            // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
+            // spellings of one name are a duplicate for some consumer.
+            guard keys.insert(key, of: self) else { throw .duplicateKey(offset: keyOffset) }
             skipWhitespace()
             switch peek() {
             case UInt8(ascii: ",")?: index += 1; skipWhitespace()
@@ -194,15 +199,6 @@ public struct StrictJSONParser {
             default: throw .unexpected(offset: index)
             }
         }
-    }
-
-    private func isPartnerCandidateID(_ key: Int) -> Bool {
-        let node = nodes[key]
-        let name: StaticString = "partner_candidate_id"
-        guard node.plain, node.ascii else { return keyString(key) == name.description }
-        return node.end - node.start == name.utf8CodeUnitCount
-            && UnsafeRawBufferPointer(rebasing: bytes[node.start..<node.end]).elementsEqual(
-                UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
     }
 
     /// An object's keys so far, to find a repeated one. Plain ASCII keys (the usual object) are
@@ -213,33 +209,27 @@ public struct StrictJSONParser {
         var nodes: [Int] = []
         var strings: Set<String>?
         var count: Int { nodes.count }
-        var last: Int { nodes[nodes.count - 1] }
         static let linearLimit = 32
 
         mutating func insert(_ key: Int, of parser: StrictJSONParser) -> Bool {
             let node = parser.nodes[key]
             if strings == nil, node.plain, node.ascii, nodes.count < Self.linearLimit {
-                let text = UnsafeRawBufferPointer(rebasing: parser.bytes[node.start..<node.end])
+                let length = node.end - node.start
                 for earlier in nodes {
                     let other = parser.nodes[earlier]
-                    if other.end - other.start == text.count,
-                       text.elementsEqual(UnsafeRawBufferPointer(rebasing: parser.bytes[other.start..<other.end])) {
+                    if other.end - other.start == length,
+                       length == 0 || memcmp(parser.bytes.baseAddress! + node.start, parser.bytes.baseAddress! + other.start, length) == 0 {
                         return false
                     }
                 }
                 nodes.append(key)
                 return true
             }
-            if strings == nil { strings = Set(nodes.map(parser.keyString)) }
+            func text(_ key: Int) -> String { parser.nodes[key].text(in: parser.bytes, decoded: parser.decoded) }
+            if strings == nil { strings = Set(nodes.map(text)) }
             nodes.append(key)
-            return strings!.insert(parser.keyString(key)).inserted
+            return strings!.insert(text(key)).inserted
         }
-    }
-
-    fileprivate func keyString(_ key: Int) -> String {
-        let node = nodes[key]
-        guard node.plain else { return decoded[node.decodedIndex] }
-        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[node.start..<node.end]), as: UTF8.self)
     }
 
     private mutating func array(depth: Int) throws(StrictJSONError) {
