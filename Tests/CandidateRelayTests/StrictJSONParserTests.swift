@@ -221,6 +221,12 @@ import Testing
         #expect(agreed > 500)
     }
 
+    /// A node is 24 bytes (32-bit offsets): a partner's answer of 1 MB of `[0,0,...` is 500,000
+    /// of them while it is read.
+    @Test func nodesStaySmall() {
+        #expect(MemoryLayout<JSONDocument.Node>.stride == 24)
+    }
+
     @Test func mutatedBodiesNeverCrashAndNeverDisagree() throws {
         let seed = UInt64(Date().timeIntervalSince1970)
         var g = SeededGenerator(state: seed)

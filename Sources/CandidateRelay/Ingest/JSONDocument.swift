@@ -2,9 +2,10 @@ import Foundation
 
 /// A parsed JSON document kept as the positions of its values in the body: one flat array of
 /// nodes, no tree of Swift values. The ingest path checks a candidate through it and forwards
-/// the body's own bytes, so it never needs a `String` per value or a dictionary per object
-/// (building, hashing and freeing that tree was ~12 % of ingest's CPU). `value()` builds the
-/// `JSONValue` tree where one is wanted (partner answers, tests).
+/// the body's own bytes, so it needs no `String` per value and no dictionary per object (the
+/// tree's allocations, hashing and freeing were ~1.5 % of ingest's CPU, and a 20 MB body's
+/// strings were copied into it: 2× the body's size while received, now 1.1×). `value()`
+/// builds the `JSONValue` tree where one is wanted (partner answers, tests).
 ///
 /// Nodes are in document order. A container's members follow it (an object's as key, value,
 /// key, value...), and `next` is the node after its whole subtree.
@@ -13,24 +14,57 @@ public struct JSONDocument: Sendable {
         case null, bool, number, string, array, object
     }
 
+    /// 24 bytes: offsets and counts are 32-bit (a document is at most 2 GiB; `parseDocument`
+    /// refuses a larger one). A partner's answer of 1 MB of `[0,0,...` is 500,000 nodes: 12 MB
+    /// for the moment it is read, as its tree takes.
     struct Node: Sendable {
         var kind: Kind
         /// A string without escapes: `start..<end` is its text as it is.
-        var plain = true
+        var plain: Bool
         /// A plain string of ASCII bytes only.
-        var ascii = true
+        var ascii: Bool
         /// A `true`.
-        var isTrue = false
+        var isTrue: Bool
+        private var start32: Int32
+        private var end32: Int32
+        private var count32: Int32 = 0
+        private var next32: Int32
+        private var decodedIndex32: Int32
+
+        init(kind: Kind, plain: Bool = true, ascii: Bool = true, isTrue: Bool = false, start: Int, end: Int, next: Int = 0,
+             decodedIndex: Int = -1) {
+            self.kind = kind
+            self.plain = plain
+            self.ascii = ascii
+            self.isTrue = isTrue
+            start32 = Int32(start)
+            end32 = Int32(end)
+            next32 = Int32(next)
+            decodedIndex32 = Int32(decodedIndex)
+        }
+
         /// Strings: the text between the quotes. Other values: their bytes.
-        var start: Int
-        var end: Int
+        var start: Int { Int(start32) }
+        var end: Int {
+            get { Int(end32) }
+            set { end32 = Int32(newValue) }
+        }
         /// Arrays: elements; objects: members.
-        var count = 0
+        var count: Int {
+            get { Int(count32) }
+            set { count32 = Int32(newValue) }
+        }
         /// The node after this value and everything in it.
-        var next = 0
+        var next: Int {
+            get { Int(next32) }
+            set { next32 = Int32(newValue) }
+        }
         /// A string with escapes: its decoded text in `decoded`.
-        var decodedIndex = -1
+        var decodedIndex: Int { Int(decodedIndex32) }
     }
+
+    /// The largest document: node offsets are 32-bit.
+    static let maxBytes = Int(Int32.max)
 
     let bytes: Data
     var nodes: [Node]
@@ -42,7 +76,7 @@ public struct JSONDocument: Sendable {
 
     /// Runs `body` with the document's reader: one `Data.withUnsafeBytes` for all of it (one
     /// per value read cost more than the reading).
-    public func withReader<R>(_ body: (Reader) throws -> R) rethrows -> R {
+    func withReader<R>(_ body: (Reader) throws -> R) rethrows -> R {
         try bytes.withUnsafeBytes { try body(Reader(bytes: $0, nodes: nodes, decoded: decoded)) }
     }
 
@@ -51,13 +85,14 @@ public struct JSONDocument: Sendable {
         withReader { $0.value(JSONDocument.root, bigIntegersAsText: bigIntegersAsText) }
     }
 
-    /// The document's values, read where they are in the body. Valid only inside `withReader`.
-    public struct Reader {
+    /// The document's values, read where they are in the body. Valid only inside `withReader`
+    /// (it holds the body's pointer): internal, so that it cannot be kept outside the module.
+    struct Reader {
         let bytes: UnsafeRawBufferPointer
         let nodes: [Node]
         let decoded: [String]
 
-        public func kind(_ node: Int) -> Kind { nodes[node].kind }
+        func kind(_ node: Int) -> Kind { nodes[node].kind }
 
         /// An array's elements.
         func elements(_ node: Int) -> [Int] {
@@ -86,7 +121,7 @@ public struct JSONDocument: Sendable {
         /// The value of `object`'s member `name` (nil when `object` is no object or has none).
         /// Names compare as Swift strings do, as a dictionary's keys did: a key written with
         /// escapes, or one canonically equivalent, is the same name.
-        public func member(_ object: Int, _ name: StaticString) -> Int? {
+        func member(_ object: Int, _ name: StaticString) -> Int? {
             guard nodes[object].kind == .object else { return nil }
             var child = object + 1
             for _ in 0..<nodes[object].count {
@@ -97,12 +132,12 @@ public struct JSONDocument: Sendable {
         }
 
         /// A string node's text.
-        public func string(_ node: Int) -> String {
+        func string(_ node: Int) -> String {
             nodes[node].text(in: bytes, decoded: decoded)
         }
 
         /// The text of `node` when it is a string.
-        public func stringValue(_ node: Int?) -> String? {
+        func stringValue(_ node: Int?) -> String? {
             guard let node, nodes[node].kind == .string else { return nil }
             return string(node)
         }
@@ -129,7 +164,7 @@ public struct JSONDocument: Sendable {
 
         /// The tree of `node`'s value. `bigIntegersAsText`: integers a Double cannot hold exactly
         /// (2^53 and beyond) become their text (a partner's 64-bit id is otherwise rounded).
-        public func value(_ node: Int, bigIntegersAsText: Bool = false) -> JSONValue {
+        func value(_ node: Int, bigIntegersAsText: Bool = false) -> JSONValue {
             let value = nodes[node]
             switch value.kind {
             case .null: return .null

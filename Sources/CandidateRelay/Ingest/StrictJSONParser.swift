@@ -82,6 +82,9 @@ public struct StrictJSONParser {
     /// the top-level `partner_candidate_id`'s value is. `maxValues`: refuse a document of more
     /// values (`tooManyValues`).
     public static func parseDocument(_ data: Data, allowBOM: Bool = false, maxValues: Int? = nil) throws(StrictJSONError) -> ParsedDocument {
+        // Never for the relay's own inputs (bodies are at most 1 GB, answers 1 MB): nodes hold
+        // 32-bit offsets.
+        guard data.count <= JSONDocument.maxBytes else { throw .unexpected(offset: JSONDocument.maxBytes) }
         let result: Result<ParsedDocument, StrictJSONError> = data.withUnsafeBytes { raw in
             var parser = StrictJSONParser(bytes: raw, maxValues: maxValues)
             do throws(StrictJSONError) {
