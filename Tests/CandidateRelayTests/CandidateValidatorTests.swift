@@ -68,6 +68,10 @@ private let cases: [CandidateValidationCase] = [
     CandidateValidationCase("resume of exactly 6 MiB", candidate(resume(file: base64OfSixMegabytes))),
     CandidateValidationCase("base64 with line breaks", candidate(resume(file: #"SGVs\nbG8s\r\nIHdv cmxk\tIQ=="#))),
     CandidateValidationCase("LinkedIn country subdomain, uppercase", candidate(#""linkedin_url": "HTTPS://NL.LinkedIn.com/in/ada""#)),
+    CandidateValidationCase(
+        "a backslash makes a browser's host differ from the parser's: refused",
+        candidate(#""linkedin_url": "https://evil.example\\@linkedin.com/in/ada", "links": [{"url": "https://a.example\\@b.example/"}]"#),
+        [problem("linkedin_url", "invalid_linkedin_url"), problem("links[0].url", "invalid_url")]),
     CandidateValidationCase("resume extension is case-insensitive", candidate(#""resume": {"name": "CV.PDF", "file": "QUJD"}"#)),
     CandidateValidationCase("empty links and files", candidate(#""links": [], "files": []"#)),
     CandidateValidationCase(

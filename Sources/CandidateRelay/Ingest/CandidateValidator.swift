@@ -373,8 +373,11 @@ public struct CandidateValidator: Sendable {
     /// `httpHost` through URLComponents.
     static func parsedHTTPHost(_ string: String) -> String? {
         // URLComponents already refuses spaces; control characters are refused here too so that
-        // the check does not depend on Foundation's parser leniency.
-        guard !hasSpaceOrControl(string),
+        // the check does not depend on Foundation's parser leniency. So is a backslash: browsers
+        // read it as "/" in an http(s) URL, URLComponents does not, so the two disagree on the
+        // host (found from outside: `https://evil.example\@linkedin.com/x` passed as LinkedIn,
+        // and a browser opens evil.example).
+        guard !hasSpaceOrControl(string), !string.utf8.contains(UInt8(ascii: "\\")),
               let components = URLComponents(string: string),
               let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
               let host = components.host, !host.isEmpty
