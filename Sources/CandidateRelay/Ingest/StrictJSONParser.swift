@@ -50,12 +50,6 @@ public struct StrictJSONParser {
     private var partnerCandidateIDRange: Range<Int>?
     /// Whether the document's top-level value is an object (for `tooManyValues`).
     private var documentIsObject = false
-    /// False once the document holds more values than `valueLimit`: the rest is read for its
-    /// syntax only, nothing more is kept, and a well-formed document then ends in
-    /// `tooManyValues`. A malformed body is a 400 whatever its size (the contract checks 400
-    /// before 422; found from outside: a syntax error past the 10,000th value got the 422).
-    /// Repeated keys are not looked for past that point: their keys would have to be kept.
-    private var recording = true
 
     private init(bytes: UnsafeRawBufferPointer, maxValues: Int? = nil) {
         self.bytes = bytes
@@ -115,7 +109,6 @@ public struct StrictJSONParser {
         try value(depth: 0)
         skipWhitespace()
         guard index == bytes.count else { throw .trailingData(offset: index) }
-        guard recording else { throw .tooManyValues(limit: valueLimit ?? 0, inObject: documentIsObject) }
     }
 
     private mutating func skipWhitespace() {
@@ -133,12 +126,8 @@ public struct StrictJSONParser {
     private mutating func value(depth: Int) throws(StrictJSONError) {
         guard let byte = peek() else { throw .unexpected(offset: index) }
         if let left = valuesLeft {
-            if left > 0 {
-                valuesLeft = left - 1
-            } else {
-                recording = false
-                valuesLeft = nil
-            }
+            guard left > 0 else { throw .tooManyValues(limit: valueLimit ?? 0, inObject: documentIsObject) }
+            valuesLeft = left - 1
         }
         let start = index
         switch byte {
@@ -157,7 +146,6 @@ public struct StrictJSONParser {
 
     /// A scalar's node, from `start` to the current index.
     private mutating func append(_ kind: JSONDocument.Kind, from start: Int, isTrue: Bool = false) {
-        guard recording else { return }
         nodes.append(JSONDocument.Node(kind: kind, isTrue: isTrue, start: start, end: index, next: nodes.count + 1))
     }
 
@@ -170,16 +158,13 @@ public struct StrictJSONParser {
         index += count
     }
 
-    /// A container's node, before its contents (-1 when none is kept); `close` fills in its
-    /// count and end.
+    /// A container's node, before its contents; `close` fills in its count and end.
     private mutating func open(_ kind: JSONDocument.Kind) -> Int {
-        guard recording else { return -1 }
         nodes.append(JSONDocument.Node(kind: kind, start: index, end: index))
         return nodes.count - 1
     }
 
     private mutating func close(_ node: Int, count: Int) {
-        guard node >= 0 else { return }
         nodes[node].end = index
         nodes[node].count = count
         nodes[node].next = nodes.count
@@ -196,20 +181,20 @@ public struct StrictJSONParser {
             guard peek() == UInt8(ascii: "\"") else { throw .unexpected(offset: index) }
             let keyOffset = index
             try string()
-            let key = recording ? nodes.count - 1 : -1
+            let key = nodes.count - 1
             skipWhitespace()
             guard peek() == UInt8(ascii: ":") else { throw .unexpected(offset: index) }
             index += 1
             skipWhitespace()
             let valueStart = index
             try value(depth: depth)
-            if depth == 1, key >= 0, nodes[key].isNamed("partner_candidate_id", in: bytes, decoded: decoded) {
+            if depth == 1, nodes[key].isNamed("partner_candidate_id", in: bytes, decoded: decoded) {
                 partnerCandidateIDRange = valueStart..<index
             }
             // After the value, as ever: an error inside it wins over the repeated key.
             // Keys compare as Swift strings (canonical equivalence), the strictest reading: two
             // spellings of one name are a duplicate for some consumer.
-            guard key < 0 || keys.insert(key, of: self) else { throw .duplicateKey(offset: keyOffset) }
+            guard keys.insert(key, of: self) else { throw .duplicateKey(offset: keyOffset) }
             skipWhitespace()
             switch peek() {
             case UInt8(ascii: ",")?: index += 1; skipWhitespace()
@@ -315,9 +300,7 @@ public struct StrictJSONParser {
                 let slice = UnsafeRawBufferPointer(rebasing: bytes[contentStart..<index])
                 guard String(validating: slice, as: UTF8.self) != nil else { throw .invalidUTF8(offset: contentStart) }
             }
-            if recording {
-                nodes.append(JSONDocument.Node(kind: .string, ascii: ascii, start: contentStart, end: index, next: nodes.count + 1))
-            }
+            nodes.append(JSONDocument.Node(kind: .string, ascii: ascii, start: contentStart, end: index, next: nodes.count + 1))
             index += 1
             return
         }
@@ -329,11 +312,9 @@ public struct StrictJSONParser {
             switch byte {
             case UInt8(ascii: "\""):
                 guard let text = String(validating: scratch, as: UTF8.self) else { throw .invalidUTF8(offset: contentStart) }
-                if recording {
-                    nodes.append(JSONDocument.Node(kind: .string, plain: false, ascii: false, start: contentStart, end: index,
-                                                   next: nodes.count + 1, decodedIndex: decoded.count))
-                    decoded.append(text)
-                }
+                nodes.append(JSONDocument.Node(kind: .string, plain: false, ascii: false, start: contentStart, end: index,
+                                               next: nodes.count + 1, decodedIndex: decoded.count))
+                decoded.append(text)
                 index += 1
                 return
             case UInt8(ascii: "\\"):
