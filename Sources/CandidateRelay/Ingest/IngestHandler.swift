@@ -175,20 +175,14 @@ public struct IngestHandler: Sendable {
         } catch {
             throw .malformedJSON(error)
         }
-        // The checks, and the two ids the outbox keeps in columns of their own.
-        let checked: Result<(positionUID: String, partnerCandidateID: String), IngestError> = parsed.document.withReader { document in
-            let problems = validator.validate(document, mayHaveControlCharacters: parsed.mayHaveControlCharacters)
-            guard problems.isEmpty else { return .failure(.validationFailed(problems)) }
-            let root = JSONDocument.root
-            return .success((document.stringValue(document.member(root, "position_uid")) ?? "",
-                             document.stringValue(document.member(root, "partner_candidate_id")) ?? ""))
-        }
-        let ids = try checked.get()
+        let document = parsed.document
+        let problems = validator.validate(document, mayHaveControlCharacters: parsed.mayHaveControlCharacters)
+        guard problems.isEmpty else { throw .validationFailed(problems) }
 
         let key = Self.idempotencyKey(webhookID: headers.auth.webhookID, idempotencyKey: headers.idempotencyKey)
         if let key, let problem = Self.keyProblem(key, headers: headers) { throw .validationFailed([problem]) }
         let id = EventID.generate(now: receivedAt)
-        var partnerCandidateID = ids.partnerCandidateID
+        var partnerCandidateID = document.rootString("partner_candidate_id") ?? ""
         var payload = body
         let generated = partnerCandidateID.isEmpty
         if generated {
@@ -197,7 +191,7 @@ public struct IngestHandler: Sendable {
         }
         let submission = Submission(
             id: id, account: account, idempotencyKey: key, bodySHA256: Self.hex(SHA256.hash(data: body)),
-            positionUID: ids.positionUID, partnerCandidateID: partnerCandidateID,
+            positionUID: document.rootString("position_uid") ?? "", partnerCandidateID: partnerCandidateID,
             payload: payload, receivedAt: receivedAt)
         return Prepared(submission: submission, generated: generated, maxBacklog: settings.value.maxBacklog)
     }

@@ -80,6 +80,11 @@ public struct JSONDocument: Sendable {
         try bytes.withUnsafeBytes { try body(Reader(bytes: $0, nodes: nodes, decoded: decoded)) }
     }
 
+    /// The text of the top-level object's member `name`, when it is a string.
+    func rootString(_ name: StaticString) -> String? {
+        withReader { $0.stringValue($0.member(JSONDocument.root, name)) }
+    }
+
     /// The tree of the document's value (`Reader.value`).
     public func value(bigIntegersAsText: Bool = false) -> JSONValue {
         withReader { $0.value(JSONDocument.root, bigIntegersAsText: bigIntegersAsText) }

@@ -174,7 +174,7 @@ public struct StrictJSONParser {
         guard depth <= Self.maxDepth else { throw .tooDeep(limit: Self.maxDepth) }
         let node = open(.object)
         index += 1
-        var keys = ObjectKeys()
+        var keys = ObjectKeys(object: node)
         skipWhitespace()
         if peek() == UInt8(ascii: "}") { index += 1; close(node, count: 0); return }
         while true {
@@ -204,33 +204,45 @@ public struct StrictJSONParser {
         }
     }
 
-    /// An object's keys so far, to find a repeated one. Plain ASCII keys (the usual object) are
-    /// compared byte for byte, which for ASCII is what Swift's string equality is; once a key
-    /// holds an escape or a non-ASCII byte, or the object is large, every key is compared as a
-    /// Swift string (a set), as a dictionary of them did.
+    /// An object's keys so far, to find a repeated one: the earlier keys are the object's
+    /// members already in `nodes` (from the object's node, each member's value's `next`). Plain
+    /// ASCII keys (the usual object) are compared byte for byte, which for ASCII is what Swift's
+    /// string equality is; once a key holds an escape or a non-ASCII byte, or the object is
+    /// large, every key is compared as a Swift string (a set), as a dictionary of them did.
     private struct ObjectKeys {
-        var nodes: [Int] = []
-        var strings: Set<String>?
-        var count: Int { nodes.count }
+        let object: Int
+        private(set) var count = 0
+        private var strings: Set<String>?
         static let linearLimit = 32
 
+        init(object: Int) {
+            self.object = object
+        }
+
         mutating func insert(_ key: Int, of parser: StrictJSONParser) -> Bool {
+            defer { count += 1 }
             let node = parser.nodes[key]
-            if strings == nil, node.plain, node.ascii, nodes.count < Self.linearLimit {
-                let length = node.end - node.start
-                for earlier in nodes {
-                    let other = parser.nodes[earlier]
-                    if other.end - other.start == length,
-                       length == 0 || memcmp(parser.bytes.baseAddress! + node.start, parser.bytes.baseAddress! + other.start, length) == 0 {
-                        return false
-                    }
-                }
-                nodes.append(key)
-                return true
-            }
             func text(_ key: Int) -> String { parser.nodes[key].text(in: parser.bytes, decoded: parser.decoded) }
-            if strings == nil { strings = Set(nodes.map(text)) }
-            nodes.append(key)
+            if strings == nil {
+                var earlier = object + 1
+                var earlierTexts: [String] = []
+                let linear = node.plain && node.ascii && count < Self.linearLimit
+                for _ in 0..<count {
+                    let other = parser.nodes[earlier]
+                    if linear {
+                        let length = node.end - node.start
+                        if other.end - other.start == length,
+                           length == 0 || memcmp(parser.bytes.baseAddress! + node.start, parser.bytes.baseAddress! + other.start, length) == 0 {
+                            return false
+                        }
+                    } else {
+                        earlierTexts.append(text(earlier))
+                    }
+                    earlier = parser.nodes[earlier + 1].next
+                }
+                if linear { return true }
+                strings = Set(earlierTexts)
+            }
             return strings!.insert(text(key)).inserted
         }
     }
