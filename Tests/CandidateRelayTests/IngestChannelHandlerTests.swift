@@ -4,6 +4,7 @@ import HTTPTypes
 import NIOCore
 import NIOEmbedded
 import NIOHTTPTypes
+import Synchronization
 import Testing
 @testable import CandidateRelay
 
@@ -47,5 +48,66 @@ import Testing
         let second = try Self.answers(channel)
         #expect(second == [422], "\(second)")
         _ = try channel.finish()
+    }
+
+    /// While a webhook is stored and the client sent nothing after it, reads go on (stopping and
+    /// starting them again for every webhook cost two `epoll_ctl` calls per request); once the
+    /// client pipelines something, no more is read until its turn, then reading resumes.
+    @Test func readsGoOnWhileAWebhookIsStoredUntilSomethingIsHeld() async throws {
+        let f = try IngestTests.fixture()
+        defer { f.dir.cleanup() }
+        // SQLite's writer queue held: the webhook's commit waits behind this job.
+        let gate = DispatchSemaphore(value: 0)
+        let holding = Atomic<Bool>(false)
+        let blocker = Task { try await f.outbox.write { _ in holding.store(true, ordering: .relaxed); gate.wait() } }
+        while !holding.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(1)) }
+
+        let reads = ReadCounter()
+        let channel = NIOAsyncTestingChannel()
+        let ingest = f.handler
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.addHandlers([reads, IngestChannelHandler(ingest: ingest, serverName: "candidate-relay")])
+        }
+        let valid = #"{"position_uid":"11.11","partner_candidate_id":"c-1","first_name":"Ada","last_name":"Person","email":"ada@example.com"}"#
+        let read: @Sendable () async throws -> Int = {
+            let before = reads.count.load(ordering: .relaxed)
+            try await channel.testingEventLoop.executeInContext { channel.pipeline.read() }
+            return reads.count.load(ordering: .relaxed) - before
+        }
+        for part in Self.webhook(valid) { try await channel.writeInbound(part) }
+        // Being stored, nothing after it: the read goes through.
+        #expect(try await read() == 1)
+        // The client pipelines the next webhook's head: held, and reads wait.
+        try await channel.writeInbound(Self.webhook(valid)[0])
+        #expect(try await read() == 0)
+        #expect(try await channel.readOutbound(as: HTTPResponsePart.self) == nil)
+
+        gate.signal()
+        try await blocker.value
+        // The first answer goes out, then the held head is taken up and the held read made.
+        let head = try await channel.waitForOutboundWrite(as: HTTPResponsePart.self)
+        guard case .head(let response) = head else {
+            Issue.record("expected the answer's head, got \(head)")
+            return
+        }
+        #expect(response.status.code == 202)
+        var resumed = 0
+        for _ in 0..<500 where resumed == 0 {
+            resumed = reads.count.load(ordering: .relaxed) - 1
+            if resumed == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        }
+        #expect(resumed == 1)
+        _ = try? await channel.finish()
+    }
+}
+
+/// Counts the reads that reach it (placed before the handler under test, toward the socket).
+private final class ReadCounter: ChannelOutboundHandler, Sendable {
+    typealias OutboundIn = Any
+    let count = Atomic<Int>(0)
+
+    func read(context: ChannelHandlerContext) {
+        count.add(1, ordering: .relaxed)
+        context.read()
     }
 }
