@@ -67,7 +67,7 @@ import Testing
     @Test func decisionsFollowTheClassification() {
         let now = Date(timeIntervalSince1970: 1_000_000)
         func decide(_ classification: Classification, status: Int?, attempt: Int = 1) -> DeliveryDecision {
-            DeliveryDecision.decide(classification, status: status, body: Data(#"{"error":"x","message":"m"}"#.utf8), attempt: attempt,
+            DeliveryDecision.decide(classification, status: status, body: Data(#"{"error":"required_field","message":"m"}"#.utf8), attempt: attempt,
                                     budgetStartedAt: now, policy: Self.policy, now: now, unit: 0)
         }
         #expect(decide(.delivered(candidateUID: "u", summary: nil), status: 201).health == .up)

@@ -42,9 +42,9 @@ struct PartnerErrorBody: Sendable, Equatable {
         let rawError = document?["error"]?.stringValue
         let rawMessage = document?["message"]?.stringValue
         // The code goes to logs, metrics and the HTTP record; the message stays in the outbox.
-        // An `error` that is not a code (a sentence, a submitted value echoed back) is kept
-        // with the message, out of the logs.
-        error = rawError.flatMap(Self.usableCode)
+        // An `error` that is not one of the partner's documented codes (a sentence, a submitted
+        // value echoed back, a code it added since) is kept with the message, out of the logs.
+        error = rawError.flatMap(Self.partnerCode)
         if let rawError, error == nil {
             message = "error \"\(rawError.prefix(200))\"" + (rawMessage.map { ": \($0)" } ?? "")
         } else {
@@ -53,7 +53,25 @@ struct PartnerErrorBody: Sendable, Equatable {
         candidateUID = Self.usableUID(document?["candidate_uid"])
     }
 
-    /// A partner error code fit for a log line: 1–64 of `a–z 0–9 _ . -`, a letter first, and no
+    /// The codes Comeet documents for "create a candidate" (CONTRACT.md §1). Found from outside:
+    /// a shape check alone (`usableCode`) let a value the partner echoed back as a lower-case
+    /// word (`{"error":"lovelace"}`, an e-mail's local part, a user name) reach the log lines,
+    /// the read API's `last_error`, and stay after `forget`. Any other `error` is answered as
+    /// `http_<status>`, with the partner's text kept in the outbox with the message.
+    static let documentedCodes: Set<String> = [
+        "required_field", "string_size_limit", "invalid_email", "invalid_linkedin_url", "invalid_url",
+        "source_contact_conflict", "incorrect_country_code", "invalid_custom_candidate_field", "invalid_datetime",
+        "duplicate_candidate", "file_size_limit", "malicious_file", "no_permission", "position_not_found", "not_found",
+        "candidate_post_conflict", "too_many_requests",
+    ]
+
+    /// `value` when it is one of the partner's documented codes.
+    static func partnerCode(_ value: String) -> String? {
+        documentedCodes.contains(value) ? value : nil
+    }
+
+    /// A stored error code fit for a log line (the relay's own, `http_503`, `connection_reset`...,
+    /// and the partner's documented ones): 1–64 of `a–z 0–9 _ . -`, a letter first, and no
     /// more than three digits in a row (Comeet's are `candidate_post_conflict`,
     /// `duplicate_candidate`...). Found from outside: a partner answering `{"error":"987654321"}`,
     /// a national id it echoed, had it logged, shown by the read API and kept after `forget`; a
