@@ -196,6 +196,29 @@ import Testing
         #expect(problems.count == 5, "\(problems)")
     }
 
+    /// Found from outside: a lifetime of 0.05 or 0.5 s was accepted, and every minted token had
+    /// expired on arrival (every request a 401, every event dead).
+    @Test(arguments: ["0.05", "0.5", "29", "601"])
+    func aTokenLifetimeThatCannotWorkIsAProblem(ttl: String) async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3 }
+            partner: { auth: { mode: comeet_jwt, token_ttl_seconds: \(ttl) } }
+            """)
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.count == 1 && problems[0].hasPrefix("partner.auth.token_ttl_seconds: must be in [30, 600]"), "\(problems)")
+    }
+
+    @Test(arguments: ["30", "600"])
+    func theTokenLifetimesBoundsAreAccepted(ttl: String) async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3 }
+            partner: { auth: { mode: comeet_jwt, token_ttl_seconds: \(ttl) } }
+            """)
+        defer { dir.cleanup() }
+        #expect(await Self.problems(dir) == [])
+    }
+
     /// Records younger than the rate window rebuild it at start: deleting them sooner let a
     /// restart send a window's worth again (found from outside).
     @Test func recordRetentionShorterThanTheRateWindowIsAProblem() async throws {

@@ -115,7 +115,12 @@ extension ConfigurationLoader {
         }
         switch config.partner.auth {
         case .comeetJWT(_, _, let ttl):
-            check(ttl > 0 && ttl <= 600, "partner.auth.token_ttl_seconds", "must be in (0, 600]: the partner refuses longer-lived tokens")
+            // Found from outside: 0.05 or 0.5 passed, and every token was expired when it
+            // arrived (`exp` is in whole seconds, and the partner's clock is not ours): every
+            // request a 401, every event dead.
+            check(ttl >= RelayConfiguration.minTokenTTLSeconds && ttl <= 600, "partner.auth.token_ttl_seconds",
+                  "must be in [\(Int(RelayConfiguration.minTokenTTLSeconds)), 600]: the partner refuses longer-lived tokens, "
+                  + "and a shorter one can expire before it arrives when the clocks differ by seconds")
         case .oauth2ClientCredentials(let oauth):
             check(isHTTPURL(oauth.tokenURL), "partner.auth.token_url", "required in oauth2_client_credentials mode: an http(s) URL without fragment or credentials")
             if config.namedAccounts == nil {
@@ -187,4 +192,9 @@ extension ConfigurationLoader {
         }
         return []
     }
+}
+
+extension RelayConfiguration {
+    /// The shortest JWT lifetime `partner.auth.token_ttl_seconds` takes.
+    static let minTokenTTLSeconds = 30.0
 }
