@@ -196,6 +196,18 @@ import Testing
         #expect(problems.count == 5, "\(problems)")
     }
 
+    /// Found from outside: a 300 MB secret file was read whole by `reload` and used as the key.
+    @Test func aSecretFileTooLargeToBeOneIsAProblem() async throws {
+        let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n")
+        defer { dir.cleanup() }
+        try dir.write("comeet-secret", String(repeating: "k", count: SecretReader.maxFileBytes + 1))
+        let problems = await Self.problems(dir)
+        #expect(problems.count == 1 && problems[0].hasPrefix("partner.auth.secret_file: secret file ")
+                && problems[0].hasSuffix("is 65537 bytes: over 64 KiB, not a secret"), "\(problems)")
+        try dir.write("comeet-secret", String(repeating: "k", count: SecretReader.maxFileBytes))
+        #expect(await Self.problems(dir) == [])
+    }
+
     /// Found from outside: a lifetime of 0.05 or 0.5 s was accepted, and every minted token had
     /// expired on arrival (every request a 401, every event dead).
     @Test(arguments: ["0.05", "0.5", "29", "601"])

@@ -48,6 +48,13 @@ final class SecretReader: @unchecked Sendable {
             return nil
         }
         let path = resolve(fileName)
+        // Found from outside: a 300 MB file was read whole by `reload` (1.26 GB, 36 s of a core)
+        // and became the daemon's HS256 key (+308 MB, half a second per token). A secret is a
+        // line or a few: anything this large is the wrong file.
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > Self.maxFileBytes {
+            recorded.append(.init(fileKey, "secret file \(path) is \(size) bytes: over \(Self.maxFileBytes / 1024) KiB, not a secret"))
+            return nil
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             let reason = FileManager.default.fileExists(atPath: path) ? "is not readable" : "does not exist"
             recorded.append(.init(fileKey, "secret file \(path) \(reason)"))
@@ -64,6 +71,9 @@ final class SecretReader: @unchecked Sendable {
         }
         return Secret(value, source: "file \(path)")
     }
+
+    /// The largest secret file read (a few keys, one per line, are well under it).
+    static let maxFileBytes = 64 << 10
 
     /// Several secrets, one per line (Standard Webhooks secret rotation); env: whitespace-separated.
     func readList(fileKey: String, fileName: String?) -> [Secret] {
