@@ -102,6 +102,17 @@ import Testing
         #expect(RetryAfter.parse(header, now: now) == now.addingTimeInterval(seconds))
     }
 
+    /// Sent twice: the longer wait, whichever comes first (found from outside).
+    @Test func retryAfterSentTwiceIsTheLongerWait() {
+        let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z
+        #expect(RetryAfter.longest(["7", "1"], now: now) == "7")
+        #expect(RetryAfter.longest(["1", "7"], now: now) == "7")
+        #expect(RetryAfter.longest(["soon", "1"], now: now) == "1")
+        #expect(RetryAfter.longest(["30", "Sun, 06 Nov 1994 08:49:37 GMT"], now: now) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(RetryAfter.longest(["5"], now: now) == "5")
+        #expect(RetryAfter.longest([], now: now) == nil)
+    }
+
     @Test func retryAfterHTTPDates() {
         let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z
         #expect(RetryAfter.parse("Sun, 06 Nov 1994 08:49:37 GMT", now: now) == Date(timeIntervalSince1970: 784_111_777))

@@ -20,6 +20,14 @@ public enum RetryAfter {
         }
         return nil
     }
+
+    /// The field as sent more than once (a proxy adding its own, say): the value asking for the
+    /// longest wait, never the first (found from outside: `7` then `1` waited 7 s, `1` then `7`
+    /// only 1 s). Values that do not parse lose to any that does.
+    public static func longest(_ values: [String], now: Date) -> String? {
+        guard values.count > 1 else { return values.first }
+        return values.max { (parse($0, now: now) ?? .distantPast) < (parse($1, now: now) ?? .distantPast) }
+    }
 }
 
 /// Pure retry arithmetic: exponential backoff with jitter, capped, and the attempt/age budget.
