@@ -51,11 +51,15 @@ import Testing
     /// One worker, a partner that answers after `latencyMs` (with `retryAfter` on injected
     /// answers), and three candidates posted: while one request is out, the worker claims the
     /// next event ahead.
-    static func oneSlowWorker(latencyMs: Int, retryAfter: String? = nil, prefix: String) async throws -> (RelayHarness, [String]) {
+    static func oneSlowWorker(latencyMs: Int, retryAfter: String? = nil, shutdownGraceSeconds: Double = 2,
+                              prefix: String) async throws -> (RelayHarness, [String]) {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.latencyMs = latencyMs
         sim.faults.retryAfter = retryAfter
-        let relay = try await RelayHarness(simulator: sim) { $0.delivery.workers = 1 }
+        let relay = try await RelayHarness(simulator: sim) {
+            $0.delivery.workers = 1
+            $0.delivery.shutdownGraceSeconds = shutdownGraceSeconds
+        }
         var ids: [String] = []
         for n in 0..<3 { ids.append(try #require(try await relay.post(Candidates.json(partnerID: "\(prefix)-\(n)")))) }
         return (relay, ids)
@@ -64,7 +68,10 @@ import Testing
     /// With every worker busy, a worker claims its next event while its request is in flight;
     /// at shutdown that event, never sent, goes back to pending without using an attempt.
     @Test func aPrefetchedEventIsHandedBackAtShutdown() async throws {
-        let (relay, ids) = try await Self.oneSlowWorker(latencyMs: 800, prefix: "pf")
+        // The stop must come while the first request is still out: with 0.8 s, a loaded machine
+        // (the whole suite in parallel) once saw the two in flight too late, the first answer came
+        // before the stop, and the event claimed ahead was sent (no `delivery.interrupted`).
+        let (relay, ids) = try await Self.oneSlowWorker(latencyMs: 3000, shutdownGraceSeconds: 6, prefix: "pf")
         // The first is being sent and the second claimed meanwhile: two in flight.
         let prefetched = try await eventually {
             var count = 0
@@ -72,7 +79,7 @@ import Testing
             return count == 2
         }
         #expect(prefetched)
-        // The grace period (2 s) lets a 0.8 s request finish; the claim made ahead meanwhile is
+        // The grace period (6 s) lets the 3 s request finish; the claim made ahead meanwhile is
         // handed back unsent.
         await relay.shutdownAndWait()
         let outbox = try Outbox(path: relay.application.configuration.storage.path)
