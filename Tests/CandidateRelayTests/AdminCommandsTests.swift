@@ -165,6 +165,16 @@ import Testing
         #expect(try await outbox.record(id: "a-dead")?.state == .pending)
     }
 
+    /// Found from outside: `events retry ID ID` retried it, then said "skipped" and exited 1.
+    @Test func anIdGivenTwiceIsRetriedOnce() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let result = try await admin.retry(ids: ["g-dead", "g-dead"])
+        #expect(result.text == "retried g-dead\n1 event(s) moved back to pending", "\(result.text)")
+        #expect(result.allFound)
+        #expect(try await outbox.record(id: "g-dead")?.state == .pending)
+    }
+
     @Test func purgeKeepsToTheAccount() async throws {
         let (dir, outbox, admin) = try await Self.populated()
         defer { dir.cleanup() }

@@ -77,7 +77,10 @@ extension Outbox {
                       pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String]) {
         let targets: [String]
         if let ids {
-            targets = ids
+            // An id given twice is retried once (found from outside: the second found it pending,
+            // and the command said "skipped" and failed, for an id it had just retried).
+            var seen = Set<String>()
+            targets = ids.filter { seen.insert($0).inserted }
         } else {
             targets = try await read { db in
                 try String.fetchAll(
