@@ -944,6 +944,9 @@ import Testing
         let copy = try Outbox(path: dir.file("copy.sqlite3"))
         #expect(try await copy.record(id: "e1") != nil)
         #expect(throws: OutboxError.self) { try outbox.backup(to: dir.file("copy.sqlite3")) }
+        // The live outbox's own path: refused for the path given, not for its "-wal".
+        let refusal = #expect(throws: OutboxError.self) { try outbox.backup(to: outbox.path) }
+        #expect(refusal?.description == "storage: \(outbox.path) already exists", "\(String(describing: refusal))")
         // Another database's side file by that name: refused, and left as it was (a failed
         // copy once deleted -wal and -shm it had not written).
         try dir.write("other.sqlite3-wal", "not ours")

@@ -307,6 +307,11 @@ extension Outbox {
     /// `created` runs once the destination is created (it is the backup's from then on): the CLI
     /// arms its signal handlers with it.
     public func backup(to destination: String, created: (String) -> Void = { _ in }) throws {
+        // The destination itself first (found from outside: the live outbox's path was refused
+        // for its "-wal", a file the operator did not name).
+        if FileManager.default.fileExists(atPath: destination) {
+            throw OutboxError.storage("\(destination) already exists")
+        }
         // SQLite's side files of another database by that name: a hot journal would be rolled
         // into the copy, and a failed copy must not delete what it did not write.
         for side in ["-journal", "-wal", "-shm"] where FileManager.default.fileExists(atPath: destination + side) {
