@@ -594,12 +594,29 @@ import Testing
         try await outbox.pool.write { db in
             try db.execute(sql: "UPDATE events SET last_error = '987654321: the partner said so' WHERE id = 'e1'")
             try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 1, 1, 'retry', 400, '987654321: again')")
+            // A word-shaped value, as the shape check alone let through (review): the same.
+            try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 2, 2, 'retry', 503, 'lovelace')")
+            // Codes that are codes stay.
+            try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 3, 3, 'retry', 503, 'http_503')")
+            try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 4, 4, 'retry', NULL, 'connection_reset')")
+            try db.execute(sql: "INSERT INTO attempts (event_id, attempt, at, outcome, status, error) VALUES ('e1', 5, 5, 'dead', 400, 'invalid_email: m')")
         }
         let shown = try #require(try await outbox.record(id: "e1")).jsonObject(includeMessages: false)
         #expect(shown["last_error"] as? String == "partner_error")
         _ = try await outbox.forget(partnerCandidateID: "X", now: Date())
         #expect(try await outbox.record(id: "e1")?.lastError == "erased")
-        #expect(try await outbox.history(id: "e1").map(\.error) == ["partner_error"])
+        #expect(try await outbox.history(id: "e1").map(\.error)
+                == ["partner_error", "partner_error", "http_503", "connection_reset", "invalid_email"])
+    }
+
+    /// Every code the relay stores is shown as itself, not as `partner_error`.
+    @Test func theRelaysOwnCodesAreShownAsThemselves() {
+        for code in PartnerErrorBody.relayCodes.union(PartnerErrorBody.documentedCodes).union(["http_429", "http_503"]) {
+            #expect(PartnerErrorBody.storedCode(code + ": a message") == code)
+        }
+        for text in ["http_5031", "http_", "http_abc", "lovelace: x", "attempts_exhaustedx"] {
+            #expect(PartnerErrorBody.storedCode(text) == "partner_error", "\(text)")
+        }
     }
 
     @Test func pendingPastMaxAgeGoesDeadInsteadOfBeingSent() async throws {

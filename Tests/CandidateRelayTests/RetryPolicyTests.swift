@@ -111,6 +111,9 @@ import Testing
         #expect(RetryAfter.longest(["30", "Sun, 06 Nov 1994 08:49:37 GMT"], now: now) == "Sun, 06 Nov 1994 08:49:37 GMT")
         #expect(RetryAfter.longest(["5"], now: now) == "5")
         #expect(RetryAfter.longest([], now: now) == nil)
+        #expect(RetryAfter.longest(["soon", "later"], now: now) == "soon")  // none parses: the first, as before
+        // Only the first few are read.
+        #expect(RetryAfter.longest(Array(repeating: "1", count: 8) + ["99"], now: now) == "1")
     }
 
     @Test func retryAfterHTTPDates() {

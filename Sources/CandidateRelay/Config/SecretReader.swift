@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The one door through which secrets enter the relay. A `*_file` key names a file (a relative
 /// name resolves in `$CREDENTIALS_DIRECTORY` when set, as systemd's `LoadCredential=` provides,
@@ -48,16 +51,11 @@ final class SecretReader: @unchecked Sendable {
             return nil
         }
         let path = resolve(fileName)
-        // Found from outside: a 300 MB file was read whole by `reload` (1.26 GB, 36 s of a core)
-        // and became the daemon's HS256 key (+308 MB, half a second per token). A secret is a
-        // line or a few: anything this large is the wrong file.
-        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > Self.maxFileBytes {
-            recorded.append(.init(fileKey, "secret file \(path) is \(size) bytes: over \(Self.maxFileBytes / 1024) KiB, not a secret"))
-            return nil
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "is not readable" : "does not exist"
-            recorded.append(.init(fileKey, "secret file \(path) \(reason)"))
+        let data: Data
+        switch Self.contents(path) {
+        case .success(let contents): data = contents
+        case .failure(let problem):
+            recorded.append(.init(fileKey, "secret file \(path) \(problem.reason)"))
             return nil
         }
         guard let text = String(data: data, encoding: .utf8) else {
@@ -74,6 +72,40 @@ final class SecretReader: @unchecked Sendable {
 
     /// The largest secret file read (a few keys, one per line, are well under it).
     static let maxFileBytes = 64 << 10
+
+    struct FileProblem: Error {
+        let reason: String
+    }
+
+    /// A secret file's bytes: a regular file (through any symlink, as Kubernetes' secret volumes
+    /// and systemd's credentials may be) of at most `maxFileBytes`, read once from one open.
+    /// Found from outside: a 300 MB file was read whole by `reload` (1.26 GB, 36 s of a core) and
+    /// became the daemon's HS256 key (+308 MB, half a second per token). A size looked up before
+    /// reading (review) missed a symlink's target and a FIFO or device (size 0, read for ever).
+    static func contents(_ path: String) -> Result<Data, FileProblem> {
+        // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            return .failure(FileProblem(reason: errno == ENOENT || errno == ENOTDIR ? "does not exist" : "is not readable"))
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return .failure(FileProblem(reason: "is not readable")) }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .failure(FileProblem(reason: "is not a regular file")) }
+        var data = Data(count: maxFileBytes + 1)
+        var total = 0
+        while total < data.count {
+            let n = data.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + total, $0.count - total) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { return .failure(FileProblem(reason: "is not readable")) }
+            if n == 0 { break }
+            total += n
+        }
+        guard total <= maxFileBytes else {
+            return .failure(FileProblem(reason: "is over \(maxFileBytes / 1024) KiB: not a secret"))
+        }
+        return .success(data.prefix(total))
+    }
 
     /// Several secrets, one per line (Standard Webhooks secret rotation); env: whitespace-separated.
     func readList(fileKey: String, fileName: String?) -> [Secret] {

@@ -21,7 +21,7 @@ public enum PartnerAnswer: Sendable, Equatable {
 }
 
 /// Failures below HTTP; all retryable. The raw value is the `last_error` code operators see.
-public enum TransportFailure: String, Sendable, Equatable {
+public enum TransportFailure: String, Sendable, Equatable, CaseIterable {
     case timeout
     case connectionRefused = "connection_refused"
     case connectionReset = "connection_reset"
@@ -90,12 +90,23 @@ struct PartnerErrorBody: Sendable, Equatable {
         return value
     }
 
+    /// The codes the relay itself stores as an error (`last_error`, an attempt's `error`).
+    static let relayCodes: Set<String> = Set(TransportFailure.allCases.map(\.rawValue)).union([
+        "unauthorized", "no_uid_in_response", "invalid_uid_in_response", "attempts_exhausted", "max_age_exceeded",
+        "payload_erased", "erased", "partner_error",
+    ])
+
     /// The code part of a stored error (`last_error`, an attempt's `error`: "code: message") as
-    /// the read API and `events list` show it and `forget` keeps it. A code stored before codes
-    /// were checked as above (a value a partner echoed: `987654321`) is `partner_error`.
+    /// the read API and `events list` show it and `forget` keeps it: one of the partner's
+    /// documented codes, one of the relay's own, or `http_<status>`. Anything else is
+    /// `partner_error`: a value a partner echoed, stored by a version that checked less
+    /// (`987654321`, then `lovelace`; review: an outbox written before keeps them).
     static func storedCode(_ text: String) -> String {
         let code = String(text.prefix { $0 != ":" })
-        return usableCode(code) ?? "partner_error"
+        if documentedCodes.contains(code) || relayCodes.contains(code) { return code }
+        let utf8 = Array(code.utf8)
+        if utf8.count == 8, code.hasPrefix("http_"), utf8[5...].allSatisfy({ (0x30...0x39).contains($0) }) { return code }
+        return "partner_error"
     }
 
     /// A partner's candidate uid (a string or a number) fit to store, show and log: 1–128

@@ -23,11 +23,16 @@ public enum RetryAfter {
 
     /// The field as sent more than once (a proxy adding its own, say): the value asking for the
     /// longest wait, never the first (found from outside: `7` then `1` waited 7 s, `1` then `7`
-    /// only 1 s). Values that do not parse lose to any that does.
+    /// only 1 s). Values that do not parse lose to any that does. Only the first
+    /// `maxValuesRead` are read, each once: a date costs three formatters, and an answer may
+    /// repeat the field thousands of times (review).
     public static func longest(_ values: [String], now: Date) -> String? {
         guard values.count > 1 else { return values.first }
-        return values.max { (parse($0, now: now) ?? .distantPast) < (parse($1, now: now) ?? .distantPast) }
+        let parsed = values.prefix(maxValuesRead).compactMap { value in parse(value, now: now).map { (value, $0) } }
+        return parsed.max { $0.1 < $1.1 }?.0 ?? values.first
     }
+
+    static let maxValuesRead = 8
 }
 
 /// Pure retry arithmetic: exponential backoff with jitter, capped, and the attempt/age budget.

@@ -187,10 +187,12 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// No more is read now. While a webhook is stored and nothing came after it, reading goes on:
     /// a client that waits for each answer (almost every client) sends nothing meanwhile, and
     /// stopping reads for every webhook then starting them again cost two `epoll_ctl` calls per
-    /// request (~2 % of ingest's CPU). Once anything is held (the client pipelines), reads wait
-    /// for its turn, so what a connection holds stays one read's worth, as before.
+    /// request (~2 % of ingest's CPU). Once anything is held (the client pipelines, or an error
+    /// waits), reads wait for its turn, so what a connection holds stays one read's worth, as
+    /// before. A webhook after which the connection closes (`Connection: close`, the server's
+    /// stop) reads nothing more: it would only be dropped.
     private var readsWait: Bool {
-        if case .storing = state, held.isEmpty, !waitingForRouter, writable { return false }
+        if case .storing(closeAfter: false) = state, held.isEmpty, heldError == nil, writable { return false }
         return isBlocked
     }
 
@@ -354,7 +356,8 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// The server is stopping (its quiesce event). A webhook whose body is still coming is
     /// answered 503 now and the connection closed: the rest of its body (a slow or stalled
     /// sender) must not hold the daemon's exit. One being stored is answered, then the
-    /// connection closes; anything pipelined after it is not read. Requests the router has
+    /// connection closes; anything pipelined after it is not processed (nor read, but for a
+    /// read already under way: `readsWait`). Requests the router has
     /// are the connection-state handler's: it closes after their answers.
     fileprivate func stop() {
         guard let context else { return }
@@ -443,12 +446,13 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         // The router's end of the pipeline hands reads on at the end of a read cycle: parts
         // passed on outside one need a read-complete of their own.
         if forwarded != forwardedBefore, self.context != nil { context.fireChannelReadComplete() }
-        guard !isBlocked, self.context != nil else { return }
-        if let error = heldError {
+        guard self.context != nil else { return }
+        if !isBlocked, let error = heldError {
             heldError = nil
             context.fireErrorCaught(error)
         }
-        if heldRead {
+        // Also when the held parts made a webhook that is now being stored (`readsWait`).
+        if heldRead, !readsWait {
             heldRead = false
             context.read()
         }

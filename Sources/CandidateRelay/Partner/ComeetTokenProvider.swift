@@ -3,8 +3,8 @@ import Foundation
 import Logging
 
 /// Comeet's self-minted token: HS256 JWT `{"iss": api_key, "exp": now + ttl}` signed with the
-/// UTF-8 bytes of the partner secret. Reused until 60 s (or a tenth of the ttl, if shorter)
-/// before `exp`, then minted afresh.
+/// UTF-8 bytes of the partner secret. Reused until 60 s (or a tenth of the ttl, if shorter, but
+/// never under 10 s) before `exp`, then minted afresh.
 public actor ComeetTokenProvider: TokenProvider {
     let apiKey: Secret
     let secret: Secret
@@ -32,7 +32,9 @@ public actor ComeetTokenProvider: TokenProvider {
 
     public func token() async throws -> String {
         let current = now()
-        let margin = min(60, min(ttl, Self.maxLifetime) / 10)
+        // At least 10 s (review: a 30 s token kept until 3 s before `exp` met any clock
+        // difference; a 401 then mints again, but costs a round trip).
+        let margin = max(10, min(60, min(ttl, Self.maxLifetime) / 10))
         if let cached, cached.expires.timeIntervalSince(current) > margin { return cached.token }
         // The partner refuses tokens that live longer than 600 s; keep 30 s for clock skew.
         let expires = current.addingTimeInterval(min(ttl, Self.maxLifetime))
