@@ -125,14 +125,12 @@ import Testing
         }
     }
 
-    /// Codes are words: a number, a phone or id spelled with dashes, echoed back by a partner,
-    /// is not one (it stays with the message, in the outbox only).
-    @Test(arguments: [("candidate_post_conflict", true), ("duplicate_candidate", true), ("E1001", false),
-                      ("http.429-retry", true), ("v2_error_404", true), ("987654321", false), ("555-123-4567", false),
-                      ("id-123456789", false), ("_x", false), ("", false), (String(repeating: "a", count: 65), false),
-                      ("RSSMRA85T10A562S", false), ("Lovelace", false), ("INVALID_REQUEST", false)])
-    func errorCodesAreWordsNotNumbers(code: String, usable: Bool) {
-        #expect((PartnerErrorBody.usableCode(code) != nil) == usable, "\(code)")
+    /// Found from outside, earlier: a number, a phone or an id spelled with dashes, echoed back by
+    /// a partner, was taken for a code. None is one of the partner's codes: none is taken.
+    @Test(arguments: ["987654321", "555-123-4567", "id-123456789", "RSSMRA85T10A562S", "Lovelace", "INVALID_REQUEST",
+                      "E1001", "http.429-retry", "v2_error_404", "", String(repeating: "a", count: 65)])
+    func echoedValuesAreNotCodes(value: String) {
+        #expect(PartnerErrorBody(Data(Self.error(400, value).utf8)).error == nil, "\(value)")
     }
 
     @Test func summaryKeepsOnlyNonPersonalFields() throws {

@@ -54,10 +54,11 @@ struct PartnerErrorBody: Sendable, Equatable {
     }
 
     /// The codes Comeet documents for "create a candidate" (CONTRACT.md §1). Found from outside:
-    /// a shape check alone (`usableCode`) let a value the partner echoed back as a lower-case
-    /// word (`{"error":"lovelace"}`, an e-mail's local part, a user name) reach the log lines,
-    /// the read API's `last_error`, and stay after `forget`. Any other `error` is answered as
-    /// `http_<status>`, with the partner's text kept in the outbox with the message.
+    /// a shape check alone (lower-case word characters) let a value the partner echoed back as a
+    /// lower-case word (`{"error":"lovelace"}`, an e-mail's local part, a user name) reach the log lines,
+    /// the read API's `last_error`, and stay after `forget` (a shape check before it had let
+    /// `987654321`, a national id, through). Any other `error` is answered as `http_<status>`;
+    /// when the event goes dead, the partner's text is kept in the outbox with the message.
     static let documentedCodes: Set<String> = [
         "required_field", "string_size_limit", "invalid_email", "invalid_linkedin_url", "invalid_url",
         "source_contact_conflict", "incorrect_country_code", "invalid_custom_candidate_field", "invalid_datetime",
@@ -68,26 +69,6 @@ struct PartnerErrorBody: Sendable, Equatable {
     /// `value` when it is one of the partner's documented codes.
     static func partnerCode(_ value: String) -> String? {
         documentedCodes.contains(value) ? value : nil
-    }
-
-    /// A stored error code fit for a log line (the relay's own, `http_503`, `connection_reset`...,
-    /// and the partner's documented ones): 1–64 of `a–z 0–9 _ . -`, a letter first, and no
-    /// more than three digits in a row (Comeet's are `candidate_post_conflict`,
-    /// `duplicate_candidate`...). Found from outside: a partner answering `{"error":"987654321"}`,
-    /// a national id it echoed, had it logged, shown by the read API and kept after `forget`; a
-    /// phone number spelled `555-123-4567` passed too, and so would an id such as an Italian
-    /// codice fiscale or a capitalised surname (review): codes are lower case.
-    static func usableCode(_ value: String) -> String? {
-        let bytes = value.utf8
-        guard (1...64).contains(bytes.count), let first = bytes.first, (0x61...0x7A).contains(first) else { return nil }
-        var digitsInARow = 0
-        for byte in bytes {
-            let digit = (0x30...0x39).contains(byte)
-            guard digit || (0x61...0x7A).contains(byte) || byte == 0x5F || byte == 0x2E || byte == 0x2D else { return nil }
-            digitsInARow = digit ? digitsInARow + 1 : 0
-            if digitsInARow > 3 { return nil }
-        }
-        return value
     }
 
     /// The codes the relay itself stores as an error (`last_error`, an attempt's `error`).
