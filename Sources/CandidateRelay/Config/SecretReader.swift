@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The one door through which secrets enter the relay. A `*_file` key names a file (a relative
 /// name resolves in `$CREDENTIALS_DIRECTORY` when set, as systemd's `LoadCredential=` provides,
@@ -92,19 +89,14 @@ final class SecretReader: @unchecked Sendable {
         var info = stat()
         guard fstat(fd, &info) == 0 else { return .failure(FileProblem(reason: "is not readable")) }
         guard info.st_mode & S_IFMT == S_IFREG else { return .failure(FileProblem(reason: "is not a regular file")) }
-        var data = Data(count: maxFileBytes + 1)
-        var total = 0
-        while total < data.count {
-            let n = data.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + total, $0.count - total) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { return .failure(FileProblem(reason: "is not readable")) }
-            if n == 0 { break }
-            total += n
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+        guard let data = try? handle.read(upToCount: maxFileBytes + 1) ?? Data() else {
+            return .failure(FileProblem(reason: "is not readable"))
         }
-        guard total <= maxFileBytes else {
+        guard data.count <= maxFileBytes else {
             return .failure(FileProblem(reason: "is over \(maxFileBytes / 1024) KiB: not a secret"))
         }
-        return .success(data.prefix(total))
+        return .success(data)
     }
 
     /// Several secrets, one per line (Standard Webhooks secret rotation); env: whitespace-separated.
