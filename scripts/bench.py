@@ -564,6 +564,43 @@ logging: {{ level: {s['level']}, format: json, heartbeat_seconds: 60 }}
             time.sleep(poll)
 
 
+class DiskProbe:
+    """The disk's own tail, beside the end-to-end figure: a child process writes 4 KiB and
+    `fdatasync`s it every 20 ms in the outbox's directory (~50 small syncs a second against the
+    daemon's hundreds) and records each sync's duration. On a shared VM a sync now and then takes
+    tens of ms for every process on the disk (its host's flush): the events in flight then wait
+    for it too, and the table says how many of the slow ones did."""
+
+    CODE = r"""
+import json, os, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.pwrite(fd, bytes(65536), 0); os.fdatasync(fd)  # allocated first: the syncs below change no size
+block, durations, stalls, end, n = os.urandom(4096), [], [], time.time() + seconds, 0
+while time.time() < end:
+    os.pwrite(fd, block, (n % 16) * 4096); t = time.time(); os.fdatasync(fd); d = time.time() - t
+    durations.append(d)
+    if d > 0.010: stalls.append((t, d))
+    n += 1; time.sleep(0.02)
+os.close(fd); os.unlink(path)
+print(json.dumps({"durations": durations, "stalls": stalls}))
+"""
+
+    def __init__(self, directory: Path, seconds: float):
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, str(directory / "disk-probe"), str(seconds)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        PROCS.append(self.proc)
+
+    def result(self) -> dict:
+        try:
+            out, _ = self.proc.communicate(timeout=60)
+            data = json.loads(out)
+        except (subprocess.TimeoutExpired, ValueError):
+            return dict(n=0, p99=float("nan"), max=float("nan"), stalls=[])
+        ms = [d * 1000 for d in data["durations"]]
+        return dict(n=len(ms), p99=pct(ms, 99), max=max(ms) if ms else float("nan"), stalls=data["stalls"])
+
+
 def http_ok(port: int, path: str) -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
@@ -905,26 +942,35 @@ class Bench:
             conn.close()
 
         threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(senders)]
+        probe = DiskProbe(relay.dir, self.e2e_seconds + 0.5)
         cpu0 = (cpu_seconds(relay.proc.pid), cpu_seconds(sim.proc.pid))
         for th in threads:
             th.start()
         for th in threads:
             th.join(self.e2e_seconds + 120)
+        disk = probe.result()
         relay.wait_drained(60)
         cpu = (cpu_seconds(relay.proc.pid) - cpu0[0], cpu_seconds(sim.proc.pid) - cpu0[1])
         with relay.db() as conn:
-            lat = [u - r for r, u in conn.execute(
-                "SELECT received_at, updated_at FROM events WHERE state IN ('delivered', 'linked')")]
+            spans = conn.execute("SELECT received_at, updated_at FROM events WHERE state IN ('delivered', 'linked')").fetchall()
             other = conn.execute("SELECT COUNT(*) FROM events WHERE state NOT IN ('delivered', 'linked')").fetchone()[0]
+        lat = [u - r for r, u in spans]
+        # The events over the goal, and how many of them were in flight while the probe's own
+        # fdatasync in the same directory took over 10 ms: the disk's stall, not the daemon's.
+        slow = [(r, u) for r, u in spans if u - r > 25]
+        stalls = [(t0_ * 1000, (t0_ + d) * 1000) for t0_, d in disk["stalls"]]
+        slow_in_stall = sum(1 for r, u in slow if any(a < u and b > r for a, b in stalls))
         relay.stop()
         sim.stop()
         self.r["e2e"] = dict(n=n, statuses=statuses, delivered=len(lat), undelivered=other, p50=pct(lat, 50),
                              p99=pct(lat, 99), max=max(lat) if lat else float("nan"),
-                             late_p99=pct(lateness, 99) * 1000, cpu_ms=cpu[0] * 1000 / n, sim_cpu_ms=cpu[1] * 1000 / n)
+                             late_p99=pct(lateness, 99) * 1000, cpu_ms=cpu[0] * 1000 / n, sim_cpu_ms=cpu[1] * 1000 / n,
+                             disk=disk, slow=len(slow), slow_in_stall=slow_in_stall)
         e = self.r["e2e"]
         log(f"  p50 {e['p50']:.1f} ms p99 {e['p99']:.1f} ms max {e['max']:.0f} ms; {len(lat)}/{n} delivered; "
             f"answers {statuses}; sender lateness p99 {e['late_p99']:.1f} ms; CPU per event: daemon "
-            f"{e['cpu_ms']:.2f} ms, simulator {e['sim_cpu_ms']:.2f} ms")
+            f"{e['cpu_ms']:.2f} ms, simulator {e['sim_cpu_ms']:.2f} ms; disk probe fdatasync p99 {disk['p99']:.1f} ms, "
+            f"max {disk['max']:.1f} ms; {len(slow)} events over 25 ms, {slow_in_stall} of them during a probe stall")
 
     # ---- 6. a 20 MB payload
 
@@ -1192,7 +1238,8 @@ class Bench:
         e = r["e2e"]
         rows.append(Row(f"End to end at 200 events/s for {self.e2e_seconds} s: received_at → updated_at, p50 / p99",
                         f"{e['p50']:.1f} / {e['p99']:.1f} ms",
-                        f"{e['delivered']}/{e['n']} delivered; daemon CPU {e['cpu_ms']:.2f} ms per event", "",
+                        f"{e['delivered']}/{e['n']} delivered; daemon CPU {e['cpu_ms']:.2f} ms per event; the disk's own "
+                        f"fdatasync (probe): p99 {e['disk']['p99']:.1f} ms, max {e['disk']['max']:.1f} ms", "",
                         "p99 ≤ 25 ms", verdict(e["p99"] <= 25 and e["delivered"] == e["n"])))
         rows.append(Row("RSS idle (fresh start, empty outbox)", f"{mib(r['rss_idle_kb']):.1f} MiB", "", "", "", "—"))
         rows.append(Row("RSS peak, unsigned ingest at 64 connections", f"{mib(r['rss_ingest_kb']):.1f} MiB", "", "",
@@ -1298,7 +1345,10 @@ class Bench:
             "each delivered record, read from the outbox (ms resolution; updated_at is the outcome's time, taken when "
             "the partner's answer is in, before the outcome's commit). CPU per event: the daemon's and the simulator's "
             "user + system time (/proc) from the first send to the drained outbox, over the events sent "
-            f"({e['sim_cpu_ms']:.2f} ms for the simulator).",
+            f"({e['sim_cpu_ms']:.2f} ms for the simulator). Disk probe: a child process `fdatasync`ing 4 KiB every "
+            f"20 ms in the outbox's directory during the run ({e['disk']['n']} syncs); {e['slow']} events took over "
+            f"25 ms, {e['slow_in_stall']} of them while one of the probe's syncs took over 10 ms (the disk's stall, "
+            "which every fsync'd commit of the daemon waits out too).",
             "RSS: VmRSS/VmHWM from /proc (peak via `clear_refs` reset of VmHWM plus 20 ms sampling). 20 MB payload: "
             "4 `files[]` of 3.75 MB decoded each (the partner's limit is 6 MB per file), delivery held while it is "
             "received and stored, then opened; RSS added = peak − RSS just before. Bursts: then the same daemon, "
