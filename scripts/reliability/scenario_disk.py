@@ -64,6 +64,7 @@ def full_disk(results: lib.Results, long: bool) -> dict:
     if work is None:
         return {}
     root, mnt = work
+    notify = None
     try:
         filler = os.path.join(mnt, "filler")
         with open(filler, "wb") as f:
@@ -74,12 +75,17 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         # (docs/operations.md, lease.recovered), checked every 5 s. Keep it short here.
         timeout_s, per_s = 2, 1
         lease_s = 2 * timeout_s + per_s + 60
+        # systemd's notify socket, with a watchdog of 2 s (a WATCHDOG=1 every second): a full
+        # disk must not stop it (found from outside: a write refused for want of space sent
+        # none, and systemd aborted the daemon 30 s into a full disk).
+        notify = NotifyListener(os.path.join(root, "notify.sock"))
         relay = lib.Relay(os.path.join(root, "relay"), sim=sim,
                           config={"storage": {"path": os.path.join(mnt, "state", "outbox.sqlite3")},
                                   # /readyz wants room for one request of the largest size.
                                   "ingest": {"max_body_bytes": 65536},
                                   "partner": {"timeout_seconds": timeout_s,
-                                              "rate_limit": {"requests": 0, "per_seconds": per_s}}})
+                                              "rate_limit": {"requests": 0, "per_seconds": per_s}}},
+                          env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"})
         relay.start()
         pid = relay.pid
         ledger = lib.Ledger()
@@ -125,6 +131,22 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         results.check(f"{NAME}: /readyz says 503 while the disk is full", readyz[0] == 503, f"{readyz[0]}")
         storage_failed = relay.events("storage.failed")
         results.check(f"{NAME}: storage.failed logged while full", bool(storage_failed), "no storage.failed line")
+        # Down to the last byte: every write fails now, the watchdog's small one too.
+        last_bytes = os.path.join(mnt, "last-bytes")
+        fill_up(last_bytes)
+        pets_before = notify.count("WATCHDOG=1")
+        time.sleep(4)
+        pets = notify.count("WATCHDOG=1") - pets_before
+        results.check(f"{NAME}: WATCHDOG=1 goes on with the disk full to its last byte", pets >= 2,
+                      f"{pets} WATCHDOG=1 in 4 s (WATCHDOG_USEC=2 s: systemd would abort the daemon)")
+        try:
+            readyz_full = relay.get("/readyz", timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            readyz_full = (repr(exc), None, None)
+        results.check(f"{NAME}: /readyz says storage_full with the disk full to its last byte",
+                      readyz_full[0] == 503 and isinstance(readyz_full[2], dict) and readyz_full[2].get("status") == "storage_full",
+                      f"{readyz_full[0]} {readyz_full[2]}")
+        os.unlink(last_bytes)
 
         # Free space; ingest must recover by itself.
         os.unlink(filler)
@@ -164,11 +186,44 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         results.check(f"{NAME}: SIGTERM after recovery exits 0", rc == 0, f"rc={rc}")
         sim.stop()
         counts.update({"accepted_before_full": acked_full, "refused_503": len(refused_msgs),
-                       "readyz_when_full": readyz[0], "recovery_s": recovery_s})
+                       "readyz_when_full": readyz[0], "recovery_s": recovery_s, "watchdog_pets_full": pets})
         return counts
     finally:
+        if notify:
+            notify.close()
         lib.kill_all_processes()
         lib.umount(mnt)
+
+
+class NotifyListener:
+    """A stand-in for systemd's notify socket: collects the datagrams the daemon sends."""
+
+    def __init__(self, path: str):
+        import socket
+        import threading
+        self.path = path
+        self.messages: list[str] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.closed:
+            try:
+                self.messages.append(self.sock.recv(4096).decode(errors="replace"))
+            except OSError:
+                continue
+
+    def count(self, message: str) -> int:
+        return sum(1 for m in list(self.messages) if m == message)
+
+    def close(self):
+        self.closed = True
+        self.thread.join(2)
+        self.sock.close()
 
 
 def expect_clean_failure(results: lib.Results, label: str, relay: lib.Relay, path_hint: str) -> int | None:

@@ -84,8 +84,9 @@ extension DeliveryWorkerPool {
         var recorded = event
         recorded.payload = Data()  // not needed to record: not held (a large one) until the commit
         outcomes.run { [self, recorded, decision] in
-            await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current, partnerOpenUntil: partnerOpenUntil)
-            log(recorded, decision: decision, exchange: exchange)
+            let written = await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current,
+                                          partnerOpenUntil: partnerOpenUntil)
+            log(recorded, decision: decision, exchange: exchange, written: written)
         }
     }
 
@@ -185,14 +186,24 @@ extension DeliveryWorkerPool {
     /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write
     /// would leave the event in flight (an attempt lost) instead of recorded.
     func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
-        await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
+        _ = await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
+    }
+
+    /// What became of an outcome `recordNow` was given.
+    enum Written {
+        case recorded
+        /// The lease had been taken back meanwhile: nothing changed (`delivery.stale_outcome`).
+        case stale
+        /// Every write failed (a full disk) until the lease's half or shutdown: the event stays
+        /// in flight, and the rescuer sends it again.
+        case notWritten
     }
 
     /// Retries a failed write (a full disk) once a second while the lease lasts, so that the
     /// outcome lands as soon as space is back; after that, or at shutdown, the lease stays and
     /// the rescuer returns the event to pending (it is sent again, and a 409 links it).
     private func recordNow(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date,
-                           partnerOpenUntil: Date? = nil) async {
+                           partnerOpenUntil: Date? = nil) async -> Written {
         // Recorded, found taken back, or given up: no longer this worker's to keep from the rescuer.
         defer { leasesHeld.withLock { if $0[event.id] == event.lease { $0[event.id] = nil } } }
         let deadline = event.leasedAt.addingTimeInterval(settings.value.leaseSeconds / 2)
@@ -201,15 +212,16 @@ extension DeliveryWorkerPool {
             do {
                 if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs, partnerOpenUntil: partnerOpenUntil) == false {
                     logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))
+                    return .stale
                 }
-                return
+                return .recorded
             } catch {
                 if !logged {
                     logger.event(.error, "storage.failed", "could not record a delivery outcome; retrying while the lease lasts",
                                  fields(event, error: OutboxError.logCode(error)))
                     logged = true
                 }
-                guard !isDraining, self.now() < deadline else { return }
+                guard !isDraining, self.now() < deadline else { return .notWritten }
                 try? await TimerSleep.sleep(seconds: 1)
             }
         }
@@ -221,13 +233,30 @@ extension DeliveryWorkerPool {
         metrics.delivery(outcome: "interrupted", account: event.account)
     }
 
-    private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange) {
+    /// The partner's answer (a 429 is logged whatever became of the outcome), then the outcome:
+    /// `delivery.succeeded`, `.linked`, `.retry_scheduled` or `.dead` and its count only once it
+    /// is recorded. Found from outside: on a full disk an outcome that was never written was
+    /// logged and counted as delivered, and its resend after the rescue was counted again.
+    private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange, written: Written) {
         let status = exchange.status
         let latency = exchange.latencyMs
         if status == 429 {
             metrics.count("candidate_relay_partner_rate_limited_total", [("account", event.account)])
             logger.event(.warning, "partner.rate_limited", "partner answered 429 too_many_requests",
                          fields(event, status: 429, extra: decision.pauseUntil.map { ["retry_after": Timestamp.string($0)] } ?? [:]))
+        }
+        guard written == .recorded else {
+            if written == .notWritten, let answered = decision.outcome.logName {
+                // The candidate_uid (the partner's id, not personal data) lets an operator match
+                // the candidate the resend's 409 will link.
+                metrics.delivery(outcome: "unrecorded", account: event.account)
+                logger.event(.error, "delivery.outcome_unrecorded",
+                             "the partner answered but the outcome could not be written (storage failing); the event stays in flight "
+                             + "and is sent again once its lease is rescued (a candidate created now is linked by the partner's 409)",
+                             fields(event, status: status, latencyMs: latency, candidateUID: decision.outcome.candidateUID,
+                                    extra: ["outcome": answered]))
+            }
+            return
         }
         switch decision.outcome {
         case .delivered(let uid, _, _, _):
@@ -253,5 +282,25 @@ extension DeliveryWorkerPool {
                 error: String? = nil, extra: [String: String] = [:]) -> LogFields {
         LogFields(account: event.account, eventID: event.id, positionUID: event.positionUID, partnerCandidateID: event.partnerCandidateID,
                   attempt: event.attempt, status: status, latencyMs: latencyMs, candidateUID: candidateUID, error: error, extra: extra)
+    }
+}
+
+private extension RecordedOutcome {
+    /// The outcome's name in `delivery.outcome_unrecorded` (nil for the hand-backs, which have no answer to tell).
+    var logName: String? {
+        switch self {
+        case .delivered: "delivered"
+        case .linked: "linked"
+        case .retry: "retry"
+        case .dead: "dead"
+        case .interrupted, .unsent: nil
+        }
+    }
+
+    var candidateUID: String? {
+        switch self {
+        case .delivered(let uid, _, _, _), .linked(let uid, _, _): uid
+        default: nil
+        }
     }
 }

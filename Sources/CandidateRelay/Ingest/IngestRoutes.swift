@@ -74,13 +74,16 @@ public enum IngestRoutes {
             if handler.outbox.damage != nil {
                 return Response.json(.serviceUnavailable, ["status": "storage_damaged"], headers: [.retryAfter: "5"])
             }
-            guard await handler.outbox.probeWritable() else {
-                return Response.json(.serviceUnavailable, ["status": "storage_unwritable"], headers: [.retryAfter: "5"])
-            }
-            // A small write can still fit in the WAL's allocated space when a request would
-            // not: ready only while the disk holds at least one request of the largest size.
+            // Ready only while the disk holds at least one request of the largest size (a small
+            // write can still fit in the WAL's allocated space when a request would not). Looked
+            // at before the write: on a disk full to its last byte the write fails too, and the
+            // answer must still say `storage_full` (found from outside: it said
+            // `storage_unwritable`, which an alert on `storage_full` missed).
             if let free = handler.outbox.freeBytes(), free < handler.settings.value.maxBodyBytes {
                 return Response.json(.serviceUnavailable, ["status": "storage_full"], headers: [.retryAfter: "5"])
+            }
+            guard await handler.outbox.probeWritable() else {
+                return Response.json(.serviceUnavailable, ["status": "storage_unwritable"], headers: [.retryAfter: "5"])
             }
             return Response.json(.ok, ["status": "ready"])
         }

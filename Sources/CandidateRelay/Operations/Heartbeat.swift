@@ -260,7 +260,8 @@ public struct Heartbeat: Service {
             }
             self.tick()
             // systemd wants READY=1 before the first WATCHDOG=1.
-            if watchdogInterval != nil, isReady(), await outbox.probeResponsive() {
+            if watchdogInterval != nil, isReady() {
+                await outbox.probeResponsive()
                 notifier.notify("WATCHDOG=1")
             }
             try? await gracefulSleep(seconds: tick)

@@ -222,16 +222,18 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Whether the writer connection answers (for the watchdog): a write transaction that
-    /// changes nothing, so a full disk (ingest answers 503, the daemon stays up) does not make
-    /// systemd restart the daemon, but a stuck writer does.
-    public func probeResponsive() async -> Bool {
+    /// Returns once the writer connection answers (for the watchdog): a small write transaction
+    /// on the writer's queue, its commit's fsync included, so a stuck writer or a hung disk
+    /// never returns and systemd restarts the daemon. A write that fails is an answer too: a
+    /// full disk (ingest answers 503 and the daemon rides it out), a damaged file or a deleted
+    /// WAL each have their own handling, which a restart would only cut short. Found from
+    /// outside: a failed write (SQLITE_FULL: the write needs room in the WAL) sent no
+    /// `WATCHDOG=1`, and systemd aborted the daemon 30 s into a full disk.
+    public func probeResponsive() async {
         do {
             try await pool.write { db in try db.execute(sql: "PRAGMA user_version = 0") }
-            return true
         } catch {
             _ = storageError(error)
-            return false
         }
     }
 
