@@ -107,15 +107,29 @@ import Testing
             // A lookup without one of its parameters says so (it said fields "would be rejected by the partner").
             let incomplete = try await client.execute(uri: "/v1/candidates?position_uid=11.11", method: .get)
             #expect(incomplete.status == .unprocessableContent)
-            #expect(Self.json(incomplete)["message"] as? String == "a lookup needs both query parameters, position_uid and partner_candidate_id")
+            #expect(Self.json(incomplete)["message"] as? String == "a lookup needs both query parameters, position_uid and partner_candidate_id, once each")
             #expect(Self.json(incomplete)["details"] as? [[String: String]] == [["field": "partner_candidate_id", "problem": "required"]])
+            // Found from outside: a repeated parameter was read as its first value, unsaid.
+            let repeated = try await client.execute(uri: "/v1/candidates?position_uid=11.11&partner_candidate_id=K1&partner_candidate_id=K2", method: .get)
+            #expect(repeated.status == .unprocessableContent)
+            #expect(Self.json(repeated)["details"] as? [[String: String]] == [["field": "partner_candidate_id", "problem": "repeated"]])
             // A control character (no stored key has one): 422, not a lookup cut at the NUL
             // (`K1%00ZZZ` found K1's events).
             let stored = try await Self.post(client, #"{"position_uid":"11.11","partner_candidate_id":"K1","first_name":"A","last_name":"B"}"#)
             #expect(stored.status == .accepted)
             let found = try await client.execute(uri: "/v1/candidates?position_uid=11.11&partner_candidate_id=K1", method: .get)
             #expect((Self.json(found)["events"] as? [Any])?.count == 1)
-            for uri in ["/v1/candidates?position_uid=11.11&partner_candidate_id=K1%00ZZZ", "/v1/candidates?position_uid=11.11%00&partner_candidate_id=K1"] {
+            // A form-encoded query (Python's urlencode, requests, Java's URLEncoder): `+` is a
+            // space and `%2B` a plus (found from outside: `+` was kept, so an id with a space was
+            // "not found").
+            let spaced = try await Self.post(client, #"{"position_uid":"11.11","partner_candidate_id":"K 1+2","first_name":"A","last_name":"B"}"#)
+            #expect(spaced.status == .accepted)
+            for uri in ["/v1/candidates?position_uid=11.11&partner_candidate_id=K+1%2B2", "/v1/candidates?partner_candidate_id=K%201%2b2&position_uid=11.11"] {
+                let events = Self.json(try await client.execute(uri: uri, method: .get))["events"] as? [[String: Any]]
+                #expect(events?.count == 1 && events?.first?["partner_candidate_id"] as? String == "K 1+2", "\(uri)")
+            }
+            for uri in ["/v1/candidates?position_uid=11.11&partner_candidate_id=K1%00ZZZ", "/v1/candidates?position_uid=11.11%00&partner_candidate_id=K1",
+                        "/v1/candidates?position_uid=11.11&partner_candidate_id=K1%FF", "/v1/candidates?position_uid=11.11&partner_candidate_id=K1%zz"] {
                 let cut = try await client.execute(uri: uri, method: .get)
                 #expect(cut.status == .unprocessableContent, "\(uri)")
                 #expect((Self.json(cut)["details"] as? [[String: String]])?.first?["problem"] == "invalid_characters", "\(uri)")

@@ -13,10 +13,11 @@ public enum IngestError: Error, Sendable {
     /// byte offset at most: nothing of the body is quoted).
     case malformedJSON(StrictJSONError?)
     case validationFailed([ValidationProblem])
-    /// A lookup by natural key without one of its two query parameters.
+    /// A lookup by natural key without one of its two query parameters, or with one repeated.
     case lookupIncomplete([ValidationProblem])
     /// A lookup parameter holding a control character, which no stored key has (and which the
-    /// database would read as the end of the value: `K1%00ZZZ` found K1's events).
+    /// database would read as the end of the value: `K1%00ZZZ` found K1's events), or not
+    /// valid percent-encoded UTF-8.
     case lookupInvalid([ValidationProblem])
     case idempotencyKeyReused
     case unavailable(reason: String, retryAfterSeconds: Int)
@@ -83,8 +84,8 @@ public enum IngestError: Error, Sendable {
             } else {
                 "\(problems.count) field(s) would be rejected by the partner"
             }
-        case .lookupIncomplete: "a lookup needs both query parameters, position_uid and partner_candidate_id"
-        case .lookupInvalid: "a lookup's query parameters hold no control characters (no stored key does)"
+        case .lookupIncomplete: "a lookup needs both query parameters, position_uid and partner_candidate_id, once each"
+        case .lookupInvalid: "a lookup's query parameters are percent-encoded UTF-8 without control characters (no stored key has one)"
         case .idempotencyKeyReused: "this idempotency key was already used with a different body"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"

@@ -41,17 +41,22 @@ public enum IngestRoutes {
         let lookup: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
             let account: String
             do throws(IngestError) { account = try readableAccount(request, context) } catch { return error.response }
-            let query = request.uri.queryParameters
-            guard let position = query["position_uid"].map(String.init), let partnerID = query["partner_candidate_id"].map(String.init) else {
-                return IngestError.lookupIncomplete([
-                    ValidationProblem(field: "position_uid", problem: query["position_uid"] == nil ? "required" : "ok"),
-                    ValidationProblem(field: "partner_candidate_id", problem: query["partner_candidate_id"] == nil ? "required" : "ok"),
-                ].filter { $0.problem == "required" }).response
+            let query = LookupQuery.values(request.uri.query ?? "")
+            let names = ["position_uid", "partner_candidate_id"]
+            let incomplete = names.compactMap { name -> ValidationProblem? in
+                switch query[name]?.count ?? 0 {
+                case 0: ValidationProblem(field: name, problem: "required")
+                case 1: nil
+                default: ValidationProblem(field: name, problem: "repeated")  // which one is meant?
+                }
+            }
+            guard incomplete.isEmpty, let position = query["position_uid"]?.first, let partnerID = query["partner_candidate_id"]?.first else {
+                return IngestError.lookupIncomplete(incomplete).response
             }
             let invalid = [("position_uid", position), ("partner_candidate_id", partnerID)]
-                .filter { $0.1.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } }
+                .filter { $0.1.map { $0.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } } ?? true }
                 .map { ValidationProblem(field: $0.0, problem: "invalid_characters") }
-            if !invalid.isEmpty { return IngestError.lookupInvalid(invalid).response }
+            guard invalid.isEmpty, let position, let partnerID else { return IngestError.lookupInvalid(invalid).response }
             do {
                 let records = try await handler.outbox.records(account: account, positionUID: position, partnerCandidateID: partnerID)
                 return Response.json(.ok, ["events": records.map { $0.jsonObject(includeMessages: false) }])
@@ -135,5 +140,26 @@ extension IngestAuthenticator {
     /// Read endpoints need the account's bearer token when it has one, and are open otherwise.
     func allowsReads(_ authorization: String?) -> Bool {
         !requiresBearerForReads || bearerMatches(authorization)
+    }
+}
+
+/// A lookup's query string, read as HTML forms and most HTTP clients write one
+/// (`application/x-www-form-urlencoded`: `+` is a space, then percent-decoding). Found from
+/// outside: `+` was kept as a plus, so a lookup from Python's `urlencode`, `requests` or Java's
+/// `URLEncoder` of an id with a space answered "no events" (a literal `+` is `%2B` in those).
+enum LookupQuery {
+    /// Each parameter's values in order; a value that is not valid percent-encoded UTF-8 is nil.
+    static func values(_ raw: String) -> [String: [String?]] {
+        var values: [String: [String?]] = [:]
+        for pair in raw.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let name = decode(parts[0]) else { continue }
+            values[name, default: []].append(parts.count > 1 ? decode(parts[1]) : "")
+        }
+        return values
+    }
+
+    static func decode(_ text: Substring) -> String? {
+        String(text).replacingOccurrences(of: "+", with: " ").removingPercentEncoding
     }
 }
