@@ -259,6 +259,52 @@ import Testing
         #expect(try await Self.storedCount(relay) == 1)
     }
 
+    /// A `Transfer-Encoding` other than `chunked` alone is a 400 and a close, nothing stored
+    /// (found from outside: `gzip, chunked` with a plain body was stored; a proxy in front that
+    /// applies the codings it is told of reads another body). `chunked` alone, in any case, is
+    /// read as before.
+    @Test func aTransferCodingOtherThanChunkedIsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        func chunked(_ id: String, _ fields: String) -> String {
+            let body = Self.candidate(id)
+            return "POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n\(fields)\r\n"
+                + String(body.utf8.count, radix: 16) + "\r\n" + body + "\r\n0\r\n\r\n"
+        }
+        let refused = ["Transfer-Encoding: gzip, chunked\r\n", "Transfer-Encoding: identity, chunked\r\n",
+                       "Transfer-Encoding: foo,chunked\r\n", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"]
+        for (n, fields) in refused.enumerated() {
+            let connection = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+            connection.send(Self.post(Self.candidate("te-before-\(n)")) + chunked("te-\(n)", fields))
+            #expect(await connection.readAnswer()?.status == 202, "\(fields)")
+            #expect(await connection.readAnswer()?.status == 400, "\(fields)")
+            #expect(await connection.isClosedByServer(), "\(fields)")
+        }
+        #expect(try await Self.storedCount(relay) == refused.count)
+        for (n, fields) in ["Transfer-Encoding: chunked\r\n", "Transfer-Encoding: Chunked\r\n"].enumerated() {
+            let connection = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+            connection.send(chunked("te-ok-\(n)", fields))
+            #expect(await connection.readAnswer()?.status == 202, "\(fields)")
+        }
+        #expect(try await Self.storedCount(relay) == refused.count + 2)
+    }
+
+    /// A framing error after a webhook, then the client's half-close: the webhook's 202, then
+    /// the 400, then the close (found from outside: the 400 was lost, only the 202 came).
+    @Test func aMalformedRequestAfterAWebhookIsAnsweredBeforeAHalfClose() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        for tail in [Self.post(Self.candidate("framing-1")), Self.healthz] {
+            let connection = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+            connection.send(tail + "GARBAGE\r\n\r\n")
+            connection.closeSending()
+            var statuses: [Int] = []
+            for _ in 0..<2 { if let answer = await connection.readAnswer() { statuses.append(answer.status) } }
+            #expect(statuses.last == 400, "\(statuses)")
+            #expect(statuses.count == 2, "\(statuses)")
+        }
+    }
+
     /// Pipelined webhooks and router requests, then the client's half-close, in one write: the
     /// end of input reaches the router after the requests before it, so every request is
     /// answered (the router used to see it first and close: a stored webhook went unanswered,

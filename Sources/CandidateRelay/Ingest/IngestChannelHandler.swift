@@ -113,14 +113,19 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var routerAnswersOwed = 0
     /// A webhook waits (held) for the router's answers before it.
     private var waitingForRouter = false
-    /// What arrived while blocked, in order: request parts, and events such as the client's
-    /// half-close, which the router must see after the requests before it, not ahead of them.
+    /// What arrived while blocked, in order: request parts, a parse error, and events such as
+    /// the client's half-close, which the router must see after the requests before it, not
+    /// ahead of them. (Found from outside: a parse error was held apart and passed on after
+    /// everything else, so a half-close behind it closed the connection first and its 400 was
+    /// never sent.)
     private enum Held {
         case part(HTTPRequestPart)
         case event(Any)
+        case error(any Error)
     }
     private var held = CircularBuffer<Held>()
-    private var heldError: (any Error)?
+    /// A parse error is held (only the first is passed on: the decoder stops at it).
+    private var errorHeld = false
     private var heldRead = false
     private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
     /// Parts passed on to the router so far.
@@ -192,13 +197,19 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// before. A webhook after which the connection closes (`Connection: close`, the server's
     /// stop) reads nothing more: it would only be dropped.
     private var readsWait: Bool {
-        if case .storing(closeAfter: false) = state, held.isEmpty, heldError == nil, writable { return false }
+        if case .storing(closeAfter: false) = state, held.isEmpty, writable { return false }
         return isBlocked
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // The router answers a parse error (400, then close): after the answer being made.
-        if isBlocked { heldError = heldError ?? error } else { context.fireErrorCaught(error) }
+        // The router answers a parse error (400, then close): after the answers owed before it.
+        if isBlocked || !held.isEmpty {
+            if case .closing = state { return }
+            if !errorHeld { held.append(.error(error)) }
+            errorHeld = true
+        } else {
+            context.fireErrorCaught(error)
+        }
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -434,23 +445,20 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         resume(context: context)
     }
 
-    /// Processes what was held, in order, until a part blocks again; then the held error and read.
+    /// Processes what was held, in order, until a part blocks again; then the held read.
     private func resume(context: ChannelHandlerContext) {
         let forwardedBefore = forwarded
-        while !isBlocked, let next = held.popFirst() {
+        while !isBlocked, self.context != nil, let next = held.popFirst() {
             switch next {
             case .part(let part): process(part, context: context)
             case .event(let event): context.fireUserInboundEventTriggered(event)
+            case .error(let error): context.fireErrorCaught(error)
             }
         }
         // The router's end of the pipeline hands reads on at the end of a read cycle: parts
         // passed on outside one need a read-complete of their own.
         if forwarded != forwardedBefore, self.context != nil { context.fireChannelReadComplete() }
         guard self.context != nil else { return }
-        if !isBlocked, let error = heldError {
-            heldError = nil
-            context.fireErrorCaught(error)
-        }
         // Also when the held parts made a webhook that is now being stored (`readsWait`).
         if heldRead, !readsWait {
             heldRead = false

@@ -13,6 +13,11 @@ import NIOHTTP1
 ///   here. It is passed on as a parse error, which is answered as every malformed request is
 ///   (400, then close, after the answers owed before it); the rest of the connection's input is
 ///   dropped.
+/// - A request whose `Transfer-Encoding` is anything but `chunked` alone is refused the same
+///   way (found from outside: `gzip, chunked` with a plain body was stored, and a proxy in front
+///   that applies the codings it is told of reads another body than the one stored). The relay
+///   decodes no transfer coding but chunked (RFC 9112 §6.1 allows 501; a 400 and a close, as
+///   for every request whose body cannot be read as sent, tells the sender as much).
 final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -26,7 +31,7 @@ final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let hosts = head.headers["host"].count
-        if hosts > 1 || (hosts == 0 && head.version != .http1_0) {
+        if hosts > 1 || (hosts == 0 && head.version != .http1_0) || !Self.onlyChunked(head.headers[canonicalForm: "transfer-encoding"]) {
             refused = true
             context.fireErrorCaught(HTTPParserError.invalidHeaderToken)
             return
@@ -37,5 +42,11 @@ final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
         }
         head.headers.replaceOrAdd(name: "connection", value: "close")
         context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
+    /// True when the `Transfer-Encoding` fields name no coding, or `chunked` once and nothing
+    /// else (`headers[canonicalForm:]` splits the fields' lists and trims them).
+    static func onlyChunked(_ codings: [Substring]) -> Bool {
+        codings.isEmpty || (codings.count == 1 && codings[0].lowercased() == "chunked")
     }
 }
