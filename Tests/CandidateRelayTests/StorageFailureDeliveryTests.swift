@@ -29,8 +29,8 @@ import Testing
                 """)
         }
         #expect(await eventually(timeout: 15) { !relay.logs.events("storage.failed").isEmpty })
-        let metrics = String(decoding: try await relay.client.request("GET", "/metrics").body, as: UTF8.self)
         await relay.shutdownAndWait()
+        let metrics = relay.application.metrics.exposition()
 
         #expect(relay.logs.events("delivery.succeeded").isEmpty)
         let unrecorded = relay.logs.events("delivery.outcome_unrecorded")
@@ -39,7 +39,8 @@ import Testing
         #expect(unrecorded.first?["outcome"] as? String == "delivered")
         #expect(unrecorded.first?["status"] as? Int == 201)
         #expect((unrecorded.first?["candidate_uid"] as? String)?.isEmpty == false)
-        #expect(!metrics.contains(#"outcome="delivered""#), "counted as delivered before it was recorded: \(metrics)")
+        #expect(!metrics.contains(#"outcome="delivered""#), "counted as delivered, never recorded: \(metrics)")
+        #expect(metrics.contains(#"outcome="unrecorded""#), "\(metrics)")
         let state = try await DatabaseQueue(path: relay.application.configuration.storage.path).read { db in
             try String.fetchOne(db, sql: "SELECT state FROM events WHERE id = ?", arguments: [id])
         }
@@ -64,7 +65,33 @@ import Testing
                                   notifier: SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path]),
                                   watchdogInterval: 0.2, logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() })
         let running = Task { try await heartbeat.run() }
-        defer { running.cancel() }
         #expect(await eventually(timeout: 10) { socket.messages.filter { $0 == "WATCHDOG=1" }.count >= 2 })
+        running.cancel()
+        _ = try? await running.value
+    }
+
+    /// The same for a request cut off by shutdown's grace period: its hand-back could not be
+    /// written, so it is not `delivery.interrupted` ("handed back to pending"), which it is not.
+    @Test func aHandBackThatCouldNotBeWrittenIsNotLoggedAsInterrupted() async throws {
+        var simulator = PartnerSimulatorConfiguration()
+        simulator.faults.latencyMs = 4_000
+        let relay = try await RelayHarness(simulator: simulator) { $0.delivery.shutdownGraceSeconds = 0.5 }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "unrecorded-2")))
+        #expect(await eventually(timeout: 10) { (try? await relay.client.record(id))?["state"] as? String == "in_flight" })
+        try await relay.application.outbox.pool.writeWithoutTransaction { db in
+            try db.execute(sql: """
+                CREATE TEMP TRIGGER refuse_hand_back BEFORE UPDATE OF state ON events
+                WHEN NEW.state = 'pending' BEGIN SELECT RAISE(ABORT, 'refused'); END
+                """)
+        }
+        await relay.shutdownAndWait()
+        #expect(relay.logs.events("delivery.interrupted").isEmpty)
+        let unrecorded = relay.logs.events("delivery.outcome_unrecorded")
+        #expect(unrecorded.count == 1)
+        #expect(unrecorded.first?["event_id"] as? String == id)
+        #expect(unrecorded.first?["outcome"] as? String == "interrupted")
+        #expect(!relay.application.metrics.exposition().contains(#"outcome="interrupted""#))
+        await relay.simulator.stop()
+        relay.directory.cleanup()
     }
 }

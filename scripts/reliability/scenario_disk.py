@@ -134,6 +134,15 @@ def full_disk(results: lib.Results, long: bool) -> dict:
         # Down to the last byte: every write fails now, the watchdog's small one too.
         last_bytes = os.path.join(mnt, "last-bytes")
         fill_up(last_bytes)
+        # The precondition of the two checks below: a webhook's write fails now. (A write as
+        # small as the watchdog's may still fit in the WAL's allocated space; the unit test
+        # `StorageFailureDeliveryTests.theWatchdogIsPettedWhileEveryWriteIsRefused` refuses
+        # every write. On the attacker's tmpfs it failed, and no WATCHDOG=1 came.)
+        try:
+            full_status = lib.signed_post(relay, big_candidate(20_000), msg_id=lib.new_msg_id(), timeout=15)[0]
+        except Exception as exc:  # noqa: BLE001
+            full_status = repr(exc)
+        results.check(f"{NAME}: a webhook at the last byte gets 503", full_status == 503, f"{full_status}")
         pets_before = notify.count("WATCHDOG=1")
         time.sleep(4)
         pets = notify.count("WATCHDOG=1") - pets_before

@@ -39,9 +39,9 @@ extension DeliveryWorkerPool {
             // next start.
             await gate.settle(permit, .nothingSent)
             let current = now()
-            await record(event, sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.abandonedHoldSeconds)) : .unsent,
-                         latencyMs: nil, now: current)
-            if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt") }
+            let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.abandonedHoldSeconds)) : .unsent
+            let written = await record(event, outcome, latencyMs: nil, now: current)
+            if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt", written: written) }
             return
         }
         // No token could be had (an OAuth2 token endpoint refusing the client, failing or not
@@ -51,7 +51,7 @@ extension DeliveryWorkerPool {
         // for a few hours turned a whole backlog dead.
         if case .transportFailure(.tokenUnavailable) = exchange.answer {
             await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true, credentials: exchange.credentials))
-            await record(event, .unsent, latencyMs: nil, now: now())
+            _ = await record(event, .unsent, latencyMs: nil, now: now())
             return
         }
         let current = now()
@@ -185,8 +185,8 @@ extension DeliveryWorkerPool {
 
     /// Records in a task of its own: shutdown may cancel the worker, and a cancelled GRDB write
     /// would leave the event in flight (an attempt lost) instead of recorded.
-    func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async {
-        _ = await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
+    func record(_ event: ClaimedEvent, _ outcome: RecordedOutcome, latencyMs: Int?, now: Date) async -> Written {
+        await Task { await self.recordNow(event, outcome, latencyMs: latencyMs, now: now) }.value
     }
 
     /// What became of an outcome `recordNow` was given.
@@ -211,7 +211,11 @@ extension DeliveryWorkerPool {
         while true {
             do {
                 if try await outbox.complete(event, outcome: outcome, now: now, latencyMs: latencyMs, partnerOpenUntil: partnerOpenUntil) == false {
-                    logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile", fields(event))
+                    // What the partner answered, with its candidate_uid: the event's next request
+                    // is counted, this one is not, and a candidate it created shows nowhere else.
+                    logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile",
+                                 fields(event, status: outcome.status, latencyMs: latencyMs, candidateUID: outcome.candidateUID,
+                                        extra: outcome.logName.map { ["outcome": $0] } ?? [:]))
                     return .stale
                 }
                 return .recorded
@@ -227,10 +231,29 @@ extension DeliveryWorkerPool {
         }
     }
 
-    /// `delivery.interrupted`: the event went back to pending without using an attempt.
-    func logInterrupted(_ event: ClaimedEvent, _ message: String) {
-        logger.event(.notice, "delivery.interrupted", message, fields(event))
-        metrics.delivery(outcome: "interrupted", account: event.account)
+    /// `delivery.interrupted`: the event went back to pending without using an attempt; or,
+    /// when that could not be written (a full disk at shutdown), `delivery.outcome_unrecorded`.
+    func logInterrupted(_ event: ClaimedEvent, _ message: String, written: Written) {
+        switch written {
+        case .recorded:
+            logger.event(.notice, "delivery.interrupted", message, fields(event))
+            metrics.delivery(outcome: "interrupted", account: event.account)
+        case .notWritten:
+            logUnrecorded(event, status: nil, latencyMs: nil, candidateUID: nil, outcome: "interrupted")
+        case .stale:
+            break  // said by `delivery.stale_outcome`
+        }
+    }
+
+    /// An outcome that could not be written: the event stays in flight until its lease is rescued.
+    private func logUnrecorded(_ event: ClaimedEvent, status: Int?, latencyMs: Int?, candidateUID: String?, outcome: String) {
+        // The candidate_uid (the partner's id, not personal data) lets an operator match the
+        // candidate the resend's 409 will link.
+        metrics.delivery(outcome: "unrecorded", account: event.account)
+        logger.event(.error, "delivery.outcome_unrecorded",
+                     "the outcome could not be written (storage failing); the event stays in flight "
+                     + "and is sent again once its lease is rescued (a candidate created by this request is linked by the partner's 409)",
+                     fields(event, status: status, latencyMs: latencyMs, candidateUID: candidateUID, extra: ["outcome": outcome]))
     }
 
     /// The partner's answer (a 429 is logged whatever became of the outcome), then the outcome:
@@ -247,14 +270,7 @@ extension DeliveryWorkerPool {
         }
         guard written == .recorded else {
             if written == .notWritten, let answered = decision.outcome.logName {
-                // The candidate_uid (the partner's id, not personal data) lets an operator match
-                // the candidate the resend's 409 will link.
-                metrics.delivery(outcome: "unrecorded", account: event.account)
-                logger.event(.error, "delivery.outcome_unrecorded",
-                             "the partner answered but the outcome could not be written (storage failing); the event stays in flight "
-                             + "and is sent again once its lease is rescued (a candidate created now is linked by the partner's 409)",
-                             fields(event, status: status, latencyMs: latency, candidateUID: decision.outcome.candidateUID,
-                                    extra: ["outcome": answered]))
+                logUnrecorded(event, status: status, latencyMs: latency, candidateUID: decision.outcome.candidateUID, outcome: answered)
             }
             return
         }
@@ -286,13 +302,23 @@ extension DeliveryWorkerPool {
 }
 
 private extension RecordedOutcome {
-    /// The outcome's name in `delivery.outcome_unrecorded` (nil for the hand-backs, which have no answer to tell).
+    /// The outcome's name in `delivery.outcome_unrecorded` and `delivery.stale_outcome` (nil for
+    /// an event claimed and never sent, which has nothing to tell).
     var logName: String? {
         switch self {
         case .delivered: "delivered"
         case .linked: "linked"
         case .retry: "retry"
         case .dead: "dead"
+        case .interrupted: "interrupted"
+        case .unsent: nil
+        }
+    }
+
+    var status: Int? {
+        switch self {
+        case .delivered(_, let status, _, _), .linked(_, let status, _): status
+        case .retry(_, let status, _), .dead(let status, _): status
         case .interrupted, .unsent: nil
         }
     }

@@ -248,9 +248,10 @@ public final class DeliveryWorkerPool: Service, Sendable {
 
     private func handBack(_ prefetched: Prefetched) async {
         await gate.release(prefetched.admission)
-        await record(prefetched.event, .unsent, latencyMs: nil, now: now())
+        let written = await record(prefetched.event, .unsent, latencyMs: nil, now: now())
         releasePayload(prefetched.event)
-        logInterrupted(prefetched.event, "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt")
+        logInterrupted(prefetched.event, "claimed but not sent (shutdown, or fewer workers after a reload); handed back without using an attempt",
+                       written: written)
     }
 
     /// Waits for the doorbell, the next due event of the accounts that could send, the end of

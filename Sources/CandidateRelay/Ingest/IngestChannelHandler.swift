@@ -124,7 +124,8 @@ final class IngestChannelHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case error(any Error)
     }
     private var held = CircularBuffer<Held>()
-    /// A parse error is held (only the first is passed on: the decoder stops at it).
+    /// A parse error is held; only the first is passed on (it ends the connection: the router
+    /// answers it with a 400 and closes).
     private var errorHeld = false
     private var heldRead = false
     private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
