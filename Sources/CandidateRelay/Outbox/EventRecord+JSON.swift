@@ -51,15 +51,17 @@ extension AttemptRecord {
 
 extension OutboxStatus {
     /// `status --json`: the totals, and `accounts` with each account's counts (all five states)
-    /// and oldest pending age.
+    /// and oldest pending age: a number always (CONTRACT section 5 shows one), 0 when nothing
+    /// is pending or in flight, as in the heartbeat and the metric (found from outside: `null`
+    /// then, which a numeric comparison in a script trips over).
     public func jsonObject() -> [String: Any] {
         [
             "counts": Self.countsObject(counts),
-            "oldest_pending_age_seconds": oldestPendingAgeSeconds ?? NSNull(),
+            "oldest_pending_age_seconds": oldestPendingAgeSeconds ?? 0,
             "last_delivery_at": lastDeliveryAt.map(Timestamp.string) ?? NSNull(),
             "accounts": accounts.mapValues { account -> [String: Any] in
                 ["counts": Self.countsObject(account.counts),
-                 "oldest_pending_age_seconds": account.oldestPendingAgeSeconds ?? NSNull()]
+                 "oldest_pending_age_seconds": account.oldestPendingAgeSeconds ?? 0]
             },
         ]
     }
