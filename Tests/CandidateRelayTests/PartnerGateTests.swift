@@ -388,6 +388,28 @@ import Testing
         #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))
     }
 
+    /// Requests out together that are all refused count as one refusal: the back-off takes one
+    /// step, not one per worker (found from outside: four workers took it four steps a round).
+    @Test func refusalsOfRequestsOutTogetherAreOneStep() async throws {
+        let clock = ManualClock()
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let gate = Self.gate(clock, accounts: ["a"], logger: logger)
+        let rejected = AttemptReport(health: .untested, status: 401, credentialsRejected: true)
+        for round in 1...2 {
+            var permits: [PartnerGate.Permit] = []
+            for _ in 0..<4 { permits.append(await gate.bind(try await gate.admit(), to: "a")) }
+            for permit in permits { await gate.settle(permit, rejected) }
+            let step = 5.0 * Double(1 << (round - 1))  // 5 s, then 10 s
+            // Required: a back-off counted per refusal would leave the next admission waiting on
+            // the manual clock for ever.
+            try #require(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(step))
+            #expect(logs.events("auth.rejected").count == round)
+            #expect(logs.events("auth.rejected").last?["consecutive_rejections"] as? Double == Double(round))
+            clock.advance(step)
+        }
+    }
+
     /// 401, 403 and 429 never open the circuit (one account's trouble is not an outage).
     @Test func oneAccountsRefusalsDoNotOpenTheCircuit() async throws {
         let clock = ManualClock()

@@ -138,6 +138,41 @@ import Testing
         await #expect(throws: TokenUnavailable.self) { try await provider.token() }
     }
 
+    /// Found from outside: every worker waiting on a failed shared fetch logged
+    /// `auth.token_failed`, so one failed request counted as many as there were workers.
+    @Test func aFailedFetchIsLoggedOnceWhoeverWaitedForIt() async throws {
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let calls = Atomic<Int>(0)
+        let config = OAuth2Configuration(tokenURL: "http://x/token", clientID: "c", clientSecret: Secret("s", source: "t"), scope: nil, clientAuth: .basic)
+        let provider = OAuth2TokenProvider(configuration: config, fetch: { _ in
+            calls.add(1, ordering: .relaxed)
+            try await Task.sleep(for: .milliseconds(200))
+            throw TokenUnavailable(reason: "token_endpoint_http_400")
+        }, logger: logger)
+        let failures = await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<8 { group.addTask { (try? await provider.token()) == nil } }
+            return await group.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+        }
+        #expect(failures == 8)
+        #expect(calls.load(ordering: .relaxed) == 1)
+        #expect(logs.events("auth.token_failed").count == 1)
+        #expect(logs.events("auth.token_failed").first?["error"] as? String == "token_endpoint_http_400")
+    }
+
+    /// `expires_in` as a number (RFC 6749), or as a string holding one, as some providers send
+    /// it (found from outside: `"6"` was read as the default hour, and each refresh then cost a
+    /// request refused with 401). Anything else: an hour, bounded later as every lifetime is.
+    @Test func expiresInIsANumberOrAStringHoldingOne() {
+        #expect(OAuth2TokenProvider.expiresIn(.number(6)) == 6)
+        #expect(OAuth2TokenProvider.expiresIn(.string("6")) == 6)
+        #expect(OAuth2TokenProvider.expiresIn(.string(" 120 ")) == 120)
+        #expect(OAuth2TokenProvider.expiresIn(.string("1.5e2")) == 150)
+        for unreadable: JSONValue? in [nil, .null, .string(""), .string("soon"), .string("inf"), .string("nan"), .bool(true), .array([.number(6)])] {
+            #expect(OAuth2TokenProvider.expiresIn(unreadable) == 3600, "\(String(describing: unreadable))")
+        }
+    }
+
     @Test func formEncodingFollowsRFC6749() {
         #expect(OAuth2TokenProvider.formEncode("a b&c=d/é") == "a+b%26c%3Dd%2F%C3%A9")
     }

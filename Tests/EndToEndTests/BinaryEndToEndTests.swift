@@ -244,6 +244,10 @@ import Glibc
         defer { dir.cleanup() }
         let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let client = HTTPTestClient(port: try await relay.waitUntilReady())
+        // The counter is there from the start, at 0 (found from outside: it was born at its
+        // first drop, above 0, which Prometheus' `increase()` misses).
+        let before = String(decoding: try await client.request("GET", "/metrics").body, as: UTF8.self)
+        #expect(before.split(separator: "\n").contains("candidate_relay_log_lines_dropped_total 0"), "\(before)")
         relay.closeOutput()
         let ids = try await Self.post(3, "no-reader", client)
         #expect(try await eventually(timeout: 20) { try await Self.all(ids, are: "delivered", client) })

@@ -148,7 +148,9 @@ public final class RelayMetrics: Sendable {
             defer { seen = max(seen, dropped) }
             return dropped - seen
         }
-        if unseen > 0 { count("candidate_relay_log_lines_dropped_total", by: unseen) }
+        // Exported from 0 on (found from outside: the series was born at its first drop, above
+        // 0, which Prometheus' `increase()` and `rate()` do not count).
+        count("candidate_relay_log_lines_dropped_total", by: unseen)
         return registry.emitToString()
     }
     /// `LogOutput.droppedLines` already counted in this registry.

@@ -71,10 +71,15 @@ public actor OAuth2TokenProvider: TokenProvider {
             }
             return result.token
         } catch {
-            if inFlight == task { inFlight = nil }
+            // Said once per failed request, by the first waiter back (found from outside: every
+            // worker waiting on the shared fetch logged it, so the alert on it counted workers).
+            let first = inFlight == task
+            if first { inFlight = nil }
             if Task.isCancelled { throw CancellationError() }
-            logger.event(.warning, "auth.token_failed", "partner token endpoint failed",
-                         LogFields(account: account, error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
+            if first {
+                logger.event(.warning, "auth.token_failed", "partner token endpoint failed",
+                             LogFields(account: account, error: (error as? TokenUnavailable)?.reason ?? "token_request_failed"))
+            }
             throw error is TokenUnavailable ? error : TokenUnavailable(reason: "token_request_failed")
         }
     }
@@ -140,9 +145,18 @@ public actor OAuth2TokenProvider: TokenProvider {
             guard let token = document?["access_token"]?.stringValue, !token.isEmpty else {
                 throw TokenUnavailable(reason: "token_response_without_access_token")
             }
-            var expiresIn = 3600.0
-            if case .number(let value)? = document?["expires_in"] { expiresIn = value }
-            return (token, expiresIn)
+            return (token, expiresIn(document?["expires_in"]))
+        }
+    }
+
+    /// A token's `expires_in`: a number (RFC 6749 section 5.1), or a string holding one, as some
+    /// providers send it (found from outside: `"6"` was taken for the default hour, and every
+    /// refresh then cost a request refused with 401). Absent or unreadable: an hour.
+    static func expiresIn(_ value: JSONValue?) -> Double {
+        switch value {
+        case .number(let seconds)?: return seconds
+        case .string(let text)?: return Double(text.trimmingCharacters(in: .whitespaces)).flatMap { $0.isFinite ? $0 : nil } ?? 3600
+        default: return 3600
         }
     }
 

@@ -577,6 +577,11 @@ public actor PartnerGate {
             return
         }
         if report.credentialsRejected {
+            // As for a missing token: the requests out together when the first refusal came
+            // add no step of their own (found from outside: with four workers each refusal
+            // counted, and one round took the back-off four steps, to its cap in three rounds).
+            // Nothing is sent while the block lasts, so a refusal within it is one of those.
+            guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
             blockCredentials(permit.account, now: current, "the partner refuses this account's credentials even freshly minted; its events wait",
                              LogFields(account: permit.account, status: 401))
             holdsMoved = true
