@@ -215,7 +215,7 @@ extension DeliveryWorkerPool {
                     // is counted, this one is not, and a candidate it created shows nowhere else.
                     logger.event(.warning, "delivery.stale_outcome", "outcome ignored: the lease was taken back meanwhile",
                                  fields(event, status: outcome.status, latencyMs: latencyMs, candidateUID: outcome.candidateUID,
-                                        extra: outcome.logName.map { ["outcome": $0] } ?? [:]))
+                                        extra: ["outcome": outcome.name]))
                     return .stale
                 }
                 return .recorded
@@ -269,8 +269,9 @@ extension DeliveryWorkerPool {
                          fields(event, status: 429, extra: decision.pauseUntil.map { ["retry_after": Timestamp.string($0)] } ?? [:]))
         }
         guard written == .recorded else {
-            if written == .notWritten, let answered = decision.outcome.logName {
-                logUnrecorded(event, status: status, latencyMs: latency, candidateUID: decision.outcome.candidateUID, outcome: answered)
+            if written == .notWritten {
+                logUnrecorded(event, status: status, latencyMs: latency, candidateUID: decision.outcome.candidateUID,
+                              outcome: decision.outcome.name)
             }
             return
         }
@@ -302,19 +303,6 @@ extension DeliveryWorkerPool {
 }
 
 private extension RecordedOutcome {
-    /// The outcome's name in `delivery.outcome_unrecorded` and `delivery.stale_outcome` (nil for
-    /// an event claimed and never sent, which has nothing to tell).
-    var logName: String? {
-        switch self {
-        case .delivered: "delivered"
-        case .linked: "linked"
-        case .retry: "retry"
-        case .dead: "dead"
-        case .interrupted: "interrupted"
-        case .unsent: nil
-        }
-    }
-
     var status: Int? {
         switch self {
         case .delivered(_, let status, _, _), .linked(_, let status, _): status
