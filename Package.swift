@@ -72,6 +72,8 @@ let package = Package(
             dependencies: [
                 "CandidateRelay", "CandidateRelayTesting", "PartnerSimulator",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                // check-config's printout is parsed back in a test.
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .testTarget(

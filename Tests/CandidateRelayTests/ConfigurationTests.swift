@@ -1,6 +1,7 @@
 import CandidateRelayTesting
 import Foundation
 import Testing
+import Yams
 @testable import CandidateRelay
 
 @Suite struct ConfigurationTests {
@@ -302,6 +303,39 @@ import Testing
         }
         #expect(rendered.contains("<redacted: file \(dir.file("comeet-secret"))>"))
         #expect("\(Secret("abc", source: "x"))" == "<redacted from x>")
+    }
+
+    /// check-config's printout is YAML that reads back as the values loaded: a newline, `#`,
+    /// `: ` or a quote in a string value shows as itself, not as another key or a comment.
+    @Test func renderedConfigurationParsesBackToTheValuesLoaded() async throws {
+        let dir = try Self.fixture(#"""
+            listen: { host: "127.0.0.1", port: 8080 }
+            storage: { path: "$DIR/o # x: y \"q\" \\ z.sqlite3" }
+            partner:
+              base_url: "http://127.0.0.1:1/p"
+              auth:
+                mode: oauth2_client_credentials
+                token_url: "https://auth.example.com/token"
+                client_id: "relay\nstorage: { path: /elsewhere } # not a comment\u2028"
+                client_secret_file: "client secret #1"
+                scope: "candidates:write #1"
+            """#)
+        defer { dir.cleanup() }
+        try dir.write("client secret #1", "oauth-secret-value\n")
+        let config = try await Self.load(dir)
+        let rendered = config.renderedYAML()
+        #expect(!rendered.contains("oauth-secret-value"))
+        let yaml = try #require(try Yams.load(yaml: rendered) as? [String: Any], "\(rendered)")
+        let storage = try #require(yaml["storage"] as? [String: Any])
+        #expect(storage["path"] as? String == config.storage.path)
+        #expect(config.storage.path.hasSuffix(#"/o # x: y "q" \ z.sqlite3"#))
+        let partner = try #require(yaml["partner"] as? [String: Any])
+        #expect(partner["base_url"] as? String == "http://127.0.0.1:1/p")
+        let auth = try #require(partner["auth"] as? [String: Any])
+        #expect(auth["client_id"] as? String == "relay\nstorage: { path: /elsewhere } # not a comment\u{2028}")
+        #expect(auth["scope"] as? String == "candidates:write #1")
+        #expect(auth["client_secret"] as? String == "<redacted: file \(dir.file("client secret #1"))>")
+        #expect((yaml["listen"] as? [String: Any])?["host"] as? String == "127.0.0.1")
     }
 
     @Test func oauthModeNeedsItsKeys() async throws {
