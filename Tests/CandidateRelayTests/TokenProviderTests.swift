@@ -173,6 +173,26 @@ import Testing
         }
     }
 
+    /// Found from outside: a `mac` token was sent as a Bearer, and refused at the partner.
+    @Test func aTokenResponseMustBeOfTypeBearer() throws {
+        for accepted in [#"{"access_token":"t1","token_type":"Bearer","expires_in":60}"#,
+                         #"{"access_token":"t1","token_type":"bearer","expires_in":60}"#,
+                         #"{"access_token":"t1","token_type":null,"expires_in":60}"#,
+                         #"{"access_token":"t1","expires_in":60}"#] {
+            let (token, expiresIn) = try OAuth2TokenProvider.tokenResponse(Data(accepted.utf8))
+            #expect(token == "t1" && expiresIn == 60, "\(accepted)")
+        }
+        for refused in [#"{"access_token":"t1","token_type":"mac"}"#, #"{"access_token":"t1","token_type":"DPoP"}"#,
+                        #"{"access_token":"t1","token_type":""}"#, #"{"access_token":"t1","token_type":1}"#] {
+            #expect(throws: TokenUnavailable(reason: "token_response_unsupported_token_type"), "\(refused)") {
+                try OAuth2TokenProvider.tokenResponse(Data(refused.utf8))
+            }
+        }
+        #expect(throws: TokenUnavailable(reason: "token_response_without_access_token")) {
+            try OAuth2TokenProvider.tokenResponse(Data(#"{"token_type":"Bearer"}"#.utf8))
+        }
+    }
+
     @Test func formEncodingFollowsRFC6749() {
         #expect(OAuth2TokenProvider.formEncode("a b&c=d/é") == "a+b%26c%3Dd%2F%C3%A9")
     }

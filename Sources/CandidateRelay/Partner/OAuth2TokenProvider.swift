@@ -141,12 +141,23 @@ public actor OAuth2TokenProvider: TokenProvider {
             guard (200..<300).contains(Int(response.status.code)) else {
                 throw TokenUnavailable(reason: "token_endpoint_http_\(response.status.code)")
             }
-            let document = try? JSONValue.parse(Data(buffer: bytes), allowBOM: true)
-            guard let token = document?["access_token"]?.stringValue, !token.isEmpty else {
-                throw TokenUnavailable(reason: "token_response_without_access_token")
-            }
-            return (token, expiresIn(document?["expires_in"]))
+            return try tokenResponse(Data(buffer: bytes))
         }
+    }
+
+    /// A 2xx token response's token and lifetime (RFC 6749 section 5.1). Its `token_type` must
+    /// be `Bearer` (any case, section 7.1), the only kind this client sends: a `mac` or `DPoP`
+    /// token sent as a Bearer would be refused at the partner with 401, request after request.
+    /// Absent, it is taken as Bearer, as providers that leave it out mean.
+    static func tokenResponse(_ body: Data) throws -> (token: String, expiresIn: Double) {
+        let document = try? JSONValue.parse(body, allowBOM: true)
+        guard let token = document?["access_token"]?.stringValue, !token.isEmpty else {
+            throw TokenUnavailable(reason: "token_response_without_access_token")
+        }
+        if let type = document?["token_type"], type.stringValue?.lowercased() != "bearer", type != .null {
+            throw TokenUnavailable(reason: "token_response_unsupported_token_type")
+        }
+        return (token, expiresIn(document?["expires_in"]))
     }
 
     /// A token's `expires_in`: a number (RFC 6749 section 5.1), or a string holding one, as some

@@ -16,7 +16,7 @@ extension TokenProvider {
 }
 
 /// The token could not be obtained (OAuth endpoint down): a retryable failure, never `dead`.
-public struct TokenUnavailable: Error, Sendable, CustomStringConvertible {
+public struct TokenUnavailable: Error, Sendable, Equatable, CustomStringConvertible {
     public let reason: String
     public var description: String { "partner token unavailable: \(reason)" }
 }
