@@ -340,21 +340,37 @@ import Testing
         try await Self.send(gate, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
         #expect(reported.withLock { $0 } == ["credentials:a#old": until])
 
-        // A reload with the same credentials (or none given) changes nothing.
+        // A reload with the same credentials (or none given) ends the wait too (found from
+        // outside: after a token endpoint's outage nothing but time could end it), but keeps
+        // the count: refused again, the account waits the next step (10 s), not the first.
+        var until2 = until
         for same in [["a": "old", "b": "b1"], [:]] {
             #expect(await gate.reconfigure(accounts: Self.limits(["a", "b"]), globalRateLimit: .init(requests: 0),
                                            breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
-                                           credentials: same).isEmpty)
-            #expect(await gate.view("a")?.credentialsRejectedUntil == until)
+                                           credentials: same) == ["a": until2])
+            #expect(await gate.view("a")?.credentialsRejectedUntil == nil)
+            #expect(reported.withLock { $0 }.isEmpty)
+            #expect(Set(try await gate.admit().accounts) == ["a", "b"])
+            try await Self.send(gate, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
+            #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(same.isEmpty ? 20 : 10))
+            until2 = clock.now.addingTimeInterval(same.isEmpty ? 20 : 10)
         }
-        // New credentials for a: its back-off ends at once, and the stored holds say so.
+        #expect(reported.withLock { $0 } == ["credentials:a#old": until2])
+        // New credentials for a: its back-off ends at once, the count starts afresh, and the
+        // stored holds say so.
         let lifted = await gate.reconfigure(accounts: Self.limits(["a", "b"]), globalRateLimit: .init(requests: 0),
                                             breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
                                             credentials: ["a": "new", "b": "b1"])
-        #expect(lifted == ["a": until])
+        #expect(lifted == ["a": until2])
         #expect(await gate.view("a")?.credentialsRejectedUntil == nil)
         #expect(Set(try await gate.admit().accounts) == ["a", "b"])
         #expect(reported.withLock { $0 }.isEmpty)
+        try await Self.send(gate, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))
+        let lifted2 = await gate.reconfigure(accounts: Self.limits(["a", "b"]), globalRateLimit: .init(requests: 0),
+                                             breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
+                                             credentials: ["a": "new", "b": "b1"])
+        #expect(lifted2 == ["a": clock.now.addingTimeInterval(5)])
 
         // Across a restart: the hold is restored only for the credentials it was set for (and
         // for a hold stored before fingerprints, which says for none).

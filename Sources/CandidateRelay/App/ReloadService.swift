@@ -65,10 +65,13 @@ extension RelayApplication {
         }
     }
 
-    /// Accounts whose partner credentials changed (`lifted`: those the partner had refused,
-    /// with the end of the back-off lifted): their events retried after the refusal are due
-    /// now, and each account that waited logs `auth.credentials_changed`.
-    static func credentialsChanged(_ changed: Set<String>, lifted: [String: Date], outbox: Outbox, logger: Logger) async {
+    /// Accounts whose partner credentials changed, and `lifted`: those that were waiting after
+    /// refused credentials or a failed token request, with the end of the back-off lifted. Their
+    /// events retried after the refusal are due now; each account that waited logs
+    /// `auth.credentials_changed` if its credentials changed, else `auth.backoff_lifted` (a
+    /// reload with the same credentials).
+    static func credentialsChanged(_ changed: Set<String>, lifted: [String: Date], outbox: Outbox, logger: Logger,
+                                   sameCredentials: Set<String> = []) async {
         let accounts = changed.union(lifted.keys)
         guard !accounts.isEmpty else { return }
         let released: [String: Int]
@@ -83,8 +86,13 @@ extension RelayApplication {
         for account in accounts.sorted() where lifted[account] != nil || released[account, default: 0] > 0 {
             var fields = LogFields(account: account, numbers: ["count_released": Double(released[account, default: 0])])
             if let until = lifted[account] { fields.extra["back_off_was_until"] = Timestamp.string(until) }
-            logger.event(.notice, "auth.credentials_changed",
-                         "this account's partner credentials changed since the partner refused them: its events are sent again now", fields)
+            if sameCredentials.contains(account) {
+                logger.event(.notice, "auth.backoff_lifted",
+                             "a reload ended this account's wait after refused credentials or a failed token request, with the same credentials: its events are sent again now", fields)
+            } else {
+                logger.event(.notice, "auth.credentials_changed",
+                             "this account's partner credentials changed since the partner refused them: its events are sent again now", fields)
+            }
         }
     }
 
@@ -135,7 +143,8 @@ extension RelayApplication {
             breaker: new.delivery.circuitBreaker, workers: new.delivery.workers, backoff: new.delivery.backoff,
             history: history, credentials: credentials.after)
         let changed = credentials.after.filter { id, after in credentials.before[id].map { $0 != after } ?? false }
-        await Self.credentialsChanged(Set(changed.keys), lifted: lifted, outbox: outbox, logger: logger)
+        await Self.credentialsChanged(Set(changed.keys), lifted: lifted, outbox: outbox, logger: logger,
+                                      sameCredentials: Set(lifted.keys).subtracting(changed.keys))
         let before = live.accounts.value.ids
         live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
         let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()

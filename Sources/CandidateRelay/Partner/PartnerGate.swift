@@ -251,8 +251,8 @@ public actor PartnerGate {
     /// windows a reload widens or turns on (`SlidingWindowLimiter.reconfigure`) and for accounts
     /// added (sent before, under an earlier config and a restart).
     /// `credentials`: each account's credentials fingerprint; an account whose credentials
-    /// changed while refused is refused no longer. Returns those accounts, with the end of the
-    /// back-off lifted.
+    /// changed starts its refusals' count afresh. Every account's credentials back-off ends.
+    /// Returns the accounts that were waiting, with the end of the back-off lifted.
     @discardableResult
     public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
                             breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration,
@@ -268,11 +268,16 @@ public actor PartnerGate {
             } else {
                 if let new = credentials[id], new != accounts[id]!.credentials {
                     accounts[id]!.credentials = new
-                    if accounts[id]!.credentialsBlockedUntil > current {
-                        lifted[id] = accounts[id]!.credentialsBlockedUntil
-                        accounts[id]!.credentialsBlockedUntil = .distantPast
-                    }
                     accounts[id]!.credentialFailures = 0
+                }
+                // A reload ends the wait whether or not the credentials changed: the operator's
+                // fix may be elsewhere (a token endpoint back after an outage, the partner
+                // re-enabling the key), and nothing else could end it before its time (found
+                // from outside: up to `max_seconds` after the fix, across restarts). With the
+                // same credentials a refusal again resumes the back-off at its next step.
+                if accounts[id]!.credentialsBlockedUntil > current {
+                    lifted[id] = accounts[id]!.credentialsBlockedUntil
+                    accounts[id]!.credentialsBlockedUntil = .distantPast
                 }
                 // Back after a removal: its window still holds what it sent before.
                 accounts[id]?.configured = true
