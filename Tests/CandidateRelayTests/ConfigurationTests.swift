@@ -338,6 +338,21 @@ import Yams
         #expect((yaml["listen"] as? [String: Any])?["host"] as? String == "127.0.0.1")
     }
 
+    /// A bearer token no `Authorization` header can carry is a problem, not a daemon that
+    /// answers every webhook 401. The problem names the file, never the token.
+    @Test func aBearerTokenWithALineBreakIsAProblem() async throws {
+        for (token, ok) in [("zq9-1\nzq9-2\n", false), ("zq9\u{7}x", false), ("zq\t9", false), ("zq9\u{2028}x", false),
+                            ("  zq9-1  \n", true), ("zq9 x", true)] {
+            let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\ningest: { bearer_token_file: token }\n")
+            defer { dir.cleanup() }
+            try dir.write("token", token)
+            let problems = await Self.problems(dir)
+            #expect(problems == (ok ? [] : ["ingest.bearer_token_file: the token from file \(dir.file("token")) holds a control character or a line break: no request could carry it"]),
+                    "\(token.debugDescription)")
+            #expect(!problems.joined().contains("zq"))
+        }
+    }
+
     @Test func oauthModeNeedsItsKeys() async throws {
         let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\npartner: { auth: { mode: oauth2_client_credentials } }\n")
         defer { dir.cleanup() }

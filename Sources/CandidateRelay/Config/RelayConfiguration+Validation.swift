@@ -92,6 +92,10 @@ extension ConfigurationLoader {
             for secret in account.signingSecrets where WebhookSecret(secret) == nil {
                 problems.append(.init(key, "a secret from \(secret.source) is not whsec_<base64>"))
             }
+            if let token = account.bearerToken, !isSendableBearerToken(token.value) {
+                problems.append(.init(named ? "accounts.\(account.id).inbound.bearer_token_file" : "ingest.bearer_token_file",
+                                      "the token from \(token.source) holds a control character or a line break: no request could carry it"))
+            }
             if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil {
                 problems.append(.init(named ? "accounts.\(account.id).inbound" : "ingest",
                                       "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
@@ -102,8 +106,18 @@ extension ConfigurationLoader {
             for secret in config.ingest.signingSecrets where WebhookSecret(secret) == nil {
                 problems.append(.init("ingest.signing_secrets_file", "a secret from \(secret.source) is not whsec_<base64>"))
             }
+            if let token = config.ingest.bearerToken, !isSendableBearerToken(token.value) {
+                problems.append(.init("ingest.bearer_token_file",
+                                      "the token from \(token.source) holds a control character or a line break: no request could carry it"))
+            }
         }
         return problems
+    }
+
+    /// An inbound bearer token a sender can put in an `Authorization` header (found from outside:
+    /// a file of two lines became one token with a line break in it, and every webhook got 401).
+    static func isSendableBearerToken(_ token: String) -> Bool {
+        !token.unicodeScalars.contains { $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}" }
     }
 
     /// The partner credentials of every account; two accounts with one api-key would share one
