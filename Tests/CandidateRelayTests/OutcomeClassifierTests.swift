@@ -1,4 +1,5 @@
 import Foundation
+import NIOSSL
 import Testing
 @testable import CandidateRelay
 
@@ -98,6 +99,30 @@ import Testing
     }
 
     /// A code that is not one stays out of the logs, but with the message in the outbox.
+    /// A TLS failure in the handshake sent nothing; one after it (garbage from the partner
+    /// once the request was out) may have reached the partner, which is then held as after a
+    /// reset (found from outside: resent at once, and both requests created the candidate).
+    @Test func aTLSFailureAfterTheHandshakeMayHaveReachedThePartner() {
+        #expect(HTTPPartnerClient.classify(NIOSSLError.handshakeFailed(.sslError([]))) == .tls)
+        #expect(HTTPPartnerClient.classify(NIOSSLExtraError.failedToValidateHostname) == .tls)
+        #expect(HTTPPartnerClient.classify(NIOSSLError.unableToValidateCertificate) == .tls)
+        #expect(HTTPPartnerClient.classify(BoringSSLError.sslError([])) == .other)
+        #expect(HTTPPartnerClient.classify(NIOSSLError.shutdownFailed(.sslError([]))) == .other)
+        #expect(!PartnerAnswer.transportFailure(.tls).mayStillBeAtThePartner)
+        #expect(PartnerAnswer.transportFailure(.other).mayStillBeAtThePartner)
+    }
+
+    /// A gateway's 502 or 504 gave up on the partner, which may still be creating the
+    /// candidate; the partner's own answers (a 503 included) end the request.
+    @Test func aGatewaysGiveUpMayStillBeAtThePartner() {
+        for status in [502, 504] {
+            #expect(PartnerAnswer.response(status: status, retryAfter: nil, body: Data()).mayStillBeAtThePartner)
+        }
+        for status in [200, 201, 400, 401, 409, 429, 500, 503] {
+            #expect(!PartnerAnswer.response(status: status, retryAfter: nil, body: Data()).mayStillBeAtThePartner)
+        }
+    }
+
     @Test func anErrorThatIsNotACodeIsKeptWithTheMessage() {
         let body = Data(#"{"error":"ada@example.com is taken","message":"see support"}"#.utf8)
         #expect(PartnerErrorBody(body).error == nil)

@@ -160,18 +160,43 @@ import Testing
     }
 
     /// A first send admitted before the partner said Retry-After does not go (the event is
-    /// handed back); the 401 resend of an attempt already under way is not held by the pause.
-    @Test func aPauseOrderedAfterTheAdmissionStopsTheFirstSend() async throws {
+    /// handed back), and neither does the 401 resend of an attempt already under way (found
+    /// from outside: it went during the pause; CONTRACT section 5 pauses every worker).
+    @Test func aPauseOrderedAfterTheAdmissionStopsTheFirstSendAndA401sResend() async throws {
         let clock = ManualClock()
         let gate = Self.gate(clock)
         let waiting = await gate.bind(try await gate.admit(), to: "default")
         try await Self.send(gate, "default", AttemptReport(health: .untested, status: 429, accountPauseUntil: clock.now.addingTimeInterval(30)))
         #expect(await gate.maySend(waiting) == false)
         await gate.settle(waiting, .nothingSent)
-        #expect(try await gate.withSlot(nil, account: "default") { true })
+        await #expect(throws: CancellationError.self) { try await gate.withSlot(nil, account: "default") { true } }
         let admitted = await Self.parked(clock) { try await gate.admit() }
         clock.advance(30)
         #expect(try await admitted.value.accounts == ["default"])
+        #expect(try await gate.withSlot(nil, account: "default") { true })
+    }
+
+    /// The same for a partner's pause (a 503's Retry-After), a credentials back-off and a
+    /// circuit's cooldown; a half-open circuit's request in flight may resend (its own probe).
+    @Test func aResendDoesNotGoDuringAPartnersPauseABackOffOrACooldown() async throws {
+        let clock = ManualClock()
+        let paused = Self.gate(clock)
+        try await Self.send(paused, "default", AttemptReport(health: .down, status: 503, partnerPauseUntil: clock.now.addingTimeInterval(10)))
+        await #expect(throws: CancellationError.self) { try await paused.withSlot(nil, account: "default") { true } }
+
+        let refused = Self.gate(clock, accounts: ["a", "b"])
+        try await Self.send(refused, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
+        await #expect(throws: CancellationError.self) { try await refused.withSlot(nil, account: "a") { true } }
+        #expect(try await refused.withSlot(nil, account: "b") { true })
+
+        let tripped = Self.gate(clock, failures: 1, cooldown: 30)
+        try await Self.send(tripped, "default", Self.down)
+        await #expect(throws: CancellationError.self) { try await tripped.withSlot(nil, account: "default") { true } }
+        clock.advance(30)
+        let probe = await tripped.bind(try await tripped.admit(), to: "default")
+        #expect(probe.probe)
+        #expect(try await tripped.withSlot(probe, account: "default") { true })
+        #expect(try await tripped.withSlot(nil, account: "default") { true })  // the probe's resend after a 401
     }
 
     /// A full window: the next request waits until the oldest answer is a window old.

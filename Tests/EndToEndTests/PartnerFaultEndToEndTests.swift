@@ -69,6 +69,28 @@ import Testing
         await relay.stop()
     }
 
+    /// A gateway's 502 or 504 (it gave up on the partner, which may still be creating the
+    /// candidate): the resend waits a timeout more too, not the backoff alone (found from
+    /// outside: the resend met the first request still at work, and both created it).
+    @Test(arguments: [502, 504]) func aGatewaysGiveUpIsResentOnlyAfterATimeoutMore(status: Int) async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = status
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.partner.timeoutSeconds = 1
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 1, maxSeconds: 0.05)
+            config.delivery.circuitBreaker = CircuitBreakerConfiguration(failures: 100, cooldownSeconds: 0.2)
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "gateway-\(status)")))
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "linked", "dead"]))
+        #expect(record["state"] as? String == "delivered")
+        let arrivals = await relay.simulator.snapshot().requests.map(\.at).sorted()
+        try #require(arrivals.count == 2)
+        let gap = arrivals[1].timeIntervalSince(arrivals[0])
+        #expect(gap >= 0.95, "resent \(gap) s after the gateway's \(status)")
+        await relay.stop()
+    }
+
     /// The same for another event of the same candidate (found from outside: it was sent as
     /// soon as the first timed out, while the partner might still be creating the candidate).
     @Test func anotherEventOfATimedOutCandidateWaitsATimeoutMoreToo() async throws {

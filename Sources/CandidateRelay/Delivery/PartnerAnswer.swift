@@ -5,12 +5,15 @@ public enum PartnerAnswer: Sendable, Equatable {
     case response(status: Int, retryAfter: String?, body: Data)
     case transportFailure(TransportFailure)
 
-    /// No answer, though the request may have reached the partner (which may then still be
-    /// working on it): a timeout, a reset or another failure mid-exchange; not a refused
-    /// connection, a name or TLS failure, or no token (nothing was sent).
+    /// No answer from the partner itself, though the request may have reached it (which may
+    /// then still be working on it): a timeout, a reset or another failure mid-exchange; not a
+    /// refused connection, a name or TLS handshake failure, or no token (nothing was sent).
+    /// A gateway's 502 or 504 too: the gateway gave up on the partner, which may still be
+    /// creating the candidate (found from outside: a resend after the plain back-off met the
+    /// first request still at work, and both created it).
     var mayStillBeAtThePartner: Bool {
         switch self {
-        case .response: false
+        case .response(let status, _, _): status == 502 || status == 504
         case .transportFailure(let failure):
             switch failure {
             case .timeout, .connectionReset, .other: true

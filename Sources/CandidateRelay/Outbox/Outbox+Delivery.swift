@@ -413,7 +413,7 @@ extension Outbox {
     /// Puts leases back to pending: all of them at start-up (`expiredBefore == nil`; we hold the
     /// file lock, so no other daemon owns them), or only expired ones while running. At start-up
     /// a lease's request may have been cut off by the crash while the partner still works on it:
-    /// it is due no sooner than `holdSeconds` after its claim (a resend at once was a second
+    /// it is due no sooner than `holdSeconds` after the restart (a resend at once was a second
     /// request for the same candidate at the partner while the first was open, which two
     /// concurrent creates can turn into a duplicate). An expired lease is older than that.
     @discardableResult
@@ -437,11 +437,15 @@ extension Outbox {
                 if count > 0 { self.quiet.clearAll() }
                 return count
             } else {
-                // updated_at of an in-flight event is its claim's time.
+                // Held from now, not from the claim (updated_at): the request may have left well
+                // after its claim (a slow token, the resend after a 401 waiting for a place of the
+                // rate window) and as late as the crash, which was before now. Found from outside:
+                // held from the claim, the resend met the first request still at work at the
+                // partner, and both created the candidate. (MAX: a clock set back since the claim.)
                 try db.execute(
                     sql: """
-                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at + ?),
-                          partner_open_until = MAX(?, updated_at + ?), updated_at = ?
+                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at) + ?,
+                          partner_open_until = MAX(?, updated_at) + ?, updated_at = ?
                         WHERE state = 'in_flight'
                         """,
                     arguments: [now.millis, Int64(holdSeconds * 1000), now.millis, Int64(holdSeconds * 1000), now.millis])

@@ -71,7 +71,14 @@ public struct HTTPPartnerClient: PartnerClient {
         }
         if error is ChannelError { return .connectionReset }
         let text = String(describing: error).lowercased()
-        if text.contains("ssl") || text.contains("tls") || text.contains("certificate") { return .tls }
+        if text.contains("ssl") || text.contains("tls") || text.contains("certificate") {
+            // In the handshake (a certificate refused, a host name it does not cover, the peer
+            // gone): nothing was sent. After it, the request may have reached the partner, as
+            // after a reset (found from outside: garbage from the partner once the request was
+            // out was "nothing sent", the resend went at once, and both created the candidate).
+            let handshake = text.contains("handshake") || text.contains("certificate") || text.contains("hostname")
+            return handshake ? .tls : .other
+        }
         if text.contains("resolve") || text.contains("dns") || text.contains("lookup") { return .dns }
         if text.contains("refused") { return .connectionRefused }
         return .other

@@ -506,7 +506,18 @@ public actor PartnerGate {
             try Task.checkCancellation()
             if giveUp() { throw CancellationError() }
             let current = now()
-            guard accounts[account]?.configured == true else { throw CancellationError() }
+            guard let state = accounts[account], state.configured else { throw CancellationError() }
+            // The resend after a 401 (no permit) does not go during a pause, a credentials
+            // back-off or a circuit's cooldown that began since its first request (found from
+            // outside: it went during a 429's `Retry-After` another worker had just been given).
+            // A half-open circuit's one request in flight is this resend's first: it may go.
+            if permit == nil {
+                var cooling = false
+                if case .open(let until) = breaker.state { cooling = until > current }
+                if cooling || pausedUntil > current || state.pausedUntil > current || state.credentialsBlockedUntil > current {
+                    throw CancellationError()
+                }
+            }
             if accounts[account]?.limiter.earliestAllowed(now: current) == current, global.earliestAllowed(now: current) == current,
                let ticket = accounts[account]?.limiter.reserve(now: current) {
                 return (ticket, global.reserve(now: current))
