@@ -27,6 +27,7 @@ import Glibc
         let output = LogOutput.descriptor(writer)
         output.write("{\"event\":\"one\"}\n")
         output.write("{\"event\":\"two\"}\n")
+        #expect(output.flush(timeoutSeconds: 10))
         #expect(LogOutput.droppedLines == before + 2)
         #expect(!StandardStream.write("text\n", to: writer))
         #expect(metrics.exposition().contains("candidate_relay_log_lines_dropped_total 2"))
@@ -48,10 +49,12 @@ import Glibc
         #expect(errno == EAGAIN)
         let before = LogOutput.droppedLines
         let line = "{\"event\":\"after the full pipe\"}\n"
-        // On a thread of its own: it blocks (in poll) until the reader below makes room.
+        // Its writer thread blocks (in poll) until the reader below makes room.
         let written = DispatchSemaphore(value: 0)
         Thread {
-            LogOutput.descriptor(writer).write(line)
+            let output = LogOutput.descriptor(writer)
+            output.write(line)
+            output.flush(timeoutSeconds: 20)
             written.signal()
         }.start()
         try await Task.sleep(for: .milliseconds(100))
@@ -68,5 +71,40 @@ import Glibc
         #expect(written.wait(timeout: .now() + 10) == .success)
         #expect(String(decoding: received.suffix(line.utf8.count), as: UTF8.self) == line)
         #expect(LogOutput.droppedLines == before)
+    }
+
+    /// Found from outside: a stdout nobody read (a stalled journald, a shipper applying
+    /// back-pressure) blocked every log call, and with it ingest, `/healthz`, delivery, the
+    /// watchdog and SIGTERM. Now only the output's own thread waits; lines past its queue are
+    /// dropped and counted; once the reader reads again, the queued lines arrive whole, in order.
+    @Test func aReaderThatStopsReadingDelaysNoWriterAndCostsOnlyTheLinesPastTheQueue() async throws {
+        let (reader, writer) = try Self.pipePair()
+        defer { close(reader); close(writer) }
+        let output = LogOutput.descriptor(writer)
+        let before = LogOutput.droppedLines
+        let lines = LogOutput.queueCapacityBytes / 1024 + 64 + 200  // the queue, the pipe's 64 KiB, and more
+        // On a thread of its own, with a deadline: writes that block fail the test, not hang it.
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            for n in 0..<lines { output.write(String(format: "%08d", n) + String(repeating: "x", count: 1015) + "\n") }
+            done.signal()
+        }.start()
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        let dropped = LogOutput.droppedLines - before
+        #expect(dropped > 0)
+        _ = fcntl(reader, F_SETFL, fcntl(reader, F_GETFL) | O_NONBLOCK)
+        var received = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let deadline = Date().addingTimeInterval(30)
+        while received.count < (lines - dropped) * 1024 && Date() < deadline {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
+            if n > 0 { received += buffer[0..<n] } else { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        #expect(output.flush(timeoutSeconds: 10))
+        let got = String(decoding: received, as: UTF8.self).split(separator: "\n")
+        #expect(got.count == lines - dropped)
+        #expect(got.allSatisfy { $0.utf8.count == 1023 && $0.hasSuffix(String(repeating: "x", count: 1015)) })
+        let numbers = got.compactMap { Int($0.prefix(8)) }
+        #expect(numbers == numbers.sorted() && numbers.first == 0)
     }
 }

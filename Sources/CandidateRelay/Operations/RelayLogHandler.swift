@@ -121,30 +121,119 @@ public struct RelayLogHandler: LogHandler {
     }
 }
 
-/// Where log lines go: stdout (whole lines, one writer at a time) or a capture for tests.
+/// Where log lines go: stdout (whole lines, in order) or a capture for tests.
 public final class LogOutput: Sendable {
     private let sink: @Sendable (String) -> Void
-    public init(_ sink: @escaping @Sendable (String) -> Void) { self.sink = sink }
+    private let drain: @Sendable (Double) -> Bool
+    public init(_ sink: @escaping @Sendable (String) -> Void) {
+        self.sink = sink
+        self.drain = { _ in true }
+    }
+    private init(sink: @escaping @Sendable (String) -> Void, drain: @escaping @Sendable (Double) -> Bool) {
+        self.sink = sink
+        self.drain = drain
+    }
     public func write(_ line: String) { sink(line) }
 
-    private static let lock = Mutex(())
-    public static let standardOutput = LogOutput.descriptor(STDOUT_FILENO)
+    /// Waits until every line written so far has reached its descriptor (or was dropped), for
+    /// at most `timeoutSeconds`; false if lines were still waiting then.
+    @discardableResult
+    public func flush(timeoutSeconds: Double = 2) -> Bool { drain(timeoutSeconds) }
 
-    /// Lines a descriptor refused (its reader gone, its disk full), in this process: dropped,
-    /// never a crash. `/metrics` shows them (`candidate_relay_log_lines_dropped_total`), and the
-    /// first one is said once on stderr, in case that still goes somewhere.
+    public static let standardOutput: LogOutput = {
+        let output = LogOutput.descriptor(STDOUT_FILENO)
+        // Every exit (`serve`'s end, a start that failed, an admin command) waits a little for
+        // the lines still queued: `relay.stopped` and `relay.failed` are the last ones.
+        atexit { LogOutput.standardOutput.flush(timeoutSeconds: 2) }
+        return output
+    }()
+
+    /// Lines a descriptor refused (its reader gone, its disk full), or that found the queue
+    /// full behind a reader that stopped reading, in this process: dropped, never a crash or a
+    /// stall. `/metrics` shows them (`candidate_relay_log_lines_dropped_total`), and the first
+    /// one is said once on stderr, in case that still goes somewhere.
     public static var droppedLines: Int { dropped.load(ordering: .relaxed) }
     private static let dropped = Atomic<Int>(0)
 
-    /// Lines written to `descriptor` (stdout for the daemon; a pipe in tests).
+    static func countDropped(_ lines: Int, reason: String) {
+        if dropped.add(lines, ordering: .relaxed).oldValue == 0 {
+            StandardStream.write("candidate-relay: log lines are being dropped: \(reason)\n", to: STDERR_FILENO)
+        }
+    }
+
+    /// The most bytes of lines waiting for a reader that stopped reading; past it, lines are
+    /// dropped (a stalled journald or a shipper applying back-pressure).
+    public static let queueCapacityBytes = 4 << 20
+
+    /// Lines written to `descriptor` (stdout for the daemon; a pipe in tests) by a thread of
+    /// their own, so that a reader that stops reading (a full pipe) delays only that thread.
+    /// Found from outside: the write blocked on the event loops and the workers under one lock,
+    /// and a stdout nobody read froze ingest, `/healthz`, delivery, the watchdog and SIGTERM.
     public static func descriptor(_ descriptor: Int32) -> LogOutput {
-        LogOutput { line in
-            let refusal: Int32? = lock.withLock { _ in StandardStream.write(line, to: descriptor) ? nil : errno }
-            guard let refusal else { return }
-            if dropped.add(1, ordering: .relaxed).oldValue == 0 {
-                StandardStream.write("candidate-relay: log lines are being dropped: their output refused a write (\(String(cString: strerror(refusal))))\n",
-                                     to: STDERR_FILENO)
+        let writer = LineWriter(descriptor: descriptor, capacityBytes: queueCapacityBytes)
+        return LogOutput(sink: { writer.enqueue($0) }, drain: { writer.flush(timeoutSeconds: $0) })
+    }
+}
+
+/// A queue of whole lines and the thread that writes them, in order, to one descriptor.
+final class LineWriter: @unchecked Sendable {
+    private let descriptor: Int32
+    private let capacityBytes: Int
+    /// Guards everything below.
+    private let condition = NSCondition()
+    private var queue: [String] = []
+    private var queuedBytes = 0
+    private var writing = false
+
+    init(descriptor: Int32, capacityBytes: Int) {
+        self.descriptor = descriptor
+        self.capacityBytes = capacityBytes
+        let thread = Thread { [self] in run() }
+        thread.name = "log-writer"
+        thread.start()
+    }
+
+    func enqueue(_ line: String) {
+        condition.lock()
+        let size = line.utf8.count
+        guard queuedBytes + size <= capacityBytes else {
+            condition.unlock()
+            LogOutput.countDropped(1, reason: "their output is not being read (\(capacityBytes >> 20) MiB of lines waiting)")
+            return
+        }
+        queue.append(line)
+        queuedBytes += size
+        condition.signal()
+        condition.unlock()
+    }
+
+    func flush(timeoutSeconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while !queue.isEmpty || writing {
+            if !condition.wait(until: deadline) { return queue.isEmpty && !writing }
+        }
+        return true
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty { condition.wait() }
+            let batch = queue
+            queue.removeAll(keepingCapacity: true)
+            queuedBytes = 0
+            writing = true
+            condition.unlock()
+            // One write for what piled up (whole lines): fewer system calls under load.
+            if !StandardStream.write(batch.joined(), to: descriptor) {
+                LogOutput.countDropped(batch.count, reason: "their output refused a write (\(String(cString: strerror(errno))))")
             }
+            condition.lock()
+            writing = false
+            condition.broadcast()
+            condition.unlock()
         }
     }
 }
