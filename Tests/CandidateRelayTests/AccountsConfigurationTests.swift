@@ -1,6 +1,7 @@
 import CandidateRelayTesting
 import Foundation
 import Testing
+import Yams
 @testable import CandidateRelay
 
 /// The `accounts:` section and `partner.global_rate_limit` (CONTRACT section 8), loaded from
@@ -46,7 +47,17 @@ import Testing
         #expect(!rendered.contains("missing"), "\(rendered)")
         #expect(rendered.contains("partner:\n  base_url:"))
         #expect(rendered.contains("    api_key: null\n"))
-        #expect(rendered.contains("acme:\n    api_key: \"<redacted: file"))
+        #expect(rendered.contains("\"acme\":\n    api_key: \"<redacted: file"))
+    }
+
+    /// Ids YAML would read as a number, null or a boolean are printed quoted (review).
+    @Test func checkConfigPrintsAccountIdsAsStrings() async throws {
+        let dir = try Self.fixture(accounts: ["null": "null-key", "123": "numbered-key", "yes": "yes-key"])
+        defer { dir.cleanup() }
+        let rendered = try await ConfigurationTests.load(dir).renderedYAML()
+        let yaml = try #require(try Yams.load(yaml: rendered) as? [String: Any])
+        let accounts = try #require(yaml["accounts"] as? [String: Any], "\(rendered)")
+        #expect(Set(accounts.keys) == ["null", "123", "yes"])
     }
 
     @Test func withoutAccountsThereIsExactlyTheDefaultAccount() async throws {

@@ -318,7 +318,7 @@ import Yams
                 token_url: "https://auth.example.com/token"
                 client_id: "relay\nstorage: { path: /elsewhere } # not a comment\u2028"
                 client_secret_file: "client secret #1"
-                scope: "candidates:write #1"
+                scope: "candidates:write #1\uFFFE"
             """#)
         defer { dir.cleanup() }
         try dir.write("client secret #1", "oauth-secret-value\n")
@@ -333,7 +333,7 @@ import Yams
         #expect(partner["base_url"] as? String == "http://127.0.0.1:1/p")
         let auth = try #require(partner["auth"] as? [String: Any])
         #expect(auth["client_id"] as? String == "relay\nstorage: { path: /elsewhere } # not a comment\u{2028}")
-        #expect(auth["scope"] as? String == "candidates:write #1")
+        #expect(auth["scope"] as? String == "candidates:write #1\u{FFFE}")
         #expect(auth["client_secret"] as? String == "<redacted: file \(dir.file("client secret #1"))>")
         #expect((yaml["listen"] as? [String: Any])?["host"] as? String == "127.0.0.1")
     }

@@ -98,7 +98,6 @@ import Testing
         #expect(OutcomeClassifier.classify(row.answer, now: Self.now) == row.expected)
     }
 
-    /// A code that is not one stays out of the logs, but with the message in the outbox.
     /// A TLS failure in the handshake sent nothing; one after it (garbage from the partner
     /// once the request was out) may have reached the partner, which is then held as after a
     /// reset (found from outside: resent at once, and both requests created the candidate).
@@ -123,6 +122,7 @@ import Testing
         }
     }
 
+    /// A code that is not one stays out of the logs, but with the message in the outbox.
     @Test func anErrorThatIsNotACodeIsKeptWithTheMessage() {
         let body = Data(#"{"error":"ada@example.com is taken","message":"see support"}"#.utf8)
         #expect(PartnerErrorBody(body).error == nil)

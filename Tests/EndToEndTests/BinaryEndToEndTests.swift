@@ -301,6 +301,7 @@ import Glibc
         defer { Task { await simulator.stop() } }
         let config = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)
         try dir.write("config.yaml", config.replacingOccurrences(of: stallingURL, with: simulator.baseURL))
+        let restarted = Date()
         let second = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let again = HTTPTestClient(port: try await second.waitUntilReady())
         #expect(second.events("lease.recovered").count == 1)
@@ -309,8 +310,12 @@ import Glibc
         // An hour less the time the daemon was stopped (which cannot be known).
         #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3500)
         // The crash's requests may still reach the partner: resent `timeout_seconds` (5) after
-        // their claim, not an hour later.
+        // the restart, not an hour later, and not sooner (review: recovered before the rebase,
+        // their hold moved back with the clock's step, and they went at once).
         #expect(try await eventually(timeout: 30) { try await Self.all(ids, are: "delivered", again) })
+        let arrivals = await simulator.snapshot().requests.map(\.at)
+        #expect(arrivals.count == 2)
+        #expect(arrivals.allSatisfy { $0.timeIntervalSince(restarted) >= 4.5 }, "\(arrivals.map { $0.timeIntervalSince(restarted) })")
         second.signal(SIGTERM)
         #expect(await second.waitForExit() == 0)
     }

@@ -71,15 +71,10 @@ public final class RelayApplication: Sendable {
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()
-        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: configuration.partner.timeoutSeconds)
-        if recovered > 0 {
-            logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
-                         LogFields(extra: ["count": String(recovered)]))
-        }
         // The clock went back while the daemon was stopped (the wall clock its last run saw is
-        // later than now): what that run scheduled, and the holds recovered just above, move
-        // back by as much (by no more: the downtime cannot be known). Else a clock an hour fast,
-        // set right during a restart, held every stored event and pause for an hour.
+        // later than now): what that run scheduled moves back by as much (by no more: the
+        // downtime cannot be known). Else a clock an hour fast, set right during a restart,
+        // held every stored event and pause for an hour.
         // A rebase the last run began and did not finish (its stop, a crash) goes on first:
         // its chunks are committed with their progress, none is moved twice.
         try await outbox.finishRebase()
@@ -90,6 +85,14 @@ public final class RelayApplication: Sendable {
             logger.event(.warning, "clock.stepped", "the wall clock the last run saw is later than now: it went back while the daemon was stopped; "
                          + "what was scheduled moves back with it",
                          LogFields(extra: ["while_stopped": "true"], numbers: ["step_seconds": (stepBack * 1000).rounded() / 1000]))
+        }
+        // After the rebase: the events a crash left in flight are held from now, on the clock
+        // as it is (review: recovered before it, their hold moved back with the step, and a
+        // step as long as the timeout undid it).
+        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: configuration.partner.timeoutSeconds)
+        if recovered > 0 {
+            logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
+                         LogFields(extra: ["count": String(recovered)]))
         }
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds - stepBack))
             .mapValues { times in times.map { $0.addingTimeInterval(stepBack) } }

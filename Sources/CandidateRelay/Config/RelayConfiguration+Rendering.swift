@@ -36,7 +36,7 @@ extension RelayConfiguration {
         if let namedAccounts {
             lines.append("accounts:")
             for account in namedAccounts {
-                lines.append("  \(account.id):")
+                lines.append("  \(Self.quoted(account.id)):")  // `123`, `null`, `yes` are valid ids
                 lines += Self.renderAuth(account.auth, indent: "    ", secret: secret)
                 lines.append("    rate_limit: { requests: \(account.rateLimit.requests), per_seconds: \(Self.number(account.rateLimit.perSeconds)) }")
                 let signing = account.signingSecrets.isEmpty
@@ -72,7 +72,7 @@ extension RelayConfiguration {
     }
 
     /// A YAML double-quoted scalar: `"`, `\` and every character YAML does not print as
-    /// itself (controls, line and paragraph separators, the byte-order mark) escaped, so a
+    /// itself (controls, line and paragraph separators, the byte-order mark, U+FFFE and U+FFFF) escaped, so a
     /// newline, `#` or `: ` in a value shows as what it is, and the printout parses back to the
     /// values loaded.
     static func quoted(_ value: String) -> String {
@@ -84,7 +84,7 @@ extension RelayConfiguration {
             case "\n": out += "\\n"
             case "\t": out += "\\t"
             case "\r": out += "\\r"
-            case "\u{00}"..."\u{1F}", "\u{7F}"..."\u{9F}", "\u{2028}", "\u{2029}", "\u{FEFF}":
+            case "\u{00}"..."\u{1F}", "\u{7F}"..."\u{9F}", "\u{2028}", "\u{2029}", "\u{FEFF}", "\u{FFFE}", "\u{FFFF}":
                 let hex = String(scalar.value, radix: 16, uppercase: true)
                 out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
             default: out.unicodeScalars.append(scalar)

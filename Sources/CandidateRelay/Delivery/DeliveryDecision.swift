@@ -29,8 +29,8 @@ public struct DeliveryDecision: Sendable, Equatable {
         case .dead(let error):
             return DeliveryDecision(outcome: .dead(status: status, error: describe(error, body: body)), health: .up)
         case .refreshTokenAndResend:
-            // The resend could not go (the lease was taken back, or shutdown): the partner did
-            // answer, but with a 401 for a token it should have accepted.
+            // Not reached from the worker pool (a resend that could not go hands the event back
+            // unsent); kept total: the partner answered 401 for a token it should have accepted.
             return retry(error: "unauthorized", retryAfter: nil, status: status, attempt: attempt,
                          budgetStartedAt: budgetStartedAt, policy: policy, now: now, unit: unit)
         case .retry(let error, let retryAfter):

@@ -34,9 +34,10 @@ extension DeliveryWorkerPool {
             // Hand the event back if the lease is still ours (the CAS ignores it otherwise),
             // without using an attempt. The grace period ran out (`sent == nil`): a request
             // may have reached the partner, and the history says so (`interrupted`). Nothing
-            // was sent (the lease was taken back, the account paused or removed meanwhile): no
-            // history row, which would count as a request in the rate windows rebuilt at the
-            // next start.
+            // was sent (the lease was taken back, the account paused or removed meanwhile), or
+            // only a request refused with 401 whose resend could not go: no history row (the
+            // 401's is written already), which would count as a request in the rate windows
+            // rebuilt at the next start.
             await gate.settle(permit, .nothingSent)
             let current = now()
             let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.abandonedHoldSeconds)) : .unsent
@@ -108,7 +109,11 @@ extension DeliveryWorkerPool {
     }
 
     /// The partner exchange of one claimed event: the request, and after a 401 that is not
-    /// `duplicate_candidate` the single immediate resend with a fresh token. Nil: nothing sent.
+    /// `duplicate_candidate` the single immediate resend with a fresh token. Nil: nothing sent,
+    /// or nothing but a request the partner refused with 401 (nothing created) whose resend
+    /// could not go (a pause, a credentials back-off or an open circuit since, the lease taken
+    /// back, shutdown): the event is handed back without using an attempt (review: it was
+    /// retried with the attempt used, and on the last attempt it went dead).
     func exchange(_ event: ClaimedEvent, permit: PartnerGate.Permit, leaseSeconds: Double) async -> Exchange? {
         guard let first = await send(event, permit: permit, leaseSeconds: leaseSeconds) else { return nil }
         guard first.classification == .refreshTokenAndResend else { return first }
@@ -116,7 +121,7 @@ extension DeliveryWorkerPool {
         logger.event(.warning, "auth.token_rejected", "partner refused the token; minting a fresh one and resending once",
                      fields(event, status: 401))
         try? await outbox.recordAuthRetry(event, status: 401, now: now(), latencyMs: first.latencyMs)
-        guard var second = await send(event, permit: nil, leaseSeconds: leaseSeconds) else { return first }
+        guard var second = await send(event, permit: nil, resendOf: permit, leaseSeconds: leaseSeconds) else { return nil }
         if second.classification == .refreshTokenAndResend {
             second.classification = .retry(error: "unauthorized", retryAfter: nil)
             second.credentialsRejected = true
@@ -130,9 +135,10 @@ extension DeliveryWorkerPool {
     /// One request: the account's token; the lease renewed if half of it has run (never send an
     /// event another worker may hold now), or the event read again if it was claimed a while
     /// ago (never send a payload erased since); then the POST in the permit's place of the
-    /// rate windows (the resend after a 401, `permit == nil`, waits for a place of its own).
-    /// Nil when nothing was sent.
-    private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit?, leaseSeconds: Double) async -> Exchange? {
+    /// rate windows (the resend after a 401, `permit == nil`, of the request made with
+    /// `resendOf`, waits for a place of its own). Nil when nothing was sent.
+    private func send(_ event: ClaimedEvent, permit: PartnerGate.Permit?, resendOf: PartnerGate.Permit? = nil,
+                      leaseSeconds: Double) async -> Exchange? {
         // The account left the config meanwhile (a reload): its events wait for it.
         guard let provider = tokens.value[event.account] else { return nil }
         let token: String
@@ -158,7 +164,8 @@ extension DeliveryWorkerPool {
         let client = self.client
         let timed: (answer: PartnerAnswer, elapsed: Duration)
         do {
-            timed = try await gate.withSlot(permit, account: event.account, giveUp: { [weak self] in self?.isDraining ?? true }) {
+            timed = try await gate.withSlot(permit, account: event.account, resendOf: resendOf,
+                                            giveUp: { [weak self] in self?.isDraining ?? true }) {
                 let clock = ContinuousClock()
                 let started = clock.now
                 let answer = await client.createCandidate(payload: event.payload, idempotencyKey: event.id, bearerToken: token)
@@ -166,8 +173,9 @@ extension DeliveryWorkerPool {
             }
         } catch {
             // Nothing was sent: shutdown while waiting for a place, or a pause, a credentials
-            // back-off or an open circuit since the admission (the event is handed back rather
-            // than held, with a worker and a lease, while it lasts).
+            // back-off or an open circuit since the admission or, for a resend, since its first
+            // request (the event is handed back rather than held, with a worker and a lease,
+            // while it lasts).
             return nil
         }
         let answer = timed.answer

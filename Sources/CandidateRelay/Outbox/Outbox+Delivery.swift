@@ -441,14 +441,16 @@ extension Outbox {
                 // after its claim (a slow token, the resend after a 401 waiting for a place of the
                 // rate window) and as late as the crash, which was before now. Found from outside:
                 // held from the claim, the resend met the first request still at work at the
-                // partner, and both created the candidate. (MAX: a clock set back since the claim.)
+                // partner, and both created the candidate. (Called after the start's rebase for a
+                // clock set back: `now` is on the clock as it is.)
+                let until = now.addingTimeInterval(holdSeconds).millis
                 try db.execute(
                     sql: """
-                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = MAX(?, updated_at) + ?,
-                          partner_open_until = MAX(?, updated_at) + ?, updated_at = ?
+                        UPDATE events SET state = 'pending', lease_expires_at = NULL, next_attempt_at = ?,
+                          partner_open_until = ?, updated_at = ?
                         WHERE state = 'in_flight'
                         """,
-                    arguments: [now.millis, Int64(holdSeconds * 1000), now.millis, Int64(holdSeconds * 1000), now.millis])
+                    arguments: [until, until, now.millis])
                 if db.changesCount > 0 { self.quiet.clearAll() }
                 return db.changesCount
             }

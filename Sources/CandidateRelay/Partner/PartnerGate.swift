@@ -81,6 +81,10 @@ public actor PartnerGate {
         var pausedUntil: Date = .distantPast
         var credentialsBlockedUntil: Date = .distantPast
         var credentialFailures = 0
+        /// The back-off in force began with a failed token request (the token endpoint's
+        /// outage), not the partner's refusal: a reload ends it even with the same credentials.
+        /// Not kept across a restart (a back-off restored at start counts as a refusal).
+        var blockedForToken = false
         /// Admissions holding a place in this account's window, plus permits bound to it.
         var busy = 0
         /// When it was last bound to (a sequence number): the least recently served goes first.
@@ -251,8 +255,9 @@ public actor PartnerGate {
     /// windows a reload widens or turns on (`SlidingWindowLimiter.reconfigure`) and for accounts
     /// added (sent before, under an earlier config and a restart).
     /// `credentials`: each account's credentials fingerprint; an account whose credentials
-    /// changed starts its refusals' count afresh. Every account's credentials back-off ends.
-    /// Returns the accounts that were waiting, with the end of the back-off lifted.
+    /// changed is refused no longer and starts its count afresh, and one waiting after a failed
+    /// token request waits no longer either. Returns those accounts, with the end of the
+    /// back-off lifted.
     @discardableResult
     public func reconfigure(accounts limits: [String: RateLimitConfiguration], globalRateLimit: RateLimitConfiguration,
                             breaker configuration: CircuitBreakerConfiguration, workers: Int, backoff: BackoffConfiguration,
@@ -266,16 +271,20 @@ public actor PartnerGate {
                                                                           history: history?[id] ?? []),
                                             credentials: credentials[id])
             } else {
+                var changed = false
                 if let new = credentials[id], new != accounts[id]!.credentials {
                     accounts[id]!.credentials = new
                     accounts[id]!.credentialFailures = 0
+                    changed = true
                 }
-                // A reload ends the wait whether or not the credentials changed: the operator's
-                // fix may be elsewhere (a token endpoint back after an outage, the partner
-                // re-enabling the key), and nothing else could end it before its time (found
-                // from outside: up to `max_seconds` after the fix, across restarts). With the
-                // same credentials a refusal again resumes the back-off at its next step.
-                if accounts[id]!.credentialsBlockedUntil > current {
+                // Other credentials end the wait (the operator's fix). So does any reload when
+                // the wait began with a failed token request: the token endpoint may be back,
+                // and nothing else could end the wait before its time (found from outside: up
+                // to `max_seconds` after the outage, across restarts). Such a lift costs a token
+                // request, never an attempt; failing again, it resumes at the next step. A
+                // refusal by the partner with the same credentials is not lifted: each lift
+                // would cost attempts, and a reload for another reason would end it.
+                if accounts[id]!.credentialsBlockedUntil > current, changed || accounts[id]!.blockedForToken {
                     lifted[id] = accounts[id]!.credentialsBlockedUntil
                     accounts[id]!.credentialsBlockedUntil = .distantPast
                 }
@@ -478,19 +487,22 @@ public actor PartnerGate {
     // MARK: - Requests
 
     /// Runs one request in a place of the windows: the permit's own places for its first
-    /// request; with `permit == nil` (the resend after a 401 for `account`) it waits for room.
-    /// The places are kept until `window` after `request` returned. Throws, sending nothing,
-    /// when cancelled, when `giveUp` says so, or when the permit may no longer send (`maySend`).
+    /// request; with `permit == nil` (the resend after a 401 for `account`, of the request
+    /// made with `resendOf`) it waits for room. The places are kept until `window` after
+    /// `request` returned. Throws, sending nothing, when cancelled, when `giveUp` says so, when
+    /// the permit may no longer send (`maySend`), or, for a resend, during a pause, a
+    /// credentials back-off or an open circuit (but for the probe's own resend).
     public nonisolated func withSlot<T: Sendable>(
-        _ permit: Permit?, account: String, giveUp: @escaping @Sendable () -> Bool = { false }, _ request: @Sendable () async -> T
+        _ permit: Permit?, account: String, resendOf: Permit? = nil, giveUp: @escaping @Sendable () -> Bool = { false },
+        _ request: @Sendable () async -> T
     ) async throws -> T {
-        let places = try await takePlaces(permit, account: account, giveUp: giveUp)
+        let places = try await takePlaces(permit, account: account, resendOf: resendOf, giveUp: giveUp)
         let result = await request()
         await finish(places, account: account)
         return result
     }
 
-    private func takePlaces(_ permit: Permit?, account: String, giveUp: @Sendable () -> Bool) async throws
+    private func takePlaces(_ permit: Permit?, account: String, resendOf: Permit?, giveUp: @Sendable () -> Bool) async throws
         -> (account: SlidingWindowLimiter.Ticket?, global: SlidingWindowLimiter.Ticket?) {
         // A first send that may no longer go is not sent: its places go back at `settle`.
         if let permit, !maySend(permit) { throw CancellationError() }
@@ -508,13 +520,13 @@ public actor PartnerGate {
             let current = now()
             guard let state = accounts[account], state.configured else { throw CancellationError() }
             // The resend after a 401 (no permit) does not go during a pause, a credentials
-            // back-off or a circuit's cooldown that began since its first request (found from
+            // back-off or an open circuit that began since its first request (found from
             // outside: it went during a 429's `Retry-After` another worker had just been given).
-            // A half-open circuit's one request in flight is this resend's first: it may go.
+            // Only the probe's own resend goes while the circuit is half open: it is the probe.
             if permit == nil {
-                var cooling = false
-                if case .open(let until) = breaker.state { cooling = until > current }
-                if cooling || pausedUntil > current || state.pausedUntil > current || state.credentialsBlockedUntil > current {
+                let probesResend = resendOf?.probe == true && breaker.state == .halfOpen(probeInFlight: true)
+                if (breaker.isOpen && !probesResend) || pausedUntil > current || state.pausedUntil > current
+                    || state.credentialsBlockedUntil > current {
                     throw CancellationError()
                 }
             }
@@ -600,6 +612,7 @@ public actor PartnerGate {
             guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
             blockCredentials(permit.account, now: current, "the partner refuses this account's credentials even freshly minted; its events wait",
                              LogFields(account: permit.account, status: 401))
+            accounts[permit.account]!.blockedForToken = false
             holdsMoved = true
         } else if report.tokenUnavailable {
             // Every worker holding one of the account's events meets the same failure: one
@@ -607,6 +620,7 @@ public actor PartnerGate {
             guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
             blockCredentials(permit.account, now: current, "no token could be had for this account; its events wait",
                              LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue))
+            accounts[permit.account]!.blockedForToken = true
             holdsMoved = true
         } else if report.status != nil && report.status != 401 {
             accounts[permit.account]!.credentialFailures = 0
