@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Testing
 @testable import CandidateRelay
 
@@ -49,6 +50,35 @@ import Testing
             #expect(isMapped(block), "round \(round)")
             free(block)
         }
+        #endif
+    }
+
+    /// Memory freed in the middle of a heap (what many connections each held, once they close)
+    /// goes back to the kernel at a trim, not only what lies at the heap's top.
+    @Test func aTrimReturnsFreeMemoryFromTheMiddleOfTheHeap() throws {
+        #if canImport(Glibc)
+        func residentMiB() -> Int {
+            guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+                  let pages = Int(statm.split(separator: " ")[1]) else { return -1 }
+            return (pages * Int(sysconf(Int32(_SC_PAGESIZE)))) >> 20
+        }
+        // 200 MiB of 4 KiB blocks, each touched; every 50th kept, so the free space lies between
+        // blocks still in use, never at the top alone.
+        var blocks: [UnsafeMutableRawPointer] = []
+        for _ in 0..<51_200 {
+            let block = try #require(malloc(4096))
+            memset(block, 1, 4096)
+            blocks.append(block)
+        }
+        var kept: [UnsafeMutableRawPointer] = []
+        for (n, block) in blocks.enumerated() {
+            if n % 50 == 0 { kept.append(block) } else { free(block) }
+        }
+        defer { kept.forEach { free($0) } }
+        let before = residentMiB()
+        #expect(MallocTuning.trim())
+        let after = residentMiB()
+        #expect(before - after >= 100, "resident \(before) MiB before the trim, \(after) MiB after")
         #endif
     }
 }

@@ -183,6 +183,7 @@ public final class RelayApplication: Sendable {
             .init(service: pool, serviceName: "delivery"),
             .init(service: LeaseRescuer(outbox: outbox, logger: logger, held: { [pool] in pool.heldLeases() }), serviceName: "lease-rescuer"),
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
+            .init(service: MemoryTrimmer(), serviceName: "memory-trimmer"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,

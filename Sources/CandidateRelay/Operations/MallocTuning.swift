@@ -30,6 +30,28 @@ public enum MallocTuning {
     @discardableResult
     public static func apply() -> Bool { applied }
 
+    /// Hands free memory back to the kernel wherever it lies in the heaps, not only at their
+    /// top (glibc's `malloc_trim`): what many connections held (a partial request each) stays
+    /// free in the middle of the heaps once they close, and the threshold above never returns
+    /// it. Found from outside: 1,000 connections each holding 60 KiB of an unfinished request
+    /// left the daemon at 152 MiB after they had all closed, for good; a trim brought it to 48.
+    /// The top `trimThreshold` bytes of the main heap stay. False where there is no glibc.
+    @discardableResult
+    public static func trim() -> Bool {
+        #if canImport(Glibc)
+        typealias MallocTrim = @convention(c) (Int) -> Int32
+        guard let symbol = mallocTrimSymbol else { return false }
+        _ = unsafeBitCast(symbol, to: MallocTrim.self)(Int(trimThreshold))
+        return true
+        #else
+        return false
+        #endif
+    }
+
+    #if canImport(Glibc)
+    nonisolated(unsafe) private static let mallocTrimSymbol: UnsafeMutableRawPointer? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim")
+    #endif
+
     private static let applied: Bool = {
         #if canImport(Glibc)
         if getenv("MALLOC_TRIM_THRESHOLD_") != nil { return false }
