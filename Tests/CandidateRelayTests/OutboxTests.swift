@@ -19,6 +19,38 @@ import Testing
         return (dir, try Outbox(path: dir.file("o.sqlite3")))
     }
 
+    /// A reader that held the WAL open (an operator's `sqlite3` shell) let it grow past the
+    /// limit; once it is gone and the WAL checkpointed, the next write cuts the file back to
+    /// the limit instead of keeping it at its peak until the daemon stops (found from outside).
+    @Test func aWALGrownBehindAReaderIsCutBackOnceCheckpointed() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        func walBytes() throws -> Int {
+            try FileManager.default.attributesOfItem(atPath: dir.file("o.sqlite3-wal"))[.size] as? Int ?? 0
+        }
+        let reader = try DatabaseQueue(path: dir.file("o.sqlite3"))
+        let body = "{\"x\":\"" + String(repeating: "y", count: 1 << 20) + "\"}"
+        // A read transaction on a thread of its own holds the WAL while the writes go on.
+        let (holding, release, done) = (DispatchSemaphore(value: 0), DispatchSemaphore(value: 0), DispatchSemaphore(value: 0))
+        Thread {
+            try? reader.read { db in
+                _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM events")
+                holding.signal()
+                _ = release.wait(timeout: .now() + 60)
+            }
+            done.signal()
+        }.start()
+        #expect(holding.wait(timeout: .now() + 10) == .success)
+        for n in 0..<72 { _ = try await outbox.accept(Self.submission(body: body, partnerID: "wal-\(n)"), maxBacklog: 1000) }
+        #expect(try walBytes() > Outbox.walSizeLimitBytes)
+        release.signal()
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        try reader.close()
+        try await outbox.checkpointNow()
+        _ = try await outbox.accept(Self.submission(partnerID: "after"), maxBacklog: 1000)
+        #expect(try walBytes() <= Outbox.walSizeLimitBytes)
+    }
+
     /// `evt_`, the milliseconds in 12 hex digits (more only past them, never cut), 16 random ones;
     /// ids sort by arrival. Digests in lower-case hex.
     @Test func eventIDsAndHex() {
