@@ -65,11 +65,11 @@ extension RelayApplication {
         }
     }
 
-    /// Accounts whose partner credentials changed, and `lifted`: those that were waiting after
-    /// refused credentials or a failed token request, with the end of the back-off lifted. Their
-    /// events retried after the refusal are due now; each account that waited logs
-    /// `auth.credentials_changed` if its credentials changed, else `auth.backoff_lifted` (a
-    /// reload with the same credentials).
+    /// Accounts whose partner credentials changed, and `lifted`: those that were waiting, with
+    /// the end of the back-off lifted (refused credentials changed since, or a failed token
+    /// request). Their events retried after a refusal are due now; each account that waited
+    /// logs `auth.credentials_changed` if its credentials changed, else `auth.backoff_lifted`
+    /// (`sameCredentials`: a reload after a failed token request).
     static func credentialsChanged(_ changed: Set<String>, lifted: [String: Date], outbox: Outbox, logger: Logger,
                                    sameCredentials: Set<String> = []) async {
         let accounts = changed.union(lifted.keys)
@@ -88,7 +88,7 @@ extension RelayApplication {
             if let until = lifted[account] { fields.extra["back_off_was_until"] = Timestamp.string(until) }
             if sameCredentials.contains(account) {
                 logger.event(.notice, "auth.backoff_lifted",
-                             "a reload ended this account's wait after refused credentials or a failed token request, with the same credentials: its events are sent again now", fields)
+                             "a reload ended this account's wait after a failed token request (its credentials unchanged): its events are sent again now", fields)
             } else {
                 logger.event(.notice, "auth.credentials_changed",
                              "this account's partner credentials changed since the partner refused them: its events are sent again now", fields)
