@@ -97,6 +97,8 @@ struct Serve: AsyncParsableCommand {
             // text on stderr).
             RelayLogHandler.startLogger(settings).event(.error, "relay.failed", "cannot start",
                          LogFields(error: String(describing: type(of: error)), extra: ["reason": String(describing: error)]))
+            // The log line first, as written (it goes through the log's writer thread).
+            LogOutput.standardOutput.flush()
             Console.error("candidate-relay: cannot start: \(error)")
             throw ExitCode(1)
         }

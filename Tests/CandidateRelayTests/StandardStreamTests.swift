@@ -1,4 +1,6 @@
+import CandidateRelayTesting
 import Foundation
+import Synchronization
 import Testing
 @testable import CandidateRelay
 #if canImport(Glibc)
@@ -106,5 +108,40 @@ import Glibc
         #expect(got.allSatisfy { $0.utf8.count == 1023 && $0.hasSuffix(String(repeating: "x", count: 1015)) })
         let numbers = got.compactMap { Int($0.prefix(8)) }
         #expect(numbers == numbers.sorted() && numbers.first == 0)
+    }
+
+    /// At exit the queue is waited for as long as the reader reads, however slowly (found from
+    /// outside: a fixed 2 s cut a slow reader's log short, `relay.stopped` and all, without a
+    /// word); a reader that reads nothing costs the lines left, counted.
+    @Test func aFlushWaitsForASlowReaderAndGivesUpOnAStalledOne() async throws {
+        let (reader, writer) = try Self.pipePair()
+        defer { close(reader); close(writer) }
+        let output = LogOutput.descriptor(writer)
+        let line = String(repeating: "s", count: 1023) + "\n"
+        for _ in 0..<1024 { output.write(line) }  // 1 MiB: 16 pipes full
+        // A slow reader: 16 KiB every 20 ms, ~0.8 MB/s, so about 1.3 s in all, past the flush's
+        // 0.5 s without progress but never 0.5 s without reading.
+        let stop = Atomic<Bool>(false)
+        let received = Atomic<Int>(0)
+        let slow = Thread {
+            var buffer = [UInt8](repeating: 0, count: 16_384)
+            while !stop.load(ordering: .relaxed) && received.load(ordering: .relaxed) < 1024 * 1024 {
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
+                if n > 0 { received.add(n, ordering: .relaxed) }
+                usleep(20_000)
+            }
+        }
+        slow.start()
+        let before = LogOutput.droppedLines
+        #expect(output.flush(timeoutSeconds: 0.5))
+        // All written; the reader takes the last pipe's worth after.
+        #expect(await eventually(timeout: 10) { received.load(ordering: .relaxed) == 1024 * 1024 })
+        #expect(LogOutput.droppedLines == before)
+        stop.store(true, ordering: .relaxed)
+
+        // Nobody reads now: the pipe fills, and the flush gives up, counting what is left.
+        for _ in 0..<200 { output.write(line) }
+        #expect(!output.flush(timeoutSeconds: 0.3))
+        #expect(LogOutput.droppedLines > before)
     }
 }

@@ -135,15 +135,18 @@ public final class LogOutput: Sendable {
     }
     public func write(_ line: String) { sink(line) }
 
-    /// Waits until every line written so far has reached its descriptor (or was dropped), for
-    /// at most `timeoutSeconds`; false if lines were still waiting then.
+    /// Waits until every line written so far has reached its descriptor (or was dropped), as
+    /// long as the reader takes some every `timeoutSeconds`: false (the lines left counted as
+    /// dropped, and said on stderr) when it took none for that long.
     @discardableResult
     public func flush(timeoutSeconds: Double = 2) -> Bool { drain(timeoutSeconds) }
 
     public static let standardOutput: LogOutput = {
         let output = LogOutput.descriptor(STDOUT_FILENO)
-        // Every exit (`serve`'s end, a start that failed, an admin command) waits a little for
-        // the lines still queued: `relay.stopped` and `relay.failed` are the last ones.
+        // Every exit (`serve`'s end, a start that failed, an admin command) waits for the lines
+        // still queued while their reader reads (found from outside: a fixed 2 s cut a slow
+        // reader's log short, `relay.stopped` and all, without a word); systemd's stop timeout
+        // is the bound. A reader that reads nothing for 2 s costs the lines left, counted.
         atexit { LogOutput.standardOutput.flush(timeoutSeconds: 2) }
         return output
     }()
@@ -185,6 +188,14 @@ final class LineWriter: @unchecked Sendable {
     private var queuedBytes = 0
     private var writing = false
 
+    /// Chunks written so far: a flush waits while this moves.
+    private var progress = 0
+    /// The lines of the batch being written, not yet written.
+    private var inFlightLines = 0
+    /// The most bytes (whole lines) given to one `write`, so that a reader that is slow but
+    /// reads shows progress, and an exit that gives up tears at most the chunk in progress.
+    static let chunkBytes = 64 << 10
+
     init(descriptor: Int32, capacityBytes: Int) {
         self.descriptor = descriptor
         self.capacityBytes = capacityBytes
@@ -208,12 +219,24 @@ final class LineWriter: @unchecked Sendable {
     }
 
     func flush(timeoutSeconds: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(timeoutSeconds)
         condition.lock()
-        defer { condition.unlock() }
+        var seen = progress
+        var deadline = Date().addingTimeInterval(timeoutSeconds)
         while !queue.isEmpty || writing {
-            if !condition.wait(until: deadline) { return queue.isEmpty && !writing }
+            if progress != seen {
+                seen = progress
+                deadline = Date().addingTimeInterval(timeoutSeconds)
+            }
+            if !condition.wait(until: deadline), progress == seen, !queue.isEmpty || writing {
+                let left = queue.count + inFlightLines
+                condition.unlock()
+                LogOutput.countDropped(left, reason: "their output took nothing for \(RelayConfiguration.number(timeoutSeconds)) s")
+                StandardStream.write("candidate-relay: \(left) log line(s) not written: their output took nothing for "
+                                     + "\(RelayConfiguration.number(timeoutSeconds)) s\n", to: STDERR_FILENO)
+                return false
+            }
         }
+        condition.unlock()
         return true
     }
 
@@ -225,10 +248,27 @@ final class LineWriter: @unchecked Sendable {
             queue.removeAll(keepingCapacity: true)
             queuedBytes = 0
             writing = true
+            inFlightLines = batch.count
             condition.unlock()
-            // One write for what piled up (whole lines): fewer system calls under load.
-            if !StandardStream.write(batch.joined(), to: descriptor) {
-                LogOutput.countDropped(batch.count, reason: "their output refused a write (\(String(cString: strerror(errno))))")
+            // What piled up, in writes of up to `chunkBytes` of whole lines: fewer system calls
+            // under load, and progress a flush can see.
+            var start = 0
+            while start < batch.count {
+                var end = start
+                var bytes = 0
+                while end < batch.count, end == start || bytes + batch[end].utf8.count <= Self.chunkBytes {
+                    bytes += batch[end].utf8.count
+                    end += 1
+                }
+                if !StandardStream.write(batch[start..<end].joined(), to: descriptor) {
+                    LogOutput.countDropped(end - start, reason: "their output refused a write (\(String(cString: strerror(errno))))")
+                }
+                condition.lock()
+                inFlightLines -= end - start
+                progress += 1
+                condition.broadcast()
+                condition.unlock()
+                start = end
             }
             condition.lock()
             writing = false
