@@ -82,9 +82,10 @@ import Glibc
     @Test func aReaderThatStopsReadingDelaysNoWriterAndCostsOnlyTheLinesPastTheQueue() async throws {
         let (reader, writer) = try Self.pipePair()
         defer { close(reader); close(writer) }
-        let output = LogOutput.descriptor(writer)
+        let capacity = 256 << 10  // 4 MiB in the daemon
+        let output = LogOutput.descriptor(writer, queueCapacityBytes: capacity)
         let before = LogOutput.droppedLines
-        let lines = LogOutput.queueCapacityBytes / 1024 + 64 + 200  // the queue, the pipe's 64 KiB, and more
+        let lines = capacity / 1024 + 64 + 200  // the queue, the pipe's 64 KiB, and more
         // On a thread of its own, with a deadline: writes that block fail the test, not hang it.
         let done = DispatchSemaphore(value: 0)
         Thread {
@@ -118,14 +119,14 @@ import Glibc
         defer { close(reader); close(writer) }
         let output = LogOutput.descriptor(writer)
         let line = String(repeating: "s", count: 1023) + "\n"
-        for _ in 0..<1024 { output.write(line) }  // 1 MiB: 16 pipes full
-        // A slow reader: 16 KiB every 20 ms, ~0.8 MB/s, so about 1.3 s in all, past the flush's
-        // 0.5 s without progress but never 0.5 s without reading.
+        for _ in 0..<512 { output.write(line) }  // 512 KiB: 8 pipes full
+        // A slow reader: 4 KiB every 20 ms, ~0.2 MB/s, so about 2.6 s in all, past the flush's
+        // 1 s without progress but never 1 s without reading.
         let stop = Atomic<Bool>(false)
         let received = Atomic<Int>(0)
         let slow = Thread {
-            var buffer = [UInt8](repeating: 0, count: 16_384)
-            while !stop.load(ordering: .relaxed) && received.load(ordering: .relaxed) < 1024 * 1024 {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !stop.load(ordering: .relaxed) && received.load(ordering: .relaxed) < 512 * 1024 {
                 let n = buffer.withUnsafeMutableBytes { Glibc.read(reader, $0.baseAddress, $0.count) }
                 if n > 0 { received.add(n, ordering: .relaxed) }
                 usleep(20_000)
@@ -133,9 +134,9 @@ import Glibc
         }
         slow.start()
         let before = LogOutput.droppedLines
-        #expect(output.flush(timeoutSeconds: 0.5))
+        #expect(output.flush(timeoutSeconds: 1))
         // All written; the reader takes the last pipe's worth after.
-        #expect(await eventually(timeout: 10) { received.load(ordering: .relaxed) == 1024 * 1024 })
+        #expect(await eventually(timeout: 10) { received.load(ordering: .relaxed) == 512 * 1024 })
         #expect(LogOutput.droppedLines == before)
         stop.store(true, ordering: .relaxed)
 

@@ -172,7 +172,7 @@ public final class LogOutput: Sendable {
     /// their own, so that a reader that stops reading (a full pipe) delays only that thread.
     /// Found from outside: the write blocked on the event loops and the workers under one lock,
     /// and a stdout nobody read froze ingest, `/healthz`, delivery, the watchdog and SIGTERM.
-    public static func descriptor(_ descriptor: Int32) -> LogOutput {
+    public static func descriptor(_ descriptor: Int32, queueCapacityBytes: Int = LogOutput.queueCapacityBytes) -> LogOutput {
         let writer = LineWriter(descriptor: descriptor, capacityBytes: queueCapacityBytes)
         return LogOutput(sink: { writer.enqueue($0) }, drain: { writer.flush(timeoutSeconds: $0) })
     }
@@ -209,7 +209,7 @@ final class LineWriter: @unchecked Sendable {
         let size = line.utf8.count
         guard queuedBytes + size <= capacityBytes else {
             condition.unlock()
-            LogOutput.countDropped(1, reason: "their output is not being read (\(capacityBytes >> 20) MiB of lines waiting)")
+            LogOutput.countDropped(1, reason: "their output is not being read (\(capacityBytes >> 10) KiB of lines waiting)")
             return
         }
         queue.append(line)

@@ -37,7 +37,8 @@ public final class Outbox: Sendable {
     let readiness = SharedRefresh<Bool>(scalesWithCost: false, keeping: { $0 })
 
     /// Opens (creating 0700 directory and 0600 file if needed) and migrates the outbox.
-    public init(path: String, payloadMemory: PayloadMemory = PayloadMemory()) throws {
+    /// `walSizeLimitBytes`: what a checkpointed WAL is cut back to (smaller in a test).
+    public init(path: String, payloadMemory: PayloadMemory = PayloadMemory(), walSizeLimitBytes: Int = Outbox.walSizeLimitBytes) throws {
         self.path = path
         self.payloadMemory = payloadMemory
 
@@ -75,7 +76,7 @@ public final class Outbox: Sendable {
                 // lets it grow; once checkpointed, the file is cut back to this, not kept at its
                 // peak until the daemon stops (found from outside: 195 MB after a reader had
                 // held it during 4,000 webhooks).
-                try db.execute(sql: "PRAGMA journal_size_limit = \(Self.walSizeLimitBytes)")
+                try db.execute(sql: "PRAGMA journal_size_limit = \(walSizeLimitBytes)")
             }
             // An outbox a newer version migrated (a downgrade): this binary does not know its
             // schema, so it must not write to it (it opened it without a word).
@@ -119,7 +120,7 @@ public final class Outbox: Sendable {
     }
 
     /// The size a checkpointed WAL is cut back to (`PRAGMA journal_size_limit`).
-    static let walSizeLimitBytes = 64 << 20
+    public static let walSizeLimitBytes = 64 << 20
 
     /// `PRAGMA synchronous` as the writer connection sees it (2 = FULL).
     public func writerSynchronousMode() throws -> Int {
