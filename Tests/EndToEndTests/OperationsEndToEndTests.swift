@@ -149,6 +149,22 @@ import Testing
         await relay.stop()
     }
 
+    /// Writes the harness's config file for oauth2 against its simulator (the same credentials
+    /// as the harness was given), plus `extra`, and returns a loader for it.
+    static func writeOAuthConfig(_ relay: RelayHarness, _ extra: String = "") throws -> ConfigurationLoader {
+        try relay.directory.write("oauth-client-secret", "demo-client-secret")
+        try relay.directory.write("config.yaml", """
+            storage: { path: \(relay.application.configuration.storage.path) }
+            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
+            partner:
+              base_url: \(relay.simulator.baseURL)
+              auth: { mode: oauth2_client_credentials, token_url: \(relay.simulator.baseURL)/oauth/token, client_id: demo-client,
+                      client_secret_file: oauth-client-secret, scope: candidates, client_auth: basic }
+            \(extra)
+            """)
+        return ConfigurationLoader(configPath: relay.directory.file("config.yaml"), environment: [:])
+    }
+
     /// The token endpoint was down, and the account waits out its back-off (a minute here).
     /// It is back; the operator reloads with the same config: the wait ends at once
     /// (`auth.backoff_lifted`), no attempt was used, and the event is delivered.
@@ -167,17 +183,8 @@ import Testing
         #expect(await eventually { !relay.logs.events("auth.rejected").isEmpty })
         #expect(relay.logs.events("auth.rejected").first?["error"] as? String == "token_unavailable")
         await relay.simulator.setFaults(SimulatorFaults())
-        try relay.directory.write("oauth-client-secret", "demo-client-secret")
-        try relay.directory.write("config.yaml", """
-            storage: { path: \(relay.application.configuration.storage.path) }
-            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
-            partner:
-              base_url: \(relay.simulator.baseURL)
-              auth: { mode: oauth2_client_credentials, token_url: \(relay.simulator.baseURL)/oauth/token, client_id: demo-client,
-                      client_secret_file: oauth-client-secret, scope: candidates, client_auth: basic }
-            delivery: { backoff: { initial_seconds: 60, multiplier: 2, max_seconds: 3600 } }
-            """)
-        #expect(await relay.application.reload(using: ConfigurationLoader(configPath: relay.directory.file("config.yaml"), environment: [:])))
+        #expect(await relay.application.reload(using: try Self.writeOAuthConfig(
+            relay, "delivery: { backoff: { initial_seconds: 60, multiplier: 2, max_seconds: 3600 } }")))
         let record = try await relay.waitFor(id, states: ["delivered"], timeout: 10)
         #expect(record?["state"] as? String == "delivered")
         #expect(record?["attempts"] as? Int == 1)
@@ -201,16 +208,7 @@ import Testing
         var faults = SimulatorFaults()
         faults.tokenEndpointDown = true
         await relay.simulator.setFaults(faults)
-        try relay.directory.write("oauth-client-secret", "demo-client-secret")
-        try relay.directory.write("config.yaml", """
-            storage: { path: \(relay.application.configuration.storage.path) }
-            ingest: { signing_secrets_file: null, allow_unauthenticated: true }
-            partner:
-              base_url: \(relay.simulator.baseURL)
-              auth: { mode: oauth2_client_credentials, token_url: \(relay.simulator.baseURL)/oauth/token, client_id: demo-client,
-                      client_secret_file: oauth-client-secret, scope: candidates, client_auth: basic }
-            """)
-        let loader = ConfigurationLoader(configPath: relay.directory.file("config.yaml"), environment: [:])
+        let loader = try Self.writeOAuthConfig(relay)
         for _ in 0..<3 { #expect(await relay.application.reload(using: loader)) }
         let after = try #require(try await relay.post(Candidates.json(partnerID: "tok-2")))
         #expect(try await relay.waitFor(after, states: ["delivered"], timeout: 10)?["state"] as? String == "delivered")
