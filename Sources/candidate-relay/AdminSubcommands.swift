@@ -14,7 +14,11 @@ struct Events: AsyncParsableCommand {
         @Option(help: "Only this account's events (default: every account).") var account: String?
         @Flag(help: "A JSON array of records.") var json = false
 
-        func validate() throws { try AccountArgument.validate(account) }
+        func validate() throws {
+            try AccountArgument.validate(account)
+            // SQLite reads a negative LIMIT as none: `--limit -1` listed every event.
+            guard limit > 0 else { throw ValidationError("--limit must be at least 1") }
+        }
 
         func run() async throws {
             var filter: EventState?

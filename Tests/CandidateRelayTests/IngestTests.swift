@@ -455,6 +455,8 @@ import Testing
             #expect(response.status == .serviceUnavailable)
             #expect(response.headers[.retryAfter] != nil)
             #expect(Self.json(response)["error"] as? String == "unavailable")
+            // Refused at the limit, not past it: one event held, the limit being 1.
+            #expect(Self.json(response)["message"] as? String == "backlog at its limit (max_backlog 1); retry later")
         }
     }
 

@@ -50,6 +50,9 @@ import Testing
         Row(name: "422", answer: response(422), expected: .dead(error: "http_422")),
         Row(name: "408", answer: response(408), expected: .retry(error: "http_408", retryAfter: nil)),
         Row(name: "425", answer: response(425), expected: .retry(error: "http_425", retryAfter: nil)),
+        // Misdirected: not handled on that connection (RFC 9110 15.5.20), so nothing was created.
+        Row(name: "421", answer: response(421), expected: .retry(error: "http_421", retryAfter: nil)),
+        Row(name: "431", answer: response(431), expected: .dead(error: "http_431")),
         Row(name: "429 without Retry-After", answer: response(429, error(429, "too_many_requests")), expected: .retry(error: "too_many_requests", retryAfter: nil)),
         Row(name: "429 Retry-After seconds", answer: response(429, error(429, "too_many_requests"), retryAfter: "30"),
             expected: .retry(error: "too_many_requests", retryAfter: now.addingTimeInterval(30))),

@@ -156,6 +156,12 @@ import Glibc
         let list = try await runRelay(["events", "list", "--account", "globex", "--json"] + config)
         #expect((Self.json(list.output) as? [[String: Any]])?.map { $0["id"] as? String } == ["g-wait", "g-dead"])
         #expect(try await runRelay(["events", "list"] + config).output.contains("ACCOUNT"))
+        let one = try await runRelay(["events", "list", "--limit", "1", "--json"] + config)
+        #expect((Self.json(one.output) as? [[String: Any]])?.count == 1)
+        for limit in ["0", "-1"] {
+            let refused = try await runRelay(["events", "list", "--limit=\(limit)"] + config)
+            #expect(refused.status == 64 && refused.output.contains("--limit must be at least 1"))
+        }
 
         #expect(try await runRelay(["events", "retry", "a-dead", "--account", "acme"] + config).status != 0)
         let retry = try await runRelay(["events", "retry", "--all-dead", "--account", "globex"] + config)

