@@ -14,6 +14,18 @@ struct CandidateRelayCommand: AsyncParsableCommand {
         version: RelayVersion.current,
         subcommands: [Serve.self, CheckConfig.self, Reload.self, Status.self, Events.self, Purge.self, Forget.self, Backup.self, PartnerSim.self]
     )
+
+    static func main() async {
+        // `serve` ignores SIGHUP from its first instruction until the reload service traps it:
+        // its default action terminates, systemd counts that a clean exit (not restarted), and
+        // a reload sent while the daemon starts (parsing, loading the config, or a start that
+        // waits for disk space for minutes) must be dropped, not end it. Ignored here, before
+        // the arguments are parsed: from `Serve.run` the first ~25 ms after exec still died.
+        // `--demo` keeps the default: closing its terminal ends it.
+        let arguments = CommandLine.arguments.dropFirst()
+        if arguments.first == "serve", !arguments.contains("--demo") { signal(SIGHUP, SIG_IGN) }
+        await main(nil)
+    }
 }
 
 /// `--config PATH`, shared by every command but `partner-sim`.
@@ -84,10 +96,7 @@ struct Serve: AsyncParsableCommand {
         }
         let config = try await options.load()
         let settings = LogSettings(level: config.logging.level, format: config.logging.format)
-        // A SIGHUP before the reload service traps it (a start that waits for disk space can
-        // last minutes) is dropped, not the daemon's end: its default action terminates, and
-        // systemd counts that a clean exit, not restarted.
-        signal(SIGHUP, SIG_IGN)
+        // SIGHUP is ignored already (`CandidateRelayCommand.main`) until the reload service traps it.
         let app: RelayApplication
         do {
             app = try await RelayApplication.starting(configuration: config, logSettings: settings, reloader: options.loader)
