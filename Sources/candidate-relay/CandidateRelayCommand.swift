@@ -100,6 +100,9 @@ struct Serve: AsyncParsableCommand {
         let app: RelayApplication
         do {
             app = try await RelayApplication.starting(configuration: config, logSettings: settings, reloader: options.loader)
+        } catch is StartOnFullDisk.Stopped {
+            LogOutput.standardOutput.flush()  // `relay.stopped`, logged by `starting`
+            return
         } catch {
             // A log line too (JSON by default): the runbook's journal queries read only those
             // (found from outside: a locked, damaged or newer outbox said why only in plain

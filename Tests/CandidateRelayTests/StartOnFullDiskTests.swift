@@ -69,6 +69,43 @@ import Testing
         #expect(messages.last == "STATUS=starting: disk space is back\nEXTEND_TIMEOUT_USEC=90000000")
     }
 
+    /// A SIGTERM or SIGINT that cut a wait short ends the start there (`Stopped`): no attempt
+    /// after it (found from outside: the signal's default action ended the process unannounced).
+    @Test func aStopRequestedDuringAWaitEndsTheStart() async throws {
+        let logs = LogCapture()
+        let attempts = Attempts(failures: 100, error: OutboxError.full("cannot open x: SQLite error 13: database or disk is full"))
+        let signalled = Mutex(false)
+        await #expect(throws: StartOnFullDisk.Stopped.self) {
+            try await StartOnFullDisk.retrying(
+                directory: "/tmp", logger: Self.logger(logs), notifier: nil,
+                sleep: { _ in if attempts.calls.withLock({ $0 }) == 2 { signalled.withLock { $0 = true } } },
+                stopRequested: { signalled.withLock { $0 } }) { try attempts.run() }
+        }
+        #expect(attempts.calls.withLock { $0 } == 2)
+    }
+
+    /// A signal that came while the start waited, or while it finished, stops the application
+    /// once it exists, before its `run()` made the service group: `run()` then starts and stops
+    /// at once (before, such a `shutdown()` was lost, and the daemon ran on).
+    @Test func aShutdownBeforeRunStopsTheRunAtOnce() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let logs = LogCapture()
+        let config = DemoMode.configuration(stateDirectory: dir.path, simulatorURL: "http://127.0.0.1:9", port: 0)
+        let app = try await RelayApplication(configuration: config, logSettings: LogSettings(level: .info, format: .json),
+                                             output: logs.output, environment: [:])
+        await app.shutdown()
+        let stopped = try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask { try await app.run(); return true }
+            group.addTask { try await Task.sleep(for: .seconds(20)); return false }
+            let first = try await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        #expect(stopped)
+        #expect(logs.events("relay.stopped").count == 1)
+    }
+
     /// Only a full disk is waited on: a held lock, a damaged or newer outbox end the start at
     /// once, whatever the free space (found in review: a free-space test took them all for a
     /// full disk on a nearly full one, and waited for ever).

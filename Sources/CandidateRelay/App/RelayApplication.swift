@@ -34,6 +34,9 @@ public final class RelayApplication: Sendable {
     let onReady: @Sendable (Int) -> Void
     let environment: [String: String]
     let group = Live<ServiceGroup?>(nil)
+    /// `shutdown()` was called, perhaps before `run()` made the group (a SIGTERM while the start
+    /// waited for disk space, `StartStopSignals`).
+    let shutdownRequested = Live(false)
     /// Set once READY=1 has been sent (the watchdog must not be petted before).
     let ready = Live(false)
     /// How slowly a request's body may arrive before its connection is closed.
@@ -202,6 +205,8 @@ public final class RelayApplication: Sendable {
         let groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         let group = ServiceGroup(configuration: groupConfig)
         self.group.set(group)
+        // Set before `group` is read there: one of the two sees the other.
+        if shutdownRequested.value { await group.triggerGracefulShutdown() }
         do {
             try await group.run()
         } catch {
@@ -216,8 +221,10 @@ public final class RelayApplication: Sendable {
         await close()
     }
 
-    /// Starts a graceful shutdown (as SIGTERM does).
+    /// Starts a graceful shutdown (as SIGTERM does); before `run()`, `run()` starts the services
+    /// and stops them at once.
     public func shutdown() async {
+        shutdownRequested.set(true)
         await group.value?.triggerGracefulShutdown()
     }
 
