@@ -136,6 +136,10 @@ import Glibc
         let started = try #require(relay.events("relay.started").first)
         #expect(started["max_connections"] as? String == "32")
         #expect(started["open_files_limit"] as? String == "256")
+        let low = try #require(relay.events("relay.open_files_low").first)
+        #expect(low["level"] as? String == "warning")
+        #expect(low["open_files_limit"] as? String == "256")
+        #expect(low["max_connections"] as? String == "32")
         var idle: [RawHTTPConnection] = []
         for _ in 0..<250 { idle.append(try RawHTTPConnection(port: port)) }  // 32 accepted, the rest in the backlog (256)
         #expect(await eventually(timeout: 10) { !relay.events("ingest.connections_full").isEmpty })

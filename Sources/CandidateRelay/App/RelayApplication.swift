@@ -160,6 +160,16 @@ public final class RelayApplication: Sendable {
         let config = configuration
         let router = IngestRoutes.router(handler: handler)
         let connections = ConnectionCap.fromFileLimit()
+        if connections.fileLimit < ConnectionCap.lowFileLimit {
+            // Found from outside: under `ulimit -n 32` the daemon started as usual, its cap as
+            // large as the whole limit, and said nothing until partner requests failed for want
+            // of a socket.
+            logger.event(.warning, "relay.open_files_low",
+                         "the open-files limit is low: at most \(connections.cap) inbound connections, and fewer than 512 "
+                         + "descriptors for the outbox, the partner connections and the logs; raise LimitNOFILE= (or ulimit -n) "
+                         + "to \(ConnectionCap.lowFileLimit) or more",
+                         LogFields(extra: ["open_files_limit": String(connections.fileLimit), "max_connections": String(connections.cap)]))
+        }
         let app = Application(
             router: router,
             // A connection that completes no request part for a minute is closed: slow senders

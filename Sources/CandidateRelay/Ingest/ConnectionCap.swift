@@ -60,8 +60,14 @@ struct ConnectionCap: AvailableConnectionsDelegate {
     }
 
     /// A quarter of the limit, at least 512 descriptors, kept for the rest (the partner
-    /// connections alone may reach `max(64, workers) + 64`); never under 32.
+    /// connections alone may reach `max(64, workers) + 64`); never under 32, or a quarter of a
+    /// limit under 128.
     static func cap(fileLimit: Int) -> Int {
-        max(32, fileLimit - max(512, fileLimit / 4))
+        max(min(32, fileLimit / 4), fileLimit - max(512, fileLimit / 4))
     }
+
+    /// Below this limit (Linux's usual soft limit; a lower one was set on purpose) the daemon
+    /// cannot keep its 512 descriptors for the rest and a useful inbound cap: it says so at
+    /// start (`relay.open_files_low`).
+    static let lowFileLimit = 1024
 }
