@@ -186,19 +186,24 @@ import Testing
         let paused = Self.gate(clock)
         try await Self.send(paused, "default", AttemptReport(health: .down, status: 503, partnerPauseUntil: clock.now.addingTimeInterval(10)))
         await #expect(throws: CancellationError.self) { try await paused.withSlot(nil, account: "default") { true } }
+        #expect(await paused.mayResend(account: "default", resendOf: nil) == false)  // asked before the token
 
         let refused = Self.gate(clock, accounts: ["a", "b"])
         try await Self.send(refused, "a", AttemptReport(health: .untested, status: 401, credentialsRejected: true))
         await #expect(throws: CancellationError.self) { try await refused.withSlot(nil, account: "a") { true } }
+        #expect(await refused.mayResend(account: "a", resendOf: nil) == false)
+        #expect(await refused.mayResend(account: "b", resendOf: nil))
         #expect(try await refused.withSlot(nil, account: "b") { true })
 
         let tripped = Self.gate(clock, failures: 1, cooldown: 30)
         try await Self.send(tripped, "default", Self.down)
         await #expect(throws: CancellationError.self) { try await tripped.withSlot(nil, account: "default") { true } }
+        #expect(await tripped.mayResend(account: "default", resendOf: nil) == false)
         clock.advance(30)
         let probe = await tripped.bind(try await tripped.admit(), to: "default")
         #expect(probe.probe)
         #expect(try await tripped.withSlot(probe, account: "default") { true })
+        #expect(await tripped.mayResend(account: "default", resendOf: probe))
         #expect(try await tripped.withSlot(nil, account: "default", resendOf: probe) { true })  // the probe's resend after a 401
     }
 

@@ -141,6 +141,8 @@ extension DeliveryWorkerPool {
                       leaseSeconds: Double) async -> Exchange? {
         // The account left the config meanwhile (a reload): its events wait for it.
         guard let provider = tokens.value[event.account] else { return nil }
+        // A resend that may not go is not given a fresh token first (with oauth2, a request).
+        if permit == nil, !(await gate.mayResend(account: event.account, resendOf: resendOf)) { return nil }
         let token: String
         do {
             token = try await provider.token()

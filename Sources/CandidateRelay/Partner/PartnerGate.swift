@@ -502,6 +502,24 @@ public actor PartnerGate {
         return result
     }
 
+    /// Whether the resend after a 401 of the request made with `resendOf` may go now (`withSlot`
+    /// decides again when it is made): asked before its fresh token is fetched, which would be
+    /// a token request for nothing (found from outside).
+    public func mayResend(account: String, resendOf: Permit?) -> Bool {
+        !resendBlocked(account: account, resendOf: resendOf, now: now())
+    }
+
+    /// A pause, a credentials back-off or an open circuit that began since the first request
+    /// of a 401's resend (found from outside: it went during a 429's `Retry-After` another
+    /// worker had just been given). Only the probe's own resend goes while the circuit is half
+    /// open: it is the probe.
+    private func resendBlocked(account: String, resendOf: Permit?, now current: Date) -> Bool {
+        guard let state = accounts[account] else { return true }
+        let probesResend = resendOf?.probe == true && breaker.state == .halfOpen(probeInFlight: true)
+        return (breaker.isOpen && !probesResend) || pausedUntil > current || state.pausedUntil > current
+            || state.credentialsBlockedUntil > current
+    }
+
     private func takePlaces(_ permit: Permit?, account: String, resendOf: Permit?, giveUp: @Sendable () -> Bool) async throws
         -> (account: SlidingWindowLimiter.Ticket?, global: SlidingWindowLimiter.Ticket?) {
         // A first send that may no longer go is not sent: its places go back at `settle`.
@@ -523,13 +541,7 @@ public actor PartnerGate {
             // back-off or an open circuit that began since its first request (found from
             // outside: it went during a 429's `Retry-After` another worker had just been given).
             // Only the probe's own resend goes while the circuit is half open: it is the probe.
-            if permit == nil {
-                let probesResend = resendOf?.probe == true && breaker.state == .halfOpen(probeInFlight: true)
-                if (breaker.isOpen && !probesResend) || pausedUntil > current || state.pausedUntil > current
-                    || state.credentialsBlockedUntil > current {
-                    throw CancellationError()
-                }
-            }
+            if permit == nil, resendBlocked(account: account, resendOf: resendOf, now: current) { throw CancellationError() }
             if accounts[account]?.limiter.earliestAllowed(now: current) == current, global.earliestAllowed(now: current) == current,
                let ticket = accounts[account]?.limiter.reserve(now: current) {
                 return (ticket, global.reserve(now: current))
