@@ -197,6 +197,21 @@ import Yams
         #expect(problems.count == 5, "\(problems)")
     }
 
+    /// And durations below a millisecond (1e-300 passed `> 0` and acted as none at all); 0
+    /// stays what it is where it is allowed (no grace period).
+    @Test func durationsUnderAMillisecondAreProblems() async throws {
+        let dir = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3 }
+            partner: { timeout_seconds: 1e-300, rate_limit: { requests: 100, per_seconds: 0.0009 } }
+            delivery: { shutdown_grace_seconds: 0, backoff: { initial_seconds: 0.001, max_seconds: 0.001 } }
+            """)
+        defer { dir.cleanup() }
+        let problems = await Self.problems(dir)
+        #expect(problems.contains("partner.timeout_seconds: must be at least 0.001 (a millisecond)"))
+        #expect(problems.contains("partner.rate_limit.per_seconds: must be at least 0.001 (a millisecond)"))
+        #expect(problems.count == 2, "\(problems)")
+    }
+
     /// Found from outside: a 300 MB secret file was read whole by `reload` and used as the key.
     @Test func aSecretFileTooLargeToBeOneIsAProblem() async throws {
         let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n")

@@ -72,6 +72,10 @@ extension ConfigurationLoader {
         }
         for (key, value) in durations {
             check(value <= maxSeconds, key, "must be at most \(Int(maxSeconds)) (a year)")
+            // Lower bounds too (found from outside: 1e-300 passed `> 0` and acted as 0: a timeout
+            // every request hit at once, a rate window of nothing, a back-off of nothing). Zero,
+            // where it is allowed (the grace period), is a problem of its own or none.
+            if value > 0 { check(value >= minSeconds, key, "must be at least \(minSeconds) (a millisecond)") }
         }
         check(delivery.backoff.multiplier <= 1000, "delivery.backoff.multiplier", "must be at most 1000")
         check(config.storage.payloadRetentionDays <= maxDays, "storage.payload_retention_days", "must be at most \(Int(maxDays)) (100 years)")
@@ -81,6 +85,8 @@ extension ConfigurationLoader {
 
     /// The longest duration any `*_seconds` key may name, and any `*_days` key.
     static let maxSeconds = 31_536_000.0
+    /// The shortest duration any `*_seconds` key may name (but for 0 where 0 is allowed).
+    static let minSeconds = 0.001
     static let maxDays = 36_500.0
 
     /// Each account's inbound secrets are well-formed, and some inbound authentication exists.
