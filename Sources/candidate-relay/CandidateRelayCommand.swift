@@ -16,14 +16,24 @@ struct CandidateRelayCommand: AsyncParsableCommand {
     )
 
     static func main() async {
-        // `serve` ignores SIGHUP from its first instruction until the reload service traps it:
+        // `serve` ignores SIGHUP from the start of `main` until the reload service traps it:
         // its default action terminates, systemd counts that a clean exit (not restarted), and
         // a reload sent while the daemon starts (parsing, loading the config, or a start that
         // waits for disk space for minutes) must be dropped, not end it. Ignored here, before
         // the arguments are parsed: from `Serve.run` the first ~25 ms after exec still died.
+        // What is left is before `main`: the dynamic loader's and Swift runtime's first ~5-20 ms
+        // (found from outside); systemd does not send `ExecReload=` before READY=1, and a
+        // process that must signal a starting daemon can block SIGHUP before it execs it.
         // `--demo` keeps the default: closing its terminal ends it.
         let arguments = CommandLine.arguments.dropFirst()
-        if arguments.first == "serve", !arguments.contains("--demo") { signal(SIGHUP, SIG_IGN) }
+        if arguments.first == "serve" {
+            if !arguments.contains("--demo") { signal(SIGHUP, SIG_IGN) }
+            // Before SwiftNIO's first event loop, which fails first at the lowest limits.
+            if let problem = RelayApplication.openFilesProblem() {
+                Console.error("candidate-relay: cannot start: \(problem)")
+                Foundation.exit(78)
+            }
+        }
         await main(nil)
     }
 }

@@ -104,6 +104,11 @@ import Testing
         }
         #expect(stopped)
         #expect(logs.events("relay.stopped").count == 1)
+        // Never "ready" after "stopping" (found from outside: READY=1 went after STOPPING=1).
+        let order = logs.all.compactMap { line -> String? in
+            ["relay.started", "relay.stopping"].first { line.contains("\"event\":\"\($0)\"") }
+        }
+        #expect(order == ["relay.stopping"] || order == ["relay.started", "relay.stopping"], "\(order)")
     }
 
     /// Only a full disk is waited on: a held lock, a damaged or newer outbox end the start at

@@ -37,6 +37,9 @@ public final class RelayApplication: Sendable {
     /// `shutdown()` was called, perhaps before `run()` made the group (a SIGTERM while the start
     /// waited for disk space, `StartStopSignals`).
     let shutdownRequested = Live(false)
+    /// `STOPPING=1` and `relay.stopping` were sent: `READY=1` and `relay.started` no longer go
+    /// (found from outside: a stop asked for as the start finished sent READY after STOPPING).
+    let stoppingAnnounced = Mutex(false)
     /// Set once READY=1 has been sent (the watchdog must not be petted before).
     let ready = Live(false)
     /// How slowly a request's body may arrive before its connection is closed.
@@ -182,13 +185,16 @@ public final class RelayApplication: Sendable {
                                  availableConnectionsDelegate: ConnectionCap(limit: connections.cap, logger: logger)),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? config.listen.port
-                notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")
-                ready.set(true)
-                logger.event(.notice, "relay.started", "candidate-relay is ready",
-                             LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
-                                               "storage": config.storage.path, "workers": String(config.delivery.workers),
-                                               "max_connections": String(connections.cap), "open_files_limit": String(connections.fileLimit),
-                                               "accounts": config.accounts.map(\.id).joined(separator: ",")]))
+                stoppingAnnounced.withLock { stopping in
+                    guard !stopping else { return }
+                    notifier.notify("READY=1\nSTATUS=listening on \(config.listen.host):\(port)")
+                    ready.set(true)
+                    logger.event(.notice, "relay.started", "candidate-relay is ready",
+                                 LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
+                                                   "storage": config.storage.path, "workers": String(config.delivery.workers),
+                                                   "max_connections": String(connections.cap), "open_files_limit": String(connections.fileLimit),
+                                                   "accounts": config.accounts.map(\.id).joined(separator: ",")]))
+                }
                 onReady(port)
             },
             logger: logger)
@@ -256,8 +262,11 @@ struct ShutdownAnnouncer: Service {
         try? await gracefulShutdown()
         application.stopFlag.stop()
         application.pool.beginDraining()
-        application.notifier.notify("STOPPING=1")
-        application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
-                                 LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))
+        application.stoppingAnnounced.withLock { announced in
+            announced = true
+            application.notifier.notify("STOPPING=1")
+            application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
+                                     LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))
+        }
     }
 }

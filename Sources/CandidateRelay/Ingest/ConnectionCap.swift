@@ -66,8 +66,29 @@ struct ConnectionCap: AvailableConnectionsDelegate {
         max(min(32, fileLimit / 4), fileLimit - max(512, fileLimit / 4))
     }
 
+    /// Below this limit the daemon does not start (exit 78): it holds ~30 descriptors idle
+    /// (event loops, the outbox's writer and readers, logs), and found from outside, under
+    /// `ulimit -n 32` a flood of connections took the rest and left ingest dead for good, at 16
+    /// SwiftNIO crashed at start.
+    static let minimumFileLimit = 128
+
+    /// Raises the soft open-files limit (`fromFileLimit`) and says why the daemon cannot run
+    /// when even the hard one is under `minimumFileLimit`. Called first thing by `serve`: at the
+    /// lowest limits, SwiftNIO's first event loop fails before any of the daemon's own code.
+    static func startProblem() -> String? {
+        let limit = fromFileLimit().fileLimit
+        guard limit < minimumFileLimit else { return nil }
+        return "the open-files limit is \(limit), under the \(minimumFileLimit) the daemon needs "
+            + "(\(lowFileLimit) or more recommended): raise LimitNOFILE= (or ulimit -n)"
+    }
+
     /// Below this limit (Linux's usual soft limit; a lower one was set on purpose) the daemon
     /// cannot keep its 512 descriptors for the rest and a useful inbound cap: it says so at
     /// start (`relay.open_files_low`).
     static let lowFileLimit = 1024
+}
+
+extension RelayApplication {
+    /// `ConnectionCap.startProblem`, for `serve`.
+    public static func openFilesProblem() -> String? { ConnectionCap.startProblem() }
 }
