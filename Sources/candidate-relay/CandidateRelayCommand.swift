@@ -23,7 +23,8 @@ struct CandidateRelayCommand: AsyncParsableCommand {
         // the arguments are parsed: from `Serve.run` the first ~25 ms after exec still died.
         // What is left is before `main`: the dynamic loader's and Swift runtime's first ~5-20 ms
         // (found from outside); systemd does not send `ExecReload=` before READY=1, and a
-        // process that must signal a starting daemon can block SIGHUP before it execs it.
+        // process that must signal a starting daemon can set SIGHUP to ignored before it execs
+        // it (the disposition is inherited; the reload service traps it later all the same).
         // `--demo` keeps the default: closing its terminal ends it.
         let arguments = CommandLine.arguments.dropFirst()
         if arguments.first == "serve" {
