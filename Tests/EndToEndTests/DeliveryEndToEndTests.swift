@@ -392,6 +392,10 @@ import Testing
         #expect(!relay.logs.events("relay.stopping").isEmpty)
         #expect(!relay.logs.events("delivery.drained").isEmpty)
         #expect(!relay.logs.events("relay.stopped").isEmpty)
+        let order = relay.logs.all.compactMap { line in
+            ["relay.stopping", "delivery.drained", "relay.stopped"].first { line.contains("\"event\":\"\($0)\"") }
+        }
+        #expect(order == ["relay.stopping", "delivery.drained", "relay.stopped"], "\(order)")
         await relay.simulator.stop()
         relay.directory.cleanup()
     }

@@ -261,12 +261,14 @@ struct ShutdownAnnouncer: Service {
     func run() async throws {
         try? await gracefulShutdown()
         application.stopFlag.stop()
-        application.pool.beginDraining()
         application.stoppingAnnounced.withLock { announced in
             announced = true
             application.notifier.notify("STOPPING=1")
             application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
                                      LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))
         }
+        // After the announcement: an idle pool's `delivery.drained` came before it (found from
+        // outside, in the same millisecond).
+        application.pool.beginDraining()
     }
 }
