@@ -18,6 +18,7 @@ public final class RelayHarness: Sendable {
     /// Builds and starts both; `configure` adjusts the relay configuration first.
     public init(simulator simulatorConfiguration: PartnerSimulatorConfiguration = PartnerSimulatorConfiguration(),
                 bodyDeadline: BodyDeadlinePolicy = BodyDeadlinePolicy(),
+                partnerClient: (any PartnerClient)? = nil,
                 configure: (inout RelayConfiguration) -> Void = { _ in }) async throws {
         directory = try TemporaryDirectory()
         simulator = PartnerSimulator(configuration: simulatorConfiguration)
@@ -36,7 +37,8 @@ public final class RelayHarness: Sendable {
         let port = Mutex<Int?>(nil)
         application = try await RelayApplication(
             configuration: config, logSettings: LogSettings(level: config.logging.level, format: config.logging.format),
-            output: logs.output, environment: [:], bodyDeadline: bodyDeadline, onReady: { value in port.withLock { $0 = value } })
+            output: logs.output, environment: [:], partnerClient: partnerClient, bodyDeadline: bodyDeadline,
+            onReady: { value in port.withLock { $0 = value } })
         let application = self.application
         task = Task { try await application.run() }
         _ = await eventually(timeout: 30) { port.withLock { $0 } != nil }

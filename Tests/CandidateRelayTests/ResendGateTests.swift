@@ -29,34 +29,20 @@ import Testing
     }
 
     @Test func aResendThatMayNotGoFetchesNoToken() async throws {
-        let dir = try TemporaryDirectory()
-        defer { dir.cleanup() }
-        var config = DemoMode.configuration(stateDirectory: dir.path, simulatorURL: "http://127.0.0.1:9", port: 0)
-        config.delivery.workers = 2
-        config.partner.auth = .comeetJWT(apiKey: Secret("k", source: "test"), secret: Secret("s", source: "test"), tokenTTLSeconds: 600)
         let partner = PausingPartner()
-        let logs = LogCapture()
-        let port = Mutex<Int?>(nil)
-        let app = try await RelayApplication(configuration: config, logSettings: LogSettings(level: .debug, format: .json),
-                                             output: logs.output, environment: [:], partnerClient: partner,
-                                             onReady: { value in port.withLock { $0 = value } })
-        partner.application.withLock { $0 = app }
-        let run = Task { try await app.run() }
-        #expect(await eventually(timeout: 30) { port.withLock { $0 } != nil })
-        let client = HTTPTestClient(port: try #require(port.withLock { $0 }))
-        let reply = try await client.post(Candidates.json(partnerID: "resend-1"))
-        let id = try #require(reply.json["id"] as? String)
+        let relay = try await RelayHarness(partnerClient: partner) { $0.delivery.workers = 2 }
+        partner.application.withLock { $0 = relay.application }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "resend-1")))
         // Handed back unsent: pending, no attempt used.
-        #expect(await eventually(timeout: 10) { !logs.events("auth.token_rejected").isEmpty })
+        #expect(await eventually(timeout: 10) { !relay.logs.events("auth.token_rejected").isEmpty })
         #expect(try await eventually(timeout: 10) {
-            let record = try await client.record(id)
+            let record = try await relay.client.record(id)
             return record?["state"] as? String == "pending" && record?["attempts"] as? Int == 0
         })
         try await Task.sleep(for: .milliseconds(300))
         #expect(partner.calls.withLock { $0 } == 1)
         // The first request's token only: none minted for the resend that did not go.
-        #expect(logs.events("auth.token_minted").count == 1)
-        await app.shutdown()
-        _ = try? await run.value
+        #expect(relay.logs.events("auth.token_minted").count == 1)
+        await relay.stop()
     }
 }
