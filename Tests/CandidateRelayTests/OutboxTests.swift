@@ -82,6 +82,8 @@ import Testing
         let path = dir.file("state/sub/outbox.sqlite3")
         let outbox = try Outbox(path: path)
         #expect(try outbox.writerSynchronousMode() == 2)
+        // A new outbox gets 2 KB pages (`Outbox.pageSize`), not SQLite's 4 KB.
+        #expect(try outbox.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA page_size") } == 2048)
         let fileMode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         let dirMode = try FileManager.default.attributesOfItem(atPath: dir.file("state/sub"))[.posixPermissions] as? Int
         #expect(fileMode == 0o600)
