@@ -62,7 +62,7 @@ import Testing
         #expect(rows.count == Self.events.count)
         // An outbox created before `Outbox.pageSize` keeps its 4 KB pages (only a new file
         // takes the 2 KB ones), and reads as before.
-        #expect(try outbox.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA page_size") } == 4096)
+        #expect(try await outbox.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA page_size") } == 4096)
         for (row, expected) in zip(rows, Self.events) {
             #expect(row["id"] as String == expected.0)
             #expect(row["account"] as String == AccountConfiguration.defaultID)

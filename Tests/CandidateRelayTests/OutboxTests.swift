@@ -157,12 +157,13 @@ import Testing
         for n in 0..<300 { _ = try await outbox!.accept(Self.submission(partnerID: "C\(n)"), maxBacklog: 1000) }
         try outbox!.close()
         outbox = nil
-        let page = try await DatabaseQueue(path: path).read { db in
-            try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 2")
+        let (page, pageSize) = try await DatabaseQueue(path: path).read { db in
+            (try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 2"),
+             try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 0)
         }
         let file = try #require(FileHandle(forUpdatingAtPath: path))
-        try file.seek(toOffset: UInt64((try #require(page) - 1) * 4096 + 8))
-        try file.write(contentsOf: Data(repeating: 0xDE, count: 600))
+        try file.seek(toOffset: UInt64((try #require(page) - 1) * pageSize + 8))
+        try file.write(contentsOf: Data(repeating: 0xDE, count: min(600, pageSize - 8)))
         try file.close()
 
         let damaged = try Outbox(path: path)

@@ -465,12 +465,14 @@ import Glibc
         }
         try outbox.close()
         // The first leaf of the events table: the oldest events, the ones the workers claim first.
-        let page = try #require(try await DatabaseQueue(path: path).read { db in
-            try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1")
-        })
+        let (leaf, pageSize) = try await DatabaseQueue(path: path).read { db in
+            (try Int.fetchOne(db, sql: "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1"),
+             try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 0)
+        }
+        let page = try #require(leaf)
         let file = try #require(FileHandle(forUpdatingAtPath: path))
-        try file.seek(toOffset: UInt64((page - 1) * 4096 + 8))
-        try file.write(contentsOf: Data(repeating: 0xDE, count: 600))
+        try file.seek(toOffset: UInt64((page - 1) * pageSize + 8))
+        try file.write(contentsOf: Data(repeating: 0xDE, count: min(600, pageSize - 8)))
         try file.close()
 
         let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
