@@ -72,7 +72,7 @@ import Testing
     /// A gateway's 502 or 504 (it gave up on the partner, which may still be creating the
     /// candidate): the resend waits a timeout more too, not the backoff alone (found from
     /// outside: the resend met the first request still at work, and both created it).
-    @Test(arguments: [502, 504]) func aGatewaysGiveUpIsResentOnlyAfterATimeoutMore(status: Int) async throws {
+    @Test(arguments: [502, 504, 524, 503]) func aGatewaysGiveUpIsResentOnlyAfterATimeoutMore(status: Int) async throws {
         var sim = PartnerSimulatorConfiguration()
         sim.faults.failNext = 1
         sim.faults.injectStatus = status

@@ -8,12 +8,20 @@ public enum PartnerAnswer: Sendable, Equatable {
     /// No answer from the partner itself, though the request may have reached it (which may
     /// then still be working on it): a timeout, a reset or another failure mid-exchange; not a
     /// refused connection, a name or TLS handshake failure, or no token (nothing was sent).
-    /// A gateway's 502 or 504 too: the gateway gave up on the partner, which may still be
+    /// A gateway's give-up too: the gateway stopped waiting for the partner, which may still be
     /// creating the candidate (found from outside: a resend after the plain back-off met the
-    /// first request still at work, and both created it).
+    /// first request still at work, and both created it). That is 502 and 504, Cloudflare's 520
+    /// (the origin's answer lost, a reset) and 524 (the origin's timeout), the 598 and 599 of
+    /// some proxies, and a 503 without `Retry-After`: Fastly's first-byte timeout, Heroku's
+    /// 30 s router timeout and Envoy's upstream reset all answer 503 while the request may be
+    /// at work behind them (found from outside: a 524 or a bare 503 resent after 0.5 s created
+    /// the candidate twice). A 503 with `Retry-After` is the partner's own pause, and the
+    /// statuses of a gateway that never reached the partner (Cloudflare's 521, 522, 523, 525,
+    /// 526) are not give-ups.
     var mayStillBeAtThePartner: Bool {
         switch self {
-        case .response(let status, _, _): status == 502 || status == 504
+        case .response(let status, let retryAfter, _):
+            Self.gatewayGiveUps.contains(status) || (status == 503 && retryAfter == nil)
         case .transportFailure(let failure):
             switch failure {
             case .timeout, .connectionReset, .other: true
@@ -21,6 +29,11 @@ public enum PartnerAnswer: Sendable, Equatable {
             }
         }
     }
+}
+
+extension PartnerAnswer {
+    /// Statuses a gateway answers when it stopped waiting for the partner (`mayStillBeAtThePartner`).
+    static let gatewayGiveUps: Set<Int> = [502, 504, 520, 524, 598, 599]
 }
 
 /// Failures below HTTP; all retryable. The raw value is the `last_error` code operators see.
