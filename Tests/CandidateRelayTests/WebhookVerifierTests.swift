@@ -47,6 +47,23 @@ import Testing
         #expect(open.mayBeAuthentic(.init(), now: Self.signedAt))
     }
 
+    /// Found from outside: `allow_unauthenticated`, the only way to leave one account open, let
+    /// every account with a secret take a webhook sent without a signature. It opens only an
+    /// account with neither a secret nor a token now.
+    @Test func allowUnauthenticatedDoesNotOpenAnAccountWithASecretOrAToken() {
+        let signed = IngestAuthenticator(signingSecrets: [Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", source: "test")],
+                                         bearerToken: nil, allowUnauthenticated: true)
+        #expect(!signed.mayBeAuthentic(.init(webhookID: Self.id, webhookTimestamp: Self.timestamp), now: Self.signedAt))
+        #expect(!signed.isAuthentic(.init(webhookID: Self.id, webhookTimestamp: Self.timestamp), body: Self.body, now: Self.signedAt))
+        #expect(signed.isAuthentic(.init(webhookID: Self.id, webhookTimestamp: Self.timestamp, webhookSignature: Self.signature),
+                                   body: Self.body, now: Self.signedAt))
+        let withToken = IngestAuthenticator(signingSecrets: [], bearerToken: Secret("t0ken", source: "test"), allowUnauthenticated: true)
+        #expect(!withToken.isAuthentic(.init(), body: Self.body, now: Self.signedAt))
+        #expect(withToken.isAuthentic(.init(authorization: "Bearer t0ken"), body: Self.body, now: Self.signedAt))
+        let open = IngestAuthenticator(signingSecrets: [], bearerToken: nil, allowUnauthenticated: true)
+        #expect(open.isAuthentic(.init(), body: Self.body, now: Self.signedAt))
+    }
+
     @Test func rejectsTheWrongSecret() {
         let other = WebhookSecret(Secret("whsec_" + Data(repeating: 7, count: 24).base64EncodedString(), source: "test"))!
         let verifier = WebhookVerifier(secrets: [other])

@@ -57,11 +57,14 @@ public struct IngestAuthenticator: Sendable {
 
     /// The methods in order, the signature judged by `signature` (the whole check, or what the
     /// headers alone decide).
+    /// `allowUnauthenticated` opens only an account with neither a secret nor a token: one that
+    /// has either is authenticated by it alone (CONTRACT section 8). Found from outside: the key,
+    /// the only way to leave one account open, also let every signed account take a webhook
+    /// sent without a signature, while `check-config` showed their secrets.
     private func accepts(_ headers: Headers, signature: (WebhookVerifier) -> Bool) -> Bool {
         if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
         if let verifier, headers.webhookSignature != nil, signature(verifier) { return true }
-        if bearerMatches(headers.authorization) { return true }
-        return allowUnauthenticated && headers.webhookSignature == nil && headers.authorization == nil
+        return bearerMatches(headers.authorization)
     }
 
     /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
