@@ -289,6 +289,39 @@ import Testing
         #expect(try await Self.storedCount(relay) == refused.count + 2)
     }
 
+    /// A request asking to switch protocols (curl's `--http2` on `http://`, Java's `HttpClient`)
+    /// is answered as HTTP/1.1 and its connection then closed (found from outside: SwiftNIO's
+    /// parser reads nothing after it, and the next request on the connection waited a minute for
+    /// the idle timeout, unanswered). `CONNECT` and an HTTP/1.0 request with a
+    /// `Transfer-Encoding` (faulty framing, RFC 9112 §6.1) are 400 and a close, nothing stored.
+    @Test func anUpgradeIsAnsweredThenClosedAndConnectOrAnHTTP10TransferCodingIsRefused() async throws {
+        let relay = try await RelayHarness()
+        defer { Task { await relay.stop() } }
+        let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        let webhook = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        webhook.send(Self.post(Self.candidate("upgrade-webhook"), extra: h2c) + Self.post(Self.candidate("upgrade-after")))
+        #expect(await webhook.readAnswer()?.status == 202)
+        #expect(await webhook.isClosedByServer())
+        let router = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        router.send(Self.healthz.replacingOccurrences(of: "\r\n\r\n", with: "\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n") + Self.healthz)
+        #expect(await router.readAnswer()?.status == 200)
+        #expect(await router.isClosedByServer())
+        // Nothing was read after the upgrade's request: the webhook behind it is not stored.
+        #expect(try await Self.storedCount(relay) == 1)
+
+        let connect = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        connect.send("CONNECT relay:443 HTTP/1.1\r\nHost: relay:443\r\n\r\n")
+        #expect(await connect.readAnswer()?.status == 400)
+        #expect(await connect.isClosedByServer())
+        let body = Self.candidate("http10-chunked")
+        let http10Chunked = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+        http10Chunked.send("POST /v1/candidates HTTP/1.0\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                           + "Transfer-Encoding: chunked\r\n\r\n" + String(body.utf8.count, radix: 16) + "\r\n" + body + "\r\n0\r\n\r\n")
+        #expect(await http10Chunked.readAnswer()?.status == 400)
+        #expect(await http10Chunked.isClosedByServer())
+        #expect(try await Self.storedCount(relay) == 1)
+    }
+
     /// A framing error after a webhook, then the client's half-close: the webhook's 202, then
     /// the 400, then the close (found from outside: the 400 was lost, only the 202 came).
     @Test func aMalformedRequestAfterAWebhookIsAnsweredBeforeAHalfClose() async throws {

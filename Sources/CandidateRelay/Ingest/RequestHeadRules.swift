@@ -17,7 +17,16 @@ import NIOHTTP1
 ///   way (found from outside: `gzip, chunked` with a plain body was stored, and a proxy in front
 ///   that applies the codings it is told of reads another body than the one stored). The relay
 ///   decodes no transfer coding but chunked (RFC 9112 §6.1 allows 501; a 400 and a close, as
-///   for every request whose body cannot be read as sent, tells the sender as much).
+///   for every request whose body cannot be read as sent, tells the sender as much). So is an
+///   HTTP/1.0 request with any `Transfer-Encoding` (RFC 9112 §6.1: its framing is faulty; it
+///   was read as chunked and the connection kept).
+/// - A request asking to switch protocols (`Upgrade` named in `Connection`: curl's `--http2`
+///   on an `http://` URL, Java's `HttpClient` by default) is answered as HTTP/1.1, as RFC 9110
+///   §7.8 allows, and then ends its connection. SwiftNIO's parser reads nothing more of a
+///   connection after such a request (it leaves the rest to an upgrader, and there is none):
+///   found from outside, the next request on it waited a minute for the idle timeout, unanswered.
+/// - `CONNECT` is refused the same way (400, then close): an origin server has no tunnel to
+///   open, and the parser stops after it as after an upgrade.
 final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -31,17 +40,25 @@ final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let hosts = head.headers["host"].count
-        if hosts > 1 || (hosts == 0 && head.version != .http1_0) || !Self.onlyChunked(head.headers[canonicalForm: "transfer-encoding"]) {
+        let codings = head.headers[canonicalForm: "transfer-encoding"]
+        if hosts > 1 || (hosts == 0 && head.version != .http1_0) || !Self.onlyChunked(codings)
+            || (head.version == .http1_0 && !codings.isEmpty) || head.method == .CONNECT {
             refused = true
             context.fireErrorCaught(HTTPParserError.invalidHeaderToken)
             return
         }
-        guard head.version == .http1_0, !head.isKeepAlive else {
+        guard (head.version == .http1_0 && !head.isKeepAlive) || Self.asksUpgrade(head.headers) else {
             context.fireChannelRead(data)
             return
         }
         head.headers.replaceOrAdd(name: "connection", value: "close")
         context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+
+    /// True when `Connection` names `upgrade`: what makes SwiftNIO's parser stop after the
+    /// request (an `Upgrade` field alone does not).
+    static func asksUpgrade(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
     }
 
     /// True when the `Transfer-Encoding` fields name no coding, or `chunked` once and nothing
