@@ -117,9 +117,13 @@ public final class RelayApplication: Sendable {
         // One connection per worker (the default, 8, would queue a larger pool's requests
         // behind each other); the workers may grow on reload, hence the margin, and spares may
         // join them while every worker waits on a slow answer (a spare's request must not queue
-        // behind the hung ones).
+        // behind the hung ones). An idle connection is closed after 4 s, before the partner's
+        // side would: a server that closes it first (Node's 5 s, many proxies' own) can do so
+        // just as a request leaves on it, and that request fails as `connection_reset`: an
+        // attempt used and its resend held `partner.timeout_seconds` (found from outside: 1 of 20
+        // requests against a 1 s server-side idle timeout, with our 60 s).
         clientConfiguration.connectionPool = .init(
-            idleTimeout: .seconds(60),
+            idleTimeout: .seconds(4),
             concurrentHTTP1ConnectionsPerHostSoftLimit: max(64, configuration.delivery.workers) + DeliveryWorkerPool.maxSpares)
         // No distributed tracing here: without this the client opens a (no-op) span per request
         // and parses the URL again for its attributes, ~2 % of the daemon's CPU while delivering.
