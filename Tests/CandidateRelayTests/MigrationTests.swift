@@ -1,6 +1,7 @@
 import CandidateRelayTesting
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 @testable import CandidateRelay
 
@@ -47,6 +48,42 @@ import Testing
         #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe"])
         #expect(!columns.contains("account"))
         #expect(count == Self.events.count)
+    }
+
+    /// Found from outside: the daemon and an admin command opening an old outbox at once (its
+    /// first start of a new release, a `status` meanwhile) both ran its migrations, and the
+    /// second failed on `UNIQUE constraint failed: grdb_migrations.identifier`. Here both have
+    /// read what is applied and wait for the write lock, held by a third connection: both open.
+    @Test func twoOpensMigratingAtOnceBothSucceed() async throws {
+        let (dir, path) = try Self.copy()
+        defer { dir.cleanup() }
+        var holding = Configuration()
+        holding.allowsUnsafeTransactions = true
+        let holder = try DatabaseQueue(path: path, configuration: holding)
+        // A WAL with a frame (an open would write one otherwise, and wait for the lock first).
+        try await holder.writeWithoutTransaction { db in
+            try db.execute(sql: "BEGIN IMMEDIATE; CREATE TABLE held (x); DROP TABLE held; COMMIT; BEGIN IMMEDIATE")
+        }
+        // Threads, not tasks: an open blocks its thread while it waits for the lock, and two
+        // would hold the whole cooperative pool of a two-core machine.
+        let failures = Mutex<[String?]>([])
+        let done = DispatchGroup()
+        for _ in 0..<2 {
+            done.enter()
+            Thread {
+                var failure: String?
+                do { _ = try Outbox(path: path) } catch { failure = "\(error)" }
+                failures.withLock { $0.append(failure) }
+                done.leave()
+            }.start()
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        try await holder.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
+        done.wait()
+        #expect(failures.withLock { $0 } == [nil, nil])
+        let applied = try await holder.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") }
+        #expect(applied.count == OutboxSchema.migrator.migrations.count)
+        #expect(try await holder.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events") } == Self.events.count)
     }
 
     @Test func everyEventAndAttemptIsKeptAsTheDefaultAccounts() async throws {

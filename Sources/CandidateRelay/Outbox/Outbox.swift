@@ -92,7 +92,7 @@ public final class Outbox: Sendable {
                 throw OutboxError.storage("cannot open \(path): it was written by a newer candidate-relay (schema migrations "
                     + "\(unknown.joined(separator: ", ")) are unknown to this version); run that version, or restore a copy made before it")
             }
-            try OutboxSchema.migrator.migrate(pool)
+            try Self.migrate(pool)
             // The path as configured (through a symlink: what a restart would open, so a
             // symlink pointed elsewhere counts as replaced), and the WAL and shared-memory files
             // beside the file SQLite opened (it resolves symlinks). A deleted -shm lets another
@@ -106,6 +106,31 @@ public final class Outbox: Sendable {
             throw Self.fullOrStorage(error, path: path, "cannot open \(path): \(error)")
         }
 
+    }
+
+    /// Runs the migrations still to run, again when another process ran them meanwhile. Every
+    /// process of a new release migrates an old outbox at its first open, the daemon and the
+    /// admin commands alike, and GRDB decides what is to run before it takes the write lock: the
+    /// second one ran a migration the first had just committed and failed (found from outside:
+    /// `status` during a daemon's first start on a large outbox, and either exited 1 on
+    /// `UNIQUE constraint failed: grdb_migrations.identifier`). The failed one rolled back whole
+    /// (a migration is one transaction, its identifier written last), so it is tried again while
+    /// the applied migrations grew meanwhile, or the file was busy with another's.
+    static func migrate(_ pool: DatabasePool) throws {
+        let migrator = OutboxSchema.migrator
+        var tries = 0
+        while true {
+            let before = try pool.read { try migrator.appliedIdentifiers($0) }
+            do {
+                try migrator.migrate(pool)
+                return
+            } catch {
+                tries += 1
+                let after = try pool.read { try migrator.appliedIdentifiers($0) }
+                let busy = (error as? DatabaseError)?.resultCode == .SQLITE_BUSY
+                guard after != before || busy, tries < 100 else { throw error }
+            }
+        }
     }
 
     /// Creates the outbox's directory 0700 when it does not exist yet.
