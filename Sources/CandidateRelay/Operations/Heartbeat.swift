@@ -226,7 +226,7 @@ public struct Heartbeat: Service {
                     throw OutboxError.fileGone(problem)
                 }
                 if !filesGoneLogged {
-                    logger.event(.error, "storage.failed", "an outbox file was deleted or replaced while open; webhooks are refused "
+                    logger.event(.error, "storage.failed", "an outbox file was deleted, replaced or cannot be looked up while open; webhooks are refused "
                                  + "(503) until it is back or the daemon restarts, deliveries go on: \(problem)", LogFields(error: "outbox_file_gone"))
                 }
                 filesGoneLogged = true
