@@ -194,8 +194,8 @@ struct Reload: AsyncParsableCommand {
         case .noDaemon(let reason):
             Console.error("reload failed: \(reason)")
             throw ExitCode(1)
-        case .noAnswer:
-            Console.error("reload failed: the daemon did not answer within \(timeout) s")
+        case .noAnswer(let reason):
+            Console.error("reload failed: no answer within \(timeout) s: \(reason)")
             throw ExitCode(1)
         }
     }

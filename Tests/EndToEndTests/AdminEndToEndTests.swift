@@ -258,6 +258,17 @@ import Glibc
         try FileManager.default.removeItem(atPath: dir.file("state/outbox.sqlite3.lock"))
         let noLockFile = try await runRelay(["reload", "--pid", String(daemon.process.processIdentifier), "--timeout", "10"] + config)
         #expect(noLockFile.status == 0, "\(noLockFile.output)")
+        // A report the daemon cannot write (as on a full disk; here its temporary file's path is
+        // taken by a directory): applied, and the command says that it may have been, not only
+        // that the daemon may hang (found from outside: "did not answer", the words for a hang).
+        try FileManager.default.createDirectory(atPath: dir.file("state/outbox.sqlite3.reload.tmp"), withIntermediateDirectories: false)
+        try dir.write("config.yaml", original + "\n# unanswered\n")
+        let reloadedBefore = daemon.events("config.reloaded").count
+        let unanswered = try await runRelay(["reload", "--pid", String(daemon.process.processIdentifier), "--timeout", "3"] + config)
+        #expect(unanswered.status == 1, "\(unanswered.output)")
+        #expect(unanswered.output.contains("wrote no answer to"), "\(unanswered.output)")
+        #expect(unanswered.output.contains("may have handled the reload and been unable to write the answer"), "\(unanswered.output)")
+        #expect(daemon.events("config.reloaded").count == reloadedBefore + 1)
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit() == 0)
         // No daemon: a clear failure, not a hang.

@@ -60,7 +60,8 @@ public enum ReloadCommand {
         case applied(restartNeeded: [String])
         case refused([String])
         case noDaemon(String)
-        case noAnswer
+        /// The daemon lives but no report came: why it may be, in words.
+        case noAnswer(String)
     }
 
     /// - Parameters:
@@ -99,7 +100,23 @@ public enum ReloadCommand {
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return .noAnswer
+        return .noAnswer(Self.noAnswerReason(pid: target, reportPath: ReloadReport.path(outboxPath: outboxPath)))
+    }
+
+    /// A daemon that handled the SIGHUP but could not write its report (a full disk, a state
+    /// directory it may no longer write) looks hung to this command: said as a possibility,
+    /// with the filesystem's free space when it is gone (found from outside: a reload applied
+    /// on a full disk was reported as "the daemon did not answer", the words for a hung daemon).
+    static func noAnswerReason(pid: Int32, reportPath: String) -> String {
+        let directory = (reportPath as NSString).deletingLastPathComponent
+        var full = ""
+        var fs = statvfs()
+        if statvfs(directory.isEmpty ? "." : directory, &fs) == 0, UInt64(fs.f_bavail) * UInt64(fs.f_frsize) < 64 << 10 {
+            full = "; the filesystem of \(directory) is full"
+        }
+        return "process \(pid) is running but wrote no answer to \(reportPath)\(full): it may be hung, or it may have handled the "
+            + "reload and been unable to write the answer (a full disk, a state directory it cannot write); its log says what it did "
+            + "(config.reloaded, config.reload_rejected, storage.failed)"
     }
 
     /// The outbox `pid` runs on, read from the process's open files (Linux's `/proc/<pid>/fd`:
