@@ -61,6 +61,31 @@ import Testing
         try await Self.expectSame(outbox, now, "prune")
     }
 
+    /// Found from outside: another process's change (an admin command) showed in the live
+    /// counts only at the next heartbeat's recount (60 s by default): retried events counted
+    /// both dead and pending. `noticeOtherWriters` sees another process's commit, and only that.
+    @Test func anotherProcesssChangeIsNoticedAndOwnWritesAreNot() async throws {
+        let (dir, daemon) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(1)
+        for n in 0..<3 {
+            _ = try await daemon.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 100)
+        }
+        let event = try #require(try await OutboxAccountsTests.claim(daemon, ["acme"], at: now))
+        #expect(try await daemon.complete(event, outcome: .dead(status: 422, error: "invalid"), now: now, latencyMs: 5))
+        #expect(await !daemon.noticeOtherWriters())  // the first look only notes where it stands
+        try await Self.expectSame(daemon, now, "before")
+        // The daemon's own writes are not another's.
+        _ = try await daemon.accept(OutboxAccountsTests.submission("e9", account: "acme", partnerID: "C9"), maxBacklog: 100)
+        #expect(await !daemon.noticeOtherWriters())
+        // An admin command: another connection (another process's, as `events retry` has).
+        let admin = try Outbox(path: dir.file("o.sqlite3"))
+        #expect(try await admin.retry(ids: nil, now: now).retried.count == 1)
+        #expect(await daemon.noticeOtherWriters())
+        try await Self.expectSame(daemon, now, "after another process's retry")
+        #expect(await !daemon.noticeOtherWriters())
+    }
+
     /// Outcomes committed while a recount runs are counted once: in its snapshot or after it.
     @Test func aRecountRacingOutcomesCountsEachOnce() async throws {
         let (dir, outbox) = try OutboxTests.open()

@@ -193,6 +193,8 @@ public struct Heartbeat: Service {
         // begun and is not finished.
         var unrebased = 0.0
         var rebasing = false
+        // An admin command changed the outbox: its counts are refreshed, not left to the next beat.
+        var othersWrote = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
             if let step = steps.observe(wall: current, boot: bootTime()) {
@@ -244,16 +246,19 @@ public struct Heartbeat: Service {
             }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.
+            if isReady(), await outbox.noticeOtherWriters() { othersWrote = true }
             if current >= nextBeat && isReady() {
+                othersWrote = false
                 statusChanges = metrics.changeCount
                 do { previous = try await beat(previous: previous) } catch {
                     logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: OutboxError.logCode(error)))
                 }
                 nextBeat = current.addingTimeInterval(interval.value)
-            } else if metrics.changeCount != statusChanges, ContinuousClock.now >= refreshAllowedAt {
+            } else if metrics.changeCount != statusChanges || othersWrote, ContinuousClock.now >= refreshAllowedAt {
                 // `systemctl status` follows the counts within a second, not a heartbeat (with a
                 // small backlog).
                 statusChanges = metrics.changeCount
+                othersWrote = false
                 let started = ContinuousClock.now
                 _ = try? await refreshStatus()
                 refreshAllowedAt = .now + SharedRefresh<Void>.standing(reuse: .zero, took: started.duration(to: .now))

@@ -15,8 +15,9 @@ import Synchronization
 /// Exact for this process's own writes: the snapshot is taken on SQLite's writer queue (GRDB's
 /// `spawnConcurrentRead`), where the deltas are reset and where every delivery commit adds its
 /// own, so an outcome is in the snapshot or in the deltas, never both, never neither. Another
-/// process's changes (`events retry`, `purge`, `forget`) show at the next recount; the
-/// daemon's own retention pruner asks for one.
+/// process's changes (`events retry`, `purge`, `forget`) are noticed by the heartbeat within a
+/// second (`noticeOtherWriters`), which drops the counts; the daemon's own retention pruner
+/// drops them too.
 struct SettledCounts: Sendable {
     /// Per account, per settled state, at the snapshot; nil: none yet, or a failed recount.
     var base: [String: [EventState: Int]]?
@@ -135,6 +136,25 @@ extension Outbox {
             }
         }
         try counted.get()
+    }
+
+    /// Whether another process committed to the outbox since the last call (an admin command:
+    /// `events retry`, `purge`, `forget`), and if so forgets the settled counts, so that the next
+    /// `liveStatus` counts them again. Found from outside: after `events retry --all-dead`,
+    /// `/metrics` counted the retried events both dead and pending for a heartbeat (60 s by
+    /// default), and events `forget` removed stayed counted. `PRAGMA data_version` on the writer
+    /// connection changes with other connections' commits only, and every write of this process
+    /// goes through that connection (the readers never write).
+    public func noticeOtherWriters() async -> Bool {
+        guard let version = try? await pool.writeWithoutTransaction({ db in try Int.fetchOne(db, sql: "PRAGMA data_version") }) ?? nil else {
+            return false
+        }
+        let changed = otherWritersSeen.withLock { seen -> Bool in
+            defer { seen = version }
+            return seen != nil && seen != version
+        }
+        if changed { invalidateSettled() }
+        return changed
     }
 
     /// Forgets the settled counts (after this process deleted or changed settled events other

@@ -26,6 +26,8 @@ public final class Outbox: Sendable {
     /// The settled states' counts (`liveStatus`): a scan from a snapshot, plus what this
     /// process settled since.
     let settled = Mutex(SettledCounts())
+    /// `PRAGMA data_version` as the writer connection last read it (`noticeOtherWriters`).
+    let otherWritersSeen = Mutex<Int?>(nil)
     /// Accounts with nothing due, as the last claims found them (`QuietAccounts`).
     let quiet = QuietAccounts()
     /// Large payloads held by the workers from the claim until the delivery is over (`PayloadMemory`).
