@@ -246,7 +246,6 @@ public struct Heartbeat: Service {
             }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.
-            if isReady(), await outbox.noticeOtherWriters() { othersWrote = true }
             if current >= nextBeat && isReady() {
                 othersWrote = false
                 statusChanges = metrics.changeCount
@@ -269,6 +268,9 @@ public struct Heartbeat: Service {
                 await outbox.probeResponsive()
                 notifier.notify("WATCHDOG=1")
             }
+            // After the watchdog's ping, which this look (on the writer's queue too) must not
+            // delay; what it finds is refreshed at the next tick.
+            if isReady(), await outbox.noticeOtherWriters() { othersWrote = true }
             try? await gracefulSleep(seconds: tick)
         }
     }
