@@ -1215,11 +1215,11 @@ class Bench:
         rows.append(Row("Ingest, unsigned: durable 202/s vs /healthz", fmt_rate(ui.ok_rate), fmt_rate(hz),
                         f"{ui.ok_rate / hz:.2f}", "≥ 0.50", verdict(ui.ok_rate / hz >= 0.5)))
         rows.append(Row("Ingest, unsigned vs 1 row/commit FULL", fmt_rate(ui.ok_rate), fmt_rate(s1, " rows/s"),
-                        f"{ui.ok_rate / s1:.1f}×", "≥ 3×", verdict(ui.ok_rate / s1 >= 3)))
+                        f"{ui.ok_rate / s1:.2f}×", "≥ 3×", verdict(ui.ok_rate / s1 >= 3)))
         rows.append(Row("Ingest, unsigned vs 64 rows/commit FULL", fmt_rate(ui.ok_rate), fmt_rate(s64, " rows/s"),
                         f"{ui.ok_rate / s64:.2f}", "", "—"))
         rows.append(Row("Ingest, unsigned vs 1 row/commit FULL at 2 KB pages", fmt_rate(ui.ok_rate), fmt_rate(s1p, " rows/s"),
-                        f"{ui.ok_rate / s1p:.1f}×", "", "—"))
+                        f"{ui.ok_rate / s1p:.2f}×", "", "—"))
         if peer:
             rows.append(Row("Ingest, unsigned vs naive Python peer (Starlette + uvicorn, 1 commit/request)",
                             fmt_rate(ui.ok_rate), fmt_rate(peer.ok_rate), f"{ui.ok_rate / peer.ok_rate:.1f}×" if peer.ok_rate else "∞",
@@ -1232,7 +1232,7 @@ class Bench:
         rows.append(Row("Ingest, signed (Standard Webhooks): durable 202/s vs /healthz", fmt_rate(si.ok_rate), fmt_rate(hz),
                         f"{si.ok_rate / hz:.2f}", "≥ 0.50", verdict(si.ok_rate / hz >= 0.5)))
         rows.append(Row("Ingest, signed vs 1 row/commit FULL", fmt_rate(si.ok_rate), fmt_rate(s1, " rows/s"),
-                        f"{si.ok_rate / s1:.1f}×", "≥ 3×", verdict(si.ok_rate / s1 >= 3)))
+                        f"{si.ok_rate / s1:.2f}×", "≥ 3×", verdict(si.ok_rate / s1 >= 3)))
         rows.append(Row("Ingest, signed: latency p50 / p99", f"{si['p50_us'] / 1000:.1f} / {si['p99_us'] / 1000:.1f} ms",
                         f"unsigned {ui.ok_rate:,.0f}/s", f"{si.ok_rate / ui.ok_rate:.2f} of unsigned", "", "—"))
         sc = r["sim_ceiling"].ok_rate
