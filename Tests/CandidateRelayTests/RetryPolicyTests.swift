@@ -102,6 +102,15 @@ import Testing
         #expect(RetryAfter.parse(header, now: now) == now.addingTimeInterval(seconds))
     }
 
+    /// Found from outside: delay-seconds of 309 digits or more (past a Double) were ignored; they
+    /// are the longest wait (capped by the caller, as every wait is).
+    @Test func retryAfterPastADoubleIsTheLongestWait() {
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        #expect(RetryAfter.parse(String(repeating: "9", count: 400), now: now) == .distantFuture)
+        #expect(RetryAfter.parse(String(repeating: "9", count: 400) + ".5", now: now) == .distantFuture)
+        #expect(RetryAfter.longest(["5", String(repeating: "9", count: 309)], now: now) == String(repeating: "9", count: 309))
+    }
+
     /// Sent twice: the longer wait, whichever comes first (found from outside).
     @Test func retryAfterSentTwiceIsTheLongerWait() {
         let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z

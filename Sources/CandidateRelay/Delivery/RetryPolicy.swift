@@ -8,8 +8,11 @@ public enum RetryAfter {
         // reads "0x10" (16 s, found from outside), "1e3" and "+5".
         let digits = trimmed.utf8.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
         if !trimmed.isEmpty, digits.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") } }),
-           let seconds = Double(trimmed), seconds >= 0, seconds.isFinite {
-            return now.addingTimeInterval(seconds)
+           let seconds = Double(trimmed), seconds >= 0 {
+            // Digits past what a Double holds (309 and more) are the longest wait, not none:
+            // found from outside, they were ignored and the event retried after the back-off.
+            // The caller caps every wait at `backoff.max_seconds`.
+            return seconds.isFinite ? now.addingTimeInterval(seconds) : .distantFuture
         }
         for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "EEEE, dd-MMM-yy HH:mm:ss zzz", "EEE MMM d HH:mm:ss yyyy"] {
             let formatter = DateFormatter()
