@@ -117,10 +117,13 @@ public final class Outbox: Sendable {
     /// `status` during a daemon's first start on a large outbox, and either exited 1 on
     /// `UNIQUE constraint failed: grdb_migrations.identifier`). The failed one rolled back whole
     /// (a migration is one transaction, its identifier written last), so it is tried again while
-    /// the applied migrations grew meanwhile, or the file was busy with another's.
+    /// the applied migrations grew meanwhile, and twice more when the file stayed busy (each
+    /// wait is SQLite's busy timeout): a lock held longer (a `sqlite3` shell left in a
+    /// transaction) still fails the open, as before, not after minutes of silence.
     static func migrate(_ pool: DatabasePool) throws {
         let migrator = OutboxSchema.migrator
         var tries = 0
+        var busyTries = 0
         while true {
             let before = try pool.read { try migrator.appliedIdentifiers($0) }
             do {
@@ -130,7 +133,8 @@ public final class Outbox: Sendable {
                 tries += 1
                 let after = try pool.read { try migrator.appliedIdentifiers($0) }
                 let busy = (error as? DatabaseError)?.resultCode == .SQLITE_BUSY
-                guard after != before || busy, tries < 100 else { throw error }
+                if busy { busyTries += 1 }
+                guard after != before || (busy && busyTries <= 2), tries < 100 else { throw error }
             }
         }
     }
