@@ -44,21 +44,16 @@ final class OutboxFileWatch: Sendable {
             var isDatabase = false
             for (index, file) in state.opened.enumerated() {
                 var info = stat()
-                if stat(file.path, &info) != 0 {
-                    let code = errno
-                    // Found from outside: a directory made unreadable (`chmod 000`) was said to be
-                    // a deleted file, sending the operator to restore files that were all there.
-                    current = code == ENOENT || code == ENOTDIR
-                        ? "\(file.path) was deleted while open: what is written now reaches no file a restart reads"
-                        : "\(file.path) cannot be looked up (\(String(cString: strerror(code)))): a restart could not open it either; check the permissions of the file and its directories"
-                    isDatabase = index == 0
-                    break
-                }
-                if UInt64(info.st_dev) != file.device || UInt64(info.st_ino) != file.inode {
-                    current = "\(file.path) was replaced while open: what is written now reaches no file a restart reads"
-                    isDatabase = index == 0
-                    break
-                }
+                let looked = stat(file.path, &info) == 0
+                let code = errno
+                if looked && UInt64(info.st_dev) == file.device && UInt64(info.st_ino) == file.inode { continue }
+                // Found from outside: a directory made unreadable (`chmod 000`) was said to be a
+                // deleted file, sending the operator to restore files that were all there.
+                current = looked || code == ENOENT || code == ENOTDIR
+                    ? "\(file.path) was \(looked ? "replaced" : "deleted") while open: what is written now reaches no file a restart reads"
+                    : "\(file.path) cannot be looked up (\(String(cString: strerror(code)))): a restart could not open it either; check the permissions of the file and its directories"
+                isDatabase = index == 0
+                break
             }
             defer { (state.problem, state.problemIsDatabaseFile) = (current, isDatabase) }
             return (current, isDatabase, current != nil && state.problem == nil)
