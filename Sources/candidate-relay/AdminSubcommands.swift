@@ -83,13 +83,13 @@ struct Purge: AsyncParsableCommand {
     func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
-        let config = try await options.load(secretsRequired: false)
+        let config = try await options.storageConfiguration()
         var seconds = config.storage.payloadRetentionDays * 86_400
         if let olderThan {
             guard let parsed = DurationParser.seconds(olderThan) else { throw ValidationError("bad duration \(olderThan)") }
             seconds = parsed
         }
-        let admin = AdminCommands(outbox: try await options.outbox())
+        let admin = AdminCommands(outbox: try await options.outbox(config))
         Console.out(try await admin.purge(
             olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays, account: account))
     }

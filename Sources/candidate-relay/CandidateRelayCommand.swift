@@ -56,9 +56,27 @@ struct ConfigOption: ParsableArguments {
         }
     }
 
+    /// What an admin command needs: the `storage` section sound, or exit 78 with one line per
+    /// problem. Problems elsewhere (one a reload refused) are said on stderr and do not stop it.
+    func storageConfiguration() async throws -> RelayConfiguration {
+        do {
+            let (config, otherProblems) = try await loader.loadForOutbox()
+            if !otherProblems.isEmpty {
+                Console.error("warning: \(loader.configPath) has problems the daemon would refuse at a start or a reload "
+                    + "(check-config lists them); this command needs only its storage section, which is sound:")
+                for problem in otherProblems { Console.error("  \(problem.description)") }
+            }
+            return config
+        } catch let error as ConfigurationError {
+            for problem in error.problems { Console.error(problem.description) }
+            throw ExitCode(78)
+        }
+    }
+
     /// Opens the outbox for an admin command (no daemon lock: it shares the file with the daemon).
-    func outbox() async throws -> Outbox {
-        let config = try await load(secretsRequired: false)
+    func outbox(_ loaded: RelayConfiguration? = nil) async throws -> Outbox {
+        let config: RelayConfiguration
+        if let loaded { config = loaded } else { config = try await storageConfiguration() }
         guard FileManager.default.fileExists(atPath: config.storage.path) else {
             Console.error("no outbox at \(config.storage.path) (has the daemon ever run with this config?)")
             throw ExitCode(1)

@@ -1,6 +1,7 @@
 import CandidateRelayTesting
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 @testable import CandidateRelay
 
@@ -167,6 +168,40 @@ import Testing
         #expect(try await outbox.record(id: "a-dead")?.state == .pending)
     }
 
+    /// Found from outside: `events retry --all-dead` beside another retry (or a purge) exited 1,
+    /// with every event the other command had taken "skipped". Here another retry takes the
+    /// last dead event between this command's two transactions.
+    @Test func retryAllDeadLeavesAnEventChangedMeanwhileAndSucceeds() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let count = Outbox.maintenanceChunk + 1
+        for i in 0..<count {
+            _ = try await outbox.accept(OutboxAccountsTests.submission(
+                String(format: "e%04d", i), account: "acme", body: #"{"first_name":"Ada"}"#, partnerID: "c\(i)",
+                at: Self.start.addingTimeInterval(Double(i) / 1000)), maxBacklog: 10_000)
+        }
+        try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL") }
+        let admin = AdminCommands(outbox: outbox, now: { Self.now })
+        let interloper = Mutex(false)
+        let pause = MaintenancePause { _ in
+            guard interloper.withLock({ ran in defer { ran = true }; return !ran }) else { return }
+            _ = try await outbox.retry(ids: nil, now: Self.now)  // another `events retry --all-dead`
+        }
+        let result = try await admin.retry(ids: nil, pause: pause)
+        #expect(result.allFound)
+        #expect(result.text.hasSuffix("""
+            1 event(s) found dead were no longer dead with their payload by their turn (another command retried, purged or erased them meanwhile): left as they are
+            \(Outbox.maintenanceChunk) event(s) moved back to pending
+            """), "\(result.text.suffix(300))")
+        #expect(!result.text.contains("skipped"))
+        let pending = try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE state = 'pending'") }
+        #expect(pending == count)
+        // Named ids are still the operator's own: one not retried is a failure.
+        let named = try await admin.retry(ids: ["e0000"])
+        #expect(!named.allFound)
+        #expect(named.text.hasPrefix("skipped e0000 (unknown, not dead, or its payload was erased)"))
+    }
+
     /// Found from outside: `events retry ID ID` retried it, then said "skipped" and exited 1.
     @Test func anIdGivenTwiceIsRetriedOnce() async throws {
         let (dir, outbox, admin) = try await Self.populated()
@@ -216,6 +251,28 @@ import Testing
         let kept = try await outbox.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM payloads") }
         #expect(kept == 1)  // a-wait: another candidate
         #expect(try await outbox.record(id: "a-dead")?.lastError == "position_not_found")
+    }
+
+    /// Found from outside: a `forget` while the candidate's event was in flight said nothing of
+    /// it, and the event was delivered seconds later; nor did it say that the partner holds the
+    /// delivered ones. The operator of an erasure reads both now.
+    @Test func forgetSaysWhatThePartnerMayHold() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        // g-wait (globex, X) claimed: in flight.
+        let claimed = try await outbox.claimNext(accounts: ["globex"], now: Self.now, leaseSeconds: 60, maxAgeSeconds: 1000)
+        #expect(claimed?.id == "g-wait")
+        let text = try await admin.forget(partnerCandidateID: "X")
+        #expect(text.contains("""
+
+            1 event(s) were being sent to the partner: a request already out may still create the candidate there \
+            (`events show ID` gives its outcome and candidate_uid within partner.timeout_seconds)
+            1 event(s) had been delivered or linked: the partner holds this candidate (candidate_uid in `events show ID`); erase it there too
+            """), "\(text)")
+        #expect(!text.contains("can no longer be sent"))  // none was pending
+        // Nothing at the partner, nothing said.
+        let other = try await admin.forget(partnerCandidateID: "Y")
+        #expect(!other.contains("being sent") && !other.contains("partner holds"), "\(other)")
     }
 
     /// A sender's value reached an operator's terminal raw through `events list`: U+009B made

@@ -297,6 +297,47 @@ import Yams
         #expect(!problems.joined().contains("Sup3r"), "\(problems)")
     }
 
+    /// Found from outside: a mistake saved in `delivery.workers` (which the daemon's reload
+    /// refused) left every admin command at exit 78, `status`, `backup` and `forget` included.
+    /// They need only `storage`: problems elsewhere come back beside the configuration; one in
+    /// `storage` (or in the file itself) still stops them. A directory named as the file is said
+    /// so, not as Foundation's "NSCocoaErrorDomain Code=256".
+    @Test func theAdminCommandsNeedOnlyASoundStorageSection() async throws {
+        let elsewhere = try Self.fixture("""
+            storage: { path: $DIR/o.sqlite3, payload_retention_days: 3 }
+            delivery: { workers: 0 }
+            """)
+        defer { elsewhere.cleanup() }
+        #expect(await Self.problems(elsewhere).contains { $0.hasPrefix("delivery.workers:") })
+        let loader = ConfigurationLoader(configPath: elsewhere.file("config.yaml"), environment: [:])
+        let (config, others) = try await loader.loadForOutbox()
+        #expect(config.storage.path == elsewhere.file("o.sqlite3"))
+        #expect(config.storage.payloadRetentionDays == 3)
+        #expect(others.map(\.key) == ["delivery.workers"], "\(others)")
+
+        for yaml in ["storage: { path: $DIR/o.sqlite3, payload_retention_days: -1 }\ndelivery: { workers: 0 }",
+                     "storage: { path: $DIR/o.sqlite3, paht: x }"] {
+            let dir = try Self.fixture(yaml)
+            defer { dir.cleanup() }
+            do {
+                _ = try await ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:]).loadForOutbox()
+                Issue.record("loaded: \(yaml)")
+            } catch let error as ConfigurationError {
+                #expect(error.problems.contains { $0.key.hasPrefix("storage.") }, "\(error)")
+            }
+        }
+        let storageByEnvironment = ConfigurationLoader(
+            configPath: elsewhere.file("config.yaml"), environment: ["CANDIDATE_RELAY_STORAGE_PAYLOAD_RETENTION_DAYS": "x"])
+        await #expect(throws: ConfigurationError.self) { _ = try await storageByEnvironment.loadForOutbox() }
+
+        do {
+            _ = try await ConfigurationLoader(configPath: elsewhere.path, environment: [:]).loadForOutbox()
+            Issue.record("loaded a directory")
+        } catch let error as ConfigurationError {
+            #expect(error.problems.map(\.description) == ["config file \(elsewhere.path) is a directory: name the YAML file in it"])
+        }
+    }
+
     @Test func explicitMissingConfigFileIsAProblem() async {
         do {
             _ = try await ConfigurationLoader(configPath: "/nonexistent/c.yaml", environment: [:]).load()

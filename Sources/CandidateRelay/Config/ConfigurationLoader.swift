@@ -49,6 +49,29 @@ public struct ConfigurationLoader: Sendable {
     /// Loads and validates; throws `ConfigurationError` listing every problem. Admin commands
     /// pass `secretsRequired: false`: they work on the outbox file and need no credentials.
     public func load(secretsRequired: Bool = true) async throws -> RelayConfiguration {
+        let (config, problems) = try await evaluate(secretsRequired: secretsRequired)
+        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
+        return config
+    }
+
+    /// For the admin commands, which work on the outbox file and need only the `storage`
+    /// section: the configuration, and its problems in the other sections, which do not stop
+    /// them (found from outside: a mistake saved in `delivery.workers`, which the daemon's reload
+    /// refused, left the operator without `status`, `backup` or `forget` until the file was
+    /// fixed). Throws `ConfigurationError` with every problem when one concerns `storage`, or
+    /// the file itself (unreadable, not YAML, not a mapping).
+    public func loadForOutbox() async throws -> (config: RelayConfiguration, otherProblems: [ConfigurationProblem]) {
+        let (config, problems) = try await evaluate(secretsRequired: false)
+        let storageEnvironment = ConfigurationKeys.environmentName("storage") + "_"
+        if problems.contains(where: { $0.key.isEmpty || $0.key == "storage" || $0.key.hasPrefix("storage.") || $0.key.hasPrefix(storageEnvironment) }) {
+            throw ConfigurationError(problems: problems)
+        }
+        return (config, problems)
+    }
+
+    /// The configuration as built, with every problem found; throws only when there is nothing
+    /// to build from (a file that cannot be read or parsed, an explicit path with no file).
+    private func evaluate(secretsRequired: Bool) async throws -> (RelayConfiguration, [ConfigurationProblem]) {
         var problems: [ConfigurationProblem] = []
         var providers: [any ConfigProvider] = [
             // An empty variable sets nothing (as for the secrets): it meant the key's default,
@@ -57,7 +80,12 @@ public struct ConfigurationLoader: Sendable {
             EnvironmentVariablesProvider(environmentVariables: environment.filter { !$0.value.allSatisfy(\.isWhitespace) })
                 .prefixKeys(with: "candidate_relay")
         ]
-        let fileExists = FileManager.default.fileExists(atPath: configPath)
+        var isDirectory: ObjCBool = false
+        let fileExists = FileManager.default.fileExists(atPath: configPath, isDirectory: &isDirectory)
+        if fileExists && isDirectory.boolValue {
+            // Not Foundation's "NSCocoaErrorDomain Code=256" for the read below.
+            throw ConfigurationError(problems: [.init("", "config file \(configPath) is a directory: name the YAML file in it")])
+        }
         var accountIDs: [String]?
         if fileExists {
             do {
@@ -91,8 +119,7 @@ public struct ConfigurationLoader: Sendable {
         // mode) is read once per account: its problem is still one line.
         var seen = Set<String>()
         problems = problems.filter { seen.insert($0.description).inserted }
-        guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
-        return config
+        return (config, problems)
     }
 
     private func unknownEnvironmentKeys(accounts: [String]) -> [ConfigurationProblem] {

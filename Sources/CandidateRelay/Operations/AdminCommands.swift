@@ -81,9 +81,22 @@ public struct AdminCommands: Sendable {
     }
 
     /// `ids == nil`: every dead event (of `account` only, when given).
-    public func retry(ids: [String]?, account: String? = nil) async throws -> (text: String, allFound: Bool) {
-        let result = try await outbox.retry(ids: ids, account: account, now: now(), pause: .shareTheWriter)
+    public func retry(ids: [String]?, account: String? = nil,
+                      pause: MaintenancePause = .shareTheWriter) async throws -> (text: String, allFound: Bool) {
+        let result = try await outbox.retry(ids: ids, account: account, now: now(), pause: pause)
         var lines = result.retried.map { "retried \($0)" }
+        guard ids != nil else {
+            // `--all-dead` named the events it found dead with their payload; one that is not
+            // by its turn was changed meanwhile (retried by another command, erased by a purge
+            // or a `forget`): not a failure of this command (found from outside: two retries
+            // at once, or one beside a purge, exited 1 with every such event "skipped").
+            if !result.skipped.isEmpty {
+                lines.append("\(result.skipped.count) event(s) found dead were no longer dead with their payload by their turn "
+                    + "(another command retried, purged or erased them meanwhile): left as they are")
+            }
+            lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
+            return (lines.joined(separator: "\n"), true)
+        }
         lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }
         lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
         return (lines.joined(separator: "\n"), result.skipped.isEmpty)
@@ -115,6 +128,16 @@ public struct AdminCommands: Sendable {
                      + (account == nil ? " in every account" : Self.scope(account)) + ":"]
         lines += report.events.map { "  \($0)" }
         if report.pendingStopped > 0 { lines.append("\(report.pendingStopped) undelivered event(s) can no longer be sent and are now dead (last_error: erased)") }
+        // What the operator of an erasure must still do at the partner (found from outside: an
+        // event in flight was delivered seconds after a `forget` that said nothing of it).
+        if report.inFlight > 0 {
+            lines.append("\(report.inFlight) event(s) were being sent to the partner: a request already out may still create the candidate there "
+                + "(`events show ID` gives its outcome and candidate_uid within partner.timeout_seconds)")
+        }
+        if report.atPartner > 0 {
+            lines.append("\(report.atPartner) event(s) had been delivered or linked: the partner holds this candidate "
+                + "(candidate_uid in `events show ID`); erase it there too")
+        }
         return lines.joined(separator: "\n") + (await walNote())
     }
 

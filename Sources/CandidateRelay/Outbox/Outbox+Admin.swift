@@ -9,6 +9,17 @@ import Glibc
 public struct ForgetReport: Sendable, Equatable {
     public var events: [String]
     public var pendingStopped: Int
+    /// Events in flight at the erasure: a request already out may still give the partner the data.
+    public var inFlight: Int
+    /// Events delivered or linked before it: the partner holds the candidate.
+    public var atPartner: Int
+
+    public init(events: [String], pendingStopped: Int, inFlight: Int = 0, atPartner: Int = 0) {
+        self.events = events
+        self.pendingStopped = pendingStopped
+        self.inFlight = inFlight
+        self.atPartner = atPartner
+    }
 }
 
 extension Outbox {
@@ -240,7 +251,9 @@ extension Outbox {
         let report = try await write { db -> ForgetReport in
             let condition = "partner_candidate_id = ?" + (account == nil ? "" : " AND account = ?")
             let arguments: StatementArguments = [partnerCandidateID] + (account.map { [$0] } ?? [])
-            let ids = try String.fetchAll(db, sql: "SELECT id FROM events WHERE \(condition) ORDER BY received_at", arguments: arguments)
+            let rows = try Row.fetchAll(db, sql: "SELECT id, state FROM events WHERE \(condition) ORDER BY received_at", arguments: arguments)
+            let ids = rows.map { $0[0] as String }
+            let states = rows.map { $0[1] as String }
             try db.execute(
                 sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE \(condition) AND state = 'pending'",
                 arguments: [now.millis] + arguments)
@@ -251,7 +264,9 @@ extension Outbox {
                 arguments: [now.millis] + arguments)
             try Self.reduceErrorsToCodes(db, eventsWhere: condition, arguments: arguments)
             try Self.eraseIdempotencyKeys(db, eventsWhere: condition, arguments: arguments)
-            return ForgetReport(events: ids, pendingStopped: stopped)
+            return ForgetReport(events: ids, pendingStopped: stopped,
+                                inFlight: states.count { $0 == EventState.inFlight.rawValue },
+                                atPartner: states.count { $0 == EventState.delivered.rawValue || $0 == EventState.linked.rawValue })
         }
         if report.pendingStopped > 0 { invalidateSettled() }  // pending events made dead
         return report
