@@ -289,6 +289,10 @@ import Testing
         let b = await gate.bind(offered, to: "b")
         let last = try await gate.admit()
         #expect(last.keptFree)
+        // Any due event of c, a retry or a backlog as well as a new one: only a spare beyond
+        // the kept worker is kept to fresh events (found from outside: a quiet account's retry
+        // waited behind a partner slow for another account's key).
+        #expect(!last.freshOnly)
         // Only for a quiet account: a and b have requests in flight (they may be stuck).
         #expect(last.accounts == ["c"])
         await gate.release(last)
@@ -305,7 +309,12 @@ import Testing
         let twoB = await two.bind(try await two.admit(), to: "b")
         let none = try await two.admit()
         #expect(none.keptFree)
+        #expect(!none.freshOnly)
         #expect(none.accounts.isEmpty)
+        // Every worker holding an admission: a spare's is kept to fresh events.
+        let spare = try await two.admit()
+        #expect(spare.keptFree && spare.freshOnly)
+        await two.release(spare)
         await two.release(none)
         await two.settle(twoB, .nothingSent)
         let looking = try await two.admit()  // a worker looking (not kept): every account

@@ -221,6 +221,42 @@ import Testing
         await relay.stop()
     }
 
+    /// Found from outside: the worker kept free took only fresh events (received within 5 s),
+    /// so a quiet account's retry, due 6 s after its event arrived, waited for the request of
+    /// the account the partner was slow for (up to `partner.timeout_seconds`). The contract:
+    /// a due event of an account with budget goes within a second, whatever the others'.
+    @Test func aQuietAccountsRetryGoesBehindAPartnerSlowForAnother() async throws {
+        var sim = Self.simulator(knowing: ["acme-key", "globex-key"])
+        sim.rateLimitRequests = 0
+        sim.faults.latencyMsByAPIKey = ["acme-key": 60_000]
+        // globex's first request: a 429 that pauses globex alone for 6 s.
+        sim.faults.failNext = 1
+        sim.faults.injectStatus = 429
+        sim.faults.retryAfter = "6"
+        sim.faults.injectOnlyForAPIKey = "globex-key"
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.namedAccounts = [Self.account("acme", apiKey: "acme-key"), Self.account("globex", apiKey: "globex-key")]
+            config.delivery.workers = 2
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 2, maxSeconds: 30)  // Retry-After kept
+            config.partner.timeoutSeconds = 60
+            config.delivery.shutdownGraceSeconds = 0.2
+        }
+        let acme = try #require(try await relay.post(Candidates.json(partnerID: "acme-0"), account: "acme"))
+        #expect(try await relay.waitFor(acme, states: ["in_flight"], account: "acme")?["state"] as? String == "in_flight")
+        let acmeWaiting = try #require(try await relay.post(Candidates.json(partnerID: "acme-1"), account: "acme"))
+        let posted = ContinuousClock.now
+        let globex = try #require(try await relay.post(Candidates.json(partnerID: "globex-0"), account: "globex"))
+        // 6 s of pause, then the retry (not fresh any more) at once: far below acme's 60 s.
+        let record = try await relay.waitFor(globex, states: ["delivered", "dead"], account: "globex", timeout: 20)
+        #expect(record?["state"] as? String == "delivered", "globex's retry waited for acme's hung request")
+        #expect(record?["attempts"] as? Int == 2)
+        #expect(ContinuousClock.now - posted >= .seconds(5.5))  // the 429's pause was kept
+        // acme has a request out: its next event still waits for acme's own worker.
+        #expect(try await relay.client.record(acmeWaiting, account: "acme")?["state"] as? String == "pending")
+        await relay.simulator.setFaults(SimulatorFaults())
+        await relay.stop()
+    }
+
     @Test func twoAccountsHangingAtOnceDoNotHoldAThirdsFreshEvent() async throws {
         // Two workers. The partner hangs on acme's and on globex's requests. acme's first event
         // takes one worker; globex was quiet, so its fresh event takes the worker kept free,

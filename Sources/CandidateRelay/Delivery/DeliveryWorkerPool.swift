@@ -285,7 +285,7 @@ public final class DeliveryWorkerPool: Service, Sendable {
             let result: ClaimResult
             do {
                 result = try await claim(accounts: admitted.accounts,
-                                         freshSince: admitted.keptFree ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
+                                         freshSince: admitted.freshOnly ? now().addingTimeInterval(-PartnerGate.freshSeconds) : nil,
                                          settings: current)
             } catch {
                 await gate.release(admitted)
@@ -300,13 +300,13 @@ public final class DeliveryWorkerPool: Service, Sendable {
                     await idleWait(accounts: [], rungBefore: rungBefore, atMost: admitted.keptFree ? 0.05 : nil)
                     return nil
                 }
-                // The worker kept free waits for a fresh event (the doorbell), not for the due
-                // backlog it may not take; and looks again soon, since it is kept only while
-                // the others are busy, and an answer may make an account quiet again (it sat
-                // out its 1 s poll during a drain of fresh events: 20 accounts fell to 0.85).
-                // The quiet accounts' next due times count too (from their marks: always ahead,
-                // so a paused one's never makes the worker spin).
-                await idleWait(accounts: admitted.keptFree ? [] : admitted.accounts + outbox.quiet.accounts(at: now()).sorted(),
+                // A spare waits for a fresh event (the doorbell), not for the due backlog it may
+                // not take. The worker kept free and the spares look again soon, since they are
+                // kept only while the others are busy, and an answer may make an account quiet
+                // again (the kept worker sat out its 1 s poll during a drain of fresh events: 20
+                // accounts fell to 0.85). The quiet accounts' next due times count too (from
+                // their marks: always ahead, so a paused one's never makes the worker spin).
+                await idleWait(accounts: admitted.freshOnly ? [] : admitted.accounts + outbox.quiet.accounts(at: now()).sorted(),
                                rungBefore: rungBefore,
                                atMost: admitted.keptFree ? 0.05 : nil)
                 return nil

@@ -65,8 +65,11 @@ public actor PartnerGate {
     public struct Admission: Sendable {
         let id: Int
         public let accounts: [String]
-        /// This is the worker kept free: it may take only a fresh event (see `freshSeconds`).
+        /// This is the worker kept free (or a spare beyond it): offered only accounts with no
+        /// request in flight (see `workers`).
         public let keptFree: Bool
+        /// A spare beyond the worker kept free: it may take only a fresh event (`freshSeconds`).
+        public let freshOnly: Bool
     }
 
     /// An admission bound to one claimed event's account.
@@ -114,13 +117,17 @@ public actor PartnerGate {
     private var held: [Int: Held] = [:]
     private var nextID = 0
     private var served = 0
-    /// With several accounts (and two workers or more) the last free worker is kept for fresh
-    /// events: it takes an account's oldest due event only if that arrived within the last
-    /// `freshSeconds` (a quiet account's new event; not a backlog, not a retry). Backlogs and
-    /// retries, however many accounts have them, share the other workers, so a quiet account's
-    /// event goes at once whatever the partner's latency and the others' trouble (CONTRACT
-    /// section 8). Only an account with no request in flight may take it: a busy account's fresh
-    /// events wait for the other workers, or one stuck account would hold them all.
+    /// With several accounts (and two workers or more) the last free worker is kept for the
+    /// accounts with no request in flight: it takes such an account's oldest due event, a new
+    /// one, a retry or a backlog's next, so a quiet account's due event goes at once whatever the
+    /// partner's latency and the others' trouble (CONTRACT section 8). A busy account's events
+    /// wait for the other workers, or one stuck account would hold them all. Once it is busy too,
+    /// the pool's spares (`DeliveryWorkerPool.spareAfterSeconds`) take only fresh events: an
+    /// account's oldest due event that arrived within the last `freshSeconds` (not a backlog, not
+    /// a retry), so that spares, one per quiet account, never carry backlogs beyond
+    /// `delivery.workers` requests at a time. (Found from outside: with the worker kept free
+    /// fresh-only too, a quiet account's retry waited for a request of the slow account to end,
+    /// up to `partner.timeout_seconds`.)
     private var workers: Int
     public static let freshSeconds = 5.0
     private var backoff: BackoffConfiguration
@@ -334,13 +341,14 @@ public actor PartnerGate {
                 continue
             }
             let keptFree = configuredCount > 1 && workers > 1 && held.count >= workers - 1
+            let freshOnly = keptFree && held.count >= workers
             let quiet = quietAccounts()
             var places = reservePlaces(now: current, skipping: quiet)
             if places.isEmpty {
                 if !quiet.isEmpty, anyReady(among: quiet, now: current) {
                     nextID += 1
                     held[nextID] = Held(probe: false, global: nil, places: [:])
-                    return Admission(id: nextID, accounts: [], keptFree: keptFree)
+                    return Admission(id: nextID, accounts: [], keptFree: keptFree, freshOnly: freshOnly)
                 }
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
@@ -362,7 +370,7 @@ public actor PartnerGate {
                 try await sleep(until: until)
                 continue
             case .send(let probe):
-                return grant(places, probe: probe, keptFree: keptFree, now: current)
+                return grant(places, probe: probe, keptFree: keptFree, freshOnly: freshOnly, now: current)
             }
         }
     }
@@ -385,7 +393,7 @@ public actor PartnerGate {
         }
         let places = reservePlaces(now: current)
         guard !places.isEmpty else { return nil }
-        return grant(places, probe: false, keptFree: false, now: current)
+        return grant(places, probe: false, keptFree: false, freshOnly: false, now: current)
     }
 
     /// The accounts in the config (a removed one keeps its state, marked not configured).
@@ -414,13 +422,14 @@ public actor PartnerGate {
         }
     }
 
-    private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, now current: Date) -> Admission {
+    private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, freshOnly: Bool,
+                       now current: Date) -> Admission {
         for id in places.keys { accounts[id]?.busy += 1 }
         // Fewest requests in flight first, then least recently served (then by id: a stable order).
         let order = places.keys.map { (accounts[$0]!.permits, accounts[$0]!.lastServed, $0) }.sorted { $0 < $1 }.map(\.2)
         nextID += 1
         held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
-        return Admission(id: nextID, accounts: order, keptFree: keptFree)
+        return Admission(id: nextID, accounts: order, keptFree: keptFree, freshOnly: freshOnly)
     }
 
     /// When an account that cannot send now may send again (its pause, back-off or window
