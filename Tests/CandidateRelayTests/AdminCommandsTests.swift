@@ -202,6 +202,47 @@ import Testing
         #expect(named.text.hasPrefix("skipped e0000 (unknown, not dead, or its payload was erased)"))
     }
 
+    /// Found from outside: `events retry` right after a timeout made an event dead resent it at
+    /// once, while the request given up could still be at work at the partner, which created
+    /// the candidate twice. The retry keeps the event's window (`partner_open_until`) and says so.
+    @Test func aRetryWaitsForTheLastRequestsWindow() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let open = Self.now.addingTimeInterval(30)
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = 'a-dead'", arguments: [open.millis])
+        }
+        let result = try await admin.retry(ids: ["a-dead", "g-dead"])
+        #expect(result.allFound)
+        #expect(result.text == """
+            retried a-dead (sent at \(Timestamp.string(open)) at the earliest: its last request, given up without an answer, \
+            may still be at work at the partner until then)
+            retried g-dead
+            2 event(s) moved back to pending
+            """, "\(result.text)")
+        #expect(try await outbox.record(id: "a-dead")?.nextAttemptAt == open)
+        // acme's other pending event (a-wait, another candidate) goes; a-dead waits for its window.
+        let claim = { (at: Date) in try await outbox.claimNext(accounts: ["acme"], now: at, leaseSeconds: 60, maxAgeSeconds: 1000) }
+        #expect(try await claim(Self.now)?.id == "a-wait")
+        #expect(try await claim(Self.now.addingTimeInterval(29)) == nil)
+        #expect(try await claim(open)?.id == "a-dead")
+    }
+
+    /// The claim holds an event whose own window is open even when it is due (any path that made
+    /// it due early: the admin command's retry before the fix above, an outbox edited by hand).
+    @Test func theClaimHoldsAnEventWhoseOwnWindowIsOpen() async throws {
+        let (dir, outbox, _) = try await Self.populated()
+        defer { dir.cleanup() }
+        let open = Self.now.addingTimeInterval(30)
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = 'a-wait'", arguments: [open.millis])
+        }
+        #expect(try await outbox.nextDueAt(accounts: ["acme"], now: Self.now) == open)
+        let claim = { (at: Date) in try await outbox.claimNext(accounts: ["acme"], now: at, leaseSeconds: 60, maxAgeSeconds: 1000) }
+        #expect(try await claim(Self.now) == nil)
+        #expect(try await claim(open)?.id == "a-wait")
+    }
+
     /// Found from outside: `events retry ID ID` retried it, then said "skipped" and exited 1.
     @Test func anIdGivenTwiceIsRetriedOnce() async throws {
         let (dir, outbox, admin) = try await Self.populated()

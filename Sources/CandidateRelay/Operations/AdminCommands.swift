@@ -84,7 +84,11 @@ public struct AdminCommands: Sendable {
     public func retry(ids: [String]?, account: String? = nil,
                       pause: MaintenancePause = .shareTheWriter) async throws -> (text: String, allFound: Bool) {
         let result = try await outbox.retry(ids: ids, account: account, now: now(), pause: pause)
-        var lines = result.retried.map { "retried \($0)" }
+        var lines = result.retried.map { id in
+            guard let until = result.heldUntil[id] else { return "retried \(id)" }
+            return "retried \(id) (sent at \(Timestamp.string(until)) at the earliest: its last request, given up without an answer, "
+                + "may still be at work at the partner until then)"
+        }
         guard ids != nil else {
             // `--all-dead` named the events it found dead with their payload; one that is not
             // by its turn was changed meanwhile (retried by another command, erased by a purge

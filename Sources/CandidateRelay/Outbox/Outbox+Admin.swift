@@ -85,7 +85,7 @@ extension Outbox {
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
     /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
     public func retry(ids: [String]?, account: String? = nil, now: Date,
-                      pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String]) {
+                      pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String], heldUntil: [String: Date]) {
         let targets: [String]
         if let ids {
             // An id given twice is retried once (found from outside: the second found it pending,
@@ -104,32 +104,47 @@ extension Outbox {
         }
         var retried: [String] = []
         var skipped: [String] = []
+        var heldUntil: [String: Date] = [:]
         // Dead events leave the settled states: recounted, even if a later chunk fails.
         defer { if !retried.isEmpty { invalidateSettled() } }
         for chunk in Self.chunks(targets.map { (id: $0, bytes: 0) }) {
             let started = ContinuousClock.now
-            let result = try await write { db -> (retried: [String], skipped: [String]) in
+            let result = try await write { db -> (retried: [String], skipped: [String], heldUntil: [String: Date]) in
                 self.quiet.clearAll()
                 var retried: [String] = []
                 var skipped: [String] = []
+                var heldUntil: [String: Date] = [:]
                 for id in chunk {
-                    // The condition again: the event may have changed since it was read.
+                    // The condition again: the event may have changed since it was read. Due now,
+                    // or when its last request, given up without an answer, can no longer be at
+                    // the partner (`partner_open_until`; found from outside: a retry right after
+                    // a timeout made the event dead resent it at once, and the partner created
+                    // the candidate twice).
                     try db.execute(
                         sql: """
-                            UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,
-                              budget_started_at = ?, last_error = NULL
+                            UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = MAX(?, coalesce(partner_open_until, 0)),
+                              updated_at = ?, budget_started_at = ?, last_error = NULL
                             WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
                             """,
                         arguments: [now.millis, now.millis, now.millis, id, account])
-                    if db.changesCount == 1 { retried.append(id) } else { skipped.append(id) }
+                    guard db.changesCount == 1 else {
+                        skipped.append(id)
+                        continue
+                    }
+                    retried.append(id)
+                    if let due = try Millis.fetchOne(db, sql: "SELECT next_attempt_at FROM events WHERE id = ?", arguments: [id]),
+                       due > now.millis {
+                        heldUntil[id] = Date(millis: due)
+                    }
                 }
-                return (retried, skipped)
+                return (retried, skipped, heldUntil)
             }
             retried += result.retried
             skipped += result.skipped
+            heldUntil.merge(result.heldUntil) { $1 }
             try await pause.after(ContinuousClock.now - started)
         }
-        return (retried, skipped)
+        return (retried, skipped, heldUntil)
     }
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events

@@ -244,7 +244,7 @@ extension Outbox {
                     WHERE account = ? AND state = 'pending' AND next_attempt_at <= ?
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
                           AND o.partner_candidate_id = e.partner_candidate_id
-                          AND (o.state = 'in_flight' OR (o.partner_open_until > ? AND o.id <> e.id)))
+                          AND (o.state = 'in_flight' OR o.partner_open_until > ?))
                     ORDER BY next_attempt_at, id LIMIT 1
                     """),
                 arguments: [account, now.millis, now.millis]) else {
@@ -482,7 +482,7 @@ extension Outbox {
                     SELECT next_attempt_at FROM events e WHERE account = ? AND state = 'pending'
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
                           AND o.partner_candidate_id = e.partner_candidate_id
-                          AND (o.state = 'in_flight' OR (o.partner_open_until > ? AND o.id <> e.id)))
+                          AND (o.state = 'in_flight' OR o.partner_open_until > ?))
                     ORDER BY next_attempt_at LIMIT 1
                     """), arguments: [account, now.millis]) else { continue }
                 earliest = min(earliest ?? due, due)
