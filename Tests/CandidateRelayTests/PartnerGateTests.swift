@@ -415,6 +415,31 @@ import Testing
         #expect(await unmarked.view("a")?.credentialsRejectedUntil == until)
     }
 
+    /// Found from outside: an account the config left out at a restart, then added back by a
+    /// reload, sent at once though a pause (a 429's Retry-After) and a refusal's back-off stored
+    /// for it were still in force (a restart with it kept both). Its holds are kept, the account
+    /// not configured, and apply when a reload adds it back; the back-off only for the
+    /// credentials it was set for.
+    @Test func theHoldsOfAnAccountAddedBackByAReloadStillApply() async throws {
+        let clock = ManualClock()
+        let start = clock.now
+        let gate = Self.gate(clock, accounts: ["a"], credentials: ["a": "a1"])
+        let stored = ["account:b": start.addingTimeInterval(120), "credentials:c#c1": start.addingTimeInterval(60),
+                      "credentials:d#d1": start.addingTimeInterval(60)]
+        #expect(await gate.restore(stored).isEmpty)
+        #expect(await gate.holds() == stored)  // stored again with the next change
+        #expect(await gate.view("b") == nil)  // not configured
+        #expect(try await gate.admit().accounts == ["a"])
+        let lifted = await gate.reconfigure(accounts: Self.limits(["a", "b", "c", "d"]), globalRateLimit: .init(requests: 0),
+                                            breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
+                                            credentials: ["a": "a1", "b": "b1", "c": "c1", "d": "d2"])
+        #expect(lifted == ["d": start.addingTimeInterval(60)])  // other credentials: the operator's fix
+        #expect(await gate.view("b")?.pausedUntil == start.addingTimeInterval(120))
+        #expect(await gate.view("c")?.credentialsRejectedUntil == start.addingTimeInterval(60))
+        #expect(await gate.view("d")?.credentialsRejectedUntil == nil)
+        #expect(Set(try await gate.admit().accounts) == ["a", "d"])
+    }
+
     /// A wait that began with a failed token request (the token endpoint's outage) ends at any
     /// reload, the credentials unchanged (found from outside: nothing else could end it before
     /// its time, up to `max_seconds`, across restarts). It costs a token request, no attempt;

@@ -213,20 +213,26 @@ public actor PartnerGate {
                 breaker.restoreOpen(until: until)
                 metrics.circuitOpen.record(1)
                 logger.event(.error, "partner.circuit_opened", "the circuit opened before the restart is still open; sending paused", fields)
-            } else if let id = configuredAccount(scope, prefix: "account:") {
+            } else if let id = account(holding: scope, prefix: "account:") {
                 accounts[id]!.pausedUntil = max(accounts[id]!.pausedUntil, until)
+                guard accounts[id]!.configured else { continue }
                 logger.event(.warning, "partner.paused", "the partner's pause of this account from before the restart is still in force; its events wait",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
             } else if scope.hasPrefix("credentials:") {
                 // `credentials:<id>#<fingerprint>`; a hold written before fingerprints has none.
                 let parts = scope.split(separator: "#", maxSplits: 1)
-                guard let id = configuredAccount(String(parts[0]), prefix: "credentials:") else { continue }
+                guard let id = account(holding: String(parts[0]), prefix: "credentials:") else { continue }
+                if !accounts[id]!.configured, parts.count == 2 {
+                    // Refused with these: a reload adding it back with others lifts the back-off.
+                    accounts[id]!.credentials = String(parts[1])
+                }
                 if parts.count == 2, let credentials = accounts[id]!.credentials, credentials != parts[1] {
                     lifted[id] = until
                     continue
                 }
                 accounts[id]!.credentialsBlockedUntil = max(accounts[id]!.credentialsBlockedUntil, until)
                 accounts[id]!.credentialFailures = max(accounts[id]!.credentialFailures, 1)
+                guard accounts[id]!.configured else { continue }
                 logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
             }
@@ -250,11 +256,23 @@ public actor PartnerGate {
         }
     }
 
-    /// The account a hold's scope names (`account:<id>`, `credentials:<id>`), if it is configured.
-    private func configuredAccount(_ scope: String, prefix: String) -> String? {
+    /// The account a hold's scope names (`account:<id>`, `credentials:<id>`). One the config
+    /// leaves out gets a state marked not configured, as a reload's removal leaves one: its
+    /// holds are kept (stored again with every change) and apply if a reload adds it back
+    /// (found from outside: re-added by a reload, an account sent at once though a 429's
+    /// Retry-After and a refusal's back-off were still in force; a restart kept them).
+    private func account(holding scope: String, prefix: String) -> String? {
         guard scope.hasPrefix(prefix) else { return nil }
         let id = String(scope.dropFirst(prefix.count))
-        return accounts[id] != nil ? id : nil
+        if accounts[id] == nil {
+            guard AccountConfiguration.isValidID(id) else { return nil }
+            // Its limits are the config's when a reload adds it back (`reconfigure`).
+            let limit = RateLimitConfiguration()
+            var state = AccountState(limiter: SlidingWindowLimiter(limit: limit.requests, window: limit.perSeconds))
+            state.configured = false
+            accounts[id] = state
+        }
+        return id
     }
 
     /// Applies a reload: accounts added or removed, new limits, breaker, workers. `history`: the
