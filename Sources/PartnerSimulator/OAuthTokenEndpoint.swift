@@ -16,7 +16,9 @@ struct OAuthTokenEndpoint: Sendable {
             await store.stall(milliseconds: store.faults.tokenLatencyMs) { $0.tokenLatencyMs > 0 }
         }
         if store.faults.tokenEndpointDown {
-            return SimulatorResponse.json(status: 503, object: ["error": "temporarily_unavailable"])
+            var headers: HTTPFields = [:]
+            if let retryAfter = store.faults.retryAfter { headers[.retryAfter] = retryAfter }
+            return SimulatorResponse.json(status: 503, object: ["error": "temporarily_unavailable"], headers: headers)
         }
         var request = request
         guard let buffer = try? await request.collectBody(upTo: 64 * 1024) else {

@@ -12,7 +12,8 @@ public struct SimulatorFaults: Sendable, Codable, Equatable {
     public var injectStatus: Int = 503
     /// The next N create requests answer `injectStatus`; counts down as they are used.
     public var failNext: Int = 0
-    /// When set, sent as `Retry-After` on injected or rate-limit 429/503 answers.
+    /// When set, sent as `Retry-After` on injected or rate-limit 429/503 answers, and on the
+    /// token endpoint's 503 (`tokenEndpointDown`).
     public var retryAfter: String? = nil
     /// Delay added before answering, in milliseconds.
     public var latencyMs: Int = 0

@@ -440,6 +440,20 @@ import Testing
         #expect(Set(try await gate.admit().accounts) == ["a", "d"])
     }
 
+    /// The token endpoint's `Retry-After` lengthens the account's wait (never shortens it), up to
+    /// `backoff.max_seconds` (60 s here), as every wait.
+    @Test func theTokenEndpointsRetryAfterLengthensTheWaitUpToTheCap() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"])
+        try await Self.send(gate, "a", AttemptReport(health: .untested, tokenUnavailable: true, tokenRetryAfter: clock.now.addingTimeInterval(40)))
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(40))
+        try await Self.send(gate, "b", AttemptReport(health: .untested, tokenUnavailable: true, tokenRetryAfter: clock.now.addingTimeInterval(1)))
+        #expect(await gate.view("b")?.credentialsRejectedUntil == clock.now.addingTimeInterval(5))  // the back-off's first step
+        clock.advance(41)
+        try await Self.send(gate, "a", AttemptReport(health: .untested, tokenUnavailable: true, tokenRetryAfter: .distantFuture))
+        #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(60))
+    }
+
     /// A wait that began with a failed token request (the token endpoint's outage) ends at any
     /// reload, the credentials unchanged (found from outside: nothing else could end it before
     /// its time, up to `max_seconds`, across restarts). It costs a token request, no attempt;

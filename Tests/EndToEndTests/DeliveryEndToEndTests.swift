@@ -340,6 +340,35 @@ import Testing
         await relay.stop()
     }
 
+    /// Found from outside: the token endpoint's `Retry-After` was ignored, and the account's
+    /// back-off asked it again at its first steps. Now the account waits as long as it asked
+    /// (capped at `backoff.max_seconds`, 30 s here), then asks once more.
+    @Test func theTokenEndpointsRetryAfterIsWaitedOut() async throws {
+        var sim = PartnerSimulatorConfiguration()
+        sim.faults.tokenEndpointDown = true
+        sim.faults.retryAfter = "2"
+        let relay = try await RelayHarness(simulator: sim) { config in
+            let url = config.partner.baseURL
+            config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
+                tokenURL: url + "/oauth/token", clientID: sim.oauthClientID,
+                clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
+            config.delivery.backoff = BackoffConfiguration(initialSeconds: 0.05, multiplier: 2, maxSeconds: 30)
+        }
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "ra-0")))
+        #expect(await eventually { relay.logs.events("auth.rejected").count >= 1 })
+        let rejected = try #require(relay.logs.events("auth.rejected").first)
+        let until = try #require((rejected["until"] as? String).flatMap { try? Date($0, strategy: .iso8601) })
+        #expect(until.timeIntervalSinceNow > 1.2, "\(rejected)")  // 2 s asked, not the 0.05 s back-off
+        try await Task.sleep(for: .milliseconds(1000))
+        #expect(await relay.simulator.snapshot().tokenRequests == 1)
+        await relay.simulator.setFaults(SimulatorFaults())
+        let record = try #require(try await relay.waitFor(id, states: ["delivered", "dead"]))
+        #expect(record["state"] as? String == "delivered")
+        #expect(record["attempts"] as? Int == 1)
+        #expect(await relay.simulator.snapshot().tokenRequests == 2)
+        await relay.stop()
+    }
+
     @Test func rateLimitHoldsInEverySlidingWindow() async throws {
         let relay = try await RelayHarness { config in
             config.partner.rateLimit = RateLimitConfiguration(requests: 3, perSeconds: 1)

@@ -11,6 +11,8 @@ extension DeliveryWorkerPool {
         var credentialsRejected = false
         /// The fingerprint of the credentials the (last) request was made with.
         var credentials: String?
+        /// No token: the token endpoint's `Retry-After`, when it gave one.
+        var tokenRetryAfter: Date?
 
         var status: Int? {
             if case .response(let code, _, _) = answer { return code }
@@ -51,7 +53,8 @@ extension DeliveryWorkerPool {
         // asking the token endpoint in turn and spending its attempts: a revoked client secret
         // for a few hours turned a whole backlog dead.
         if case .transportFailure(.tokenUnavailable) = exchange.answer {
-            await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true, credentials: exchange.credentials))
+            await gate.settle(permit, AttemptReport(health: .untested, tokenUnavailable: true, credentials: exchange.credentials,
+                                                    tokenRetryAfter: exchange.tokenRetryAfter))
             _ = await record(event, .unsent, latencyMs: nil, now: now())
             return
         }
@@ -150,7 +153,7 @@ extension DeliveryWorkerPool {
             if Task.isCancelled { return nil }
             let answer = PartnerAnswer.transportFailure(.tokenUnavailable)
             return Exchange(answer: answer, classification: OutcomeClassifier.classify(answer, now: now()), latencyMs: 0,
-                            credentials: provider.credentials)
+                            credentials: provider.credentials, tokenRetryAfter: (error as? TokenUnavailable)?.retryAfter)
         }
         // Only this daemon takes leases back, and only expired ones: while less than half of the
         // lease has run it is certainly still ours, and the renewal (an fsync) is skipped. An

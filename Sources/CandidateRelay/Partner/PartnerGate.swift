@@ -31,9 +31,12 @@ public struct AttemptReport: Sendable, Equatable {
     /// The fingerprint of the credentials the request was made with (`TokenProvider.credentials`):
     /// a refusal of credentials a reload has replaced since is not the new ones' back-off.
     public var credentials: String?
+    /// No token: the token endpoint's `Retry-After`. The back-off lasts at least until then.
+    public var tokenRetryAfter: Date?
 
     public init(health: PartnerHealth, status: Int? = nil, accountPauseUntil: Date? = nil, partnerPauseUntil: Date? = nil,
-                credentialsRejected: Bool = false, tokenUnavailable: Bool = false, credentials: String? = nil) {
+                credentialsRejected: Bool = false, tokenUnavailable: Bool = false, credentials: String? = nil,
+                tokenRetryAfter: Date? = nil) {
         self.health = health
         self.status = status
         self.accountPauseUntil = accountPauseUntil
@@ -41,6 +44,7 @@ public struct AttemptReport: Sendable, Equatable {
         self.credentialsRejected = credentialsRejected
         self.tokenUnavailable = tokenUnavailable
         self.credentials = credentials
+        self.tokenRetryAfter = tokenRetryAfter
     }
 
     /// Nothing reached the partner.
@@ -658,7 +662,8 @@ public actor PartnerGate {
             // back-off step per wait, not one per event.
             guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
             blockCredentials(permit.account, now: current, "no token could be had for this account; its events wait",
-                             LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue))
+                             LogFields(account: permit.account, error: TransportFailure.tokenUnavailable.rawValue),
+                             atLeastUntil: report.tokenRetryAfter)
             accounts[permit.account]!.blockedForToken = true
             holdsMoved = true
         } else if report.status != nil && report.status != 401 {
@@ -668,10 +673,15 @@ public actor PartnerGate {
 
     /// The account's credentials back-off: its n-th failure in a row blocks it for the
     /// backoff's n-th delay, logged as `auth.rejected` with `fields` plus `until` and the count.
-    private func blockCredentials(_ account: String, now current: Date, _ message: String, _ fields: LogFields) {
+    /// `atLeastUntil`: the token endpoint's `Retry-After`, when longer (capped at `max_seconds`).
+    private func blockCredentials(_ account: String, now current: Date, _ message: String, _ fields: LogFields,
+                                  atLeastUntil: Date? = nil) {
         accounts[account]!.credentialFailures += 1
         let failures = accounts[account]!.credentialFailures
-        let until = current.addingTimeInterval(backoff.baseDelay(attempt: failures))
+        var until = current.addingTimeInterval(backoff.baseDelay(attempt: failures))
+        if let asked = atLeastUntil, asked > until {
+            until = min(asked, current.addingTimeInterval(backoff.maxSeconds))
+        }
         accounts[account]!.credentialsBlockedUntil = until
         var fields = fields
         fields.extra["until"] = Timestamp.string(until)

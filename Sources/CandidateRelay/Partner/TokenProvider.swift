@@ -18,5 +18,12 @@ extension TokenProvider {
 /// The token could not be obtained (OAuth endpoint down): a retryable failure, never `dead`.
 public struct TokenUnavailable: Error, Sendable, Equatable, CustomStringConvertible {
     public let reason: String
+    /// The token endpoint's `Retry-After`, when its answer had one: the account waits at least
+    /// that long (capped at `backoff.max_seconds`, as every wait).
+    public var retryAfter: Date?
+    public init(reason: String, retryAfter: Date? = nil) {
+        self.reason = reason
+        self.retryAfter = retryAfter
+    }
     public var description: String { "partner token unavailable: \(reason)" }
 }
