@@ -44,7 +44,12 @@ public final class RelayProcess: Sendable {
         process.standardError = pipe
         pipe.fileHandleForReading.readabilityHandler = { [output] handle in
             let data = handle.availableData
-            if !data.isEmpty { output.append(String(decoding: data, as: UTF8.self)) }
+            if data.isEmpty {
+                output.end()
+                handle.readabilityHandler = nil
+            } else {
+                output.append(String(decoding: data, as: UTF8.self))
+            }
         }
         try process.run()
     }
@@ -52,6 +57,7 @@ public final class RelayProcess: Sendable {
     /// Stops reading the process's output and closes it, as a log shipper that exits does: what
     /// the process writes from then on fails (EPIPE) and is no longer in `text`.
     public func closeOutput() {
+        output.end()
         outputPipe.fileHandleForReading.readabilityHandler = nil
         try? outputPipe.fileHandleForReading.close()
     }
@@ -92,6 +98,9 @@ public final class RelayProcess: Sendable {
             signal(SIGKILL)
             return nil
         }
+        // What it wrote last is read on another thread: `text` has it once the pipe's end is
+        // read (found in a loaded run: the exit came first, and `text` was still empty).
+        _ = await eventually(timeout: 2) { self.output.ended }
         return process.terminationStatus
     }
 
@@ -112,6 +121,10 @@ public func runRelay(_ arguments: [String], environment: [String: String] = [:])
 /// Text appended from a reader thread, read from tests.
 final class TextBuffer: Sendable {
     private let storage = Mutex<String>("")
+    private let endSeen = Mutex(false)
     func append(_ text: String) { storage.withLock { $0 += text } }
     var text: String { storage.withLock { $0 } }
+    /// The output reached its end (everything the process wrote is in `text`), or was closed.
+    func end() { endSeen.withLock { $0 = true } }
+    var ended: Bool { endSeen.withLock { $0 } }
 }

@@ -18,16 +18,14 @@ struct Events: AsyncParsableCommand {
             try AccountArgument.validate(account)
             // SQLite reads a negative LIMIT as none: `--limit -1` listed every event.
             guard limit > 0 else { throw ValidationError("--limit must be at least 1") }
+            // Here, not in `run`: a ValidationError from `run` printed the top command's usage.
+            if let state, EventState(rawValue: state) == nil {
+                throw ValidationError("unknown state \(state): use pending|in_flight|delivered|linked|dead")
+            }
         }
 
         func run() async throws {
-            var filter: EventState?
-            if let state {
-                guard let parsed = EventState(rawValue: state) else {
-                    throw ValidationError("unknown state \(state): use pending|in_flight|delivered|linked|dead")
-                }
-                filter = parsed
-            }
+            let filter = state.flatMap(EventState.init(rawValue:))
             let admin = AdminCommands(outbox: try await options.outbox())
             Console.out(try await admin.list(state: filter, account: account, limit: limit, json: json))
         }
@@ -80,15 +78,17 @@ struct Purge: AsyncParsableCommand {
     var olderThan: String?
     @Option(help: "Only this account's events (default: every account).") var account: String?
 
-    func validate() throws { try AccountArgument.validate(account) }
+    func validate() throws {
+        try AccountArgument.validate(account)
+        // Here, not in `run`: a ValidationError from `run` printed the top command's usage.
+        if let olderThan, DurationParser.seconds(olderThan) == nil {
+            throw ValidationError("bad duration \(olderThan): a number with s, m, h, d or w (or plain seconds), up to 100 years")
+        }
+    }
 
     func run() async throws {
         let config = try await options.storageConfiguration()
-        var seconds = config.storage.payloadRetentionDays * 86_400
-        if let olderThan {
-            guard let parsed = DurationParser.seconds(olderThan) else { throw ValidationError("bad duration \(olderThan)") }
-            seconds = parsed
-        }
+        let seconds = olderThan.flatMap(DurationParser.seconds) ?? config.storage.payloadRetentionDays * 86_400
         let admin = AdminCommands(outbox: try await options.outbox(config))
         Console.out(try await admin.purge(
             olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays, account: account))

@@ -53,7 +53,10 @@ import Testing
         #expect(DurationParser.seconds("90") == 90)
         #expect(DurationParser.seconds("1.5h") == 5_400)
         #expect(DurationParser.seconds("36500d") == 3_153_600_000.0)
-        for bad in ["inf", "infd", "1e400", "999999999999w", "nan", "nand", "-1", "-1d", "", "d", "7x"] {
+        #expect(DurationParser.seconds(".5h") == 1_800)
+        // Digits only: Swift's Double also reads these (found from outside: `0x10` was 16 s).
+        for bad in ["inf", "infd", "1e400", "999999999999w", "nan", "nand", "-1", "-1d", "", "d", "7x",
+                    "0x10", "0x10d", "1e3", "+5", "5..0", ".", ".d", " 5", "٣d"] {
             #expect(DurationParser.seconds(bad) == nil, "\(bad)")
         }
     }

@@ -127,7 +127,7 @@ public struct AdminCommands: Sendable {
     /// A GDPR erasure: every account's events for the id unless `account` names one.
     public func forget(partnerCandidateID: String, account: String? = nil) async throws -> String {
         let report = try await outbox.forget(partnerCandidateID: partnerCandidateID, account: account, now: now())
-        if report.events.isEmpty { return "no event has partner_candidate_id \(partnerCandidateID)" + Self.scope(account) }
+        if report.events.isEmpty { return "no event has partner_candidate_id \(Self.printable(partnerCandidateID))" + Self.scope(account) }
         var lines = ["erased the personal data (payload and partner answer) of \(report.events.count) event(s)"
                      + (account == nil ? " in every account" : Self.scope(account)) + ":"]
         lines += report.events.map { "  \($0)" }
@@ -183,14 +183,18 @@ public enum DurationParser {
 
     public static func seconds(_ text: String) -> Double? {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800]
-        let seconds: Double
-        if let last = text.last, let unit = units[last], let value = Double(text.dropLast()) {
-            seconds = value * unit
-        } else if let value = Double(text) {
-            seconds = value
-        } else {
-            return nil
+        var number = Substring(text)
+        var unit = 1.0
+        if let last = text.last, let scale = units[last] {
+            number = number.dropLast()
+            unit = scale
         }
+        // Digits with at most one decimal point: Swift's Double also reads `0x10` (16), `1e3`
+        // and `+5`, which an operator did not mean as durations (found from outside).
+        let digits = number.filter { $0 != "." }
+        guard !digits.isEmpty, digits.allSatisfy({ ("0"..."9").contains($0) }), number.count - digits.count <= 1,
+              let value = Double(number) else { return nil }
+        let seconds = value * unit
         return seconds.isFinite && seconds >= 0 && seconds <= maxSeconds ? seconds : nil
     }
 }
