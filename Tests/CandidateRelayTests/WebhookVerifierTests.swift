@@ -47,6 +47,37 @@ import Testing
         #expect(open.mayBeAuthentic(.init(), now: Self.signedAt))
     }
 
+    /// Found from outside: a sender's clock minutes off, or a timestamp in milliseconds, was
+    /// refused as a wrong secret was, and nothing told them apart. The refusal names why.
+    @Test func aRefusalSaysWhy() {
+        let both = IngestAuthenticator(signingSecrets: [Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", source: "test")],
+                                       bearerToken: Secret("t0ken", source: "test"), allowUnauthenticated: false)
+        func refusal(_ headers: IngestAuthenticator.Headers, at now: Date = Self.signedAt) -> AuthRefusal? {
+            both.refusal(headers, body: Self.body, now: now)
+        }
+        let signed = IngestAuthenticator.Headers(webhookID: Self.id, webhookTimestamp: Self.timestamp, webhookSignature: Self.signature)
+        #expect(refusal(signed) == nil)
+        #expect(refusal(.init(authorization: "Bearer t0ken")) == nil)
+        #expect(refusal(.init()) == .credentialsMissing)
+        #expect(refusal(.init(authorization: "Bearer nope")) == .tokenMismatch)
+        #expect(refusal(signed, at: Self.signedAt.addingTimeInterval(360)) == .timestampOutOfTolerance)
+        #expect(refusal(.init(webhookID: Self.id, webhookTimestamp: Self.timestamp + "000", webhookSignature: Self.signature))
+                == .timestampOutOfTolerance)  // milliseconds
+        #expect(refusal(.init(webhookID: Self.id, webhookTimestamp: "soon", webhookSignature: Self.signature)) == .timestampInvalid)
+        #expect(refusal(.init(webhookTimestamp: Self.timestamp, webhookSignature: Self.signature)) == .signatureHeadersIncomplete)
+        #expect(refusal(.init(webhookID: "other", webhookTimestamp: Self.timestamp, webhookSignature: Self.signature)) == .signatureMismatch)
+        // A failed signature with a good token: accepted by the token.
+        var withToken = signed
+        withToken.webhookID = "other"
+        withToken.authorization = "Bearer t0ken"
+        #expect(refusal(withToken) == nil)
+        // The headers alone already say it, before the body is read.
+        #expect(both.headRefusal(.init(webhookID: Self.id, webhookTimestamp: "soon", webhookSignature: Self.signature), now: Self.signedAt)
+                == .timestampInvalid)
+        let open = IngestAuthenticator(signingSecrets: [], bearerToken: nil, allowUnauthenticated: false)
+        #expect(open.refusal(.init(), body: Self.body, now: Self.signedAt) == .credentialsMissing)
+    }
+
     /// Found from outside: `allow_unauthenticated`, the only way to leave one account open, let
     /// every account with a secret take a webhook sent without a signature. It opens only an
     /// account with neither a secret nor a token now.

@@ -40,31 +40,54 @@ public struct IngestAuthenticator: Sendable {
 
     /// True when any configured method accepts the request.
     public func isAuthentic(_ headers: Headers, body: some DataProtocol, now: Date) -> Bool {
-        accepts(headers) { verifier in
-            (try? verifier.verify(id: headers.webhookID, timestamp: headers.webhookTimestamp,
-                                  signatureHeader: headers.webhookSignature, body: body, now: now)) != nil
+        refusal(headers, body: body, now: now) == nil
+    }
+
+    /// Why no configured method accepts the request; nil when one does.
+    func refusal(_ headers: Headers, body: some DataProtocol, now: Date) -> AuthRefusal? {
+        judge(headers) { verifier in
+            do throws(WebhookVerifier.Failure) {
+                try verifier.verify(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                    signatureHeader: headers.webhookSignature, body: body, now: now)
+                return nil
+            } catch { return error }
         }
     }
 
     /// False when no body can make the request authentic: decided from its headers, before its
     /// body is read (`WebhookVerifier.precheck`; the bearer token is checked whole).
     func mayBeAuthentic(_ headers: Headers, now: Date) -> Bool {
-        accepts(headers) { verifier in
-            (try? verifier.precheck(id: headers.webhookID, timestamp: headers.webhookTimestamp,
-                                    signatureHeader: headers.webhookSignature, now: now)) != nil
+        headRefusal(headers, now: now) == nil
+    }
+
+    /// Why no body can make the request authentic, from its headers alone; nil when one may.
+    func headRefusal(_ headers: Headers, now: Date) -> AuthRefusal? {
+        judge(headers) { verifier in
+            do throws(WebhookVerifier.Failure) {
+                _ = try verifier.precheck(id: headers.webhookID, timestamp: headers.webhookTimestamp,
+                                          signatureHeader: headers.webhookSignature, now: now)
+                return nil
+            } catch { return error }
         }
     }
 
     /// The methods in order, the signature judged by `signature` (the whole check, or what the
-    /// headers alone decide).
+    /// headers alone decide: nil when it passes). The refusal names the method the request
+    /// tried: the signature's failure when it sent one, else the token's.
     /// `allowUnauthenticated` opens only an account with neither a secret nor a token: one that
     /// has either is authenticated by it alone (CONTRACT section 8). Found from outside: the key,
     /// the only way to leave one account open, also let every signed account take a webhook
     /// sent without a signature, while `check-config` showed their secrets.
-    private func accepts(_ headers: Headers, signature: (WebhookVerifier) -> Bool) -> Bool {
-        if verifier == nil && bearerDigest == nil { return allowUnauthenticated }
-        if let verifier, headers.webhookSignature != nil, signature(verifier) { return true }
-        return bearerMatches(headers.authorization)
+    private func judge(_ headers: Headers, signature: (WebhookVerifier) -> WebhookVerifier.Failure?) -> AuthRefusal? {
+        if verifier == nil && bearerDigest == nil { return allowUnauthenticated ? nil : .credentialsMissing }
+        var signatureRefusal: AuthRefusal?
+        if let verifier, headers.webhookSignature != nil {
+            guard let failure = signature(verifier) else { return nil }
+            signatureRefusal = AuthRefusal(failure)
+        }
+        if bearerMatches(headers.authorization) { return nil }
+        if let signatureRefusal { return signatureRefusal }
+        return bearerDigest != nil && headers.authorization != nil ? .tokenMismatch : .credentialsMissing
     }
 
     /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
@@ -74,5 +97,53 @@ public struct IngestAuthenticator: Sendable {
         var difference: UInt8 = 0
         for (a, b) in zip(presented, bearerDigest) { difference |= a ^ b }
         return difference == 0
+    }
+}
+
+/// Why a webhook was refused with 401, said to its sender and in the operator's log (found from
+/// outside: a sender's clock six minutes off, or a timestamp in milliseconds, got the same
+/// answer as a wrong secret, and the log said no more). Nothing here is secret: the tolerance
+/// and the headers are the Standard Webhooks spec's, and no secret or token is compared aloud.
+public enum AuthRefusal: String, Sendable {
+    /// Neither a signature (`webhook-signature`) nor a bearer token.
+    case credentialsMissing = "credentials_missing"
+    /// A signature without its `webhook-id` or `webhook-timestamp`.
+    case signatureHeadersIncomplete = "signature_headers_incomplete"
+    case timestampInvalid = "timestamp_invalid"
+    case timestampOutOfTolerance = "timestamp_out_of_tolerance"
+    case signatureMismatch = "signature_mismatch"
+    case tokenMismatch = "token_mismatch"
+
+    init(_ failure: WebhookVerifier.Failure) {
+        switch failure {
+        case .missingHeaders: self = .signatureHeadersIncomplete
+        case .invalidTimestamp: self = .timestampInvalid
+        case .timestampOutOfTolerance: self = .timestampOutOfTolerance
+        case .noMatchingSignature: self = .signatureMismatch
+        }
+    }
+
+    /// The header it concerns and the problem, as the answer's `details` say it.
+    var detail: [String: String] {
+        switch self {
+        case .credentialsMissing: ["field": "webhook-signature, authorization", "problem": "missing"]
+        case .signatureHeadersIncomplete: ["field": "webhook-id, webhook-timestamp", "problem": "missing"]
+        case .timestampInvalid: ["field": "webhook-timestamp", "problem": "invalid"]
+        case .timestampOutOfTolerance: ["field": "webhook-timestamp", "problem": "out_of_tolerance"]
+        case .signatureMismatch: ["field": "webhook-signature", "problem": "no_match"]
+        case .tokenMismatch: ["field": "authorization", "problem": "no_match"]
+        }
+    }
+
+    var message: String {
+        switch self {
+        case .credentialsMissing: "no webhook signature (webhook-id, webhook-timestamp, webhook-signature) and no bearer token"
+        case .signatureHeadersIncomplete: "webhook-signature needs webhook-id and webhook-timestamp"
+        case .timestampInvalid: "webhook-timestamp must be whole seconds since 1970 (Unix time)"
+        case .timestampOutOfTolerance:
+            "webhook-timestamp is more than 300 s from the relay's clock: check the sender's clock, and that the timestamp is in seconds"
+        case .signatureMismatch: "no webhook signature matches (the signing secret, or the bytes signed: id.timestamp.body)"
+        case .tokenMismatch: "the bearer token does not match"
+        }
     }
 }

@@ -5,7 +5,8 @@ import Hummingbird
 /// Every error ingest can answer, mapped in one place to the contract's status and JSON code.
 public enum IngestError: Error, Sendable {
     case payloadTooLarge(limit: Int)
-    case unauthorized
+    /// Why, for a webhook (nil for a read without its token).
+    case unauthorized(AuthRefusal?)
     case unsupportedMediaType
     /// A `Content-Encoding` other than identity: 415 too (RFC 9110), with its own message.
     case unsupportedContentEncoding
@@ -65,6 +66,7 @@ public enum IngestError: Error, Sendable {
     var message: String {
         switch self {
         case .payloadTooLarge(let limit): "the body is larger than \(limit) bytes"
+        case .unauthorized(let refusal?): refusal.message
         case .unauthorized: "missing or invalid webhook signature or bearer token"
         case .unsupportedMediaType: "Content-Type must be application/json"
         case .unsupportedContentEncoding: "Content-Encoding must be identity: bodies are not decompressed"
@@ -132,6 +134,7 @@ public enum IngestError: Error, Sendable {
         }
         if case .lookupIncomplete(let problems) = self { details = problems.map(\.detail) }
         if case .lookupInvalid(let problems) = self { details = problems.map(\.detail) }
+        if case .unauthorized(let refusal?) = self { details = [refusal.detail] }
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
         if case .methodNotAllowed(let allow) = self { headers[.allow] = allow }

@@ -154,7 +154,7 @@ public struct IngestHandler: Sendable {
         let authenticator = try admit(account: account)
         let limit = settings.value.maxBodyBytes
         if let declared = headers.declaredLength, declared > limit { throw .payloadTooLarge(limit: limit) }
-        guard authenticator.mayBeAuthentic(headers.auth, now: now()) else { throw .unauthorized }
+        if let refusal = authenticator.headRefusal(headers.auth, now: now()) { throw .unauthorized(refusal) }
     }
 
     /// The contract's checks on a whole body, in order (401, 415, 400, 422), and the submission
@@ -162,7 +162,7 @@ public struct IngestHandler: Sendable {
     func prepare(account: String, headers: WebhookHeaders, body: Data) throws(IngestError) -> Prepared {
         let authenticator = try admit(account: account)
         let receivedAt = now()
-        guard authenticator.isAuthentic(headers.auth, body: body, now: receivedAt) else { throw .unauthorized }
+        if let refusal = authenticator.refusal(headers.auth, body: body, now: receivedAt) { throw .unauthorized(refusal) }
         guard Self.isJSON(headers.contentType) else { throw .unsupportedMediaType }
         // A compressed body is not read as such (and would reach the partner as it came).
         if let coding = headers.contentEncoding, !coding.isEmpty, coding.lowercased() != "identity" { throw .unsupportedContentEncoding }
@@ -261,9 +261,11 @@ public struct IngestHandler: Sendable {
             let known = error.code == IngestError.unknownAccount.code ? "" : account
             metrics.ingest(result: error.code, account: known)
             if let suppressed = logBudget.admit(.init(code: error.code, account: known), now: now()) {
+                var extra: [String: String] = [:]
+                if case .unauthorized(let refusal?) = error { extra["reason"] = refusal.rawValue }
                 logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected", "webhook rejected",
                              LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code,
-                                       numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+                                       extra: extra, numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
             }
             return error.answer
         }

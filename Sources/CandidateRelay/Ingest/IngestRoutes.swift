@@ -18,7 +18,7 @@ public enum IngestRoutes {
         @Sendable func readableAccount(_ request: Request, _ context: BasicRequestContext) throws(IngestError) -> String {
             let account = account(context)
             guard let authenticator = handler.authenticators.value[account] else { throw .unknownAccount }
-            guard authenticator.allowsReads(request.headers[.authorization]) else { throw .unauthorized }
+            guard authenticator.allowsReads(request.headers[.authorization]) else { throw .unauthorized(nil) }
             return account
         }
         let accept: @Sendable (Request, BasicRequestContext) async -> Response = { request, context in
