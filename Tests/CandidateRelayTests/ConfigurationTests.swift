@@ -315,20 +315,23 @@ import Yams
         #expect(config.storage.payloadRetentionDays == 3)
         #expect(others.map(\.key) == ["delivery.workers"], "\(others)")
 
+        // A problem in storage, or an unknown key or variable (`storag:` would leave the path at
+        // its default: another daemon's outbox), stops them as before.
         for yaml in ["storage: { path: $DIR/o.sqlite3, payload_retention_days: -1 }\ndelivery: { workers: 0 }",
-                     "storage: { path: $DIR/o.sqlite3, paht: x }"] {
+                     "storage: { path: $DIR/o.sqlite3, paht: x }", "storag: { path: $DIR/o.sqlite3 }", "delivery: { wokers: 2 }"] {
             let dir = try Self.fixture(yaml)
             defer { dir.cleanup() }
             do {
                 _ = try await ConfigurationLoader(configPath: dir.file("config.yaml"), environment: [:]).loadForOutbox()
                 Issue.record("loaded: \(yaml)")
             } catch let error as ConfigurationError {
-                #expect(error.problems.contains { $0.key.hasPrefix("storage.") }, "\(error)")
+                #expect(!error.problems.isEmpty, "\(yaml)")
             }
         }
-        let storageByEnvironment = ConfigurationLoader(
-            configPath: elsewhere.file("config.yaml"), environment: ["CANDIDATE_RELAY_STORAGE_PAYLOAD_RETENTION_DAYS": "x"])
-        await #expect(throws: ConfigurationError.self) { _ = try await storageByEnvironment.loadForOutbox() }
+        for environment in [["CANDIDATE_RELAY_STORAGE_PAYLOAD_RETENTION_DAYS": "x"], ["CANDIDATE_RELAY_STORAG_PATH": "/tmp/x"]] {
+            let loader = ConfigurationLoader(configPath: elsewhere.file("config.yaml"), environment: environment)
+            await #expect(throws: ConfigurationError.self) { _ = try await loader.loadForOutbox() }
+        }
 
         do {
             _ = try await ConfigurationLoader(configPath: elsewhere.path, environment: [:]).loadForOutbox()

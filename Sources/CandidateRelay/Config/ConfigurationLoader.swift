@@ -49,7 +49,7 @@ public struct ConfigurationLoader: Sendable {
     /// Loads and validates; throws `ConfigurationError` listing every problem. Admin commands
     /// pass `secretsRequired: false`: they work on the outbox file and need no credentials.
     public func load(secretsRequired: Bool = true) async throws -> RelayConfiguration {
-        let (config, problems) = try await evaluate(secretsRequired: secretsRequired)
+        let (config, problems, _) = try await evaluate(secretsRequired: secretsRequired)
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }
@@ -58,20 +58,22 @@ public struct ConfigurationLoader: Sendable {
     /// section: the configuration, and its problems in the other sections, which do not stop
     /// them (found from outside: a mistake saved in `delivery.workers`, which the daemon's reload
     /// refused, left the operator without `status`, `backup` or `forget` until the file was
-    /// fixed). Throws `ConfigurationError` with every problem when one concerns `storage`, or
-    /// the file itself (unreadable, not YAML, not a mapping).
+    /// fixed). Only a value refused for a known key outside `storage` is let through: a problem
+    /// in `storage`, an unknown key or variable (`storag:` misspelt would leave `storage.path`
+    /// at its default, another daemon's outbox), or the file itself (unreadable, not YAML, not a
+    /// mapping) throws `ConfigurationError` with every problem, as `load` does.
     public func loadForOutbox() async throws -> (config: RelayConfiguration, otherProblems: [ConfigurationProblem]) {
-        let (config, problems) = try await evaluate(secretsRequired: false)
-        let storageEnvironment = ConfigurationKeys.environmentName("storage") + "_"
-        if problems.contains(where: { $0.key.isEmpty || $0.key == "storage" || $0.key.hasPrefix("storage.") || $0.key.hasPrefix(storageEnvironment) }) {
+        let (config, problems, known) = try await evaluate(secretsRequired: false)
+        if problems.contains(where: { !known.contains($0.key) || $0.key.hasPrefix("storage.") }) {
             throw ConfigurationError(problems: problems)
         }
         return (config, problems)
     }
 
-    /// The configuration as built, with every problem found; throws only when there is nothing
-    /// to build from (a file that cannot be read or parsed, an explicit path with no file).
-    private func evaluate(secretsRequired: Bool) async throws -> (RelayConfiguration, [ConfigurationProblem]) {
+    /// The configuration as built, with every problem found and the keys it knows (those of
+    /// the accounts the file names too); throws only when there is nothing to build from (a
+    /// file that cannot be read or parsed, an explicit path with no file).
+    private func evaluate(secretsRequired: Bool) async throws -> (RelayConfiguration, [ConfigurationProblem], Set<String>) {
         var problems: [ConfigurationProblem] = []
         var providers: [any ConfigProvider] = [
             // An empty variable sets nothing (as for the secrets): it meant the key's default,
@@ -119,7 +121,7 @@ public struct ConfigurationLoader: Sendable {
         // mode) is read once per account: its problem is still one line.
         var seen = Set<String>()
         problems = problems.filter { seen.insert($0.description).inserted }
-        return (config, problems)
+        return (config, problems, Set(ConfigurationKeys.all(accounts: accountIDs ?? [])))
     }
 
     private func unknownEnvironmentKeys(accounts: [String]) -> [ConfigurationProblem] {
