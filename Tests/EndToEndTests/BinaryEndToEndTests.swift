@@ -326,13 +326,16 @@ import Glibc
         #expect(stepped["while_stopped"] as? String == "true")
         // An hour less the time the daemon was stopped (which cannot be known).
         #expect(((stepped["step_seconds"] as? Double) ?? 0) <= -3500)
-        // The crash's requests may still reach the partner: resent `timeout_seconds` (5) after
-        // the restart, not an hour later, and not sooner (review: recovered before the rebase,
-        // their hold moved back with the clock's step, and they went at once).
+        // The crash's requests may still reach the partner: resent twice `timeout_seconds` (5)
+        // after the restart (a request may have left just before the crash, and a timed-out one
+        // is resent twice the timeout after it left), not an hour later, and not sooner (review:
+        // recovered before the rebase, their hold moved back with the clock's step, and they
+        // went at once; found from outside: one timeout only, a partner slower than that but
+        // within two created the candidate twice).
         #expect(try await eventually(timeout: 30) { try await Self.all(ids, are: "delivered", again) })
         let arrivals = await simulator.snapshot().requests.map(\.at)
         #expect(arrivals.count == 2)
-        #expect(arrivals.allSatisfy { $0.timeIntervalSince(restarted) >= 4.5 }, "\(arrivals.map { $0.timeIntervalSince(restarted) })")
+        #expect(arrivals.allSatisfy { $0.timeIntervalSince(restarted) >= 9.5 }, "\(arrivals.map { $0.timeIntervalSince(restarted) })")
         second.signal(SIGTERM)
         #expect(await second.waitForExit() == 0)
     }

@@ -412,10 +412,18 @@ import Testing
         _ = try await eventually { try await relay.client.record(id)?["state"] as? String == "in_flight" }
         await relay.application.shutdown()
         try await relay.waitForExit()
+        let handedBack = Date()
         let outbox = try Outbox(path: relay.application.configuration.storage.path)
         let record = try #require(try await outbox.record(id: id))
         #expect(record.state == .pending)
         #expect(record.attempts == 0)
+        // Due twice the timeout after the hand-back, as a timed-out request is resent twice the
+        // timeout after it left (found from outside: held one timeout, a partner slower than that
+        // created the candidate twice at each restart).
+        let timeout = relay.application.configuration.partner.timeoutSeconds
+        let due = try #require(record.nextAttemptAt)
+        #expect(due.timeIntervalSince(handedBack) > 1.5 * timeout, "due \(due.timeIntervalSince(handedBack)) s after the hand-back")
+        #expect(due.timeIntervalSince(handedBack) <= 2 * timeout)
         #expect(!relay.logs.events("delivery.interrupted").isEmpty)
         #expect(!relay.logs.events("relay.started").isEmpty)
         #expect(!relay.logs.events("relay.stopping").isEmpty)

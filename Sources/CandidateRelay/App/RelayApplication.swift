@@ -95,7 +95,9 @@ public final class RelayApplication: Sendable {
         // After the rebase: the events a crash left in flight are held from now, on the clock
         // as it is (review: recovered before it, their hold moved back with the step, and a
         // step as long as the timeout undid it).
-        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: configuration.partner.timeoutSeconds)
+        // Twice the timeout (`DeliverySettings.cutOffHoldSeconds`): a request may have left
+        // just before the crash, and a timed-out one is resent twice the timeout after it left.
+        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: 2 * configuration.partner.timeoutSeconds)
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
                          LogFields(extra: ["count": String(recovered)]))

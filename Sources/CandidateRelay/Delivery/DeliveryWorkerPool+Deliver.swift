@@ -42,7 +42,7 @@ extension DeliveryWorkerPool {
             // rebuilt at the next start.
             await gate.settle(permit, .nothingSent)
             let current = now()
-            let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.abandonedHoldSeconds)) : .unsent
+            let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.cutOffHoldSeconds)) : .unsent
             let written = await record(event, outcome, latencyMs: nil, now: current)
             if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt", written: written) }
             return

@@ -11,10 +11,16 @@ public struct DeliverySettings: Sendable {
     public var leaseSeconds: Double
     /// The idle fallback poll: how soon a change made by an admin command is noticed.
     public var pollSeconds: Double
-    /// A request given up without an answer (timed out, reset, cut off at shutdown) may still
-    /// be at work at the partner: its resend waits this long (`partner.timeout_seconds`), so
-    /// that two requests for one candidate are not open there at once.
+    /// A request given up without an answer (timed out, reset) may still be at work at the
+    /// partner: its resend waits this long after the give-up (`partner.timeout_seconds`), so
+    /// that two requests for one candidate are not open there at once. A timed-out request is
+    /// thus resent twice the timeout after it left: what the partner is given to finish.
     public var abandonedHoldSeconds: Double
+    /// A request cut off at shutdown, or left by a crash, may have left just before: its resend
+    /// waits twice the timeout after the hand-back or the restart, as a timed-out one does
+    /// after it left (found from outside: held one timeout only, a partner slower than that but
+    /// within the timeout path's two created the candidate twice at each kill -9 and restart).
+    public var cutOffHoldSeconds: Double { 2 * abandonedHoldSeconds }
 
     public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double, rateWindowSeconds: Double) {
         workers = configuration.workers
