@@ -76,6 +76,20 @@ import Testing
                 == .timestampInvalid)
         let open = IngestAuthenticator(signingSecrets: [], bearerToken: nil, allowUnauthenticated: false)
         #expect(open.refusal(.init(), body: Self.body, now: Self.signedAt) == .credentialsMissing)
+        // What was sent decides the reason, not what the account accepts: the reasons tell an
+        // anonymous client nothing of an account's methods (found from outside).
+        let signatureOnly = IngestAuthenticator(signingSecrets: [Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", source: "test")],
+                                                bearerToken: nil, allowUnauthenticated: false)
+        let bearerOnly = IngestAuthenticator(signingSecrets: [], bearerToken: Secret("t0ken", source: "test"), allowUnauthenticated: false)
+        for account in [both, signatureOnly, bearerOnly] {
+            #expect(account.refusal(.init(authorization: "Bearer nope"), body: Self.body, now: Self.signedAt) == .tokenMismatch)
+            #expect(account.refusal(.init(), body: Self.body, now: Self.signedAt) == .credentialsMissing)
+            #expect(account.refusal(.init(webhookID: "other", webhookTimestamp: Self.timestamp, webhookSignature: Self.signature),
+                                    body: Self.body, now: Self.signedAt) == .signatureMismatch)
+            #expect(account.refusal(signed, body: Self.body, now: Self.signedAt.addingTimeInterval(360)) == .timestampOutOfTolerance)
+        }
+        #expect(bearerOnly.refusal(signed, body: Self.body, now: Self.signedAt) == .signatureMismatch)  // no secret to match
+        #expect(signatureOnly.refusal(.init(authorization: "Bearer t0ken"), body: Self.body, now: Self.signedAt) == .tokenMismatch)
     }
 
     /// Found from outside: `allow_unauthenticated`, the only way to leave one account open, let

@@ -78,17 +78,26 @@ public struct IngestAuthenticator: Sendable {
     /// has either is authenticated by it alone (CONTRACT section 8). Found from outside: the key,
     /// the only way to leave one account open, also let every signed account take a webhook
     /// sent without a signature, while `check-config` showed their secrets.
+    ///
+    /// The refusal depends on what the request sent, not on what its account accepts (found from
+    /// outside: a bearer token sent to an account with none was told "no bearer token", and the
+    /// reasons told an anonymous client which methods each account has): a signature is checked
+    /// against no secret when the account has none, and fails as a wrong one does.
     private func judge(_ headers: Headers, signature: (WebhookVerifier) -> WebhookVerifier.Failure?) -> AuthRefusal? {
         if verifier == nil && bearerDigest == nil { return allowUnauthenticated ? nil : .credentialsMissing }
         var signatureRefusal: AuthRefusal?
-        if let verifier, headers.webhookSignature != nil {
-            guard let failure = signature(verifier) else { return nil }
+        if headers.webhookSignature != nil {
+            guard let failure = signature(verifier ?? Self.noSecret) else { return nil }
             signatureRefusal = AuthRefusal(failure)
         }
         if bearerMatches(headers.authorization) { return nil }
         if let signatureRefusal { return signatureRefusal }
-        return bearerDigest != nil && headers.authorization != nil ? .tokenMismatch : .credentialsMissing
+        return headers.authorization != nil ? .tokenMismatch : .credentialsMissing
     }
+
+    /// An account without signing secrets: its checks of the headers and timestamp are the
+    /// spec's, and no signature matches.
+    private static let noSecret = WebhookVerifier(secrets: [])
 
     /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
     func bearerMatches(_ authorization: String?) -> Bool {
