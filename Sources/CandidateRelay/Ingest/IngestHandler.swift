@@ -260,9 +260,10 @@ public struct IngestHandler: Sendable {
             // An unknown account's name is the sender's text: it becomes neither a label nor a field.
             let known = error.code == IngestError.unknownAccount.code ? "" : account
             metrics.ingest(result: error.code, account: known)
-            if let suppressed = logBudget.admit(.init(code: error.code, account: known), now: now()) {
-                var extra: [String: String] = [:]
-                if case .unauthorized(let refusal?) = error { extra["reason"] = refusal.rawValue }
+            var reason = ""
+            if case .unauthorized(let refusal?) = error { reason = refusal.rawValue }
+            if let suppressed = logBudget.admit(.init(code: error.code, account: known, reason: reason), now: now()) {
+                let extra = reason.isEmpty ? [:] : ["reason": reason]
                 logger.event(error.code == "unavailable" ? .warning : .notice, "ingest.rejected", "webhook rejected",
                              LogFields(account: known.isEmpty ? nil : known, status: Int(error.status.code), error: error.code,
                                        extra: extra, numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
@@ -276,7 +277,7 @@ public struct IngestHandler: Sendable {
     func logQuietLeftOut() {
         for (kind, suppressed) in logBudget.quietLeftOut(now: now()) {
             let fields = LogFields(account: kind.account.isEmpty ? nil : kind.account, error: kind.code == "duplicate" ? nil : kind.code,
-                                   extra: kind.code == "duplicate" ? ["duplicate": "true"] : [:],
+                                   extra: kind.code == "duplicate" ? ["duplicate": "true"] : kind.reason.isEmpty ? [:] : ["reason": kind.reason],
                                    numbers: ["suppressed": Double(suppressed)])
             if kind.code == "duplicate" {
                 logger.event(.info, "ingest.accepted", "replays of known events whose lines were left out", fields)

@@ -22,6 +22,9 @@ final class IngestLogBudget: Sendable {
         var code: String
         /// A configured account's id, or "" (an unknown account's name is the sender's text).
         var account: String
+        /// A 401's `AuthRefusal` (six values), or "": a flood of bad signatures no longer hides
+        /// another sender's clock skew in its `suppressed` count (found from outside).
+        var reason: String = ""
     }
 
     private struct Bucket {
