@@ -454,6 +454,35 @@ import Testing
         #expect(await gate.view("a")?.credentialsRejectedUntil == clock.now.addingTimeInterval(60))
     }
 
+    /// Found from outside: a wait for the token endpoint, restored after a restart, counted as
+    /// a refusal, which no reload ends; the token endpoint's `Retry-After` can make it long now.
+    /// It is stored with its cause (`token:`), and a reload ends it after the restart too.
+    @Test func aWaitForTheTokenEndpointKeepsItsCauseAcrossARestart() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a"], credentials: ["a": "same"])
+        let reported = Mutex<[String: Date]>([:])
+        await gate.onHoldsChanged { holds in reported.withLock { $0 = holds } }
+        let until = clock.now.addingTimeInterval(40)
+        try await Self.send(gate, "a", AttemptReport(health: .untested, tokenUnavailable: true, tokenRetryAfter: until))
+        #expect(reported.withLock { $0 } == ["token:a#same": until])
+        func reload(_ gate: PartnerGate) async -> [String: Date] {
+            await gate.reconfigure(accounts: Self.limits(["a"]), globalRateLimit: .init(requests: 0),
+                                   breaker: .init(failures: 5, cooldownSeconds: 30), workers: 4, backoff: .init(),
+                                   credentials: ["a": "same"])
+        }
+        let next = Self.gate(clock, accounts: ["a"], credentials: ["a": "same"])
+        #expect(await next.restore(["token:a#same": until]).isEmpty)
+        #expect(await next.view("a")?.credentialsRejectedUntil == until)
+        #expect(await next.holds() == ["token:a#same": until])
+        #expect(await reload(next) == ["a": until])
+        #expect(await next.view("a")?.credentialsRejectedUntil == nil)
+        // A refusal restored is not lifted by a reload with the same credentials.
+        let refused = Self.gate(clock, accounts: ["a"], credentials: ["a": "same"])
+        #expect(await refused.restore(["credentials:a#same": until]).isEmpty)
+        #expect(await reload(refused).isEmpty)
+        #expect(await refused.view("a")?.credentialsRejectedUntil == until)
+    }
+
     /// A wait that began with a failed token request (the token endpoint's outage) ends at any
     /// reload, the credentials unchanged (found from outside: nothing else could end it before
     /// its time, up to `max_seconds`, across restarts). It costs a token request, no attempt;

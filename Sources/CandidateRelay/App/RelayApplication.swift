@@ -97,10 +97,12 @@ public final class RelayApplication: Sendable {
         // step as long as the timeout undid it).
         // Twice the timeout (`DeliverySettings.cutOffHoldSeconds`): a request may have left
         // just before the crash, and a timed-out one is resent twice the timeout after it left.
-        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: 2 * configuration.partner.timeoutSeconds)
+        let holdSeconds = 2 * configuration.partner.timeoutSeconds
+        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: holdSeconds)
         if recovered > 0 {
-            logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending",
-                         LogFields(extra: ["count": String(recovered)]))
+            logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending, resent at `until` at the earliest "
+                         + "(their requests may still be at work at the partner)",
+                         LogFields(extra: ["count": String(recovered), "until": Timestamp.string(now.addingTimeInterval(holdSeconds))]))
         }
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds - stepBack))
             .mapValues { times in times.map { $0.addingTimeInterval(stepBack) } }

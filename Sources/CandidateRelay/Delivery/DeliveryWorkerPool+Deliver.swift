@@ -42,9 +42,13 @@ extension DeliveryWorkerPool {
             // rebuilt at the next start.
             await gate.settle(permit, .nothingSent)
             let current = now()
-            let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: current.addingTimeInterval(settings.cutOffHoldSeconds)) : .unsent
+            let resendAt = current.addingTimeInterval(settings.cutOffHoldSeconds)
+            let outcome: RecordedOutcome = sent == nil ? .interrupted(resendAt: resendAt) : .unsent
             let written = await record(event, outcome, latencyMs: nil, now: current)
-            if sent == nil { logInterrupted(event, "shutdown grace over; event handed back without using an attempt", written: written) }
+            if sent == nil {
+                logInterrupted(event, "shutdown grace over; event handed back without using an attempt, resent at `until` at the earliest "
+                               + "(the cut-off request may still be at work at the partner)", written: written, until: resendAt)
+            }
             return
         }
         // No token could be had (an OAuth2 token endpoint refusing the client, failing or not
@@ -246,10 +250,13 @@ extension DeliveryWorkerPool {
 
     /// `delivery.interrupted`: the event went back to pending without using an attempt; or,
     /// when that could not be written (a full disk at shutdown), `delivery.outcome_unrecorded`.
-    func logInterrupted(_ event: ClaimedEvent, _ message: String, written: Written) {
+    /// `until`: when it is due again, when it is held (a request cut off may still be at the partner).
+    func logInterrupted(_ event: ClaimedEvent, _ message: String, written: Written, until: Date? = nil) {
         switch written {
         case .recorded:
-            logger.event(.notice, "delivery.interrupted", message, fields(event))
+            var fields = fields(event)
+            if let until { fields.extra["until"] = Timestamp.string(until) }
+            logger.event(.notice, "delivery.interrupted", message, fields)
             metrics.delivery(outcome: "interrupted", account: event.account)
         case .notWritten:
             logUnrecorded(event, status: nil, latencyMs: nil, candidateUID: nil, outcome: "interrupted")

@@ -90,7 +90,7 @@ public actor PartnerGate {
         var credentialFailures = 0
         /// The back-off in force began with a failed token request (the token endpoint's
         /// outage), not the partner's refusal: a reload ends it even with the same credentials.
-        /// Not kept across a restart (a back-off restored at start counts as a refusal).
+        /// Kept across a restart (`token:` holds).
         var blockedForToken = false
         /// Admissions holding a place in this account's window, plus permits bound to it.
         var busy = 0
@@ -177,7 +177,10 @@ public actor PartnerGate {
 
     /// Every pause, open circuit and credentials back-off still in force, by scope: `partner`,
     /// `circuit`, `account:<id>`, `credentials:<id>#<fingerprint of the credentials refused>`
-    /// (`credentials:<id>` when the gate was given none).
+    /// (`credentials:<id>` when the gate was given none), `token:<id>#<fingerprint>` for a
+    /// back-off that began with a failed token request (which a reload ends; kept apart so a
+    /// restart knows it: found from outside, restored as a refusal it outlived every reload, up
+    /// to `max_seconds` since a token endpoint's `Retry-After` counts).
     public func holds() -> [String: Date] {
         let current = now()
         var holds: [String: Date] = [:]
@@ -186,7 +189,8 @@ public actor PartnerGate {
         for (id, account) in accounts {
             if account.pausedUntil > current { holds["account:" + id] = account.pausedUntil }
             if account.credentialsBlockedUntil > current {
-                holds["credentials:" + id + (account.credentials.map { "#" + $0 } ?? "")] = account.credentialsBlockedUntil
+                holds[(account.blockedForToken ? "token:" : "credentials:") + id + (account.credentials.map { "#" + $0 } ?? "")] =
+                    account.credentialsBlockedUntil
             }
         }
         return holds
@@ -222,10 +226,11 @@ public actor PartnerGate {
                 guard accounts[id]!.configured else { continue }
                 logger.event(.warning, "partner.paused", "the partner's pause of this account from before the restart is still in force; its events wait",
                              LogFields(account: id, extra: ["until": Timestamp.string(until)]))
-            } else if scope.hasPrefix("credentials:") {
+            } else if scope.hasPrefix("credentials:") || scope.hasPrefix("token:") {
                 // `credentials:<id>#<fingerprint>`; a hold written before fingerprints has none.
+                let forToken = scope.hasPrefix("token:")
                 let parts = scope.split(separator: "#", maxSplits: 1)
-                guard let id = account(holding: String(parts[0]), prefix: "credentials:") else { continue }
+                guard let id = account(holding: String(parts[0]), prefix: forToken ? "token:" : "credentials:") else { continue }
                 if !accounts[id]!.configured, parts.count == 2 {
                     // Refused with these: a reload adding it back with others lifts the back-off.
                     accounts[id]!.credentials = String(parts[1])
@@ -236,9 +241,16 @@ public actor PartnerGate {
                 }
                 accounts[id]!.credentialsBlockedUntil = max(accounts[id]!.credentialsBlockedUntil, until)
                 accounts[id]!.credentialFailures = max(accounts[id]!.credentialFailures, 1)
+                accounts[id]!.blockedForToken = forToken
                 guard accounts[id]!.configured else { continue }
-                logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
-                             LogFields(account: id, extra: ["until": Timestamp.string(until)]))
+                if forToken {
+                    logger.event(.error, "auth.rejected", "no token could be had for this account before the restart (its token endpoint failed "
+                                 + "or asked to wait); its events wait until the back-off ends, or a reload once the endpoint is back",
+                                 LogFields(account: id, error: TransportFailure.tokenUnavailable.rawValue, extra: ["until": Timestamp.string(until)]))
+                } else {
+                    logger.event(.error, "auth.rejected", "the partner refused this account's credentials before the restart; its events wait until the back-off ends",
+                                 LogFields(account: id, extra: ["until": Timestamp.string(until)]))
+                }
             }
         }
         return lifted
