@@ -523,6 +523,11 @@ import Testing
             for _ in 0..<40 {
                 #expect(try await Self.post(client, Self.valid).status == .unauthorized)
             }
+            // A 401 for another reason has a budget of its own: a sender's clock skew is not hidden
+            // in another's flood of bad credentials (found from outside).
+            let skewed = Self.signedHeaders(id: "skew", body: Self.valid, at: clock.now.addingTimeInterval(-400))
+            #expect(try await Self.post(client, Self.valid, headers: skewed).status == .unauthorized)
+            #expect(logs.events("ingest.rejected").filter { $0["reason"] as? String == "timestamp_out_of_tolerance" }.count == 1)
             // Another kind of refusal has a budget of its own.
             let malformed = try await Self.post(client, "{bad", headers: Self.signedHeaders(id: "m1", body: "{bad"))
             #expect(malformed.status == .badRequest)
@@ -535,7 +540,7 @@ import Testing
             for _ in 0..<15 {
                 #expect(try await Self.post(client, Self.valid.replacingOccurrences(of: "1111A", with: "c0"), headers: replay).status == .ok)
             }
-            let unauthorized = logs.events("ingest.rejected").filter { $0["error"] as? String == "unauthorized" }
+            let unauthorized = logs.events("ingest.rejected").filter { $0["reason"] as? String == "credentials_missing" }
             #expect(unauthorized.count == 10)
             #expect(unauthorized.allSatisfy { $0["suppressed"] == nil })
             #expect(logs.events("ingest.rejected").filter { $0["error"] as? String == "malformed_json" }.count == 1)
@@ -548,7 +553,7 @@ import Testing
             for _ in 0..<6 {
                 #expect(try await Self.post(client, Self.valid).status == .unauthorized)
             }
-            let after = logs.events("ingest.rejected").filter { $0["error"] as? String == "unauthorized" }.dropFirst(10)
+            let after = logs.events("ingest.rejected").filter { $0["reason"] as? String == "credentials_missing" }.dropFirst(10)
             #expect(after.map { $0["suppressed"] as? Int } == [30, nil, nil, nil, nil])
 
             // Quiet for a second: what the last burst left out (the sixth above and these 13) gets
@@ -558,9 +563,10 @@ import Testing
             f.handler.logQuietLeftOut()
             let last = try #require(logs.events("ingest.rejected").last)
             #expect(last["error"] as? String == "unauthorized" && last["suppressed"] as? Int == 14 && last["account"] as? String == "default")
+            #expect(last["reason"] as? String == "credentials_missing")
 
             let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="unauthorized"} 59"#))
+            #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="unauthorized"} 60"#))
             #expect(text.contains(#"candidate_relay_ingest_requests_total{account="default",result="duplicate"} 15"#))
         }
     }
