@@ -120,22 +120,19 @@ extension Outbox {
                     // the partner (`partner_open_until`; found from outside: a retry right after
                     // a timeout made the event dead resent it at once, and the partner created
                     // the candidate twice).
-                    try db.execute(
-                        sql: """
+                    guard let due = try Millis.fetchOne(
+                        db, sql: """
                             UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = MAX(?, coalesce(partner_open_until, 0)),
                               updated_at = ?, budget_started_at = ?, last_error = NULL
                             WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
+                            RETURNING next_attempt_at
                             """,
-                        arguments: [now.millis, now.millis, now.millis, id, account])
-                    guard db.changesCount == 1 else {
+                        arguments: [now.millis, now.millis, now.millis, id, account]) else {
                         skipped.append(id)
                         continue
                     }
                     retried.append(id)
-                    if let due = try Millis.fetchOne(db, sql: "SELECT next_attempt_at FROM events WHERE id = ?", arguments: [id]),
-                       due > now.millis {
-                        heldUntil[id] = Date(millis: due)
-                    }
+                    if due > now.millis { heldUntil[id] = Date(millis: due) }
                 }
                 return (retried, skipped, heldUntil)
             }
