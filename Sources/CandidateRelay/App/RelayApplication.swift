@@ -97,7 +97,7 @@ public final class RelayApplication: Sendable {
         // step as long as the timeout undid it).
         // Twice the timeout (`DeliverySettings.cutOffHoldSeconds`): a request may have left
         // just before the crash, and a timed-out one is resent twice the timeout after it left.
-        let holdSeconds = 2 * configuration.partner.timeoutSeconds
+        let holdSeconds = DeliverySettings.cutOffHoldSeconds(partnerTimeoutSeconds: configuration.partner.timeoutSeconds)
         let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: holdSeconds)
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending, resent at `until` at the earliest "

@@ -20,7 +20,9 @@ public struct DeliverySettings: Sendable {
     /// waits twice the timeout after the hand-back or the restart, as a timed-out one does
     /// after it left (found from outside: held one timeout only, a partner slower than that but
     /// within the timeout path's two created the candidate twice at each kill -9 and restart).
-    public var cutOffHoldSeconds: Double { 2 * abandonedHoldSeconds }
+    public var cutOffHoldSeconds: Double { Self.cutOffHoldSeconds(partnerTimeoutSeconds: abandonedHoldSeconds) }
+    /// The same, for the start's recovery of a crash's leases (before the settings exist).
+    public static func cutOffHoldSeconds(partnerTimeoutSeconds: Double) -> Double { 2 * partnerTimeoutSeconds }
 
     public init(configuration: DeliveryConfiguration, partnerTimeoutSeconds: Double, rateWindowSeconds: Double) {
         workers = configuration.workers
