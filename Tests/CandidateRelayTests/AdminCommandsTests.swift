@@ -36,6 +36,21 @@ import Testing
         return (dir, outbox, AdminCommands(outbox: outbox, now: { now }))
     }
 
+    /// Opens event `id`'s partner window (a request given up may still be at work) for 30 s
+    /// from `now`; returns its end.
+    static func holdOpen(_ outbox: Outbox, _ id: String) async throws -> Date {
+        let open = now.addingTimeInterval(30)
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = ?", arguments: [open.millis, id])
+        }
+        return open
+    }
+
+    /// acme's next claim at `at`.
+    static func claimAcme(_ outbox: Outbox, at: Date) async throws -> ClaimedEvent? {
+        try await outbox.claimNext(accounts: ["acme"], now: at, leaseSeconds: 60, maxAgeSeconds: 1000)
+    }
+
     static func json(_ text: String) -> [String: Any]? {
         try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
     }
@@ -211,10 +226,7 @@ import Testing
     @Test func aRetryWaitsForTheLastRequestsWindow() async throws {
         let (dir, outbox, admin) = try await Self.populated()
         defer { dir.cleanup() }
-        let open = Self.now.addingTimeInterval(30)
-        try await outbox.pool.write { db in
-            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = 'a-dead'", arguments: [open.millis])
-        }
+        let open = try await Self.holdOpen(outbox, "a-dead")
         let result = try await admin.retry(ids: ["a-dead", "g-dead"])
         #expect(result.allFound)
         #expect(result.text == """
@@ -225,10 +237,9 @@ import Testing
             """, "\(result.text)")
         #expect(try await outbox.record(id: "a-dead")?.nextAttemptAt == open)
         // acme's other pending event (a-wait, another candidate) goes; a-dead waits for its window.
-        let claim = { (at: Date) in try await outbox.claimNext(accounts: ["acme"], now: at, leaseSeconds: 60, maxAgeSeconds: 1000) }
-        #expect(try await claim(Self.now)?.id == "a-wait")
-        #expect(try await claim(Self.now.addingTimeInterval(29)) == nil)
-        #expect(try await claim(open)?.id == "a-dead")
+        #expect(try await Self.claimAcme(outbox, at: Self.now)?.id == "a-wait")
+        #expect(try await Self.claimAcme(outbox, at: Self.now.addingTimeInterval(29)) == nil)
+        #expect(try await Self.claimAcme(outbox, at: open)?.id == "a-dead")
     }
 
     /// The claim holds an event whose own window is open even when it is due (any path that made
@@ -236,14 +247,10 @@ import Testing
     @Test func theClaimHoldsAnEventWhoseOwnWindowIsOpen() async throws {
         let (dir, outbox, _) = try await Self.populated()
         defer { dir.cleanup() }
-        let open = Self.now.addingTimeInterval(30)
-        try await outbox.pool.write { db in
-            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = 'a-wait'", arguments: [open.millis])
-        }
+        let open = try await Self.holdOpen(outbox, "a-wait")
         #expect(try await outbox.nextDueAt(accounts: ["acme"], now: Self.now) == open)
-        let claim = { (at: Date) in try await outbox.claimNext(accounts: ["acme"], now: at, leaseSeconds: 60, maxAgeSeconds: 1000) }
-        #expect(try await claim(Self.now) == nil)
-        #expect(try await claim(open)?.id == "a-wait")
+        #expect(try await Self.claimAcme(outbox, at: Self.now) == nil)
+        #expect(try await Self.claimAcme(outbox, at: open)?.id == "a-wait")
     }
 
     /// Found from outside: `events retry ID ID` retried it, then said "skipped" and exited 1.
