@@ -125,6 +125,21 @@ import Testing
         #expect(RetryAfter.longest(Array(repeating: "1", count: 8) + ["99"], now: now) == "1")
     }
 
+    /// Copies joined into one field by a proxy (`Retry-After: 3, 3`) were ignored (found from
+    /// outside); a date's own comma stays in its element.
+    @Test func retryAfterJoinedIntoOneFieldIsReadAsItsElements() {
+        let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z
+        #expect(RetryAfter.longest(["3, 3"], now: now) == "3")
+        #expect(RetryAfter.longest(["1, 7"], now: now) == "7")
+        #expect(RetryAfter.longest(["2", "1,9"], now: now) == "9")
+        #expect(RetryAfter.longest(["Sun, 06 Nov 1994 08:49:37 GMT"], now: now) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(RetryAfter.longest(["30, Sun, 06 Nov 1994 08:49:37 GMT"], now: now) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(RetryAfter.longest(["Sunday, 06-Nov-94 08:49:37 GMT, 5"], now: now) == "Sunday, 06-Nov-94 08:49:37 GMT")
+        #expect(RetryAfter.longest(["soon, 4"], now: now) == "4")
+        #expect(RetryAfter.longest(["soon, later"], now: now) == "soon, later")  // none parses: as sent
+        #expect(RetryAfter.longest(["3, 3"], now: now).flatMap { RetryAfter.parse($0, now: now) } == now.addingTimeInterval(3))
+    }
+
     @Test func retryAfterHTTPDates() {
         let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z
         #expect(RetryAfter.parse("Sun, 06 Nov 1994 08:49:37 GMT", now: now) == Date(timeIntervalSince1970: 784_111_777))

@@ -29,11 +29,40 @@ public enum RetryAfter {
     /// only 1 s). Values that do not parse lose to any that does. Only the first
     /// `maxValuesRead` are read, each once: a date costs three formatters, and an answer may
     /// repeat the field thousands of times (review).
+    ///
+    /// A proxy may also join the copies into one field with commas (RFC 9110 section 5.3), as in
+    /// `Retry-After: 3, 3` (found from outside: ignored, the event retried after its back-off).
+    /// Such a field is read as its elements; an HTTP-date's own comma, after its day name,
+    /// stays inside its element.
     public static func longest(_ values: [String], now: Date) -> String? {
-        guard values.count > 1 else { return values.first }
-        let parsed = values.prefix(maxValuesRead).compactMap { value in parse(value, now: now).map { (value, $0) } }
+        guard values.count > 1 || values.first?.contains(",") == true else { return values.first }
+        let elements = values.prefix(maxValuesRead).flatMap(Self.elements).prefix(maxValuesRead)
+        let parsed = elements.compactMap { value in parse(value, now: now).map { (value, $0) } }
         return parsed.max { $0.1 < $1.1 }?.0 ?? values.first
     }
+
+    /// A field's comma-separated elements, a day name joined back to the date after it.
+    static func elements(_ value: String) -> [String] {
+        guard value.contains(",") else { return [value] }
+        let parts = value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        var elements: [String] = []
+        var index = 0
+        while index < parts.count {
+            if index + 1 < parts.count, dayNames.contains(parts[index].lowercased()) {
+                elements.append(parts[index] + ", " + parts[index + 1])
+                index += 2
+            } else {
+                if !parts[index].isEmpty { elements.append(parts[index]) }
+                index += 1
+            }
+        }
+        return elements
+    }
+
+    private static let dayNames: Set<String> = [
+        "mon", "tue", "wed", "thu", "fri", "sat", "sun",
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    ]
 
     static let maxValuesRead = 8
 }
