@@ -274,6 +274,25 @@ import Testing
         await gate.release(admission)
     }
 
+    /// Workers admitted together, none bound yet, are offered different accounts first (found
+    /// from outside: when the circuit closed, every freed worker was offered the same order, and
+    /// one account whose requests hang took 12 of 16 workers again).
+    @Test func workersAdmittedTogetherAreOfferedDifferentAccountsFirst() async throws {
+        let clock = ManualClock()
+        let gate = Self.gate(clock, accounts: ["a", "b"], workers: 16)
+        var admissions: [PartnerGate.Admission] = []
+        for _ in 0..<4 { admissions.append(try await gate.admit()) }
+        #expect(admissions.map { $0.accounts } == [["a", "b"], ["b", "a"], ["a", "b"], ["b", "a"]])
+        // Bound, an admission counts once (as a permit); given back, not at all.
+        let permit = await gate.bind(admissions[0], to: "a")
+        await gate.release(admissions[2])
+        let next = try await gate.admit()
+        #expect(next.accounts == ["a", "b"])  // a: 1 in flight; b: offered first to 2
+        for admission in [admissions[1], admissions[3], next] { await gate.release(admission) }
+        await gate.settle(permit, .nothingSent)
+        #expect(try await gate.admit().accounts == ["b", "a"])  // nothing held: least recently served
+    }
+
     /// With several accounts the last free worker is kept for fresh events, however many
     /// accounts keep the others busy; accounts with fewer requests in flight are offered first.
     @Test func theLastFreeWorkerIsKeptForFreshEvents() async throws {

@@ -98,6 +98,11 @@ public actor PartnerGate {
         var lastServed = 0
         /// Permits bound to it now: accounts with fewest are offered first.
         var permits = 0
+        /// Admissions not bound yet that offer it first: counted with `permits`, so that workers
+        /// admitted together are offered different accounts first (found from outside: when the
+        /// circuit closed, every freed worker was offered the same order, and one account whose
+        /// requests hang took 12 of 16 workers again while another's backlog ran on one or two).
+        var leading = 0
         /// False once a reload removed the account. Its state stays: places and permits still
         /// held refer to its limiter's tickets, which a fresh limiter would hand out again.
         var configured = true
@@ -112,6 +117,8 @@ public actor PartnerGate {
         /// Places in the accounts' windows not used yet (an admission: one per account).
         var places: [String: SlidingWindowLimiter.Ticket]
         var account: String?
+        /// The account offered first while not bound (its `leading`).
+        var first: String?
     }
 
     private var accounts: [String: AccountState] = [:]
@@ -459,10 +466,13 @@ public actor PartnerGate {
     private func grant(_ places: [String: SlidingWindowLimiter.Ticket], probe: Bool, keptFree: Bool, freshOnly: Bool,
                        now current: Date) -> Admission {
         for id in places.keys { accounts[id]?.busy += 1 }
-        // Fewest requests in flight first, then least recently served (then by id: a stable order).
-        let order = places.keys.map { (accounts[$0]!.permits, accounts[$0]!.lastServed, $0) }.sorted { $0 < $1 }.map(\.2)
+        // Fewest requests in flight or about to be first, then least recently served (then by
+        // id: a stable order).
+        let order = places.keys.map { (accounts[$0]!.permits + accounts[$0]!.leading, accounts[$0]!.lastServed, $0) }
+            .sorted { $0 < $1 }.map(\.2)
+        if let first = order.first { accounts[first]?.leading += 1 }
         nextID += 1
-        held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places)
+        held[nextID] = Held(probe: probe, global: global.reserve(now: current), places: places, first: order.first)
         return Admission(id: nextID, accounts: order, keptFree: keptFree, freshOnly: freshOnly)
     }
 
@@ -490,6 +500,7 @@ public actor PartnerGate {
     /// The claim found nothing (or failed): every place goes back, and a probe too.
     public func release(_ admission: Admission) {
         guard let entry = held.removeValue(forKey: admission.id) else { return }
+        if let first = entry.first { accounts[first]?.leading -= 1 }
         cancelPlaces(entry)
         if let ticket = entry.global { global.cancel(ticket) }
         if entry.probe { breaker.cancelProbe() }
@@ -498,6 +509,8 @@ public actor PartnerGate {
     /// The claimed event is `account`'s: its place is kept, the others go back.
     public func bind(_ admission: Admission, to account: String) -> Permit {
         guard var entry = held[admission.id] else { return Permit(id: admission.id, account: account, probe: false) }
+        if let first = entry.first { accounts[first]?.leading -= 1 }
+        entry.first = nil
         let kept = entry.places.removeValue(forKey: account)
         cancelPlaces(entry)
         entry.places = kept.map { [account: $0] } ?? [:]
