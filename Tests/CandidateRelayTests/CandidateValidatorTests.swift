@@ -130,6 +130,21 @@ private let cases: [CandidateValidationCase] = [
         candidate(#""email": "\#(String(repeating: "a", count: 244))@example.com""#),
         [problem("email", "string_size_limit")]),
 
+    // Found from outside: what went dead at a partner, or merged two candidates there.
+    CandidateValidationCase(
+        "invisible partner_candidate_id and name",
+        candidate(#""partner_candidate_id": "\uFEFF", "middle_name": "\u200B\u2060""#) ,
+        [problem("partner_candidate_id", "empty")]),
+    CandidateValidationCase(
+        "zero-width first_name", #"{"position_uid": "11.11", "first_name": "\u200B\u00AD", "last_name": "Example"}"#,
+        [problem("first_name", "required")]),
+    CandidateValidationCase("LinkedIn host escaped", candidate(#""linkedin_url": "https://www%2elinkedin.com/in/ada""#), [problem("linkedin_url", "invalid_linkedin_url")]),
+    CandidateValidationCase("email as a mailto link", candidate(#""email": "mailto:ada@example.com""#), [problem("email", "invalid_email")]),
+    CandidateValidationCase(
+        "tab in a file member outside resume, picture and files",
+        candidate(#""custom_fields": {"file": "a\tb"}, "address": {"file": "x\ny"}, "files": [{"name": "n", "file": "QUJD\nREVG"}]"#),
+        [problem("address.file", "invalid_characters"), problem("custom_fields.file", "invalid_characters")]),
+
     // LinkedIn and links
     CandidateValidationCase("LinkedIn look-alike host", candidate(#""linkedin_url": "https://linkedin.com.evil.example/in/ada""#), [problem("linkedin_url", "invalid_linkedin_url")]),
     CandidateValidationCase("LinkedIn suffix without dot", candidate(#""linkedin_url": "https://notlinkedin.com/in/ada""#), [problem("linkedin_url", "invalid_linkedin_url")]),
@@ -338,19 +353,45 @@ private let cases: [CandidateValidationCase] = [
         #expect(compared > 2_000)
     }
 
-    /// The one-pass email check agrees with the split-based rule it replaced, on the edges.
+    /// The one-pass email check agrees with a split-based statement of its rule, on the edges;
+    /// what went dead at a partner that checks addresses (found from outside) is refused.
     @Test func emailShapeMatchesTheSplitRule() {
         func splitRule(_ string: String) -> Bool {
             guard !CandidateValidator.hasSpaceOrControl(string) else { return false }
             let parts = string.split(separator: "@", omittingEmptySubsequences: false)
-            guard parts.count == 2, !parts[0].isEmpty else { return false }
+            guard parts.count == 2, !parts[0].isEmpty, parts[0].utf8.count <= 64 else { return false }
+            let atext = Set("!#$%&'*+-/=?^_`{|}~")
+            guard parts[0].split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ !$0.isEmpty }),
+                  parts[0].allSatisfy({ !$0.isASCII || $0.isLetter || $0.isNumber || atext.contains($0) || $0 == "." })
+            else { return false }
             let labels = parts[1].split(separator: ".", omittingEmptySubsequences: false)
-            return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty }
+            return labels.count >= 2
+                && labels.allSatisfy { label in
+                    !label.isEmpty && label.first != "-" && label.last != "-"
+                        && label.allSatisfy { !$0.isASCII || $0.isLetter || $0.isNumber || $0 == "-" }
+                        && (label.utf8.count <= 63 || !label.allSatisfy(\.isASCII))
+                }
+                && !labels.last!.allSatisfy { $0.isASCII && $0.isNumber }
         }
         let samples = ["a@b.c", "a@.b.c", "a@b.c.", "@b.c", "a@b", "a@@b.c", "a@b..c", "é@ü.de", "a.b@c.d", "a@b.c@d",
-                       ".a@b.c", "a@b.", "a@.", "a@", "", "@", ".", "a@b.c.d.e", "a..b@c.d", "日本@例え.jp", "a@b.c\u{7F}"]
-        for sample in samples {
+                       ".a@b.c", "a@b.", "a@.", "a@", "", "@", ".", "a@b.c.d.e", "a..b@c.d", "日本@例え.jp", "a@b.c\u{7F}",
+                       "o'brien+tag@sub.example.co.uk", "A.B-C_D@Example-Mail.COM", "x@123.example", "x@a-b.c", "a.@b.c",
+                       "x@-a.c", "x@a-.c", "x@a.c-", "x@a.-c", "x@a.123", "x@1.2.3.4",
+                       String(repeating: "l", count: 64) + "@b.c", String(repeating: "l", count: 65) + "@b.c",
+                       "x@" + String(repeating: "d", count: 63) + ".c", "x@" + String(repeating: "d", count: 64) + ".c"]
+        let refusedFromOutside = [
+            "mailto:ann@example.com", "<ann@example.com>", "ann\u{200B}@example.com", "ann\u{AD}@example.com",
+            "ann\u{200E}@example.com", "\u{FEFF}ann@example.com", "ann@[192.0.2.1]", "\"ann\"@example.com", "ann@exam_ple.com",
+            "ann.@example.com", "ann@example.com/", "ann(comment)@example.com", "ann@example.com:25", "ann,bob@example.com",
+        ]
+        for sample in samples + refusedFromOutside {
             #expect(CandidateValidator.isEmail(sample) == splitRule(sample), "\(sample)")
+        }
+        for sample in refusedFromOutside {
+            #expect(!CandidateValidator.isEmail(sample), "\(sample)")
+        }
+        for sample in ["a@b.c", "é@ü.de", "日本@例え.jp", "o'brien+tag@sub.example.co.uk", "x@123.example", "A.B-C_D@Example-Mail.COM"] {
+            #expect(CandidateValidator.isEmail(sample), "\(sample)")
         }
     }
 

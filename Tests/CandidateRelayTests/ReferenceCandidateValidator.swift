@@ -157,7 +157,8 @@ struct ReferenceCandidateValidator {
             return members.keys.sorted().flatMap { key -> [String] in
                 let child = path.isEmpty ? key : "\(path).\(key)"
                 if Self.hasControlCharacter(key) { return [child] }
-                let multiline = (key == "file" && !path.isEmpty) || child == "note"
+                let multiline = (key == "file" && (["resume", "picture"].contains(path) || path.wholeMatch(of: /files\[[0-9]+\]/) != nil))
+                    || child == "note"
                 return Self.controlCharacterPaths(members[key]!, at: child, multiline: multiline)
             }
         case .null, .bool, .number:
