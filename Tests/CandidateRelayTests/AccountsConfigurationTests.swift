@@ -140,7 +140,7 @@ import Yams
         defer { dir.cleanup() }
         let problems = await ConfigurationTests.problems(dir)
         #expect(problems.contains("accounts.acme.api_key_file: required: set the file or CANDIDATE_RELAY_ACCOUNTS_ACME_API_KEY"))
-        #expect(problems.contains("accounts.globex.api_key_file: secret file \(dir.file("nope")) does not exist"))
+        #expect(problems.contains("accounts.globex.api_key_file: secret file \(dir.file("nope")) does not exist (next to the config file: CREDENTIALS_DIRECTORY is not set)"))
     }
 
     @Test func withAccountsPartnerAuthApiKeyIsNotNeeded() async throws {
@@ -270,7 +270,7 @@ import Yams
         try FileManager.default.removeItem(atPath: dir.file("comeet-secret"))
         let problems = await ConfigurationTests.problems(dir)
         #expect(problems
-                == ["partner.auth.secret_file: secret file \(dir.file("comeet-secret")) does not exist"])
+                == ["partner.auth.secret_file: secret file \(dir.file("comeet-secret")) does not exist (next to the config file: CREDENTIALS_DIRECTORY is not set)"])
         // So is a bad value of a partner.auth key that every account reads.
         try dir.write("comeet-secret", "s3cr3t-value")
         let original = try String(contentsOfFile: dir.file("config.yaml"), encoding: .utf8)

@@ -150,8 +150,14 @@ import Yams
         let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\n", secrets: false)
         defer { dir.cleanup() }
         let problems = await Self.problems(dir)
-        #expect(problems.contains("partner.auth.secret_file: secret file \(dir.file("comeet-secret")) does not exist"))
-        #expect(problems.contains("ingest.signing_secrets_file: secret file \(dir.file("inbound-secrets")) does not exist"))
+        #expect(problems.contains("partner.auth.secret_file: secret file \(dir.file("comeet-secret")) does not exist (next to the config file: CREDENTIALS_DIRECTORY is not set)"))
+        #expect(problems.contains("ingest.signing_secrets_file: secret file \(dir.file("inbound-secrets")) does not exist (next to the config file: CREDENTIALS_DIRECTORY is not set)"))
+        // The file's problem says it: not also "no inbound authentication ... allow_unauthenticated"
+        // (found from outside, running the README's check-config from a shell).
+        #expect(!problems.contains { $0.contains("no inbound authentication") })
+        // Looked for in CREDENTIALS_DIRECTORY: no hint.
+        let inCredentials = await Self.problems(dir, env: ["CREDENTIALS_DIRECTORY": dir.file("creds")])
+        #expect(inCredentials.contains("ingest.signing_secrets_file: secret file \(dir.file("creds/inbound-secrets")) does not exist"))
     }
 
     @Test func unknownEnvironmentVariableIsAProblem() async throws {

@@ -89,6 +89,8 @@ extension ConfigurationLoader {
     static let minSeconds = 0.001
     static let maxDays = 36_500.0
 
+    static let noInboundAuthentication = "no inbound authentication"
+
     /// Each account's inbound secrets are well-formed, and some inbound authentication exists.
     static func inboundProblems(_ config: RelayConfiguration, secretsRequired: Bool) -> [ConfigurationProblem] {
         var problems: [ConfigurationProblem] = []
@@ -104,7 +106,7 @@ extension ConfigurationLoader {
             }
             if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil {
                 problems.append(.init(named ? "accounts.\(account.id).inbound" : "ingest",
-                                      "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
+                                      noInboundAuthentication + ": set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
             }
         }
         // A config with accounts still validates the ingest.* secrets it gives as defaults.

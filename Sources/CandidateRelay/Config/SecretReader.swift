@@ -52,7 +52,11 @@ final class SecretReader: @unchecked Sendable {
         switch Self.contents(path) {
         case .success(let contents): data = contents
         case .failure(let problem):
-            recorded.append(.init(fileKey, "secret file \(path) \(problem.reason)"))
+            // Found from outside: `check-config` run from a shell, as the README's install said,
+            // looked next to the config file and said only "does not exist".
+            let hint = problem.reason == FileProblem.missing && !fileName.hasPrefix("/") && (credentialsDirectory ?? "").isEmpty
+                ? " (next to the config file: CREDENTIALS_DIRECTORY is not set)" : ""
+            recorded.append(.init(fileKey, "secret file \(path) \(problem.reason)\(hint)"))
             return nil
         }
         guard let text = String(data: data, encoding: .utf8) else {
@@ -72,6 +76,7 @@ final class SecretReader: @unchecked Sendable {
 
     struct FileProblem: Error {
         let reason: String
+        static let missing = "does not exist"
     }
 
     /// A secret file's bytes: a regular file (through any symlink, as Kubernetes' secret volumes
@@ -83,7 +88,7 @@ final class SecretReader: @unchecked Sendable {
         // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
-            return .failure(FileProblem(reason: errno == ENOENT || errno == ENOTDIR ? "does not exist" : "is not readable"))
+            return .failure(FileProblem(reason: errno == ENOENT || errno == ENOTDIR ? FileProblem.missing : "is not readable"))
         }
         defer { close(fd) }
         var info = stat()
