@@ -29,6 +29,38 @@ import Testing
         return try matches(#"(?m)^\| `([a-z_]+\.[a-z_]+)` \|"#, in: catalogue)
     }
 
+    /// Each event's level cell in the catalogue.
+    static func documentedLevels() throws -> [String: String] {
+        let doc = try String(contentsOf: root.appendingPathComponent("docs/operations.md"), encoding: .utf8)
+        let catalogue = doc.components(separatedBy: "## Log event catalogue")[1].components(separatedBy: "\n## ")[0]
+        let regex = try NSRegularExpression(pattern: #"(?m)^\| `([a-z_]+\.[a-z_]+)` \| ([^|]+) \|"#)
+        var levels: [String: String] = [:]
+        for match in regex.matches(in: catalogue, range: NSRange(catalogue.startIndex..., in: catalogue)) {
+            if let name = Range(match.range(at: 1), in: catalogue), let level = Range(match.range(at: 2), in: catalogue) {
+                levels[String(catalogue[name])] = String(catalogue[level])
+            }
+        }
+        return levels
+    }
+
+    /// Found from outside: the heartbeats were `info` while the docs advised `notice` for busy
+    /// daemons, and every alert that reads them fired. Each level an event is written at with a
+    /// literal in the code is named in its catalogue row.
+    @Test func everyLevelWrittenIsTheCataloguesLevel() throws {
+        let regex = try NSRegularExpression(pattern: #"\.event\(\s*\.([a-z]+),\s*"([a-z]+\.[a-z_]+)""#)
+        let code = try Self.sources("Sources/CandidateRelay")
+        let documented = try Self.documentedLevels()
+        var checked = 0
+        for match in regex.matches(in: code, range: NSRange(code.startIndex..., in: code)) {
+            guard let level = Range(match.range(at: 1), in: code), let name = Range(match.range(at: 2), in: code),
+                  let cell = documented[String(code[name])] else { continue }
+            checked += 1
+            #expect(cell.contains(code[level]), "\(code[name]) is written at \(code[level]); the catalogue says \(cell)")
+        }
+        #expect(checked > 40)
+        #expect(documented["relay.heartbeat"] == "notice")
+    }
+
     static func emitted() throws -> Set<String> {
         try matches(#"\.event\([^)]{0,120}?"([a-z]+\.[a-z_]+)""#, in: sources("Sources/CandidateRelay"))
     }

@@ -71,7 +71,7 @@ public struct Heartbeat: Service {
         numbers["oldest_pending_age_seconds"] = ((status.oldestPendingAgeSeconds ?? 0) * 10).rounded() / 10
         numbers["delivered_since_last"] = Double((totals["delivered"] ?? 0) + (totals["linked"] ?? 0) - (previous["delivered"] ?? 0) - (previous["linked"] ?? 0))
         numbers["failures_since_last"] = Double((totals["retry"] ?? 0) + (totals["dead"] ?? 0) - (previous["retry"] ?? 0) - (previous["dead"] ?? 0))
-        logger.event(.info, "relay.heartbeat", "relay alive", LogFields(numbers: numbers))
+        logger.event(.notice, "relay.heartbeat", "relay alive", LogFields(numbers: numbers))
         await beatAccounts(status, totals: totals, previous: previous)
         return totals
     }
@@ -98,7 +98,7 @@ public struct Heartbeat: Service {
                     if let until = view.pausedUntil { extra["paused_until"] = Timestamp.string(until) }
                     if let until = view.credentialsRejectedUntil { extra["credentials_rejected_until"] = Timestamp.string(until) }
                 }
-                logger.event(.info, "account.heartbeat", "account status", LogFields(account: account, extra: extra, numbers: numbers))
+                logger.event(.notice, "account.heartbeat", "account status", LogFields(account: account, extra: extra, numbers: numbers))
             }
         }
         Self.logUnknownAccounts(status, known: known, logger: logger)
