@@ -37,7 +37,15 @@ install:
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(BINDIR)
 	$(INSTALL) -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/candidate-relay
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed 's|/usr/local/bin/candidate-relay|$(BINDIR)/candidate-relay|' systemd/$(UNIT) > $(DESTDIR)$(UNITDIR)/$(UNIT)
+	@# The unit is this release's: site changes belong in drop-ins (unit.d/), which stay. One
+	@# edited in place (systemctl edit --full) is kept beside it as .old, and said so.
+	@sed 's|/usr/local/bin/candidate-relay|$(BINDIR)/candidate-relay|' systemd/$(UNIT) > $(DESTDIR)$(UNITDIR)/$(UNIT).new
+	@if [ -e $(DESTDIR)$(UNITDIR)/$(UNIT) ] && ! cmp -s $(DESTDIR)$(UNITDIR)/$(UNIT).new $(DESTDIR)$(UNITDIR)/$(UNIT); then \
+		cp -p $(DESTDIR)$(UNITDIR)/$(UNIT) $(DESTDIR)$(UNITDIR)/$(UNIT).old; \
+		echo "note: $(DESTDIR)$(UNITDIR)/$(UNIT) differed from this release's and is replaced; the previous one is kept as $(UNIT).old."; \
+		echo "      Site changes belong in drop-ins ($(UNITDIR)/$(UNIT).d/*.conf, systemctl edit $(UNIT)): compare, move yours there."; \
+	fi
+	mv $(DESTDIR)$(UNITDIR)/$(UNIT).new $(DESTDIR)$(UNITDIR)/$(UNIT)
 	chmod 0644 $(DESTDIR)$(UNITDIR)/$(UNIT)
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR)
 	@if [ -e $(DESTDIR)$(CONFDIR)/config.yaml ]; then \
