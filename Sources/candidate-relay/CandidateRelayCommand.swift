@@ -136,12 +136,21 @@ struct Serve: AsyncParsableCommand {
             // A log line too (JSON by default): the runbook's journal queries read only those
             // (found from outside: a locked, damaged or newer outbox said why only in plain
             // text on stderr).
-            RelayLogHandler.startLogger(settings).event(.error, "relay.failed", "cannot start",
+            let logger = RelayLogHandler.startLogger(settings)
+            // A damaged outbox needs a human (docs/operations.md, "The outbox file is damaged"):
+            // the runbook's alert reads `storage.damaged`, and 65 (EX_DATAERR) is not restarted
+            // by the unit (found from outside: exit 1, restarted every 2 s for good).
+            let damage = Outbox.damage(in: error)
+            if let damage {
+                logger.event(.critical, "storage.damaged", "the outbox file is damaged (\(damage)); the daemon cannot start: "
+                             + "recover the file (docs/operations.md, \"The outbox file is damaged\")", LogFields(error: "outbox_damaged"))
+            }
+            logger.event(.error, "relay.failed", "cannot start",
                          LogFields(error: String(describing: type(of: error)), extra: ["reason": String(describing: error)]))
-            // The log line first, as written (it goes through the log's writer thread).
+            // The log lines first, as written (they go through the log's writer thread).
             LogOutput.standardOutput.flush()
             Console.error("candidate-relay: cannot start: \(error)")
-            throw ExitCode(1)
+            throw ExitCode(damage == nil ? 1 : 65)
         }
         do {
             try await app.run()

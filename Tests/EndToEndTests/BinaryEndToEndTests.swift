@@ -489,6 +489,25 @@ import Glibc
         #expect(await relay.waitForExit() != nil)
     }
 
+    /// Found from outside: an outbox found damaged at start (its header, its schema) exited 1,
+    /// `relay.failed` only: the runbook's "Outbox damaged" alert never fired, and systemd
+    /// restarted the daemon every 2 s for good. Now `storage.damaged` is logged and the exit is
+    /// 65 (EX_DATAERR), which the unit does not restart.
+    @Test(arguments: [0, 100]) func anOutboxDamagedAtStartIsNamedAndExits65(offset: Int) async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        let path = dir.file("state/outbox.sqlite3")
+        try Outbox(path: path).close()
+        let file = try #require(FileHandle(forUpdatingAtPath: path))
+        try file.seek(toOffset: UInt64(offset))  // 0: the header (not a database); 100: page 1's b-tree (the schema)
+        try file.write(contentsOf: Data(repeating: 0xDE, count: 100))
+        try file.close()
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        #expect(await relay.waitForExit() == 65)
+        #expect(relay.events("storage.damaged").first?["error"] as? String == "outbox_damaged")
+        #expect(relay.events("relay.failed").count == 1)
+    }
+
     /// Sends a chunked POST over a plain socket and returns the status line and headers.
     func rawChunkedPost(port: Int, body: String) async throws -> String {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -105,6 +105,9 @@ public final class Outbox: Sendable {
         } catch let error as OutboxError {
             throw error
         } catch {
+            // Its header or schema damaged: named as such (`Outbox.damage(in:)`), for the start's
+            // `storage.damaged` and its exit status.
+            if let damage = Self.damage(in: error) { throw OutboxError.damaged("cannot open \(path): \(damage)") }
             throw Self.fullOrStorage(error, path: path, "cannot open \(path): \(error)")
         }
 
@@ -316,15 +319,28 @@ public final class Outbox: Sendable {
     /// replacement's, and it clears when the file is back.
     public var damage: String? { damageFound.withLock { $0 } }
 
+    /// SQLite's words when `error` says an outbox file is damaged (`SQLITE_CORRUPT`,
+    /// `SQLITE_NOTADB`), else nil: for a start that failed on it, where no `Outbox` holds it.
+    public static func damage(in error: any Error) -> String? {
+        if case OutboxError.damaged(let said) = error { return said }
+        guard let error = error as? DatabaseError,
+              error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB
+        else { return nil }
+        return damageDescription(error)
+    }
+
+    /// The code and SQLite's own words for it ("database disk image is malformed"): no SQL, no values.
+    static func damageDescription(_ error: DatabaseError) -> String {
+        "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
+    }
+
     /// The error to throw for a failed SQLite call, noting a damaged file (`damage`).
     func storageError(_ error: any Error) -> OutboxError {
         if let error = error as? OutboxError { return error }
         if let error = error as? DatabaseError,
            error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB,
            filesProblem() == nil {
-            // The code and SQLite's own words for it ("database disk image is malformed"): no SQL,
-            // no values.
-            let said = "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
+            let said = Self.damageDescription(error)
             damageFound.withLock { if $0 == nil { $0 = said } }
             return .damaged(said)
         }
