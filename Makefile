@@ -1,6 +1,7 @@
 # candidate-relay: build, test, install, uninstall, check the systemd unit.
 #
-#   make build                      swift build -c release
+#   make build                      swift build -c release --static-swift-stdlib (the Swift
+#                                   runtime inside the binary: the service needs no toolchain)
 #   make test                       swift test
 #   sudo make install               binary, unit, example config (if absent), credentials dir
 #   make install DESTDIR=/tmp/pkg   staged install for packaging (unit under /lib/systemd/system)
@@ -27,7 +28,7 @@ UNIT       := candidate-relay.service
 all: build
 
 build:
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
 
 test:
 	$(SWIFT) test
