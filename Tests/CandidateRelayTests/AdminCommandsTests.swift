@@ -184,6 +184,17 @@ import Testing
         // Without --account: every account's dead events.
         #expect(try await admin.retry(ids: nil).text == "retried a-dead\n1 event(s) moved back to pending")
         #expect(try await outbox.record(id: "a-dead")?.state == .pending)
+        // A dead event without its payload is counted, not left out unsaid (found from outside).
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL WHERE id = 'g-dead'")
+            try db.execute(sql: "DELETE FROM payloads WHERE event_id = 'g-dead'")
+        }
+        #expect(try await admin.retry(ids: nil).text == """
+            0 event(s) moved back to pending
+            1 dead event(s) have no payload any more (erased by retention, purge or forget) and cannot be resent: \
+            their senders must send them again (`events list --state dead`)
+            """)
+        #expect(try await admin.retry(ids: nil, account: "acme").text == "0 event(s) moved back to pending in account acme")
     }
 
     /// Found from outside: `events retry --all-dead` beside another retry (or a purge) exited 1,

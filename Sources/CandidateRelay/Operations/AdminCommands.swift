@@ -99,6 +99,12 @@ public struct AdminCommands: Sendable {
                     + "(another command retried, purged or erased them meanwhile): left as they are")
             }
             lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
+            // Found from outside: dead events a purge had erased were left out without a word.
+            let unsendable = try await outbox.deadWithoutPayload(account: account)
+            if unsendable > 0 {
+                lines.append("\(unsendable) dead event(s) have no payload any more (erased by retention, purge or forget) and cannot "
+                    + "be resent: their senders must send them again (`events list --state dead`)")
+            }
             return (lines.joined(separator: "\n"), true)
         }
         lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }

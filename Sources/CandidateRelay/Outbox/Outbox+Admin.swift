@@ -84,6 +84,15 @@ extension Outbox {
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
     /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
+    /// Dead events whose payload is gone (retention, `purge`, `forget`): no retry can resend them.
+    public func deadWithoutPayload(account: String? = nil) async throws -> Int {
+        try await read { db in
+            try Int.fetchOne(
+                db, sql: "SELECT COUNT(*) FROM events WHERE state = 'dead' AND NOT \(PayloadStore.exists) \(account == nil ? "" : "AND account = ?")",
+                arguments: account.map { [$0] } ?? []) ?? 0
+        }
+    }
+
     public func retry(ids: [String]?, account: String? = nil, now: Date,
                       pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String], heldUntil: [String: Date]) {
         let targets: [String]
