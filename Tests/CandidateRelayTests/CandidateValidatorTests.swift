@@ -138,6 +138,13 @@ private let cases: [CandidateValidationCase] = [
     CandidateValidationCase(
         "zero-width first_name", #"{"position_uid": "11.11", "first_name": "\u200B\u00AD", "last_name": "Example"}"#,
         [problem("first_name", "required")]),
+    CandidateValidationCase(
+        "ids of other invisible characters (Hangul filler, braille blank, grapheme joiner, variation selector)",
+        #"{"position_uid": "\u3164", "partner_candidate_id": "\u2800\u034F\uFE0F", "first_name": "\uFFA0", "last_name": "\u115F\u1160"}"#,
+        [problem("position_uid", "required"), problem("partner_candidate_id", "empty"), problem("first_name", "required"), problem("last_name", "required")]),
+    CandidateValidationCase(
+        "visible text with joiners and marks inside, and IDN link hosts",
+        #"{"position_uid": "11.11", "first_name": "\u0645\u06CC\u200C\u0631\u0648\u0645", "last_name": "\u05DB\u05D4\u05DF\u200F", "middle_name": "\u0915\u094D\u200D\u0937", "links": [{"url": "https://b\u00FCcher.de/x"}, {"url": "http://\u4F8B\u3048.jp/"}]}"#),
     CandidateValidationCase("LinkedIn host escaped", candidate(#""linkedin_url": "https://www%2elinkedin.com/in/ada""#), [problem("linkedin_url", "invalid_linkedin_url")]),
     CandidateValidationCase("email as a mailto link", candidate(#""email": "mailto:ada@example.com""#), [problem("email", "invalid_email")]),
     CandidateValidationCase(

@@ -70,6 +70,24 @@ import Testing
         _ = try? await running.value
     }
 
+    /// Found from outside: a reload that shortened `logging.heartbeat_seconds` waited out the
+    /// old interval (60 s by default) before the next beat; the interval is read at every tick.
+    @Test func aShorterHeartbeatIntervalAppliesAtOnce() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let logs = LogCapture()
+        let interval = Live(3600.0)
+        let heartbeat = Heartbeat(outbox: outbox, interval: interval, metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
+                                  watchdogInterval: nil,
+                                  logger: Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) })
+        let running = Task { try await heartbeat.run() }
+        #expect(await eventually(timeout: 10) { logs.events("relay.heartbeat").count == 1 })
+        interval.set(0.2)
+        #expect(await eventually(timeout: 10) { logs.events("relay.heartbeat").count >= 3 })
+        running.cancel()
+        _ = try? await running.value
+    }
+
     /// The same for a request cut off by shutdown's grace period: its hand-back could not be
     /// written, so it is not `delivery.interrupted` ("handed back to pending"), which it is not.
     @Test func aHandBackThatCouldNotBeWrittenIsNotLoggedAsInterrupted() async throws {

@@ -276,9 +276,12 @@ public struct CandidateValidator: Sendable {
         }
     }
 
-    /// Non-ASCII whitespace or a format character (general category Cf).
+    /// Non-ASCII whitespace, a format character (general category Cf), a default-ignorable
+    /// one (the Hangul fillers, U+034F, variation selectors: found from outside after the first
+    /// fix) or the braille blank U+2800: nothing shows.
     static func isInvisible(_ scalar: Unicode.Scalar) -> Bool {
         scalar.properties.isWhitespace || scalar.properties.generalCategory == .format
+            || scalar.properties.isDefaultIgnorableCodePoint || scalar.value == 0x2800
     }
 
     /// Whitespace, control or invisible format characters: never valid inside an address or a URL.
@@ -442,10 +445,17 @@ public struct CandidateValidator: Sendable {
               let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
               let host = components.host, !host.isEmpty,
               // An escaped host (`www%2elinkedin.com`) is read decoded here, but not by every
-              // partner (found from outside: it went dead as `invalid_linkedin_url`).
-              components.percentEncodedHost?.contains("%") != true
+              // partner (found from outside: it went dead as `invalid_linkedin_url`). Looked for
+              // in the text as sent: Foundation escapes a non-ASCII host (`bücher.de`) itself.
+              !Self.authorityHasEscape(string)
         else { return nil }
         return host.lowercased()
+    }
+
+    /// A `%` between `//` and the path, query or fragment.
+    static func authorityHasEscape(_ string: String) -> Bool {
+        guard let start = string.range(of: "//") else { return false }
+        return string[start.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }.contains("%")
     }
 
     /// An http(s) URL on `linkedin.com` or one of its subdomains (`www.`, country ones).

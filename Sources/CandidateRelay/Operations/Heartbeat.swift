@@ -178,7 +178,9 @@ public struct Heartbeat: Service {
 
     public func run() async throws {
         var previous: [String: Int] = [:]
-        var nextBeat = Date.distantPast
+        // The next beat is due `interval` after the last, as the interval is now: a reload that
+        // shortens it applies at the next tick (found from outside: it waited out the old one).
+        var lastBeat = Date.distantPast
         var statusChanges = metrics.changeCount
         let tick = min(watchdogInterval ?? 1, 1)
         var filesGoneLogged = false
@@ -201,7 +203,7 @@ public struct Heartbeat: Service {
                 await clockStepped(step)
                 unrebased += step
                 // The beat's schedule was the old clock's too.
-                nextBeat = nextBeat.addingTimeInterval(step)
+                lastBeat = lastBeat.addingTimeInterval(step)
             }
             // One rebase at a time: the one begun is finished before the next begins (beginning
             // again would move the rows already done a second time).
@@ -246,13 +248,13 @@ public struct Heartbeat: Service {
             }
             // The first beat waits for READY=1 (whose STATUS= says "listening on ..."), so the
             // counts are what `systemctl status` shows from the first second on.
-            if current >= nextBeat && isReady() {
+            if current >= lastBeat.addingTimeInterval(interval.value) && isReady() {
                 othersWrote = false
                 statusChanges = metrics.changeCount
                 do { previous = try await beat(previous: previous) } catch {
                     logger.event(.error, "storage.failed", "heartbeat could not read the outbox", LogFields(error: OutboxError.logCode(error)))
                 }
-                nextBeat = current.addingTimeInterval(interval.value)
+                lastBeat = current
             } else if metrics.changeCount != statusChanges || othersWrote, ContinuousClock.now >= refreshAllowedAt {
                 // `systemctl status` follows the counts within a second, not a heartbeat (with a
                 // small backlog).
