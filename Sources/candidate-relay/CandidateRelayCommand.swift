@@ -139,8 +139,11 @@ struct Serve: AsyncParsableCommand {
             let logger = RelayLogHandler.startLogger(settings)
             // A damaged outbox needs a human (docs/operations.md, "The outbox file is damaged"):
             // the runbook's alert reads `storage.damaged`, and 65 (EX_DATAERR) is not restarted
-            // by the unit (found from outside: exit 1, restarted every 2 s for good).
+            // by the unit (found from outside: exit 1, restarted every 2 s for good). So does an
+            // outbox a newer release migrated (a rollback): 65 too.
             let damage = Outbox.damage(in: error)
+            var newer = false
+            if case OutboxError.newerRelease = error { newer = true }
             if let damage {
                 logger.event(.critical, "storage.damaged", "the outbox file is damaged (\(damage)); the daemon cannot start: "
                              + "recover the file (docs/operations.md, \"The outbox file is damaged\")", LogFields(error: "outbox_damaged"))
@@ -150,7 +153,7 @@ struct Serve: AsyncParsableCommand {
             // The log lines first, as written (they go through the log's writer thread).
             LogOutput.standardOutput.flush()
             Console.error("candidate-relay: cannot start: \(error)")
-            throw ExitCode(damage == nil ? 1 : 65)
+            throw ExitCode(damage == nil && !newer ? 1 : 65)
         }
         do {
             try await app.run()

@@ -117,7 +117,7 @@ import Testing
     @Test(arguments: [
         OutboxLock.AlreadyLocked(path: "/x.lock") as any Error & Sendable,
         OutboxError.damaged("SQLite error 11: database disk image is malformed"),
-        OutboxError.storage("cannot open x: it was written by a newer candidate-relay"),
+        OutboxError.newerRelease("cannot open x: it was written by a newer candidate-relay"),
         OutboxError.storage("cannot open x: SQLite error 10: disk I/O error"),
     ])
     func anyOtherFailureEndsTheStartAtOnce(error: any Error & Sendable) async throws {

@@ -508,6 +508,21 @@ import Glibc
         #expect(relay.events("relay.failed").count == 1)
     }
 
+    /// Found from outside: after a rollback, an outbox a newer release migrated made the start
+    /// exit 1, restarted every 2 s for good. It exits 65 too, which the unit does not restart.
+    @Test func anOutboxOfANewerReleaseExits65() async throws {
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")
+        defer { dir.cleanup() }
+        try Outbox(path: dir.file("state/outbox.sqlite3")).close()
+        try await DatabaseQueue(path: dir.file("state/outbox.sqlite3")).write { db in
+            try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99_future')")
+        }
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        #expect(await relay.waitForExit() == 65)
+        #expect((relay.events("relay.failed").first?["reason"] as? String)?.contains("written by a newer candidate-relay") == true)
+        #expect(relay.events("storage.damaged").isEmpty)
+    }
+
     /// Sends a chunked POST over a plain socket and returns the status line and headers.
     func rawChunkedPost(port: Int, body: String) async throws -> String {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

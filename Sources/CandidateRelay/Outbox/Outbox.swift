@@ -91,7 +91,7 @@ public final class Outbox: Sendable {
                 return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").filter { !known.contains($0) }.sorted()
             }
             if !unknown.isEmpty {
-                throw OutboxError.storage("cannot open \(path): it was written by a newer candidate-relay (schema migrations "
+                throw OutboxError.newerRelease("cannot open \(path): it was written by a newer candidate-relay (schema migrations "
                     + "\(unknown.joined(separator: ", ")) are unknown to this version); run that version, or restore a copy made before it")
             }
             try Self.migrate(pool)

@@ -12,6 +12,8 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
     /// The outbox's filesystem is full: SQLite's `SQLITE_FULL`, `ENOSPC`/`EDQUOT` from a call of
     /// our own, or an I/O error while (nearly) no space or inode is left (`Outbox.fullOrStorage`).
     case full(String)
+    /// The outbox was migrated by a newer release, whose schema this one does not know.
+    case newerRelease(String)
 
     /// The `error` field of a log line about a failed outbox call (ingest's and the workers'):
     /// a code, never the message, which may quote a stored value.
@@ -32,6 +34,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         case .accountClosed: "the account is being removed"
         case .damaged(let message): "storage: \(message)"
         case .full(let message): "storage: \(message)"
+        case .newerRelease(let message): "storage: \(message)"
         }
     }
 }
