@@ -293,10 +293,10 @@ public struct CandidateValidator: Sendable {
     }
 
     /// The shape of an address an ATS's check passes, `local@domain.tld`: one `@`; a local part
-    /// of at most 64 bytes of letters, digits, non-ASCII and ``!#$%&'*+-/=?^_`{|}~``, with dots only
-    /// between them; a domain of two labels or more, each of letters, digits, non-ASCII and inner
-    /// hyphens (at most 63 bytes when ASCII), the last not all digits; no whitespace, control or
-    /// invisible format character. Deliberately not RFC 5322: quoted local parts, IP-literal and
+    /// of letters, digits, non-ASCII and ``!#$%&'*+-/=?^_`{|}~``, with dots only between them; a
+    /// domain of two labels or more, each of letters, digits, non-ASCII and inner hyphens, the
+    /// last not all digits; no whitespace, control or invisible format character. No length of
+    /// its own (SMTP's 64-byte local part): the field's 255 characters are the contract's limit. Deliberately not RFC 5322: quoted local parts, IP-literal and
     /// numeric domains, `mailto:` and `<...>` are refused (found from outside: the old check, one
     /// `@` and a dotted domain, took all of these, and they went dead at a partner that checks
     /// addresses after the sender was told 202).
@@ -308,7 +308,6 @@ public struct CandidateValidator: Sendable {
         var labels = 0
         var labelLength = 0
         var labelDigitsOnly = true
-        var labelASCII = true
         var previous: UInt8 = 0
         for byte in string.utf8 {
             defer { previous = byte }
@@ -325,20 +324,17 @@ public struct CandidateValidator: Sendable {
                     return false
                 }
                 localLength += 1
-                guard localLength <= 64 else { return false }
             } else if byte == UInt8(ascii: ".") {
                 guard labelLength > 0, previous != UInt8(ascii: "-") else { return false }
                 labels += 1
                 labelLength = 0
                 labelDigitsOnly = true
-                labelASCII = true
             } else {
                 if byte == UInt8(ascii: "-") {
                     guard labelLength > 0 else { return false }
                     labelDigitsOnly = false
                 } else if byte >= 0x80 {
                     labelDigitsOnly = false
-                    labelASCII = false
                 } else if isASCIIDigit(byte) {
                     // digits only so far, perhaps
                 } else if isASCIILetter(byte) {
@@ -347,7 +343,6 @@ public struct CandidateValidator: Sendable {
                     return false  // "_", "[", "/", a second "@"...
                 }
                 labelLength += 1
-                guard !labelASCII || labelLength <= 63 else { return false }
             }
         }
         return inDomain && labels >= 2 && labelLength > 0 && previous != UInt8(ascii: "-") && !labelDigitsOnly
