@@ -35,18 +35,28 @@ test:
 
 install:
 	@test -x $(BINARY) || { echo "$(BINARY) not found: run 'make build' first" >&2; exit 1; }
+	@if ldd "$(BINARY)" 2>/dev/null | grep -q libswiftCore; then \
+		echo "warning: $(BINARY) loads the Swift runtime from the toolchain's directory: the unit fails (status=127) if it cannot see it (ProtectHome=yes hides /home) or once it is upgraded or removed. Build with 'make build' (--static-swift-stdlib)." >&2; \
+	fi
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(BINDIR)
 	$(INSTALL) -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/candidate-relay
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(UNITDIR)
-	@# The unit is this release's: site changes belong in drop-ins (unit.d/), which stay. One
-	@# edited in place (systemctl edit --full) is kept beside it as .old, and said so.
-	@sed 's|/usr/local/bin/candidate-relay|$(BINDIR)/candidate-relay|' systemd/$(UNIT) > $(DESTDIR)$(UNITDIR)/$(UNIT).new
-	@if [ -e $(DESTDIR)$(UNITDIR)/$(UNIT) ] && ! cmp -s $(DESTDIR)$(UNITDIR)/$(UNIT).new $(DESTDIR)$(UNITDIR)/$(UNIT); then \
-		cp -p $(DESTDIR)$(UNITDIR)/$(UNIT) $(DESTDIR)$(UNITDIR)/$(UNIT).old; \
-		echo "note: $(DESTDIR)$(UNITDIR)/$(UNIT) differed from this release's and is replaced; the previous one is kept as $(UNIT).old."; \
-		echo "      Site changes belong in drop-ins ($(UNITDIR)/$(UNIT).d/*.conf, systemctl edit $(UNIT)): compare, move yours there."; \
+	@# The unit is this release's: site changes belong in drop-ins (unit.d/), which stay. Its last
+	@# line records the checksum of what was shipped, so a unit edited in place (systemctl edit
+	@# --full) is told from a previous release's: it is kept as .old-<time>, and said so.
+	@sed 's|/usr/local/bin/candidate-relay|$(BINDIR)/candidate-relay|' systemd/$(UNIT) > "$(DESTDIR)$(UNITDIR)/$(UNIT).new"
+	@echo "# shipped: sha256 $$(sha256sum < "$(DESTDIR)$(UNITDIR)/$(UNIT).new" | cut -c1-64)" >> "$(DESTDIR)$(UNITDIR)/$(UNIT).new"
+	@unit="$(DESTDIR)$(UNITDIR)/$(UNIT)"; \
+	if [ -e "$$unit" ]; then \
+		shipped=$$(sed -n 's/^# shipped: sha256 //p' "$$unit" | tail -n 1); \
+		actual=$$(grep -v '^# shipped: sha256 ' "$$unit" | sha256sum | cut -c1-64); \
+		if [ "$$shipped" != "$$actual" ]; then \
+			old="$$unit.old-$$(date +%Y%m%d%H%M%S)"; cp -p "$$unit" "$$old"; \
+			echo "note: $$unit was edited in place (or installed by a release without this check); replaced, the previous one kept as $$old."; \
+			echo "      Site changes belong in drop-ins ($(UNITDIR)/$(UNIT).d/*.conf, systemctl edit $(UNIT)): compare, move yours there."; \
+		fi; \
 	fi
-	mv $(DESTDIR)$(UNITDIR)/$(UNIT).new $(DESTDIR)$(UNITDIR)/$(UNIT)
+	mv "$(DESTDIR)$(UNITDIR)/$(UNIT).new" "$(DESTDIR)$(UNITDIR)/$(UNIT)"
 	chmod 0644 $(DESTDIR)$(UNITDIR)/$(UNIT)
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(CONFDIR)
 	@if [ -e $(DESTDIR)$(CONFDIR)/config.yaml ]; then \

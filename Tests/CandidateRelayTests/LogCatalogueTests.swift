@@ -48,7 +48,7 @@ import Testing
     /// literal in the code is named in its catalogue row.
     @Test func everyLevelWrittenIsTheCataloguesLevel() throws {
         let regex = try NSRegularExpression(pattern: #"\.event\(\s*\.([a-z]+),\s*"([a-z]+\.[a-z_]+)""#)
-        let code = try Self.sources("Sources/CandidateRelay")
+        let code = try Self.sources("Sources/CandidateRelay") + Self.sources("Sources/candidate-relay")
         let documented = try Self.documentedLevels()
         var checked = 0
         for match in regex.matches(in: code, range: NSRange(code.startIndex..., in: code)) {

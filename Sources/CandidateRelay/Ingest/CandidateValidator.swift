@@ -210,7 +210,7 @@ public struct CandidateValidator: Sendable {
     /// `custom_fields` or `address` too, took tab, CR and LF; found from outside.)
     static func isFileObject(_ path: String) -> Bool {
         if path == "resume" || path == "picture" { return true }
-        guard path.hasPrefix("files["), path.hasSuffix("]") else { return false }
+        guard path.hasPrefix("files["), path.hasSuffix("]"), path.utf8.count > 7 else { return false }
         return path.utf8.dropFirst(6).dropLast().allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 

@@ -102,7 +102,7 @@ public struct AdminCommands: Sendable {
             // Found from outside: dead events a purge had erased were left out without a word.
             let unsendable = try await outbox.deadWithoutPayload(account: account)
             if unsendable > 0 {
-                lines.append("\(unsendable) dead event(s) have no payload any more (erased by retention, purge or forget) and cannot "
+                lines.append("\(unsendable) dead event(s) have no payload any more (erased by retention or purge) and cannot "
                     + "be resent: their senders must send them again (`events list --state dead`)")
             }
             return (lines.joined(separator: "\n"), true)

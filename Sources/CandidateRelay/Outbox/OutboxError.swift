@@ -22,6 +22,7 @@ public enum OutboxError: Error, Sendable, CustomStringConvertible {
         if case OutboxError.fileGone = error { return "outbox_file_gone" }
         if case OutboxError.damaged = error { return "outbox_damaged" }
         if case OutboxError.full = error { return "storage_full" }
+        if case OutboxError.newerRelease = error { return "outbox_newer_release" }
         return String(describing: type(of: error))
     }
 
