@@ -116,15 +116,8 @@ public struct ConfigurationLoader: Sendable {
             required: secretsRequired
         )
         let config = Self.build(&reader, secrets: secrets, accountIDs: accountIDs)
-        // "No inbound authentication" is what an inbound secret file that could not be read
-        // leaves: that file's own problem says so (found from outside: it also advised
-        // `allow_unauthenticated: true` for a secrets file merely not found).
-        let unreadInbound = secrets.problems.map(\.key).filter { $0.hasSuffix(".signing_secrets_file") || $0.hasSuffix(".bearer_token_file") }
-        let checks = Self.validate(config, secretsRequired: secretsRequired).filter { problem in
-            !(problem.message.hasPrefix(Self.noInboundAuthentication)
-                && unreadInbound.contains { $0.hasPrefix(problem.key + ".") || $0.hasPrefix("ingest.") })
-        }
-        problems += reader.problems + secrets.problems + checks
+        problems += reader.problems + secrets.problems
+            + Self.validate(config, secretsRequired: secretsRequired, unreadSecrets: Set(secrets.problems.map(\.key)))
         // A key that several accounts fall back on (partner.auth.secret_file, token_ttl_seconds,
         // mode) is read once per account: its problem is still one line.
         var seen = Set<String>()

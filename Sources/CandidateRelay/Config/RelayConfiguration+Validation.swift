@@ -5,7 +5,8 @@ import Glibc
 
 extension ConfigurationLoader {
     /// Range and consistency checks on an otherwise well-typed configuration.
-    static func validate(_ config: RelayConfiguration, secretsRequired: Bool = true) -> [ConfigurationProblem] {
+    /// `unreadSecrets`: the `*_file` keys whose secret could not be read (their own problems).
+    static func validate(_ config: RelayConfiguration, secretsRequired: Bool = true, unreadSecrets: Set<String> = []) -> [ConfigurationProblem] {
         var problems: [ConfigurationProblem] = []
         func check(_ ok: Bool, _ key: String, _ message: String) {
             if !ok { problems.append(.init(key, message)) }
@@ -21,7 +22,7 @@ extension ConfigurationLoader {
         // SQLite's own limit on one value (SQLITE_MAX_LENGTH): a larger body could not be stored.
         check(config.ingest.maxBodyBytes <= 1_000_000_000, "ingest.max_body_bytes", "must be at most 1000000000")
         check(config.ingest.maxBacklog >= 1, "ingest.max_backlog", "must be at least 1")
-        problems += inboundProblems(config, secretsRequired: secretsRequired)
+        problems += inboundProblems(config, secretsRequired: secretsRequired, unreadSecrets: unreadSecrets)
         check(config.storage.payloadRetentionDays >= 0, "storage.payload_retention_days", "must be >= 0")
         check(
             config.storage.recordRetentionDays >= config.storage.payloadRetentionDays,
@@ -89,12 +90,14 @@ extension ConfigurationLoader {
     static let minSeconds = 0.001
     static let maxDays = 36_500.0
 
-    static let noInboundAuthentication = "no inbound authentication"
-
     /// Each account's inbound secrets are well-formed, and some inbound authentication exists.
-    static func inboundProblems(_ config: RelayConfiguration, secretsRequired: Bool) -> [ConfigurationProblem] {
+    /// An account whose inbound secrets file (its own, or `ingest.*` it falls back on) could not
+    /// be read is not also "without inbound authentication": that file's problem says why (found
+    /// from outside: it also advised `allow_unauthenticated: true` for a file merely not found).
+    static func inboundProblems(_ config: RelayConfiguration, secretsRequired: Bool, unreadSecrets: Set<String> = []) -> [ConfigurationProblem] {
         var problems: [ConfigurationProblem] = []
         let named = config.namedAccounts != nil
+        let unreadInbound = unreadSecrets.filter { $0.hasSuffix(".signing_secrets_file") || $0.hasSuffix(".bearer_token_file") }
         for account in config.accounts {
             let key = named ? "accounts.\(account.id).inbound.signing_secrets_file" : "ingest.signing_secrets_file"
             for secret in account.signingSecrets where WebhookSecret(secret) == nil {
@@ -104,9 +107,10 @@ extension ConfigurationLoader {
                 problems.append(.init(named ? "accounts.\(account.id).inbound.bearer_token_file" : "ingest.bearer_token_file",
                                       "the token from \(token.source) holds a control character or a line break: no request could carry it"))
             }
-            if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil {
-                problems.append(.init(named ? "accounts.\(account.id).inbound" : "ingest",
-                                      noInboundAuthentication + ": set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
+            let inbound = named ? "accounts.\(account.id).inbound" : "ingest"
+            if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil,
+               !unreadInbound.contains(where: { $0.hasPrefix(inbound + ".") || $0.hasPrefix("ingest.") }) {
+                problems.append(.init(inbound, "no inbound authentication: set signing_secrets_file or bearer_token_file, or allow_unauthenticated: true"))
             }
         }
         // A config with accounts still validates the ingest.* secrets it gives as defaults.

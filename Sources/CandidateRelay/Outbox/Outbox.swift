@@ -326,21 +326,14 @@ public final class Outbox: Sendable {
         guard let error = error as? DatabaseError,
               error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB
         else { return nil }
-        return damageDescription(error)
-    }
-
-    /// The code and SQLite's own words for it ("database disk image is malformed"): no SQL, no values.
-    static func damageDescription(_ error: DatabaseError) -> String {
-        "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
+        // The code and SQLite's own words for it ("database disk image is malformed"): no SQL, no values.
+        return "SQLite error \(error.resultCode.rawValue): \(String(cString: sqlite3_errstr(error.resultCode.rawValue)))"
     }
 
     /// The error to throw for a failed SQLite call, noting a damaged file (`damage`).
     func storageError(_ error: any Error) -> OutboxError {
         if let error = error as? OutboxError { return error }
-        if let error = error as? DatabaseError,
-           error.resultCode.primaryResultCode == .SQLITE_CORRUPT || error.resultCode.primaryResultCode == .SQLITE_NOTADB,
-           filesProblem() == nil {
-            let said = Self.damageDescription(error)
+        if let said = Self.damage(in: error), filesProblem() == nil {
             damageFound.withLock { if $0 == nil { $0 = said } }
             return .damaged(said)
         }
