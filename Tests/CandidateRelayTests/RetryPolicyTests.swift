@@ -138,6 +138,11 @@ import Testing
         #expect(RetryAfter.longest(["soon, 4"], now: now) == "4")
         #expect(RetryAfter.longest(["soon, later"], now: now) == "soon, later")  // none parses: as sent
         #expect(RetryAfter.longest(["3, 3"], now: now).flatMap { RetryAfter.parse($0, now: now) } == now.addingTimeInterval(3))
+        // A field of 100,000 elements is read no further than its first few.
+        let long = Array(repeating: "1", count: 100_000).joined(separator: ", ") + ", 9"
+        #expect(RetryAfter.elements(long).count <= 2 * RetryAfter.maxValuesRead + 1)
+        #expect(RetryAfter.longest([long], now: now) == "1")
+        #expect(RetryAfter.longest(["2, " + long], now: now) == "2")
     }
 
     @Test func retryAfterHTTPDates() {

@@ -70,6 +70,10 @@ import Testing
         #expect(await relay.application.reload(using: loader) == false)
         let rejected = try #require(relay.logs.events("config.reload_rejected").first)
         #expect((rejected["problems"] as? String)?.contains("delivery.workers") == true)
+        // The file stays as written: a restart would fail, and the log says so (once).
+        #expect(relay.logs.events("config.file_invalid").count == 1)
+        #expect(await relay.application.reload(using: loader) == false)
+        #expect(relay.logs.events("config.file_invalid").count == 1)
         // Still delivering with the old configuration.
         let next = try #require(try await relay.post(Candidates.json(partnerID: "rl-2")))
         #expect(try await relay.waitFor(next, states: ["delivered"])?["state"] as? String == "delivered")

@@ -46,6 +46,8 @@ public final class RelayApplication: Sendable {
     let bodyDeadline: BodyDeadlinePolicy
     /// Reloads handled so far (`<outbox>.reload`'s generation).
     let reloadGeneration = Mutex(0)
+    /// Why the config file on disk does not load now (`ConfigFileWatch`); empty while it does.
+    let configFileProblems = Mutex<[String]>([])
 
     /// Opens the outbox (taking the one-daemon lock, unless `lock` holds it already), migrates,
     /// recovers leases left by a crash and wires every component. Throws before anything is
@@ -214,11 +216,13 @@ public final class RelayApplication: Sendable {
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
-                                     tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline),
+                                     tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline,
+                                     statusNote: { [self] in configFileProblems.withLock(\.isEmpty) ? nil : Self.configFileInvalidStatus }),
                   serviceName: "heartbeat"),
         ]
         if let reloader {
             services.append(.init(service: ReloadService(application: self, loader: reloader), serviceName: "reload"))
+            services.append(.init(service: ConfigFileWatch(application: self, loader: reloader), serviceName: "config-file-watch"))
         }
         services.append(.init(service: app, serviceName: "ingest"))
         services.append(.init(service: ShutdownAnnouncer(application: self), successTerminationBehavior: .gracefullyShutdownGroup,

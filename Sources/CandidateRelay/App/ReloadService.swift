@@ -21,7 +21,63 @@ struct ReloadService: Service {
     }
 }
 
+/// Loads the config file (and its secrets) every `logging.heartbeat_seconds`, as a start would,
+/// and says when it stops loading (`config.file_invalid`, STATUS=, a gauge) and when it loads
+/// again. A refused reload keeps the daemon on its old configuration, but the file stays as it
+/// was written: found from outside, the next crash or reboot then exited 78, which the unit does
+/// not restart (`RestartPreventExitStatus=`), and delivery stopped until someone looked. The
+/// reload command refuses an invalid file before it signals the daemon, and a file may be edited
+/// without a reload at all: only a look at the file itself sees those.
+struct ConfigFileWatch: Service {
+    let application: RelayApplication
+    let loader: ConfigurationLoader
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await gracefulSleep(seconds: application.live.heartbeat.value)
+            guard !Task.isShuttingDownGracefully && !Task.isCancelled else { return }
+            await application.checkConfigFile(using: loader)
+        }
+    }
+}
+
 extension RelayApplication {
+    /// What `STATUS=` adds while the config file on disk does not load.
+    static let configFileInvalidStatus = "config file invalid: a restart would fail (exit 78); see config.file_invalid in the journal"
+
+    /// Loads the config file as a start would and records the outcome (`noteConfigFile`).
+    public func checkConfigFile(using loader: ConfigurationLoader) async {
+        do {
+            _ = try await loader.load()
+            noteConfigFile(problems: [])
+        } catch let error as ConfigurationError {
+            noteConfigFile(problems: error.problems.map(\.description))
+        } catch {
+            noteConfigFile(problems: ["the configuration could not be read"])
+        }
+    }
+
+    /// Logs a change in whether the config file on disk loads (and in its problems), and keeps
+    /// the gauge and STATUS= in step. Nothing is logged while nothing changed.
+    func noteConfigFile(problems: [String]) {
+        let before = configFileProblems.withLock { current -> [String] in
+            defer { current = problems }
+            return current
+        }
+        guard before != problems else { return }
+        metrics.configFileValid.record(problems.isEmpty ? 1 : 0)
+        metrics.statusChanged()
+        if problems.isEmpty {
+            logger.event(.notice, "config.file_valid", "the config file loads again: a restart would start")
+        } else {
+            logger.event(.warning, "config.file_invalid",
+                         "the config file no longer loads: the daemon keeps running on the configuration it has, but a restart "
+                         + "(a crash, a reboot, systemctl restart) would exit 78 and stay down; fix it, check it "
+                         + "(candidate-relay check-config) and reload",
+                         LogFields(extra: ["problems": problems.joined(separator: "; ")]))
+        }
+    }
+
     /// One reload; also called by tests. Returns whether the new configuration was applied.
     @discardableResult
     public func reload(using loader: ConfigurationLoader) async -> Bool {
@@ -38,13 +94,17 @@ extension RelayApplication {
             } else {
                 outbox.openAccounts(removed)
             }
+            // Refused or not, the file loads: a restart would start.
+            noteConfigFile(problems: [])
         } catch let error as ConfigurationError {
             problems = error.problems.map(\.description)
             logger.event(.error, "config.reload_rejected", "new configuration is invalid; keeping the old one",
                          LogFields(extra: ["problems": problems.joined(separator: "; ")]))
+            noteConfigFile(problems: problems)
         } catch {
             problems = ["the configuration could not be read"]
             logger.event(.error, "config.reload_rejected", "new configuration could not be read; keeping the old one")
+            noteConfigFile(problems: problems)
         }
         reportReload(ok: problems.isEmpty, problems: problems, restartNeeded: restartNeeded)
         return problems.isEmpty

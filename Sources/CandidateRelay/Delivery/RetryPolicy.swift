@@ -41,10 +41,14 @@ public enum RetryAfter {
         return parsed.max { $0.1 < $1.1 }?.0 ?? values.first
     }
 
-    /// A field's comma-separated elements, a day name joined back to the date after it.
+    /// A field's comma-separated elements, a day name joined back to the date after it. At most
+    /// `maxValuesRead` are read (two parts each, for a date): the rest of the field is one last
+    /// part that does not parse, so a field of many thousand commas is not split and trimmed
+    /// whole only for all but the first few to be dropped (review).
     static func elements(_ value: String) -> [String] {
         guard value.contains(",") else { return [value] }
-        let parts = value.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        let parts = value.split(separator: ",", maxSplits: 2 * maxValuesRead, omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
         var elements: [String] = []
         var index = 0
         while index < parts.count {

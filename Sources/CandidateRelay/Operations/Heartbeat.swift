@@ -36,13 +36,17 @@ public struct Heartbeat: Service {
     /// Both clocks read at the start's check for a step back while stopped: a step between
     /// that check and the first tick is a step too.
     let clockBaseline: (wall: Date, boot: Double)?
+    /// Said after the counts in STATUS= while it is not nil (the config file on disk no
+    /// longer loads: `ConfigFileWatch`).
+    let statusNote: @Sendable () -> String?
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
                 accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
                 gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {},
                 bootTime: @escaping @Sendable () -> Double = ClockStepDetector.bootSeconds,
-                clockBaseline: (wall: Date, boot: Double)? = nil) {
+                clockBaseline: (wall: Date, boot: Double)? = nil, statusNote: @escaping @Sendable () -> String? = { nil }) {
+        self.statusNote = statusNote
         self.tick = tick
         self.bootTime = bootTime
         self.clockBaseline = clockBaseline
@@ -168,7 +172,9 @@ public struct Heartbeat: Service {
         do {
             let status = try await outbox.liveStatus(now: now())
             metrics.update(from: status)
-            notifier.notify("STATUS=" + (outbox.damage == nil ? Self.statusLine(status) : Self.damagedStatus))
+            var line = outbox.damage == nil ? Self.statusLine(status) : Self.damagedStatus
+            if let note = statusNote() { line += "; " + note }
+            notifier.notify("STATUS=" + line)
             return status
         } catch {
             if outbox.damage != nil { notifier.notify("STATUS=" + Self.damagedStatus) }

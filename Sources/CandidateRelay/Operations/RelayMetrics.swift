@@ -27,6 +27,9 @@ public final class RelayMetrics: Sendable {
     /// Accounts whose gauges were set: one that left keeps reading 0, not its last value.
     private let gaugedAccounts = Mutex<Set<String>>([])
     public let circuitOpen: Metrics.Gauge
+    /// 1 while the config file on disk (with its secrets) loads as a start would load it, 0
+    /// while it does not: a crash or reboot would then leave the daemon down (`ConfigFileWatch`).
+    public let configFileValid: Metrics.Gauge
 
     public init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -36,7 +39,12 @@ public final class RelayMetrics: Sendable {
         ]
         self.factory = factory
         circuitOpen = Metrics.Gauge(label: "candidate_relay_partner_circuit_open", factory: factory)
+        configFileValid = Metrics.Gauge(label: "candidate_relay_config_file_valid", factory: factory)
+        configFileValid.record(1)
     }
+
+    /// Makes the heartbeat refresh STATUS= at its next tick, as a change of the counts does.
+    public func statusChanged() { changes.add(1, ordering: .relaxed) }
 
     /// The cache key of a metric: its label and dimensions, built in place (this runs for
     /// every request).
