@@ -46,8 +46,9 @@ public final class RelayApplication: Sendable {
     let bodyDeadline: BodyDeadlinePolicy
     /// Reloads handled so far (`<outbox>.reload`'s generation).
     let reloadGeneration = Mutex(0)
-    /// Why the config file on disk does not load now (`ConfigFileWatch`); empty while it does.
-    let configFileProblems = Mutex<[String]>([])
+    /// Why the config file on disk does not load now (`ConfigFileWatch`), empty while it does,
+    /// and the number of looks recorded.
+    let configFile = Mutex<(problems: [String], looks: Int)>(([], 0))
 
     /// Opens the outbox (taking the one-daemon lock, unless `lock` holds it already), migrates,
     /// recovers leases left by a crash and wires every component. Throws before anything is
@@ -217,7 +218,7 @@ public final class RelayApplication: Sendable {
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
                                      tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline,
-                                     statusNote: { [self] in configFileProblems.withLock(\.isEmpty) ? nil : Self.configFileInvalidStatus }),
+                                     statusNote: { [self] in configFile.withLock(\.problems.isEmpty) ? nil : Self.configFileInvalidStatus }),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

@@ -45,26 +45,34 @@ extension RelayApplication {
     /// What `STATUS=` adds while the config file on disk does not load.
     static let configFileInvalidStatus = "config file invalid: a restart would fail (exit 78); see config.file_invalid in the journal"
 
-    /// Loads the config file as a start would and records the outcome (`noteConfigFile`).
+    /// Loads the config file as a start would and records the outcome (`noteConfigFile`),
+    /// unless a reload recorded its own meanwhile (its look at the file is as recent).
     public func checkConfigFile(using loader: ConfigurationLoader) async {
+        let since = configFile.withLock(\.looks)
+        let problems: [String]
         do {
             _ = try await loader.load()
-            noteConfigFile(problems: [])
+            problems = []
         } catch let error as ConfigurationError {
-            noteConfigFile(problems: error.problems.map(\.description))
+            problems = error.problems.map(\.description)
         } catch {
-            noteConfigFile(problems: ["the configuration could not be read"])
+            problems = ["the configuration could not be read"]
         }
+        noteConfigFile(problems: problems, lookedSince: since)
     }
 
     /// Logs a change in whether the config file on disk loads (and in its problems), and keeps
-    /// the gauge and STATUS= in step. Nothing is logged while nothing changed.
-    func noteConfigFile(problems: [String]) {
-        let before = configFileProblems.withLock { current -> [String] in
-            defer { current = problems }
-            return current
+    /// the gauge and STATUS= in step. Nothing is logged while nothing changed. `lookedSince`:
+    /// the count of looks when this one began; when another was recorded meanwhile, this one is
+    /// older and left out.
+    func noteConfigFile(problems: [String], lookedSince: Int? = nil) {
+        let before = configFile.withLock { state -> [String]? in
+            if let lookedSince, lookedSince != state.looks { return nil }
+            state.looks += 1
+            defer { state.problems = problems }
+            return state.problems
         }
-        guard before != problems else { return }
+        guard let before, before != problems else { return }
         metrics.configFileValid.record(problems.isEmpty ? 1 : 0)
         metrics.statusChanged()
         if problems.isEmpty {
