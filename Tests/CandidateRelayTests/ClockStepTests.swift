@@ -23,11 +23,64 @@ import Testing
         let back = detector.observe(wall: Self.t0.addingTimeInterval(603.5 - 3600), boot: 704)
         #expect(back.map { abs($0 + 3600) < 0.01 } == true)
         #expect(detector.observe(wall: Self.t0.addingTimeInterval(604.5 - 3600), boot: 705) == nil)  // said once
-        // Forward: not reported (it only makes things due sooner; a paused VM's catch-up looks the same).
-        #expect(detector.observe(wall: Self.t0.addingTimeInterval(605.5), boot: 706) == nil)
+        // Forward: reported too (the waits kept for the partner must not end early).
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(605.5), boot: 706).map { abs($0 - 3600) < 0.01 } == true)
+        #expect(detector.observe(wall: Self.t0.addingTimeInterval(606.5), boot: 707) == nil)
         // With a baseline (the start's reading), the first look already tells a step.
         var seeded = ClockStepDetector(baseline: (Self.t0, 100))
         #expect(seeded.observe(wall: Self.t0.addingTimeInterval(1 - 60), boot: 101).map { abs($0 + 60) < 0.01 } == true)
+    }
+
+    /// Just after a step forward, until it is handled, the guarded clock reads the time before it
+    /// plus the time that passed; a step back and time passing read as they are.
+    @Test func theGuardedClockHoldsAStepForwardUntilSettled() {
+        let wall = Mutex(Self.t0)
+        let boot = Mutex(100.0)
+        let clock = GuardedWallClock(baseline: (Self.t0, 100), wall: { wall.withLock { $0 } }, boot: { boot.withLock { $0 } })
+        func pass(_ seconds: Double, step: Double = 0) {
+            wall.withLock { $0 = $0.addingTimeInterval(seconds + step) }
+            boot.withLock { $0 += seconds }
+        }
+        pass(5)
+        #expect(clock.now() == Self.t0.addingTimeInterval(5))
+        pass(0.5, step: 30)
+        #expect(clock.now() == Self.t0.addingTimeInterval(5.5))  // not handled yet: before the step, plus the time passed
+        pass(0.5)
+        #expect(clock.now() == Self.t0.addingTimeInterval(6))
+        clock.settle(wall: wall.withLock { $0 }, boot: boot.withLock { $0 })
+        #expect(clock.now() == Self.t0.addingTimeInterval(36))
+        pass(1, step: -600)  // a step back reads as it is (its schedules are moved back)
+        #expect(clock.now() == Self.t0.addingTimeInterval(37 - 600))
+    }
+
+    /// A step forward moves the window's answers with it: they leave it when they would have.
+    /// (Found from outside: the window emptied, and the next window's worth went at once.)
+    @Test func aWindowToldOfAStepForwardKeepsItsAnswers() {
+        var limiter = SlidingWindowLimiter(limit: 2, window: 60, history: [Self.t0, Self.t0])
+        limiter.shift(by: 3600)
+        // 10 s later, on a clock set an hour forward: still full until 60 s after the answers.
+        #expect(limiter.earliestAllowed(now: Self.t0.addingTimeInterval(3610)) == Self.t0.addingTimeInterval(3660))
+        #expect(limiter.reserve(now: Self.t0.addingTimeInterval(3610)) == nil)
+        #expect(limiter.reserve(now: Self.t0.addingTimeInterval(3660)) != nil)
+    }
+
+    /// The gate told of a step forward: a full window and a partner's pause keep the wait they
+    /// had left.
+    @Test func theGateToldOfAStepForwardKeepsItsWaits() async throws {
+        let clock = ManualClock(Self.t0)
+        let gate = PartnerGateTests.gate(clock, requests: 1, perSeconds: 60)
+        try await PartnerGateTests.send(gate, "default")
+        clock.advance(3600 + 10)
+        await gate.clockStepped(by: 3600)
+        #expect(await gate.nextReadiness() == Self.t0.addingTimeInterval(3600 + 60))
+        clock.advance(50)
+        #expect(await gate.nextReadiness() == nil)
+        let pausedAt = clock.now
+        try await PartnerGateTests.send(gate, "default", AttemptReport(health: .untested, status: 429,
+                                                                       accountPauseUntil: pausedAt.addingTimeInterval(120)))
+        clock.advance(600)
+        await gate.clockStepped(by: 600)
+        #expect(await gate.holds()["account:default"] == pausedAt.addingTimeInterval(120 + 600))
     }
 
     /// An answer time after `now` (the clock went back) holds the window one window at most.
@@ -185,5 +238,49 @@ import Testing
         // The gate's pause moved back, and stored so (once: not moved again by the outbox).
         #expect(await gate.holds()["account:default"] == Self.t0.addingTimeInterval(120 - 3600))
         #expect(try await outbox.loadHolds()["account:default"] == Self.t0.addingTimeInterval(120 - 3600))
+    }
+
+    /// A step forward while a request given up on may still be at the partner: the heartbeat
+    /// moves the event's window with the step, so its resend still waits for it (found from
+    /// outside: the resend went at once and the partner created the candidate twice). An
+    /// outcome read before the step and written after the move is moved too.
+    @Test func theHeartbeatKeepsTheWindowOfARequestThatMayStillBeAtThePartnerAcrossAStepForward() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        for id in ["e1", "e2"] {
+            _ = try await outbox.accept(OutboxTests.submission(id, partnerID: id, at: Self.t0), maxBacklog: 10)
+        }
+        // e1 timed out at t0: resent no sooner than t0 + 10 s (partner_open_until).
+        let e1 = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 100_000))
+        #expect(try await outbox.complete(e1, outcome: .retry(at: Self.t0.addingTimeInterval(10), status: nil, error: "timeout"),
+                                          now: Self.t0, latencyMs: nil, partnerOpenUntil: Self.t0.addingTimeInterval(10)))
+        let e2 = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 100_000))
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let clock = ManualClock(Self.t0)
+        let boot = Mutex(1000.0)
+        let guarded = GuardedWallClock(baseline: (Self.t0, 1000), wall: { clock.now }, boot: { boot.withLock { $0 } })
+        let heartbeat = Heartbeat(outbox: outbox, interval: Live(3600), metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
+                                  watchdogInterval: 0.2, logger: logger, gate: PartnerGateTests.gate(clock), now: { clock.now },
+                                  bootTime: { boot.withLock { $0 } }, guardedClock: guarded)
+        let running = Task { try await heartbeat.run() }
+        defer { running.cancel() }
+        #expect(await eventually(timeout: 10) { !logs.events("relay.heartbeat").isEmpty })
+        // One second later, the clock set 30 s forward; e2 (in flight) is given up on with the
+        // time read before the heartbeat saw the step.
+        boot.withLock { $0 += 1 }
+        clock.advance(31)
+        let before = guarded.now()
+        #expect(before == Self.t0.addingTimeInterval(1))
+        #expect(await eventually(timeout: 10) { logs.events("clock.stepped").first?["step_seconds"] as? Double == 30 })
+        #expect(await eventually(timeout: 10) { guarded.now() == clock.now })
+        #expect(try await outbox.complete(e2, outcome: .retry(at: before.addingTimeInterval(10), status: nil, error: "timeout"),
+                                          now: before, latencyMs: nil, partnerOpenUntil: before.addingTimeInterval(10)))
+        // Neither is sent before its window ends, 10 s after it began in real time.
+        #expect(try await outbox.claimNext(now: clock.now, leaseSeconds: 30, maxAgeSeconds: 100_000) == nil)
+        #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 9.9), leaseSeconds: 30, maxAgeSeconds: 100_000) == nil)
+        #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 10), leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e1")
+        #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 10.9), leaseSeconds: 30, maxAgeSeconds: 100_000) == nil)
+        #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 11), leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e2")
     }
 }

@@ -26,6 +26,8 @@ public final class RelayApplication: Sendable {
     /// The wall clock and the boot clock read at the start's check for a step back while
     /// stopped: the heartbeat's first look compares with it (`ClockStepDetector`).
     let clockBaseline: (wall: Date, boot: Double)
+    /// What the gate and the workers read as the time (`GuardedWallClock`).
+    let guardedClock: GuardedWallClock
     let gate: PartnerGate
     let pool: DeliveryWorkerPool
     let handler: IngestHandler
@@ -77,6 +79,7 @@ public final class RelayApplication: Sendable {
                             payloadMemory: PayloadMemory(budget: PayloadMemory.budget(maxBodyBytes: configuration.ingest.maxBodyBytes)))
         let now = Date()
         clockBaseline = (now, ClockStepDetector.bootSeconds())
+        guardedClock = GuardedWallClock(baseline: clockBaseline)
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()
@@ -143,7 +146,8 @@ public final class RelayApplication: Sendable {
             accounts: AccountWiring.rateLimits(configuration), globalRateLimit: configuration.partner.globalRateLimit,
             breaker: configuration.delivery.circuitBreaker, workers: configuration.delivery.workers,
             backoff: configuration.delivery.backoff, history: history,
-            credentials: live.tokens.value.compactMapValues(\.credentials), logger: logger, metrics: metrics)
+            credentials: live.tokens.value.compactMapValues(\.credentials), logger: logger, metrics: metrics,
+            clock: GuardedSystemClock(guardedClock))
         // The partner's pauses, an open circuit, a refused account's back-off: still in force
         // after a restart, and kept for the next one. Not a back-off for credentials changed since.
         let lifted = await gate.restore(try await outbox.loadHolds())
@@ -156,7 +160,8 @@ public final class RelayApplication: Sendable {
             outbox: outbox, gate: gate,
             client: partnerClient ?? HTTPPartnerClient(httpClient: httpClient, baseURL: configuration.partner.baseURL,
                                                        timeoutSeconds: configuration.partner.timeoutSeconds),
-            tokens: live.tokens, settings: live.delivery, doorbell: doorbell, metrics: metrics, logger: logger)
+            tokens: live.tokens, settings: live.delivery, doorbell: doorbell, metrics: metrics, logger: logger,
+            now: { [guardedClock] in guardedClock.now() })
         handler = IngestHandler(
             outbox: outbox, authenticators: live.authenticators, settings: live.ingest, doorbell: doorbell,
             metrics: metrics, logger: logger, stopFlag: stopFlag, now: Date.init)
@@ -218,7 +223,8 @@ public final class RelayApplication: Sendable {
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
                                      tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline,
-                                     statusNote: { [self] in configFile.withLock(\.problems.isEmpty) ? nil : Self.configFileInvalidStatus }),
+                                     statusNote: { [self] in configFile.withLock(\.problems.isEmpty) ? nil : Self.configFileInvalidStatus },
+                                     guardedClock: guardedClock),
                   serviceName: "heartbeat"),
         ]
         if let reloader {

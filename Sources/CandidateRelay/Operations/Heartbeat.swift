@@ -39,14 +39,19 @@ public struct Heartbeat: Service {
     /// Said after the counts in STATUS= while it is not nil (the config file on disk no
     /// longer loads: `ConfigFileWatch`).
     let statusNote: @Sendable () -> String?
+    /// The clock the holds and claims read (`GuardedWallClock`): settled at each look once no
+    /// step forward is left to handle.
+    let guardedClock: GuardedWallClock?
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
                 accounts: @escaping @Sendable () -> KnownAccounts = { KnownAccounts(ids: [AccountConfiguration.defaultID], named: false) },
                 gate: PartnerGate? = nil, now: @escaping @Sendable () -> Date = Date.init, tick: @escaping @Sendable () -> Void = {},
                 bootTime: @escaping @Sendable () -> Double = ClockStepDetector.bootSeconds,
-                clockBaseline: (wall: Date, boot: Double)? = nil, statusNote: @escaping @Sendable () -> String? = { nil }) {
+                clockBaseline: (wall: Date, boot: Double)? = nil, statusNote: @escaping @Sendable () -> String? = { nil },
+                guardedClock: GuardedWallClock? = nil) {
         self.statusNote = statusNote
+        self.guardedClock = guardedClock
         self.tick = tick
         self.bootTime = bootTime
         self.clockBaseline = clockBaseline
@@ -126,6 +131,30 @@ public struct Heartbeat: Service {
         await gate?.clockStepped(by: step)
     }
 
+    /// The wall clock stepped forward by `step` seconds: what is kept for the partner's sake
+    /// keeps the wait it had left, the gate's pauses, circuit and rate windows at once
+    /// (`PartnerGate.clockStepped`); the outbox's in `shiftOpenWindows`.
+    func steppedForward(_ step: Double) async {
+        logger.event(.warning, "clock.stepped", "the wall clock stepped forward; the waits kept for the partner (a request that may still "
+                     + "be at work there, the rate windows, its Retry-After, the circuit) keep the wait they had left",
+                     LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
+        await gate?.clockStepped(by: step)
+    }
+
+    /// Moves the outbox's "may still be at the partner" windows forward by `step`, seen at
+    /// `now`, with the gate's holds, in one transaction. False (logged) when the outbox failed:
+    /// tried again the next tick, the guarded clock staying on the time before the step meanwhile.
+    func shiftOpenWindows(_ step: Double, now: Date) async -> Bool {
+        do {
+            try await outbox.shiftOpenWindows(by: step, before: now.addingTimeInterval(-step), holds: await gate?.holds())
+            return true
+        } catch {
+            logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward; tried again each second",
+                         LogFields(error: OutboxError.logCode(error)))
+            return false
+        }
+    }
+
     /// Records the outbox's rebase by `-step` as begun (`Outbox.beginRebase`), with the gate's
     /// holds, already moved (with no gate, the stored ones are moved). False (logged) when the
     /// outbox failed: nothing was recorded, and the step is tried again the next tick.
@@ -201,16 +230,26 @@ public struct Heartbeat: Service {
         // begun and is not finished.
         var unrebased = 0.0
         var rebasing = false
+        // A step forward whose windows in the outbox are not moved yet (a failed write).
+        var forward = 0.0
         // An admin command changed the outbox: its counts are refreshed, not left to the next beat.
         var othersWrote = false
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let current = now()
-            if let step = steps.observe(wall: current, boot: bootTime()) {
-                await clockStepped(step)
-                unrebased += step
+            let boot = bootTime()
+            if let step = steps.observe(wall: current, boot: boot) {
+                if step < 0 {
+                    await clockStepped(step)
+                    unrebased += step
+                } else {
+                    await steppedForward(step)
+                    forward += step
+                }
                 // The beat's schedule was the old clock's too.
                 lastBeat = lastBeat.addingTimeInterval(step)
             }
+            if forward > 0, await shiftOpenWindows(forward, now: current) { forward = 0 }
+            if forward == 0 { guardedClock?.settle(wall: current, boot: boot) }
             // One rebase at a time: the one begun is finished before the next begins (beginning
             // again would move the rows already done a second time).
             if rebasing { rebasing = !(await finishRebase()) }

@@ -17,3 +17,16 @@ public struct SystemClock: RelayClock {
         try await TimerSleep.sleep(seconds: seconds)
     }
 }
+
+/// `SystemClock` read through a `GuardedWallClock`: just after a step forward the heartbeat has
+/// not handled yet, the time before the step plus the time that passed.
+public struct GuardedSystemClock: RelayClock {
+    let wall: GuardedWallClock
+    public init(_ wall: GuardedWallClock) {
+        self.wall = wall
+    }
+    public var now: Date { wall.now() }
+    public func sleep(until deadline: Date) async throws {
+        try await TimerSleep.sleep(seconds: deadline.timeIntervalSince(wall.now()))
+    }
+}

@@ -20,6 +20,28 @@ extension Outbox {
         }, then: { _ in })
     }
 
+    /// The wall clock stepped forward by `seconds` (positive) from `before`, the time just
+    /// before the step: each event's "may still be at the partner" window that was open then
+    /// keeps the wait it had left (`partner_open_until`: found from outside, a step forward ended
+    /// it at once, and the resend reached a partner still creating the candidate: two
+    /// candidates), in one transaction with `holds`, the gate's, already moved. What is only
+    /// the relay's own wait (a back-off's next attempt) is left due sooner. Returns the events
+    /// moved.
+    @discardableResult
+    func shiftOpenWindows(by seconds: Double, before: Date, holds: [String: Date]?) async throws -> Int {
+        let step = Millis((seconds * 1000).rounded())
+        guard step > 0 else { return 0 }
+        return try await write { db in
+            if let holds { try Self.replaceHolds(db, holds) }
+            try db.execute(sql: "UPDATE events SET partner_open_until = partner_open_until + ? WHERE partner_open_until > ?",
+                           arguments: [step, before.millis])
+            let moved = db.changesCount
+            self.forwardStep.withLock { $0 = (before, seconds) }
+            self.quiet.clearAll()
+            return moved
+        }
+    }
+
     /// Rows rewritten per transaction by `finishRebase`: the writer (every 202, every outcome,
     /// the watchdog's probe) is never held long, whatever the backlog.
     static let rebaseChunkRows: Int64 = 20_000
@@ -41,6 +63,8 @@ extension Outbox {
     func beginRebase(by seconds: Double, now: Date, holds: [String: Date]?) async throws -> Bool {
         let step = Millis((seconds * 1000).rounded())
         guard step < 0 else { return false }
+        // Times read from here on are on the clock as it is after this step back.
+        forwardStep.withLock { $0 = nil }
         try await write { db in
             if let holds {
                 try Self.replaceHolds(db, holds)

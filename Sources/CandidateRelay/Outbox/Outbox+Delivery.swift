@@ -195,7 +195,7 @@ extension Outbox {
                     case .complete(let completion):
                         // A retry, a hand-back: the account may have an event due sooner.
                         self.quiet.clear(completion.event.account)
-                        return .success(.completed(try Self.completeOne(db, completion)))
+                        return .success(.completed(try Self.completeOne(db, self.inCurrentFrame(completion))))
                     }
                 }
             }, then: { result in
@@ -298,6 +298,23 @@ extension Outbox {
                 partnerCandidateID: row["partner_candidate_id"], payload: payload ?? Data(), receivedAt: receivedAt,
                 budgetStartedAt: budgetStartedAt, leasedAt: now, heldBytes: held)
         }
+    }
+
+    /// A completion whose time was read on the wall clock before a step forward that has been
+    /// handled since (`shiftOpenWindows` ran between the read and this write, on the same writer
+    /// queue): its "may still be at the partner" window moves by the step as the stored ones
+    /// did, else it would end the step's length early (the race the move is there to close).
+    /// Times read before the step are at most a moment after `before`; times read after it at
+    /// least the step's length after: halfway tells them apart (a step is a second or more).
+    func inCurrentFrame(_ completion: Completion) -> Completion {
+        guard let step = forwardStep.withLock({ $0 }),
+              completion.now < step.before.addingTimeInterval(step.seconds / 2) else { return completion }
+        var moved = completion
+        moved.partnerOpenUntil = completion.partnerOpenUntil?.addingTimeInterval(step.seconds)
+        if case .interrupted(let resendAt) = completion.outcome {
+            moved.outcome = .interrupted(resendAt: resendAt.addingTimeInterval(step.seconds))
+        }
+        return moved
     }
 
     /// Records an attempt's outcome with a compare-and-set on (id, in_flight, lease): a late

@@ -23,6 +23,10 @@ public final class Outbox: Sendable {
     /// Accounts a reload is removing: their submissions are refused inside the write transaction
     /// (`closeAccounts`).
     let closedAccounts = Mutex<Set<String>>([])
+    /// The last step forward of the wall clock whose open windows were moved
+    /// (`shiftOpenWindows`): the time just before it and its length. An outcome whose time was
+    /// read before the step and written after the move is moved too (`inCurrentFrame`).
+    let forwardStep = Mutex<(before: Date, seconds: Double)?>(nil)
     /// The settled states' counts (`liveStatus`): a scan from a snapshot, plus what this
     /// process settled since.
     let settled = Mutex(SettledCounts())

@@ -263,19 +263,23 @@ public actor PartnerGate {
         return lifted
     }
 
-    /// The wall clock stepped back by `-seconds` (`ClockStepDetector`). Every pause, open
-    /// circuit and credentials back-off moves with it, so each keeps the wait it had left: a
-    /// clock an hour fast, set right, no longer held them for an hour. The heartbeat stores
-    /// them, moved, with the outbox's rebase (`Outbox.beginRebase`). The rate windows need
-    /// nothing: an answer "ahead"
-    /// of the clock counts as answered at the step (`SlidingWindowLimiter.earliestAllowed`).
+    /// The wall clock stepped by `seconds` (`ClockStepDetector`; negative: back). Every pause,
+    /// open circuit and credentials back-off moves with it, so each keeps the wait it had left:
+    /// a clock an hour fast, set right, no longer held them for an hour, and one set forward no
+    /// longer ends the partner's `Retry-After` early. The heartbeat stores them, moved, with the
+    /// outbox's rebase (`Outbox.beginRebase`, `Outbox.shiftOpenWindows`). The rate windows move
+    /// forward too (a step forward emptied them: found from outside); a step back needs nothing
+    /// there, an answer "ahead" of the clock counts as answered at the step
+    /// (`SlidingWindowLimiter.earliestAllowed`).
     public func clockStepped(by seconds: Double) {
         func moved(_ date: Date) -> Date { date == .distantPast ? date : date.addingTimeInterval(seconds) }
         pausedUntil = moved(pausedUntil)
         breaker.shift(by: seconds)
+        global.shift(by: seconds)
         for id in Array(accounts.keys) {
             accounts[id]!.pausedUntil = moved(accounts[id]!.pausedUntil)
             accounts[id]!.credentialsBlockedUntil = moved(accounts[id]!.credentialsBlockedUntil)
+            accounts[id]!.limiter.shift(by: seconds)
         }
     }
 

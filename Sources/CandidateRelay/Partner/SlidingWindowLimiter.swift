@@ -53,6 +53,16 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
         return finished[mustLeave - 1].addingTimeInterval(window)
     }
 
+    /// The wall clock stepped forward by `seconds`: the window's times move with it, so each
+    /// answer leaves the window when it would have (a step forward emptied it, and the next
+    /// window's worth went at once: found from outside). A step back needs nothing
+    /// (`earliestAllowed`).
+    public mutating func shift(by seconds: Double) {
+        guard seconds > 0 else { return }
+        finished = finished.map { $0.addingTimeInterval(seconds) }
+        inFlight = inFlight.mapValues { $0.addingTimeInterval(seconds) }
+    }
+
     /// Takes a place for a request sent at `now`; nil (and nothing taken) when the window is full.
     public mutating func reserve(now: Date) -> Ticket? {
         guard earliestAllowed(now: now) == now else { return nil }
