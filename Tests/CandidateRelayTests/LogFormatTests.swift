@@ -68,5 +68,9 @@ import Testing
         #expect(throttle.admit(now: start.addingTimeInterval(0.9)) == nil)
         #expect(throttle.admit(now: start.addingTimeInterval(1.0)) == 2)
         #expect(throttle.admit(now: start.addingTimeInterval(5)) == 0)
+        // The clock set back ten minutes: a new interval, not ten minutes of silence.
+        #expect(throttle.admit(now: start.addingTimeInterval(5.5 - 600)) == 0)
+        #expect(throttle.admit(now: start.addingTimeInterval(5.7 - 600)) == nil)
+        #expect(throttle.admit(now: start.addingTimeInterval(6.5 - 600)) == 1)
     }
 }

@@ -145,6 +145,23 @@ import Testing
         #expect(RetryAfter.longest(["2, " + long], now: now) == "2")
     }
 
+    /// An HTTP-date is read against the answer's `Date` (the partner's clock), not the relay's:
+    /// the wait the partner meant, whatever the two clocks say (found from outside).
+    @Test func retryAfterDatesAreReadAgainstTheAnswersDate() {
+        let relayNow = Date(timeIntervalSince1970: 784_111_700 - 300)  // the relay five minutes slow
+        let asked = "Sun, 06 Nov 1994 08:48:40 GMT"                      // 20 s after the partner's now
+        let partnerNow = "Sun, 06 Nov 1994 08:48:20 GMT"
+        #expect(RetryAfter.longest([asked], now: relayNow, date: partnerNow) == "20")
+        #expect(RetryAfter.longest([asked, "5"], now: relayNow, date: partnerNow) == "20")
+        #expect(RetryAfter.longest(["30, " + asked], now: relayNow, date: partnerNow) == "30")
+        // A date already past by the partner's clock: no wait.
+        #expect(RetryAfter.longest(["Sun, 06 Nov 1994 08:48:00 GMT"], now: relayNow, date: partnerNow) == "0")
+        // No `Date`, or one that does not parse: read against the relay's clock, as sent.
+        #expect(RetryAfter.longest([asked], now: relayNow) == asked)
+        #expect(RetryAfter.longest([asked], now: relayNow, date: "yesterday") == asked)
+        #expect(RetryAfter.longest(["7"], now: relayNow, date: partnerNow) == "7")
+    }
+
     @Test func retryAfterHTTPDates() {
         let now = Date(timeIntervalSince1970: 784_111_700) // 1994-11-06T08:48:20Z
         #expect(RetryAfter.parse("Sun, 06 Nov 1994 08:49:37 GMT", now: now) == Date(timeIntervalSince1970: 784_111_777))

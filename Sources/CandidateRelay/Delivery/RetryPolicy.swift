@@ -14,14 +14,29 @@ public enum RetryAfter {
             // The caller caps every wait at `backoff.max_seconds`.
             return seconds.isFinite ? now.addingTimeInterval(seconds) : .distantFuture
         }
+        return httpDate(trimmed).map { max($0, now) }
+    }
+
+    /// An HTTP-date in any of RFC 9110's three forms.
+    static func httpDate(_ value: String) -> Date? {
+        let trimmed = value.trimmingCharacters(in: .whitespaces)
         for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "EEEE, dd-MMM-yy HH:mm:ss zzz", "EEE MMM d HH:mm:ss yyyy"] {
             let formatter = DateFormatter()
             formatter.locale = Locale(identifier: "en_US_POSIX")
             formatter.timeZone = TimeZone(identifier: "GMT")
             formatter.dateFormat = format
-            if let date = formatter.date(from: trimmed) { return max(date, now) }
+            if let date = formatter.date(from: trimmed) { return date }
         }
         return nil
+    }
+
+    /// `value` as delay-seconds when it is an HTTP-date and the answer's `Date` (the partner's
+    /// clock when it answered) is known: the wait the partner meant, whatever the two clocks
+    /// say (found from outside: a relay five minutes slow paused 320 s for a 20 s ask, and one
+    /// two minutes fast did not pause at all). Otherwise as it is.
+    static func relative(_ value: String, partnerNow: Date?) -> String {
+        guard let partnerNow, value.contains(where: { $0.isLetter }), let at = httpDate(value) else { return value }
+        return String(Int(max(0, at.timeIntervalSince(partnerNow)).rounded(.up)))
     }
 
     /// The field as sent more than once (a proxy adding its own, say): the value asking for the
@@ -34,11 +49,18 @@ public enum RetryAfter {
     /// `Retry-After: 3, 3` (found from outside: ignored, the event retried after its back-off).
     /// Such a field is read as its elements; an HTTP-date's own comma, after its day name,
     /// stays inside its element.
-    public static func longest(_ values: [String], now: Date) -> String? {
-        guard values.count > 1 || values.first?.contains(",") == true else { return values.first }
+    ///
+    /// `date`: the answer's `Date` header. An HTTP-date is then read against it, not against the
+    /// relay's clock, and returned as delay-seconds (`relative`).
+    public static func longest(_ values: [String], now: Date, date: String? = nil) -> String? {
+        let partnerNow = date.flatMap(httpDate)
+        let base = partnerNow ?? now
+        guard values.count > 1 || values.first?.contains(",") == true else {
+            return values.first.map { relative($0, partnerNow: partnerNow) }
+        }
         let elements = values.prefix(maxValuesRead).flatMap(Self.elements).prefix(maxValuesRead)
-        let parsed = elements.compactMap { value in parse(value, now: now).map { (value, $0) } }
-        return parsed.max { $0.1 < $1.1 }?.0 ?? values.first
+        let parsed = elements.compactMap { value in parse(value, now: base).map { (value, $0) } }
+        return (parsed.max { $0.1 < $1.1 }?.0 ?? values.first).map { relative($0, partnerNow: partnerNow) }
     }
 
     /// A field's comma-separated elements, a day name joined back to the date after it. At most

@@ -13,10 +13,13 @@ final class LogThrottle: Sendable {
     }
 
     /// Nil: leave this line out. Otherwise: write it, with the number left out since the last one.
+    /// A clock that went back since the last line written starts a new interval (found from
+    /// outside: after a step back of ten minutes, a full disk's 503s logged nothing for ten
+    /// minutes).
     func admit(now: Date) -> Int? {
         let time = now.timeIntervalSince1970
         return state.withLock { state in
-            if time - state.last < seconds {
+            if time - state.last < seconds, time >= state.last {
                 state.suppressed += 1
                 return nil
             }

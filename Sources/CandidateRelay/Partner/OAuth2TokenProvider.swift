@@ -142,7 +142,7 @@ public actor OAuth2TokenProvider: TokenProvider {
                 // A 429 or 503 asking to wait is waited out, not asked again at the back-off's
                 // first steps (found from outside: the token endpoint's Retry-After was ignored).
                 let now = Date()
-                let retryAfter = RetryAfter.longest(response.headers["Retry-After"], now: now).flatMap { RetryAfter.parse($0, now: now) }
+                let retryAfter = RetryAfter.longest(response.headers["Retry-After"], now: now, date: response.headers.first(name: "Date")).flatMap { RetryAfter.parse($0, now: now) }
                 throw TokenUnavailable(reason: "token_endpoint_http_\(response.status.code)", retryAfter: retryAfter)
             }
             return try tokenResponse(Data(buffer: bytes))

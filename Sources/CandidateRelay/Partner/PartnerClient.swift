@@ -44,7 +44,7 @@ public struct HTTPPartnerClient: PartnerClient {
             let answer = try await withDeadline(seconds: timeoutSeconds) { () async throws -> PartnerAnswer in
                 let response = try await client.execute(prepared, timeout: timeout)
                 let body = try await response.body.collect(upTo: Self.maxResponseBytes)
-                return .response(status: Int(response.status.code), retryAfter: RetryAfter.longest(response.headers["Retry-After"], now: Date()), body: Data(buffer: body))
+                return .response(status: Int(response.status.code), retryAfter: RetryAfter.longest(response.headers["Retry-After"], now: Date(), date: response.headers.first(name: "Date")), body: Data(buffer: body))
             }
             return answer ?? .transportFailure(.timeout)
         } catch {

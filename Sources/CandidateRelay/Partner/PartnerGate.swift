@@ -724,7 +724,8 @@ public actor PartnerGate {
         guard var limiter = accounts[account]?.limiter else { return }
         let count = limiter.count(now: current)
         guard limiter.limit == 0 || count < limiter.limit else { return }
-        guard current.timeIntervalSince(lastScopeMismatchLog) >= 3600 else { return }
+        // Once an hour; a clock that went back since starts the hour again.
+        guard current.timeIntervalSince(lastScopeMismatchLog) >= 3600 || current < lastScopeMismatchLog else { return }
         lastScopeMismatchLog = current
         logger.event(.warning, "partner.rate_scope_mismatch",
                      "the partner answered 429 while this account's window had room: its limit may be per partner; set partner.global_rate_limit",
