@@ -260,8 +260,13 @@ import Testing
         let clock = ManualClock(Self.t0)
         let boot = Mutex(1000.0)
         let guarded = GuardedWallClock(baseline: (Self.t0, 1000), wall: { clock.now }, boot: { boot.withLock { $0 } })
+        // A partner's pause of two minutes, in force when the clock goes forward.
+        let gate = PartnerGateTests.gate(clock)
+        await gate.onHoldsChanged { holds in outbox.saveHolds(holds) }
+        try await PartnerGateTests.send(gate, "default", AttemptReport(health: .untested, status: 429,
+                                                                       accountPauseUntil: Self.t0.addingTimeInterval(120)))
         let heartbeat = Heartbeat(outbox: outbox, interval: Live(3600), metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
-                                  watchdogInterval: 0.2, logger: logger, gate: PartnerGateTests.gate(clock), now: { clock.now },
+                                  watchdogInterval: 0.2, logger: logger, gate: gate, now: { clock.now },
                                   bootTime: { boot.withLock { $0 } }, guardedClock: guarded)
         let running = Task { try await heartbeat.run() }
         defer { running.cancel() }
@@ -282,5 +287,8 @@ import Testing
         #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 10), leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e1")
         #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 10.9), leaseSeconds: 30, maxAgeSeconds: 100_000) == nil)
         #expect(try await outbox.claimNext(now: Self.t0.addingTimeInterval(30 + 11), leaseSeconds: 30, maxAgeSeconds: 100_000)?.id == "e2")
+        // The pause keeps what it had left, in the gate and stored.
+        #expect(await gate.holds()["account:default"] == Self.t0.addingTimeInterval(120 + 30))
+        #expect(try await eventually(timeout: 10) { try await outbox.loadHolds()["account:default"] == Self.t0.addingTimeInterval(120 + 30) })
     }
 }

@@ -132,27 +132,35 @@ public struct Heartbeat: Service {
     }
 
     /// The wall clock stepped forward by `step` seconds: what is kept for the partner's sake
-    /// keeps the wait it had left, the gate's pauses, circuit and rate windows at once
-    /// (`PartnerGate.clockStepped`); the outbox's in `shiftOpenWindows`.
-    func steppedForward(_ step: Double) async {
+    /// keeps the wait it had left (`moveForward`, once the outbox could be written).
+    func steppedForward(_ step: Double) {
         logger.event(.warning, "clock.stepped", "the wall clock stepped forward; the waits kept for the partner (a request that may still "
                      + "be at work there, the rate windows, its Retry-After, the circuit) keep the wait they had left",
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
-        await gate?.clockStepped(by: step)
     }
 
-    /// Moves the outbox's "may still be at the partner" windows forward by `step`, seen at
-    /// `now`, with the gate's holds, in one transaction. False (logged) when the outbox failed:
-    /// tried again the next tick, the guarded clock staying on the time before the step meanwhile.
-    func shiftOpenWindows(_ step: Double, now: Date) async -> Bool {
+    /// Moves what is kept for the partner's sake forward by `step`, seen at `now` (`boot`): first
+    /// the outbox's "may still be at the partner" windows (`Outbox.shiftOpenWindows`); then,
+    /// in one turn of the gate, its pauses, circuit and rate windows, and the guarded clock
+    /// settled on the new time; then the gate's holds, moved, are stored. Until then the workers
+    /// and the gate read the time before the step (`GuardedWallClock`). False (logged) when the
+    /// outbox failed: tried again the next tick.
+    func moveForward(_ step: Double, now: Date, boot: Double) async -> Bool {
         do {
-            try await outbox.shiftOpenWindows(by: step, before: now.addingTimeInterval(-step), holds: await gate?.holds())
-            return true
+            try await outbox.shiftOpenWindows(by: step, before: now.addingTimeInterval(-step))
         } catch {
             logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward; tried again each second",
                          LogFields(error: OutboxError.logCode(error)))
             return false
         }
+        let settle: @Sendable () -> Void = { [guardedClock] in guardedClock?.settle(wall: now, boot: boot) }
+        if let gate {
+            await gate.clockStepped(by: step, settle: settle)
+            outbox.saveHolds(await gate.holds())
+        } else {
+            settle()
+        }
+        return true
     }
 
     /// Records the outbox's rebase by `-step` as begun (`Outbox.beginRebase`), with the gate's
@@ -242,13 +250,13 @@ public struct Heartbeat: Service {
                     await clockStepped(step)
                     unrebased += step
                 } else {
-                    await steppedForward(step)
+                    steppedForward(step)
                     forward += step
                 }
                 // The beat's schedule was the old clock's too.
                 lastBeat = lastBeat.addingTimeInterval(step)
             }
-            if forward > 0, await shiftOpenWindows(forward, now: current) { forward = 0 }
+            if forward > 0, await moveForward(forward, now: current, boot: boot) { forward = 0 }
             if forward == 0 { guardedClock?.settle(wall: current, boot: boot) }
             // One rebase at a time: the one begun is finished before the next begins (beginning
             // again would move the rows already done a second time).

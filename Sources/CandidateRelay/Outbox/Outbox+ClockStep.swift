@@ -24,15 +24,14 @@ extension Outbox {
     /// before the step: each event's "may still be at the partner" window that was open then
     /// keeps the wait it had left (`partner_open_until`: found from outside, a step forward ended
     /// it at once, and the resend reached a partner still creating the candidate: two
-    /// candidates), in one transaction with `holds`, the gate's, already moved. What is only
-    /// the relay's own wait (a back-off's next attempt) is left due sooner. Returns the events
-    /// moved.
+    /// candidates). What is only the relay's own wait (a back-off's next attempt) is left due
+    /// sooner. The gate's holds are stored after it moved them (`Heartbeat.moveForward`).
+    /// Returns the events moved.
     @discardableResult
-    func shiftOpenWindows(by seconds: Double, before: Date, holds: [String: Date]?) async throws -> Int {
+    func shiftOpenWindows(by seconds: Double, before: Date) async throws -> Int {
         let step = Millis((seconds * 1000).rounded())
         guard step > 0 else { return 0 }
         return try await write { db in
-            if let holds { try Self.replaceHolds(db, holds) }
             try db.execute(sql: "UPDATE events SET partner_open_until = partner_open_until + ? WHERE partner_open_until > ?",
                            arguments: [step, before.millis])
             let moved = db.changesCount

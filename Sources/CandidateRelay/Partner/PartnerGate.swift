@@ -271,7 +271,13 @@ public actor PartnerGate {
     /// forward too (a step forward emptied them: found from outside); a step back needs nothing
     /// there, an answer "ahead" of the clock counts as answered at the step
     /// (`SlidingWindowLimiter.earliestAllowed`).
-    public func clockStepped(by seconds: Double) {
+    ///
+    /// `settle`: run last, in the same turn of the gate (`GuardedWallClock.settle` for a step
+    /// forward): no request is admitted between its times moving and its clock reading the new
+    /// time (a limiter asked in between would take its answers, "ahead" of the old time, for a
+    /// step back, and lose the move).
+    public func clockStepped(by seconds: Double, settle: (@Sendable () -> Void)? = nil) {
+        defer { settle?() }
         func moved(_ date: Date) -> Date { date == .distantPast ? date : date.addingTimeInterval(seconds) }
         pausedUntil = moved(pausedUntil)
         breaker.shift(by: seconds)
