@@ -21,7 +21,8 @@ struct ReloadService: Service {
     }
 }
 
-/// Loads the config file (and its secrets) every `logging.heartbeat_seconds`, as a start would,
+/// Loads the config file (and its secrets) every `logging.heartbeat_seconds` (a minute at
+/// most), as a start would,
 /// and says when it stops loading (`config.file_invalid`, STATUS=, a gauge) and when it loads
 /// again. A refused reload keeps the daemon on its old configuration, but the file stays as it
 /// was written: found from outside, the next crash or reboot then exited 78, which the unit does
@@ -34,7 +35,7 @@ struct ConfigFileWatch: Service {
 
     func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            try? await gracefulSleep(seconds: application.live.heartbeat.value)
+            try? await gracefulSleep(seconds: min(application.live.heartbeat.value, 60))
             guard !Task.isShuttingDownGracefully && !Task.isCancelled else { return }
             await application.checkConfigFile(using: loader)
         }
