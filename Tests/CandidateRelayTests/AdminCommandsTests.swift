@@ -345,6 +345,7 @@ import Testing
     @Test func tablesShowControlCharactersAsEscapes() {
         #expect(AdminCommands.printable("plain é 東京") == "plain é 東京")
         #expect(AdminCommands.printable("a\u{9B}2Jb\u{85}c\u{1B}[31m\u{202E}") == #"a\u{9B}2Jb\u{85}c\u{1B}[31m\u{202E}"#)
+        #expect(AdminCommands.printable("id\u{200E}\u{61C}\u{FEFF}") == #"id\u{200E}\u{61C}\u{FEFF}"#)
         let table = AdminCommands.table(header: ["A"], rows: [["x\u{9B}31m"]])
         #expect(!table.unicodeScalars.contains { $0.value == 0x9B })
     }

@@ -94,19 +94,24 @@ public enum ContractJSON {
     /// Characters no output of the daemon carries raw (JSON, logfmt, the admin CLI's text):
     /// the controls (C0, DEL, C1: U+009B is an 8-bit CSI, and a sender's value put terminal
     /// escape sequences on an operator's `tail -f`; U+0085 split lines for some readers), the
-    /// line and paragraph separators, and the bidi controls, which reorder what a terminal shows.
+    /// line and paragraph separators, the bidi controls and marks, which reorder what a terminal
+    /// shows, and the invisible format characters (zero-width space and joiners, word joiner and
+    /// invisible operators, BOM), which hide what is there (found from outside: U+200E/F, U+061C
+    /// and U+FEFF in an id came out raw in `events list`, the journal and `systemctl status`).
     static func mustEscape(_ value: UInt32) -> Bool {
         switch value {
-        case 0..<0x20, 0x7F...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+        case 0..<0x20, 0x7F...0x9F, 0x061C, 0x200B...0x200F, 0x2028...0x202E, 0x2060...0x2064, 0x2066...0x2069, 0xFEFF: true
         default: false
         }
     }
 
     public static func appendQuoted(_ text: String, to result: inout String) {
         result.append("\"")
-        // 0xC2 starts the C1 controls, 0xE2 U+2028/9 and the bidi controls (and other
+        // 0xC2 starts the C1 controls, 0xD8 U+061C, 0xE2 U+200B...U+2069, 0xEF U+FEFF (and other
         // characters, which the slow path then keeps as they are).
-        let plain = !text.utf8.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xC2 || $0 == 0xE2 }
+        let plain = !text.utf8.contains {
+            $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xC2 || $0 == 0xD8 || $0 == 0xE2 || $0 == 0xEF
+        }
         if plain {
             result.append(text)
         } else {
