@@ -19,6 +19,23 @@ import Testing
         return (dir, try Outbox(path: dir.file("o.sqlite3")))
     }
 
+    /// The watchdog's probe takes the writer's lock and writes nothing: no WAL frame, no fsync
+    /// (found from outside: with the wall clock's commit, an idle daemon wrote ~570 MB a day).
+    @Test func theWatchdogsProbeWritesNothing() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(Self.submission("p1", partnerID: "p1"), maxBacklog: 10)
+        func framesInTheWAL() async throws -> Int {
+            try await outbox.pool.writeWithoutTransaction { db in
+                try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(PASSIVE)").map { $0[1] as Int } ?? -1
+            }
+        }
+        let before = try await framesInTheWAL()
+        #expect(before > 0)
+        for _ in 0..<5 { await outbox.probeResponsive() }
+        #expect(try await framesInTheWAL() == before)
+    }
+
     /// A reader that held the WAL open (an operator's `sqlite3` shell) let it grow past the
     /// limit; once it is gone and the WAL checkpointed, the next write cuts the file back to
     /// the limit instead of keeping it at its peak until the daemon stops (found from outside).

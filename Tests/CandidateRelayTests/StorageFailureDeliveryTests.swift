@@ -39,8 +39,9 @@ import Testing
         #expect(unrecorded.first?["outcome"] as? String == "delivered")
         #expect(unrecorded.first?["status"] as? Int == 201)
         #expect((unrecorded.first?["candidate_uid"] as? String)?.isEmpty == false)
-        #expect(!metrics.contains(#"outcome="delivered""#), "counted as delivered, never recorded: \(metrics)")
-        #expect(metrics.contains(#"outcome="unrecorded""#), "\(metrics)")
+        #expect(metrics.contains(#"candidate_relay_deliveries_total{account="default",outcome="delivered"} 0"#),
+                "counted as delivered, never recorded: \(metrics)")
+        #expect(metrics.contains(#"candidate_relay_deliveries_total{account="default",outcome="unrecorded"} 1"#), "\(metrics)")
         let state = try await DatabaseQueue(path: relay.application.configuration.storage.path).read { db in
             try String.fetchOne(db, sql: "SELECT state FROM events WHERE id = ?", arguments: [id])
         }
@@ -108,7 +109,7 @@ import Testing
         #expect(unrecorded.count == 1)
         #expect(unrecorded.first?["event_id"] as? String == id)
         #expect(unrecorded.first?["outcome"] as? String == "interrupted")
-        #expect(!relay.application.metrics.exposition().contains(#"outcome="interrupted""#))
+        #expect(relay.application.metrics.exposition().contains(#"candidate_relay_deliveries_total{account="default",outcome="interrupted"} 0"#))
         await relay.simulator.stop()
         relay.directory.cleanup()
     }

@@ -384,11 +384,22 @@ import Testing
 
         // Not configured yet.
         #expect(try await relay.client.post(Candidates.json(partnerID: "i-0"), account: "initech").json["error"] as? String == "unknown_account")
+        // The counters an alert reads with increase() are exported from 0 for each account, not
+        // born at their first increment (found from outside): at start, and once added.
+        #expect(relay.application.metrics.exposition().contains(#"candidate_relay_deliveries_total{account="globex",outcome="dead"} 0"#))
+        #expect(!relay.application.metrics.exposition().contains(#"account="initech""#))
 
         // Added live: its path accepts, and its event goes under its own api-key.
         let loader = try relay.writeReloadConfig(accounts(["acme", "globex", "initech"]))
         #expect(await relay.application.reload(using: loader))
         #expect(relay.logs.events("config.reloaded").last?["accounts_added"] as? String == "initech")
+        let exported = relay.application.metrics.exposition()
+        for counter in [#"candidate_relay_deliveries_total{account="initech",outcome="dead"} 0"#,
+                        #"candidate_relay_deliveries_total{account="initech",outcome="retry"} 0"#,
+                        #"candidate_relay_partner_rate_limited_total{account="initech"} 0"#,
+                        #"candidate_relay_ingest_requests_total{account="initech",result="accepted"} 0"#] {
+            #expect(exported.contains(counter), "\(counter) not exported")
+        }
         let initechID = try #require(try await relay.post(Candidates.json(partnerID: "i-1"), account: "initech"))
         let initechRecord = try await relay.waitFor(initechID, states: ["delivered"], account: "initech")
         #expect(initechRecord?["state"] as? String == "delivered")

@@ -80,6 +80,7 @@ public final class RelayApplication: Sendable {
         let now = Date()
         clockBaseline = (now, ClockStepDetector.bootSeconds())
         guardedClock = GuardedWallClock(baseline: clockBaseline)
+        metrics.declare(accounts: configuration.accounts.map(\.id))
         // The rate windows outlive a restart: requests answered within the last window, and the
         // ones a crash left in flight (they may reach the partner as late as now).
         let leftInFlight = try await outbox.inFlightByAccount()

@@ -217,6 +217,7 @@ extension RelayApplication {
         let before = live.accounts.value.ids
         live.accounts.set(KnownAccounts(ids: Set(new.accounts.map(\.id)), named: new.namedAccounts != nil))
         let added = Set(new.accounts.map(\.id)).subtracting(before).sorted()
+        metrics.declare(accounts: added)
         let removed = before.subtracting(new.accounts.map(\.id)).sorted()
         pool.settingsChanged()
         var restartNeeded: [String] = []

@@ -96,19 +96,34 @@ public final class RelayMetrics: Sendable {
         }
     }
 
+    /// The counters an alert reads with `rate()` or `increase()`, exported from 0 for each
+    /// account (at start, and for an account a reload adds): born at their first increment,
+    /// already at 1, they let the first dead event, retry, 429 or webhook after a start go
+    /// uncounted by those functions (found from outside).
+    public func declare(accounts: [String]) {
+        for account in accounts {
+            for outcome in ["delivered", "linked", "retry", "dead", "interrupted", "unrecorded"] {
+                count("candidate_relay_deliveries_total", [("account", account), ("outcome", outcome)], by: 0)
+            }
+            count("candidate_relay_partner_rate_limited_total", [("account", account)], by: 0)
+            ingestCounter(result: "accepted", account: account).increment(by: 0)
+        }
+    }
+
     /// `account` is empty when the request named no known account (404 `unknown_account`): an
     /// unknown name never becomes a label.
     public func ingest(result: String, account: String) {
         if result == "accepted" { changes.add(1, ordering: .relaxed) }
-        // Every webhook: found by its two labels, without building `count`'s key string.
+        ingestCounter(result: result, account: account).increment()
+    }
+
+    /// Every webhook's counter: found by its two labels, without building `count`'s key string.
+    private func ingestCounter(result: String, account: String) -> Metrics.Counter {
         let key = IngestCounterKey(account: account, result: result)
-        if let counter = ingestCounters.withLock({ $0[key] }) {
-            counter.increment()
-            return
-        }
+        if let counter = ingestCounters.withLock({ $0[key] }) { return counter }
         let counter = counter("candidate_relay_ingest_requests_total", [("account", account), ("result", result)])
         ingestCounters.withLock { $0[key] = counter }
-        counter.increment()
+        return counter
     }
 
     public func delivery(outcome: String, account: String) {

@@ -280,16 +280,19 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Returns once the writer connection answers (for the watchdog): a small write transaction
-    /// on the writer's queue, its commit's fsync included, so a stuck writer or a hung disk
-    /// never returns and systemd restarts the daemon. A write that fails is an answer too: a
-    /// full disk (ingest answers 503 and the daemon rides it out), a damaged file or a deleted
-    /// WAL each have their own handling, which a restart would only cut short. Found from
-    /// outside: a failed write (SQLITE_FULL: the write needs room in the WAL) sent no
-    /// `WATCHDOG=1`, and systemd aborted the daemon 30 s into a full disk.
+    /// Returns once the writer connection answers (for the watchdog): a write transaction on
+    /// the writer's queue, behind every write queued before it, that takes SQLite's write lock
+    /// and commits nothing, so a stuck writer, or a disk hung under the writes before it, never
+    /// returns and systemd restarts the daemon. It writes nothing itself: its commit has no
+    /// page to write and no fsync (a `PRAGMA user_version` write before was a commit and an
+    /// fsync every second; with the wall clock's, an idle daemon wrote ~570 MB a day: found
+    /// from outside). A write that fails is an answer too: a full disk (ingest answers 503 and
+    /// the daemon rides it out), a damaged file or a deleted WAL each have their own handling,
+    /// which a restart would only cut short. Found from outside: a failed write (SQLITE_FULL)
+    /// sent no `WATCHDOG=1`, and systemd aborted the daemon 30 s into a full disk.
     public func probeResponsive() async {
         do {
-            try await pool.write { db in try db.execute(sql: "PRAGMA user_version = 0") }
+            try await pool.writeWithoutTransaction { db in try db.inTransaction(.immediate) { .commit } }
         } catch {
             _ = storageError(error)
         }
