@@ -275,10 +275,12 @@ import Testing
         // time read before the heartbeat saw the step.
         boot.withLock { $0 += 1 }
         clock.advance(31)
-        let before = guarded.now()
-        #expect(before == Self.t0.addingTimeInterval(1))
+        // The time a worker read then (the guard's own test checks that it reads so).
+        let before = Self.t0.addingTimeInterval(1)
         #expect(await eventually(timeout: 10) { logs.events("clock.stepped").first?["step_seconds"] as? Double == 30 })
         #expect(await eventually(timeout: 10) { guarded.now() == clock.now })
+        // e2's lease (30 s from t0) keeps what it had left: not expired 2 s later in real time.
+        #expect(try await outbox.recoverLeases(expiredBefore: clock.now, now: clock.now, excluding: []) == 0)
         #expect(try await outbox.complete(e2, outcome: .retry(at: before.addingTimeInterval(10), status: nil, error: "timeout"),
                                           now: before, latencyMs: nil, partnerOpenUntil: before.addingTimeInterval(10)))
         // Neither is sent before its window ends, 10 s after it began in real time.

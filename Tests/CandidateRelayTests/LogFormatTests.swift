@@ -45,7 +45,7 @@ import Testing
     /// with no raw control character or line separator left.
     @Test(arguments: ["", "plain ascii", "Zoë Ñandú 東京 🚀", "em—dash starts with E2", "line\u{2028}sep\u{2029}",
                       "q\"b\\s/", "ctl\u{0}\u{1F}\u{7F}\n\r\t", "c1\u{85}\u{9B}2J é\u{80}", "bidi\u{202E}txt\u{2066}",
-                      "marks\u{200E}\u{200F}\u{61C} عربي", "hidden\u{200B}\u{FEFF}\u{2060}x", "ｆｕｌｌ"])
+                      "marks\u{200E}\u{200F}\u{61C} عربي", "hidden\u{200B}\u{FEFF}\u{2060}x", "ｆｕｌｌ", "shy\u{AD}\u{3164}\u{E0041}\u{FFF9} かな 한국"])
     func contractJSONQuotingRoundTrips(text: String) throws {
         let quoted = ContractJSON.quoted(text)
         let parsed = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as? [String]
@@ -53,7 +53,7 @@ import Testing
         #expect(!quoted.unicodeScalars.contains {
             $0.value < 0x20 || (0x7F...0x9F).contains($0.value) || $0.value == 0x2028 || $0.value == 0x2029
                 || (0x202A...0x202E).contains($0.value) || (0x2066...0x2069).contains($0.value)
-                || [0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF].contains($0.value)
+                || [0xAD, 0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0x3164, 0xFEFF, 0xFFF9, 0xE0041].contains($0.value)
         })
         let document = JSONValue.object(["b": .array([.string(text), .number(3), .null, .bool(true)]), "a": .number(1.5)])
         #expect(document.jsonText == "{\"a\":1.5,\"b\":[\(quoted),3,null,true]}")

@@ -217,7 +217,10 @@ public final class RelayApplication: Sendable {
             logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: pool, serviceName: "delivery"),
-            .init(service: LeaseRescuer(outbox: outbox, logger: logger, held: { [pool] in pool.heldLeases() }), serviceName: "lease-rescuer"),
+            // On the workers' clock: a lease claimed just before a step forward the heartbeat has
+            // not handled yet must not look expired (review).
+            .init(service: LeaseRescuer(outbox: outbox, logger: logger, now: { [guardedClock] in guardedClock.now() },
+                                        held: { [pool] in pool.heldLeases() }), serviceName: "lease-rescuer"),
             .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
             .init(service: MemoryTrimmer(), serviceName: "memory-trimmer"),
             .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,

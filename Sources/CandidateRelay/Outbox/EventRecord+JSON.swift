@@ -95,22 +95,26 @@ public enum ContractJSON {
     /// the controls (C0, DEL, C1: U+009B is an 8-bit CSI, and a sender's value put terminal
     /// escape sequences on an operator's `tail -f`; U+0085 split lines for some readers), the
     /// line and paragraph separators, the bidi controls and marks, which reorder what a terminal
-    /// shows, and the invisible format characters (zero-width space and joiners, word joiner and
-    /// invisible operators, BOM), which hide what is there (found from outside: U+200E/F, U+061C
-    /// and U+FEFF in an id came out raw in `events list`, the journal and `systemctl status`).
+    /// shows, and the invisible format characters and fillers (soft hyphen, zero-width space and
+    /// joiners, word joiner and invisible operators, BOM, interlinear annotation marks, Hangul
+    /// fillers, tags), which hide what is there (found from outside: U+200E/F, U+061C and U+FEFF
+    /// in an id came out raw in `events list`, the journal and `systemctl status`).
     static func mustEscape(_ value: UInt32) -> Bool {
         switch value {
-        case 0..<0x20, 0x7F...0x9F, 0x061C, 0x200B...0x200F, 0x2028...0x202E, 0x2060...0x2064, 0x2066...0x2069, 0xFEFF: true
+        case 0..<0x20, 0x7F...0x9F, 0xAD, 0x061C, 0x115F, 0x1160, 0x180E, 0x200B...0x200F, 0x2028...0x202E, 0x2060...0x2064,
+             0x2066...0x2069, 0x3164, 0xFEFF, 0xFFA0, 0xFFF9...0xFFFB, 0xE0000...0xE007F: true
         default: false
         }
     }
 
     public static func appendQuoted(_ text: String, to result: inout String) {
         result.append("\"")
-        // 0xC2 starts the C1 controls, 0xD8 U+061C, 0xE2 U+200B...U+2069, 0xEF U+FEFF (and other
-        // characters, which the slow path then keeps as they are).
+        // The lead bytes of what `mustEscape` names: 0xC2 (C1, U+00AD), 0xD8 (U+061C), 0xE1
+        // (U+115F, U+1160, U+180E), 0xE2 (U+200B...U+2069), 0xE3 (U+3164), 0xEF (U+FEFF, U+FFA0,
+        // U+FFF9...B), 0xF3 (tags). Other characters behind them the slow path keeps as they are.
         let plain = !text.utf8.contains {
-            $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xC2 || $0 == 0xD8 || $0 == 0xE2 || $0 == 0xEF
+            $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F || $0 == 0xC2 || $0 == 0xD8 || $0 == 0xE1 || $0 == 0xE2
+                || $0 == 0xE3 || $0 == 0xEF || $0 == 0xF3
         }
         if plain {
             result.append(text)
@@ -123,8 +127,11 @@ public enum ContractJSON {
                 case 0x0D: result += "\\r"
                 case 0x09: result += "\\t"
                 case let value where ContractJSON.mustEscape(value):
-                    let hex = String(scalar.value, radix: 16)
-                    result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                    // JSON's `\u` escape takes four hex digits: past U+FFFF (the tags), a UTF-16 pair.
+                    for unit in String(scalar).utf16 {
+                        let hex = String(unit, radix: 16)
+                        result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                    }
                 default: result.unicodeScalars.append(scalar)
                 }
             }

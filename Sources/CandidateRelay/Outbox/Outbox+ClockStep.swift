@@ -21,8 +21,8 @@ extension Outbox {
     }
 
     /// The wall clock stepped forward by `seconds` (positive) from `before`, the time just
-    /// before the step: each event's "may still be at the partner" window that was open then
-    /// keeps the wait it had left (`partner_open_until`: found from outside, a step forward ended
+    /// before the step: each event's "may still be at the partner" window that was open then,
+    /// and each lease, keeps the wait it had left (`partner_open_until`: found from outside, a step forward ended
     /// it at once, and the resend reached a partner still creating the candidate: two
     /// candidates). What is only the relay's own wait (a back-off's next attempt) is left due
     /// sooner. The gate's holds are stored after it moved them (`Heartbeat.moveForward`).
@@ -35,6 +35,11 @@ extension Outbox {
             try db.execute(sql: "UPDATE events SET partner_open_until = partner_open_until + ? WHERE partner_open_until > ?",
                            arguments: [step, before.millis])
             let moved = db.changesCount
+            // A lease taken before the step keeps what it had left too: else one longer than the
+            // step's lead looked expired at once, and the lease rescue could hand back an event
+            // whose request was leaving (review).
+            try db.execute(sql: "UPDATE events SET lease_expires_at = lease_expires_at + ? WHERE state = 'in_flight' AND lease_expires_at > ?",
+                           arguments: [step, before.millis])
             self.forwardStep.withLock { $0 = (before, seconds) }
             self.quiet.clearAll()
             return moved

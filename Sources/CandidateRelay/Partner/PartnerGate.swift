@@ -266,8 +266,9 @@ public actor PartnerGate {
     /// The wall clock stepped by `seconds` (`ClockStepDetector`; negative: back). Every pause,
     /// open circuit and credentials back-off moves with it, so each keeps the wait it had left:
     /// a clock an hour fast, set right, no longer held them for an hour, and one set forward no
-    /// longer ends the partner's `Retry-After` early. The heartbeat stores them, moved, with the
-    /// outbox's rebase (`Outbox.beginRebase`, `Outbox.shiftOpenWindows`). The rate windows move
+    /// longer ends the partner's `Retry-After` early. The heartbeat stores them, moved: with the
+    /// outbox's rebase for a step back (`Outbox.beginRebase`), just after the outbox's windows
+    /// moved for a step forward (`Heartbeat.moveForward`). The rate windows move
     /// forward too (a step forward emptied them: found from outside); a step back needs nothing
     /// there, an answer "ahead" of the clock counts as answered at the step
     /// (`SlidingWindowLimiter.earliestAllowed`).
