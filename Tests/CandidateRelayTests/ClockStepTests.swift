@@ -293,4 +293,34 @@ import Testing
         #expect(await gate.holds()["account:default"] == Self.t0.addingTimeInterval(120 + 30))
         #expect(try await eventually(timeout: 10) { try await outbox.loadHolds()["account:default"] == Self.t0.addingTimeInterval(120 + 30) })
     }
+
+    /// A step forward the heartbeat had not handled when the daemon stopped: handled at the stop,
+    /// before the outbox closes (found from outside: a SIGTERM within a second of a +30 s step,
+    /// and the restart's resend met the partner still creating the candidate).
+    @Test func aStepForwardNotYetHandledIsHandledAtTheStop() async throws {
+        let relay = try await RelayHarness()
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "stop-1")))
+        _ = try await relay.waitFor(id, states: ["delivered"])
+        let path = relay.application.configuration.storage.path
+        let openUntil = Date().addingTimeInterval(10)
+        try await DatabaseQueue(path: path).write { db in
+            try db.execute(sql: "UPDATE events SET partner_open_until = ? WHERE id = ?", arguments: [openUntil.millis, id])
+        }
+        let pausedUntil = Date().addingTimeInterval(20)
+        try await PartnerGateTests.send(relay.application.gate, "default", AttemptReport(health: .untested, status: 429,
+                                                                                         accountPauseUntil: pausedUntil))
+        await relay.application.moveForwardStepAtStop(wall: Date().addingTimeInterval(30), boot: ClockStepDetector.bootSeconds())
+        let step = try #require(relay.logs.events("clock.stepped").last?["step_seconds"] as? Double)
+        #expect(abs(step - 30) < 0.5)
+        let stored = try await DatabaseQueue(path: path).read { db in
+            try Int64.fetchOne(db, sql: "SELECT partner_open_until FROM events WHERE id = ?", arguments: [id])
+        }
+        #expect(abs(Double((stored ?? 0) - openUntil.millis) / 1000 - step) < 0.01)
+        let holds = try await relay.application.outbox.loadHolds()
+        #expect(abs((holds["account:default"]?.timeIntervalSince(pausedUntil) ?? 0) - step) < 0.01)
+        // Nothing more to move: said once.
+        await relay.application.moveForwardStepAtStop(wall: Date(), boot: ClockStepDetector.bootSeconds())
+        #expect(relay.logs.events("clock.stepped").count == 1)
+        await relay.stop()
+    }
 }

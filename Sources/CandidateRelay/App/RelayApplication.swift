@@ -268,11 +268,38 @@ public final class RelayApplication: Sendable {
     }
 
     private func close() async {
+        await moveForwardStepAtStop(wall: Date(), boot: ClockStepDetector.bootSeconds())
         try? await httpClient.shutdown()
         do { try outbox.close() } catch {
             logger.event(.error, "storage.failed", "outbox did not close cleanly", LogFields(error: "storage_error"))
         }
         logger.event(.notice, "relay.stopped", "candidate-relay stopped")
+    }
+}
+
+extension RelayApplication {
+    /// A step forward of the wall clock that the heartbeat had not handled when it stopped (the
+    /// step came in its last second, or during the delivery drain after it): handled now, before
+    /// the outbox closes. The next start cannot tell such a step from downtime, and sent at once
+    /// what the windows and pauses, stored on the old clock, still held (found from outside: a
+    /// SIGTERM within a second of a +30 s step, and the restart's resend met the partner still
+    /// creating the candidate: two candidates; a `Retry-After: 20` waited 0.4 s). A kill -9 in
+    /// that second is not covered. `wall`, `boot`: the clocks read now.
+    func moveForwardStepAtStop(wall: Date, boot: Double) async {
+        let before = guardedClock.now()
+        let step = wall.timeIntervalSince(before)
+        guard step >= ClockStepDetector.threshold else { return }
+        logger.event(.warning, "clock.stepped", "the wall clock stepped forward just before the stop; the waits kept for the partner "
+                     + "keep the wait they had left for the next start",
+                     LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
+        do {
+            try await outbox.shiftOpenWindows(by: step, before: before)
+            await gate.clockStepped(by: step, settle: { [guardedClock] in guardedClock.settle(wall: wall, boot: boot) })
+            try await outbox.storeHolds(await gate.holds())
+        } catch {
+            logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward before the stop",
+                         LogFields(error: OutboxError.logCode(error)))
+        }
     }
 }
 

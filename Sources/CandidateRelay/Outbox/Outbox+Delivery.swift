@@ -529,6 +529,11 @@ extension Outbox {
         writeBatch({ db in try Self.replaceHolds(db, holds) }, then: { _ in })
     }
 
+    /// `saveHolds`, waited for (at the stop: before the outbox closes).
+    func storeHolds(_ holds: [String: Date]) async throws {
+        try await write { db in try Self.replaceHolds(db, holds) }
+    }
+
     /// The stored holds become `holds` (in the caller's transaction).
     static func replaceHolds(_ db: Database, _ holds: [String: Date]) throws {
         try db.execute(sql: "DELETE FROM holds")
