@@ -323,4 +323,39 @@ import Testing
         #expect(relay.logs.events("clock.stepped").count == 1)
         await relay.stop()
     }
+
+    /// A step's move that cannot be written (a full disk, a damaged file) is tried again each
+    /// second, and said once a minute, not each second (review).
+    @Test func aStepThatCannotBeWrittenIsSaidOnceAMinute() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        _ = try await outbox.accept(OutboxTests.submission("f1", partnerID: "f1", at: Self.t0), maxBacklog: 10)
+        let f1 = try #require(try await outbox.claimNext(now: Self.t0, leaseSeconds: 30, maxAgeSeconds: 100_000))
+        #expect(try await outbox.complete(f1, outcome: .retry(at: Self.t0.addingTimeInterval(10), status: nil, error: "timeout"),
+                                          now: Self.t0, latencyMs: nil, partnerOpenUntil: Self.t0.addingTimeInterval(10)))
+        try await outbox.pool.writeWithoutTransaction { db in
+            try db.execute(sql: """
+                CREATE TEMP TRIGGER refuse_move BEFORE UPDATE OF partner_open_until ON events
+                BEGIN SELECT RAISE(ABORT, 'refused'); END
+                """)
+        }
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        let clock = ManualClock(Self.t0)
+        let boot = Mutex(1000.0)
+        let guarded = GuardedWallClock(baseline: (Self.t0, 1000), wall: { clock.now }, boot: { boot.withLock { $0 } })
+        let heartbeat = Heartbeat(outbox: outbox, interval: Live(3600), metrics: RelayMetrics(), notifier: SystemdNotifier(environment: [:]),
+                                  watchdogInterval: 0.1, logger: logger, now: { clock.now }, bootTime: { boot.withLock { $0 } },
+                                  guardedClock: guarded)
+        let running = Task { try await heartbeat.run() }
+        defer { running.cancel() }
+        #expect(await eventually(timeout: 10) { !logs.events("relay.heartbeat").isEmpty })
+        clock.advance(30)
+        #expect(await eventually(timeout: 10) { !logs.events("clock.stepped").isEmpty })
+        try await Task.sleep(for: .seconds(2))  // ~20 tries
+        let failures = logs.events("storage.failed").filter { ($0["msg"] as? String)?.contains("step forward") == true }
+        #expect(failures.count == 1)
+        // Not moved meanwhile, so the workers still read the time before the step.
+        #expect(guarded.now() < clock.now)
+    }
 }

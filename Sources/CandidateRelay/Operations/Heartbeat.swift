@@ -42,6 +42,9 @@ public struct Heartbeat: Service {
     /// The clock the holds and claims read (`GuardedWallClock`): settled at each look once no
     /// step forward is left to handle.
     let guardedClock: GuardedWallClock?
+    /// The clock steps' failed writes, tried again each second while the outbox cannot be
+    /// written (a full disk, a damaged file): one line a minute, not one a second (review).
+    let clockFailureLog = LogThrottle(seconds: 60)
 
     public init(outbox: Outbox, interval: Live<Double>, metrics: RelayMetrics, notifier: SystemdNotifier,
                 watchdogInterval: Double?, logger: Logger, isReady: @escaping @Sendable () -> Bool = { true },
@@ -149,8 +152,10 @@ public struct Heartbeat: Service {
         do {
             try await outbox.shiftOpenWindows(by: step, before: now.addingTimeInterval(-step))
         } catch {
-            logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward; tried again each second",
-                         LogFields(error: OutboxError.logCode(error)))
+            if let suppressed = clockFailureLog.admit(now: Date()) {
+                logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward; tried again each second",
+                             LogFields(error: OutboxError.logCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
+            }
             return false
         }
         let settle: @Sendable () -> Void = { [guardedClock] in guardedClock?.settle(wall: now, boot: boot) }
@@ -176,8 +181,9 @@ public struct Heartbeat: Service {
     }
 
     private func logRebaseFailure(_ error: any Error) {
+        guard let suppressed = clockFailureLog.admit(now: Date()) else { return }
         logger.event(.error, "storage.failed", "the outbox's schedules could not follow the clock's step back; tried again each second",
-                     LogFields(error: OutboxError.logCode(error)))
+                     LogFields(error: OutboxError.logCode(error), numbers: suppressed > 0 ? ["suppressed": Double(suppressed)] : [:]))
     }
 
     /// Carries the rebase begun to its end, a chunk at a time, petting the watchdog between
