@@ -293,9 +293,8 @@ extension RelayApplication {
                      + "keep the wait they had left for the next start",
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
         do {
-            try await outbox.shiftOpenWindows(by: step, before: before)
-            await gate.clockStepped(by: step, settle: { [guardedClock] in guardedClock.settle(wall: wall, boot: boot) })
-            try await outbox.storeHolds(await gate.holds())
+            try await Heartbeat.moveForward(step, before: before, outbox: outbox, gate: gate,
+                                            settle: { [guardedClock] in guardedClock.settle(wall: wall, boot: boot) })
         } catch {
             logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward before the stop",
                          LogFields(error: OutboxError.logCode(error)))

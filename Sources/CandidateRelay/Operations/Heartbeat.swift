@@ -142,15 +142,14 @@ public struct Heartbeat: Service {
                      LogFields(numbers: ["step_seconds": (step * 1000).rounded() / 1000]))
     }
 
-    /// Moves what is kept for the partner's sake forward by `step`, seen at `now` (`boot`): first
-    /// the outbox's "may still be at the partner" windows (`Outbox.shiftOpenWindows`); then,
-    /// in one turn of the gate, its pauses, circuit and rate windows, and the guarded clock
-    /// settled on the new time; then the gate's holds, moved, are stored. Until then the workers
-    /// and the gate read the time before the step (`GuardedWallClock`). False (logged) when the
-    /// outbox failed: tried again the next tick.
+    /// Moves what is kept for the partner's sake forward by `step`, seen at `now` (`boot`)
+    /// (`moveForward(_:before:outbox:gate:settle:)`). False (logged) when the outbox failed:
+    /// tried again the next tick.
     func moveForward(_ step: Double, now: Date, boot: Double) async -> Bool {
         do {
-            try await outbox.shiftOpenWindows(by: step, before: now.addingTimeInterval(-step))
+            try await Self.moveForward(step, before: now.addingTimeInterval(-step), outbox: outbox, gate: gate,
+                                       settle: { [guardedClock] in guardedClock?.settle(wall: now, boot: boot) })
+            return true
         } catch {
             if let suppressed = clockFailureLog.admit(now: Date()) {
                 logger.event(.error, "storage.failed", "the outbox's holds could not follow the clock's step forward; tried again each second",
@@ -158,14 +157,22 @@ public struct Heartbeat: Service {
             }
             return false
         }
-        let settle: @Sendable () -> Void = { [guardedClock] in guardedClock?.settle(wall: now, boot: boot) }
-        if let gate {
-            await gate.clockStepped(by: step, settle: settle)
-            outbox.saveHolds(await gate.holds())
-        } else {
-            settle()
-        }
-        return true
+    }
+
+    /// A step forward of `step` from `before`: first the outbox's "may still be at the partner"
+    /// windows and leases (`Outbox.shiftOpenWindows`); then, in one turn of the gate, its
+    /// pauses, circuit and rate windows, and `settle` (the guarded clock on the new time); then
+    /// the gate's holds, moved, are stored. Until `settle` the workers and the gate read the time
+    /// before the step (`GuardedWallClock`). Throws, having moved nothing, when the outbox's
+    /// windows could not be written. The heartbeat's, and the stop's for a step it left
+    /// (`RelayApplication.moveForwardStepAtStop`).
+    static func moveForward(_ step: Double, before: Date, outbox: Outbox, gate: PartnerGate?,
+                            settle: @escaping @Sendable () -> Void) async throws {
+        try await outbox.shiftOpenWindows(by: step, before: before)
+        guard let gate else { return settle() }
+        await gate.clockStepped(by: step, settle: settle)
+        // Stored again with the gate's next change if this write fails.
+        try? await outbox.storeHolds(await gate.holds())
     }
 
     /// Records the outbox's rebase by `-step` as begun (`Outbox.beginRebase`), with the gate's

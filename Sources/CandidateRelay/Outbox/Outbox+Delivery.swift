@@ -529,7 +529,7 @@ extension Outbox {
         writeBatch({ db in try Self.replaceHolds(db, holds) }, then: { _ in })
     }
 
-    /// `saveHolds`, waited for (at the stop: before the outbox closes).
+    /// `saveHolds`, waited for (a clock step's move: at the stop, before the outbox closes).
     func storeHolds(_ holds: [String: Date]) async throws {
         try await write { db in try Self.replaceHolds(db, holds) }
     }
