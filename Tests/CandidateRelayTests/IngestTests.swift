@@ -279,6 +279,10 @@ import Testing
             let reused = try await Self.post(client, other, headers: headers)
             #expect(reused.status == .conflict)
             #expect(Self.json(reused)["error"] as? String == "idempotency_key_reused")
+            // The answer names the event that holds the key, so the sender can look it up.
+            let holder = try #require(first.headers[.location])
+            #expect(reused.headers[.location] == holder)
+            #expect((Self.json(reused)["message"] as? String)?.hasSuffix(holder) == true)
             headers[IngestHandler.idempotencyKey] = nil
             headers[IngestHandler.webhookID] = "key-1"
             // webhook-id and Idempotency-Key share one key space.

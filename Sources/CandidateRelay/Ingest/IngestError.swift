@@ -20,7 +20,8 @@ public enum IngestError: Error, Sendable {
     /// database would read as the end of the value: `K1%00ZZZ` found K1's events), or not
     /// valid percent-encoded UTF-8.
     case lookupInvalid([ValidationProblem])
-    case idempotencyKeyReused
+    /// `location`: the read API's path of the event that holds the key (the same account's).
+    case idempotencyKeyReused(location: String)
     case unavailable(reason: String, retryAfterSeconds: Int)
     case notFound
     case unknownAccount
@@ -88,7 +89,7 @@ public enum IngestError: Error, Sendable {
             }
         case .lookupIncomplete: "a lookup needs both query parameters, position_uid and partner_candidate_id, once each"
         case .lookupInvalid: "a lookup's query parameters are percent-encoded UTF-8 without control characters (no stored key has one)"
-        case .idempotencyKeyReused: "this idempotency key was already used with a different body"
+        case .idempotencyKeyReused(let location): "this idempotency key was already used with a different body, by the event at \(location)"
         case .unavailable(let reason, _): reason
         case .notFound: "no such event"
         case .unknownAccount: "no such account"
@@ -138,6 +139,7 @@ public enum IngestError: Error, Sendable {
         var headers: HTTPFields = [.contentType: "application/json"]
         if case .unavailable(_, let seconds) = self { headers[.retryAfter] = String(seconds) }
         if case .methodNotAllowed(let allow) = self { headers[.allow] = allow }
+        if case .idempotencyKeyReused(let location) = self { headers[.location] = location }
         let body = ContractJSON.data(["error": code, "message": message, "details": details])
         return IngestAnswer(status: status, headers: headers, body: ByteBuffer(bytes: body))
     }

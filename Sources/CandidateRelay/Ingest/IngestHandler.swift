@@ -203,8 +203,8 @@ public struct IngestHandler: Sendable {
         switch stored {
         case .success(let value):
             result = value
-        case .failure(OutboxError.idempotencyKeyReused):
-            return .failure(.idempotencyKeyReused)
+        case .failure(OutboxError.idempotencyKeyReused(let existingID)):
+            return .failure(.idempotencyKeyReused(location: Self.location(account: account, id: existingID)))
         case .failure(OutboxError.accountClosed):
             // A reload is deciding whether this account may leave (it stays when it still has
             // events): "later", not a 404 that a sender could take as final for an account that stays.
@@ -288,9 +288,10 @@ public struct IngestHandler: Sendable {
     }
 
     /// The path of an event's record for its account.
-    static func location(_ record: EventRecord) -> String {
-        record.account == AccountConfiguration.defaultID
-            ? "/v1/candidates/\(record.id)" : "/v1/accounts/\(record.account)/candidates/\(record.id)"
+    static func location(_ record: EventRecord) -> String { location(account: record.account, id: record.id) }
+
+    static func location(account: String, id: String) -> String {
+        account == AccountConfiguration.defaultID ? "/v1/candidates/\(id)" : "/v1/accounts/\(account)/candidates/\(id)"
     }
 
     /// Lower-case hex of a digest (without a `String(format:)` per byte on the ingest path).
