@@ -68,6 +68,43 @@ import Glibc
         #expect(await relay.waitForExit() == 0)
     }
 
+    /// Found from outside: with the relay's clock an hour off, the partner refused every token
+    /// (a JWT's `exp` is read against its clock), and `auth.rejected` said only "credentials".
+    /// Now a refusal whose `Date` is a minute or more from the relay's clock says how far; a
+    /// `Date` within that says nothing more.
+    @Test(arguments: [3600.0, -3600.0, 0.0])
+    func refusedCredentialsSayHowFarThePartnersClockIs(offset: Double) async throws {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let date = formatter.string(from: Date().addingTimeInterval(offset))
+        let body = #"{"status":401,"error":"unauthorized","message":"invalid token"}"#
+        let partner = try RawPartner(answer: "HTTP/1.1 401 Unauthorized\r\nDate: \(date)\r\nContent-Type: application/json\r\n"
+                                     + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        defer { partner.stop() }
+        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
+        defer { dir.cleanup() }
+        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
+        let client = HTTPTestClient(port: try await relay.waitUntilReady())
+        #expect(try await client.post(Candidates.json(partnerID: "clock-\(Int(offset))")).status == 202)
+        #expect(await eventually(timeout: 20) { !relay.events("auth.rejected").isEmpty })
+        let rejected = try #require(relay.events("auth.rejected").first)
+        let message = try #require(rejected["msg"] as? String)
+        if offset == 0 {
+            #expect(rejected["partner_clock_offset_seconds"] == nil)
+            #expect(!message.contains("clock"))
+        } else {
+            // The answer's own time on the way, and the Date's whole seconds.
+            let said = try #require(rejected["partner_clock_offset_seconds"] as? Double)
+            #expect(abs(said - offset) <= 30, "\(said)")
+            #expect(message.contains("\(abs(Int(said))) s \(offset > 0 ? "ahead of" : "behind") the relay's"), "\(message)")
+            #expect(message.contains("NTP"))
+        }
+        relay.signal(SIGTERM)
+        #expect(await relay.waitForExit() == 0)
+    }
+
     @Test func acceptedEventSurvivesSIGKILLAndReplayReturnsTheSameID() async throws {
         // A partner that is not there: the event stays pending across the crash.
         let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:9")

@@ -15,12 +15,17 @@ extension DeliveryWorkerPool {
         var tokenRetryAfter: Date?
 
         var status: Int? {
-            if case .response(let code, _, _) = answer { return code }
+            if case .response(let code, _, _, _) = answer { return code }
             return nil
         }
         var body: Data {
-            if case .response(_, _, let data) = answer { return data }
+            if case .response(_, _, let data, _) = answer { return data }
             return Data()
+        }
+        /// A 401's `PartnerAnswer.clockOffset`.
+        var clockOffset: Double? {
+            if case .response(_, _, _, let offset) = answer { return offset }
+            return nil
         }
     }
 
@@ -79,7 +84,8 @@ extension DeliveryWorkerPool {
         await gate.settle(permit, AttemptReport(
             health: decision.health, status: exchange.status,
             accountPauseUntil: accountPause ? decision.pauseUntil : nil, partnerPauseUntil: accountPause ? nil : decision.pauseUntil,
-            credentialsRejected: exchange.credentialsRejected, credentials: exchange.credentials))
+            credentialsRejected: exchange.credentialsRejected, credentials: exchange.credentials,
+            partnerClockOffset: exchange.credentialsRejected ? exchange.clockOffset : nil))
         // Refused credentials that a reload replaced while the request was out: the retry is
         // due at once (the reload made the others due already, before this outcome was written).
         if exchange.credentialsRejected, let used = exchange.credentials, let inForce = tokens.value[event.account]?.credentials,
@@ -193,7 +199,7 @@ extension DeliveryWorkerPool {
         let latencyMs = Int(nanoseconds / 1_000_000)
         let classification = OutcomeClassifier.classify(answer, now: now())
         switch answer {
-        case .response(let status, _, _): metrics.partnerResponse(status: String(status), account: event.account)
+        case .response(let status, _, _, _): metrics.partnerResponse(status: String(status), account: event.account)
         case .transportFailure(let failure): metrics.partnerResponse(status: failure.rawValue, account: event.account)
         }
         if classification == .refreshTokenAndResend { await provider.invalidate(token) }

@@ -21,7 +21,7 @@ public enum OutcomeClassifier {
         switch answer {
         case .transportFailure(let failure):
             return .retry(error: failure.rawValue, retryAfter: nil)
-        case .response(let status, let retryAfterHeader, let body):
+        case .response(let status, let retryAfterHeader, let body, _):
             if (200..<300).contains(status) {
                 let document = try? StrictJSONParser.parseAnswer(body)
                 guard let uid = PartnerErrorBody.usableUID(document?["uid"]) else {

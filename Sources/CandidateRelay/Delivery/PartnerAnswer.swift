@@ -2,7 +2,11 @@ import Foundation
 
 /// What one partner request produced: an HTTP answer, or a failure before any answer.
 public enum PartnerAnswer: Sendable, Equatable {
-    case response(status: Int, retryAfter: String?, body: Data)
+    /// `clockOffset`, for a 401 only: the partner's clock (its `Date` header) minus the relay's
+    /// when the answer came, in seconds; nil without a `Date` that parses. A JWT's `exp` is read
+    /// against the partner's clock, so a relay clock an hour off has its tokens refused just as
+    /// wrong credentials are (`auth.rejected` says so when the difference is large).
+    case response(status: Int, retryAfter: String?, body: Data, clockOffset: Double? = nil)
     case transportFailure(TransportFailure)
 
     /// No answer from the partner itself, though the request may have reached it (which may
@@ -20,7 +24,7 @@ public enum PartnerAnswer: Sendable, Equatable {
     /// 526) are not give-ups.
     var mayStillBeAtThePartner: Bool {
         switch self {
-        case .response(let status, let retryAfter, _):
+        case .response(let status, let retryAfter, _, _):
             Self.gatewayGiveUps.contains(status) || (status == 503 && retryAfter == nil)
         case .transportFailure(let failure):
             switch failure {

@@ -44,7 +44,12 @@ public struct HTTPPartnerClient: PartnerClient {
             let answer = try await withDeadline(seconds: timeoutSeconds) { () async throws -> PartnerAnswer in
                 let response = try await client.execute(prepared, timeout: timeout)
                 let body = try await response.body.collect(upTo: Self.maxResponseBytes)
-                return .response(status: Int(response.status.code), retryAfter: RetryAfter.longest(response.headers["Retry-After"], now: Date(), date: response.headers.first(name: "Date")), body: Data(buffer: body))
+                let status = Int(response.status.code)
+                let date = response.headers.first(name: "Date")
+                // Only a 401's: an HTTP-date takes three formatters to parse (every answer has one).
+                let offset = status == 401 ? date.flatMap(RetryAfter.httpDate).map { $0.timeIntervalSinceNow } : nil
+                return .response(status: status, retryAfter: RetryAfter.longest(response.headers["Retry-After"], now: Date(), date: date),
+                                 body: Data(buffer: body), clockOffset: offset)
             }
             return answer ?? .transportFailure(.timeout)
         } catch {

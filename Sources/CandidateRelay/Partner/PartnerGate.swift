@@ -33,10 +33,13 @@ public struct AttemptReport: Sendable, Equatable {
     public var credentials: String?
     /// No token: the token endpoint's `Retry-After`. The back-off lasts at least until then.
     public var tokenRetryAfter: Date?
+    /// With `credentialsRejected`: the partner's clock minus the relay's, by the refusal's `Date`.
+    public var partnerClockOffset: Double?
 
     public init(health: PartnerHealth, status: Int? = nil, accountPauseUntil: Date? = nil, partnerPauseUntil: Date? = nil,
                 credentialsRejected: Bool = false, tokenUnavailable: Bool = false, credentials: String? = nil,
-                tokenRetryAfter: Date? = nil) {
+                tokenRetryAfter: Date? = nil, partnerClockOffset: Double? = nil) {
+        self.partnerClockOffset = partnerClockOffset
         self.health = health
         self.status = status
         self.accountPauseUntil = accountPauseUntil
@@ -141,6 +144,10 @@ public actor PartnerGate {
     /// up to `partner.timeout_seconds`.)
     private var workers: Int
     public static let freshSeconds = 5.0
+    /// A refusal whose `Date` is this far from the relay's clock says so (the partner's own
+    /// tolerance for a JWT's times is its own; a `Date` is to the second, and the answer took
+    /// its time to come).
+    static let clockHintSeconds = 60.0
     private var backoff: BackoffConfiguration
     private var lastScopeMismatchLog: Date = .distantPast
     private let logger: Logger
@@ -689,8 +696,17 @@ public actor PartnerGate {
             // counted, and one round took the back-off four steps, to its cap in three rounds).
             // Nothing is sent while the block lasts, so a refusal within it is one of those.
             guard accounts[permit.account]!.credentialsBlockedUntil <= current else { return }
-            blockCredentials(permit.account, now: current, "the partner refuses this account's credentials even freshly minted; its events wait",
-                             LogFields(account: permit.account, status: 401))
+            var message = "the partner refuses this account's credentials even freshly minted; its events wait"
+            var fields = LogFields(account: permit.account, status: 401)
+            if let offset = report.partnerClockOffset, abs(offset) >= Self.clockHintSeconds {
+                // Found from outside: with the relay's clock an hour off, the partner refused every
+                // token (a JWT's `exp` read against its clock) and the line said only "credentials".
+                let seconds = Int(offset.rounded())
+                message += "; the partner's clock is \(abs(seconds)) s \(seconds > 0 ? "ahead of" : "behind") the relay's (its Date header): "
+                    + "a token it reads as expired or too long-lived is refused like wrong credentials; check the relay's time (NTP)"
+                fields.numbers["partner_clock_offset_seconds"] = Double(seconds)
+            }
+            blockCredentials(permit.account, now: current, message, fields)
             accounts[permit.account]!.blockedForToken = false
             holdsMoved = true
         } else if report.tokenUnavailable {
