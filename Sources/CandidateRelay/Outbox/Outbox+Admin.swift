@@ -85,13 +85,15 @@ extension Outbox {
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
     /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
     /// Dead events whose payload retention or `purge` erased: no retry can resend them. Not
-    /// those `forget` made dead (`last_error = 'erased'`): an erasure is not to be resent (review).
+    /// those `forget` made dead (`last_error = 'erased'`, or `payload_erased` as versions before
+    /// this one wrote it for an event forgotten while its request was out): an erasure is not to
+    /// be resent (review).
     public func deadWithoutPayload(account: String? = nil) async throws -> Int {
         try await read { db in
             try Int.fetchOne(
                 db, sql: """
                     SELECT COUNT(*) FROM events WHERE state = 'dead' AND NOT \(PayloadStore.exists)
-                      AND coalesce(last_error, '') <> 'erased' \(account == nil ? "" : "AND account = ?")
+                      AND coalesce(last_error, '') NOT IN ('erased', 'payload_erased') \(account == nil ? "" : "AND account = ?")
                     """,
                 arguments: account.map { [$0] } ?? []) ?? 0
         }

@@ -279,7 +279,12 @@ extension Outbox {
                 }
             }
             if spent || payload == nil {
-                let reason = !spent ? "payload_erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
+                // Only `forget` erases the payload of an event still to be sent (retention and
+                // `purge` take delivered, linked and dead ones), while its request was out or
+                // it was claimed ahead: `erased`, as `forget` marks the pending ones. (Found from
+                // outside: `payload_erased` here made `events retry --all-dead` tell the operator
+                // that the sender must send the forgotten person again.)
+                let reason = !spent ? "erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(
                     arguments: [reason, now.millis, id])
                 expired.append(ExpiredEvent(id: id, account: account, positionUID: row["position_uid"],
