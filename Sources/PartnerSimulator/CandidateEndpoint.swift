@@ -39,6 +39,7 @@ struct CandidateEndpoint: Sendable {
             userAgent: request.headers[.userAgent],
             apiKey: Self.issuer(of: request.headers[.authorization])
         )
+        record.acceptEncoding = request.headers[.acceptEncoding]
         record.bodySHA256 = body.map { SHA256.hash(data: $0).map { String(format: "%02x", $0) }.joined() }
         let faults = store.faults
         if faults.closeRate > 0, Double.random(in: 0..<1) < faults.closeRate {

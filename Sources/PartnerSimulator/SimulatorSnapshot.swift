@@ -49,6 +49,8 @@ public struct ReceivedRequest: Sendable, Codable {
     public var idempotencyKey: String?
     /// The `User-Agent` header, if any.
     public var userAgent: String?
+    /// The `Accept-Encoding` header, if any.
+    public var acceptEncoding: String?
     /// The JWT `iss` (the customer's api-key) the request carried, as sent: `status` says
     /// whether it was accepted. Nil for OAuth access tokens and missing or unreadable tokens.
     public var apiKey: String?

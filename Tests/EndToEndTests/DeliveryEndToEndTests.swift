@@ -20,6 +20,7 @@ import Testing
         let request = try #require(snapshot.requests.first)
         #expect(request.idempotencyKey == id)
         #expect(request.userAgent?.hasPrefix("candidate-relay/") == true)
+        #expect(request.acceptEncoding == "identity")  // the relay decodes no gzip answer
         #expect(!relay.logs.events("delivery.succeeded").isEmpty)
         #expect(!relay.logs.events("auth.token_minted").isEmpty)
         await relay.stop()

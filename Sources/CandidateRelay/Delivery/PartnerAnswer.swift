@@ -28,7 +28,7 @@ public enum PartnerAnswer: Sendable, Equatable {
             Self.gatewayGiveUps.contains(status) || (status == 503 && retryAfter == nil)
         case .transportFailure(let failure):
             switch failure {
-            case .timeout, .connectionReset, .other: true
+            case .timeout, .connectionReset, .invalidResponse, .responseTooLarge, .other: true
             case .connectionRefused, .tls, .dns, .tokenUnavailable: false
             }
         }
@@ -48,6 +48,12 @@ public enum TransportFailure: String, Sendable, Equatable, CaseIterable {
     case tls = "tls_error"
     case dns = "dns_error"
     case tokenUnavailable = "token_unavailable"
+    /// An answer came, but not one HTTP/1.1 lets the relay read (a folded header, two
+    /// `Content-Length`s, a status line of four digits...): the partner, or a proxy, answered
+    /// something. What it said is unknown, so it is held as a give-up.
+    case invalidResponse = "invalid_response"
+    /// An answer whose body is over the 1 MiB the relay reads (a Candidate is a few kB).
+    case responseTooLarge = "response_too_large"
     case other = "transport_error"
 }
 

@@ -108,6 +108,7 @@ public actor OAuth2TokenProvider: TokenProvider {
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
             request.headers.add(name: "Accept", value: "application/json")
+            request.headers.add(name: "Accept-Encoding", value: "identity")  // as `HTTPPartnerClient`'s
             request.headers.add(name: "User-Agent", value: HTTPPartnerClient.userAgent)
             var form = ["grant_type": "client_credentials"]
             if let scope = configuration.scope { form["scope"] = scope }

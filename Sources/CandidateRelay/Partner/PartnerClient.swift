@@ -32,6 +32,10 @@ public struct HTTPPartnerClient: PartnerClient {
         request.headers.add(name: "Authorization", value: "Bearer \(bearerToken)")
         request.headers.add(name: "Content-Type", value: "application/json")
         request.headers.add(name: "Accept", value: "application/json")
+        // No header would mean any coding is acceptable (RFC 9110 section 12.5.3), and the relay
+        // decodes none: found from outside, a partner that gzipped its answers had its 201 read
+        // as "no uid", the resend's 409 as no candidate_uid, and the event went dead.
+        request.headers.add(name: "Accept-Encoding", value: "identity")
         request.headers.add(name: "User-Agent", value: Self.userAgent)
         request.headers.add(name: "Idempotency-Key", value: idempotencyKey)
         // Data as a collection: AsyncHTTPClient writes it in chunks instead of one more copy of
@@ -67,6 +71,9 @@ public struct HTTPPartnerClient: PartnerClient {
             }
         }
         if error is NIOConnectionError { return .connectionRefused }
+        // Found from outside: both were `transport_error`, as if the partner had not answered.
+        if error is HTTPParserError { return .invalidResponse }
+        if error is NIOTooManyBytesError { return .responseTooLarge }
         if let error = error as? IOError {
             switch error.errnoCode {
             case ECONNREFUSED: return .connectionRefused
