@@ -32,11 +32,28 @@ import Testing
         #expect(raw.isEmpty, "\(raw.map(\.value))")
     }
 
+    /// Found from outside: `oldest_pending_age_seconds` was `0` in one line and `2.9` in the
+    /// next (a store typing a field by its first value cut later fractions); counts were strings.
+    @Test(arguments: [LoggingConfiguration.Format.json, .logfmt])
+    func durationsAlwaysHaveAFractionAndCountsAreWhole(format: LoggingConfiguration.Format) {
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: format), output: logs.output) }
+        logger.event(.notice, "relay.heartbeat", "h", LogFields(numbers: ["oldest_pending_age_seconds": 0, "step_seconds": 2.9, "count": 3]))
+        let text = logs.text
+        let (open, close) = format == .json ? ("\"", "\":") : ("", "=")
+        #expect(text.contains(open + "oldest_pending_age_seconds" + close + "0.0"), "\(text)")
+        #expect(text.contains(open + "step_seconds" + close + "2.9"), "\(text)")
+        #expect(text.contains(open + "count" + close + "3" + (format == .json ? "," : "")) || text.contains(open + "count" + close + "3}"), "\(text)")
+        #expect(!text.contains("count" + close + "3.0"))
+    }
+
     @Test func logfmtValuesRoundTrip() {
         #expect(RelayLogHandler.quoted("plain") == "plain")
         #expect(RelayLogHandler.quoted("") == "\"\"")
         #expect(RelayLogHandler.quoted("a b") == "\"a b\"")
-        #expect(RelayLogHandler.quoted("a\r\nb\t\u{1B}") == #""a\r\nb\t\u{1b}""#)
+        #expect(RelayLogHandler.quoted("a\r\nb\t\u{1B}") == #""a\r\nb\t\u001b""#)
+        // JSON's escapes, which logfmt readers (go-logfmt, Loki) decode; past U+FFFF a UTF-16 pair.
+        #expect(RelayLogHandler.quoted("c\u{85}\u{2028}\u{202E}\u{E0041}") == #""c\u0085\u2028\u202e\udb40\udc41""#)
         #expect(RelayLogHandler.quoted(#"q"\"#) == #""q\"\\""#)
     }
 

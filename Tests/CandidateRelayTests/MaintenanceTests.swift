@@ -48,7 +48,7 @@ import Testing
         #expect(try await Self.payload(outbox, "e1") == nil)
         #expect(try await Self.payload(outbox, "d1") != nil)
         #expect(try await outbox.record(id: "e1")?.candidateUID == "u-e1")
-        #expect(logs.events("retention.pruned").first?["payloads_erased"] as? String == "1")
+        #expect(logs.events("retention.pruned").first?["payloads_erased"] as? Int == 1)
         // The partner's full answer goes with the payload; the next pass finds nothing more.
         let full = try await outbox.pool.read { db in
             try Row.fetchOne(db, sql: "SELECT partner_response_full FROM events WHERE id = 'e1'")?["partner_response_full"] as Data?
@@ -228,7 +228,7 @@ import Testing
         clock.advance(2)
         #expect(try await rescuer.runOnce() == 1)
         #expect(try await outbox.record(id: "e1")?.state == .pending)
-        #expect(logs.events("lease.recovered").first?["count"] as? String == "1")
+        #expect(logs.events("lease.recovered").first?["count"] as? Int == 1)
     }
 
     /// A lease a live worker still holds is not taken back, however late: the process was

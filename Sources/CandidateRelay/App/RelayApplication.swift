@@ -109,7 +109,7 @@ public final class RelayApplication: Sendable {
         if recovered > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending, resent at `until` at the earliest "
                          + "(their requests may still be at work at the partner)",
-                         LogFields(extra: ["count": String(recovered), "until": Timestamp.string(now.addingTimeInterval(holdSeconds))]))
+                         LogFields(extra: ["until": Timestamp.string(now.addingTimeInterval(holdSeconds))], numbers: ["count": Double(recovered)]))
         }
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds - stepBack))
             .mapValues { times in times.map { $0.addingTimeInterval(stepBack) } }
@@ -188,7 +188,7 @@ public final class RelayApplication: Sendable {
                          "the open-files limit is low: at most \(connections.cap) inbound connections, and fewer than 512 "
                          + "descriptors for the outbox, the partner connections and the logs; raise LimitNOFILE= (or ulimit -n) "
                          + "to \(ConnectionCap.lowFileLimit) or more",
-                         LogFields(extra: ["open_files_limit": String(connections.fileLimit), "max_connections": String(connections.cap)]))
+                         LogFields(numbers: ["open_files_limit": Double(connections.fileLimit), "max_connections": Double(connections.cap)]))
         }
         let app = Application(
             router: router,
@@ -208,9 +208,9 @@ public final class RelayApplication: Sendable {
                     ready.set(true)
                     logger.event(.notice, "relay.started", "candidate-relay is ready",
                                  LogFields(extra: ["listen": "\(config.listen.host):\(port)", "version": RelayVersion.current,
-                                                   "storage": config.storage.path, "workers": String(config.delivery.workers),
-                                                   "max_connections": String(connections.cap), "open_files_limit": String(connections.fileLimit),
-                                                   "accounts": config.accounts.map(\.id).joined(separator: ",")]))
+                                                   "storage": config.storage.path, "accounts": config.accounts.map(\.id).joined(separator: ",")],
+                                           numbers: ["workers": Double(config.delivery.workers), "max_connections": Double(connections.cap),
+                                                     "open_files_limit": Double(connections.fileLimit)]))
                 }
                 onReady(port)
             },

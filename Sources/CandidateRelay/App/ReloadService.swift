@@ -229,11 +229,11 @@ extension RelayApplication {
             logger.event(.warning, "config.restart_needed", "some changes apply only after a restart",
                          LogFields(extra: ["keys": restartNeeded.joined(separator: ",")]))
         }
-        var extra = ["workers": String(new.delivery.workers), "log_level": new.logging.level.rawValue,
-                     "accounts": new.accounts.map(\.id).joined(separator: ",")]
+        var extra = ["log_level": new.logging.level.rawValue, "accounts": new.accounts.map(\.id).joined(separator: ",")]
         if !added.isEmpty { extra["accounts_added"] = added.joined(separator: ",") }
         if !removed.isEmpty { extra["accounts_removed"] = removed.joined(separator: ",") }
-        logger.event(.notice, "config.reloaded", "configuration reloaded", LogFields(extra: extra))
+        logger.event(.notice, "config.reloaded", "configuration reloaded",
+                     LogFields(extra: extra, numbers: ["workers": Double(new.delivery.workers)]))
         // Last, so that the reload itself is logged whatever the new level.
         logSettings.update(level: new.logging.level, format: new.logging.format)
         return restartNeeded

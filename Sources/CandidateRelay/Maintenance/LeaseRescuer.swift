@@ -28,7 +28,7 @@ public struct LeaseRescuer: Service {
         let current = now()
         let count = try await outbox.recoverLeases(expiredBefore: current, now: current, excluding: held())
         if count > 0 {
-            logger.event(.warning, "lease.recovered", "expired leases returned to pending", LogFields(extra: ["count": String(count)]))
+            logger.event(.warning, "lease.recovered", "expired leases returned to pending", LogFields(numbers: ["count": Double(count)]))
         }
         return count
     }

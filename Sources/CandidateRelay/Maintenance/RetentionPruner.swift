@@ -35,7 +35,7 @@ public struct RetentionPruner: Service {
         }
         if result.erased > 0 || result.deleted > 0 {
             logger.event(.info, "retention.pruned", "retention applied",
-                         LogFields(extra: ["payloads_erased": String(result.erased), "records_deleted": String(result.deleted)]))
+                         LogFields(numbers: ["payloads_erased": Double(result.erased), "records_deleted": Double(result.deleted)]))
         }
         return result
     }

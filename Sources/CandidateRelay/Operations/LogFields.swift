@@ -48,9 +48,25 @@ public struct LogFields: Sendable {
         if let error { m["error"] = .string(error) }
         for (key, value) in extra { m[key] = .string(value) }
         for (key, value) in numbers {
-            m[key] = value.rounded() == value && abs(value) < 1e15 ? .stringConvertible(Int(value)) : .stringConvertible(value)
+            if key.hasSuffix("_seconds") {
+                m[key] = .stringConvertible(LogSeconds(value: value))
+            } else {
+                m[key] = value.rounded() == value && abs(value) < 1e15 ? .stringConvertible(Int(value)) : .stringConvertible(value)
+            }
         }
         return m
+    }
+}
+
+/// A duration in seconds as a log field: always written with a fraction (`0.0`, `2.9`). Found
+/// from outside: `oldest_pending_age_seconds` was `0` in one heartbeat and `2.9` in the next, and
+/// a log store that types a field by its first value (Elasticsearch's dynamic mapping) would
+/// have kept it a whole number and cut every later fraction.
+struct LogSeconds: CustomStringConvertible, Sendable {
+    var value: Double
+    var description: String {
+        guard value.isFinite else { return "0.0" }
+        return value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) + ".0" : String(value)
     }
 }
 

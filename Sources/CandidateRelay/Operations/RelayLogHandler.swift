@@ -72,6 +72,7 @@ public struct RelayLogHandler: LogHandler {
         case .stringConvertible(let c):
             if let i = c as? Int { return i }
             if let d = c as? Double { return d }
+            if let seconds = c as? LogSeconds { return seconds }
             return "\(c)"
         case .array(let a): return a.map(jsonValue)
         case .dictionary(let d): return d.mapValues(jsonValue)
@@ -85,6 +86,7 @@ public struct RelayLogHandler: LogHandler {
         switch value {
         case let string as String: return ContractJSON.quoted(string)
         case let int as Int: return String(int)
+        case let seconds as LogSeconds: return seconds.description
         case let double as Double where double.isFinite:
             return JSONValue.number(double).jsonText
         default:
@@ -96,7 +98,7 @@ public struct RelayLogHandler: LogHandler {
     }
 
     /// A logfmt value: bare when it is plain, else quoted with `\\`, `\"`, `\n`, `\r`, `\t` and
-    /// `\u{XX}` escapes for every other character no output carries raw (`ContractJSON.mustEscape`:
+    /// `\uXXXX` escapes for every other character no output carries raw (`ContractJSON.mustEscape`:
     /// C0, DEL, C1, line separators, bidi controls), so that a value from a request can neither
     /// forge a line nor reach a terminal as an escape.
     static func quoted(_ text: String) -> String {
@@ -113,7 +115,14 @@ public struct RelayLogHandler: LogHandler {
             case "\n": result += "\\n"
             case "\r": result += "\\r"
             case "\t": result += "\\t"
-            case _ where needsEscape(scalar): result += "\\u{" + String(scalar.value, radix: 16) + "}"
+            case _ where needsEscape(scalar):
+                // JSON's `\uXXXX` (a UTF-16 pair past U+FFFF), which logfmt readers decode (go-logfmt,
+                // Loki's `| logfmt`). Found from outside: Swift's `\u{85}` failed Loki's parser, and
+                // the line lost its fields; one such line breaks a metric query over the stream.
+                for unit in String(scalar).utf16 {
+                    let hex = String(unit, radix: 16)
+                    result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                }
             default: result.unicodeScalars.append(scalar)
             }
         }

@@ -668,7 +668,7 @@ public actor PartnerGate {
                 holdsMoved = true
                 metrics.circuitOpen.record(1)
                 logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
-                             LogFields(extra: ["cooldown_seconds": String(breaker.cooldown), "failures": String(breaker.failures)]))
+                             LogFields(numbers: ["cooldown_seconds": breaker.cooldown, "failures": Double(breaker.failures)]))
             }
         }
         if let until = report.partnerPauseUntil, until > pausedUntil {
