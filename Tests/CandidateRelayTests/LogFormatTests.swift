@@ -47,6 +47,19 @@ import Testing
         #expect(!text.contains("count" + close + "3.0"))
     }
 
+    /// Found from outside: 250 accounts with missing secret files made `config.file_invalid` a
+    /// 60 KB line, which journald splits at 48 KB into pieces that are not JSON.
+    @Test func aConfigsProblemsFitInOneJournalLine() {
+        let problems = (0..<300).map { "accounts.customer-\($0).signing_secrets_file: /etc/credstore/customer-\($0)-whsec does not exist " + String(repeating: "x", count: 100) }
+        let field = RelayApplication.problemsField(problems)
+        #expect(field.utf8.count < RelayApplication.maxProblemsBytes + 100)
+        let kept = field.components(separatedBy: "; ").count - 1
+        #expect(kept > 10 && field.hasSuffix("and \(300 - kept) more (candidate-relay check-config lists every problem)"), "\(field.suffix(120))")
+        #expect(RelayApplication.problemsField(Array(problems.prefix(3))) == problems.prefix(3).joined(separator: "; "))
+        let huge = RelayApplication.problemsField([String(repeating: "é", count: 10_000), "second"])
+        #expect(huge.utf8.count < RelayApplication.maxProblemsBytes + 100 && huge.hasSuffix("…; and 1 more (candidate-relay check-config lists every problem)"))
+    }
+
     @Test func logfmtValuesRoundTrip() {
         #expect(RelayLogHandler.quoted("plain") == "plain")
         #expect(RelayLogHandler.quoted("") == "\"\"")
