@@ -49,6 +49,25 @@ import Testing
 
     static let down = AttemptReport(health: .down, status: 503)
 
+    /// Found from outside: a worker waiting because an account's own window was full was not
+    /// counted (only the global window's waits were), so the account's series never appeared.
+    @Test func aWaitForAnAccountsOwnWindowIsCounted() async throws {
+        let clock = ManualClock()
+        let metrics = RelayMetrics()
+        let gate = PartnerGate(accounts: Self.limits(["acme"], requests: 1, perSeconds: 10),
+                               globalRateLimit: .init(requests: 0), breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30),
+                               workers: 4, backoff: BackoffConfiguration(initialSeconds: 5, multiplier: 2, maxSeconds: 60),
+                               logger: Self.logger, metrics: metrics, clock: clock)
+        try await Self.send(gate, "acme")
+        let waiting = await Self.parked(clock) { try await gate.admit() }
+        #expect(metrics.exposition().contains(#"candidate_relay_rate_limit_waits_total{account="acme"} 1"#), "\(metrics.exposition())")
+        clock.advance(0.3)  // still waiting: counted once per wait, not once per look
+        _ = await eventually(timeout: 10, interval: 0.001) { clock.sleeping > 0 }
+        #expect(metrics.exposition().contains(#"candidate_relay_rate_limit_waits_total{account="acme"} 1"#))
+        clock.advance(10)
+        #expect(try await waiting.value.accounts == ["acme"])
+    }
+
     /// The prefetch admission (`tryAdmit`) never waits and never takes what someone else would
     /// have: an event a free worker can take at once, a place of a full window, an open or
     /// probing circuit's request, the worker kept free for fresh events.

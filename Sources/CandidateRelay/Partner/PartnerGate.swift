@@ -383,6 +383,7 @@ public actor PartnerGate {
     /// at once (the worker waits idle for the next event), as when the claim finds nothing.
     public func admit(skipping quietAccounts: @Sendable () -> Set<String> = { [] }) async throws -> Admission {
         var waitedForRate = false
+        var waitedForAccountRate: Set<String> = []
         while true {
             try Task.checkCancellation()
             let current = now()
@@ -408,6 +409,14 @@ public actor PartnerGate {
                     nextID += 1
                     held[nextID] = Held(probe: false, global: nil, places: [:])
                     return Admission(id: nextID, accounts: [], keptFree: keptFree, freshOnly: freshOnly)
+                }
+                // The accounts with events due that wait for their own window, each counted once
+                // per wait (found from outside: only the global window's wait was counted, and an
+                // account held back by its own `rate_limit` for 12 s had no series at all).
+                for (id, account) in accounts where Self.mayAsk(account, now: current) && !quiet.contains(id)
+                    && !waitedForAccountRate.contains(id) && accounts[id]?.limiter.earliestAllowed(now: current).map({ $0 > current }) ?? true {
+                    waitedForAccountRate.insert(id)
+                    metrics.rateLimitWait(account: id)
                 }
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
