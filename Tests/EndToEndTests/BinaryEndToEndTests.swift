@@ -458,6 +458,10 @@ import Glibc
         #expect(await other.waitForExit(timeout: 30) == 1)
         #expect(other.events("relay.failed").first?["error"] as? String == "IOError")
         #expect(other.text.contains("Address already in use"))
+        #expect((other.events("relay.failed").first?["reason"] as? String)?.hasSuffix("Address already in use (errno: 98)") == true)
+        // A failure, not a stop: `relay.stopping` and `relay.stopped` mean SIGTERM and exit 0
+        // (found from outside: both were logged around `relay.failed`).
+        #expect(other.events("relay.stopping").isEmpty && other.events("relay.stopped").isEmpty)
         daemon.signal(SIGTERM)
         #expect(await daemon.waitForExit() == 0)
     }

@@ -42,6 +42,10 @@ public final class RelayApplication: Sendable {
     /// `STOPPING=1` and `relay.stopping` were sent: `READY=1` and `relay.started` no longer go
     /// (found from outside: a stop asked for as the start finished sent READY after STOPPING).
     let stoppingAnnounced = Mutex(false)
+    /// A service threw (the port in use, the outbox gone): the stop that follows is a failure,
+    /// said by `relay.failed` and exit 1, not `relay.stopping`/`relay.stopped`, which mean a
+    /// SIGTERM and exit 0 (found from outside: a start on a port in use logged both).
+    let serviceFailed = Live(false)
     /// Set once READY=1 has been sent (the watchdog must not be petted before).
     let ready = Live(false)
     /// How slowly a request's body may arrive before its connection is closed.
@@ -215,27 +219,29 @@ public final class RelayApplication: Sendable {
                 onReady(port)
             },
             logger: logger)
+        let failed: @Sendable () -> Void = { [serviceFailed] in serviceFailed.set(true) }
+        func noted(_ service: some Service) -> FailureNoted { FailureNoted(inner: service, failed: failed) }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: pool, serviceName: "delivery"),
+            .init(service: noted(pool), serviceName: "delivery"),
             // On the workers' clock: a lease claimed just before a step forward the heartbeat has
             // not handled yet must not look expired (review).
-            .init(service: LeaseRescuer(outbox: outbox, logger: logger, now: { [guardedClock] in guardedClock.now() },
-                                        held: { [pool] in pool.heldLeases() }), serviceName: "lease-rescuer"),
-            .init(service: RetentionPruner(outbox: outbox, storage: live.storage, logger: logger), serviceName: "retention"),
-            .init(service: MemoryTrimmer(), serviceName: "memory-trimmer"),
-            .init(service: Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
+            .init(service: noted(LeaseRescuer(outbox: outbox, logger: logger, now: { [guardedClock] in guardedClock.now() },
+                                              held: { [pool] in pool.heldLeases() })), serviceName: "lease-rescuer"),
+            .init(service: noted(RetentionPruner(outbox: outbox, storage: live.storage, logger: logger)), serviceName: "retention"),
+            .init(service: noted(MemoryTrimmer()), serviceName: "memory-trimmer"),
+            .init(service: noted(Heartbeat(outbox: outbox, interval: live.heartbeat, metrics: metrics, notifier: notifier,
                                      watchdogInterval: SystemdNotifier.watchdogInterval(environment: environment), logger: logger,
                                      isReady: { [ready] in ready.value }, accounts: { [live] in live.accounts.value }, gate: gate,
                                      tick: { [handler] in handler.logQuietLeftOut() }, clockBaseline: clockBaseline,
                                      statusNote: { [self] in configFile.withLock(\.problems.isEmpty) ? nil : Self.configFileInvalidStatus },
-                                     guardedClock: guardedClock),
+                                     guardedClock: guardedClock)),
                   serviceName: "heartbeat"),
         ]
         if let reloader {
-            services.append(.init(service: ReloadService(application: self, loader: reloader), serviceName: "reload"))
-            services.append(.init(service: ConfigFileWatch(application: self, loader: reloader), serviceName: "config-file-watch"))
+            services.append(.init(service: noted(ReloadService(application: self, loader: reloader)), serviceName: "reload"))
+            services.append(.init(service: noted(ConfigFileWatch(application: self, loader: reloader)), serviceName: "config-file-watch"))
         }
-        services.append(.init(service: app, serviceName: "ingest"))
+        services.append(.init(service: noted(app), serviceName: "ingest"))
         services.append(.init(service: ShutdownAnnouncer(application: self), successTerminationBehavior: .gracefullyShutdownGroup,
                               serviceName: "shutdown-announcer"))
         // No overall shutdown deadline here: the worker pool bounds in-flight deliveries by
@@ -251,13 +257,15 @@ public final class RelayApplication: Sendable {
         } catch {
             // A system call's failure says which and why (the port in use was only on stderr);
             // other errors only their type (a message could quote stored data).
-            let reason = ((error as? IOError)?.description ?? (error as? SocketAddressError.UnknownHost)?.description)
+            // (NIO's `IOError` says "...: Address already in use) (errno: 98)": its stray parenthesis goes.)
+            let reason = ((error as? IOError)?.description.replacingOccurrences(of: ") (errno:", with: " (errno:")
+                ?? (error as? SocketAddressError.UnknownHost)?.description)
                 .map { ["reason": $0] } ?? [:]
             logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error)), extra: reason))
-            await close()
+            await close(failed: true)
             throw error
         }
-        await close()
+        await close(failed: false)
     }
 
     /// Starts a graceful shutdown (as SIGTERM does); before `run()`, `run()` starts the services
@@ -267,13 +275,13 @@ public final class RelayApplication: Sendable {
         await group.value?.triggerGracefulShutdown()
     }
 
-    private func close() async {
+    private func close(failed: Bool) async {
         await moveForwardStepAtStop(wall: Date(), boot: ClockStepDetector.bootSeconds())
         try? await httpClient.shutdown()
         do { try outbox.close() } catch {
             logger.event(.error, "storage.failed", "outbox did not close cleanly", LogFields(error: "storage_error"))
         }
-        logger.event(.notice, "relay.stopped", "candidate-relay stopped")
+        if !failed { logger.event(.notice, "relay.stopped", "candidate-relay stopped") }
     }
 }
 
@@ -304,6 +312,22 @@ extension RelayApplication {
 
 /// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, starts the
 /// delivery drain (and its grace period), tells systemd.
+/// A service whose failure is noted before it reaches the group, which then stops the others
+/// (`RelayApplication.serviceFailed`).
+struct FailureNoted: Service {
+    let inner: any Service
+    let failed: @Sendable () -> Void
+
+    func run() async throws {
+        do {
+            try await inner.run()
+        } catch {
+            failed()
+            throw error
+        }
+    }
+}
+
 struct ShutdownAnnouncer: Service {
     let application: RelayApplication
 
@@ -313,6 +337,8 @@ struct ShutdownAnnouncer: Service {
         application.stoppingAnnounced.withLock { announced in
             announced = true
             application.notifier.notify("STOPPING=1")
+            // A failing service's stop is said by `relay.failed` once every service has stopped.
+            guard !application.serviceFailed.value else { return }
             application.logger.event(.notice, "relay.stopping", "shutting down: ingest stops, in-flight deliveries get the grace period",
                                      LogFields(numbers: ["grace_seconds": application.live.delivery.value.shutdownGraceSeconds]))
         }
