@@ -506,7 +506,14 @@ import Testing
         #expect(try await outbox.complete(dying, outcome: .dead(status: nil, error: "connection_reset"), now: t.at(42), latencyMs: nil,
                                           partnerOpenUntil: t.at(72)))
         #expect(try await t.claim(71.9) == nil)
+        // Nor does deleting settled records (a short record retention) end the hold: the row
+        // holding it stays until it has passed (found from outside).
+        #expect(try await outbox.prune(payloadBefore: .distantPast, recordBefore: t.at(71), includeDead: true, now: t.at(71)) == (0, 0))
+        #expect(try await outbox.record(id: "dying") != nil)
+        #expect(try await t.claim(71.9) == nil)
         #expect(try await t.claim(72) == "after-dying")
+        #expect(try await outbox.prune(payloadBefore: .distantPast, recordBefore: t.at(72), includeDead: true, now: t.at(72)).1 >= 1)
+        #expect(try await outbox.record(id: "dying") == nil)
     }
 
     /// `anotherEventOfTheCandidate...`, for a shutdown's hand-back and a crash's recovery.

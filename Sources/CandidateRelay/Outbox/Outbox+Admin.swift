@@ -220,16 +220,20 @@ extension Outbox {
             try await pause.after(ContinuousClock.now - started)
         }
         // Whole records: of every settled state, dead ones too, whatever `includeDead` says (a
-        // dead one's payload goes with it).
+        // dead one's payload goes with it). Not one whose request given up may still be at work
+        // at the partner (`partner_open_until`): its row is what holds the candidate's other
+        // events back meanwhile (found from outside: with a record retention of seconds, a purge
+        // deleted it and the next event went while the first was still being created).
         while true {
             let started = ContinuousClock.now
             let (count, more) = try await write { db -> (Int, Bool) in
                 let found = try Self.fetchSized(
                     db, sql: """
                         SELECT id, (SELECT length(body) FROM payloads WHERE event_id = events.id) FROM events
-                        WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ? \(inAccount) LIMIT ?
+                        WHERE state IN ('delivered', 'linked', 'dead') AND updated_at < ?
+                          AND (partner_open_until IS NULL OR partner_open_until <= ?) \(inAccount) LIMIT ?
                         """,
-                    arguments: [recordBefore.millis] + accountArgument + [Self.maintenanceChunk])
+                    arguments: [recordBefore.millis, now.millis] + accountArgument + [Self.maintenanceChunk])
                 guard let ids = Self.chunks(found).first else { return (0, false) }
                 try db.execute(sql: "DELETE FROM events WHERE id IN (\(Self.placeholders(ids.count)))", arguments: StatementArguments(Array(ids)))
                 return (db.changesCount, ids.count < found.count || found.count == Self.maintenanceChunk)
