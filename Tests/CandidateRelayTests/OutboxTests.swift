@@ -671,6 +671,45 @@ import Testing
         #expect(try await outbox.history(id: "e1").allSatisfy { $0.error?.contains("@") != true })
     }
 
+    /// Every event `forget` erased that is not delivered or linked ends dead `erased` (review:
+    /// one forgotten while its request was out, then refused, or on its last attempt, and one
+    /// already dead, kept their codes, and `events retry --all-dead` counted them among the
+    /// events whose senders must send them again). One whose payload `purge` erased is counted.
+    @Test func everyEventForgetErasedEndsDeadErasedAndIsNotCountedForResending() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let now = Date(timeIntervalSince1970: 2_000_000_000)
+        func claim(_ id: String, _ partnerID: String) async throws -> ClaimedEvent {
+            _ = try await outbox.accept(Self.submission(id, partnerID: partnerID, at: now), maxBacklog: 10)
+            return try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000, maxAttempts: 1))
+        }
+        // Forgotten in flight, then refused for good.
+        let refused = try await claim("refused", "A")
+        _ = try await outbox.forget(partnerCandidateID: "A", now: now)
+        #expect(try await outbox.complete(refused, outcome: .dead(status: 422, error: "invalid_email: x"), now: now, latencyMs: 1))
+        // Forgotten in flight on its last attempt, then a retryable answer: dead at the next claim.
+        let last = try await claim("last", "B")
+        _ = try await outbox.forget(partnerCandidateID: "B", now: now)
+        #expect(try await outbox.complete(last, outcome: .retry(at: now, status: 503, error: "http_503"), now: now, latencyMs: 1))
+        #expect(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000, maxAttempts: 1) == nil)
+        // Dead first, forgotten after.
+        let dead = try await claim("dead", "C")
+        #expect(try await outbox.complete(dead, outcome: .dead(status: 404, error: "position_not_found"), now: now, latencyMs: 1))
+        _ = try await outbox.forget(partnerCandidateID: "C", now: now)
+        for id in ["refused", "last", "dead"] {
+            let record = try #require(try await outbox.record(id: id))
+            #expect(record.state == .dead && record.lastError == "erased", "\(id): \(record.state) \(record.lastError ?? "-")")
+        }
+        #expect(try await outbox.history(id: "dead").map(\.error) == ["position_not_found"])  // the history keeps why
+        #expect(try await outbox.deadWithoutPayload() == 0)
+        // A dead event whose payload `purge` erased cannot be resent: counted.
+        let purged = try await claim("purged", "D")
+        #expect(try await outbox.complete(purged, outcome: .dead(status: 404, error: "position_not_found"), now: now, latencyMs: 1))
+        let later = now.addingTimeInterval(10)
+        #expect(try await outbox.prune(payloadBefore: later, recordBefore: .distantPast, includeDead: true, now: later) == (1, 0))
+        #expect(try await outbox.deadWithoutPayload() == 1)
+    }
+
     /// A value a partner echoed as its error code, stored before codes were checked: the read
     /// API does not show it, and `forget` does not keep it (review).
     @Test func aStoredCodeThatIsNotACodeIsNeitherShownNorKept() async throws {
@@ -1035,7 +1074,8 @@ import Testing
         let claimed = try #require(try await outbox.claimNext(now: now, leaseSeconds: 60, maxAgeSeconds: 1000))
         try await outbox.complete(claimed, outcome: .dead(status: 400, error: "invalid_email: zelda@ is not an email"), now: now, latencyMs: 1)
         _ = try await outbox.forget(partnerCandidateID: "X", now: now)
-        #expect(try await outbox.record(id: "e1")?.lastError == "invalid_email")
+        // The record says it was erased (no count asks for it to be sent again); the history keeps the code.
+        #expect(try await outbox.record(id: "e1")?.lastError == "erased")
         #expect(try await outbox.history(id: "e1").map(\.error) == ["invalid_email"])
     }
 

@@ -310,8 +310,6 @@ extension RelayApplication {
     }
 }
 
-/// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, starts the
-/// delivery drain (and its grace period), tells systemd.
 /// A service whose failure is noted before it reaches the group, which then stops the others
 /// (`RelayApplication.serviceFailed`).
 struct FailureNoted: Service {
@@ -328,6 +326,8 @@ struct FailureNoted: Service {
     }
 }
 
+/// First to hear of a graceful shutdown: makes `/readyz` and ingest answer 503, starts the
+/// delivery drain (and its grace period), tells systemd.
 struct ShutdownAnnouncer: Service {
     let application: RelayApplication
 

@@ -142,7 +142,8 @@ public struct AdminCommands: Sendable {
         // event in flight was delivered seconds after a `forget` that said nothing of it).
         if report.inFlight > 0 {
             lines.append("\(report.inFlight) event(s) were being sent to the partner: a request already out may still create the candidate there "
-                + "(`events show ID` gives its outcome and candidate_uid within partner.timeout_seconds)")
+                + "(`events show ID` gives its outcome within partner.timeout_seconds: delivered or linked with its candidate_uid, "
+                + "or dead `erased`, which may also mean the request timed out or failed after creating it: check the partner)")
         }
         if report.atPartner > 0 {
             lines.append("\(report.atPartner) event(s) had been delivered or linked: the partner holds this candidate "

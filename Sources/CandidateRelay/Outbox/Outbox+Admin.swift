@@ -276,7 +276,8 @@ extension Outbox {
 
     /// GDPR erasure of one candidate: every payload and full partner answer for the
     /// `partner_candidate_id` is erased; events not yet delivered can no longer be sent and
-    /// become dead with `last_error = "erased"`. In every account unless `account` names one
+    /// become dead with `last_error = "erased"` (dead ones too; one in flight when its attempt
+    /// ends other than delivered or linked). In every account unless `account` names one
     /// (the same person may have come through several customers).
     public func forget(partnerCandidateID: String, account: String? = nil, now: Date) async throws -> ForgetReport {
         let report = try await write { db -> ForgetReport in
@@ -289,6 +290,10 @@ extension Outbox {
                 sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = 'erased', updated_at = ? WHERE \(condition) AND state = 'pending'",
                 arguments: [now.millis] + arguments)
             let stopped = db.changesCount
+            // Dead already: marked too, so that no count asks for them to be sent again (review:
+            // `events retry --all-dead` counted a forgotten dead event among those whose senders
+            // must send them again). Each attempt's own error stays in the history.
+            try db.execute(sql: "UPDATE events SET last_error = 'erased' WHERE \(condition) AND state = 'dead'", arguments: arguments)
             try PayloadStore.erase(db, eventsWhere: condition, arguments: arguments)
             try db.execute(
                 sql: "UPDATE events SET partner_response_full = NULL, payload_erased_at = ? WHERE \(condition)",

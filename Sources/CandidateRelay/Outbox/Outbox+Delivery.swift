@@ -240,7 +240,8 @@ extension Outbox {
         let now = request.now
         while true {
             guard let row = try Row.fetchOne(db.cachedStatement(sql: """
-                    SELECT id, attempts, lease, position_uid, partner_candidate_id, received_at, budget_started_at FROM events e
+                    SELECT id, attempts, lease, position_uid, partner_candidate_id, received_at, budget_started_at,
+                      payload_erased_at IS NOT NULL AS erased FROM events e
                     WHERE account = ? AND state = 'pending' AND next_attempt_at <= ?
                       AND NOT EXISTS (SELECT 1 FROM events o WHERE o.account = e.account AND o.position_uid = e.position_uid
                           AND o.partner_candidate_id = e.partner_candidate_id
@@ -257,7 +258,11 @@ extension Outbox {
             if let freshSince = request.freshSince, receivedAt < freshSince { return nil }
             let budgetStartedAt = Date(millis: row["budget_started_at"])
             let attempts: Int = row["attempts"]
-            let spent = now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
+            // Only `forget` erases the payload of an event still to be sent (retention and `purge`
+            // take delivered, linked and dead ones), while its request was out or it was claimed
+            // ahead: it goes dead `erased`, as `forget` marks the pending ones, whatever its budget.
+            let erased: Bool = row["erased"]
+            let spent = erased || now.timeIntervalSince(budgetStartedAt) >= request.maxAgeSeconds || attempts >= request.maxAttempts
             var payload: Data?
             var held = 0
             if !spent {
@@ -279,12 +284,9 @@ extension Outbox {
                 }
             }
             if spent || payload == nil {
-                // Only `forget` erases the payload of an event still to be sent (retention and
-                // `purge` take delivered, linked and dead ones), while its request was out or
-                // it was claimed ahead: `erased`, as `forget` marks the pending ones. (Found from
-                // outside: `payload_erased` here made `events retry --all-dead` tell the operator
-                // that the sender must send the forgotten person again.)
-                let reason = !spent ? "erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
+                // (Found from outside: `payload_erased` here made `events retry --all-dead` tell
+                // the operator that the sender must send the forgotten person again.)
+                let reason = erased || !spent ? "erased" : attempts >= request.maxAttempts ? "attempts_exhausted" : "max_age_exceeded"
                 try db.cachedStatement(sql: "UPDATE events SET state = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ? WHERE id = ?").execute(
                     arguments: [reason, now.millis, id])
                 expired.append(ExpiredEvent(id: id, account: account, positionUID: row["position_uid"],
@@ -380,9 +382,14 @@ extension Outbox {
         switch outcome {
         case .linked, .retry, .dead:
             // `forget` may have erased the event while the request was out: the partner's
-            // message may quote a submitted value, so only its code is kept then.
+            // message may quote a submitted value, so only its code is kept then; and dead, it
+            // is `erased`, as `forget` marks its dead events (review). The history keeps the code.
             sets += ", last_error = CASE WHEN payload_erased_at IS NULL THEN ? ELSE ? END"
-            arguments += [outcome.error, outcome.errorCode]
+            if case .dead = outcome {
+                arguments += [outcome.error, "erased"]
+            } else {
+                arguments += [outcome.error, outcome.errorCode]
+            }
         case .delivered, .interrupted, .unsent:
             break
         }
