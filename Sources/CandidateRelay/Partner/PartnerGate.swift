@@ -109,6 +109,8 @@ public actor PartnerGate {
         /// False once a reload removed the account. Its state stays: places and permits still
         /// held refer to its limiter's tickets, which a fresh limiter would hand out again.
         var configured = true
+        /// A wait for its own window was counted, and it has had no place since (`reservePlaces`).
+        var rateWaitCounted = false
         /// The fingerprint of its credentials (`AccountWiring.credentialsFingerprint`), kept
         /// with its back-off: a refusal of other credentials is no reason to wait.
         var credentials: String?
@@ -383,7 +385,6 @@ public actor PartnerGate {
     /// at once (the worker waits idle for the next event), as when the claim finds nothing.
     public func admit(skipping quietAccounts: @Sendable () -> Set<String> = { [] }) async throws -> Admission {
         var waitedForRate = false
-        var waitedForAccountRate: Set<String> = []
         while true {
             try Task.checkCancellation()
             let current = now()
@@ -403,20 +404,12 @@ public actor PartnerGate {
             let keptFree = configuredCount > 1 && workers > 1 && held.count >= workers - 1
             let freshOnly = keptFree && held.count >= workers
             let quiet = quietAccounts()
-            var places = reservePlaces(now: current, skipping: quiet)
+            var places = reservePlaces(now: current, skipping: quiet, countingWaits: true)
             if places.isEmpty {
                 if !quiet.isEmpty, anyReady(among: quiet, now: current) {
                     nextID += 1
                     held[nextID] = Held(probe: false, global: nil, places: [:])
                     return Admission(id: nextID, accounts: [], keptFree: keptFree, freshOnly: freshOnly)
-                }
-                // The accounts with events due that wait for their own window, each counted once
-                // per wait (found from outside: only the global window's wait was counted, and an
-                // account held back by its own `rate_limit` for 12 s had no series at all).
-                for (id, account) in accounts where Self.mayAsk(account, now: current) && !quiet.contains(id)
-                    && !waitedForAccountRate.contains(id) && accounts[id]?.limiter.earliestAllowed(now: current).map({ $0 > current }) ?? true {
-                    waitedForAccountRate.insert(id)
-                    metrics.rateLimitWait(account: id)
                 }
                 try await sleep(until: nextReadiness(now: current), atMost: 0.25)
                 continue
@@ -469,10 +462,25 @@ public actor PartnerGate {
 
     /// A place in the window of every account that is ready now: configured, not paused nor
     /// refused, and with room in its window.
-    private func reservePlaces(now current: Date, skipping quiet: Set<String> = []) -> [String: SlidingWindowLimiter.Ticket] {
+    ///
+    /// `countingWaits` (an idle worker's admission, which knows the quiet accounts): an account
+    /// with events due whose window its own requests filled counts one wait in
+    /// `rate_limit_waits_total`, until it has a place again (found from outside: only the global
+    /// window's waits were counted, and an account held back by its `rate_limit` for 12 s had no
+    /// series at all). Not a window that other idle workers' admissions fill (`earliestAllowed`
+    /// nil): an idle daemon counted ~58 a second (review).
+    private func reservePlaces(now current: Date, skipping quiet: Set<String> = [],
+                               countingWaits: Bool = false) -> [String: SlidingWindowLimiter.Ticket] {
         var places: [String: SlidingWindowLimiter.Ticket] = [:]
         for (id, account) in accounts where Self.mayAsk(account, now: current) && !quiet.contains(id) {
-            if let ticket = accounts[id]?.limiter.reserve(now: current) { places[id] = ticket }
+            if let ticket = accounts[id]?.limiter.reserve(now: current) {
+                places[id] = ticket
+                accounts[id]?.rateWaitCounted = false
+            } else if countingWaits, !account.rateWaitCounted,
+                      accounts[id]?.limiter.earliestAllowed(now: current).map({ $0 > current }) == true {
+                accounts[id]?.rateWaitCounted = true
+                metrics.rateLimitWait(account: id)
+            }
         }
         return places
     }
