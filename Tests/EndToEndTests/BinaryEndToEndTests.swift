@@ -74,6 +74,8 @@ import Glibc
     @Test(arguments: [
         ("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Note: a\r\n  b\r\nContent-Length: 13\r\n\r\n{\"uid\":\"u-1\"}", "invalid_response"),
         ("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 1048600\r\n\r\n" + String(repeating: " ", count: 1_048_600), "response_too_large"),
+        // Cut short by the connection's close: a reset, not a malformed answer (review).
+        ("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"uid\"", "connection_reset"),
     ])
     func anAnswerTheRelayCannotReadIsNamed(answer: String, code: String) async throws {
         let partner = try RawPartner(answer: answer)

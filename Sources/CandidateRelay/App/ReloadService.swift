@@ -96,7 +96,15 @@ extension RelayApplication {
         for (index, problem) in problems.enumerated() {
             let separator = field.isEmpty ? "" : "; "
             if field.utf8.count + separator.utf8.count + problem.utf8.count > maxProblemsBytes {
-                if field.isEmpty { field = String(decoding: problem.utf8.prefix(maxProblemsBytes), as: UTF8.self) + "…" }
+                if field.isEmpty {
+                    // Cut between characters, not inside one.
+                    var bytes = 0
+                    let kept = problem.unicodeScalars.prefix { scalar in
+                        bytes += String(scalar).utf8.count
+                        return bytes <= maxProblemsBytes
+                    }
+                    field = String(String.UnicodeScalarView(kept)) + "…"
+                }
                 let left = problems.count - index - (field.hasSuffix("…") ? 1 : 0)
                 if left > 0 { field += "; and \(left) more (candidate-relay check-config lists every problem)" }
                 return field

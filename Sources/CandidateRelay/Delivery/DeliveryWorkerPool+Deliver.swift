@@ -85,7 +85,8 @@ extension DeliveryWorkerPool {
             health: decision.health, status: exchange.status,
             accountPauseUntil: accountPause ? decision.pauseUntil : nil, partnerPauseUntil: accountPause ? nil : decision.pauseUntil,
             credentialsRejected: exchange.credentialsRejected, credentials: exchange.credentials,
-            partnerClockOffset: exchange.credentialsRejected ? exchange.clockOffset : nil))
+            // Only for the relay's own JWTs: an oauth2 token's times are its token endpoint's (review).
+            partnerClockOffset: exchange.credentialsRejected && tokens.value[event.account] is ComeetTokenProvider ? exchange.clockOffset : nil))
         // Refused credentials that a reload replaced while the request was out: the retry is
         // due at once (the reload made the others due already, before this outcome was written).
         if exchange.credentialsRejected, let used = exchange.credentials, let inForce = tokens.value[event.account]?.credentials,

@@ -43,6 +43,9 @@ public struct RetentionPruner: Service {
     public func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do { try await runOnce() } catch {
+                // A stop (another service failed at start, say) cancels the pass: not the disk's
+                // failure (found from outside: `storage.failed` `CancellationError` before `relay.failed`).
+                if error is CancellationError || Task.isCancelled || Task.isShuttingDownGracefully { break }
                 logger.event(.error, "storage.failed", "retention pass failed", LogFields(error: OutboxError.logCode(error)))
             }
             try? await gracefulSleep(seconds: interval)

@@ -72,7 +72,13 @@ public struct HTTPPartnerClient: PartnerClient {
         }
         if error is NIOConnectionError { return .connectionRefused }
         // Found from outside: both were `transport_error`, as if the partner had not answered.
-        if error is HTTPParserError { return .invalidResponse }
+        // An answer cut short by the connection's close is a reset, not a malformed answer (review).
+        if let error = error as? HTTPParserError {
+            switch error {
+            case .invalidEOFState, .closedConnection: return .connectionReset
+            default: return .invalidResponse
+            }
+        }
         if error is NIOTooManyBytesError { return .responseTooLarge }
         if let error = error as? IOError {
             switch error.errnoCode {
