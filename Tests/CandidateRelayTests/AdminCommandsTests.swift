@@ -192,7 +192,8 @@ import Testing
         #expect(try await admin.retry(ids: nil).text == """
             0 event(s) moved back to pending
             1 dead event(s) have no payload any more (erased by retention or purge) and cannot be resent: \
-            their senders must send them again (`events list --state dead`)
+            their senders must send them again as new webhooks, with a new webhook-id or Idempotency-Key \
+            (a replay with the same key is answered 200 as a duplicate and stores nothing; `events list --state dead`)
             """)
         // One `forget` erased is not to be sent again: not counted (review).
         try await outbox.pool.write { db in try db.execute(sql: "UPDATE events SET last_error = 'erased' WHERE id = 'g-dead'") }

@@ -86,6 +86,24 @@ import Testing
         #expect(metrics.exposition().contains(series + "1"))
     }
 
+    /// Review: a window that one answered request and idle workers' places fill is no wait for
+    /// the rate, for an account's window or the global one (a trickle far below the limit, and
+    /// an idle daemon with a global limit, counted waits).
+    @Test func aTrickleAndIdleWorkersPlacesAreNoWaitForTheRate() async throws {
+        let clock = ManualClock()
+        let metrics = RelayMetrics()
+        let gate = PartnerGate(accounts: Self.limits(["acme"], requests: 2, perSeconds: 10),
+                               globalRateLimit: .init(requests: 2, perSeconds: 10), breaker: CircuitBreakerConfiguration(failures: 5, cooldownSeconds: 30),
+                               workers: 4, backoff: BackoffConfiguration(initialSeconds: 5, multiplier: 2, maxSeconds: 60),
+                               logger: Self.logger, metrics: metrics, clock: clock)
+        try await Self.send(gate, "acme")  // one answered: each window holds 1 of 2
+        _ = try await gate.admit()  // an idle worker's admission holds the other place of each
+        let parked = await Self.parked(clock) { try await gate.admit() }
+        #expect(!metrics.exposition().contains("candidate_relay_rate_limit_waits_total{"), "\(metrics.exposition())")
+        parked.cancel()
+        _ = await parked.result
+    }
+
     /// The prefetch admission (`tryAdmit`) never waits and never takes what someone else would
     /// have: an event a free worker can take at once, a place of a full window, an open or
     /// probing circuit's request, the worker kept free for fresh events.

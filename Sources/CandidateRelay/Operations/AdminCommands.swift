@@ -103,7 +103,8 @@ public struct AdminCommands: Sendable {
             let unsendable = try await outbox.deadWithoutPayload(account: account)
             if unsendable > 0 {
                 lines.append("\(unsendable) dead event(s) have no payload any more (erased by retention or purge) and cannot "
-                    + "be resent: their senders must send them again (`events list --state dead`)")
+                    + "be resent: their senders must send them again as new webhooks, with a new webhook-id or Idempotency-Key "
+                    + "(a replay with the same key is answered 200 as a duplicate and stores nothing; `events list --state dead`)")
             }
             return (lines.joined(separator: "\n"), true)
         }

@@ -394,7 +394,8 @@ public actor PartnerGate {
             }
             let globalAt = global.earliestAllowed(now: current)
             if globalAt != current {
-                if !waitedForRate {
+                // Only a window answered requests fill, not one idle workers' places fill (review).
+                if !waitedForRate, global.filledByAnswered(now: current) {
                     waitedForRate = true
                     metrics.rateLimitWait(account: "")
                 }
@@ -464,11 +465,11 @@ public actor PartnerGate {
     /// refused, and with room in its window.
     ///
     /// `countingWaits` (an idle worker's admission, which knows the quiet accounts): an account
-    /// with events due whose window its own requests filled counts one wait in
+    /// with events due whose window its answered requests fill counts one wait in
     /// `rate_limit_waits_total`, until it has a place again (found from outside: only the global
     /// window's waits were counted, and an account held back by its `rate_limit` for 12 s had no
-    /// series at all). Not a window that other idle workers' admissions fill (`earliestAllowed`
-    /// nil): an idle daemon counted ~58 a second (review).
+    /// series at all). Not a window that other idle workers' admissions help fill: an idle
+    /// daemon counted ~58 a second, and a trickle far below the limit counted too (review).
     private func reservePlaces(now current: Date, skipping quiet: Set<String> = [],
                                countingWaits: Bool = false) -> [String: SlidingWindowLimiter.Ticket] {
         var places: [String: SlidingWindowLimiter.Ticket] = [:]
@@ -476,8 +477,7 @@ public actor PartnerGate {
             if let ticket = accounts[id]?.limiter.reserve(now: current) {
                 places[id] = ticket
                 accounts[id]?.rateWaitCounted = false
-            } else if countingWaits, !account.rateWaitCounted,
-                      accounts[id]?.limiter.earliestAllowed(now: current).map({ $0 > current }) == true {
+            } else if countingWaits, !account.rateWaitCounted, accounts[id]?.limiter.filledByAnswered(now: current) == true {
                 accounts[id]?.rateWaitCounted = true
                 metrics.rateLimitWait(account: id)
             }

@@ -53,6 +53,14 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
         return finished[mustLeave - 1].addingTimeInterval(window)
     }
 
+    /// Whether the requests answered within the window alone fill it: a wait for the rate, as
+    /// `rate_limit_waits_total` counts it, not a window that places reserved by idle workers'
+    /// admissions fill (review: an idle daemon, or a trickle, counted waits that never were).
+    public mutating func filledByAnswered(now: Date) -> Bool {
+        _ = earliestAllowed(now: now)  // drops the answers that have left the window
+        return limit > 0 && finished.count >= limit
+    }
+
     /// The wall clock stepped forward by `seconds`: the window's times move with it, so each
     /// answer leaves the window when it would have (a step forward emptied it, and the next
     /// window's worth went at once: found from outside). A step back needs nothing
