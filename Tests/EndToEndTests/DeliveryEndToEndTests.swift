@@ -137,6 +137,28 @@ import Testing
         await relay.stop()
     }
 
+    /// Review: an event `forget` erased while its request was out, then refused for good, is
+    /// recorded `erased`; its `delivery.dead` line said the partner's code, which sent the
+    /// operator to fix a cause and retry an event no retry can send.
+    @Test func anEventForgottenWhileItsRequestIsOutThenRefusedIsLoggedErased() async throws {
+        let relay = try await RelayHarness()
+        var faults = SimulatorFaults()
+        faults.latencyMs = 1500
+        faults.failNext = 1
+        faults.injectStatus = 422
+        await relay.simulator.setFaults(faults)
+        let id = try #require(try await relay.post(Candidates.json(partnerID: "fg-1")))
+        let out = try await eventually { try await relay.client.record(id)?["state"] as? String == "in_flight" }
+        #expect(out)
+        let admin = try Outbox(path: relay.application.configuration.storage.path)
+        #expect(try await admin.forget(partnerCandidateID: "fg-1", now: Date()).inFlight == 1)
+        let dead = try #require(try await relay.waitFor(id, states: ["dead"]))
+        #expect(dead["last_error"] as? String == "erased")
+        #expect(await eventually { relay.logs.events("delivery.dead").first?["error"] as? String == "erased" })
+        #expect(try await admin.history(id: id).map(\.status) == [422])  // the partner's answer stays in the history
+        await relay.stop()
+    }
+
     /// `forget` (another process) while an event is claimed ahead behind another request: the
     /// payload already read for it must not reach the partner; the event goes dead instead.
     @Test func anEventClaimedAheadIsNotSentAfterForget() async throws {

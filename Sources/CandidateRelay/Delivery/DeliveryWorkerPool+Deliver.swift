@@ -101,7 +101,14 @@ extension DeliveryWorkerPool {
         outcomes.run { [self, recorded, decision] in
             let written = await recordNow(recorded, decision.outcome, latencyMs: exchange.latencyMs, now: current,
                                           partnerOpenUntil: partnerOpenUntil)
-            log(recorded, decision: decision, exchange: exchange, written: written)
+            // A dead outcome of an event `forget` erased while its request was out is recorded
+            // `erased`: its line says so too, not the partner's code, which sent the operator to
+            // fix a cause and retry an event no retry can send (review). One read, dead ones only.
+            var erased = false
+            if written == .recorded, case .dead = decision.outcome {
+                erased = (try? await outbox.record(id: recorded.id))??.lastError == "erased"
+            }
+            log(recorded, decision: decision, exchange: exchange, written: written, erased: erased)
         }
     }
 
@@ -287,7 +294,7 @@ extension DeliveryWorkerPool {
     /// `delivery.succeeded`, `.linked`, `.retry_scheduled` or `.dead` and its count only once it
     /// is recorded. Found from outside: on a full disk an outcome that was never written was
     /// logged and counted as delivered, and its resend after the rescue was counted again.
-    private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange, written: Written) {
+    private func log(_ event: ClaimedEvent, decision: DeliveryDecision, exchange: Exchange, written: Written, erased: Bool = false) {
         let status = exchange.status
         let latency = exchange.latencyMs
         if status == 429 {
@@ -315,8 +322,10 @@ extension DeliveryWorkerPool {
                          fields(event, status: status, latencyMs: latency, error: error, extra: ["next_attempt_at": Timestamp.string(at)]))
         case .dead(_, let error):
             metrics.delivery(outcome: "dead", account: event.account)
-            let code = String(error.prefix { $0 != ":" })
-            logger.event(.error, "delivery.dead", "delivery gave up; event is dead", fields(event, status: status, latencyMs: latency, error: code))
+            let code = erased ? "erased" : String(error.prefix { $0 != ":" })
+            logger.event(.error, "delivery.dead", erased ? "delivery gave up; event is dead, and `forget` erased it while its request was out "
+                         + "(the partner's answer is in its history)" : "delivery gave up; event is dead",
+                         fields(event, status: status, latencyMs: latency, error: code))
         case .interrupted, .unsent:
             break
         }
