@@ -52,20 +52,36 @@ import Glibc
     /// and crashed again (Vendor/README.md). Now the attempt fails as an answer it cannot read.
     @Test(arguments: ["HTTP/1.1 000 X\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n"])
     func aStatusBelow100DoesNotCrashTheDaemon(answer: String) async throws {
+        let retried = try await Self.againstRawPartner(answer, partnerID: "status-000", until: "delivery.retry_scheduled") { _, client, partner async throws in
+            #expect(partner.requests >= 1)
+            #expect(try await client.request("GET", "/healthz").status == 200)
+        }
+        #expect(retried.first?["error"] as? String == "invalid_response")
+    }
+
+    /// The daemon (the built binary) with a partner that answers every request with `answer`:
+    /// one candidate posted (202), then, once `event` is logged, `whileRunning`, then SIGTERM
+    /// (exit 0). Returns that event's lines, read after the stop: a failing check cannot leave
+    /// the daemon running.
+    static func againstRawPartner(_ answer: String, partnerID: String, until event: String,
+                                  whileRunning: (RelayProcess, HTTPTestClient, RawPartner) async throws -> Void = { _, _, _ in }
+    ) async throws -> [[String: Any]] {
         let partner = try RawPartner(answer: answer)
         defer { partner.stop() }
-        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
+        let dir = try configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
         defer { dir.cleanup() }
         let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
         let client = HTTPTestClient(port: try await relay.waitUntilReady())
-        let reply = try await client.post(Candidates.json(partnerID: "status-000"))
-        #expect(reply.status == 202)
-        #expect(await eventually(timeout: 20) { !relay.events("delivery.retry_scheduled").isEmpty })
-        #expect(relay.events("delivery.retry_scheduled").first?["error"] as? String == "invalid_response")
-        #expect(partner.requests >= 1)
-        #expect(try await client.request("GET", "/healthz").status == 200)
+        #expect(try await client.post(Candidates.json(partnerID: partnerID)).status == 202)
+        #expect(await eventually(timeout: 20) { !relay.events(event).isEmpty })
+        do {
+            try await whileRunning(relay, client, partner)
+        } catch {
+            Issue.record(error)
+        }
         relay.signal(SIGTERM)
         #expect(await relay.waitForExit() == 0)
+        return relay.events(event)
     }
 
     /// Found from outside: an answer HTTP/1.1 does not let the relay read (here a folded header,
@@ -78,17 +94,8 @@ import Glibc
         ("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"uid\"", "connection_reset"),
     ])
     func anAnswerTheRelayCannotReadIsNamed(answer: String, code: String) async throws {
-        let partner = try RawPartner(answer: answer)
-        defer { partner.stop() }
-        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
-        defer { dir.cleanup() }
-        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
-        let client = HTTPTestClient(port: try await relay.waitUntilReady())
-        #expect(try await client.post(Candidates.json(partnerID: "unreadable")).status == 202)
-        #expect(await eventually(timeout: 20) { !relay.events("delivery.retry_scheduled").isEmpty })
-        #expect(relay.events("delivery.retry_scheduled").first?["error"] as? String == code)
-        relay.signal(SIGTERM)
-        #expect(await relay.waitForExit() == 0)
+        let retried = try await Self.againstRawPartner(answer, partnerID: "unreadable", until: "delivery.retry_scheduled")
+        #expect(retried.first?["error"] as? String == code)
     }
 
     /// Found from outside: with the relay's clock an hour off, the partner refused every token
@@ -103,19 +110,10 @@ import Glibc
         formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
         let date = formatter.string(from: Date().addingTimeInterval(offset))
         let body = #"{"status":401,"error":"unauthorized","message":"invalid token"}"#
-        let partner = try RawPartner(answer: "HTTP/1.1 401 Unauthorized\r\nDate: \(date)\r\nContent-Type: application/json\r\n"
-                                     + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
-        defer { partner.stop() }
-        let dir = try Self.configDirectory(partnerURL: "http://127.0.0.1:\(partner.port)")
-        defer { dir.cleanup() }
-        let relay = try RelayProcess(arguments: ["serve", "--config", dir.file("config.yaml")])
-        let client = HTTPTestClient(port: try await relay.waitUntilReady())
-        #expect(try await client.post(Candidates.json(partnerID: "clock-\(Int(offset))")).status == 202)
-        #expect(await eventually(timeout: 20) { !relay.events("auth.rejected").isEmpty })
-        // (No `#require` before the daemon is stopped: a throw would leave it running.)
-        relay.signal(SIGTERM)
-        #expect(await relay.waitForExit() == 0)
-        let rejected = try #require(relay.events("auth.rejected").first)
+        let answer = "HTTP/1.1 401 Unauthorized\r\nDate: \(date)\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        let lines = try await Self.againstRawPartner(answer, partnerID: "clock-\(Int(offset))", until: "auth.rejected")
+        let rejected = try #require(lines.first)
         let message = try #require(rejected["msg"] as? String)
         if offset == 0 {
             #expect(rejected["partner_clock_offset_seconds"] == nil)
