@@ -93,23 +93,26 @@ extension RelayApplication {
     /// saying why the next start would fail was lost to `jq`).
     static func problemsField(_ problems: [String]) -> String {
         var field = ""
+        var bytes = 0
         for (index, problem) in problems.enumerated() {
-            let separator = field.isEmpty ? "" : "; "
-            if field.utf8.count + separator.utf8.count + problem.utf8.count > maxProblemsBytes {
-                if field.isEmpty {
-                    // Cut between characters, not inside one.
-                    var bytes = 0
-                    let kept = problem.unicodeScalars.prefix { scalar in
-                        bytes += String(scalar).utf8.count
-                        return bytes <= maxProblemsBytes
-                    }
-                    field = String(String.UnicodeScalarView(kept)) + "…"
+            let separator = index == 0 ? "" : "; "
+            let added = separator.utf8.count + problem.utf8.count
+            guard bytes + added <= maxProblemsBytes else {
+                var left = problems.count - index
+                if index == 0 {
+                    // One problem alone over the limit: cut between characters, not inside one.
+                    var kept = 0
+                    field = String(String.UnicodeScalarView(problem.unicodeScalars.prefix { scalar in
+                        kept += String(scalar).utf8.count
+                        return kept <= maxProblemsBytes
+                    })) + "…"
+                    left -= 1
                 }
-                let left = problems.count - index - (field.hasSuffix("…") ? 1 : 0)
                 if left > 0 { field += "; and \(left) more (candidate-relay check-config lists every problem)" }
                 return field
             }
             field += separator + problem
+            bytes += added
         }
         return field
     }

@@ -36,16 +36,7 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     /// requests leave the window; `nil` when that depends on requests still in flight.
     public mutating func earliestAllowed(now: Date) -> Date? {
         guard limit > 0 else { return now }
-        // An answer time after `now` means the wall clock went back since: it counts as
-        // answered now, so a step back holds the window one window at most, not the length of
-        // the step (a clock an hour fast, set right, held a full window for an hour: found from
-        // outside). At most one window late, never early: no burst beyond the limit.
-        if let last = finished.last, last > now { finished = finished.map { min($0, now) } }
-        if let firstKept = finished.firstIndex(where: { now.timeIntervalSince($0) < window }) {
-            finished.removeFirst(firstKept)
-        } else {
-            finished.removeAll()
-        }
+        dropAnswersOutOfTheWindow(now: now)
         let busy = finished.count + inFlight.count
         guard busy >= limit else { return now }
         let mustLeave = busy - limit + 1
@@ -57,8 +48,22 @@ public struct SlidingWindowLimiter: Sendable, Equatable {
     /// `rate_limit_waits_total` counts it, not a window that places reserved by idle workers'
     /// admissions fill (review: an idle daemon, or a trickle, counted waits that never were).
     public mutating func filledByAnswered(now: Date) -> Bool {
-        _ = earliestAllowed(now: now)  // drops the answers that have left the window
-        return limit > 0 && finished.count >= limit
+        guard limit > 0 else { return false }
+        dropAnswersOutOfTheWindow(now: now)
+        return finished.count >= limit
+    }
+
+    private mutating func dropAnswersOutOfTheWindow(now: Date) {
+        // An answer time after `now` means the wall clock went back since: it counts as
+        // answered now, so a step back holds the window one window at most, not the length of
+        // the step (a clock an hour fast, set right, held a full window for an hour: found from
+        // outside). At most one window late, never early: no burst beyond the limit.
+        if let last = finished.last, last > now { finished = finished.map { min($0, now) } }
+        if let firstKept = finished.firstIndex(where: { now.timeIntervalSince($0) < window }) {
+            finished.removeFirst(firstKept)
+        } else {
+            finished.removeAll()
+        }
     }
 
     /// The wall clock stepped forward by `seconds`: the window's times move with it, so each
