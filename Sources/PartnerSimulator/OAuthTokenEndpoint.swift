@@ -11,7 +11,7 @@ struct OAuthTokenEndpoint: Sendable {
 
     /// Issues a token or answers the RFC 6749 section 5.2 error; every hit is counted.
     func handle(_ request: Request) async throws -> Response {
-        store.countTokenRequest()
+        store.countTokenRequest(acceptEncoding: request.headers[.acceptEncoding])
         if store.faults.tokenLatencyMs > 0 {
             await store.stall(milliseconds: store.faults.tokenLatencyMs) { $0.tokenLatencyMs > 0 }
         }

@@ -12,17 +12,21 @@ public struct SimulatorSnapshot: Sendable, Codable {
     public var tokensIssued: Int
     /// OAuth token endpoint hits, failures included.
     public var tokenRequests: Int
+    /// The `Accept-Encoding` of the last token request (nil: none sent, or no request yet).
+    public var tokenAcceptEncoding: String?
 
     public init(
         requests: [ReceivedRequest] = [],
         candidates: [CreatedCandidate] = [],
         tokensIssued: Int = 0,
-        tokenRequests: Int = 0
+        tokenRequests: Int = 0,
+        tokenAcceptEncoding: String? = nil
     ) {
         self.requests = requests
         self.candidates = candidates
         self.tokensIssued = tokensIssued
         self.tokenRequests = tokenRequests
+        self.tokenAcceptEncoding = tokenAcceptEncoding
     }
 
     /// How many candidates were created for one (position, partner candidate id) pair; more

@@ -31,6 +31,7 @@ final class SimulatorStore: Sendable {
         var candidateByKey: [CandidateKey: String] = [:]
         var tokensIssued = 0
         var tokenRequests = 0
+        var tokenAcceptEncoding: String?
         var accessTokens: [String: IssuedToken] = [:]
         var firstSeen: [String: Date] = [:]
         var windows: [String: [Date]] = [:]
@@ -114,9 +115,12 @@ final class SimulatorStore: Sendable {
         }
     }
 
-    /// Counts a token endpoint hit, whatever its answer.
-    func countTokenRequest() {
-        state.withLock { $0.tokenRequests += 1 }
+    /// Counts a token endpoint hit, whatever its answer, and keeps its `Accept-Encoding`.
+    func countTokenRequest(acceptEncoding: String?) {
+        state.withLock {
+            $0.tokenRequests += 1
+            $0.tokenAcceptEncoding = acceptEncoding
+        }
     }
 
     /// Issues a random opaque access token for `clientID`, valid for `ttl` seconds.
@@ -171,7 +175,8 @@ final class SimulatorStore: Sendable {
                 requests: state.requests,
                 candidates: state.candidates,
                 tokensIssued: state.tokensIssued,
-                tokenRequests: state.tokenRequests
+                tokenRequests: state.tokenRequests,
+                tokenAcceptEncoding: state.tokenAcceptEncoding
             )
         }
     }

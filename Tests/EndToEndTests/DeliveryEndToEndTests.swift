@@ -362,6 +362,36 @@ import Testing
         #expect(relay.logs.events("delivery.retry_scheduled").isEmpty)
         #expect(relay.logs.events("delivery.dead").isEmpty)
         #expect(await relay.simulator.snapshot().tokensIssued == 1)
+        // As for the partner's requests: the relay decodes no gzip token answer either.
+        #expect(await relay.simulator.snapshot().tokenAcceptEncoding == "identity")
+        await relay.stop()
+    }
+
+    /// The clock hint of a refusal (`partner_clock_offset_seconds`) is for the tokens the relay
+    /// mints itself, whose `iat`/`exp` come from its clock. An OAuth2 token's times are its
+    /// endpoint's: a partner an hour off refusing one says nothing of the relay's clock.
+    @Test func anOAuth2RefusalSaysNothingOfTheRelaysClock() async throws {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "GMT")
+        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss 'GMT'"
+        let body = #"{"status":401,"error":"unauthorized","message":"invalid token"}"#
+        let partner = try RawPartner(answer: "HTTP/1.1 401 Unauthorized\r\nDate: \(formatter.string(from: Date().addingTimeInterval(3600)))\r\n"
+            + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        defer { partner.stop() }
+        let sim = PartnerSimulatorConfiguration()
+        let relay = try await RelayHarness(simulator: sim) { config in
+            config.partner.auth = .oauth2ClientCredentials(OAuth2Configuration(
+                tokenURL: config.partner.baseURL + "/oauth/token", clientID: sim.oauthClientID,
+                clientSecret: Secret(sim.oauthClientSecret, source: "test"), scope: "candidates", clientAuth: .basic))
+            config.partner.baseURL = "http://127.0.0.1:\(partner.port)"
+        }
+        _ = try #require(try await relay.post(Candidates.json(partnerID: "oauth-clock")))
+        #expect(await eventually { !relay.logs.events("auth.rejected").isEmpty })
+        let rejected = try #require(relay.logs.events("auth.rejected").first)
+        #expect(rejected["partner_clock_offset_seconds"] == nil, "\(rejected)")
+        #expect((rejected["msg"] as? String)?.contains("clock") == false, "\(rejected)")
+        #expect(await relay.simulator.snapshot().tokensIssued >= 1)  // the refusal was of a token the endpoint gave
         await relay.stop()
     }
 
