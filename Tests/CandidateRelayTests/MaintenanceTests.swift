@@ -60,6 +60,28 @@ import Testing
         #expect(try await outbox.record(id: "e1") == nil)
     }
 
+    /// A stop while a pass runs (another service failing at start cancels the group) throws
+    /// `CancellationError` out of the outbox: that is the stop, not the disk's failure (found
+    /// from outside: `storage.failed` `CancellationError` came before a failed start's
+    /// `relay.failed`, pointing the operator at the disk).
+    @Test func aPassCancelledByAStopIsNoStorageFailure() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        let storage = Live(StorageConfiguration(path: outbox.path, payloadRetentionDays: 7, recordRetentionDays: 30))
+        let logs = LogCapture()
+        let logger = Logger(label: "t") { RelayLogHandler(label: $0, settings: LogSettings(level: .info, format: .json), output: logs.output) }
+        // The pass's own task is cancelled as it starts, before the outbox is asked.
+        let pruner = RetentionPruner(outbox: outbox, storage: storage, logger: logger, now: {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return Date()
+        })
+        let cancelled = await Task { do { try await pruner.runOnce(); return false } catch { return error is CancellationError } }.value
+        #expect(cancelled)  // what `run` meets: the outbox's answer to a cancelled task
+        try await pruner.run()
+        #expect(logs.events("storage.failed").isEmpty, "\(logs.all)")
+    }
+
     /// Erasing a payload keeps only the code of the partner's messages (they may quote the
     /// candidate), in the record and in the history; a later pass leaves them alone.
     @Test func purgeErasesMessagesWithThePayloadsItFinds() async throws {
