@@ -157,11 +157,17 @@ struct Serve: AsyncParsableCommand {
         }
         do {
             try await app.run()
-        } catch let error as SocketAddressError.UnknownHost where error.errorCode == Int(EAI_NONAME) {
+        } catch {
+            // The reason as `relay.failed` gives it, after it (found from outside: ArgumentParser's
+            // `Error:` line printed NIO's text, stray parenthesis and all, and would have printed
+            // any other error's whole description, which may quote stored data).
+            LogOutput.standardOutput.flush()
+            Console.error("candidate-relay: a service failed: \(RelayApplication.failureReason(error) ?? String(describing: type(of: error)))")
             // A `listen.host` that names nothing is the configuration's fault: 78, which the
             // unit does not restart (RestartPreventExitStatus), not a restart every few seconds.
             // Any other resolver failure (`EAI_AGAIN`: DNS not up yet at boot) stays 1, restarted.
-            throw ExitCode(78)
+            if let unknown = error as? SocketAddressError.UnknownHost, unknown.errorCode == Int(EAI_NONAME) { throw ExitCode(78) }
+            throw ExitCode(1)
         }
     }
 }

@@ -460,6 +460,9 @@ import Glibc
         #expect(other.events("relay.failed").first?["error"] as? String == "IOError")
         #expect(other.text.contains("Address already in use"))
         #expect((other.events("relay.failed").first?["reason"] as? String)?.hasSuffix("Address already in use (errno: 98)") == true)
+        // stderr (merged in `text`) gives the same reason: it printed NIO's own text, stray parenthesis and all.
+        let stderrLine = other.text.split(separator: "\n").first { $0.hasPrefix("candidate-relay: a service failed: ") }
+        #expect(stderrLine?.hasSuffix(": Address already in use (errno: 98)") == true, "\(other.text)")
         // A failure, not a stop: `relay.stopping` and `relay.stopped` mean SIGTERM and exit 0
         // (found from outside: both were logged around `relay.failed`).
         #expect(other.events("relay.stopping").isEmpty && other.events("relay.stopped").isEmpty)

@@ -255,17 +255,21 @@ public final class RelayApplication: Sendable {
         do {
             try await group.run()
         } catch {
-            // A system call's failure says which and why (the port in use was only on stderr);
-            // other errors only their type (a message could quote stored data).
-            // (NIO's `IOError` says "...: Address already in use) (errno: 98)": its stray parenthesis goes.)
-            let reason = ((error as? IOError)?.description.replacingOccurrences(of: ") (errno:", with: " (errno:")
-                ?? (error as? SocketAddressError.UnknownHost)?.description)
-                .map { ["reason": $0] } ?? [:]
+            let reason = Self.failureReason(error).map { ["reason": $0] } ?? [:]
             logger.event(.error, "relay.failed", "a service failed", LogFields(error: String(describing: type(of: error)), extra: reason))
             await close(failed: true)
             throw error
         }
         await close(failed: false)
+    }
+
+    /// Why a service failed, for `relay.failed` and the command's stderr line: a system call's
+    /// failure says which and why (the port in use was only on stderr); other errors say nothing
+    /// here, only their type elsewhere (a message could quote stored data). NIO's `IOError` says
+    /// "...: Address already in use) (errno: 98)": its stray parenthesis goes.
+    public static func failureReason(_ error: any Error) -> String? {
+        (error as? IOError)?.description.replacingOccurrences(of: ") (errno:", with: " (errno:")
+            ?? (error as? SocketAddressError.UnknownHost)?.description
     }
 
     /// Starts a graceful shutdown (as SIGTERM does); before `run()`, `run()` starts the services
