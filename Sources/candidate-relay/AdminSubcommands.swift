@@ -62,8 +62,10 @@ struct Events: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let admin = AdminCommands(outbox: try await options.outbox())
-            let result = try await admin.retry(ids: allDead ? nil : ids, account: account)
+            let config = try await options.storageConfiguration()
+            let admin = AdminCommands(outbox: try await options.outbox(config))
+            let result = try await admin.retry(ids: allDead ? nil : ids, account: account,
+                                               configuredAccounts: Set(config.accounts.map(\.id)))
             Console.out(result.text)
             if !result.allFound { throw ExitCode(1) }
         }

@@ -201,6 +201,22 @@ import Testing
         #expect(try await admin.retry(ids: nil, account: "acme").text == "0 event(s) moved back to pending in account acme")
     }
 
+    /// Found from outside: dead events of an account a reload had removed were moved back without
+    /// a word, then sat pending (the daemon sends nothing for an account it does not know).
+    @Test func retryNamesTheAccountsTheConfigNoLongerHas() async throws {
+        let (dir, _, admin) = try await Self.populated()
+        defer { dir.cleanup() }
+        let result = try await admin.retry(ids: nil, configuredAccounts: ["acme"])
+        #expect(result.text == """
+            retried a-dead
+            retried g-dead
+            2 event(s) moved back to pending
+            1 of them belong to account(s) the config does not name (globex): the daemon does not send them \
+            (it logs account.unknown) until the account is configured again
+            """)
+        #expect(result.allFound)
+    }
+
     /// Found from outside: `events retry --all-dead` beside another retry (or a purge) exited 1,
     /// with every event the other command had taken "skipped". Here another retry takes the
     /// last dead event between this command's two transactions.

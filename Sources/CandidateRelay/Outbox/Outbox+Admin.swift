@@ -99,8 +99,17 @@ extension Outbox {
         }
     }
 
+    /// What `retry` did: the events moved back to pending (and how many per account), those left
+    /// as they were, and those held until their last request can no longer be at the partner.
+    public struct RetryResult: Sendable {
+        public var retried: [String] = []
+        public var skipped: [String] = []
+        public var heldUntil: [String: Date] = [:]
+        public var accounts: [String: Int] = [:]
+    }
+
     public func retry(ids: [String]?, account: String? = nil, now: Date,
-                      pause: MaintenancePause = .none) async throws -> (retried: [String], skipped: [String], heldUntil: [String: Date]) {
+                      pause: MaintenancePause = .none) async throws -> RetryResult {
         let targets: [String]
         if let ids {
             // An id given twice is retried once (found from outside: the second found it pending,
@@ -117,46 +126,45 @@ extension Outbox {
                     arguments: account.map { [$0] } ?? [])
             }
         }
-        var retried: [String] = []
-        var skipped: [String] = []
-        var heldUntil: [String: Date] = [:]
+        var total = RetryResult()
         // Dead events leave the settled states: recounted, even if a later chunk fails.
-        defer { if !retried.isEmpty { invalidateSettled() } }
+        defer { if !total.retried.isEmpty { invalidateSettled() } }
         for chunk in Self.chunks(targets.map { (id: $0, bytes: 0) }) {
             let started = ContinuousClock.now
-            let result = try await write { db -> (retried: [String], skipped: [String], heldUntil: [String: Date]) in
+            let result = try await write { db -> RetryResult in
                 self.quiet.clearAll()
-                var retried: [String] = []
-                var skipped: [String] = []
-                var heldUntil: [String: Date] = [:]
+                var result = RetryResult()
                 for id in chunk {
                     // The condition again: the event may have changed since it was read. Due now,
                     // or when its last request, given up without an answer, can no longer be at
                     // the partner (`partner_open_until`; found from outside: a retry right after
                     // a timeout made the event dead resent it at once, and the partner created
                     // the candidate twice).
-                    guard let due = try Millis.fetchOne(
+                    guard let row = try Row.fetchOne(
                         db, sql: """
                             UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = MAX(?, coalesce(partner_open_until, 0)),
                               updated_at = ?, budget_started_at = ?, last_error = NULL
                             WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
-                            RETURNING next_attempt_at
+                            RETURNING next_attempt_at, account
                             """,
                         arguments: [now.millis, now.millis, now.millis, id, account]) else {
-                        skipped.append(id)
+                        result.skipped.append(id)
                         continue
                     }
-                    retried.append(id)
-                    if due > now.millis { heldUntil[id] = Date(millis: due) }
+                    result.retried.append(id)
+                    result.accounts[row["account"] as String, default: 0] += 1
+                    let due: Millis = row["next_attempt_at"]
+                    if due > now.millis { result.heldUntil[id] = Date(millis: due) }
                 }
-                return (retried, skipped, heldUntil)
+                return result
             }
-            retried += result.retried
-            skipped += result.skipped
-            heldUntil.merge(result.heldUntil) { $1 }
+            total.retried += result.retried
+            total.skipped += result.skipped
+            total.heldUntil.merge(result.heldUntil) { $1 }
+            total.accounts.merge(result.accounts, uniquingKeysWith: +)
             try await pause.after(ContinuousClock.now - started)
         }
-        return (retried, skipped, heldUntil)
+        return total
     }
 
     /// Erases the personal payload (and the partner's full answer) of delivered/linked events
