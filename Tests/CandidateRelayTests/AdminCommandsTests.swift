@@ -201,20 +201,36 @@ import Testing
         #expect(try await admin.retry(ids: nil, account: "acme").text == "0 event(s) moved back to pending in account acme")
     }
 
-    /// Found from outside: dead events of an account a reload had removed were moved back without
-    /// a word, then sat pending (the daemon sends nothing for an account it does not know).
-    @Test func retryNamesTheAccountsTheConfigNoLongerHas() async throws {
-        let (dir, _, admin) = try await Self.populated()
+    /// Found from outside: dead events of an account a reload had removed were moved back to
+    /// pending without a word, where the daemon never sends them and no retention erases them
+    /// (not terminal). They stay dead now, and the command says why.
+    @Test func retryLeavesDeadTheEventsOfAccountsTheConfigNoLongerHas() async throws {
+        let (dir, outbox, admin) = try await Self.populated()
         defer { dir.cleanup() }
-        let result = try await admin.retry(ids: nil, configuredAccounts: ["acme"])
-        #expect(result.text == """
+        let named = try await admin.retry(ids: ["g-dead", "a-dead"], configuredAccounts: ["acme"])
+        #expect(named.text == """
             retried a-dead
-            retried g-dead
-            2 event(s) moved back to pending
-            1 of them belong to account(s) the config does not name (globex): the daemon does not send them \
-            (it logs account.unknown) until the account is configured again
+            skipped g-dead (its account globex is not in the config: the daemon would not send it)
+            1 event(s) moved back to pending
             """)
-        #expect(result.allFound)
+        #expect(!named.allFound)
+        #expect(try await outbox.record(id: "g-dead")?.state == .dead)
+        try await outbox.pool.write { db in
+            try db.execute(sql: "UPDATE events SET state = 'in_flight', lease_expires_at = 1 WHERE id = 'a-dead'")
+            try db.execute(sql: "UPDATE events SET state = 'dead', lease_expires_at = NULL, next_attempt_at = NULL WHERE id = 'a-dead'")
+        }
+        let all = try await admin.retry(ids: nil, configuredAccounts: ["acme"])
+        #expect(all.text == """
+            retried a-dead
+            1 event(s) moved back to pending
+            1 dead event(s) of account(s) the config does not name (globex) were left dead: the daemon sends nothing for \
+            an account it does not know. Configure the account again to retry them, or erase their personal data with \
+            `purge --account ID --older-than 0s`
+            """)
+        #expect(all.allFound)
+        #expect(try await outbox.record(id: "g-dead")?.state == .dead)
+        // Configured again: retried as any other.
+        #expect(try await admin.retry(ids: nil, configuredAccounts: ["acme", "globex"]).text == "retried g-dead\n1 event(s) moved back to pending")
     }
 
     /// Found from outside: `events retry --all-dead` beside another retry (or a purge) exited 1,

@@ -81,23 +81,18 @@ public struct AdminCommands: Sendable {
     }
 
     /// `ids == nil`: every dead event (of `account` only, when given).
-    /// `configuredAccounts`: the accounts the config names, when it could be read; events moved
-    /// back for any other account are named, as the daemon does not send them.
+    /// `configuredAccounts`: the accounts the config names, when known; dead events of any other
+    /// account are left dead and named (found from outside: an account a reload had removed got
+    /// its dead events back as pending, which the daemon never sends, and which no retention
+    /// erases, as they are not terminal).
     public func retry(ids: [String]?, account: String? = nil, configuredAccounts: Set<String>? = nil,
                       pause: MaintenancePause = .shareTheWriter) async throws -> (text: String, allFound: Bool) {
-        let result = try await outbox.retry(ids: ids, account: account, now: now(), pause: pause)
+        let result = try await outbox.retry(ids: ids, account: account, onlyAccounts: configuredAccounts, now: now(), pause: pause)
         var lines = result.retried.map { id in
             guard let until = result.heldUntil[id] else { return "retried \(id)" }
             return "retried \(id) (sent at \(Timestamp.string(until)) at the earliest: its last request, given up without an answer, "
                 + "may still be at work at the partner until then)"
         }
-        // Found from outside: dead events of an account a reload removed were moved back without
-        // a word, and then sat pending (the daemon logs `account.unknown` and sends nothing).
-        let unknown = configuredAccounts.map { known in result.accounts.filter { !known.contains($0.key) } } ?? [:]
-        let unknownNote = unknown.isEmpty ? nil : "\(unknown.values.reduce(0, +)) of them belong to account(s) the config does not name ("
-            + unknown.keys.sorted().map(Self.printable).joined(separator: ", ")
-            + "): the daemon does not send them (it logs account.unknown) until the account is configured again"
-
         guard ids != nil else {
             // `--all-dead` named the events it found dead with their payload; one that is not
             // by its turn was changed meanwhile (retried by another command, erased by a purge
@@ -108,7 +103,12 @@ public struct AdminCommands: Sendable {
                     + "(another command retried, purged or erased them meanwhile): left as they are")
             }
             lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
-            if let unknownNote { lines.append(unknownNote) }
+            if !result.outsideCounts.isEmpty {
+                let names = result.outsideCounts.keys.sorted().map(Self.printable).joined(separator: ", ")
+                lines.append("\(result.outsideCounts.values.reduce(0, +)) dead event(s) of account(s) the config does not name (\(names)) "
+                    + "were left dead: the daemon sends nothing for an account it does not know. Configure the account again "
+                    + "to retry them, or erase their personal data with `purge --account ID --older-than 0s`")
+            }
             // Found from outside: dead events a purge had erased were left out without a word.
             let unsendable = try await outbox.deadWithoutPayload(account: account)
             if unsendable > 0 {
@@ -118,10 +118,10 @@ public struct AdminCommands: Sendable {
             }
             return (lines.joined(separator: "\n"), true)
         }
+        lines += result.outsideIDs.map { "skipped \($0.id) (its account \(Self.printable($0.account)) is not in the config: the daemon would not send it)" }
         lines += result.skipped.map { "skipped \($0) (unknown, not dead, or its payload was erased)" }
         lines.append("\(result.retried.count) event(s) moved back to pending" + Self.scope(account))
-        if let unknownNote { lines.append(unknownNote) }
-        return (lines.joined(separator: "\n"), result.skipped.isEmpty)
+        return (lines.joined(separator: "\n"), result.skipped.isEmpty && result.outsideIDs.isEmpty)
     }
 
     /// `account` keeps both the erasure and the deletion to that account's events.

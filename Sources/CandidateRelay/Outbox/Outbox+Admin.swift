@@ -80,10 +80,6 @@ extension Outbox {
     /// 1 MB would hold the writer for seconds again.
     static let maintenanceChunkBytes = 8 << 20
 
-    /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
-    /// An id that is not dead (or has no payload left to send) is returned as skipped.
-    /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
-    /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
     /// Dead events whose payload retention or `purge` erased: no retry can resend them. Not
     /// those `forget` made dead (`last_error = 'erased'`, or `payload_erased` as versions before
     /// this one wrote it for an event forgotten while its request was out): an erasure is not to
@@ -99,34 +95,70 @@ extension Outbox {
         }
     }
 
-    /// What `retry` did: the events moved back to pending (and how many per account), those left
-    /// as they were, and those held until their last request can no longer be at the partner.
+    /// What `retry` did: the events moved back to pending, those left as they were, those held
+    /// until their last request can no longer be at the partner, and the dead events left alone
+    /// for belonging to no account in `onlyAccounts` (named ids: each with its account;
+    /// `--all-dead`: a count per account).
     public struct RetryResult: Sendable {
         public var retried: [String] = []
         public var skipped: [String] = []
         public var heldUntil: [String: Date] = [:]
-        public var accounts: [String: Int] = [:]
+        public var outsideIDs: [(id: String, account: String)] = []
+        public var outsideCounts: [String: Int] = [:]
     }
 
-    public func retry(ids: [String]?, account: String? = nil, now: Date,
+    /// `values` as a JSON array of strings, for `json_each(?)`: a list as one argument.
+    static func jsonArray(_ values: some Sequence<String>) -> String {
+        (try? JSONEncoder().encode(Array(values))).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
+    }
+
+    /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
+    /// An id that is not dead (or has no payload left to send) is returned as skipped.
+    /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
+    /// `onlyAccounts`: the accounts the config names, when known; dead events of any other are
+    /// left dead (found from outside: an account a reload had removed got its dead events back
+    /// as pending, which nothing sends, nor erases: not terminal, retention passes them by).
+    /// In transactions of `maintenanceChunk` events, with `pause` between them (see `prune`).
+    public func retry(ids: [String]?, account: String? = nil, onlyAccounts: Set<String>? = nil, now: Date,
                       pause: MaintenancePause = .none) async throws -> RetryResult {
-        let targets: [String]
+        var total = RetryResult()
+        var targets: [String]
         if let ids {
             // An id given twice is retried once (found from outside: the second found it pending,
             // and the command said "skipped" and failed, for an id it had just retried).
             var seen = Set<String>()
             targets = ids.filter { seen.insert($0).inserted }
+            if let onlyAccounts {
+                let named = Self.jsonArray(targets)
+                let accounts = try await read { db in
+                    try Dictionary(Row.fetchAll(db, sql: "SELECT id, account FROM events WHERE id IN (SELECT value FROM json_each(?))",
+                                                arguments: [named]).map { ($0["id"] as String, $0["account"] as String) },
+                                   uniquingKeysWith: { first, _ in first })
+                }
+                total.outsideIDs = targets.compactMap { id in accounts[id].flatMap { onlyAccounts.contains($0) ? nil : (id, $0) } }
+                let outside = Set(total.outsideIDs.map(\.id))
+                targets.removeAll { outside.contains($0) }
+            }
         } else {
-            targets = try await read { db in
-                try String.fetchAll(
+            let known = onlyAccounts.map { Self.jsonArray($0) }
+            (targets, total.outsideCounts) = try await read { db in
+                let condition = "state = 'dead' AND \(PayloadStore.exists) \(account == nil ? "" : "AND account = :account")"
+                let arguments: StatementArguments = account.map { ["account": $0, "known": known] } ?? ["known": known]
+                let targets = try String.fetchAll(
                     db, sql: """
-                        SELECT id FROM events WHERE state = 'dead' AND \(PayloadStore.exists) \(account == nil ? "" : "AND account = ?")
+                        SELECT id FROM events WHERE \(condition)
+                          AND (:known IS NULL OR account IN (SELECT value FROM json_each(:known)))
                         ORDER BY received_at
-                        """,
-                    arguments: account.map { [$0] } ?? [])
+                        """, arguments: arguments)
+                guard known != nil else { return (targets, [:]) }
+                let outside = try Row.fetchAll(
+                    db, sql: """
+                        SELECT account, COUNT(*) AS n FROM events WHERE \(condition)
+                          AND account NOT IN (SELECT value FROM json_each(:known)) GROUP BY account
+                        """, arguments: arguments)
+                return (targets, Dictionary(uniqueKeysWithValues: outside.map { ($0["account"] as String, $0["n"] as Int) }))
             }
         }
-        var total = RetryResult()
         // Dead events leave the settled states: recounted, even if a later chunk fails.
         defer { if !total.retried.isEmpty { invalidateSettled() } }
         for chunk in Self.chunks(targets.map { (id: $0, bytes: 0) }) {
@@ -140,20 +172,18 @@ extension Outbox {
                     // the partner (`partner_open_until`; found from outside: a retry right after
                     // a timeout made the event dead resent it at once, and the partner created
                     // the candidate twice).
-                    guard let row = try Row.fetchOne(
+                    guard let due = try Millis.fetchOne(
                         db, sql: """
                             UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = MAX(?, coalesce(partner_open_until, 0)),
                               updated_at = ?, budget_started_at = ?, last_error = NULL
                             WHERE id = ? AND state = 'dead' AND \(PayloadStore.exists) AND account = coalesce(?, account)
-                            RETURNING next_attempt_at, account
+                            RETURNING next_attempt_at
                             """,
                         arguments: [now.millis, now.millis, now.millis, id, account]) else {
                         result.skipped.append(id)
                         continue
                     }
                     result.retried.append(id)
-                    result.accounts[row["account"] as String, default: 0] += 1
-                    let due: Millis = row["next_attempt_at"]
                     if due > now.millis { result.heldUntil[id] = Date(millis: due) }
                 }
                 return result
@@ -161,7 +191,6 @@ extension Outbox {
             total.retried += result.retried
             total.skipped += result.skipped
             total.heldUntil.merge(result.heldUntil) { $1 }
-            total.accounts.merge(result.accounts, uniquingKeysWith: +)
             try await pause.after(ContinuousClock.now - started)
         }
         return total
