@@ -405,14 +405,16 @@ import Yams
 
     /// A bearer token no `Authorization` header can carry is a problem, not a daemon that
     /// answers every webhook 401. The problem names the file, never the token.
-    @Test func aBearerTokenWithALineBreakIsAProblem() async throws {
-        for (token, ok) in [("zq9-1\nzq9-2\n", false), ("zq9\u{7}x", false), ("zq\t9", false), ("zq9\u{2028}x", false),
-                            ("  zq9-1  \n", true), ("zq9 x", true)] {
+    /// One token per line (several while one is rotated); a control character or a line
+    /// separator within a token is a problem: no request could carry it (found from outside).
+    @Test func aBearerTokenWithAControlCharacterIsAProblem() async throws {
+        for (token, ok) in [("zq9\u{7}x", false), ("zq\t9", false), ("zq9\u{2028}x", false), ("zq9-1\nzq\u{85}9\n", false),
+                            ("zq9-1\nzq9-2\n", true), ("zq9-1\r\nzq9-2\r\n", true), ("  zq9-1  \n", true), ("zq9 x", true)] {
             let dir = try Self.fixture("storage: { path: $DIR/o.sqlite3 }\ningest: { bearer_token_file: token }\n")
             defer { dir.cleanup() }
             try dir.write("token", token)
             let problems = await Self.problems(dir)
-            #expect(problems == (ok ? [] : ["ingest.bearer_token_file: the token from file \(dir.file("token")) holds a control character or a line break: no request could carry it"]),
+            #expect(problems == (ok ? [] : ["ingest.bearer_token_file: a token from file \(dir.file("token")) holds a control character or a line separator: no request could carry it (one token per line)"]),
                     "\(token.debugDescription)")
             #expect(!problems.joined().contains("zq"))
         }

@@ -47,6 +47,21 @@ import Testing
         #expect(open.mayBeAuthentic(.init(), now: Self.signedAt))
     }
 
+    /// Found from outside: a file of two bearer tokens was refused, so rotating the token refused
+    /// every sender until each had moved to the new one. Now each line is a token (blank lines
+    /// and the spaces around one left out, Windows line ends too), for reads as for webhooks.
+    @Test func everyTokenOfTheFileIsAccepted() {
+        let rotating = IngestAuthenticator(signingSecrets: [], bearerToken: Secret("old-t0ken\r\n\n  new-t0ken \n", source: "test"),
+                                           allowUnauthenticated: false)
+        #expect(rotating.isAuthentic(.init(authorization: "Bearer old-t0ken"), body: Data(), now: Self.signedAt))
+        #expect(rotating.isAuthentic(.init(authorization: "Bearer new-t0ken"), body: Data(), now: Self.signedAt))
+        #expect(rotating.bearerMatches("Bearer new-t0ken"))  // the read API's check
+        for wrong in ["Bearer nope", "Bearer old-t0ken\r\n\n  new-t0ken", "Bearer ", "Bearer old-t0kennew-t0ken"] {
+            #expect(!rotating.isAuthentic(.init(authorization: wrong), body: Data(), now: Self.signedAt), "\(wrong.debugDescription)")
+        }
+        #expect(IngestAuthenticator.bearerTokens(in: "a\u{2028}b\nc\td\n") == ["a\u{2028}b", "c\td"])  // refused by the config
+    }
+
     /// Found from outside: a sender's clock minutes off, or a timestamp in milliseconds, was
     /// refused as a wrong secret was, and nothing told them apart. The refusal names why.
     @Test func aRefusalSaysWhy() {

@@ -105,7 +105,7 @@ extension ConfigurationLoader {
             }
             if let token = account.bearerToken, !isSendableBearerToken(token.value) {
                 problems.append(.init(named ? "accounts.\(account.id).inbound.bearer_token_file" : "ingest.bearer_token_file",
-                                      "the token from \(token.source) holds a control character or a line break: no request could carry it"))
+                                      "a token from \(token.source) holds a control character or a line separator: no request could carry it (one token per line)"))
             }
             let inbound = named ? "accounts.\(account.id).inbound" : "ingest"
             if secretsRequired && !config.ingest.allowUnauthenticated && account.signingSecrets.isEmpty && account.bearerToken == nil,
@@ -120,7 +120,7 @@ extension ConfigurationLoader {
             }
             if let token = config.ingest.bearerToken, !isSendableBearerToken(token.value) {
                 problems.append(.init("ingest.bearer_token_file",
-                                      "the token from \(token.source) holds a control character or a line break: no request could carry it"))
+                                      "a token from \(token.source) holds a control character or a line separator: no request could carry it (one token per line)"))
             }
         }
         return problems
@@ -128,8 +128,12 @@ extension ConfigurationLoader {
 
     /// An inbound bearer token a sender can put in an `Authorization` header (found from outside:
     /// a file of two lines became one token with a line break in it, and every webhook got 401).
-    static func isSendableBearerToken(_ token: String) -> Bool {
-        !token.unicodeScalars.contains { $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}" }
+    /// One token per line (`IngestAuthenticator.bearerTokens`): each must be sendable.
+    static func isSendableBearerToken(_ text: String) -> Bool {
+        let tokens = IngestAuthenticator.bearerTokens(in: text)
+        return !tokens.isEmpty && !tokens.contains { token in
+            token.unicodeScalars.contains { $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}" }
+        }
     }
 
     /// The partner credentials of every account; two accounts with one api-key would share one

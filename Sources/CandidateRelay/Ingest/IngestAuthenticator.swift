@@ -5,7 +5,8 @@ import Foundation
 /// token, or explicitly nothing. Replaced as a whole on SIGHUP (secret rotation).
 public struct IngestAuthenticator: Sendable {
     let verifier: WebhookVerifier?
-    let bearerDigest: SHA256Digest?
+    /// One per token the file lists (several while a token is rotated).
+    let bearerDigests: [SHA256Digest]
     let allowUnauthenticated: Bool
 
     public init(configuration: IngestConfiguration) {
@@ -17,12 +18,28 @@ public struct IngestAuthenticator: Sendable {
     public init(signingSecrets: [Secret], bearerToken: Secret?, allowUnauthenticated: Bool) {
         let secrets = signingSecrets.compactMap(WebhookSecret.init)
         verifier = secrets.isEmpty ? nil : WebhookVerifier(secrets: secrets)
-        bearerDigest = bearerToken.map { SHA256.hash(data: Data($0.value.utf8)) }
+        bearerDigests = bearerToken.map { Self.bearerTokens(in: $0.value).map { SHA256.hash(data: Data($0.utf8)) } } ?? []
         self.allowUnauthenticated = allowUnauthenticated
     }
 
     /// Whether reads (`GET /v1/candidates...`) need the bearer token.
-    var requiresBearerForReads: Bool { bearerDigest != nil }
+    var requiresBearerForReads: Bool { !bearerDigests.isEmpty }
+
+    /// The tokens a bearer token file (or variable) holds: one per line, blank lines and the
+    /// spaces around a token left out. Several at once let a token be rotated without a 401:
+    /// the new one added, the senders moved to it, the old one removed, a reload after each
+    /// step, as for signing secrets (found from outside: a file of two tokens was refused, so a
+    /// rotation refused every sender for as long as it took to move them). Only `\n` ends a
+    /// line (and a `\r` before it): any other control character or line separator stays in its
+    /// token, which no header can carry, and the config refuses it.
+    public static func bearerTokens(in text: String) -> [String] {
+        // By scalars: "\r\n" is one `Character`, which a split on "\n" would not cut.
+        text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: true).map { line in
+            var token = String.UnicodeScalarView(line)
+            if token.last == "\r" { token.removeLast() }
+            return String(token).trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }
+    }
 
     /// Inbound headers the check needs.
     public struct Headers: Sendable {
@@ -84,7 +101,7 @@ public struct IngestAuthenticator: Sendable {
     /// reasons told an anonymous client which methods each account has): a signature is checked
     /// against no secret when the account has none, and fails as a wrong one does.
     private func judge(_ headers: Headers, signature: (WebhookVerifier) -> WebhookVerifier.Failure?) -> AuthRefusal? {
-        if verifier == nil && bearerDigest == nil { return allowUnauthenticated ? nil : .credentialsMissing }
+        if verifier == nil && bearerDigests.isEmpty { return allowUnauthenticated ? nil : .credentialsMissing }
         var signatureRefusal: AuthRefusal?
         if headers.webhookSignature != nil {
             guard let failure = signature(verifier ?? Self.noSecret) else { return nil }
@@ -99,13 +116,18 @@ public struct IngestAuthenticator: Sendable {
     /// spec's, and no signature matches.
     private static let noSecret = WebhookVerifier(secrets: [])
 
-    /// Constant-time comparison of digests, so the token's length and prefix leak nothing.
+    /// Constant-time comparison of digests, so the token's length and prefix leak nothing; every
+    /// token is compared, so neither does which one matched.
     func bearerMatches(_ authorization: String?) -> Bool {
-        guard let bearerDigest, let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }
+        guard !bearerDigests.isEmpty, let authorization, authorization.lowercased().hasPrefix("bearer ") else { return false }
         let presented = SHA256.hash(data: Data(authorization.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8))
-        var difference: UInt8 = 0
-        for (a, b) in zip(presented, bearerDigest) { difference |= a ^ b }
-        return difference == 0
+        var matched = false
+        for digest in bearerDigests {
+            var difference: UInt8 = 0
+            for (a, b) in zip(presented, digest) { difference |= a ^ b }
+            matched = matched || difference == 0
+        }
+        return matched
     }
 }
 
