@@ -143,7 +143,7 @@ import Testing
                 """),
              try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         }
-        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts", "v4_payloads", "v5_holds", "v6_wall_clock", "v7_partner_open_until"])
+        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts", "v4_payloads", "v5_holds", "v6_wall_clock", "v7_partner_open_until", "v8_run_partner_timeout"])
         #expect(foreignKeyProblems.isEmpty)
         #expect(integrity == ["ok"])
         // The attempts still reference the (rebuilt) events table, with the cascade; so do the

@@ -477,6 +477,31 @@ import Testing
         #expect(try await other.claimNext(now: start.addingTimeInterval(130), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
+    /// Found from outside: `partner.timeout_seconds` lowered in the file (4 s to 0.5 s), then a
+    /// crash with a request out: the restart applied 0.5 s and held the event 1 s, and the
+    /// resend met the first request still at work at the partner (two candidates). The hold is
+    /// twice the longer of the two runs' timeouts now; the next crash uses the new one alone.
+    @Test func aCrashsHoldUsesTheTimeoutTheRequestWasSentUnder() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let start = Date(timeIntervalSince1970: 2_000_000_000)
+        // The first run starts with a 4 s timeout: nothing to recover, its timeout recorded.
+        #expect(try await outbox.recoverCrashedLeases(now: start, partnerTimeoutSeconds: 4).count == 0)
+        _ = try await outbox.accept(Self.submission("out", at: start), maxBacklog: 10)
+        _ = try #require(try await outbox.claimNext(now: start.addingTimeInterval(1), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        // It crashes; the restart runs with 0.5 s: held twice 4 s from the restart, not twice 0.5 s.
+        let restart = start.addingTimeInterval(2)
+        let recovered = try await outbox.recoverCrashedLeases(now: restart, partnerTimeoutSeconds: 0.5)
+        #expect(recovered.count == 1)
+        #expect(recovered.until == restart.addingTimeInterval(8))
+        #expect(try await outbox.claimNext(now: restart.addingTimeInterval(7.9), leaseSeconds: 600, maxAgeSeconds: 10_000) == nil)
+        let again = try #require(try await outbox.claimNext(now: restart.addingTimeInterval(8), leaseSeconds: 600, maxAgeSeconds: 10_000))
+        #expect(again.id == "out")
+        // Sent under 0.5 s this time; the next crash holds it twice that.
+        let next = restart.addingTimeInterval(20)
+        #expect(try await outbox.recoverCrashedLeases(now: next, partnerTimeoutSeconds: 0.5).until == next.addingTimeInterval(1))
+    }
+
     /// Found from outside: after a timeout, another event of the same candidate was sent at once,
     /// while the partner might still be creating it from the request given up (two creates open
     /// together can both pass its 409 check). Every event of the candidate now waits as the

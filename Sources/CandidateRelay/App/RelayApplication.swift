@@ -107,13 +107,13 @@ public final class RelayApplication: Sendable {
         // as it is (review: recovered before it, their hold moved back with the step, and a
         // step as long as the timeout undid it).
         // Twice the timeout (`DeliverySettings.cutOffHoldSeconds`): a request may have left
-        // just before the crash, and a timed-out one is resent twice the timeout after it left.
-        let holdSeconds = DeliverySettings.cutOffHoldSeconds(partnerTimeoutSeconds: configuration.partner.timeoutSeconds)
-        let recovered = try await outbox.recoverLeases(expiredBefore: nil, now: now, holdSeconds: holdSeconds)
-        if recovered > 0 {
+        // just before the crash, and a timed-out one is resent twice the timeout after it left;
+        // the timeout the last run sent them under, when it was longer than this run's.
+        let recovered = try await outbox.recoverCrashedLeases(now: now, partnerTimeoutSeconds: configuration.partner.timeoutSeconds)
+        if recovered.count > 0 {
             logger.event(.warning, "lease.recovered", "in-flight events from a previous run returned to pending, resent at `until` at the earliest "
                          + "(their requests may still be at work at the partner)",
-                         LogFields(extra: ["until": Timestamp.string(now.addingTimeInterval(holdSeconds))], numbers: ["count": Double(recovered)]))
+                         LogFields(extra: ["until": Timestamp.string(recovered.until)], numbers: ["count": Double(recovered.count)]))
         }
         var history = try await outbox.requestTimes(since: now.addingTimeInterval(-configuration.longestRateWindowSeconds - stepBack))
             .mapValues { times in times.map { $0.addingTimeInterval(stepBack) } }

@@ -11,6 +11,33 @@ extension Outbox {
         }
     }
 
+    /// Puts back to pending the events a crash left in flight (`recoverLeases`), each held until
+    /// its request can no longer be at work at the partner: twice the longer of this run's
+    /// partner timeout and the timeout of the run that sent it, recorded at its start (found
+    /// from outside: `partner.timeout_seconds` lowered in the file, then a crash; the restart
+    /// applied the new timeout, held the events twice that, and the resend met the first
+    /// request still at work: two candidates). Then records this run's timeout. Returns how
+    /// many were recovered, and until when they are held.
+    public func recoverCrashedLeases(now: Date, partnerTimeoutSeconds: Double) async throws -> (count: Int, until: Date) {
+        let previous = try await read { db in
+            try Millis.fetchOne(db, sql: "SELECT partner_timeout_ms FROM wall_clock WHERE id = 1 AND partner_timeout_ms IS NOT NULL")
+        }
+        let timeout = max(partnerTimeoutSeconds, previous.map { Double($0) / 1000 } ?? 0)
+        let hold = DeliverySettings.cutOffHoldSeconds(partnerTimeoutSeconds: timeout)
+        let count = try await recoverLeases(expiredBefore: nil, now: now, holdSeconds: hold)
+        // After the recovery: a crash in between leaves the longer timeout recorded, which only
+        // holds longer.
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO wall_clock (id, seen, partner_timeout_ms) VALUES (1, ?, ?)
+                    ON CONFLICT (id) DO UPDATE SET partner_timeout_ms = excluded.partner_timeout_ms
+                    """,
+                arguments: [now.millis, Millis((partnerTimeoutSeconds * 1000).rounded(.up))])
+        }
+        return (count, now.addingTimeInterval(hold))
+    }
+
     /// Stores `now` as the wall clock last seen: queued on the writer without waiting (the
     /// heartbeat calls it each tick, never while a rebase is in progress).
     func noteWallClock(_ now: Date) {

@@ -191,6 +191,13 @@ enum OutboxSchema {
                 CREATE INDEX events_partner_open ON events(account, partner_open_until) WHERE partner_open_until IS NOT NULL
                 """)
         }
+        migrator.registerMigration("v8_run_partner_timeout") { db in
+            // The `partner.timeout_seconds` of the run that last started on this outbox. A
+            // crash's in-flight events are held twice the timeout their requests were sent under:
+            // held under a lowered one that the restart had just applied, the resend met the
+            // first request still at work at the partner (found from outside: two candidates).
+            try db.execute(sql: "ALTER TABLE wall_clock ADD COLUMN partner_timeout_ms INTEGER")
+        }
         return migrator
     }
 }
