@@ -27,7 +27,10 @@ struct Events: AsyncParsableCommand {
         func run() async throws {
             let filter = state.flatMap(EventState.init(rawValue:))
             let admin = AdminCommands(outbox: try await options.outbox())
-            Console.out(try await admin.list(state: filter, account: account, limit: limit, json: json))
+            let listed = try await admin.listing(state: filter, account: account, limit: limit, json: json)
+            Console.out(listed.text)
+            // On stderr: the JSON on stdout stays what it was.
+            if listed.more { Console.error("more events match: the newest \(limit) are shown (--limit N for more; `status` counts them all)") }
         }
     }
 

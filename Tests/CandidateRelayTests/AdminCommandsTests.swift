@@ -168,6 +168,11 @@ import Testing
         let deadInAcme = try await admin.list(state: .dead, account: "acme", limit: 50, json: true)
         #expect((try JSONSerialization.jsonObject(with: Data(deadInAcme.utf8)) as? [[String: Any]])?.map { $0["id"] as? String } == ["a-dead"])
         #expect(try await admin.list(state: nil, account: "nobody", limit: 50, json: true) == "[]")
+        // A list cut at its limit says so (the command, on stderr), with the limit's newest events.
+        let cut = try await admin.listing(state: nil, limit: 2, json: true)
+        #expect(cut.more)
+        #expect((try JSONSerialization.jsonObject(with: Data(cut.text.utf8)) as? [[String: Any]])?.map { $0["id"] as? String } == ["a-wait", "g-wait"])
+        #expect(try await admin.listing(state: nil, limit: 5, json: true).more == false)
         let shown = try #require(try await admin.show(id: "g-dead", json: false))
         #expect(shown.contains("account".padding(toLength: 21, withPad: " ", startingAt: 0) + " globex"))
     }

@@ -44,7 +44,19 @@ public struct AdminCommands: Sendable {
     /// as over HTTP: a list is pasted into tickets, and a partner's message may repeat a
     /// submitted value (`events show` gives one event's whole message).
     public func list(state: EventState?, account: String? = nil, limit: Int, json: Bool) async throws -> String {
-        let records = try await outbox.list(state: state, account: account, limit: limit)
+        try await listing(state: state, account: account, limit: limit, json: json).text
+    }
+
+    /// `list`, and whether more events matched than `limit` (found from outside: a list cut at
+    /// its default 50 said nothing, and a runbook's count of dead events read 50 for 60).
+    public func listing(state: EventState?, account: String? = nil, limit: Int, json: Bool) async throws -> (text: String, more: Bool) {
+        var records = try await outbox.list(state: state, account: account, limit: limit + 1)
+        let more = records.count > limit
+        if more { records.removeLast() }
+        return (render(records, json: json), more)
+    }
+
+    private func render(_ records: [EventRecord], json: Bool) -> String {
         if json { return ContractJSON.string(records.map { $0.jsonObject(includeMessages: false) }) }
         let header = ["ID", "ACCOUNT", "STATE", "ATTEMPTS", "POSITION", "PARTNER_CANDIDATE_ID", "CANDIDATE_UID", "RECEIVED", "LAST_ERROR"]
         let rows = records.map { r in
