@@ -26,7 +26,10 @@ struct Events: AsyncParsableCommand {
 
         func run() async throws {
             let filter = state.flatMap(EventState.init(rawValue:))
-            let admin = AdminCommands(outbox: try await options.outbox())
+            let config = try await options.storageConfiguration()
+            let outbox = try await options.outbox(config)
+            await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+            let admin = AdminCommands(outbox: outbox)
             let listed = try await admin.listing(state: filter, account: account, limit: limit, json: json)
             Console.out(listed.text)
             // On stderr: the JSON on stdout stays what it was.
@@ -66,7 +69,9 @@ struct Events: AsyncParsableCommand {
 
         func run() async throws {
             let config = try await options.storageConfiguration()
-            let admin = AdminCommands(outbox: try await options.outbox(config))
+            let outbox = try await options.outbox(config)
+            await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+            let admin = AdminCommands(outbox: outbox)
             let result = try await admin.retry(ids: allDead ? nil : ids, account: account,
                                                configuredAccounts: Set(config.accounts.map(\.id)))
             Console.out(result.text)
@@ -94,7 +99,9 @@ struct Purge: AsyncParsableCommand {
     func run() async throws {
         let config = try await options.storageConfiguration()
         let seconds = olderThan.flatMap(DurationParser.seconds) ?? config.storage.payloadRetentionDays * 86_400
-        let admin = AdminCommands(outbox: try await options.outbox(config))
+        let outbox = try await options.outbox(config)
+        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+        let admin = AdminCommands(outbox: outbox)
         Console.out(try await admin.purge(
             olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays, account: account))
     }
@@ -111,7 +118,10 @@ struct Forget: AsyncParsableCommand {
     func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
-        let admin = AdminCommands(outbox: try await options.outbox())
+        let config = try await options.storageConfiguration()
+        let outbox = try await options.outbox(config)
+        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+        let admin = AdminCommands(outbox: outbox)
         Console.out(try await admin.forget(partnerCandidateID: partnerCandidateID, account: account))
     }
 }
@@ -172,5 +182,17 @@ enum AccountArgument {
         if let account, !AccountConfiguration.isValidID(account) {
             throw ValidationError("--account \(account): an account id is [a-z0-9][a-z0-9_-]{0,62}")
         }
+    }
+
+    /// A warning on stderr when `account` names neither an account of the config nor any event
+    /// in the outbox: likely a typo (found from outside: `forget --account acmee` answered "no
+    /// event has partner_candidate_id ..." and exit 0, while `acme` held the candidate's data).
+    /// The command still runs: an account removed from the config keeps its events, and those
+    /// must stay reachable.
+    static func noteUnknown(_ account: String?, config: RelayConfiguration, outbox: Outbox) async {
+        guard let account, !config.accounts.contains(where: { $0.id == account }) else { return }
+        guard let has = try? await outbox.hasEvents(account: account), !has else { return }
+        Console.error("warning: --account \(account) is not in the config and has no event in the outbox (a typo?); "
+            + "the config's accounts: \(config.accounts.map(\.id).joined(separator: ", "))")
     }
 }

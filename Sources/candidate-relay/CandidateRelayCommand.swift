@@ -246,7 +246,10 @@ struct Status: AsyncParsableCommand {
     func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
-        let admin = AdminCommands(outbox: try await options.outbox())
+        let config = try await options.storageConfiguration()
+        let outbox = try await options.outbox(config)
+        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+        let admin = AdminCommands(outbox: outbox)
         Console.out(try await admin.status(json: json, account: account))
     }
 }

@@ -75,6 +75,14 @@ import Glibc
         #expect(purge.output.contains("erased the payload of 1 terminal event(s)"))
         let forget = try await runRelay(["forget", "--partner-candidate-id", "adm-1"] + config)
         #expect(forget.output.contains(id))
+        #expect(!forget.output.contains("warning: --account"))
+        // A mistyped account still runs, but is pointed out (found from outside: a GDPR erasure
+        // for `defualt` said "no event has ..." and exit 0, while `default` held the data).
+        let typo = try await runRelay(["forget", "--partner-candidate-id", "adm-1", "--account", "defualt"] + config)
+        #expect(typo.status == 0)
+        #expect(typo.output.contains("warning: --account defualt is not in the config and has no event in the outbox (a typo?); "
+            + "the config's accounts: default"), "\(typo.output)")
+        #expect(!(try await runRelay(["status", "--account", "default"] + config)).output.contains("warning:"))
         // Admin commands need no credentials: an operator's shell has none.
         try FileManager.default.removeItem(atPath: dir.file("comeet-secret"))
         let statusWithoutSecrets = try await runRelay(["status"] + config)
@@ -157,7 +165,10 @@ import Glibc
         #expect((Self.json(list.output) as? [[String: Any]])?.map { $0["id"] as? String } == ["g-wait", "g-dead"])
         #expect(try await runRelay(["events", "list"] + config).output.contains("ACCOUNT"))
         let one = try await runRelay(["events", "list", "--limit", "1", "--json"] + config)
-        #expect((Self.json(one.output) as? [[String: Any]])?.count == 1)
+        // stdout's JSON, then stderr's note that more events match (the two are merged here).
+        let lines = one.output.split(separator: "\n").map(String.init)
+        #expect((lines.first.flatMap(Self.json) as? [[String: Any]])?.count == 1)
+        #expect(lines.dropFirst() == ["more events match: the newest 1 are shown (--limit N for more; `status` counts them all)"])
         for limit in ["0", "-1"] {
             let refused = try await runRelay(["events", "list", "--limit=\(limit)"] + config)
             #expect(refused.status == 64 && refused.output.contains("--limit must be at least 1"))

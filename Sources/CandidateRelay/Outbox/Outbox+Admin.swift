@@ -107,6 +107,11 @@ extension Outbox {
         public var outsideCounts: [String: Int] = [:]
     }
 
+    /// Whether `account` has any event (the leading column of `events_due`: one seek).
+    public func hasEvents(account: String) async throws -> Bool {
+        try await read { db in try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM events WHERE account = ?)", arguments: [account]) ?? false }
+    }
+
     /// `values` as a JSON array of strings, for `json_each(?)`: a list as one argument.
     static func jsonArray(_ values: some Sequence<String>) -> String {
         (try? JSONEncoder().encode(Array(values))).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
