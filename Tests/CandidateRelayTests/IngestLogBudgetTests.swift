@@ -45,6 +45,28 @@ import Testing
         #expect(written >= 50 * 30)
     }
 
+    /// Found from outside: one connection looping the six reasons of a 401 on one account took
+    /// 60 lines a second, past the overall 50, and another account's sender's 422s were all
+    /// left out. One code's reasons in one account write at most twice a kind's rate together.
+    @Test func oneAccountsFloodOfEveryReasonLeavesRoomForOthers() {
+        let budget = IngestLogBudget(perSecond: 10, overall: 50)
+        let reasons = ["credentials_missing", "signature_headers_incomplete", "timestamp_invalid",
+                       "timestamp_out_of_tolerance", "signature_mismatch", "token_mismatch"]
+        var flood = 0
+        var other = 0
+        for tick in 0..<100 {  // 10 s, a tenth of a second at a time
+            let now = start.addingTimeInterval(Double(tick) / 10)
+            for _ in 0..<20 {
+                for reason in reasons where budget.admit(.init(code: "unauthorized", account: "acme", reason: reason), now: now) != nil {
+                    flood += 1
+                }
+            }
+            if budget.admit(.init(code: "validation_failed", account: "acme-eu"), now: now) != nil { other += 1 }
+        }
+        #expect(flood <= 20 * 10 + 20, "\(flood)")
+        #expect(other == 100)  // every one of the other sender's lines written
+    }
+
     @Test func aClockThatGoesBackRefillsNothing() {
         let budget = IngestLogBudget(perSecond: 1)
         #expect(budget.admit(unauthorized, now: start) == 0)
