@@ -451,6 +451,9 @@ import Testing
         }
         let id = try #require(try await relay.post(Candidates.json(partnerID: "cb-1")))
         #expect(await eventually { !relay.logs.events("partner.circuit_opened").isEmpty })
+        // Whose answers opened it, apart from `account`: every account waits (found from outside).
+        let opened = relay.logs.events("partner.circuit_opened").first
+        #expect(opened?["triggered_by"] as? String == "default" && opened?["account"] == nil, "\(String(describing: opened))")
         await relay.simulator.setFaults(SimulatorFaults())
         _ = try await relay.waitFor(id, states: ["delivered"])
         #expect(!relay.logs.events("partner.circuit_closed").isEmpty)

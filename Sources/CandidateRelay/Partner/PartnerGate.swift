@@ -151,7 +151,9 @@ public actor PartnerGate {
     /// its time to come).
     static let clockHintSeconds = 60.0
     private var backoff: BackoffConfiguration
-    private var lastScopeMismatchLog: Date = .distantPast
+    /// Per account (found from outside: one time for all, so one account's line hid the next
+    /// hour's of every other).
+    private var lastScopeMismatchLog: [String: Date] = [:]
     private let logger: Logger
     private let metrics: RelayMetrics
     private let clock: any RelayClock
@@ -684,15 +686,19 @@ public actor PartnerGate {
             if breaker.recordFailure(now: current) {
                 holdsMoved = true
                 metrics.circuitOpen.record(1)
+                // `triggered_by`, not `account`: every account waits, and an alert that groups
+                // by `account` must not read it as one customer's (found from outside: an
+                // outage of one customer's requests read as the partner's, with no way to tell).
                 logger.event(.error, "partner.circuit_opened", "partner failing; sending paused",
-                             LogFields(numbers: ["cooldown_seconds": breaker.cooldown, "failures": Double(breaker.failures)]))
+                             LogFields(extra: ["triggered_by": permit.account],
+                                       numbers: ["cooldown_seconds": breaker.cooldown, "failures": Double(breaker.failures)]))
             }
         }
         if let until = report.partnerPauseUntil, until > pausedUntil {
             pausedUntil = until
             holdsMoved = true
             logger.event(.warning, "partner.paused", "partner asked to retry later; every account waits",
-                         LogFields(extra: ["until": Timestamp.string(until)]))
+                         LogFields(extra: ["until": Timestamp.string(until), "triggered_by": permit.account]))
         }
         guard accounts[permit.account] != nil else { return }
         if report.status == 429 { noteRateLimited(permit.account, now: current) }
@@ -764,11 +770,17 @@ public actor PartnerGate {
         guard var limiter = accounts[account]?.limiter else { return }
         let count = limiter.count(now: current)
         guard limiter.limit == 0 || count < limiter.limit else { return }
-        // Once an hour; a clock that went back since starts the hour again.
-        guard current.timeIntervalSince(lastScopeMismatchLog) >= 3600 || current < lastScopeMismatchLog else { return }
-        lastScopeMismatchLog = current
-        logger.event(.warning, "partner.rate_scope_mismatch",
-                     "the partner answered 429 while this account's window had room: its limit may be per partner; set partner.global_rate_limit",
+        // Once an hour per account; a clock that went back since starts the hour again.
+        let last = lastScopeMismatchLog[account] ?? .distantPast
+        guard current.timeIntervalSince(last) >= 3600 || current < last else { return }
+        lastScopeMismatchLog[account] = current
+        // Without a limit of its own there is no window to have room (found from outside: the
+        // line said so, and advised the global limit first).
+        let message = limiter.limit == 0
+            ? "the partner answered 429 and this account has no rate limit of its own (rate_limit.requests 0): set the partner's limit "
+                + "(partner.rate_limit, or the account's), or partner.global_rate_limit if it is per partner"
+            : "the partner answered 429 while this account's window had room: its limit may be per partner; set partner.global_rate_limit"
+        logger.event(.warning, "partner.rate_scope_mismatch", message,
                      LogFields(account: account, status: 429,
                                numbers: ["window_requests": Double(count), "rate_limit": Double(limiter.limit)]))
     }
