@@ -143,7 +143,7 @@ import Testing
                 """),
              try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         }
-        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts", "v4_payloads", "v5_holds", "v6_wall_clock", "v7_partner_open_until", "v8_run_partner_timeout"])
+        #expect(migrations == ["v1_events_and_attempts", "v2_readiness_probe", "v3_accounts", "v4_payloads", "v5_holds", "v6_wall_clock", "v7_partner_open_until", "v8_run_partner_timeout", "v9_events_key_busy"])
         #expect(foreignKeyProblems.isEmpty)
         #expect(integrity == ["ok"])
         // The attempts still reference the (rebuilt) events table, with the cascade; so do the
@@ -153,7 +153,7 @@ import Testing
             #expect(key?["on_delete"] as String? == "CASCADE")
         }
         #expect(try await outbox.pool.read { db in try db.columns(in: "events").map(\.name) }.contains("payload") == false)
-        #expect(indexes == ["events_due", "events_natural_key", "events_partner_open", "events_state_updated"])
+        #expect(indexes == ["events_due", "events_key_busy", "events_natural_key", "events_partner_open", "events_state_updated"])
         #expect(triggers == ["events_state_transition"])
     }
 

@@ -477,6 +477,31 @@ import Testing
         #expect(try await other.claimNext(now: start.addingTimeInterval(130), leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "old")
     }
 
+    /// Found from outside: 5,000 pending updates of one candidate behind one in flight made each
+    /// claim read every sibling of every event it walked past (a second a claim, on the writer,
+    /// with every 202 waiting). The "candidate busy" check goes through the partial index of
+    /// busy events, and SQLite uses it only while the query repeats its `WHERE`: pinned here.
+    @Test func theBusyCandidateCheckUsesItsPartialIndex() async throws {
+        let (dir, outbox) = try Self.open()
+        defer { dir.cleanup() }
+        let plan = try await outbox.pool.read { db in
+            try Row.fetchAll(db, sql: """
+                EXPLAIN QUERY PLAN SELECT id FROM events e
+                WHERE account = 'default' AND state = 'pending' AND next_attempt_at <= 1 AND \(Outbox.keyIsFree)
+                ORDER BY next_attempt_at, id LIMIT 1
+                """, arguments: [1]).map { $0["detail"] as String }.joined(separator: "\n")
+        }
+        #expect(plan.contains("USING INDEX events_key_busy"), "\(plan)")
+        // Still right: a candidate with one in flight holds its next event, not another's.
+        let start = Date(timeIntervalSince1970: 2_000_000_000)
+        for (id, partnerID) in [("k1", "X"), ("k2", "X"), ("o1", "Y")] {
+            _ = try await outbox.accept(Self.submission(id, partnerID: partnerID, at: start), maxBacklog: 10)
+        }
+        #expect(try await outbox.claimNext(now: start, leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "k1")
+        #expect(try await outbox.claimNext(now: start, leaseSeconds: 600, maxAgeSeconds: 10_000)?.id == "o1")
+        #expect(try await outbox.claimNext(now: start, leaseSeconds: 600, maxAgeSeconds: 10_000) == nil)
+    }
+
     /// Found from outside: `partner.timeout_seconds` lowered in the file (4 s to 0.5 s), then a
     /// crash with a request out: the restart applied 0.5 s and held the event 1 s, and the
     /// resend met the first request still at work at the partner (two candidates). The hold is

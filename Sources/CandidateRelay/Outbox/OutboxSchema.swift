@@ -198,6 +198,18 @@ enum OutboxSchema {
             // first request still at work at the partner (found from outside: two candidates).
             try db.execute(sql: "ALTER TABLE wall_clock ADD COLUMN partner_timeout_ms INTEGER")
         }
+        migrator.registerMigration("v9_events_key_busy") { db in
+            // The events that hold their candidate's other events back: one in flight, or one
+            // whose request may still be at the partner. The claim asks it of every due event it
+            // walks past (`Outbox.keyIsFree`): through the natural key's index it read every
+            // sibling, and a sender that posted 5,000 updates of one candidate made each claim
+            // read millions of rows, on the writer, with every 202 waiting (found from outside:
+            // other senders' 202s took ~1 s, delivery starved).
+            try db.execute(sql: """
+                CREATE INDEX events_key_busy ON events(partner_candidate_id, position_uid, account)
+                WHERE state = 'in_flight' OR partner_open_until IS NOT NULL
+                """)
+        }
         return migrator
     }
 }
