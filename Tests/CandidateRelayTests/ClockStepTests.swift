@@ -196,6 +196,41 @@ import Testing
         #expect(wrong == 0)
     }
 
+    /// Found from outside: a rebase walked every rowid of the outbox, a chunk at a time: on
+    /// 3,000,000 settled rows it took many seconds, and an outcome written meanwhile on the new
+    /// clock, in a row not reached yet, was moved back by the step (its request's window ended at
+    /// once; the resend met the request still at work). It walks the backlog and the open windows
+    /// only: settled rows, however many, take no chunk.
+    @Test func settledRowsTakeNoChunk() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        try await outbox.write { db in
+            try db.execute(sql: """
+                WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+                INSERT INTO events (id, account, body_sha256, state, position_uid, partner_candidate_id, received_at,
+                  budget_started_at, updated_at, next_attempt_at, candidate_uid)
+                SELECT 'd' || i, 'default', 'x', 'delivered', 'P', 'c' || i, ?, ?, ?, NULL, 'u' || i FROM n
+                """, arguments: [2 * Outbox.rebaseChunkRows, Self.t0.millis, Self.t0.millis, Self.t0.millis])
+            try db.execute(sql: """
+                INSERT INTO events (id, account, body_sha256, state, position_uid, partner_candidate_id, received_at,
+                  budget_started_at, updated_at, next_attempt_at, partner_open_until, candidate_uid)
+                VALUES ('p1', 'default', 'x', 'pending', 'P', 'x1', ?, ?, ?, ?, NULL, NULL),
+                       ('w1', 'default', 'x', 'delivered', 'P', 'x2', ?, ?, ?, NULL, ?, 'u-w1')
+                """, arguments: [Self.t0.millis, Self.t0.millis, Self.t0.millis, Self.t0.addingTimeInterval(60).millis,
+                                 Self.t0.millis, Self.t0.millis, Self.t0.millis, Self.t0.addingTimeInterval(60).millis])
+        }
+        let now = Self.t0.addingTimeInterval(-3600)
+        #expect(try await outbox.beginRebase(by: -3600, now: now, holds: nil))
+        let chunks = Mutex(0)
+        #expect(try await outbox.finishRebase(onChunk: { chunks.withLock { $0 += 1 } }) == 2)
+        #expect(chunks.withLock { $0 } == 1)
+        let moved = try await outbox.read { db in
+            try Row.fetchAll(db, sql: "SELECT next_attempt_at, partner_open_until FROM events WHERE id IN ('p1', 'w1') ORDER BY id")
+                .map { [$0[0] as Millis?, $0[1] as Millis?] }
+        }
+        #expect(moved == [[now.addingTimeInterval(60).millis, nil], [nil, now.addingTimeInterval(60).millis]])
+    }
+
     static func schedules(_ outbox: Outbox) async throws -> [String: (next: Millis?, budget: Millis, lease: Millis?)] {
         try await outbox.read { db in
             var rows: [String: (next: Millis?, budget: Millis, lease: Millis?)] = [:]
