@@ -168,6 +168,13 @@ import Testing
         #expect(refused?.status == 413)
         #expect(refused?.headers["connection"] == "close")
         #expect(await waiting.isClosedByServer())
+        // Past Int.max too (the parser takes up to 2^64 − 1): 413 at the head, not 100 Continue.
+        for length in ["9223372036854775808", "18446744073709551615"] {
+            let huge = try RawHTTPConnection(port: relay.port)
+            huge.send("POST /v1/candidates HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: \(length)\r\n"
+                      + "Expect: 100-continue\r\n\r\n")
+            #expect(await huge.readAnswer()?.status == 413, "\(length)")
+        }
 
         // A chunked body that grows past the limit: 413 at the chunk that crosses it.
         let chunked = try RawHTTPConnection(port: relay.port)

@@ -47,8 +47,15 @@ struct WebhookHeaders: Sendable {
         if let first = slot { slot = first + separator + value } else { slot = value }
     }
 
-    /// The declared body length, when it is a number.
-    var declaredLength: Int? { contentLength.flatMap(Int.init) }
+    /// The declared body length, when it is a number; `Int.max` for digits past it (found from
+    /// outside: a length from 2^63 to 2^64 − 1, which the HTTP parser takes, was no number here,
+    /// so the head's 413 did not come and a client waiting for it got `100 Continue`).
+    var declaredLength: Int? {
+        guard let text = contentLength, !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+            return nil
+        }
+        return Int(text) ?? .max
+    }
 
     /// The client waits for `100 Continue` before its body (also said twice, as a list or in two
     /// fields: found from outside, such a client got no 100 and stalled).
