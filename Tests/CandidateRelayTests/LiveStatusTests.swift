@@ -61,6 +61,33 @@ import Testing
         try await Self.expectSame(outbox, now, "prune")
     }
 
+    /// Found from outside: the last delivery was `MAX(at)` over the attempts each time, which
+    /// walked every attempt since the last delivery: during a day's outage each `/metrics`
+    /// scrape took ~0.9 s. It is read once, then moved by this process's own deliveries (here
+    /// the attempts are deleted behind its back to show where it comes from), and read again
+    /// after a deletion (`invalidateSettled`).
+    @Test func theLastDeliveryIsReadOnceThenFollowed() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        let now = Self.start.addingTimeInterval(1)
+        for n in 0..<2 {
+            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 100)
+        }
+        #expect(try await outbox.liveStatus(now: now).lastDeliveryAt == nil)
+        func deliver(at time: Date) async throws {
+            let event = try #require(try await OutboxAccountsTests.claim(outbox, ["acme"], at: time))
+            #expect(try await outbox.complete(event, outcome: .delivered(candidateUID: "u", status: 201, summary: nil, fullResponse: nil),
+                                              now: time, latencyMs: 1))
+            try await outbox.pool.write { db in try db.execute(sql: "DELETE FROM attempts") }
+        }
+        try await deliver(at: now.addingTimeInterval(1))
+        #expect(try await outbox.liveStatus(now: now).lastDeliveryAt == Date(millis: now.addingTimeInterval(1).millis))
+        try await deliver(at: now.addingTimeInterval(2))
+        #expect(try await outbox.liveStatus(now: now).lastDeliveryAt == Date(millis: now.addingTimeInterval(2).millis))
+        outbox.invalidateSettled()
+        #expect(try await outbox.liveStatus(now: now).lastDeliveryAt == nil)  // read again: the attempts are gone
+    }
+
     /// Found from outside: another process's change (an admin command) showed in the live
     /// counts only at the next heartbeat's recount (60 s by default): retried events counted
     /// both dead and pending. `noticeOtherWriters` sees another process's commit, and only that.

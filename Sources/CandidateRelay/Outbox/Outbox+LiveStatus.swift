@@ -25,6 +25,12 @@ struct SettledCounts: Sendable {
     var delta: [String: [EventState: Int]] = [:]
     /// Bumped by each snapshot: a slower, older recount never replaces a newer one's base.
     var generation = 0
+    /// The last delivery (delivered or linked), once read from the outbox, then moved by this
+    /// process's own (found from outside: read each time, `MAX(at)` over the attempts walked
+    /// every attempt since the last delivery, so during a long outage, when operators watch,
+    /// each `/metrics` scrape took ~0.9 s and the idle daemon 4.6 % of a core).
+    var lastDelivery: Millis?
+    var lastDeliveryRead = false
 }
 
 extension Outbox {
@@ -47,7 +53,18 @@ extension Outbox {
     /// Pending and in-flight events per account, their oldest, and the last delivery: what
     /// changes every second, through indexes (the backlog, not the outbox).
     public func unsettledStatus(now: Date) async throws -> OutboxStatus {
-        try await read { db in try Self.unsettledStatus(db, now: now, account: nil) }
+        let (known, generation) = settled.withLock { ($0.lastDeliveryRead, $0.generation) }
+        var status = try await self.read { db in try Self.unsettledStatus(db, now: now, account: nil, lastDelivery: !known) }
+        let last = settled.withLock { settled -> Millis? in
+            // Read now, and nothing deleted since the read began (`invalidateSettled`).
+            if !known, settled.generation == generation {
+                if let stored = status.lastDeliveryAt?.millis { settled.lastDelivery = max(settled.lastDelivery ?? stored, stored) }
+                settled.lastDeliveryRead = true
+            }
+            return known ? settled.lastDelivery : max(settled.lastDelivery ?? .min, status.lastDeliveryAt?.millis ?? .min).nonMinimal
+        }
+        status.lastDeliveryAt = last.map(Date.init(millis:))
+        return status
     }
 
     /// `unsettledStatus`, in every account or in one (its last delivery then its own).
@@ -58,7 +75,7 @@ extension Outbox {
     /// (`EventID`), from the same clock reading as `received_at`, so the smallest id is an
     /// oldest event. `MIN(received_at)` over the states read every pending event's row: 1.3 s
     /// with 1,000,000 pending, against 0.25 s this way.
-    static func unsettledStatus(_ db: Database, now: Date, account: String?) throws -> OutboxStatus {
+    static func unsettledStatus(_ db: Database, now: Date, account: String?, lastDelivery: Bool = true) throws -> OutboxStatus {
         var status = OutboxStatus(counts: [:])
         func age(_ millis: Millis) -> Double { max(0, now.timeIntervalSince(Date(millis: millis))) }
         let accounts = try account.map { [$0] } ?? String.fetchAll(db.cachedStatement(sql: """
@@ -86,7 +103,9 @@ extension Outbox {
             }
         }
         let last: Millis?
-        if let account {
+        if !lastDelivery {
+            last = nil
+        } else if let account {
             last = try Millis.fetchOne(db.cachedStatement(sql: """
                 SELECT MAX(a.at) FROM attempts a JOIN events e ON e.id = a.event_id
                 WHERE a.outcome IN ('delivered', 'linked') AND e.account = ?
@@ -164,6 +183,9 @@ extension Outbox {
             settled.generation += 1
             settled.base = nil
             settled.delta = [:]
+            // Records deleted may have held it: read again at the next status.
+            settled.lastDelivery = nil
+            settled.lastDeliveryRead = false
         }
     }
 
@@ -180,10 +202,14 @@ extension Outbox {
     /// What one committed delivery batch settled (on the writer queue, right after its commit).
     func noteSettled(_ batch: [DeliveryWrite], _ results: [Result<DeliveryWriteResult, any Error>]) {
         var settledNow: [String: [EventState: Int]] = [:]
+        var lastDelivered: Millis?
         for (item, result) in zip(batch, results) {
             switch (item, result) {
             case (.complete(let completion), .success(.completed(true))) where completion.outcome.state.isTerminal:
                 settledNow[completion.event.account, default: [:]][completion.outcome.state, default: 0] += 1
+                if [.delivered, .linked].contains(completion.outcome.state) {
+                    lastDelivered = max(lastDelivered ?? completion.now.millis, completion.now.millis)
+                }
             case (.claim, .success(.claimed(let claim))):
                 for expired in claim.expired { settledNow[expired.account, default: [:]][.dead, default: 0] += 1 }
             default:
@@ -192,6 +218,7 @@ extension Outbox {
         }
         guard !settledNow.isEmpty else { return }
         settled.withLock { settled in
+            if let lastDelivered { settled.lastDelivery = max(settled.lastDelivery ?? lastDelivered, lastDelivered) }
             for (account, counts) in settledNow {
                 for (state, n) in counts { settled.delta[account, default: [:]][state, default: 0] += n }
             }
@@ -209,4 +236,9 @@ extension OutboxStatus {
             }
         }
     }
+}
+
+private extension Millis {
+    /// Nil for `.min`, the "none" of a `max` over optional times.
+    var nonMinimal: Millis? { self == .min ? nil : self }
 }
