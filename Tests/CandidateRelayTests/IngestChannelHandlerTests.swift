@@ -125,6 +125,58 @@ import Testing
     }
 }
 
+extension IngestChannelHandlerTests {
+    /// Found from outside: a client pipelining `GET /metrics` and reading nothing had ~1,300
+    /// requests read ahead (~1.4 MB a connection). Reads wait once the router owes
+    /// `routerReadAhead` answers, and go on as they are written.
+    @Test func readsWaitWhileTheRouterOwesManyAnswers() async throws {
+        let f = try IngestTests.fixture()
+        defer { f.dir.cleanup() }
+        let (channel, reads) = try await Self.channel(f)
+        let counts = try await channel.testingEventLoop.executeInContext { () -> [Int] in
+            let get = HTTPRequest(method: .get, scheme: nil, authority: "relay", path: "/healthz")
+            for _ in 0..<(IngestChannelHandler.routerReadAhead - 1) {
+                channel.pipeline.fireChannelRead(NIOAny(HTTPRequestPart.head(get)))
+                channel.pipeline.fireChannelRead(NIOAny(HTTPRequestPart.end(nil)))
+            }
+            channel.pipeline.read()
+            var counts = [reads.count.load(ordering: .relaxed)]  // one short of the bound: read
+            channel.pipeline.fireChannelRead(NIOAny(HTTPRequestPart.head(get)))
+            channel.pipeline.fireChannelRead(NIOAny(HTTPRequestPart.end(nil)))
+            channel.pipeline.read()
+            counts.append(reads.count.load(ordering: .relaxed))  // at the bound: held
+            channel.pipeline.write(NIOAny(HTTPResponsePart.head(HTTPResponse(status: .ok))), promise: nil)
+            channel.pipeline.write(NIOAny(HTTPResponsePart.end(nil)), promise: nil)
+            counts.append(reads.count.load(ordering: .relaxed))  // one answered: the held read made
+            return counts
+        }
+        #expect(counts == [1, 1, 2], "\(counts)")
+        _ = try? await channel.finish()
+    }
+
+    /// Found from outside: a connection whose client read none of its answers was held for good
+    /// (the idle timeout does not run while an answer is being written). Closed once it has taken
+    /// no output for `stalledOutputSeconds`; one that takes output again in time stays.
+    @Test func aConnectionThatTakesNoOutputIsClosed() throws {
+        let f = try IngestTests.fixture()
+        defer { f.dir.cleanup() }
+        let channel = EmbeddedChannel(handler: IngestChannelHandler(ingest: f.handler, serverName: "candidate-relay"))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        func writable(_ value: Bool) {
+            channel.isWritable = value
+            channel.pipeline.fireChannelWritabilityChanged()
+        }
+        writable(false)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(IngestChannelHandler.stalledOutputSeconds - 1))
+        writable(true)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(channel.isActive)
+        writable(false)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(IngestChannelHandler.stalledOutputSeconds))
+        #expect(!channel.isActive)
+    }
+}
+
 /// Counts the reads that reach it (placed before the handler under test, toward the socket).
 final class ReadCounter: ChannelOutboundHandler, Sendable {
     typealias OutboundIn = Any
