@@ -239,6 +239,17 @@ import Testing
         kept.send(http10(Self.healthz).replacingOccurrences(of: "\r\n\r\n", with: "\r\nConnection: keep-alive\r\n\r\n"))
         #expect(await kept.readAnswer()?.status == 200)
         #expect(try await Self.storedCount(relay) == 2)
+        // HTTP/1.1 asking to close, in any spelling (found from outside: only `close` itself closed
+        // on the router's routes; the others stayed open, and a webhook pipelined after got a 400):
+        // answered, closed, nothing after it processed.
+        for connection in ["Connection: CLOSE\r\n", "Connection: keep-alive, close\r\n", "Connection: keep-alive\r\nConnection: Close\r\n"] {
+            let closing = try RawHTTPConnection(port: relay.port, timeoutSeconds: 5)
+            closing.send(Self.healthz.replacingOccurrences(of: "\r\n\r\n", with: "\r\n" + connection + "\r\n")
+                         + Self.post(Self.candidate("after-close")))
+            #expect(await closing.readAnswer()?.status == 200, "\(connection)")
+            #expect(await closing.isClosedByServer(), "\(connection)")
+        }
+        #expect(try await Self.storedCount(relay) == 2)
     }
 
     /// HTTP/1.1 without `Host`, or any request with two, is a 400 (RFC 9112 §3.2), answered in

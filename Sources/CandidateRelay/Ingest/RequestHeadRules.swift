@@ -47,7 +47,11 @@ final class RequestHeadRules: ChannelInboundHandler, RemovableChannelHandler {
             context.fireErrorCaught(HTTPParserError.invalidHeaderToken)
             return
         }
-        guard (head.version == .http1_0 && !head.isKeepAlive) || Self.asksUpgrade(head.headers) else {
+        // Any request that ends its connection (RFC 9112 §9.6), however it says so: Hummingbird
+        // closes only for a `Connection` field that is exactly `close` (found from outside:
+        // `Connection: Close`, `keep-alive, close` or two fields left the connection open, and a
+        // request pipelined after it got a 400 instead of nothing).
+        guard !head.isKeepAlive || Self.asksUpgrade(head.headers) else {
             context.fireChannelRead(data)
             return
         }
