@@ -231,6 +231,71 @@ import Testing
         #expect(moved == [[now.addingTimeInterval(60).millis, nil], [nil, now.addingTimeInterval(60).millis]])
     }
 
+    /// Found from outside: a time written on the new clock while a rebase went on (an outcome's
+    /// window, a claim's lease, a retry's next attempt), in a row not reached yet, was moved back
+    /// by the step: the window of a request still at work at the partner ended at once, and the
+    /// resend met it. Only the times recorded at the rebase's start move.
+    @Test func timesWrittenDuringARebaseAreTheNewClocks() async throws {
+        let (dir, outbox) = try OutboxTests.open()
+        defer { dir.cleanup() }
+        try await outbox.write { db in
+            for id in ["a", "b"] {
+                try db.execute(sql: """
+                    INSERT INTO events (id, account, body_sha256, state, position_uid, partner_candidate_id, received_at,
+                      budget_started_at, updated_at, next_attempt_at) VALUES (?, 'default', 'x', 'pending', 'P', ?, ?, ?, ?, ?)
+                    """, arguments: [id, id, Self.t0.millis, Self.t0.millis, Self.t0.millis, Self.t0.addingTimeInterval(60).millis])
+            }
+        }
+        let now = Self.t0.addingTimeInterval(-3600)
+        #expect(try await outbox.beginRebase(by: -3600, now: now, holds: nil))
+        // Before the rebase reaches it, "b" is given up on the new clock: its retry in 90 s, its
+        // request maybe at the partner for 120 s.
+        let retry = now.addingTimeInterval(90).millis
+        let open = now.addingTimeInterval(120).millis
+        try await outbox.write { db in
+            try db.execute(sql: "UPDATE events SET next_attempt_at = ?, partner_open_until = ? WHERE id = 'b'", arguments: [retry, open])
+        }
+        #expect(try await outbox.finishRebase() == 2)
+        let rows = try await outbox.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, next_attempt_at, partner_open_until, budget_started_at FROM events ORDER BY id")
+                .map { [$0[0] as String, String(describing: $0[1] as Millis?), String(describing: $0[2] as Millis?), String($0[3] as Millis)] }
+        }
+        // "b"'s budget start, still the old clock's, moves as "a"'s does; its new times stay.
+        #expect(rows == [["a", String(describing: now.addingTimeInterval(60).millis as Millis?), "nil", String(now.millis)],
+                         ["b", String(describing: retry as Millis?), String(describing: open as Millis?), String(now.millis)]], "\(rows)")
+        #expect(try await outbox.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM rebase_rows") } == 0)
+    }
+
+    /// A rebase a previous release began and a crash cut short is carried on after the upgrade:
+    /// the migration records the rows it had not reached yet.
+    @Test func aRebaseAPreviousReleaseLeftIsCarriedOn() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.cleanup() }
+        let now = Self.t0.addingTimeInterval(-3600)
+        do {
+            let queue = try DatabaseQueue(path: dir.file("o.sqlite3"))
+            try OutboxSchema.migrator.migrate(queue, upTo: "v9_events_key_busy")
+            try await queue.write { db in
+                for id in ["done", "left"] {
+                    try db.execute(sql: """
+                        INSERT INTO events (id, account, body_sha256, state, position_uid, partner_candidate_id, received_at,
+                          budget_started_at, updated_at, next_attempt_at) VALUES (?, 'default', 'x', 'pending', 'P', ?, ?, ?, ?, ?)
+                        """, arguments: [id, id, now.millis, now.millis, now.millis, id == "done" ? now.addingTimeInterval(60).millis
+                                                                                                 : Self.t0.addingTimeInterval(60).millis])
+                }
+                // The previous release had moved rowid 1 ("done") when it stopped.
+                try db.execute(sql: """
+                    INSERT INTO wall_clock (id, seen, rebase_step, rebase_now, rebase_last, rebase_done) VALUES (1, ?, -3600000, ?, 2, 1)
+                    """, arguments: [now.millis, now.millis])
+            }
+            try queue.close()
+        }
+        let outbox = try Outbox(path: dir.file("o.sqlite3"))
+        #expect(try await outbox.finishRebase() == 1)
+        let next = try await outbox.read { db in try Millis.fetchAll(db, sql: "SELECT next_attempt_at FROM events ORDER BY rowid") }
+        #expect(next == [now.addingTimeInterval(60).millis, now.addingTimeInterval(60).millis])
+    }
+
     static func schedules(_ outbox: Outbox) async throws -> [String: (next: Millis?, budget: Millis, lease: Millis?)] {
         try await outbox.read { db in
             var rows: [String: (next: Millis?, budget: Millis, lease: Millis?)] = [:]

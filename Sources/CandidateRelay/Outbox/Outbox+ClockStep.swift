@@ -104,7 +104,14 @@ extension Outbox {
                 try db.execute(sql: "UPDATE holds SET until = MAX(:now, until + :step) WHERE until > :now",
                                arguments: ["now": now.millis, "step": step])
             }
-            let last = try Int64.fetchOne(db, sql: "SELECT MAX(rowid) FROM events") ?? 0
+            // The rows that may hold a time of the old clock's future (the backlog and the open
+            // windows, found through indexes), each with its times as they are now: the rebase
+            // moves a time only while it is still the one recorded here. A time written since is
+            // the new clock's (found from outside: an outcome written on the new clock while a
+            // rebase went on, in a row not reached yet, was moved back by the step, and the
+            // window of a request still at work at the partner ended at once).
+            try Self.recordRebaseRows(db, now: now.millis)
+            let last = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM rebase_rows") ?? 0
             try db.execute(sql: """
                 INSERT INTO wall_clock (id, seen, rebase_step, rebase_now, rebase_last, rebase_done)
                 VALUES (1, :now, :step, :now, :last, 0)
@@ -112,6 +119,19 @@ extension Outbox {
                 """, arguments: ["now": now.millis, "step": step, "last": last])
         }
         return true
+    }
+
+    /// Records in `rebase_rows` the events with `rowid` in (`after`, `upTo`] (all of them by
+    /// default) that may hold a time after `now`, with their times as they are.
+    static func recordRebaseRows(_ db: Database, now: Millis, after: Int64 = 0, upTo: Int64 = .max) throws {
+        try db.execute(sql: "DELETE FROM rebase_rows")
+        try db.execute(sql: """
+            INSERT INTO rebase_rows (id, next_attempt_at, budget_started_at, lease_expires_at, partner_open_until)
+            SELECT rowid, next_attempt_at, budget_started_at, lease_expires_at, partner_open_until FROM events
+            WHERE rowid IN (SELECT rowid FROM events WHERE state IN ('pending', 'in_flight')
+                            UNION SELECT rowid FROM events WHERE partner_open_until > :now)
+              AND rowid > :after AND rowid <= :upTo
+            """, arguments: ["now": now, "after": after, "upTo": upTo])
     }
 
     /// Carries the rebase in progress (`beginRebase`, or one a stop or a crash cut short) to its
@@ -136,34 +156,30 @@ extension Outbox {
             if stop() { return moved }
             let after = done
             let chunk = try await write { db -> (changed: Int, upTo: Int64) in
-                // Only the rows that can hold a time of the old clock's future, found through
-                // indexes (`events_state_updated`, `events_partner_open`): the backlog and the open
-                // windows, not the whole outbox. Walking every rowid in chunks took a rebase of a
-                // 3,000,000-row outbox many seconds, and outcomes written on the new clock
-                // meanwhile, in rows not reached yet, were then moved back by the step: a window
-                // for a request still at work at the partner ended at once, and the resend met it
-                // (found from outside: 19 resends in 80 came early after a 300 s step back).
-                // A backlog over a chunk still takes several.
-                let rows = try Int64.fetchAll(db, sql: """
-                    SELECT rowid FROM events
-                    WHERE rowid IN (SELECT rowid FROM events WHERE state IN ('pending', 'in_flight')
-                                    UNION SELECT rowid FROM events WHERE partner_open_until > :now)
-                      AND rowid > :after AND rowid <= :last
-                    ORDER BY rowid LIMIT :limit
-                    """, arguments: ["now": now, "after": after, "last": last, "limit": Self.rebaseChunkRows])
-                let upTo = Int64(rows.count) < Self.rebaseChunkRows ? last : rows[rows.count - 1]
+                // The next rows recorded at the rebase's start (`rebase_rows`: the backlog and the
+                // open windows, not the whole outbox), a time moved only while it is still the
+                // one recorded (a time written since is the new clock's).
+                let upTo = try Int64.fetchOne(db, sql: """
+                    SELECT MAX(id) FROM (SELECT id FROM rebase_rows WHERE id > :after ORDER BY id LIMIT :limit)
+                    """, arguments: ["after": after, "limit": Self.rebaseChunkRows]) ?? last
                 try db.execute(sql: """
                     UPDATE events SET
-                      next_attempt_at = CASE WHEN state = 'pending' AND next_attempt_at > :now
-                                             THEN MAX(:now, next_attempt_at + :step) ELSE next_attempt_at END,
-                      budget_started_at = CASE WHEN state IN ('pending', 'in_flight') AND budget_started_at > :now
-                                               THEN budget_started_at + :step ELSE budget_started_at END,
-                      lease_expires_at = CASE WHEN lease_expires_at > :now THEN lease_expires_at + :step ELSE lease_expires_at END,
-                      partner_open_until = CASE WHEN partner_open_until > :now THEN MAX(:now, partner_open_until + :step) ELSE partner_open_until END
-                    WHERE rowid IN (SELECT value FROM json_each(:rows))
-                      AND (state IN ('pending', 'in_flight') AND (next_attempt_at > :now OR budget_started_at > :now OR lease_expires_at > :now)
-                           OR partner_open_until > :now)
-                    """, arguments: ["now": now, "step": step, "rows": "[" + rows.map(String.init).joined(separator: ",") + "]"])
+                      next_attempt_at = CASE WHEN events.state = 'pending' AND events.next_attempt_at > :now
+                                               AND events.next_attempt_at IS r.next_attempt_at
+                                             THEN MAX(:now, events.next_attempt_at + :step) ELSE events.next_attempt_at END,
+                      budget_started_at = CASE WHEN events.state IN ('pending', 'in_flight') AND events.budget_started_at > :now
+                                                 AND events.budget_started_at IS r.budget_started_at
+                                               THEN events.budget_started_at + :step ELSE events.budget_started_at END,
+                      lease_expires_at = CASE WHEN events.lease_expires_at > :now AND events.lease_expires_at IS r.lease_expires_at
+                                              THEN events.lease_expires_at + :step ELSE events.lease_expires_at END,
+                      partner_open_until = CASE WHEN events.partner_open_until > :now AND events.partner_open_until IS r.partner_open_until
+                                                THEN MAX(:now, events.partner_open_until + :step) ELSE events.partner_open_until END
+                    FROM rebase_rows r
+                    WHERE events.rowid = r.id AND r.id > :after AND r.id <= :upTo
+                      AND (events.state IN ('pending', 'in_flight')
+                             AND (events.next_attempt_at > :now OR events.budget_started_at > :now OR events.lease_expires_at > :now)
+                           OR events.partner_open_until > :now)
+                    """, arguments: ["now": now, "step": step, "after": after, "upTo": upTo])
                 let changed = db.changesCount
                 try db.execute(sql: "UPDATE wall_clock SET rebase_done = ? WHERE id = 1", arguments: [upTo])
                 return (changed, upTo)
@@ -179,6 +195,7 @@ extension Outbox {
                 UPDATE wall_clock SET seen = rebase_now, rebase_step = NULL, rebase_now = NULL, rebase_last = NULL, rebase_done = NULL
                 WHERE id = 1
                 """)
+            try db.execute(sql: "DELETE FROM rebase_rows")
         }
         return moved
     }

@@ -210,6 +210,25 @@ enum OutboxSchema {
                 WHERE state = 'in_flight' OR partner_open_until IS NOT NULL
                 """)
         }
+        migrator.registerMigration("v10_rebase_rows") { db in
+            // The rows a clock step back's rebase moves, with their times when it began
+            // (`Outbox.beginRebase`): it walks these, not every rowid of the outbox, and moves a
+            // time only while it is still the one recorded.
+            try db.execute(sql: """
+                CREATE TABLE rebase_rows (
+                  id INTEGER PRIMARY KEY,
+                  next_attempt_at INTEGER,
+                  budget_started_at INTEGER,
+                  lease_expires_at INTEGER,
+                  partner_open_until INTEGER
+                )
+                """)
+            // A rebase a previous release began and did not finish (a crash): the rows it had
+            // not reached yet, as they are.
+            if let progress = try Row.fetchOne(db, sql: "SELECT rebase_now, rebase_last, rebase_done FROM wall_clock WHERE id = 1 AND rebase_step IS NOT NULL") {
+                try Outbox.recordRebaseRows(db, now: progress[0], after: progress[2], upTo: progress[1])
+            }
+        }
         return migrator
     }
 }
