@@ -173,6 +173,7 @@ import Testing
         #expect(cut.more)
         #expect((try JSONSerialization.jsonObject(with: Data(cut.text.utf8)) as? [[String: Any]])?.map { $0["id"] as? String } == ["a-wait", "g-wait"])
         #expect(try await admin.listing(state: nil, limit: 5, json: true).more == false)
+        #expect(try await admin.listing(state: nil, limit: .max, json: true).more == false)  // "all": no overflow (review)
         let shown = try #require(try await admin.show(id: "g-dead", json: false))
         #expect(shown.contains("account".padding(toLength: 21, withPad: " ", startingAt: 0) + " globex"))
     }

@@ -67,6 +67,25 @@ import Testing
         #expect(other == 100)  // every one of the other sender's lines written
     }
 
+    /// Review of that fix: the same client flooding 401s and 413s on two accounts still took the
+    /// whole overall budget. What only an authenticated sender meets has an overall budget of its own.
+    @Test func floodsWithoutCredentialsLeaveAuthenticatedSendersTheirLines() {
+        let budget = IngestLogBudget(perSecond: 10, overall: 50)
+        var other = 0
+        for tick in 0..<100 {
+            let now = start.addingTimeInterval(Double(tick) / 10)
+            for account in ["acme", "globex"] {
+                for _ in 0..<20 {
+                    _ = budget.admit(.init(code: "unauthorized", account: account, reason: "token_mismatch"), now: now)
+                    _ = budget.admit(.init(code: "unauthorized", account: account, reason: "credentials_missing"), now: now)
+                    _ = budget.admit(.init(code: "payload_too_large", account: account), now: now)
+                }
+            }
+            if budget.admit(.init(code: "validation_failed", account: "initech"), now: now) != nil { other += 1 }
+        }
+        #expect(other == 100)
+    }
+
     @Test func aClockThatGoesBackRefillsNothing() {
         let budget = IngestLogBudget(perSecond: 1)
         #expect(budget.admit(unauthorized, now: start) == 0)

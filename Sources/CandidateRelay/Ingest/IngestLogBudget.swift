@@ -12,7 +12,8 @@ import Synchronization
 /// hid the daemon's own `delivery.dead`, `storage.failed` and `relay.stopping` lines for the
 /// rest of the interval. A kind is an error code in an account (or `duplicate`), so a flood
 /// of 401s on one account leaves room for another account's 401s and for the 422s of a sender
-/// that is actually trying; `overall` (50 a second, 1,500 per 30 s) keeps floods on many
+/// that is actually trying; `overall` (50 a second, 1,500 per 30 s; as much again for what only
+/// an authenticated sender meets, `authenticatedCodes`) keeps floods on many
 /// accounts at once well under journald's limit. Every request is still counted in
 /// `candidate_relay_ingest_requests_total`; new events (202) are never left out: each is a
 /// stored event, and only an authenticated sender makes them.
@@ -44,7 +45,18 @@ final class IngestLogBudget: Sendable {
         var kinds: [Kind: Bucket] = [:]
         var groups: [Group: Bucket] = [:]
         var overall: Bucket
+        /// The same rate again, for the refusals only a sender with valid credentials meets
+        /// (`authenticatedCodes`).
+        var overallAuthenticated: Bucket
     }
+
+    /// Codes given only after a webhook passed its authentication: its body's checks, its key's
+    /// reuse, a replay. They draw on an overall budget of their own (found from outside, in
+    /// review of the per-group cap: one client without credentials flooding 401s and 413s on two
+    /// accounts still took all of `overall`, and another account's real sender's 422 lines were
+    /// left out). What a sender without credentials can cause never takes their room.
+    static let authenticatedCodes: Set<String> = ["malformed_json", "validation_failed", "invalid_characters",
+                                                  "idempotency_key_reused", "duplicate"]
 
     private let state: Mutex<State>
     let perSecond: Double
@@ -58,7 +70,8 @@ final class IngestLogBudget: Sendable {
     init(perSecond: Double = 10, overall: Double = 50) {
         self.perSecond = perSecond
         self.overall = overall
-        state = Mutex(State(overall: Bucket(tokens: overall, at: -.infinity, lastSeen: -.infinity)))
+        state = Mutex(State(overall: Bucket(tokens: overall, at: -.infinity, lastSeen: -.infinity),
+                            overallAuthenticated: Bucket(tokens: overall, at: -.infinity, lastSeen: -.infinity)))
     }
 
     /// Nil: leave this line out. Otherwise: write it, with the number of lines of `kind` left
@@ -72,19 +85,22 @@ final class IngestLogBudget: Sendable {
             var group = state.groups[groupKey] ?? Bucket(tokens: perGroup, at: time, lastSeen: time)
             Self.refill(&bucket, to: time, rate: perSecond)
             Self.refill(&group, to: time, rate: perGroup)
-            Self.refill(&state.overall, to: time, rate: overall)
+            let authenticated = Self.authenticatedCodes.contains(kind.code)
+            var shared = authenticated ? state.overallAuthenticated : state.overall
+            Self.refill(&shared, to: time, rate: overall)
             bucket.lastSeen = time
             defer {
                 state.kinds[kind] = bucket
                 state.groups[groupKey] = group
+                if authenticated { state.overallAuthenticated = shared } else { state.overall = shared }
             }
-            guard bucket.tokens >= 1, group.tokens >= 1, state.overall.tokens >= 1 else {
+            guard bucket.tokens >= 1, group.tokens >= 1, shared.tokens >= 1 else {
                 bucket.suppressed += 1
                 return nil
             }
             bucket.tokens -= 1
             group.tokens -= 1
-            state.overall.tokens -= 1
+            shared.tokens -= 1
             defer { bucket.suppressed = 0 }
             return bucket.suppressed
         }

@@ -50,7 +50,9 @@ public struct AdminCommands: Sendable {
     /// `list`, and whether more events matched than `limit` (found from outside: a list cut at
     /// its default 50 said nothing, and a runbook's count of dead events read 50 for 60).
     public func listing(state: EventState?, account: String? = nil, limit: Int, json: Bool) async throws -> (text: String, more: Bool) {
-        var records = try await outbox.list(state: state, account: account, limit: limit + 1)
+        // One more, to know whether more match (`--limit` may be Int.max: "all"; found in review).
+        let (onePast, overflow) = limit.addingReportingOverflow(1)
+        var records = try await outbox.list(state: state, account: account, limit: overflow ? limit : onePast)
         let more = records.count > limit
         if more { records.removeLast() }
         return (render(records, json: json), more)
