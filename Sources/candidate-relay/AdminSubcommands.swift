@@ -26,10 +26,7 @@ struct Events: AsyncParsableCommand {
 
         func run() async throws {
             let filter = state.flatMap(EventState.init(rawValue:))
-            let config = try await options.storageConfiguration()
-            let outbox = try await options.outbox(config)
-            await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
-            let admin = AdminCommands(outbox: outbox)
+            let admin = AdminCommands(outbox: try await options.outbox(warningAbout: account).outbox)
             let listed = try await admin.listing(state: filter, account: account, limit: limit, json: json)
             Console.out(listed.text)
             // On stderr: the JSON on stdout stays what it was.
@@ -68,9 +65,7 @@ struct Events: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let config = try await options.storageConfiguration()
-            let outbox = try await options.outbox(config)
-            await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+            let (config, outbox) = try await options.outbox(warningAbout: account)
             let admin = AdminCommands(outbox: outbox)
             let result = try await admin.retry(ids: allDead ? nil : ids, account: account,
                                                configuredAccounts: Set(config.accounts.map(\.id)))
@@ -97,10 +92,8 @@ struct Purge: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let config = try await options.storageConfiguration()
+        let (config, outbox) = try await options.outbox(warningAbout: account)
         let seconds = olderThan.flatMap(DurationParser.seconds) ?? config.storage.payloadRetentionDays * 86_400
-        let outbox = try await options.outbox(config)
-        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
         let admin = AdminCommands(outbox: outbox)
         Console.out(try await admin.purge(
             olderThanSeconds: seconds, recordRetentionDays: config.storage.recordRetentionDays, account: account))
@@ -118,10 +111,7 @@ struct Forget: AsyncParsableCommand {
     func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
-        let config = try await options.storageConfiguration()
-        let outbox = try await options.outbox(config)
-        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
-        let admin = AdminCommands(outbox: outbox)
+        let admin = AdminCommands(outbox: try await options.outbox(warningAbout: account).outbox)
         Console.out(try await admin.forget(partnerCandidateID: partnerCandidateID, account: account))
     }
 }

@@ -74,6 +74,15 @@ struct ConfigOption: ParsableArguments {
     }
 
     /// Opens the outbox for an admin command (no daemon lock: it shares the file with the daemon).
+    /// The outbox an admin command taking `--account` works on, with its config, after a warning
+    /// on stderr for an account that is likely a typo (`AccountArgument.noteUnknown`).
+    func outbox(warningAbout account: String?) async throws -> (config: RelayConfiguration, outbox: Outbox) {
+        let config = try await storageConfiguration()
+        let outbox = try await outbox(config)
+        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
+        return (config, outbox)
+    }
+
     func outbox(_ loaded: RelayConfiguration? = nil) async throws -> Outbox {
         let config: RelayConfiguration
         if let loaded { config = loaded } else { config = try await storageConfiguration() }
@@ -246,10 +255,7 @@ struct Status: AsyncParsableCommand {
     func validate() throws { try AccountArgument.validate(account) }
 
     func run() async throws {
-        let config = try await options.storageConfiguration()
-        let outbox = try await options.outbox(config)
-        await AccountArgument.noteUnknown(account, config: config, outbox: outbox)
-        let admin = AdminCommands(outbox: outbox)
+        let admin = AdminCommands(outbox: try await options.outbox(warningAbout: account).outbox)
         Console.out(try await admin.status(json: json, account: account))
     }
 }

@@ -112,11 +112,6 @@ extension Outbox {
         try await read { db in try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM events WHERE account = ?)", arguments: [account]) ?? false }
     }
 
-    /// `values` as a JSON array of strings, for `json_each(?)`: a list as one argument.
-    static func jsonArray(_ values: some Sequence<String>) -> String {
-        (try? JSONEncoder().encode(Array(values))).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
-    }
-
     /// Moves dead events back to pending now with a fresh attempt budget; the history stays.
     /// An id that is not dead (or has no payload left to send) is returned as skipped.
     /// `ids == nil` means every dead event; `account` keeps both forms to that account's events.
@@ -134,7 +129,7 @@ extension Outbox {
             var seen = Set<String>()
             targets = ids.filter { seen.insert($0).inserted }
             if let onlyAccounts {
-                let named = Self.jsonArray(targets)
+                let named = ContractJSON.string(targets)  // a list as one argument, for `json_each(?)`
                 let accounts = try await read { db in
                     try Dictionary(Row.fetchAll(db, sql: "SELECT id, account FROM events WHERE id IN (SELECT value FROM json_each(?))",
                                                 arguments: [named]).map { ($0["id"] as String, $0["account"] as String) },
@@ -145,7 +140,7 @@ extension Outbox {
                 targets.removeAll { outside.contains($0) }
             }
         } else {
-            let known = onlyAccounts.map { Self.jsonArray($0) }
+            let known = onlyAccounts.map { ContractJSON.string(Array($0)) }
             (targets, total.outsideCounts) = try await read { db in
                 let condition = "state = 'dead' AND \(PayloadStore.exists) \(account == nil ? "" : "AND account = :account")"
                 let arguments: StatementArguments = account.map { ["account": $0, "known": known] } ?? ["known": known]

@@ -207,7 +207,7 @@ extension Outbox {
             switch (item, result) {
             case (.complete(let completion), .success(.completed(true))) where completion.outcome.state.isTerminal:
                 settledNow[completion.event.account, default: [:]][completion.outcome.state, default: 0] += 1
-                if [.delivered, .linked].contains(completion.outcome.state) {
+                if completion.outcome.state == .delivered || completion.outcome.state == .linked {
                     lastDelivered = max(lastDelivered ?? completion.now.millis, completion.now.millis)
                 }
             case (.claim, .success(.claimed(let claim))):
