@@ -17,6 +17,13 @@ import Testing
                 sourceLocation: sourceLocation)
     }
 
+    /// Stores `count` events in account `acme` (ids `e0`..., partner ids `C0`...).
+    static func acceptInAcme(_ outbox: Outbox, count: Int) async throws {
+        for n in 0..<count {
+            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 1000)
+        }
+    }
+
     @Test func liveCountsFollowEveryChangeOfTheSettledStates() async throws {
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
@@ -70,9 +77,7 @@ import Testing
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
         let now = Self.start.addingTimeInterval(1)
-        for n in 0..<2 {
-            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 100)
-        }
+        try await Self.acceptInAcme(outbox, count: 2)
         #expect(try await outbox.liveStatus(now: now).lastDeliveryAt == nil)
         func deliver(at time: Date) async throws {
             let event = try #require(try await OutboxAccountsTests.claim(outbox, ["acme"], at: time))
@@ -95,9 +100,7 @@ import Testing
         let (dir, daemon) = try OutboxTests.open()
         defer { dir.cleanup() }
         let now = Self.start.addingTimeInterval(1)
-        for n in 0..<3 {
-            _ = try await daemon.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 100)
-        }
+        try await Self.acceptInAcme(daemon, count: 3)
         let event = try #require(try await OutboxAccountsTests.claim(daemon, ["acme"], at: now))
         #expect(try await daemon.complete(event, outcome: .dead(status: 422, error: "invalid"), now: now, latencyMs: 5))
         #expect(await !daemon.noticeOtherWriters())  // the first look only notes where it stands
@@ -118,9 +121,7 @@ import Testing
         let (dir, outbox) = try OutboxTests.open()
         defer { dir.cleanup() }
         let now = Self.start.addingTimeInterval(1)
-        for n in 0..<200 {
-            _ = try await outbox.accept(OutboxAccountsTests.submission("e\(n)", account: "acme", partnerID: "C\(n)"), maxBacklog: 1000)
-        }
+        try await Self.acceptInAcme(outbox, count: 200)
         try await outbox.recountSettled()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<4 {
